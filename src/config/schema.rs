@@ -1,0 +1,194 @@
+//! The serde schema of a gateway config file. Field names are the words users
+//! type in RON; every struct refuses unknown fields so a misspelt setting is an
+//! error, never silently ignored. Defaults are documented in `config/README.md`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file: `Gateway( ... )`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// How many shards (pinned threads) to run and where.
+    #[serde(default)]
+    pub shards: Shards,
+    /// Which I/O driver each shard runs. `SHARDGATE_DRIVER=epoll|io_uring` overrides it.
+    #[serde(default)]
+    pub driver: DriverChoice,
+    /// Client-facing listeners; each shard binds every one with SO_REUSEPORT.
+    pub listeners: Vec<Listener>,
+    /// HTTP limits and client-side timeouts.
+    #[serde(default)]
+    pub limits_http: HttpLimits,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Named upstream services.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Routes, in declaration order (the order breaks specificity ties).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// Shard placement.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub enum Shards {
+    /// One shard per core this process may run on.
+    #[default]
+    Auto,
+    /// This many shards, pinned to the first available cores.
+    Count(usize),
+    /// One shard per listed core id.
+    Cores(Vec<usize>),
+    /// One shard per core of NUMA node K (read from /sys/devices/system/node).
+    NumaNode(usize),
+}
+
+/// I/O driver choice.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only (start fails if unavailable).
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name used in logs.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub bind: String,
+    /// Route names served on this listener; `None` serves every route.
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+}
+
+/// Limits on client requests and client-side timeouts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Largest request head (request line + headers) in bytes; larger → 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more → 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger → 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request head once its first byte arrived.
+    pub header_read_timeout_ms: u64,
+    /// Time a keep-alive connection may wait for its next request.
+    pub idle_timeout_ms: u64,
+    /// Time allowed between two reads of a request body.
+    pub body_read_timeout_ms: u64,
+    /// Time allowed for one write to the client to make progress.
+    pub send_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            send_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// A named backend service with one or more targets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` targets; names are resolved once, when the config is loaded.
+    pub targets: Vec<String>,
+    /// How a target is picked for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Time allowed to open a TCP connection to a target (502 after).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the response head, and between two reads of the response body (504 after).
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Idle keep-alive connections kept per target and shard.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_target: usize,
+    /// An idle pooled connection older than this is closed instead of reused.
+    #[serde(default = "default_pool_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+/// Load-balancing policy.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight from this shard.
+    LeastOutstanding,
+}
+
+/// A route: what it matches and where it goes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name (logs, listener route sets).
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    /// The upstream that serves it.
+    pub upstream: String,
+    /// A leading path prefix removed before forwarding.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// A path template for the upstream request, using the match's `{params}`.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+}
+
+/// Request matching conditions; all given conditions must hold.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Exact path or template with `{name}` segments (exclusive with `path_prefix`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Path prefix, matched on whole segments (exclusive with `path`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Allowed methods; empty allows every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Host (port ignored, case-insensitive); `*.example.com` matches subdomains.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Header values that must be present exactly (names case-insensitive).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_upstream_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_idle() -> usize {
+    64
+}
+fn default_pool_idle_ms() -> u64 {
+    30_000
+}

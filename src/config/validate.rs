@@ -1,0 +1,418 @@
+//! Semantic checks run after parsing: cross-references, templates, addresses
+//! and limits. Every problem is reported, not only the first.
+
+use super::{Gateway, Match, Problem, Shards};
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Returns every problem in `g`; `text` is the source, used to find positions.
+pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    v.shards(&g.shards);
+    v.listeners(g);
+    v.limits(g);
+    v.upstreams(g);
+    v.routes(g);
+    v.problems
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, at: (usize, usize), field: String, message: String) {
+        self.problems.push(Problem {
+            line: at.0,
+            col: at.1,
+            field,
+            message,
+        });
+    }
+
+    fn shards(&mut self, s: &Shards) {
+        let bad = match s {
+            Shards::Count(0) => Some("Count must be at least 1"),
+            Shards::Cores(c) if c.is_empty() => Some("Cores needs at least one core id"),
+            _ => None,
+        };
+        if let Some(msg) = bad {
+            let at = position_of_field(self.text, 0, "shards");
+            self.push(at, "shards".into(), msg.into());
+        }
+    }
+
+    fn listeners(&mut self, g: &Gateway) {
+        if g.listeners.is_empty() {
+            let at = position_of_field(self.text, 0, "listeners");
+            self.push(at, "listeners".into(), "at least one listener is needed".into());
+        }
+        let route_names: HashSet<&str> = g.routes.iter().map(|r| r.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, l) in g.listeners.iter().enumerate() {
+            let anchor = anchor_of(self.text, "name", &l.name);
+            if !seen.insert(l.name.as_str()) {
+                self.push(
+                    position_of_value(self.text, "name", &l.name),
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                );
+            }
+            if l.bind.parse::<SocketAddr>().is_err() {
+                self.push(
+                    position_of_value(self.text, "bind", &l.bind),
+                    format!("listeners[{i}].bind"),
+                    format!("{:?} is not an ip:port address", l.bind),
+                );
+            }
+            for name in l.routes.iter().flatten() {
+                if !route_names.contains(name.as_str()) {
+                    self.push(
+                        position_after(self.text, anchor, &format!("{name:?}")),
+                        format!("listeners[{i}].routes"),
+                        format!("unknown route {name:?}"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn limits(&mut self, g: &Gateway) {
+        let l = &g.limits_http;
+        let checks: [(&str, bool); 7] = [
+            ("max_header_bytes", l.max_header_bytes >= 64),
+            ("max_headers", l.max_headers >= 1),
+            ("max_body_bytes", true),
+            ("header_read_timeout_ms", l.header_read_timeout_ms >= 1),
+            ("idle_timeout_ms", l.idle_timeout_ms >= 1),
+            ("body_read_timeout_ms", l.body_read_timeout_ms >= 1),
+            ("send_timeout_ms", l.send_timeout_ms >= 1),
+        ];
+        for (name, ok) in checks {
+            if !ok {
+                let at = position_of_field(self.text, 0, name);
+                let min = if name == "max_header_bytes" { 64 } else { 1 };
+                self.push(
+                    at,
+                    format!("limits_http.{name}"),
+                    format!("must be at least {min}"),
+                );
+            }
+        }
+    }
+
+    fn upstreams(&mut self, g: &Gateway) {
+        for (name, u) in &g.upstreams {
+            let anchor = anchor_of_key(self.text, name);
+            if u.targets.is_empty() {
+                self.push(
+                    position_of_field(self.text, anchor, "targets"),
+                    format!("upstreams.{name}.targets"),
+                    "at least one target is needed".into(),
+                );
+            }
+            for t in &u.targets {
+                if let Err(e) = resolve(t) {
+                    self.push(
+                        position_after(self.text, anchor, &format!("{t:?}")),
+                        format!("upstreams.{name}.targets"),
+                        e,
+                    );
+                }
+            }
+            for (field, value) in [
+                ("connect_timeout_ms", u.connect_timeout_ms),
+                ("timeout_ms", u.timeout_ms),
+            ] {
+                if value == 0 {
+                    self.push(
+                        position_of_field(self.text, anchor, field),
+                        format!("upstreams.{name}.{field}"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn routes(&mut self, g: &Gateway) {
+        let mut seen = HashSet::new();
+        for (i, r) in g.routes.iter().enumerate() {
+            let anchor = anchor_of(self.text, "name", &r.name);
+            let field = |f: &str| format!("routes[{i}].{f}");
+            if !seen.insert(r.name.as_str()) {
+                self.push(
+                    position_of_value(self.text, "name", &r.name),
+                    field("name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            if !g.upstreams.contains_key(&r.upstream) {
+                let known: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
+                self.push(
+                    position_after_field_value(self.text, anchor, "upstream", &r.upstream),
+                    field("upstream"),
+                    format!(
+                        "unknown upstream {:?} (known: {})",
+                        r.upstream,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            let params = self.route_match(&r.matcher, anchor, &field);
+            if let Some(prefix) = &r.strip_prefix {
+                let pattern = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref());
+                let ok = prefix.starts_with('/')
+                    && pattern.is_some_and(|p| literal_prefix(p).starts_with(prefix.as_str()));
+                if !ok {
+                    self.push(
+                        position_after_field_value(self.text, anchor, "strip_prefix", prefix),
+                        field("strip_prefix"),
+                        "must start with '/' and be a literal prefix of the route's path".into(),
+                    );
+                }
+            }
+            if let Some(rewrite) = &r.rewrite {
+                let at = position_after_field_value(self.text, anchor, "rewrite", rewrite);
+                match template_params(rewrite) {
+                    Err(e) => self.push(at, field("rewrite"), e),
+                    Ok(used) => {
+                        if !rewrite.starts_with('/') {
+                            self.push(at, field("rewrite"), "must start with '/'".into());
+                        }
+                        for p in used {
+                            if !params.contains(&p) {
+                                self.push(
+                                    at,
+                                    field("rewrite"),
+                                    format!("uses {{{p}}}, which the route's path does not define"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a route's match and returns the names of its path params.
+    fn route_match(
+        &mut self,
+        m: &Match,
+        anchor: usize,
+        field: &dyn Fn(&str) -> String,
+    ) -> Vec<String> {
+        let mut params = Vec::new();
+        match (&m.path, &m.path_prefix) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.push(
+                    position_of_field(self.text, anchor, "match"),
+                    field("match"),
+                    "give exactly one of `path` or `path_prefix`".into(),
+                );
+            }
+            (Some(p), None) => {
+                let at = position_after_field_value(self.text, anchor, "path", p);
+                if !p.starts_with('/') {
+                    self.push(at, field("match.path"), "must start with '/'".into());
+                }
+                match path_template_params(p) {
+                    Ok(ps) => params = ps,
+                    Err(e) => self.push(at, field("match.path"), e),
+                }
+            }
+            (None, Some(p)) => {
+                let at = position_after_field_value(self.text, anchor, "path_prefix", p);
+                if !p.starts_with('/') || p.contains(['{', '}']) {
+                    self.push(
+                        at,
+                        field("match.path_prefix"),
+                        "must start with '/' and contain no {params}".into(),
+                    );
+                }
+            }
+        }
+        for method in &m.methods {
+            let ok = !method.is_empty()
+                && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            if !ok {
+                self.push(
+                    position_after(self.text, anchor, &format!("{method:?}")),
+                    field("match.methods"),
+                    format!("{method:?} is not an upper-case method name"),
+                );
+            }
+        }
+        for name in m.headers.keys() {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                self.push(
+                    position_after(self.text, anchor, &format!("{name:?}")),
+                    field("match.headers"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+        params
+    }
+}
+
+/// Resolves `host:port` to its first socket address.
+pub fn resolve(target: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = target.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match target.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{target:?} resolves to no address")),
+        Err(e) => Err(format!("{target:?} is not a resolvable host:port ({e})")),
+    }
+}
+
+/// The part of a path pattern before its first `{param}`.
+fn literal_prefix(p: &str) -> &str {
+    p.split('{').next().unwrap_or(p)
+}
+
+/// Names of the `{params}` of a path template, each a whole segment.
+pub fn path_template_params(p: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for seg in p.split('/').skip(1) {
+        if seg.contains(['{', '}']) {
+            let name = seg
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .filter(|n| is_param_name(n))
+                .ok_or_else(|| {
+                    format!("segment {seg:?}: a param must be a whole segment like {{id}}")
+                })?;
+            if names.iter().any(|n| n == name) {
+                return Err(format!("param {{{name}}} appears twice"));
+            }
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Names of the `{params}` used anywhere in a rewrite template.
+pub fn template_params(t: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| "unclosed '{' in template".to_string())?;
+        let name = &after[..close];
+        if !is_param_name(name) {
+            return Err(format!("{{{name}}} is not a valid param name"));
+        }
+        names.push(name.to_string());
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched '}' in template".into());
+    }
+    Ok(names)
+}
+
+fn is_param_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// RFC 9110 token characters.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// ---- positions -------------------------------------------------------------
+// serde gives no spans after parsing, so semantic problems are located by
+// finding the offending text; the result is the first plausible place, which
+// is what a user needs to jump to.
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    (line, col)
+}
+
+/// Byte offset of `field: "value"` (the item's anchor), or 0.
+fn anchor_of(text: &str, field: &str, value: &str) -> usize {
+    find_field_value(text, 0, field, value).unwrap_or(0)
+}
+
+/// Byte offset of a map key `"name":`, or 0.
+fn anchor_of_key(text: &str, key: &str) -> usize {
+    let quoted = format!("{key:?}");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(&quoted) {
+        let at = from + i;
+        if text[at + quoted.len()..].trim_start().starts_with(':') {
+            return at;
+        }
+        from = at + quoted.len();
+    }
+    0
+}
+
+fn find_field_value(text: &str, from: usize, field: &str, value: &str) -> Option<usize> {
+    let quoted = format!("{value:?}");
+    let mut start = from;
+    while let Some(i) = text.get(start..)?.find(&quoted) {
+        let at = start + i;
+        let before = text[..at].trim_end();
+        let before = before
+            .strip_suffix("Some(")
+            .map(str::trim_end)
+            .unwrap_or(before);
+        if let Some(b) = before.strip_suffix(':') {
+            if b.trim_end().ends_with(field) {
+                return Some(at);
+            }
+        }
+        start = at + quoted.len();
+    }
+    None
+}
+
+fn position_of_value(text: &str, field: &str, value: &str) -> (usize, usize) {
+    line_col(text, find_field_value(text, 0, field, value).unwrap_or(0))
+}
+
+fn position_after_field_value(text: &str, anchor: usize, field: &str, value: &str) -> (usize, usize) {
+    let at = find_field_value(text, anchor, field, value)
+        .or_else(|| find_field_value(text, 0, field, value))
+        .unwrap_or(anchor);
+    line_col(text, at)
+}
+
+fn position_after(text: &str, anchor: usize, needle: &str) -> (usize, usize) {
+    let at = text
+        .get(anchor..)
+        .and_then(|t| t.find(needle))
+        .map_or(anchor, |i| anchor + i);
+    line_col(text, at)
+}
+
+fn position_of_field(text: &str, anchor: usize, field: &str) -> (usize, usize) {
+    let mut start = anchor;
+    while let Some(i) = text.get(start..).and_then(|t| t.find(field)) {
+        let at = start + i;
+        let word_start = at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
+        if word_start && text[at + field.len()..].trim_start().starts_with(':') {
+            return line_col(text, at);
+        }
+        start = at + field.len();
+    }
+    line_col(text, anchor)
+}

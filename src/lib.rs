@@ -1,0 +1,10 @@
+//! shardgate: a sharded thread-per-core API gateway on io_uring.
+//!
+//! Every shard is a pinned OS thread running its own monoio runtime, its own
+//! SO_REUSEPORT listeners, its own compiled route table and its own upstream
+//! connection pools. The request path never leaves the shard; shards hear
+//! from the control thread (reload, shutdown) through channel messages.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
