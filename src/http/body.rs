@@ -1,0 +1,246 @@
+//! Streaming a body from one connection to another without buffering it:
+//! at most one read buffer of data is held at a time, whatever the body size.
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+use super::conn::Conn;
+use super::head::Framing;
+use super::io::{write_all_within, IoFail};
+use monoio::net::TcpStream;
+use std::time::Duration;
+
+/// Pending chunked output is written once it reaches this size.
+const CHUNK_FLUSH: usize = 32 * 1024;
+
+/// Why copying a body stopped early.
+#[derive(Debug)]
+pub enum CopyError {
+    /// The source sent nothing within the read timeout.
+    ReadTimeout,
+    /// The source closed or failed before the body ended.
+    SourceClosed,
+    /// The source's chunked framing is malformed.
+    BadChunk(ChunkError),
+    /// The body grew past the allowed size.
+    TooLarge,
+    /// The destination failed or stalled.
+    Write(IoFail),
+}
+
+/// Timeouts and size limit for one copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyLimits {
+    /// Allowed wait for each read from the source.
+    pub read_timeout: Duration,
+    /// Allowed wait for each write to the destination.
+    pub write_timeout: Duration,
+    /// Most body bytes allowed (`u64::MAX` for none).
+    pub max_bytes: u64,
+}
+
+/// How the body is framed on the destination side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFraming {
+    /// Bytes as they are (Content-Length declared, or close-delimited).
+    Raw,
+    /// Re-encoded as chunked.
+    Chunked,
+}
+
+async fn fill(src: &mut Conn, timeout: Duration) -> Result<(), CopyError> {
+    match src.fill(timeout).await {
+        Ok(0) => Err(CopyError::SourceClosed),
+        Ok(_) => Ok(()),
+        Err(IoFail::Timeout) => Err(CopyError::ReadTimeout),
+        Err(IoFail::Io(_)) => Err(CopyError::SourceClosed),
+    }
+}
+
+/// Chunked output assembled in a buffer so many small chunks cost one write.
+struct ChunkOut {
+    buf: Vec<u8>,
+}
+
+impl ChunkOut {
+    fn push(&mut self, data: &[u8]) {
+        use std::io::Write;
+        let _ = write!(self.buf, "{:x}\r\n", data.len());
+        self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self, dst: &mut TcpStream, dur: Duration) -> Result<(), CopyError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (res, mut buf) = write_all_within(dst, buf, dur).await;
+        buf.clear();
+        self.buf = buf;
+        res.map_err(CopyError::Write)
+    }
+}
+
+/// Copies a body framed as `framing` from `src` to `dst`, returning its length.
+///
+/// On success the body's bytes (and, for chunked input, its terminator) are
+/// consumed from `src`, so the connection is positioned at the next message.
+pub async fn copy_body(
+    src: &mut Conn,
+    framing: Framing,
+    dst: &mut TcpStream,
+    out: OutFraming,
+    lim: CopyLimits,
+) -> Result<u64, CopyError> {
+    match framing {
+        Framing::None => {
+            if out == OutFraming::Chunked {
+                let mut o = ChunkOut { buf: b"0\r\n\r\n".to_vec() };
+                o.flush(dst, lim.write_timeout).await?;
+            }
+            Ok(0)
+        }
+        Framing::Length(n) => {
+            if n > lim.max_bytes {
+                return Err(CopyError::TooLarge);
+            }
+            let mut left = n;
+            while left > 0 {
+                if src.buffered().is_empty() {
+                    fill(src, lim.read_timeout).await?;
+                }
+                let take = (src.buffered().len() as u64).min(left) as usize;
+                src.forward_buffered(take, dst, lim.write_timeout)
+                    .await
+                    .map_err(CopyError::Write)?;
+                left -= take as u64;
+            }
+            Ok(n)
+        }
+        Framing::Chunked => copy_chunked(src, dst, out, lim).await,
+        Framing::UntilClose => {
+            let mut total = 0u64;
+            let mut o = ChunkOut { buf: Vec::new() };
+            loop {
+                if src.buffered().is_empty() {
+                    match fill(src, lim.read_timeout).await {
+                        Ok(()) => {}
+                        Err(CopyError::SourceClosed) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                let n = src.buffered().len();
+                total += n as u64;
+                if total > lim.max_bytes {
+                    return Err(CopyError::TooLarge);
+                }
+                match out {
+                    OutFraming::Raw => src
+                        .forward_buffered(n, dst, lim.write_timeout)
+                        .await
+                        .map_err(CopyError::Write)?,
+                    OutFraming::Chunked => {
+                        o.push(src.buffered());
+                        src.consume(n);
+                        o.flush(dst, lim.write_timeout).await?;
+                    }
+                }
+            }
+            if out == OutFraming::Chunked {
+                o.buf.extend_from_slice(b"0\r\n\r\n");
+                o.flush(dst, lim.write_timeout).await?;
+            }
+            Ok(total)
+        }
+    }
+}
+
+async fn copy_chunked(
+    src: &mut Conn,
+    dst: &mut TcpStream,
+    out: OutFraming,
+    lim: CopyLimits,
+) -> Result<u64, CopyError> {
+    let mut dec = ChunkedDecoder::default();
+    let mut o = ChunkOut { buf: Vec::new() };
+    let mut total = 0u64;
+    loop {
+        let step = dec.step(src.buffered()).map_err(CopyError::BadChunk)?;
+        if let Some(range) = step.data {
+            total += range.len() as u64;
+            if total > lim.max_bytes {
+                return Err(CopyError::TooLarge);
+            }
+            match out {
+                OutFraming::Chunked => {
+                    o.push(&src.buffered()[range]);
+                    src.consume(step.consumed);
+                    if o.buf.len() >= CHUNK_FLUSH {
+                        o.flush(dst, lim.write_timeout).await?;
+                    }
+                }
+                OutFraming::Raw => {
+                    // Skip the framing bytes in front of the data, then forward the data.
+                    src.consume(range.start);
+                    src.forward_buffered(range.len(), dst, lim.write_timeout)
+                        .await
+                        .map_err(CopyError::Write)?;
+                    src.consume(step.consumed - range.end);
+                }
+            }
+        } else {
+            src.consume(step.consumed);
+        }
+        if dec.is_done() {
+            if out == OutFraming::Chunked {
+                o.buf.extend_from_slice(b"0\r\n\r\n");
+                o.flush(dst, lim.write_timeout).await?;
+            }
+            return Ok(total);
+        }
+        if src.buffered().is_empty() {
+            o.flush(dst, lim.write_timeout).await?;
+            fill(src, lim.read_timeout).await?;
+        }
+    }
+}
+
+/// Reads and discards a body, e.g. one the gateway refused before forwarding.
+pub async fn discard_body(src: &mut Conn, framing: Framing, lim: CopyLimits) -> Result<(), CopyError> {
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(n) => {
+            if n > lim.max_bytes {
+                return Err(CopyError::TooLarge);
+            }
+            let mut left = n;
+            while left > 0 {
+                if src.buffered().is_empty() {
+                    fill(src, lim.read_timeout).await?;
+                }
+                let take = (src.buffered().len() as u64).min(left);
+                src.consume(take as usize);
+                left -= take;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::default();
+            let mut total = 0u64;
+            loop {
+                let step = dec.step(src.buffered()).map_err(CopyError::BadChunk)?;
+                total += step.data.map_or(0, |r| r.len() as u64);
+                if total > lim.max_bytes {
+                    return Err(CopyError::TooLarge);
+                }
+                src.consume(step.consumed);
+                if dec.is_done() {
+                    return Ok(());
+                }
+                if src.buffered().is_empty() {
+                    fill(src, lim.read_timeout).await?;
+                }
+            }
+        }
+        Framing::UntilClose => Err(CopyError::SourceClosed),
+    }
+}

@@ -1,0 +1,99 @@
+//! A socket with its read buffer: bytes read but not yet consumed stay in the
+//! buffer, which is how pipelined requests and body bytes that arrived with a
+//! head are kept for the next reader.
+
+use super::io::{read_within, write_all_within, IoFail};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::net::TcpStream;
+use std::time::Duration;
+
+/// Smallest free space worth a read syscall; less and the buffer is compacted.
+const MIN_READ: usize = 4096;
+
+/// A TCP stream plus its read buffer (`buf[pos..]` is unread data).
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Conn {
+    /// Wraps a stream with a read buffer of `capacity` bytes.
+    pub fn new(stream: TcpStream, capacity: usize) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(capacity),
+            pos: 0,
+        }
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.pos = 0;
+            self.buf.clear();
+        }
+    }
+
+    /// Grows the buffer so it can hold at least `total` unread bytes.
+    pub fn reserve_total(&mut self, total: usize) {
+        if self.buf.capacity() - self.pos < total {
+            self.compact();
+            let need = total.saturating_sub(self.buf.len());
+            self.buf.reserve(need);
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos.., 0);
+            self.buf.truncate(self.buf.len() - self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` means the peer closed.
+    pub async fn fill(&mut self, dur: Duration) -> Result<usize, IoFail> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.compact();
+        }
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(MIN_READ);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = read_within(&mut self.stream, buf.slice_mut(len..cap), dur).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Writes the first `n` buffered bytes to `dst` and consumes them.
+    pub async fn forward_buffered(
+        &mut self,
+        n: usize,
+        dst: &mut TcpStream,
+        dur: Duration,
+    ) -> Result<(), IoFail> {
+        let buf = std::mem::take(&mut self.buf);
+        let (start, end) = (self.pos, (self.pos + n).min(buf.len()));
+        let (res, slice) = write_all_within(dst, buf.slice(start..end), dur).await;
+        self.buf = slice.into_inner();
+        if res.is_ok() {
+            self.consume(end - start);
+        }
+        res
+    }
+
+    /// Writes `bytes` to this connection's socket.
+    pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
+        write_all_within(&mut self.stream, bytes, dur).await
+    }
+}

@@ -1,0 +1,417 @@
+//! The compiled route matcher.
+//!
+//! Routes are compiled once per config into a segment trie: static segments
+//! are kept sorted for binary search, a `{param}` segment is one child per
+//! node, and prefix routes hang off the node where their prefix ends. A
+//! lookup walks the request path once (plus backtracking over params), so its
+//! cost grows with the path's depth, not with the number of routes.
+//!
+//! Specificity, from most to least specific:
+//! 1. a full-path match (exact or template) beats any prefix match; between
+//!    full-path matches, at the first segment where they differ a static
+//!    segment beats a `{param}`;
+//! 2. a longer prefix (more segments) beats a shorter one;
+//! 3. among routes with the same path pattern, more conditions win: a `host`
+//!    first, then more `headers`, then having a `methods` list;
+//! 4. remaining ties go to the route declared first.
+
+use std::ops::Range;
+
+/// What a route requires besides its path.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// Allowed methods; empty allows all.
+    pub methods: Vec<String>,
+    /// Host condition: exact (lower-case, no port) or `*.suffix`.
+    pub host: Option<String>,
+    /// Header conditions: lower-case name and exact value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The path part of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// Exact path or template with whole-segment `{params}`.
+    Full(String),
+    /// Prefix matched on whole segments.
+    Prefix(String),
+}
+
+/// One route as the router sees it.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Path pattern.
+    pub path: PathPattern,
+    /// Other conditions.
+    pub conditions: Conditions,
+}
+
+/// The request facts a lookup needs.
+pub struct RequestFacts<'a, H: Fn(&str) -> Option<&'a [u8]>> {
+    /// Method as sent.
+    pub method: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// Host header value, if any (port allowed).
+    pub host: Option<&'a str>,
+    /// Looks up a header value by lower-case name.
+    pub header: H,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Route index (declaration order) and the byte ranges of its params in the path, in pattern order.
+    Found { route: usize, params: Vec<Range<usize>> },
+    /// The path matched routes whose methods exclude this one; the allowed methods.
+    MethodNotAllowed { allow: Vec<String> },
+    /// No route matches.
+    NotFound,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    statics: Vec<(Box<str>, Node)>,
+    param: Option<Box<Node>>,
+    full: Vec<usize>,
+    prefix: Vec<usize>,
+}
+
+impl Node {
+    fn static_child(&self, seg: &str) -> Option<&Node> {
+        self.statics
+            .binary_search_by(|(k, _)| (**k).cmp(seg))
+            .ok()
+            .map(|i| &self.statics[i].1)
+    }
+
+    fn static_child_mut(&mut self, seg: &str) -> &mut Node {
+        let i = match self.statics.binary_search_by(|(k, _)| (**k).cmp(seg)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.statics.insert(i, (seg.into(), Node::default()));
+                i
+            }
+        };
+        &mut self.statics[i].1
+    }
+}
+
+/// A compiled route table.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: Node,
+    conditions: Vec<Conditions>,
+}
+
+fn is_param(seg: &str) -> bool {
+    seg.starts_with('{') && seg.ends_with('}')
+}
+
+impl Router {
+    /// Compiles routes; their index in `routes` is the declaration order.
+    pub fn new(routes: &[RouteSpec]) -> Router {
+        let mut root = Node::default();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.path {
+                PathPattern::Full(p) => {
+                    let mut node = &mut root;
+                    for seg in p.strip_prefix('/').unwrap_or(p).split('/') {
+                        node = if is_param(seg) {
+                            node.param.get_or_insert_with(Default::default)
+                        } else {
+                            node.static_child_mut(seg)
+                        };
+                    }
+                    node.full.push(i);
+                }
+                PathPattern::Prefix(p) => {
+                    let mut node = &mut root;
+                    let trimmed = p.trim_end_matches('/');
+                    for seg in trimmed.split('/').skip(1) {
+                        node = node.static_child_mut(seg);
+                    }
+                    node.prefix.push(i);
+                }
+            }
+        }
+        let conditions: Vec<Conditions> = routes.iter().map(|r| r.conditions.clone()).collect();
+        sort_lists(&mut root, &conditions);
+        Router { root, conditions }
+    }
+
+    /// Finds the most specific route for a request.
+    pub fn lookup<'a, H: Fn(&str) -> Option<&'a [u8]>>(&self, req: &RequestFacts<'a, H>) -> Lookup {
+        let host = req.host.map(strip_port);
+        let mut allow: Vec<String> = Vec::new();
+        let rest = req.path.strip_prefix('/').unwrap_or(req.path);
+        let mut params = Vec::new();
+        if let Some(route) = self.find_full(&self.root, req, host, rest, rest.split('/'), &mut params, &mut allow)
+        {
+            params.reverse();
+            return Lookup::Found { route, params };
+        }
+        // Prefix candidates along the static chain, deepest first.
+        let mut chain: Vec<&Node> = vec![&self.root];
+        let mut node = &self.root;
+        if !rest.is_empty() {
+            for seg in rest.split('/') {
+                match node.static_child(seg) {
+                    Some(n) => {
+                        chain.push(n);
+                        node = n;
+                    }
+                    None => break,
+                }
+            }
+        }
+        for n in chain.iter().rev() {
+            if let Some(route) = self.first_admitted(&n.prefix, req, host, &mut allow) {
+                return Lookup::Found {
+                    route,
+                    params: Vec::new(),
+                };
+            }
+        }
+        if allow.is_empty() {
+            Lookup::NotFound
+        } else {
+            Lookup::MethodNotAllowed { allow }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn find_full<'a, H: Fn(&str) -> Option<&'a [u8]>>(
+        &self,
+        node: &Node,
+        req: &RequestFacts<'a, H>,
+        host: Option<&str>,
+        base: &str,
+        mut segs: std::str::Split<'_, char>,
+        params: &mut Vec<Range<usize>>,
+        allow: &mut Vec<String>,
+    ) -> Option<usize> {
+        let Some(seg) = segs.next() else {
+            return self.first_admitted(&node.full, req, host, allow);
+        };
+        if let Some(child) = node.static_child(seg) {
+            if let Some(r) = self.find_full(child, req, host, base, segs.clone(), params, allow) {
+                return Some(r);
+            }
+        }
+        if let Some(child) = &node.param {
+            if !seg.is_empty() {
+                if let Some(r) = self.find_full(child, req, host, base, segs, params, allow) {
+                    // Params are pushed innermost first and reversed by the caller.
+                    let start = seg.as_ptr() as usize - base.as_ptr() as usize + 1;
+                    params.push(start..start + seg.len());
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    fn first_admitted<'a, H: Fn(&str) -> Option<&'a [u8]>>(
+        &self,
+        list: &[usize],
+        req: &RequestFacts<'a, H>,
+        host: Option<&str>,
+        allow: &mut Vec<String>,
+    ) -> Option<usize> {
+        for &i in list {
+            let c = &self.conditions[i];
+            if let Some(want) = &c.host {
+                if !host.is_some_and(|h| host_matches(want, h)) {
+                    continue;
+                }
+            }
+            if !c
+                .headers
+                .iter()
+                .all(|(name, value)| (req.header)(name) == Some(value.as_bytes()))
+            {
+                continue;
+            }
+            if c.methods.is_empty() || c.methods.iter().any(|m| m == req.method) {
+                return Some(i);
+            }
+            for m in &c.methods {
+                if !allow.contains(m) {
+                    allow.push(m.clone());
+                }
+            }
+        }
+        None
+    }
+}
+
+fn sort_lists(node: &mut Node, conds: &[Conditions]) {
+    let key = |i: &usize| {
+        let c = &conds[*i];
+        (
+            c.host.is_none(),
+            usize::MAX - c.headers.len(),
+            c.methods.is_empty(),
+            *i,
+        )
+    };
+    node.full.sort_by_key(key);
+    node.prefix.sort_by_key(key);
+    for (_, child) in &mut node.statics {
+        sort_lists(child, conds);
+    }
+    if let Some(p) = &mut node.param {
+        sort_lists(p, conds);
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn host_matches(want: &str, host: &str) -> bool {
+    match want.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => want.eq_ignore_ascii_case(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(p: &str) -> RouteSpec {
+        RouteSpec {
+            path: PathPattern::Full(p.into()),
+            conditions: Conditions::default(),
+        }
+    }
+    fn prefix(p: &str) -> RouteSpec {
+        RouteSpec {
+            path: PathPattern::Prefix(p.into()),
+            conditions: Conditions::default(),
+        }
+    }
+    fn with(mut r: RouteSpec, f: impl FnOnce(&mut Conditions)) -> RouteSpec {
+        f(&mut r.conditions);
+        r
+    }
+
+    fn look(router: &Router, method: &str, path: &str, host: Option<&str>, headers: &[(&str, &str)]) -> Lookup {
+        let owned: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .collect();
+        let facts = RequestFacts {
+            method,
+            path,
+            host,
+            header: |name: &str| owned.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice()),
+        };
+        router.lookup(&facts)
+    }
+
+    fn found(l: Lookup) -> usize {
+        match l {
+            Lookup::Found { route, .. } => route,
+            other => panic!("expected a route, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exact_template_and_prefix() {
+        let r = Router::new(&[
+            prefix("/"),
+            prefix("/api"),
+            full("/api/users/{id}"),
+            full("/api/users/me"),
+            full("/api/users/{id}/orders/{order}"),
+        ]);
+        assert_eq!(found(look(&r, "GET", "/api/users/me", None, &[])), 3);
+        assert_eq!(found(look(&r, "GET", "/api/users/42", None, &[])), 2);
+        assert_eq!(found(look(&r, "GET", "/api/users/", None, &[])), 1);
+        assert_eq!(found(look(&r, "GET", "/api", None, &[])), 1);
+        assert_eq!(found(look(&r, "GET", "/apix", None, &[])), 0);
+        assert_eq!(found(look(&r, "GET", "/", None, &[])), 0);
+        match look(&r, "GET", "/api/users/7/orders/abc", None, &[]) {
+            Lookup::Found { route, params } => {
+                assert_eq!(route, 4);
+                let p = "/api/users/7/orders/abc";
+                let vals: Vec<&str> = params.iter().map(|r| &p[r.clone()]).collect();
+                assert_eq!(vals, ["7", "abc"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn static_beats_param_with_backtracking() {
+        let r = Router::new(&[full("/a/{x}/c"), full("/a/b/d")]);
+        assert_eq!(found(look(&r, "GET", "/a/b/c", None, &[])), 0);
+        assert_eq!(found(look(&r, "GET", "/a/b/d", None, &[])), 1);
+        assert_eq!(look(&r, "GET", "/a/b/e", None, &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = Router::new(&[prefix("/a"), prefix("/a/b/"), prefix("/a/b/c")]);
+        assert_eq!(found(look(&r, "GET", "/a/b/x", None, &[])), 1);
+        assert_eq!(found(look(&r, "GET", "/a/b/c/d", None, &[])), 2);
+        assert_eq!(found(look(&r, "GET", "/a/x", None, &[])), 0);
+    }
+
+    #[test]
+    fn conditions_and_specificity() {
+        let r = Router::new(&[
+            with(prefix("/p"), |c| c.methods = vec!["GET".into()]),
+            with(prefix("/p"), |c| c.headers = vec![("x-api-version".into(), "2.0".into())]),
+            with(prefix("/p"), |c| c.host = Some("*.example.com".into())),
+        ]);
+        assert_eq!(found(look(&r, "GET", "/p", None, &[])), 0);
+        assert_eq!(found(look(&r, "GET", "/p", None, &[("X-API-Version", "2.0")])), 1);
+        assert_eq!(found(look(&r, "POST", "/p", None, &[("X-API-Version", "2.0")])), 1);
+        assert_eq!(found(look(&r, "GET", "/p", Some("a.Example.com:8080"), &[("x-api-version", "2.0")])), 2);
+        assert_eq!(found(look(&r, "GET", "/p", Some("example.com"), &[])), 0);
+        assert_eq!(
+            look(&r, "DELETE", "/p", None, &[]),
+            Lookup::MethodNotAllowed { allow: vec!["GET".into()] }
+        );
+    }
+
+    #[test]
+    fn declaration_order_breaks_ties() {
+        let r = Router::new(&[full("/x"), full("/x")]);
+        assert_eq!(found(look(&r, "GET", "/x", None, &[])), 0);
+    }
+
+    #[test]
+    fn method_mismatch_falls_through_to_prefix() {
+        let r = Router::new(&[
+            prefix("/api"),
+            with(full("/api/users/{id}"), |c| c.methods = vec!["GET".into(), "PUT".into()]),
+        ]);
+        assert_eq!(found(look(&r, "DELETE", "/api/users/1", None, &[])), 0);
+        let r = Router::new(&[with(full("/api/users/{id}"), |c| {
+            c.methods = vec!["GET".into(), "PUT".into()]
+        })]);
+        assert_eq!(
+            look(&r, "DELETE", "/api/users/1", None, &[]),
+            Lookup::MethodNotAllowed { allow: vec!["GET".into(), "PUT".into()] }
+        );
+    }
+
+    #[test]
+    fn empty_param_segment_does_not_match() {
+        let r = Router::new(&[full("/u/{id}")]);
+        assert_eq!(look(&r, "GET", "/u/", None, &[]), Lookup::NotFound);
+        assert_eq!(found(look(&r, "GET", "/u/1", None, &[])), 0);
+    }
+}
