@@ -5,8 +5,19 @@
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
+pub mod cli;
+pub mod compiled;
 pub mod config;
-pub mod router;
+pub mod demo;
+pub mod error;
 pub mod http;
+pub mod pipeline;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod shard;

@@ -8,6 +8,8 @@
 mod schema;
 mod validate;
 
+pub use validate::{path_template_params, resolve, template_params};
+
 pub use schema::*;
 
 use std::fmt;
@@ -41,7 +43,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}: {}", self.file, p.line, p.col, p.field, p.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, p.line, p.col, p.field, p.message
+            )?;
         }
         Ok(())
     }
@@ -127,6 +133,10 @@ fn qualified(outer: &Option<String>, name: &str) -> String {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.line, self.col, self.field, self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.col, self.field, self.message
+        )
     }
 }

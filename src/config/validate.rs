@@ -49,7 +49,11 @@ impl Validator<'_> {
     fn listeners(&mut self, g: &Gateway) {
         if g.listeners.is_empty() {
             let at = position_of_field(self.text, 0, "listeners");
-            self.push(at, "listeners".into(), "at least one listener is needed".into());
+            self.push(
+                at,
+                "listeners".into(),
+                "at least one listener is needed".into(),
+            );
         }
         let route_names: HashSet<&str> = g.routes.iter().map(|r| r.name.as_str()).collect();
         let mut seen = HashSet::new();
@@ -241,8 +245,8 @@ impl Validator<'_> {
             }
         }
         for method in &m.methods {
-            let ok = !method.is_empty()
-                && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            let ok =
+                !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
             if !ok {
                 self.push(
                     position_after(self.text, anchor, &format!("{method:?}")),
@@ -342,7 +346,10 @@ pub fn is_token_byte(b: u8) -> bool {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
     (line, col)
 }
 
@@ -389,7 +396,12 @@ fn position_of_value(text: &str, field: &str, value: &str) -> (usize, usize) {
     line_col(text, find_field_value(text, 0, field, value).unwrap_or(0))
 }
 
-fn position_after_field_value(text: &str, anchor: usize, field: &str, value: &str) -> (usize, usize) {
+fn position_after_field_value(
+    text: &str,
+    anchor: usize,
+    field: &str,
+    value: &str,
+) -> (usize, usize) {
     let at = find_field_value(text, anchor, field, value)
         .or_else(|| find_field_value(text, 0, field, value))
         .unwrap_or(anchor);
@@ -408,7 +420,8 @@ fn position_of_field(text: &str, anchor: usize, field: &str) -> (usize, usize) {
     let mut start = anchor;
     while let Some(i) = text.get(start..).and_then(|t| t.find(field)) {
         let at = start + i;
-        let word_start = at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
+        let word_start = at == 0
+            || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
         if word_start && text[at + field.len()..].trim_start().starts_with(':') {
             return line_col(text, at);
         }

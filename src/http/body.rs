@@ -94,7 +94,9 @@ pub async fn copy_body(
     match framing {
         Framing::None => {
             if out == OutFraming::Chunked {
-                let mut o = ChunkOut { buf: b"0\r\n\r\n".to_vec() };
+                let mut o = ChunkOut {
+                    buf: b"0\r\n\r\n".to_vec(),
+                };
                 o.flush(dst, lim.write_timeout).await?;
             }
             Ok(0)
@@ -205,7 +207,11 @@ async fn copy_chunked(
 }
 
 /// Reads and discards a body, e.g. one the gateway refused before forwarding.
-pub async fn discard_body(src: &mut Conn, framing: Framing, lim: CopyLimits) -> Result<(), CopyError> {
+pub async fn discard_body(
+    src: &mut Conn,
+    framing: Framing,
+    lim: CopyLimits,
+) -> Result<(), CopyError> {
     match framing {
         Framing::None => Ok(()),
         Framing::Length(n) => {

@@ -55,7 +55,10 @@ pub struct ChunkedDecoder {
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
-            state: State::Size { digits: 0, value: 0 },
+            state: State::Size {
+                digits: 0,
+                value: 0,
+            },
             line_len: 0,
             trailer_len: 0,
         }
@@ -139,7 +142,10 @@ impl ChunkedDecoder {
                     if b != b'\n' {
                         return Err(ChunkError::BadDelimiter);
                     }
-                    self.state = State::Size { digits: 0, value: 0 };
+                    self.state = State::Size {
+                        digits: 0,
+                        value: 0,
+                    };
                 }
                 State::TrailerLineStart | State::TrailerLine => {
                     self.trailer_len += 1;
@@ -235,7 +241,11 @@ mod tests {
             b" 5\r\nhello\r\n",
             b"0\r\nbad\ntrailer\r\n\r\n",
         ] {
-            assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

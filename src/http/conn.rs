@@ -2,7 +2,7 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{read_within, write_all_within, IoFail};
+use super::io::{read_within_or, write_all_within, IoFail};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::net::TcpStream;
 use std::time::Duration;
@@ -61,6 +61,15 @@ impl Conn {
 
     /// Reads more bytes into the buffer; `Ok(0)` means the peer closed.
     pub async fn fill(&mut self, dur: Duration) -> Result<usize, IoFail> {
+        self.fill_or(dur, std::future::pending::<()>()).await
+    }
+
+    /// Like [`Conn::fill`], but also gives up (as a timeout) when `stop` completes.
+    pub async fn fill_or(
+        &mut self,
+        dur: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<usize, IoFail> {
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             self.compact();
         }
@@ -70,9 +79,32 @@ impl Conn {
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let cap = buf.capacity();
-        let (res, slice) = read_within(&mut self.stream, buf.slice_mut(len..cap), dur).await;
+        let (res, slice) =
+            read_within_or(&mut self.stream, buf.slice_mut(len..cap), dur, stop).await;
         self.buf = slice.into_inner();
         res
+    }
+
+    /// Closes gracefully: sends FIN, then reads and drops whatever the peer
+    /// still sends (up to `max_bytes` or `dur`), so an unread request body
+    /// does not turn the close into a reset that destroys the response.
+    pub async fn linger_close(mut self, dur: Duration, max_bytes: usize) {
+        use monoio::io::AsyncWriteRent;
+        let _ = self.stream.shutdown().await;
+        let deadline = std::time::Instant::now() + dur;
+        let mut seen = 0;
+        while seen < max_bytes {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.buf.clear();
+            self.pos = 0;
+            match self.fill(left).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
     }
 
     /// Writes the first `n` buffered bytes to `dst` and consumes them.

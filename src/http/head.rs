@@ -12,9 +12,10 @@ pub const MAX_HEADERS_CAP: usize = 256;
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// How a message body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Framing {
     /// No body.
+    #[default]
     None,
     /// Exactly this many bytes.
     Length(u64),
@@ -139,12 +140,6 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
-impl Default for Framing {
-    fn default() -> Self {
-        Framing::None
-    }
-}
-
 /// Outcome of trying to parse a head from buffered bytes.
 pub enum Parsed<T> {
     /// A head, and how many bytes it took.
@@ -155,8 +150,13 @@ pub enum Parsed<T> {
 
 impl RequestHead {
     /// Parses a request head from `buf`, enforcing the size and count limits.
-    pub fn parse(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Parsed<Self>, HeadError> {
-        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    pub fn parse(
+        buf: &[u8],
+        max_bytes: usize,
+        max_headers: usize,
+    ) -> Result<Parsed<Self>, HeadError> {
+        let mut storage =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let limit = max_headers.min(MAX_HEADERS_CAP);
         let mut req = httparse::Request::new(&mut []);
         let status = req.parse_with_uninit_headers(buf, &mut storage[..limit]);
@@ -186,14 +186,18 @@ impl RequestHead {
                 ));
             }
             if version == 0 {
-                return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+                return Err(HeadError::Malformed(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
             }
             if !facts.chunked_last {
                 return Err(HeadError::UnsupportedEncoding);
             }
             Framing::Chunked
         } else if facts.conflicting_length {
-            return Err(HeadError::Malformed("invalid or conflicting Content-Length"));
+            return Err(HeadError::Malformed(
+                "invalid or conflicting Content-Length",
+            ));
         } else {
             match facts.content_length {
                 Some(0) | None => Framing::None,
@@ -293,7 +297,11 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     /// Parses a response head to a request made with `method`.
-    pub fn parse(buf: &[u8], max_bytes: usize, head_request: bool) -> Result<Parsed<Self>, HeadError> {
+    pub fn parse(
+        buf: &[u8],
+        max_bytes: usize,
+        head_request: bool,
+    ) -> Result<Parsed<Self>, HeadError> {
         let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut resp = httparse::Response::new(&mut storage);
         let n = match resp.parse(buf) {
@@ -315,7 +323,8 @@ impl ResponseHead {
             return Err(HeadError::Malformed("malformed status line"));
         };
         let facts = scan_fields(resp.headers);
-        let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+        let bodyless =
+            head_request || (100..200).contains(&status) || status == 204 || status == 304;
         let framing = if bodyless {
             Framing::None
         } else if facts.transfer_encoding {
@@ -325,7 +334,9 @@ impl ResponseHead {
                 Framing::UntilClose
             }
         } else if facts.conflicting_length {
-            return Err(HeadError::Malformed("invalid or conflicting Content-Length"));
+            return Err(HeadError::Malformed(
+                "invalid or conflicting Content-Length",
+            ));
         } else {
             match facts.content_length {
                 Some(n) => Framing::Length(n),
@@ -468,13 +479,29 @@ mod tests {
             Ok(Parsed::Complete(h, _)) => h,
             _ => panic!("parse failed"),
         };
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Length(5));
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing, Framing::None);
-        assert_eq!(parse("HTTP/1.1 304 NM\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::None);
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
+            Framing::None
+        );
+        assert_eq!(
+            parse("HTTP/1.1 304 NM\r\nContent-Length: 5\r\n\r\n", false).framing,
+            Framing::None
+        );
         let close = parse("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!(close.framing, Framing::UntilClose);
         assert!(!close.keep_alive);
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).framing, Framing::Chunked);
+        assert_eq!(
+            parse(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::Chunked
+        );
     }
 
     #[test]

@@ -28,19 +28,31 @@ pub async fn read_within<T: IoBufMut + 'static>(
     buf: T,
     dur: Duration,
 ) -> (Result<usize, IoFail>, T) {
+    read_within_or(stream, buf, dur, std::future::pending::<()>()).await
+}
+
+/// Reads once into `buf`, giving up after `dur` or when `stop` completes
+/// (reported as [`IoFail::Timeout`]); the read is cancelled either way.
+pub async fn read_within_or<T: IoBufMut + 'static, S: std::future::Future<Output = ()>>(
+    stream: &mut TcpStream,
+    buf: T,
+    dur: Duration,
+    stop: S,
+) -> (Result<usize, IoFail>, T) {
     let canceller = Canceller::new();
     let fut = stream.cancelable_read(buf, canceller.handle());
     let mut fut = std::pin::pin!(fut);
-    monoio::select! {
-        r = &mut fut => (r.0.map_err(IoFail::Io), r.1),
-        _ = monoio::time::sleep(dur) => {
-            canceller.cancel();
-            let (res, buf) = fut.await;
-            match res {
-                Err(e) if e.raw_os_error() == Some(ECANCELED) => (Err(IoFail::Timeout), buf),
-                other => (other.map_err(IoFail::Io), buf),
-            }
-        }
+    let stopped = monoio::select! {
+        r = &mut fut => return (r.0.map_err(IoFail::Io), r.1),
+        _ = monoio::time::sleep(dur) => true,
+        _ = stop => true,
+    };
+    debug_assert!(stopped);
+    canceller.cancel();
+    let (res, buf) = fut.await;
+    match res {
+        Err(e) if e.raw_os_error() == Some(ECANCELED) => (Err(IoFail::Timeout), buf),
+        other => (other.map_err(IoFail::Io), buf),
     }
 }
 

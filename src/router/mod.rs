@@ -62,7 +62,10 @@ pub struct RequestFacts<'a, H: Fn(&str) -> Option<&'a [u8]>> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// Route index (declaration order) and the byte ranges of its params in the path, in pattern order.
-    Found { route: usize, params: Vec<Range<usize>> },
+    Found {
+        route: usize,
+        params: Vec<Range<usize>>,
+    },
     /// The path matched routes whose methods exclude this one; the allowed methods.
     MethodNotAllowed { allow: Vec<String> },
     /// No route matches.
@@ -146,8 +149,15 @@ impl Router {
         let mut allow: Vec<String> = Vec::new();
         let rest = req.path.strip_prefix('/').unwrap_or(req.path);
         let mut params = Vec::new();
-        if let Some(route) = self.find_full(&self.root, req, host, rest, rest.split('/'), &mut params, &mut allow)
-        {
+        if let Some(route) = self.find_full(
+            &self.root,
+            req,
+            host,
+            rest,
+            rest.split('/'),
+            &mut params,
+            &mut allow,
+        ) {
             params.reverse();
             return Lookup::Found { route, params };
         }
@@ -268,7 +278,10 @@ fn sort_lists(node: &mut Node, conds: &[Conditions]) {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -305,7 +318,13 @@ mod tests {
         r
     }
 
-    fn look(router: &Router, method: &str, path: &str, host: Option<&str>, headers: &[(&str, &str)]) -> Lookup {
+    fn look(
+        router: &Router,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Lookup {
         let owned: Vec<(String, Vec<u8>)> = headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
@@ -314,7 +333,12 @@ mod tests {
             method,
             path,
             host,
-            header: |name: &str| owned.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice()),
+            header: |name: &str| {
+                owned
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_slice())
+            },
         };
         router.lookup(&facts)
     }
@@ -372,17 +396,36 @@ mod tests {
     fn conditions_and_specificity() {
         let r = Router::new(&[
             with(prefix("/p"), |c| c.methods = vec!["GET".into()]),
-            with(prefix("/p"), |c| c.headers = vec![("x-api-version".into(), "2.0".into())]),
+            with(prefix("/p"), |c| {
+                c.headers = vec![("x-api-version".into(), "2.0".into())]
+            }),
             with(prefix("/p"), |c| c.host = Some("*.example.com".into())),
         ]);
         assert_eq!(found(look(&r, "GET", "/p", None, &[])), 0);
-        assert_eq!(found(look(&r, "GET", "/p", None, &[("X-API-Version", "2.0")])), 1);
-        assert_eq!(found(look(&r, "POST", "/p", None, &[("X-API-Version", "2.0")])), 1);
-        assert_eq!(found(look(&r, "GET", "/p", Some("a.Example.com:8080"), &[("x-api-version", "2.0")])), 2);
+        assert_eq!(
+            found(look(&r, "GET", "/p", None, &[("X-API-Version", "2.0")])),
+            1
+        );
+        assert_eq!(
+            found(look(&r, "POST", "/p", None, &[("X-API-Version", "2.0")])),
+            1
+        );
+        assert_eq!(
+            found(look(
+                &r,
+                "GET",
+                "/p",
+                Some("a.Example.com:8080"),
+                &[("x-api-version", "2.0")]
+            )),
+            2
+        );
         assert_eq!(found(look(&r, "GET", "/p", Some("example.com"), &[])), 0);
         assert_eq!(
             look(&r, "DELETE", "/p", None, &[]),
-            Lookup::MethodNotAllowed { allow: vec!["GET".into()] }
+            Lookup::MethodNotAllowed {
+                allow: vec!["GET".into()]
+            }
         );
     }
 
@@ -396,7 +439,9 @@ mod tests {
     fn method_mismatch_falls_through_to_prefix() {
         let r = Router::new(&[
             prefix("/api"),
-            with(full("/api/users/{id}"), |c| c.methods = vec!["GET".into(), "PUT".into()]),
+            with(full("/api/users/{id}"), |c| {
+                c.methods = vec!["GET".into(), "PUT".into()]
+            }),
         ]);
         assert_eq!(found(look(&r, "DELETE", "/api/users/1", None, &[])), 0);
         let r = Router::new(&[with(full("/api/users/{id}"), |c| {
@@ -404,7 +449,9 @@ mod tests {
         })]);
         assert_eq!(
             look(&r, "DELETE", "/api/users/1", None, &[]),
-            Lookup::MethodNotAllowed { allow: vec!["GET".into(), "PUT".into()] }
+            Lookup::MethodNotAllowed {
+                allow: vec!["GET".into(), "PUT".into()]
+            }
         );
     }
 

@@ -1,0 +1,173 @@
+//! What the binary's commands do: check, serve (with reload and graceful
+//! shutdown driven by signals) and the demo.
+
+use crate::compiled::{compile, Compiled};
+use crate::config::{self, ConfigError};
+use crate::shard::{self, ShardSet};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// `shardgate check FILE`.
+pub fn check(file: &str) -> ExitCode {
+    match config::load(Path::new(file))
+        .map_err(|e| e.to_string())
+        .and_then(|g| {
+            compile(&g)?;
+            Ok(g)
+        }) {
+        Ok(g) => {
+            println!(
+                "ok: {file}: {} listener(s), {} upstream(s), {} route(s)",
+                g.listeners.len(),
+                g.upstreams.len(),
+                g.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Where the config comes from, so a reload can read it again.
+enum Source<'a> {
+    File(&'a str),
+    Text { name: &'a str, text: &'a str },
+}
+
+impl Source<'_> {
+    fn load(&self) -> Result<Compiled, String> {
+        let g = match self {
+            Source::File(f) => config::load(Path::new(f)),
+            Source::Text { name, text } => config::parse(name, text),
+        }
+        .map_err(|e: ConfigError| e.to_string())?;
+        compile(&g)
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Source::File(f) => f,
+            Source::Text { name, .. } => name,
+        }
+    }
+}
+
+/// `shardgate --config FILE`.
+pub fn serve(file: &str) -> ExitCode {
+    run(Source::File(file), || {})
+}
+
+/// `shardgate` with no arguments: demo backends plus the gateway on the demo config.
+pub fn demo() -> ExitCode {
+    let text = std::fs::read_to_string("config/demo.ron")
+        .unwrap_or_else(|_| crate::demo::DEMO_CONFIG.to_string());
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    if let Err(e) = crate::demo::start_backends() {
+        eprintln!("shardgate: demo backends failed to start: {e}");
+        return ExitCode::from(1);
+    }
+    run(
+        Source::Text {
+            name: "config/demo.ron",
+            text: leaked,
+        },
+        crate::demo::print_instructions,
+    )
+}
+
+fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
+    let compiled = match source.load() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Installed before the shards start, so no signal is missed.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardgate: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shards = match shard::start(compiled.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listening: Vec<String> = compiled
+        .listeners
+        .iter()
+        .map(|l| format!("{} on {}", l.name, l.addr))
+        .collect();
+    eprintln!(
+        "shardgate: {} shard(s), listening: {}",
+        shards.drivers.len(),
+        listening.join(", ")
+    );
+    eprintln!("shardgate: ready");
+    on_ready();
+    let mut current = compiled;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => current = reload(&source, &shards, current),
+            _ => {
+                eprintln!(
+                    "shardgate: shutting down (grace {} ms)",
+                    current.shutdown_grace.as_millis()
+                );
+                let clean = shards.shutdown(current.shutdown_grace);
+                if !clean {
+                    eprintln!("shardgate: grace period over with requests still running");
+                }
+                eprintln!("shardgate: stopped");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc<Compiled> {
+    match source.load() {
+        Ok(new) => {
+            let same_listeners = new.listeners.len() == current.listeners.len()
+                && new
+                    .listeners
+                    .iter()
+                    .zip(&current.listeners)
+                    .all(|(a, b)| a.addr == b.addr);
+            if !same_listeners {
+                eprintln!(
+                    "shardgate: reload of {} refused: listeners changed (restart to change listeners); keeping the running config",
+                    source.name()
+                );
+                return current;
+            }
+            let new = Arc::new(new);
+            shards.reload(new.clone());
+            eprintln!(
+                "shardgate: reloaded {}: {} route(s), {} upstream(s)",
+                source.name(),
+                new.routes.len(),
+                new.upstreams.len()
+            );
+            new
+        }
+        Err(e) => {
+            eprintln!(
+                "shardgate: reload of {} failed; keeping the running config:\n{e}",
+                source.name()
+            );
+            current
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The runtime form of a config: what shards run. Built once per load or
+//! reload from a validated [`config::Gateway`](crate::config::Gateway) and
+//! shared read-only by every shard; the hot path never looks at raw config.
+
+use crate::config::{self, Balance, Gateway, Shards};
+use crate::router::{Conditions, PathPattern, RouteSpec, Router};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+/// Client-side limits in runtime units.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Deadline for a whole head once its first byte arrived.
+    pub header_read_timeout: Duration,
+    /// Wait allowed for the next request on a keep-alive connection.
+    pub idle_timeout: Duration,
+    /// Wait allowed between body reads.
+    pub body_read_timeout: Duration,
+    /// Wait allowed for a write to the client.
+    pub send_timeout: Duration,
+}
+
+/// One upstream service.
+#[derive(Debug, Clone)]
+pub struct UpstreamPlan {
+    /// Name from the config.
+    pub name: String,
+    /// Resolved targets.
+    pub targets: Vec<SocketAddr>,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Response head deadline and per-read body timeout.
+    pub timeout: Duration,
+    /// Idle connections kept per target and shard.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+/// A piece of a rewrite template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text.
+    Lit(String),
+    /// The value of the route's n-th path param.
+    Param(usize),
+}
+
+/// How a route builds the upstream path.
+#[derive(Debug, Clone)]
+pub enum PathEdit {
+    /// Forward the path unchanged.
+    Keep,
+    /// Remove this leading prefix.
+    Strip(String),
+    /// Build the path from a template.
+    Rewrite(Vec<Piece>),
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    /// Name from the config.
+    pub name: String,
+    /// Index into [`Compiled::upstreams`].
+    pub upstream: usize,
+    /// Path edit applied before forwarding.
+    pub path_edit: PathEdit,
+}
+
+/// One listener with its own route table.
+#[derive(Debug)]
+pub struct ListenerPlan {
+    /// Name from the config.
+    pub name: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Matcher over this listener's routes.
+    pub router: Router,
+    /// Router index → index into [`Compiled::routes`].
+    pub route_ids: Vec<usize>,
+}
+
+/// Everything a shard needs to serve.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Listeners, in config order.
+    pub listeners: Vec<ListenerPlan>,
+    /// Routes, in declaration order.
+    pub routes: Vec<RoutePlan>,
+    /// Upstreams (sorted by name).
+    pub upstreams: Vec<UpstreamPlan>,
+    /// Client-side limits.
+    pub limits: Limits,
+    /// Grace period after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Shard placement.
+    pub shards: Shards,
+    /// Requested driver.
+    pub driver: config::DriverChoice,
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Compiles a validated config. Fails only if a target stopped resolving.
+pub fn compile(g: &Gateway) -> Result<Compiled, String> {
+    let upstreams: Vec<UpstreamPlan> = g
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            let targets = u
+                .targets
+                .iter()
+                .map(|t| config::resolve(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(UpstreamPlan {
+                name: name.clone(),
+                targets,
+                balance: u.balance,
+                connect_timeout: ms(u.connect_timeout_ms),
+                timeout: ms(u.timeout_ms),
+                max_idle: u.max_idle_per_target,
+                idle_timeout: ms(u.idle_timeout_ms),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let mut routes = Vec::with_capacity(g.routes.len());
+    let mut specs = Vec::with_capacity(g.routes.len());
+    for r in &g.routes {
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| format!("route {:?}: unknown upstream {:?}", r.name, r.upstream))?;
+        let params = match &r.matcher.path {
+            Some(p) => config::path_template_params(p)?,
+            None => Vec::new(),
+        };
+        let path_edit = match (&r.rewrite, &r.strip_prefix) {
+            (Some(t), _) => PathEdit::Rewrite(compile_template(t, &params)?),
+            (None, Some(p)) => PathEdit::Strip(p.trim_end_matches('/').to_string()),
+            (None, None) => PathEdit::Keep,
+        };
+        routes.push(RoutePlan {
+            name: r.name.clone(),
+            upstream,
+            path_edit,
+        });
+        let m = &r.matcher;
+        specs.push(RouteSpec {
+            path: match (&m.path, &m.path_prefix) {
+                (Some(p), _) => PathPattern::Full(p.clone()),
+                (None, Some(p)) => PathPattern::Prefix(p.clone()),
+                (None, None) => return Err(format!("route {:?} has no path", r.name)),
+            },
+            conditions: Conditions {
+                methods: m.methods.clone(),
+                host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect(),
+            },
+        });
+    }
+    let mut listeners = Vec::with_capacity(g.listeners.len());
+    for l in &g.listeners {
+        let addr: SocketAddr = l
+            .bind
+            .parse()
+            .map_err(|_| format!("listener {:?}: bad bind {:?}", l.name, l.bind))?;
+        let route_ids: Vec<usize> = match &l.routes {
+            None => (0..routes.len()).collect(),
+            Some(names) => g
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| names.contains(&r.name))
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        let subset: Vec<RouteSpec> = route_ids.iter().map(|&i| specs[i].clone()).collect();
+        listeners.push(ListenerPlan {
+            name: l.name.clone(),
+            addr,
+            router: Router::new(&subset),
+            route_ids,
+        });
+    }
+    let h = &g.limits_http;
+    Ok(Compiled {
+        listeners,
+        routes,
+        upstreams,
+        limits: Limits {
+            max_header_bytes: h.max_header_bytes,
+            max_headers: h.max_headers,
+            max_body_bytes: h.max_body_bytes,
+            header_read_timeout: ms(h.header_read_timeout_ms),
+            idle_timeout: ms(h.idle_timeout_ms),
+            body_read_timeout: ms(h.body_read_timeout_ms),
+            send_timeout: ms(h.send_timeout_ms),
+        },
+        shutdown_grace: ms(g.shutdown_grace_ms),
+        shards: g.shards.clone(),
+        driver: g.driver,
+    })
+}
+
+fn compile_template(t: &str, params: &[String]) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(Piece::Lit(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or("unclosed '{' in rewrite")?;
+        let name = &after[..close];
+        let idx = params
+            .iter()
+            .position(|p| p == name)
+            .ok_or_else(|| format!("rewrite uses unknown param {{{name}}}"))?;
+        pieces.push(Piece::Param(idx));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Lit(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+/// Builds the upstream request target (path and query) for a matched route.
+pub fn upstream_target(
+    edit: &PathEdit,
+    path: &str,
+    query: Option<&str>,
+    params: &[Range<usize>],
+) -> String {
+    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    match edit {
+        PathEdit::Keep => out.push_str(path),
+        PathEdit::Strip(prefix) => {
+            let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
+            if !rest.starts_with('/') {
+                out.push('/');
+            }
+            out.push_str(rest);
+        }
+        PathEdit::Rewrite(pieces) => {
+            for p in pieces {
+                match p {
+                    Piece::Lit(s) => out.push_str(s),
+                    Piece::Param(i) => {
+                        if let Some(r) = params.get(*i) {
+                            out.push_str(path.get(r.clone()).unwrap_or(""));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let strip = PathEdit::Strip("/api/v1".into());
+        assert_eq!(
+            upstream_target(&strip, "/api/v1/products/1", Some("x=1"), &[]),
+            "/products/1?x=1"
+        );
+        assert_eq!(upstream_target(&strip, "/api/v1", None, &[]), "/");
+        let rw = PathEdit::Rewrite(compile_template("/users/{id}/x", &["id".into()]).unwrap());
+        assert_eq!(
+            upstream_target(&rw, "/api/u/42", Some("a=b"), std::slice::from_ref(&(7..9))),
+            "/users/42/x?a=b"
+        );
+        assert_eq!(upstream_target(&PathEdit::Keep, "/a", None, &[]), "/a");
+    }
+}

@@ -1,0 +1,156 @@
+//! The one error type at the edge: every stage's failure becomes a
+//! [`GatewayError`], and this file alone decides its status and JSON body.
+
+use std::fmt::Write;
+
+/// A request the gateway answers itself, with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Malformed request (400).
+    BadRequest(&'static str),
+    /// No route matches (404).
+    NotFound,
+    /// The path matched but the method is not allowed (405 with `Allow`).
+    MethodNotAllowed(Vec<String>),
+    /// The client was too slow sending its request head or body (408).
+    RequestTimeout,
+    /// The request body is larger than allowed (413).
+    PayloadTooLarge,
+    /// The request head is too large or has too many fields (431).
+    HeadersTooLarge,
+    /// A transfer coding the gateway does not implement (501).
+    NotImplemented(&'static str),
+    /// The upstream could not be reached or broke the exchange (502).
+    BadGateway { upstream: String, reason: String },
+    /// The upstream did not answer in time (504).
+    GatewayTimeout { upstream: String },
+    /// The gateway is shutting down or has no usable target (503).
+    Unavailable(&'static str),
+}
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::NotFound => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTimeout => 408,
+            GatewayError::PayloadTooLarge => 413,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::NotImplemented(_) => 501,
+            GatewayError::BadGateway { .. } => 502,
+            GatewayError::Unavailable(_) => 503,
+            GatewayError::GatewayTimeout { .. } => 504,
+        }
+    }
+
+    /// The message shown to the client; never echoes request data.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::BadRequest(why) => format!("bad request: {why}"),
+            GatewayError::NotFound => "no route matches the request".into(),
+            GatewayError::MethodNotAllowed(_) => "method not allowed on this route".into(),
+            GatewayError::RequestTimeout => "request not received in time".into(),
+            GatewayError::PayloadTooLarge => "request body too large".into(),
+            GatewayError::HeadersTooLarge => "request header fields too large".into(),
+            GatewayError::NotImplemented(what) => format!("not implemented: {what}"),
+            GatewayError::BadGateway { upstream, reason } => {
+                format!("upstream {upstream:?} failed: {reason}")
+            }
+            GatewayError::GatewayTimeout { upstream } => {
+                format!("upstream {upstream:?} did not answer in time")
+            }
+            GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
+        }
+    }
+
+    /// The complete HTTP/1.1 response for this error.
+    pub fn to_response(&self, request_id: &str, keep_alive: bool) -> Vec<u8> {
+        let status = self.status();
+        let mut body = String::with_capacity(96);
+        body.push_str("{\"error\":");
+        json_string(&mut body, &self.message());
+        body.push_str(",\"request_id\":");
+        json_string(&mut body, request_id);
+        body.push('}');
+        let mut out = String::with_capacity(body.len() + 192);
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n",
+            reason_phrase(status),
+            body.len()
+        );
+        if let GatewayError::MethodNotAllowed(allow) = self {
+            let _ = write!(out, "allow: {}\r\n", allow.join(", "));
+        }
+        out.push_str(if keep_alive {
+            "connection: keep-alive\r\n\r\n"
+        } else {
+            "connection: close\r\n\r\n"
+        });
+        out.push_str(&body);
+        out.into_bytes()
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Standard reason phrase for the statuses the gateway produces itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_error_body() {
+        let r = GatewayError::MethodNotAllowed(vec!["GET".into(), "PUT".into()])
+            .to_response("ab\"c", false);
+        let s = String::from_utf8(r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(s.contains("allow: GET, PUT\r\n"));
+        assert!(s.contains("connection: close"));
+        assert!(s.ends_with(
+            "{\"error\":\"method not allowed on this route\",\"request_id\":\"ab\\\"c\"}"
+        ));
+        let body = s.split("\r\n\r\n").nth(1).unwrap();
+        assert!(s.contains(&format!("content-length: {}\r\n", body.len())));
+    }
+}

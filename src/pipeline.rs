@@ -1,0 +1,82 @@
+//! A request's path through the gateway, top to bottom. Each stage is a
+//! function with explicit inputs that returns `Result<_, GatewayError>`; the
+//! first failure short-circuits and the connection loop turns it into the
+//! JSON error response (the one rescue point, in `server.rs`).
+//!
+//! Stages: check the target → route → forward to the upstream (which
+//! streams the response back). Authentication, authorization and rate
+//! limiting slot in between routing and forwarding.
+
+use crate::compiled::{upstream_target, ListenerPlan};
+use crate::error::GatewayError;
+use crate::http::{Conn, RequestHead};
+use crate::proxy::{self, Disposition, Exchange};
+use crate::router::{Lookup, RequestFacts};
+use crate::shard::{Shard, ShardConfig};
+use std::ops::Range;
+
+/// Handles one request whose head has been read from `client`.
+pub async fn handle(
+    shard: &Shard,
+    cfg: &ShardConfig,
+    listener: usize,
+    req: &RequestHead,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+) -> Result<Disposition, GatewayError> {
+    check_target(req)?;
+    let listener = cfg
+        .compiled
+        .listeners
+        .get(listener)
+        .ok_or(GatewayError::Unavailable("listener is not configured"))?;
+    let (route_id, params) = route(listener, req)?;
+    let route = &cfg.compiled.routes[route_id];
+    let target = upstream_target(&route.path_edit, req.path(), req.query(), &params);
+    let up = &cfg.compiled.upstreams[route.upstream];
+    proxy::forward(
+        shard,
+        up,
+        &cfg.cursors[route.upstream],
+        req,
+        &target,
+        client,
+        ex,
+    )
+    .await
+}
+
+/// Accepts origin-form targets without dot segments (which could escape a prefix route).
+pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
+    let path = req.path();
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest(
+            "request target must be an absolute path",
+        ));
+    }
+    if path.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(GatewayError::BadRequest(
+            "dot segments are not allowed in the path",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the route for a request on a listener.
+pub fn route(
+    listener: &ListenerPlan,
+    req: &RequestHead,
+) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
+    let host = req.header("host").and_then(|h| std::str::from_utf8(h).ok());
+    let facts = RequestFacts {
+        method: req.method(),
+        path: req.path(),
+        host,
+        header: |name: &str| req.header(name),
+    };
+    match listener.router.lookup(&facts) {
+        Lookup::Found { route, params } => Ok((listener.route_ids[route], params)),
+        Lookup::MethodNotAllowed { allow } => Err(GatewayError::MethodNotAllowed(allow)),
+        Lookup::NotFound => Err(GatewayError::NotFound),
+    }
+}

@@ -1,0 +1,451 @@
+//! Forwarding one request to an upstream and streaming the answer back.
+//!
+//! The phases, in order: pick a target, build the upstream head (hop-by-hop
+//! fields removed, `X-Forwarded-*` and `X-Request-Id` set), take a pooled
+//! connection or connect, send head and body, read the response head, send
+//! the client its head and stream the body, and return the connection to
+//! the pool when the exchange left it reusable. A stale pooled connection is
+//! retried once on a fresh one when nothing of the request has been consumed.
+
+pub mod pool;
+
+use crate::compiled::UpstreamPlan;
+use crate::error::{reason_phrase, GatewayError};
+use crate::http::body::{copy_body, CopyError, CopyLimits, OutFraming};
+use crate::http::head::{is_hop_by_hop, named_by_connection};
+use crate::http::io::IoFail;
+use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
+use crate::shard::Shard;
+use monoio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Read buffer per upstream connection.
+const UPSTREAM_BUF: usize = 16 * 1024;
+
+/// Per-request facts the proxy needs from the connection.
+pub struct Exchange<'a> {
+    /// The request's id (received or generated).
+    pub request_id: &'a str,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The client's request body has been fully read (set by the proxy).
+    pub body_consumed: bool,
+    /// The response head has been written to the client (set by the proxy).
+    pub response_started: bool,
+    /// Client-side timeouts and limits.
+    pub limits: &'a crate::compiled::Limits,
+    /// The connection may stay open after this exchange.
+    pub keep_alive: bool,
+}
+
+/// How the client connection should continue after a proxied exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Serve the next request on this connection.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// Builds the upstream request head.
+pub fn upstream_head(
+    req: &RequestHead,
+    target: &str,
+    ex: &Exchange<'_>,
+    upstream_addr: SocketAddr,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(req.raw().len() + 160);
+    out.extend_from_slice(req.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    for (name, value) in req.headers() {
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff = Some(value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            host = Some(value);
+        }
+        if named_by_connection(req.headers(), name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if host.is_none() {
+        out.extend_from_slice(format!("host: {upstream_addr}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = xff {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ex.client_ip.to_string().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(ex.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match req.framing {
+        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Builds the client response head from the upstream's.
+fn client_head(
+    resp: &ResponseHead,
+    out_framing: Option<OutFraming>,
+    ex: &Exchange<'_>,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
+    if resp.reason().is_empty() {
+        out.extend_from_slice(reason_phrase(resp.status).as_bytes());
+    } else {
+        out.extend_from_slice(resp.reason());
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut has_request_id = false;
+    let bodyless = resp.framing == Framing::None;
+    for (name, value) in resp.headers() {
+        if is_hop_by_hop(name) || named_by_connection(resp.headers(), name) {
+            continue;
+        }
+        // Framing is re-declared below, except for bodyless answers (HEAD, 304)
+        // whose Content-Length describes the representation.
+        if name.eq_ignore_ascii_case(b"content-length") && !bodyless {
+            continue;
+        }
+        has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match (resp.framing, out_framing) {
+        (Framing::Length(n), _) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        (Framing::Chunked | Framing::UntilClose, Some(OutFraming::Chunked)) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+        _ => {}
+    }
+    if !has_request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(ex.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Marks a request in flight to a target for least-outstanding balancing.
+struct InFlight<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shard.pools.borrow_mut().end(self.addr);
+    }
+}
+
+enum Attempt {
+    /// The exchange finished (successfully or not) with this result.
+    Done(Result<Disposition, GatewayError>),
+    /// A reused connection turned out stale before anything was consumed.
+    Stale,
+}
+
+fn bad_gateway(up: &UpstreamPlan, reason: impl Into<String>) -> GatewayError {
+    GatewayError::BadGateway {
+        upstream: up.name.clone(),
+        reason: reason.into(),
+    }
+}
+
+async fn connect(up: &UpstreamPlan, addr: SocketAddr) -> Result<Conn, GatewayError> {
+    match monoio::time::timeout(up.connect_timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(Conn::new(stream, UPSTREAM_BUF))
+        }
+        Ok(Err(e)) => Err(bad_gateway(up, format!("connect to {addr} failed: {e}"))),
+        Err(_) => Err(bad_gateway(up, format!("connect to {addr} timed out"))),
+    }
+}
+
+/// Forwards `req` (whose body is still in `client`) to `up` and streams the response back.
+pub async fn forward(
+    shard: &Shard,
+    up: &UpstreamPlan,
+    cursor: &std::cell::Cell<usize>,
+    req: &RequestHead,
+    target: &str,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+) -> Result<Disposition, GatewayError> {
+    let addr = {
+        let mut c = cursor.get();
+        let picked = shard.pools.borrow().pick(up, &mut c);
+        cursor.set(c);
+        picked.ok_or(GatewayError::Unavailable("upstream has no targets"))?
+    };
+    shard.pools.borrow_mut().begin(addr);
+    let _in_flight = InFlight { shard, addr };
+    let head = upstream_head(req, target, ex, addr);
+    let mut head = Some(head);
+    for attempt in 0..2 {
+        let pooled = shard
+            .pools
+            .borrow_mut()
+            .take(addr, up.idle_timeout, Instant::now());
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(up, addr).await?,
+        };
+        let bytes = head.take().unwrap_or_default();
+        match exchange(
+            shard,
+            up,
+            addr,
+            conn,
+            bytes,
+            req,
+            client,
+            ex,
+            reused && attempt == 0,
+        )
+        .await
+        {
+            (Attempt::Done(r), _) => return r,
+            (Attempt::Stale, bytes) => head = Some(bytes),
+        }
+    }
+    Err(bad_gateway(up, "connection closed before a response"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    shard: &Shard,
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    mut upc: Conn,
+    head: Vec<u8>,
+    req: &RequestHead,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    may_retry: bool,
+) -> (Attempt, Vec<u8>) {
+    let retry_ok = may_retry && req.framing == Framing::None && req.is_idempotent();
+    let (res, head) = upc.write(head, up.timeout).await;
+    if res.is_err() {
+        if retry_ok {
+            return (Attempt::Stale, head);
+        }
+        return (
+            Attempt::Done(Err(bad_gateway(up, "write to upstream failed"))),
+            head,
+        );
+    }
+    // Request body.
+    if req.framing != Framing::None {
+        if req.expect_continue {
+            let (r, _) = client
+                .write(
+                    b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                    ex.limits.send_timeout,
+                )
+                .await;
+            if r.is_err() {
+                return (Attempt::Done(Ok(Disposition::Close)), head);
+            }
+        }
+        let out = if req.framing == Framing::Chunked {
+            OutFraming::Chunked
+        } else {
+            OutFraming::Raw
+        };
+        let lim = CopyLimits {
+            read_timeout: ex.limits.body_read_timeout,
+            write_timeout: up.timeout,
+            max_bytes: ex.limits.max_body_bytes,
+        };
+        let copied = copy_body(client, req.framing, &mut upc.stream, out, lim).await;
+        let err = match copied {
+            Ok(_) => None,
+            Err(CopyError::ReadTimeout) => Some(GatewayError::RequestTimeout),
+            Err(CopyError::SourceClosed) => return (Attempt::Done(Ok(Disposition::Close)), head),
+            Err(CopyError::BadChunk(_)) => Some(GatewayError::BadRequest("malformed chunked body")),
+            Err(CopyError::TooLarge) => Some(GatewayError::PayloadTooLarge),
+            Err(CopyError::Write(_)) => {
+                Some(bad_gateway(up, "upstream stopped reading the request body"))
+            }
+        };
+        if let Some(e) = err {
+            return (Attempt::Done(Err(e)), head);
+        }
+    }
+    ex.body_consumed = true;
+    // Response head, skipping interim 1xx answers.
+    let deadline = Instant::now() + up.timeout;
+    let resp = loop {
+        match read_response_head(&mut upc, deadline, req.method() == "HEAD").await {
+            Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
+            Ok(r) if r.status == 101 => {
+                return (
+                    Attempt::Done(Err(bad_gateway(up, "protocol upgrade is not supported"))),
+                    head,
+                )
+            }
+            Ok(r) => break r,
+            Err(ReadHeadError::ClosedEarly) if retry_ok => return (Attempt::Stale, head),
+            Err(ReadHeadError::ClosedEarly) => {
+                return (
+                    Attempt::Done(Err(bad_gateway(up, "connection closed before a response"))),
+                    head,
+                )
+            }
+            Err(ReadHeadError::Timeout) => {
+                return (
+                    Attempt::Done(Err(GatewayError::GatewayTimeout {
+                        upstream: up.name.clone(),
+                    })),
+                    head,
+                )
+            }
+            Err(ReadHeadError::Invalid(why)) => {
+                return (Attempt::Done(Err(bad_gateway(up, why))), head)
+            }
+        }
+    };
+    // Response to the client.
+    let client_http11 = req.version == 1;
+    let out_framing = match resp.framing {
+        Framing::None => None,
+        Framing::Length(_) => Some(OutFraming::Raw),
+        Framing::Chunked | Framing::UntilClose if client_http11 => Some(OutFraming::Chunked),
+        Framing::Chunked | Framing::UntilClose => Some(OutFraming::Raw),
+    };
+    // A close-delimited answer to the client ends the connection.
+    let close_delimited =
+        out_framing == Some(OutFraming::Raw) && !matches!(resp.framing, Framing::Length(_));
+    let client_keep_alive = ex.keep_alive && !shard.shutdown.is_fired() && !close_delimited;
+    let bytes = client_head(&resp, out_framing, ex, client_keep_alive);
+    let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
+    ex.response_started = true;
+    if r.is_err() {
+        return (Attempt::Done(Ok(Disposition::Close)), head);
+    }
+    let lim = CopyLimits {
+        read_timeout: up.timeout,
+        write_timeout: ex.limits.send_timeout,
+        max_bytes: u64::MAX,
+    };
+    let result = match out_framing {
+        None => Ok(0),
+        Some(out) => copy_body(&mut upc, resp.framing, &mut client.stream, out, lim).await,
+    };
+    match result {
+        Ok(_) => {
+            if resp.keep_alive && upc.buffered().is_empty() {
+                shard
+                    .pools
+                    .borrow_mut()
+                    .put(addr, upc, up.max_idle, Instant::now());
+            }
+            let d = if client_keep_alive {
+                Disposition::KeepAlive
+            } else {
+                Disposition::Close
+            };
+            (Attempt::Done(Ok(d)), head)
+        }
+        // The head is out: the only honest signal left is closing the connection.
+        Err(_) => (Attempt::Done(Ok(Disposition::Close)), head),
+    }
+}
+
+enum ReadHeadError {
+    ClosedEarly,
+    Timeout,
+    Invalid(&'static str),
+}
+
+async fn read_response_head(
+    upc: &mut Conn,
+    deadline: Instant,
+    head_request: bool,
+) -> Result<ResponseHead, ReadHeadError> {
+    loop {
+        if !upc.buffered().is_empty() {
+            match ResponseHead::parse(upc.buffered(), MAX_RESPONSE_HEAD, head_request) {
+                Ok(Parsed::Complete(h, n)) => {
+                    upc.consume(n);
+                    return Ok(h);
+                }
+                Ok(Parsed::Partial) => {}
+                Err(HeadError::TooLarge) => {
+                    return Err(ReadHeadError::Invalid("response head too large"))
+                }
+                Err(HeadError::TooManyHeaders) => {
+                    return Err(ReadHeadError::Invalid("too many response header fields"))
+                }
+                Err(_) => return Err(ReadHeadError::Invalid("malformed response head")),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left == Duration::ZERO {
+            return Err(ReadHeadError::Timeout);
+        }
+        let had = upc.buffered().len();
+        match upc.fill(left).await {
+            Ok(0) if had == 0 => return Err(ReadHeadError::ClosedEarly),
+            Ok(0) => {
+                return Err(ReadHeadError::Invalid(
+                    "connection closed inside the response head",
+                ))
+            }
+            Ok(_) => {}
+            Err(IoFail::Timeout) => return Err(ReadHeadError::Timeout),
+            Err(IoFail::Io(_)) if had == 0 => return Err(ReadHeadError::ClosedEarly),
+            Err(IoFail::Io(_)) => {
+                return Err(ReadHeadError::Invalid(
+                    "connection reset inside the response head",
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Per-shard upstream connection pools and balancing state.
+//!
+//! Pools are keyed by target address, so a reload that keeps a target keeps
+//! its warm connections. Idle connections are reused most-recent first, and
+//! expired ones are closed on take and by the shard's periodic reap.
+
+use crate::compiled::UpstreamPlan;
+use crate::config::Balance;
+use crate::http::Conn;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct TargetPool {
+    idle: Vec<(Conn, Instant)>,
+    outstanding: usize,
+}
+
+/// All pools of one shard.
+#[derive(Default)]
+pub struct Pools {
+    targets: HashMap<SocketAddr, TargetPool>,
+}
+
+impl Pools {
+    /// Takes an idle connection to `addr` that is younger than `max_age`.
+    pub fn take(&mut self, addr: SocketAddr, max_age: Duration, now: Instant) -> Option<Conn> {
+        let pool = self.targets.get_mut(&addr)?;
+        while let Some((conn, since)) = pool.idle.pop() {
+            if now.duration_since(since) < max_age {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a reusable connection; beyond `max_idle` the oldest is closed.
+    pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
+        if max_idle == 0 {
+            return;
+        }
+        let pool = self.targets.entry(addr).or_default();
+        if pool.idle.len() >= max_idle {
+            pool.idle.remove(0);
+        }
+        pool.idle.push((conn, now));
+    }
+
+    /// Closes idle connections older than `max_age`.
+    pub fn reap(&mut self, max_age: impl Fn(SocketAddr) -> Duration, now: Instant) {
+        self.targets.retain(|addr, pool| {
+            let age = max_age(*addr);
+            pool.idle
+                .retain(|(_, since)| now.duration_since(*since) < age);
+            !pool.idle.is_empty() || pool.outstanding > 0
+        });
+    }
+
+    /// Number of idle connections kept for `addr`.
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.targets.get(&addr).map_or(0, |p| p.idle.len())
+    }
+
+    fn outstanding(&self, addr: SocketAddr) -> usize {
+        self.targets.get(&addr).map_or(0, |p| p.outstanding)
+    }
+
+    /// Counts a request in flight to `addr`.
+    pub fn begin(&mut self, addr: SocketAddr) {
+        self.targets.entry(addr).or_default().outstanding += 1;
+    }
+
+    /// Ends a request counted by [`Pools::begin`].
+    pub fn end(&mut self, addr: SocketAddr) {
+        if let Some(p) = self.targets.get_mut(&addr) {
+            p.outstanding = p.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// Picks a target of `up`; `cursor` is this shard's round-robin position for it.
+    pub fn pick(&self, up: &UpstreamPlan, cursor: &mut usize) -> Option<SocketAddr> {
+        let n = up.targets.len();
+        if n == 0 {
+            return None;
+        }
+        let start = *cursor % n;
+        *cursor = cursor.wrapping_add(1);
+        match up.balance {
+            Balance::RoundRobin => Some(up.targets[start]),
+            Balance::LeastOutstanding => (0..n)
+                .map(|k| up.targets[(start + k) % n])
+                .min_by_key(|a| self.outstanding(*a)),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The client side of a shard: the accept loop and the per-connection loop
+//! (read a head, run the pipeline, answer errors, keep-alive or close).
+
+use crate::error::GatewayError;
+use crate::http::io::IoFail;
+use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
+use crate::pipeline;
+use crate::proxy::{Disposition, Exchange};
+use crate::shard::Shard;
+use monoio::io::Canceller;
+use monoio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long a closing connection keeps draining what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes drained while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+/// An unread request body up to this size is drained to keep the connection.
+const DRAIN_BODY_MAX: u64 = 64 * 1024;
+
+/// Accepts connections on one listener until the shard shuts down.
+pub async fn accept_loop(shard: Rc<Shard>, listener_idx: usize, listener: TcpListener) {
+    loop {
+        let canceller = Canceller::new();
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
+        let accepted = monoio::select! {
+            r = &mut accept => r,
+            _ = shard.shutdown.wait() => {
+                canceller.cancel();
+                // A connection that raced the shutdown is still served.
+                if let Ok((s, peer)) = accept.await {
+                    monoio::spawn(serve_connection(shard.clone(), listener_idx, s, peer));
+                }
+                return;
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                monoio::spawn(serve_connection(shard.clone(), listener_idx, stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("shardgate: shard {}: accept failed: {e}", shard.id);
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts something for as long as it lives.
+struct Counted<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a std::cell::Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        Counted(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    Closed,
+    Refused(GatewayError),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(
+    shard: Rc<Shard>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let _conn_count = Counted::new(&shard.connections);
+    let capacity = (shard.config().compiled.limits.max_header_bytes + 1024).max(16 * 1024);
+    let mut conn = Conn::new(stream, capacity);
+    loop {
+        let cfg = shard.config();
+        let limits = &cfg.compiled.limits;
+        let head = match read_head(&shard, &mut conn, limits).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => return,
+            HeadRead::Refused(e) => {
+                let id = shard.next_request_id();
+                let _ = conn
+                    .write(e.to_response(&id, false), limits.send_timeout)
+                    .await;
+                conn.linger_close(LINGER, LINGER_BYTES).await;
+                return;
+            }
+        };
+        let _in_flight = Counted::new(&shard.in_flight);
+        let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
+            Some(v) => String::from_utf8_lossy(v).into_owned(),
+            None => shard.next_request_id(),
+        };
+        let mut ex = Exchange {
+            request_id: &request_id,
+            client_ip: peer.ip(),
+            body_consumed: head.framing == Framing::None,
+            response_started: false,
+            limits,
+            keep_alive: head.keep_alive,
+        };
+        let result = pipeline::handle(&shard, &cfg, listener, &head, &mut conn, &mut ex).await;
+        let disposition = match result {
+            Ok(d) => d,
+            Err(_) if ex.response_started => Disposition::Close,
+            Err(e) => respond_error(&shard, &mut conn, &head, &ex, &e).await,
+        };
+        if disposition == Disposition::Close || shard.shutdown.is_fired() {
+            conn.linger_close(LINGER, LINGER_BYTES).await;
+            return;
+        }
+    }
+}
+
+/// Sends the JSON error, first draining a small unread body so the connection can stay open.
+async fn respond_error(
+    shard: &Shard,
+    conn: &mut Conn,
+    head: &RequestHead,
+    ex: &Exchange<'_>,
+    e: &GatewayError,
+) -> Disposition {
+    let limits = ex.limits;
+    let client_fault = matches!(
+        e,
+        GatewayError::BadRequest(_) | GatewayError::RequestTimeout | GatewayError::PayloadTooLarge
+    );
+    let mut keep = head.keep_alive && !client_fault && !shard.shutdown.is_fired();
+    if keep && !ex.body_consumed {
+        keep = match head.framing {
+            Framing::Length(n) if n <= DRAIN_BODY_MAX => {
+                let lim = crate::http::body::CopyLimits {
+                    read_timeout: limits.body_read_timeout,
+                    write_timeout: limits.send_timeout,
+                    max_bytes: DRAIN_BODY_MAX,
+                };
+                crate::http::body::discard_body(conn, head.framing, lim)
+                    .await
+                    .is_ok()
+            }
+            _ => false,
+        };
+    }
+    let (r, _) = conn
+        .write(e.to_response(ex.request_id, keep), limits.send_timeout)
+        .await;
+    if keep && r.is_ok() {
+        Disposition::KeepAlive
+    } else {
+        Disposition::Close
+    }
+}
+
+/// A client-supplied request id is passed on if it is short visible ASCII.
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Limits) -> HeadRead {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !conn.buffered().is_empty() {
+            match RequestHead::parse(conn.buffered(), limits.max_header_bytes, limits.max_headers) {
+                Ok(Parsed::Complete(h, n)) => {
+                    conn.consume(n);
+                    return HeadRead::Head(h);
+                }
+                Ok(Parsed::Partial) => {}
+                Err(HeadError::TooLarge | HeadError::TooManyHeaders) => {
+                    return HeadRead::Refused(GatewayError::HeadersTooLarge)
+                }
+                Err(HeadError::Malformed(why)) => {
+                    return HeadRead::Refused(GatewayError::BadRequest(why))
+                }
+                Err(HeadError::UnsupportedEncoding) => {
+                    return HeadRead::Refused(GatewayError::NotImplemented(
+                        "transfer coding other than chunked",
+                    ))
+                }
+            }
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + limits.header_read_timeout);
+            }
+        }
+        let started = !conn.buffered().is_empty();
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => limits.idle_timeout,
+        };
+        if wait.is_zero() {
+            return HeadRead::Refused(GatewayError::RequestTimeout);
+        }
+        let res = if started {
+            conn.fill(wait).await
+        } else {
+            conn.fill_or(wait, shard.shutdown.wait()).await
+        };
+        match res {
+            Ok(0) | Err(IoFail::Io(_)) => return HeadRead::Closed,
+            Ok(_) => {}
+            Err(IoFail::Timeout) if started => {
+                return HeadRead::Refused(GatewayError::RequestTimeout)
+            }
+            Err(IoFail::Timeout) => return HeadRead::Closed,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Starting shards: core placement, driver choice, listener binding, and the
+//! control loop through which a shard hears of reloads and shutdown.
+
+use super::state::Shard;
+use crate::compiled::Compiled;
+use crate::config::{DriverChoice, Shards};
+use crate::server::accept_loop;
+use crossbeam_channel::{Receiver, Sender};
+use monoio::net::{ListenerOpts, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often a shard looks at its control channel.
+const CONTROL_TICK: Duration = Duration::from_millis(20);
+/// How often a shard closes expired idle upstream connections.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// A message from the control thread to a shard.
+pub enum Control {
+    /// Serve this config from the next request on.
+    Reload(Arc<Compiled>),
+    /// Stop accepting, finish in-flight requests, exit within the grace period.
+    Shutdown,
+}
+
+/// The I/O driver a shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        })
+    }
+}
+
+/// The running shards.
+pub struct ShardSet {
+    senders: Vec<Sender<Control>>,
+    handles: Vec<JoinHandle<()>>,
+    /// The driver each shard runs.
+    pub drivers: Vec<Driver>,
+}
+
+impl ShardSet {
+    /// Sends a new config to every shard.
+    pub fn reload(&self, compiled: Arc<Compiled>) {
+        for s in &self.senders {
+            let _ = s.send(Control::Reload(compiled.clone()));
+        }
+    }
+
+    /// Asks every shard to drain, then waits up to `grace` (plus a margin) for them to exit.
+    /// Returns true when every shard finished in time.
+    pub fn shutdown(self, grace: Duration) -> bool {
+        for s in &self.senders {
+            let _ = s.send(Control::Shutdown);
+        }
+        let deadline = Instant::now() + grace + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if self.handles.iter().all(|h| h.is_finished()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+/// The core each shard is pinned to (`None`: not pinned).
+pub fn plan_cores(shards: &Shards) -> Result<Vec<Option<usize>>, String> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let pick = |n: usize| -> Vec<Option<usize>> {
+        if available.is_empty() {
+            return vec![None; n];
+        }
+        (0..n)
+            .map(|i| Some(available[i % available.len()]))
+            .collect()
+    };
+    match shards {
+        Shards::Auto => Ok(pick(available.len().max(1))),
+        Shards::Count(n) => Ok(pick(*n)),
+        Shards::Cores(list) => Ok(list.iter().map(|&c| Some(c)).collect()),
+        Shards::NumaNode(k) => {
+            let path = format!("/sys/devices/system/node/node{k}/cpulist");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("NumaNode({k}): cannot read {path}: {e}"))?;
+            let cores = parse_cpulist(&text)
+                .ok_or_else(|| format!("NumaNode({k}): cannot parse {path}: {text:?}"))?;
+            if cores.is_empty() {
+                return Err(format!("NumaNode({k}) has no cores"));
+            }
+            Ok(cores.into_iter().map(Some).collect())
+        }
+    }
+}
+
+/// Parses a Linux cpulist such as `0-3,8,10-11`.
+pub fn parse_cpulist(text: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
+    let choice = match std::env::var("SHARDGATE_DRIVER").ok().as_deref() {
+        Some("epoll") | Some("legacy") => DriverChoice::Epoll,
+        Some("io_uring") | Some("iouring") | Some("uring") => DriverChoice::IoUring,
+        Some("auto") | Some("") | None => choice,
+        Some(other) => {
+            return Err(format!(
+                "SHARDGATE_DRIVER={other:?}: expected epoll, io_uring or auto"
+            ))
+        }
+    };
+    Ok(match choice {
+        DriverChoice::Epoll => Driver::Epoll,
+        DriverChoice::IoUring => Driver::IoUring,
+        DriverChoice::Auto if monoio::utils::detect_uring() => Driver::IoUring,
+        DriverChoice::Auto => Driver::Epoll,
+    })
+}
+
+/// Starts every shard and returns once all of them listen (or one failed).
+pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
+    let cores = plan_cores(&compiled.shards)?;
+    let wanted = choose_driver(compiled.driver)?;
+    let fallback_allowed = compiled.driver == DriverChoice::Auto;
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for (id, core) in cores.iter().copied().enumerate() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        senders.push(tx);
+        let compiled = compiled.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("shardgate-shard-{id}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                        eprintln!(
+                            "shardgate: shard {id}: could not pin to core {c}; running unpinned"
+                        );
+                    }
+                }
+                run_shard(id, core, wanted, fallback_allowed, compiled, rx, ready);
+            })
+            .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut drivers = vec![Driver::Epoll; cores.len()];
+    for _ in 0..cores.len() {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((id, Ok(d))) => drivers[id] = d,
+            Ok((id, Err(e))) => return Err(format!("shard {id}: {e}")),
+            Err(_) => return Err("shards did not start within 10 s".into()),
+        }
+    }
+    Ok(ShardSet {
+        senders,
+        handles,
+        drivers,
+    })
+}
+
+fn run_shard(
+    id: usize,
+    core: Option<usize>,
+    wanted: Driver,
+    fallback_allowed: bool,
+    compiled: Arc<Compiled>,
+    rx: Receiver<Control>,
+    ready: Sender<(usize, Result<Driver, String>)>,
+) {
+    let body = |driver: Driver| {
+        shard_main(
+            id,
+            core,
+            driver,
+            compiled.clone(),
+            rx.clone(),
+            ready.clone(),
+        )
+    };
+    let result = match wanted {
+        Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .build()
+        {
+            Ok(mut rt) => {
+                rt.block_on(body(Driver::IoUring));
+                Ok(())
+            }
+            Err(e) if fallback_allowed => {
+                eprintln!(
+                    "shardgate: shard {id}: io_uring unavailable ({e}); falling back to epoll"
+                );
+                build_epoll().map(|mut rt| {
+                    rt.block_on(body(Driver::Epoll));
+                })
+            }
+            Err(e) => Err(e),
+        },
+        Driver::Epoll => build_epoll().map(|mut rt| {
+            rt.block_on(body(Driver::Epoll));
+        }),
+    };
+    if let Err(e) = result {
+        let _ = ready.send((id, Err(format!("cannot build runtime: {e}"))));
+    }
+}
+
+fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>>
+{
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+}
+
+async fn shard_main(
+    id: usize,
+    core: Option<usize>,
+    driver: Driver,
+    compiled: Arc<Compiled>,
+    rx: Receiver<Control>,
+    ready: Sender<(usize, Result<Driver, String>)>,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let mut listeners = Vec::new();
+    for l in &compiled.listeners {
+        match TcpListener::bind_with_config(l.addr, &opts) {
+            Ok(tl) => listeners.push(tl),
+            Err(e) => {
+                let _ = ready.send((id, Err(format!("cannot bind {} ({}): {e}", l.addr, l.name))));
+                return;
+            }
+        }
+    }
+    let shard = Rc::new(Shard::new(id, compiled));
+    for (i, tl) in listeners.into_iter().enumerate() {
+        monoio::spawn(accept_loop(shard.clone(), i, tl));
+    }
+    let core_text = core.map_or("unpinned".to_string(), |c| format!("core {c}"));
+    eprintln!("shardgate: shard {id} on {core_text}: driver {driver}");
+    let _ = ready.send((id, Ok(driver)));
+    control_loop(&shard, &rx).await;
+}
+
+async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
+    let mut last_reap = Instant::now();
+    loop {
+        monoio::time::sleep(CONTROL_TICK).await;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Control::Reload(c) => shard.swap_config(c),
+                Control::Shutdown => {
+                    let grace = shard.config().compiled.shutdown_grace;
+                    shard.shutdown.fire();
+                    let deadline = Instant::now() + grace;
+                    while shard.connections.get() > 0 && Instant::now() < deadline {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(last_reap) >= REAP_EVERY {
+            shard.reap_pools(now);
+            last_reap = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpulist() {
+        assert_eq!(
+            parse_cpulist("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpulist("5"), Some(vec![5]));
+        assert_eq!(parse_cpulist("3-1"), None);
+        assert_eq!(parse_cpulist("x"), None);
+    }
+}

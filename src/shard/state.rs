@@ -1,0 +1,100 @@
+//! What one shard owns: its current compiled config, its upstream pools and
+//! balancing cursors, and its lifecycle flags. Shared only within the shard's
+//! thread (`Rc`, `Cell`, `RefCell`); nothing here is `Sync`.
+
+use super::notify::Notify;
+use crate::compiled::Compiled;
+use crate::proxy::pool::Pools;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The config a shard serves, with the shard-local state tied to it.
+pub struct ShardConfig {
+    /// The compiled config (shared read-only by all shards).
+    pub compiled: Arc<Compiled>,
+    /// Round-robin cursor per upstream, this shard only.
+    pub cursors: Vec<Cell<usize>>,
+}
+
+/// A shard's state.
+pub struct Shard {
+    /// Shard number (0-based).
+    pub id: usize,
+    config: RefCell<Rc<ShardConfig>>,
+    /// Upstream connection pools, per target address.
+    pub pools: RefCell<Pools>,
+    /// Fired when the shard starts draining for shutdown.
+    pub shutdown: Notify,
+    /// Requests being handled right now.
+    pub in_flight: Cell<usize>,
+    /// Client connections open right now.
+    pub connections: Cell<usize>,
+    id_seed: u64,
+    id_seq: Cell<u64>,
+}
+
+impl Shard {
+    /// A shard serving `compiled`.
+    pub fn new(id: usize, compiled: Arc<Compiled>) -> Shard {
+        Shard {
+            id,
+            config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
+            pools: RefCell::default(),
+            shutdown: Notify::default(),
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            id_seed: random_seed() ^ ((id as u64) << 56),
+            id_seq: Cell::new(0),
+        }
+    }
+
+    fn shard_config(id: usize, compiled: Arc<Compiled>) -> ShardConfig {
+        // Start each shard's cursors at a different target so shards spread out.
+        let cursors = compiled.upstreams.iter().map(|_| Cell::new(id)).collect();
+        ShardConfig { compiled, cursors }
+    }
+
+    /// The config to use for one request (a cheap shard-local clone).
+    pub fn config(&self) -> Rc<ShardConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// Swaps in a new config; requests already running keep their snapshot.
+    pub fn swap_config(&self, compiled: Arc<Compiled>) {
+        *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
+    }
+
+    /// A new request id: unique per process run, 24 hex digits.
+    pub fn next_request_id(&self) -> String {
+        let n = self.id_seq.get().wrapping_add(1);
+        self.id_seq.set(n);
+        format!("{:016x}{:08x}", self.id_seed, n as u32)
+    }
+
+    /// Closes idle upstream connections past their upstream's idle timeout.
+    pub fn reap_pools(&self, now: Instant) {
+        let cfg = self.config();
+        let ups = &cfg.compiled.upstreams;
+        self.pools.borrow_mut().reap(
+            |addr| {
+                ups.iter()
+                    .find(|u| u.targets.contains(&addr))
+                    .map_or(std::time::Duration::ZERO, |u| u.idle_timeout)
+            },
+            now,
+        );
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
