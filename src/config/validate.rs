@@ -89,7 +89,7 @@ impl Validator<'_> {
         let l = &g.limits_http;
         let checks: [(&str, bool); 7] = [
             ("max_header_bytes", l.max_header_bytes >= 64),
-            ("max_headers", l.max_headers >= 1),
+            ("max_headers", (1..=256).contains(&l.max_headers)),
             ("max_body_bytes", true),
             ("header_read_timeout_ms", l.header_read_timeout_ms >= 1),
             ("idle_timeout_ms", l.idle_timeout_ms >= 1),
@@ -99,12 +99,12 @@ impl Validator<'_> {
         for (name, ok) in checks {
             if !ok {
                 let at = position_of_field(self.text, 0, name);
-                let min = if name == "max_header_bytes" { 64 } else { 1 };
-                self.push(
-                    at,
-                    format!("limits_http.{name}"),
-                    format!("must be at least {min}"),
-                );
+                let rule = match name {
+                    "max_header_bytes" => "must be at least 64",
+                    "max_headers" => "must be between 1 and 256",
+                    _ => "must be at least 1",
+                };
+                self.push(at, format!("limits_http.{name}"), rule.into());
             }
         }
     }
