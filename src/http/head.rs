@@ -44,9 +44,14 @@ pub struct Fields {
     ranges: Vec<(Range<usize>, Range<usize>)>,
 }
 
+/// Where `part` lies inside `base`; empty (or foreign) slices map to `0..0`,
+/// since a parser may hand back an empty slice that points anywhere.
 fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    start..start + part.len()
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if !part.is_empty() && end <= base.len() => start..end,
+        _ => 0..0,
+    }
 }
 
 impl Fields {
@@ -502,6 +507,20 @@ mod tests {
             .framing,
             Framing::Chunked
         );
+    }
+
+    #[test]
+    fn empty_values_and_obs_fold() {
+        let h = req("GET / HTTP/1.1\r\nX-Empty:\r\nX-B: b\r\n\r\n").unwrap();
+        assert_eq!(h.header("x-empty"), Some(&b""[..]));
+        assert_eq!(h.header("x-b"), Some(&b"b"[..]));
+        let folded = "GET / HTTP/1.1\r\nX-A: a\r\n  folded\r\n\r\n";
+        assert!(matches!(req(folded), Err(HeadError::Malformed(_))));
+        let resp = b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n";
+        match ResponseHead::parse(resp, 1024, false) {
+            Ok(Parsed::Complete(h, _)) => assert_eq!(h.reason(), b""),
+            _ => panic!("parse failed"),
+        }
     }
 
     #[test]
