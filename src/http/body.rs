@@ -10,6 +10,9 @@ use std::time::Duration;
 
 /// Pending chunked output is written once it reaches this size.
 const CHUNK_FLUSH: usize = 32 * 1024;
+/// Read buffer used while streaming a body larger than the head buffer, so
+/// a large body moves in fewer, larger reads and writes; given back after.
+const STREAM_BUF: usize = 256 * 1024;
 
 /// Why copying a body stopped early.
 #[derive(Debug)]
@@ -91,6 +94,29 @@ pub async fn copy_body(
     out: OutFraming,
     lim: CopyLimits,
 ) -> Result<u64, CopyError> {
+    let large = match framing {
+        Framing::Length(n) => n > src.buffered().len() as u64 + 16 * 1024,
+        Framing::Chunked | Framing::UntilClose => true,
+        Framing::None => false,
+    };
+    let result = copy_framed(src, framing, dst, out, lim, large).await;
+    if large {
+        src.shrink_to(STREAM_BUF / 4);
+    }
+    result
+}
+
+async fn copy_framed(
+    src: &mut Conn,
+    framing: Framing,
+    dst: &mut TcpStream,
+    out: OutFraming,
+    lim: CopyLimits,
+    large: bool,
+) -> Result<u64, CopyError> {
+    if large {
+        src.reserve_total(STREAM_BUF);
+    }
     match framing {
         Framing::None => {
             if out == OutFraming::Chunked {

@@ -51,6 +51,14 @@ impl Conn {
         }
     }
 
+    /// Gives back buffer memory beyond `capacity` once a large body has passed.
+    pub fn shrink_to(&mut self, capacity: usize) {
+        if self.buf.capacity() > capacity && self.buffered().len() <= capacity {
+            self.compact();
+            self.buf.shrink_to(capacity);
+        }
+    }
+
     fn compact(&mut self) {
         if self.pos > 0 {
             self.buf.copy_within(self.pos.., 0);
