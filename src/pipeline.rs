@@ -3,13 +3,13 @@
 //! first failure short-circuits and the connection loop turns it into the
 //! JSON error response (the one rescue point, in `server.rs`).
 //!
-//! Stages: check the target → route → forward to the upstream (which
+//! Stages: check the target and declared body size → route → forward to the upstream (which
 //! streams the response back). Authentication, authorization and rate
 //! limiting slot in between routing and forwarding.
 
 use crate::compiled::{upstream_target, ListenerPlan};
 use crate::error::GatewayError;
-use crate::http::{Conn, RequestHead};
+use crate::http::{Conn, Framing, RequestHead};
 use crate::proxy::{self, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
@@ -25,6 +25,7 @@ pub async fn handle(
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
     check_target(req)?;
+    check_declared_length(req, ex.limits.max_body_bytes)?;
     let listener = cfg
         .compiled
         .listeners
@@ -60,6 +61,14 @@ pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
+}
+
+/// Refuses a declared body larger than the limit before any upstream is contacted.
+pub fn check_declared_length(req: &RequestHead, max_body_bytes: u64) -> Result<(), GatewayError> {
+    match req.framing {
+        Framing::Length(n) if n > max_body_bytes => Err(GatewayError::PayloadTooLarge),
+        _ => Ok(()),
+    }
 }
 
 /// Finds the route for a request on a listener.
