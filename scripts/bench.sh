@@ -531,7 +531,7 @@ REPORT="$WORK_DIR/report.md"
     echo "- machine: nproc=$(nproc), kernel $(uname -r), CPU: ${cpu_model:-unknown}"
     echo "- load: wrk -t1 -c$CONNS, ${DURATION}s per run, $ROUNDS interleaved rounds, GET $REQ_PATH, ${#UPSTREAM_BODY}-byte JSON body"
     echo "- pinning: proxy on CPU $PROXY_CPUS, wrk + upstream nginx (1 worker) on CPU $LOAD_CPUS; proxies run $WORKERS worker(s)/thread(s)/shard(s)"
-    echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}')$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null | sed 's/^/, shardgate @ /')"
+    echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}')$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null | sed 's/^/, shardgate @ /')"
     echo "- CPU: utime+stime from /proc/PID/stat (CLK_TCK=$CLK_TCK) before/after each run ÷ requests; nginx = master + workers"
     for t in "${TARGET_LIST[@]}"; do
         if [[ -z "${URL_OF[$t]:-}" ]]; then

@@ -162,26 +162,12 @@ impl Router {
             return Lookup::Found { route, params };
         }
         // Prefix candidates along the static chain, deepest first.
-        let mut chain: Vec<&Node> = vec![&self.root];
-        let mut node = &self.root;
-        if !rest.is_empty() {
-            for seg in rest.split('/') {
-                match node.static_child(seg) {
-                    Some(n) => {
-                        chain.push(n);
-                        node = n;
-                    }
-                    None => break,
-                }
-            }
-        }
-        for n in chain.iter().rev() {
-            if let Some(route) = self.first_admitted(&n.prefix, req, host, &mut allow) {
-                return Lookup::Found {
-                    route,
-                    params: Vec::new(),
-                };
-            }
+        let segs = if rest.is_empty() { None } else { Some(rest.split('/')) };
+        if let Some(route) = self.find_prefix(&self.root, req, host, segs, &mut allow) {
+            return Lookup::Found {
+                route,
+                params: Vec::new(),
+            };
         }
         if allow.is_empty() {
             Lookup::NotFound
@@ -220,6 +206,27 @@ impl Router {
             }
         }
         None
+    }
+
+    /// Walks static segments as deep as they go, then tries prefix routes on the way back up.
+    fn find_prefix<'a, H: Fn(&str) -> Option<&'a [u8]>>(
+        &self,
+        node: &Node,
+        req: &RequestFacts<'a, H>,
+        host: Option<&str>,
+        mut segs: Option<std::str::Split<'_, char>>,
+        allow: &mut Vec<String>,
+    ) -> Option<usize> {
+        let child = segs
+            .as_mut()
+            .and_then(|s| s.next())
+            .and_then(|seg| node.static_child(seg));
+        if let Some(child) = child {
+            if let Some(r) = self.find_prefix(child, req, host, segs, allow) {
+                return Some(r);
+            }
+        }
+        self.first_admitted(&node.prefix, req, host, allow)
     }
 
     fn first_admitted<'a, H: Fn(&str) -> Option<&'a [u8]>>(
