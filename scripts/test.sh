@@ -27,3 +27,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test (unit, integration, benches in test mode)"
 cargo test --all-targets
+echo "== integration tests again on the epoll driver (the io_uring fallback path)"
+SHARDGATE_DRIVER=epoll cargo test --tests

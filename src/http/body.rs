@@ -232,6 +232,25 @@ async fn copy_chunked(
     }
 }
 
+/// Moves the part of a Content-Length body that is already buffered in `src`
+/// onto the end of `head`, so head and body leave in one write (one segment
+/// instead of two for a small message), and returns the framing of what is
+/// left to copy. Other framings are left alone.
+pub fn append_buffered(src: &mut Conn, framing: Framing, head: &mut Vec<u8>) -> Framing {
+    match framing {
+        Framing::Length(n) => {
+            let k = (src.buffered().len() as u64).min(n) as usize;
+            head.extend_from_slice(&src.buffered()[..k]);
+            src.consume(k);
+            match n - k as u64 {
+                0 => Framing::None,
+                left => Framing::Length(left),
+            }
+        }
+        other => other,
+    }
+}
+
 /// Reads and discards a body, e.g. one the gateway refused before forwarding.
 pub async fn discard_body(
     src: &mut Conn,

@@ -1,26 +1,30 @@
-//! Timed, cancelable reads and writes on monoio's owned-buffer streams.
+//! Timed reads and writes on monoio's owned-buffer streams.
 //!
 //! Dropping an io_uring read future does not cancel the kernel operation, so
-//! a timed-out read is cancelled explicitly and awaited until the kernel hands
-//! the buffer back; the socket is then really idle and can be closed.
+//! a timed-out operation is ended by shutting the socket down in that
+//! direction (`shutdown(2)` wakes a pending recv with end-of-file and a
+//! pending send with EPIPE, under io_uring and epoll alike) and then awaited
+//! until the kernel hands the buffer back. This costs nothing while no
+//! timeout fires, unlike registering every operation with a canceller. A
+//! connection whose read or write timed out is always closed afterwards.
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use nix::sys::socket::{shutdown, Shutdown};
+use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// Why a timed I/O call failed.
 #[derive(Debug)]
 pub enum IoFail {
-    /// The deadline passed first.
+    /// The deadline passed first (or the caller's stop signal fired).
     Timeout,
     /// The socket failed.
     Io(io::Error),
 }
-
-/// The ECANCELED errno monoio reports for a cancelled operation.
-const ECANCELED: i32 = 125;
 
 /// Reads once into `buf`, giving up after `dur`.
 pub async fn read_within<T: IoBufMut + 'static>(
@@ -32,49 +36,46 @@ pub async fn read_within<T: IoBufMut + 'static>(
 }
 
 /// Reads once into `buf`, giving up after `dur` or when `stop` completes
-/// (reported as [`IoFail::Timeout`]); the read is cancelled either way.
-pub async fn read_within_or<T: IoBufMut + 'static, S: std::future::Future<Output = ()>>(
+/// (both reported as [`IoFail::Timeout`]); the socket's read side is shut
+/// down in that case.
+pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>>(
     stream: &mut TcpStream,
     buf: T,
     dur: Duration,
     stop: S,
 ) -> (Result<usize, IoFail>, T) {
-    let canceller = Canceller::new();
-    let fut = stream.cancelable_read(buf, canceller.handle());
+    let fd = stream.as_raw_fd();
+    let fut = stream.read(buf);
     let mut fut = std::pin::pin!(fut);
-    let stopped = monoio::select! {
+    monoio::select! {
         r = &mut fut => return (r.0.map_err(IoFail::Io), r.1),
-        _ = monoio::time::sleep(dur) => true,
-        _ = stop => true,
-    };
-    debug_assert!(stopped);
-    canceller.cancel();
-    let (res, buf) = fut.await;
-    match res {
-        Err(e) if e.raw_os_error() == Some(ECANCELED) => (Err(IoFail::Timeout), buf),
-        other => (other.map_err(IoFail::Io), buf),
+        _ = monoio::time::sleep(dur) => {},
+        _ = stop => {},
     }
+    let _ = shutdown(fd, Shutdown::Read);
+    let (_, buf) = fut.await;
+    (Err(IoFail::Timeout), buf)
 }
 
-/// Writes all of `buf`, giving up when no write completes within `dur`.
+/// Writes all of `buf`, giving up when it has not completed within `dur`
+/// (the socket's write side is then shut down).
 pub async fn write_all_within<T: IoBuf + 'static>(
     stream: &mut TcpStream,
     buf: T,
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
-    let canceller = Canceller::new();
-    let fut = stream.write_all(buf, canceller.handle());
+    let fd = stream.as_raw_fd();
+    let fut = stream.write_all(buf);
     let mut fut = std::pin::pin!(fut);
     monoio::select! {
-        r = &mut fut => (r.0.map(|_| ()).map_err(IoFail::Io), r.1),
-        _ = monoio::time::sleep(dur) => {
-            canceller.cancel();
-            let (res, buf) = fut.await;
-            match res {
-                Ok(_) => (Ok(()), buf),
-                Err(e) if e.raw_os_error() == Some(ECANCELED) => (Err(IoFail::Timeout), buf),
-                Err(e) => (Err(IoFail::Io(e)), buf),
-            }
-        }
+        r = &mut fut => return (r.0.map(|_| ()).map_err(IoFail::Io), r.1),
+        _ = monoio::time::sleep(dur) => {},
+    }
+    let _ = shutdown(fd, Shutdown::Write);
+    let (res, buf) = fut.await;
+    match res {
+        // It finished after all; the write side is closed, so the exchange still ends here.
+        Ok(_) => (Err(IoFail::Timeout), buf),
+        Err(_) => (Err(IoFail::Timeout), buf),
     }
 }

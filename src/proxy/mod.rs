@@ -11,7 +11,7 @@ pub mod pool;
 
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
-use crate::http::body::{copy_body, CopyError, CopyLimits, OutFraming};
+use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFraming};
 use crate::http::head::{is_hop_by_hop, named_by_connection};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
@@ -270,7 +270,18 @@ async fn exchange(
     may_retry: bool,
 ) -> (Attempt, Vec<u8>) {
     let retry_ok = may_retry && req.framing == Framing::None && req.is_idempotent();
-    let (res, head) = upc.write(head, up.timeout).await;
+    // A small body that arrived with the head goes out in the same write. Not
+    // when the client waits for 100 Continue, and not when a retry may need
+    // the head again (retries only happen for requests without a body).
+    let mut head = head;
+    let head_len = head.len();
+    let body_framing = if req.expect_continue {
+        req.framing
+    } else {
+        append_buffered(client, req.framing, &mut head)
+    };
+    let (res, mut head) = upc.write(head, up.timeout).await;
+    head.truncate(head_len);
     if res.is_err() {
         if retry_ok {
             return (Attempt::Stale, head);
@@ -281,7 +292,7 @@ async fn exchange(
         );
     }
     // Request body.
-    if req.framing != Framing::None {
+    if body_framing != Framing::None {
         if req.expect_continue {
             let (r, _) = client
                 .write(
@@ -303,7 +314,7 @@ async fn exchange(
             write_timeout: up.timeout,
             max_bytes: ex.limits.max_body_bytes,
         };
-        let copied = copy_body(client, req.framing, &mut upc.stream, out, lim).await;
+        let copied = copy_body(client, body_framing, &mut upc.stream, out, lim).await;
         let err = match copied {
             Ok(_) => None,
             Err(CopyError::ReadTimeout) => Some(GatewayError::RequestTimeout),
@@ -363,7 +374,8 @@ async fn exchange(
     let close_delimited =
         out_framing == Some(OutFraming::Raw) && !matches!(resp.framing, Framing::Length(_));
     let client_keep_alive = ex.keep_alive && !shard.shutdown.is_fired() && !close_delimited;
-    let bytes = client_head(&resp, out_framing, ex, client_keep_alive);
+    let mut bytes = client_head(&resp, out_framing, ex, client_keep_alive);
+    let rest = append_buffered(&mut upc, resp.framing, &mut bytes);
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
     if r.is_err() {
@@ -376,7 +388,7 @@ async fn exchange(
     };
     let result = match out_framing {
         None => Ok(0),
-        Some(out) => copy_body(&mut upc, resp.framing, &mut client.stream, out, lim).await,
+        Some(out) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
     };
     match result {
         Ok(_) => {

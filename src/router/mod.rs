@@ -162,7 +162,11 @@ impl Router {
             return Lookup::Found { route, params };
         }
         // Prefix candidates along the static chain, deepest first.
-        let segs = if rest.is_empty() { None } else { Some(rest.split('/')) };
+        let segs = if rest.is_empty() {
+            None
+        } else {
+            Some(rest.split('/'))
+        };
         if let Some(route) = self.find_prefix(&self.root, req, host, segs, &mut allow) {
             return Lookup::Found {
                 route,

@@ -210,11 +210,7 @@ fn run_shard(
         )
     };
     let result = match wanted {
-        Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .with_entries(1024)
-            .build()
-        {
+        Driver::IoUring => match build_uring() {
             Ok(mut rt) => {
                 rt.block_on(body(Driver::IoUring));
                 Ok(())
@@ -236,6 +232,38 @@ fn run_shard(
     if let Err(e) = result {
         let _ = ready.send((id, Err(format!("cannot build runtime: {e}"))));
     }
+}
+
+/// io_uring setup flags. `defer` (SINGLE_ISSUER + DEFER_TASKRUN, Linux 6.1+)
+/// runs completion work only when the shard enters the kernel to wait, which
+/// suits one thread per ring and measured the lowest CPU per request (see
+/// bench/RESULTS.md); `SHARDGATE_URING_SETUP=plain|coop|defer` picks another
+/// for comparison. If the kernel refuses the flags, a plain ring is used.
+fn uring_setup(kind: &str) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    match kind {
+        "coop" => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        "defer" => {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+        _ => {}
+    }
+    b
+}
+
+fn build_uring() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>>
+{
+    let wanted = std::env::var("SHARDGATE_URING_SETUP").unwrap_or_else(|_| "defer".into());
+    let build = |kind: &str| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .uring_builder(uring_setup(kind))
+            .build()
+    };
+    build(&wanted).or_else(|_| build("plain"))
 }
 
 fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>>
