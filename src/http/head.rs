@@ -133,6 +133,8 @@ pub struct RequestHead {
     raw: Vec<u8>,
     method: Range<usize>,
     target: Range<usize>,
+    /// Length of the path part of the target (before `?`).
+    path_len: usize,
     /// Minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     /// Header fields.
@@ -227,6 +229,7 @@ impl RequestHead {
             RequestHead {
                 method: offset(head, method.as_bytes()),
                 target: offset(head, path.as_bytes()),
+                path_len: path.find('?').unwrap_or(path.len()),
                 raw: head.to_vec(),
                 version,
                 fields,
@@ -256,12 +259,12 @@ impl RequestHead {
     /// The path, without the query.
     pub fn path(&self) -> &str {
         let t = self.target();
-        t.split_once('?').map_or(t, |(p, _)| p)
+        t.get(..self.path_len).unwrap_or(t)
     }
 
     /// The query (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.target().get(self.path_len + 1..)
     }
 
     /// First value of a header field.
