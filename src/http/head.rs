@@ -55,6 +55,16 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 impl Fields {
+    /// Records where each parsed header lies inside `head`.
+    fn locate(head: &[u8], headers: &[httparse::Header<'_>]) -> Fields {
+        Fields {
+            ranges: headers
+                .iter()
+                .map(|h| (offset(head, h.name.as_bytes()), offset(head, h.value)))
+                .collect(),
+        }
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.ranges.len()
@@ -81,6 +91,23 @@ impl Fields {
     }
 }
 
+/// The length of a complete head (`None`: more bytes needed), enforcing the size limit.
+fn head_length(
+    status: httparse::Result<usize>,
+    buffered: usize,
+    max_bytes: usize,
+    malformed: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match status {
+        Ok(httparse::Status::Complete(n)) if n > max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered >= max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
 /// Facts about body framing and connection handling found in the fields.
 #[derive(Debug, Default, Clone, Copy)]
 struct FieldFacts {
@@ -91,6 +118,17 @@ struct FieldFacts {
     conn_close: bool,
     conn_keep_alive: bool,
     expect_continue: bool,
+}
+
+impl FieldFacts {
+    /// HTTP/1.1 stays open unless told to close; HTTP/1.0 only when asked to stay.
+    fn keep_alive(&self, version: u8) -> bool {
+        if version == 1 {
+            !self.conn_close
+        } else {
+            self.conn_keep_alive && !self.conn_close
+        }
+    }
 }
 
 fn contains_token(value: &[u8], token: &str) -> bool {
@@ -167,21 +205,9 @@ impl RequestHead {
         let limit = max_headers.min(MAX_HEADERS_CAP);
         let mut req = httparse::Request::new(&mut []);
         let status = req.parse_with_uninit_headers(buf, &mut storage[..limit]);
-        let n = match status {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() >= max_bytes {
-                    Err(HeadError::TooLarge)
-                } else {
-                    Ok(Parsed::Partial)
-                };
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(_) => return Err(HeadError::Malformed("malformed request head")),
+        let Some(n) = head_length(status, buf.len(), max_bytes, "malformed request head")? else {
+            return Ok(Parsed::Partial);
         };
-        if n > max_bytes {
-            return Err(HeadError::TooLarge);
-        }
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Err(HeadError::Malformed("malformed request line"));
         };
@@ -212,19 +238,8 @@ impl RequestHead {
             }
         };
         let head = &buf[..n];
-        let mut fields = Fields {
-            ranges: Vec::with_capacity(req.headers.len()),
-        };
-        for h in req.headers.iter() {
-            fields
-                .ranges
-                .push((offset(head, h.name.as_bytes()), offset(head, h.value)));
-        }
-        let keep_alive = if version == 1 {
-            !facts.conn_close
-        } else {
-            facts.conn_keep_alive && !facts.conn_close
-        };
+        let fields = Fields::locate(head, req.headers);
+        let keep_alive = facts.keep_alive(version);
         Ok(Parsed::Complete(
             RequestHead {
                 method: offset(head, method.as_bytes()),
@@ -312,21 +327,10 @@ impl ResponseHead {
     ) -> Result<Parsed<Self>, HeadError> {
         let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut resp = httparse::Response::new(&mut storage);
-        let n = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() >= max_bytes {
-                    Err(HeadError::TooLarge)
-                } else {
-                    Ok(Parsed::Partial)
-                };
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(_) => return Err(HeadError::Malformed("malformed response head")),
+        let status = resp.parse(buf);
+        let Some(n) = head_length(status, buf.len(), max_bytes, "malformed response head")? else {
+            return Ok(Parsed::Partial);
         };
-        if n > max_bytes {
-            return Err(HeadError::TooLarge);
-        }
         let (Some(status), Some(version)) = (resp.code, resp.version) else {
             return Err(HeadError::Malformed("malformed status line"));
         };
@@ -352,20 +356,8 @@ impl ResponseHead {
             }
         };
         let head = &buf[..n];
-        let mut fields = Fields {
-            ranges: Vec::with_capacity(resp.headers.len()),
-        };
-        for h in resp.headers.iter() {
-            fields
-                .ranges
-                .push((offset(head, h.name.as_bytes()), offset(head, h.value)));
-        }
-        let keep_alive = framing != Framing::UntilClose
-            && if version == 1 {
-                !facts.conn_close
-            } else {
-                facts.conn_keep_alive && !facts.conn_close
-            };
+        let fields = Fields::locate(head, resp.headers);
+        let keep_alive = framing != Framing::UntilClose && facts.keep_alive(version);
         Ok(Parsed::Complete(
             ResponseHead {
                 reason: offset(head, resp.reason.unwrap_or("").as_bytes()),
