@@ -429,6 +429,26 @@ fn http10_without_keep_alive_is_closed_after_the_response() {
 }
 
 #[test]
+fn http10_keep_alive_is_honoured_and_announced() {
+    let backend = Backend::echo("b");
+    let gw = one_backend_gateway(1, &backend);
+    let mut c = Client::connect(gw.port);
+    for path in ["/one", "/two"] {
+        c.send(
+            format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("b GET {path}"));
+        assert_eq!(
+            r.header("connection").map(|v| v.to_ascii_lowercase()),
+            Some("keep-alive".to_string())
+        );
+    }
+}
+
+#[test]
 fn unreachable_upstream_gives_502() {
     let dead = format!("127.0.0.1:{}", closed_port());
     let gw = Gateway::start(&config(

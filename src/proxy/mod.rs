@@ -122,6 +122,7 @@ fn client_head(
     out_framing: Option<OutFraming>,
     ex: &Exchange<'_>,
     keep_alive: bool,
+    http10_client: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
@@ -164,6 +165,9 @@ fn client_head(
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if http10_client {
+        // HTTP/1.0 closes by default: say that this connection stays open.
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -374,7 +378,7 @@ async fn exchange(
     let close_delimited =
         out_framing == Some(OutFraming::Raw) && !matches!(resp.framing, Framing::Length(_));
     let client_keep_alive = ex.keep_alive && !shard.shutdown.is_fired() && !close_delimited;
-    let mut bytes = client_head(&resp, out_framing, ex, client_keep_alive);
+    let mut bytes = client_head(&resp, out_framing, ex, client_keep_alive, req.version == 0);
     let rest = append_buffered(&mut upc, resp.framing, &mut bytes);
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
