@@ -646,3 +646,36 @@ fn each_shard_logs_its_driver() {
     );
     assert_eq!(get(gw.port, "/d").status, 200);
 }
+
+#[test]
+fn explicit_cores_and_numa_node_placement() {
+    let backend = Backend::echo("b");
+    let base = config(
+        1,
+        &upstream("app", &[&backend.addr()], ""),
+        &catch_all("app"),
+    );
+    let cores = Gateway::start(&base.replace("shards: Count(1)", "shards: Cores([0])"));
+    assert_eq!(get(cores.port, "/c").status, 200);
+    let err = cores.stderr();
+    assert!(err.contains("shard 0 on core 0"), "stderr:\n{err}");
+    assert!(
+        !err.contains("shard 1 "),
+        "one shard per listed core; stderr:\n{err}"
+    );
+
+    let Ok(list) = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist") else {
+        eprintln!("no NUMA node 0 in /sys on this machine; NumaNode placement not exercised");
+        return;
+    };
+    let expected = shardgate::shard::parse_cpulist(&list).expect("cpulist");
+    let numa = Gateway::start(&base.replace("shards: Count(1)", "shards: NumaNode(0)"));
+    assert_eq!(get(numa.port, "/n").status, 200);
+    let err = numa.stderr();
+    for (i, core) in expected.iter().enumerate() {
+        assert!(
+            err.contains(&format!("shard {i} on core {core}")),
+            "NumaNode(0) should run shard {i} on core {core}; stderr:\n{err}"
+        );
+    }
+}

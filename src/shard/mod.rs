@@ -6,5 +6,5 @@ mod run;
 mod state;
 
 pub use notify::Notify;
-pub use run::{plan_cores, start, Control, Driver, ShardSet};
+pub use run::{parse_cpulist, plan_cores, start, Control, Driver, ShardSet};
 pub use state::{Shard, ShardConfig};
