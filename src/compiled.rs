@@ -2,7 +2,8 @@
 //! reload from a validated [`config::Gateway`](crate::config::Gateway) and
 //! shared read-only by every shard; the hot path never looks at raw config.
 
-use crate::config::{self, Balance, Gateway, Shards};
+use crate::auth::AuthPlan;
+use crate::config::{self, AuthPolicy, Authenticator, Balance, Gateway, Shards};
 use crate::router::{Conditions, PathPattern, RouteSpec, Router};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -75,6 +76,17 @@ pub struct RoutePlan {
     pub upstream: usize,
     /// Path edit applied before forwarding.
     pub path_edit: PathEdit,
+    /// Authenticators that may establish the caller (indexes into the
+    /// [`AuthPlan`]); `None` for a public route.
+    pub auth: Option<Vec<usize>>,
+    /// Scopes the caller must all have.
+    pub scopes: Vec<String>,
+    /// Roles of which the caller needs one.
+    pub roles: Vec<String>,
+    /// Forward the client's `Authorization` header.
+    pub keep_authorization: bool,
+    /// Query parameters removed before forwarding (API keys).
+    pub strip_query: Vec<String>,
 }
 
 /// One listener with its own route table.
@@ -101,6 +113,8 @@ pub struct Compiled {
     pub upstreams: Vec<UpstreamPlan>,
     /// Client-side limits.
     pub limits: Limits,
+    /// Authenticators.
+    pub auth: AuthPlan,
     /// Grace period after SIGTERM.
     pub shutdown_grace: Duration,
     /// Shard placement.
@@ -135,6 +149,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             })
         })
         .collect::<Result<_, String>>()?;
+    let auth = AuthPlan::compile(&g.authenticators)?;
     let mut routes = Vec::with_capacity(g.routes.len());
     let mut specs = Vec::with_capacity(g.routes.len());
     for r in &g.routes {
@@ -151,10 +166,36 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             (None, Some(p)) => PathEdit::Strip(p.trim_end_matches('/').to_string()),
             (None, None) => PathEdit::Keep,
         };
+        let (auth_ids, strip_query) = match &r.auth {
+            AuthPolicy::Public => (None, Vec::new()),
+            AuthPolicy::Required(names) => {
+                let ids = names
+                    .iter()
+                    .map(|n| {
+                        auth.index_of(n).ok_or_else(|| {
+                            format!("route {:?}: unknown authenticator {n:?}", r.name)
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let strip = names
+                    .iter()
+                    .filter_map(|n| match g.authenticators.get(n) {
+                        Some(Authenticator::ApiKey(k)) => k.query.clone(),
+                        _ => None,
+                    })
+                    .collect();
+                (Some(ids), strip)
+            }
+        };
         routes.push(RoutePlan {
             name: r.name.clone(),
             upstream,
             path_edit,
+            auth: auth_ids,
+            scopes: r.scopes.clone(),
+            roles: r.roles.clone(),
+            keep_authorization: r.keep_authorization,
+            strip_query,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {
@@ -203,6 +244,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         listeners,
         routes,
         upstreams,
+        auth,
         limits: Limits {
             max_header_bytes: h.max_header_bytes,
             max_headers: h.max_headers,

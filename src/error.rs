@@ -8,6 +8,10 @@ use std::fmt::Write;
 pub enum GatewayError {
     /// Malformed request (400).
     BadRequest(&'static str),
+    /// No valid credentials (401 with `WWW-Authenticate`); the reason when a credential was rejected.
+    Unauthorized(Option<String>),
+    /// Authenticated but not allowed (403).
+    Forbidden(String),
     /// No route matches (404).
     NotFound,
     /// The path matched but the method is not allowed (405 with `Allow`).
@@ -33,6 +37,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::BadRequest(_) => 400,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout => 408,
@@ -49,6 +55,9 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::BadRequest(why) => format!("bad request: {why}"),
+            GatewayError::Unauthorized(None) => "authentication required".into(),
+            GatewayError::Unauthorized(Some(why)) => format!("invalid credentials: {why}"),
+            GatewayError::Forbidden(why) => format!("forbidden: {why}"),
             GatewayError::NotFound => "no route matches the request".into(),
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route".into(),
             GatewayError::RequestTimeout => "request not received in time".into(),
@@ -81,8 +90,21 @@ impl GatewayError {
             reason_phrase(status),
             body.len()
         );
-        if let GatewayError::MethodNotAllowed(allow) = self {
-            let _ = write!(out, "allow: {}\r\n", allow.join(", "));
+        match self {
+            GatewayError::MethodNotAllowed(allow) => {
+                let _ = write!(out, "allow: {}\r\n", allow.join(", "));
+            }
+            // RFC 6750 §3: the challenge, with an error code once a token was seen.
+            GatewayError::Unauthorized(None) => {
+                out.push_str("www-authenticate: Bearer realm=\"shardgate\"\r\n")
+            }
+            GatewayError::Unauthorized(Some(_)) => out.push_str(
+                "www-authenticate: Bearer realm=\"shardgate\", error=\"invalid_token\"\r\n",
+            ),
+            GatewayError::Forbidden(_) => out.push_str(
+                "www-authenticate: Bearer realm=\"shardgate\", error=\"insufficient_scope\"\r\n",
+            ),
+            _ => {}
         }
         out.push_str(if keep_alive {
             "connection: keep-alive\r\n\r\n"

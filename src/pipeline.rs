@@ -3,10 +3,11 @@
 //! first failure short-circuits and the connection loop turns it into the
 //! JSON error response (the one rescue point, in `server.rs`).
 //!
-//! Stages: check the target and declared body size → route → forward to the upstream (which
-//! streams the response back). Authentication, authorization and rate
-//! limiting slot in between routing and forwarding.
+//! Stages: check the target and declared body size → route → strip client
+//! identity headers → authenticate → authorize → forward to the upstream
+//! (which streams the response back). Rate limiting slots in before forwarding.
 
+use crate::auth::{self, AuthPlan, Credentials, Denied, Identity};
 use crate::compiled::{upstream_target, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::{Conn, Framing, RequestHead};
@@ -33,7 +34,23 @@ pub async fn handle(
         .ok_or(GatewayError::Unavailable("listener is not configured"))?;
     let (route_id, params) = route(listener, req)?;
     let route = &cfg.compiled.routes[route_id];
-    let target = upstream_target(&route.path_edit, req.path(), req.query(), &params);
+    // Identity headers from the client are dropped on every route (see
+    // Exchange::identity_headers); those of the established caller are added.
+    if let Some(allowed) = &route.auth {
+        let identity = authenticate(&cfg.compiled.auth, allowed, req)?;
+        auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
+        ex.add_headers = identity.headers;
+    }
+    ex.drop_authorization = !route.keep_authorization;
+    let stripped;
+    let query = match req.query() {
+        Some(q) if !route.strip_query.is_empty() => {
+            stripped = auth::strip_query_params(q, &route.strip_query);
+            stripped.as_deref()
+        }
+        q => q,
+    };
+    let target = upstream_target(&route.path_edit, req.path(), query, &params);
     let up = &cfg.compiled.upstreams[route.upstream];
     proxy::forward(
         shard,
@@ -61,6 +78,29 @@ pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
+}
+
+/// Establishes the caller with one of the route's authenticators.
+pub fn authenticate(
+    plan: &AuthPlan,
+    allowed: &[usize],
+    req: &RequestHead,
+) -> Result<Identity, GatewayError> {
+    let header = |name: &str| req.header(name);
+    let creds = Credentials {
+        authorization: req.header("authorization"),
+        header: &header,
+        query: req.query(),
+    };
+    plan.authenticate(allowed, &creds).map_err(denied)
+}
+
+fn denied(d: Denied) -> GatewayError {
+    match d {
+        Denied::Missing => GatewayError::Unauthorized(None),
+        Denied::Invalid(why) => GatewayError::Unauthorized(Some(why)),
+        Denied::Forbidden(why) => GatewayError::Forbidden(why),
+    }
 }
 
 /// Refuses a declared body larger than the limit before any upstream is contacted.

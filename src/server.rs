@@ -110,6 +110,9 @@ pub async fn serve_connection(
             response_started: false,
             limits,
             keep_alive: head.keep_alive,
+            identity_headers: &cfg.compiled.auth.identity_headers,
+            drop_authorization: false,
+            add_headers: Vec::new(),
         };
         let result = pipeline::handle(&shard, &cfg, listener, &head, &mut conn, &mut ex).await;
         let disposition = match result {

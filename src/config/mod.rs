@@ -72,8 +72,10 @@ pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
 
 /// Parses and validates config text; `file` is only used in messages.
 pub fn parse(file: &str, text: &str) -> Result<Gateway, ConfigError> {
-    let options =
-        ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+    let options = ron::Options::default().with_default_extension(
+        ron::extensions::Extensions::IMPLICIT_SOME
+            | ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES,
+    );
     let gateway: Gateway = options.from_str(text).map_err(|e| ConfigError {
         file: file.to_string(),
         problems: vec![syntax_problem(&e)],

@@ -26,9 +26,89 @@ pub struct Gateway {
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
+    /// Named authenticators that routes refer to in `auth: Required([...])`.
+    #[serde(default)]
+    pub authenticators: BTreeMap<String, Authenticator>,
     /// Routes, in declaration order (the order breaks specificity ties).
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// A way to establish who is calling.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub enum Authenticator {
+    /// JWT bearer tokens in `Authorization: Bearer ...`.
+    Jwt(JwtAuth),
+    /// API keys in a header or query parameter, mapped to named consumers.
+    ApiKey(ApiKeyAuth),
+}
+
+/// JWT validation settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuth {
+    /// Accepted algorithms, all of the key's family (e.g. `[HS256]`, `[RS256, PS256]`).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Where the verification key comes from.
+    pub key: KeySource,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// Claims that must be present (`exp` is always required).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claim → header forwarded to the upstream, e.g. `{ "sub": "X-User-Id" }`.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// The claim holding the caller's roles (a string or an array).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+}
+
+/// Where a JWT verification key comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub enum KeySource {
+    /// An HMAC secret written in the config.
+    Secret(String),
+    /// An HMAC secret read from this environment variable at load time.
+    FromEnv(String),
+    /// A PEM public key file (RSA, EC or Ed25519).
+    PemFile(String),
+    /// A JWKS document on disk; tokens select a key by `kid`.
+    JwksFile(String),
+}
+
+/// API-key settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuth {
+    /// Header carrying the key.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Query parameter carrying the key (removed before forwarding).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Consumer name → `sha256:<hex of the key>`.
+    pub consumers: BTreeMap<String, String>,
+    /// Header the consumer name is forwarded in.
+    #[serde(default = "default_consumer_header")]
+    pub forward_as: String,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub enum AuthPolicy {
+    /// Anyone.
+    #[default]
+    Public,
+    /// A caller established by any one of these authenticators.
+    Required(Vec<String>),
 }
 
 /// Shard placement.
@@ -154,6 +234,18 @@ pub struct Route {
     /// A path template for the upstream request, using the match's `{params}`.
     #[serde(default)]
     pub rewrite: Option<String>,
+    /// Who may call this route.
+    #[serde(default)]
+    pub auth: AuthPolicy,
+    /// Scopes the caller must all have (from `scope`/`scp`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles of which the caller must have at least one.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Forward the client's `Authorization` header to the upstream.
+    #[serde(default = "default_true")]
+    pub keep_authorization: bool,
 }
 
 /// Request matching conditions; all given conditions must hold.
@@ -191,4 +283,16 @@ fn default_max_idle() -> usize {
 }
 fn default_pool_idle_ms() -> u64 {
     30_000
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_consumer_header() -> String {
+    "X-Consumer".into()
+}
+fn default_true() -> bool {
+    true
 }

@@ -16,6 +16,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.limits(g);
     v.upstreams(g);
     v.routes(g);
+    v.authenticators(g);
     v.problems
 }
 
@@ -201,6 +202,152 @@ impl Validator<'_> {
                                 );
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    fn authenticators(&mut self, g: &Gateway) {
+        use super::{Authenticator, KeySource};
+        use jsonwebtoken::AlgorithmFamily;
+        for (name, a) in &g.authenticators {
+            let anchor = anchor_of_key(self.text, name);
+            let field = |f: &str| format!("authenticators.{name}.{f}");
+            match a {
+                Authenticator::Jwt(j) => {
+                    let at = position_of_field(self.text, anchor, "algorithms");
+                    let families: Vec<AlgorithmFamily> =
+                        j.algorithms.iter().map(|a| a.family()).collect();
+                    let hmac_key = matches!(j.key, KeySource::Secret(_) | KeySource::FromEnv(_));
+                    if j.algorithms.is_empty() {
+                        self.push(
+                            at,
+                            field("algorithms"),
+                            "list at least one algorithm".into(),
+                        );
+                    } else if families.iter().any(|f| *f != families[0]) {
+                        self.push(
+                            at,
+                            field("algorithms"),
+                            "all algorithms must be of one family (HS*, RS*/PS*, ES*, or EdDSA)"
+                                .into(),
+                        );
+                    } else if hmac_key != (families[0] == AlgorithmFamily::Hmac) {
+                        // Mixing them is the algorithm-confusion attack: an HS token
+                        // signed with a public key used as the HMAC secret.
+                        self.push(
+                            at,
+                            field("algorithms"),
+                            "HS* algorithms need Secret/FromEnv keys and public-key algorithms need PemFile/JwksFile keys".into(),
+                        );
+                    }
+                    let key_at = position_of_field(self.text, anchor, "key");
+                    match &j.key {
+                        KeySource::Secret(s) if s.len() < 16 => self.push(
+                            key_at,
+                            field("key"),
+                            "an HMAC secret needs at least 16 bytes".into(),
+                        ),
+                        KeySource::FromEnv(var) if std::env::var_os(var).is_none() => self.push(
+                            key_at,
+                            field("key"),
+                            format!("environment variable {var} is not set"),
+                        ),
+                        KeySource::PemFile(p) | KeySource::JwksFile(p)
+                            if std::fs::metadata(p).is_err() =>
+                        {
+                            self.push(key_at, field("key"), format!("cannot read {p:?}"))
+                        }
+                        _ => {}
+                    }
+                    for header in j.forward_claims.values() {
+                        if header.is_empty() || !header.bytes().all(is_token_byte) {
+                            self.push(
+                                position_after(self.text, anchor, &format!("{header:?}")),
+                                field("forward_claims"),
+                                format!("{header:?} is not a valid header name"),
+                            );
+                        }
+                    }
+                }
+                Authenticator::ApiKey(k) => {
+                    if k.header.is_none() && k.query.is_none() {
+                        self.push(
+                            position_after(self.text, anchor, "ApiKey"),
+                            field("header"),
+                            "give `header`, `query` or both".into(),
+                        );
+                    }
+                    for (consumer, hash) in &k.consumers {
+                        let ok = hash.strip_prefix("sha256:").is_some_and(|h| {
+                            h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+                        });
+                        if !ok {
+                            self.push(
+                                position_after(self.text, anchor, &format!("{consumer:?}")),
+                                field("consumers"),
+                                format!(
+                                    "consumer {consumer:?}: expected \"sha256:\" and 64 hex digits"
+                                ),
+                            );
+                        }
+                    }
+                    if !k.forward_as.bytes().all(is_token_byte) || k.forward_as.is_empty() {
+                        self.push(
+                            position_of_field(self.text, anchor, "forward_as"),
+                            field("forward_as"),
+                            "not a valid header name".into(),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, r) in g.routes.iter().enumerate() {
+            let anchor = anchor_of(self.text, "name", &r.name);
+            match &r.auth {
+                super::AuthPolicy::Required(names) => {
+                    if names.is_empty() {
+                        self.push(
+                            position_of_field(self.text, anchor, "auth"),
+                            format!("routes[{i}].auth"),
+                            "Required needs at least one authenticator".into(),
+                        );
+                    }
+                    for n in names {
+                        if !g.authenticators.contains_key(n) {
+                            let known: Vec<&str> =
+                                g.authenticators.keys().map(String::as_str).collect();
+                            self.push(
+                                position_after(self.text, anchor, &format!("{n:?}")),
+                                format!("routes[{i}].auth"),
+                                format!(
+                                    "unknown authenticator {n:?} (known: {})",
+                                    if known.is_empty() {
+                                        "none".into()
+                                    } else {
+                                        known.join(", ")
+                                    }
+                                ),
+                            );
+                        }
+                    }
+                }
+                super::AuthPolicy::Public => {
+                    if !r.scopes.is_empty() || !r.roles.is_empty() {
+                        self.push(
+                            position_of_field(
+                                self.text,
+                                anchor,
+                                if r.scopes.is_empty() {
+                                    "roles"
+                                } else {
+                                    "scopes"
+                                },
+                            ),
+                            format!("routes[{i}].auth"),
+                            "scopes and roles need `auth: Required([...])`".into(),
+                        );
                     }
                 }
             }

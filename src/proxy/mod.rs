@@ -39,6 +39,12 @@ pub struct Exchange<'a> {
     pub limits: &'a crate::compiled::Limits,
     /// The connection may stay open after this exchange.
     pub keep_alive: bool,
+    /// Lower-case names of identity headers, never forwarded from the client.
+    pub identity_headers: &'a [String],
+    /// Remove the client's `Authorization` header.
+    pub drop_authorization: bool,
+    /// Headers added for the upstream (the established identity).
+    pub add_headers: Vec<(String, String)>,
 }
 
 /// How the client connection should continue after a proxied exchange.
@@ -81,7 +87,13 @@ pub fn upstream_head(
         if name.eq_ignore_ascii_case(b"host") {
             host = Some(value);
         }
-        if named_by_connection(req.headers(), name) {
+        if named_by_connection(req.headers(), name)
+            || (ex.drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || ex
+                .identity_headers
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        {
             continue;
         }
         out.extend_from_slice(name);
@@ -107,6 +119,12 @@ pub fn upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(ex.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    for (name, value) in &ex.add_headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     match req.framing {
         Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

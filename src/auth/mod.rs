@@ -1,0 +1,599 @@
+//! Authentication and authorization at the edge: JWT bearer tokens and API
+//! keys establish an [`Identity`]; a route's policy (authenticators, scopes,
+//! roles) decides whether it may pass; configured claims are forwarded as
+//! headers, after the same headers from the client were stripped.
+//!
+//! Compiled once per config ([`AuthPlan::compile`]); checking a request is a
+//! pure function of the request and the plan, run on the shard.
+
+use crate::config::{ApiKeyAuth, Authenticator, JwtAuth, KeySource};
+use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Who the caller is, as far as the upstream is told.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Headers to add to the upstream request (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+}
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No credentials of an accepted kind (401).
+    Missing,
+    /// Credentials present but not valid (401, `invalid_token`).
+    Invalid(String),
+    /// Authenticated but lacking a scope or role (403).
+    Forbidden(String),
+}
+
+struct JwtKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+struct JwtVerifier {
+    keys: Vec<JwtKey>,
+    validation: Validation,
+    forward: Vec<(String, String)>,
+    roles_claim: String,
+}
+
+struct ApiKeyVerifier {
+    header: Option<String>,
+    query: Option<String>,
+    /// (consumer, sha256 of the key)
+    consumers: Vec<(String, [u8; 32])>,
+    forward_as: String,
+}
+
+enum Verifier {
+    Jwt(JwtVerifier),
+    ApiKey(ApiKeyVerifier),
+}
+
+/// All authenticators of a config, compiled.
+pub struct AuthPlan {
+    verifiers: Vec<(String, Verifier)>,
+    /// Lower-case header names that carry identity: always stripped from clients.
+    pub identity_headers: Vec<String>,
+}
+
+impl std::fmt::Debug for AuthPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.verifiers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("AuthPlan")
+            .field("authenticators", &names)
+            .finish()
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let h = s.strip_prefix("sha256:")?;
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `sha256:<hex>` of a key, the form API keys are stored in.
+pub fn hash_api_key(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    let mut s = String::from("sha256:");
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
+    let err = |e: String| format!("authenticators.{name}.key: {e}");
+    let keys = match &j.key {
+        KeySource::Secret(s) => vec![JwtKey {
+            kid: None,
+            key: DecodingKey::from_secret(s.as_bytes()),
+        }],
+        KeySource::FromEnv(var) => {
+            let s = std::env::var(var)
+                .map_err(|_| err(format!("environment variable {var} is not set")))?;
+            vec![JwtKey {
+                kid: None,
+                key: DecodingKey::from_secret(s.as_bytes()),
+            }]
+        }
+        KeySource::PemFile(path) => {
+            let pem = std::fs::read(path).map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
+            let family = j.algorithms.first().map(|a| a.family());
+            use jsonwebtoken::AlgorithmFamily as F;
+            let key = match family {
+                Some(F::Rsa) => DecodingKey::from_rsa_pem(&pem),
+                Some(F::Ec) => DecodingKey::from_ec_pem(&pem),
+                Some(F::Ed) => DecodingKey::from_ed_pem(&pem),
+                _ => return Err(err("a PEM key needs RS*/PS*/ES*/EdDSA algorithms".into())),
+            }
+            .map_err(|e| err(format!("{path:?} is not a usable public key: {e}")))?;
+            vec![JwtKey { kid: None, key }]
+        }
+        KeySource::JwksFile(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| err(format!("{path:?} is not a JWKS document: {e}")))?;
+            let mut keys = Vec::new();
+            for jwk in &set.keys {
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| err(format!("{path:?}: unusable key: {e}")))?;
+                keys.push(JwtKey {
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                });
+            }
+            if keys.is_empty() {
+                return Err(err(format!("{path:?} holds no keys")));
+            }
+            keys
+        }
+    };
+    let mut validation = Validation::new(j.algorithms.first().copied().unwrap_or(Algorithm::HS256));
+    validation.algorithms = j.algorithms.clone();
+    validation.leeway = j.leeway_s;
+    validation.validate_nbf = true;
+    let mut required: Vec<&str> = vec!["exp"];
+    required.extend(j.required_claims.iter().map(String::as_str));
+    if let Some(iss) = &j.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match &j.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    Ok(JwtVerifier {
+        keys,
+        validation,
+        forward: j
+            .forward_claims
+            .iter()
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect(),
+        roles_claim: j.roles_claim.clone(),
+    })
+}
+
+fn compile_api_key(k: &ApiKeyAuth) -> ApiKeyVerifier {
+    ApiKeyVerifier {
+        header: k.header.as_ref().map(|h| h.to_ascii_lowercase()),
+        query: k.query.clone(),
+        consumers: k
+            .consumers
+            .iter()
+            .filter_map(|(name, h)| hex32(h).map(|d| (name.clone(), d)))
+            .collect(),
+        forward_as: k.forward_as.clone(),
+    }
+}
+
+/// What the authentication stage needs from a request.
+pub struct Credentials<'a> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'a [u8]>,
+    /// Looks up a header by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+    /// The query string.
+    pub query: Option<&'a str>,
+}
+
+impl AuthPlan {
+    /// Compiles every authenticator (reads key files).
+    pub fn compile(auths: &BTreeMap<String, Authenticator>) -> Result<AuthPlan, String> {
+        let mut verifiers = Vec::new();
+        let mut identity_headers = Vec::new();
+        for (name, a) in auths {
+            let v = match a {
+                Authenticator::Jwt(j) => {
+                    identity_headers
+                        .extend(j.forward_claims.values().map(|h| h.to_ascii_lowercase()));
+                    Verifier::Jwt(compile_jwt(name, j)?)
+                }
+                Authenticator::ApiKey(k) => {
+                    identity_headers.push(k.forward_as.to_ascii_lowercase());
+                    Verifier::ApiKey(compile_api_key(k))
+                }
+            };
+            verifiers.push((name.clone(), v));
+        }
+        identity_headers.sort();
+        identity_headers.dedup();
+        Ok(AuthPlan {
+            verifiers,
+            identity_headers,
+        })
+    }
+
+    /// Index of a named authenticator.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.verifiers.iter().position(|(n, _)| n == name)
+    }
+
+    /// Query parameters that carry API keys (removed before forwarding).
+    pub fn key_query_params(&self) -> Vec<String> {
+        self.verifiers
+            .iter()
+            .filter_map(|(_, v)| match v {
+                Verifier::ApiKey(k) => k.query.clone(),
+                Verifier::Jwt(_) => None,
+            })
+            .collect()
+    }
+
+    /// Establishes the caller with the first of `allowed` that accepts the request.
+    pub fn authenticate(
+        &self,
+        allowed: &[usize],
+        creds: &Credentials<'_>,
+    ) -> Result<Identity, Denied> {
+        let mut invalid: Option<String> = None;
+        for &i in allowed {
+            let Some((_, v)) = self.verifiers.get(i) else {
+                continue;
+            };
+            let outcome = match v {
+                Verifier::Jwt(j) => verify_jwt(j, creds),
+                Verifier::ApiKey(k) => verify_api_key(k, creds),
+            };
+            match outcome {
+                Ok(id) => return Ok(id),
+                Err(Denied::Invalid(why)) => invalid = invalid.or(Some(why)),
+                Err(_) => {}
+            }
+        }
+        Err(invalid.map_or(Denied::Missing, Denied::Invalid))
+    }
+}
+
+/// Checks a route's scope and role requirements.
+pub fn authorize(id: &Identity, scopes: &[String], roles: &[String]) -> Result<(), Denied> {
+    if let Some(missing) = scopes.iter().find(|s| !id.scopes.contains(s)) {
+        return Err(Denied::Forbidden(format!("missing scope {missing:?}")));
+    }
+    if !roles.is_empty() && !roles.iter().any(|r| id.roles.contains(r)) {
+        return Err(Denied::Forbidden(format!(
+            "requires one of the roles {}",
+            roles.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn bearer<'a>(creds: &Credentials<'a>) -> Option<&'a str> {
+    let v = std::str::from_utf8(creds.authorization?).ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn claim_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(claim_text)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    }
+}
+
+fn string_list(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) if split_spaces => {
+            s.split_whitespace().map(str::to_string).collect()
+        }
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn verify_jwt(j: &JwtVerifier, creds: &Credentials<'_>) -> Result<Identity, Denied> {
+    let token = bearer(creds).ok_or(Denied::Missing)?;
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Denied::Invalid("malformed token".into()))?;
+    if !j.validation.algorithms.contains(&header.alg) {
+        return Err(Denied::Invalid("token algorithm not accepted".into()));
+    }
+    let candidates = j
+        .keys
+        .iter()
+        .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
+    let mut last = "no key matches the token's kid".to_string();
+    for k in candidates {
+        match jsonwebtoken::decode::<Value>(token, &k.key, &j.validation) {
+            Ok(data) => return Ok(identity_from_claims(j, &data.claims)),
+            Err(e) => last = describe(&e),
+        }
+    }
+    Err(Denied::Invalid(last))
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "token expired".into(),
+        K::ImmatureSignature => "token not yet valid".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::InvalidSignature => "bad signature".into(),
+        K::InvalidAlgorithm => "token algorithm not accepted".into(),
+        K::MissingRequiredClaim(c) => format!("missing claim {c:?}"),
+        _ => "invalid token".into(),
+    }
+}
+
+fn identity_from_claims(j: &JwtVerifier, claims: &Value) -> Identity {
+    let headers = j
+        .forward
+        .iter()
+        .filter_map(|(claim, header)| {
+            let v = claims.get(claim).and_then(claim_text)?;
+            // A value that could break the header block is not forwarded.
+            (!v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)).then(|| (header.clone(), v))
+        })
+        .collect();
+    let mut scopes = string_list(claims.get("scope"), true);
+    scopes.extend(string_list(claims.get("scp"), true));
+    Identity {
+        headers,
+        scopes,
+        roles: string_list(claims.get(&j.roles_claim), false),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn verify_api_key(k: &ApiKeyVerifier, creds: &Credentials<'_>) -> Result<Identity, Denied> {
+    let from_header = k
+        .header
+        .as_deref()
+        .and_then(|h| (creds.header)(h))
+        .and_then(|v| std::str::from_utf8(v).ok());
+    let from_query = k
+        .query
+        .as_deref()
+        .and_then(|q| creds.query.and_then(|qs| query_param(qs, q)));
+    let key = from_header.or(from_query).ok_or(Denied::Missing)?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    // Compare against every consumer so timing does not reveal which matched.
+    let mut found: Option<&str> = None;
+    for (name, hash) in &k.consumers {
+        if constant_time_eq(&digest, hash) && found.is_none() {
+            found = Some(name);
+        }
+    }
+    let name = found.ok_or_else(|| Denied::Invalid("unknown API key".into()))?;
+    Ok(Identity {
+        headers: vec![(k.forward_as.clone(), name.to_string())],
+        scopes: Vec::new(),
+        roles: Vec::new(),
+    })
+}
+
+/// Removes the named parameters from a query string (`None` when nothing is left).
+pub fn strip_query_params(query: &str, names: &[String]) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let k = kv.split_once('=').map_or(*kv, |(k, _)| k);
+            !names.iter().any(|n| n == k)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &str = "0123456789abcdef-secret";
+
+    fn plan() -> AuthPlan {
+        let text = format!(
+            r#"{{
+            "jwt": Jwt(algorithms: [HS256], key: Secret("{SECRET}"), issuer: Some("iss-a"),
+                       forward_claims: {{ "sub": "X-User-Id", "role": "X-Role" }}, roles_claim: "role"),
+            "keys": ApiKey(header: Some("X-Api-Key"), query: Some("api_key"),
+                           consumers: {{ "mobile": "{}" }}),
+        }}"#,
+            hash_api_key("k-123")
+        );
+        let auths: BTreeMap<String, Authenticator> = ron::Options::default()
+            .with_default_extension(
+                ron::extensions::Extensions::IMPLICIT_SOME
+                    | ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES,
+            )
+            .from_str(&text)
+            .unwrap();
+        AuthPlan::compile(&auths).unwrap()
+    }
+
+    fn token(claims: serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn check(
+        p: &AuthPlan,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+        query: Option<&str>,
+    ) -> Result<Identity, Denied> {
+        let owned = auth.map(|a| a.as_bytes().to_vec());
+        let hdrs: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let lookup = |n: &str| hdrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_slice());
+        let creds = Credentials {
+            authorization: owned.as_deref(),
+            header: &lookup,
+            query,
+        };
+        p.authenticate(&[0, 1], &creds)
+    }
+
+    #[test]
+    fn jwt_accepts_and_forwards_claims() {
+        let p = plan();
+        let t = token(
+            serde_json::json!({"sub": "u1", "role": "admin", "iss": "iss-a", "exp": now() + 60, "scope": "a b"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let id = check(&p, Some(&format!("Bearer {t}")), &[], None).unwrap();
+        assert!(id.headers.contains(&("X-User-Id".into(), "u1".into())));
+        assert_eq!(id.roles, vec!["admin".to_string()]);
+        assert_eq!(id.scopes, vec!["a".to_string(), "b".to_string()]);
+        assert!(authorize(&id, &["a".into()], &["admin".into()]).is_ok());
+        assert!(matches!(
+            authorize(&id, &["c".into()], &[]),
+            Err(Denied::Forbidden(_))
+        ));
+        assert!(matches!(
+            authorize(&id, &[], &["root".into()]),
+            Err(Denied::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn jwt_rejections() {
+        let p = plan();
+        let bearer = |t: String| format!("Bearer {t}");
+        let good = serde_json::json!({"sub": "u1", "iss": "iss-a", "exp": now() + 60});
+        let cases = [
+            token(
+                serde_json::json!({"sub": "u1", "iss": "iss-a", "exp": now() - 3600}),
+                Algorithm::HS256,
+                SECRET,
+            ),
+            token(
+                serde_json::json!({"sub": "u1", "iss": "other", "exp": now() + 60}),
+                Algorithm::HS256,
+                SECRET,
+            ),
+            token(
+                serde_json::json!({"sub": "u1", "iss": "iss-a"}),
+                Algorithm::HS256,
+                SECRET,
+            ),
+            token(good.clone(), Algorithm::HS256, "wrong-secret-wrong-secret"),
+            token(good.clone(), Algorithm::HS384, SECRET),
+            // alg: none
+            format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", {
+                use base64_like::encode;
+                encode(&serde_json::to_vec(&good).unwrap())
+            }),
+            "garbage".into(),
+        ];
+        for t in cases {
+            assert!(
+                matches!(
+                    check(&p, Some(&bearer(t.clone())), &[], None),
+                    Err(Denied::Invalid(_))
+                ),
+                "{t}"
+            );
+        }
+        assert_eq!(check(&p, None, &[], None), Err(Denied::Missing));
+        assert_eq!(
+            check(&p, Some("Basic abc"), &[], None),
+            Err(Denied::Missing)
+        );
+    }
+
+    #[test]
+    fn api_keys_by_header_and_query() {
+        let p = plan();
+        let id = check(&p, None, &[("x-api-key", "k-123")], None).unwrap();
+        assert_eq!(
+            id.headers,
+            vec![("X-Consumer".to_string(), "mobile".to_string())]
+        );
+        assert!(check(&p, None, &[], Some("a=1&api_key=k-123")).is_ok());
+        assert!(matches!(
+            check(&p, None, &[("x-api-key", "nope")], None),
+            Err(Denied::Invalid(_))
+        ));
+        assert_eq!(
+            strip_query_params("a=1&api_key=k&b=2", &["api_key".into()]),
+            Some("a=1&b=2".into())
+        );
+        assert_eq!(strip_query_params("api_key=k", &["api_key".into()]), None);
+        assert_eq!(
+            p.identity_headers,
+            vec!["x-consumer", "x-role", "x-user-id"]
+        );
+    }
+
+    /// URL-safe base64 without padding, for hand-made tokens.
+    mod base64_like {
+        pub fn encode(data: &[u8]) -> String {
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in data.chunks(3) {
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

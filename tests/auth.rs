@@ -1,0 +1,379 @@
+//! Authentication and authorization through the real gateway: tokens minted
+//! here (HS, RS, PS, ES, EdDSA with the checked-in test keys), real requests,
+//! and what the backend received checked at the backend.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{encode, jwk::Jwk, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const SECRET: &str = "integration-test-hmac-secret";
+
+fn keys_dir() -> String {
+    format!("{}/tests/keys", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({"sub": sub, "iss": "https://auth.test", "aud": "api", "exp": now() + 300});
+    if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn hs(c: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        c,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn signed(alg: Algorithm, key_file: &str, kid: Option<&str>, c: &serde_json::Value) -> String {
+    let pem = std::fs::read(format!("{}/{key_file}", keys_dir())).unwrap();
+    let key = match alg {
+        Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&pem),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+        _ => EncodingKey::from_ed_pem(&pem),
+    }
+    .unwrap();
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    encode(&h, c, &key).unwrap()
+}
+
+/// A gateway with HS, RS, ES and EdDSA authenticators, an API key, and routes
+/// that are public, authenticated, scope- and role-protected.
+fn gateway(backend: &Backend) -> Gateway {
+    let d = keys_dir();
+    let api_hash = shardgate::auth::hash_api_key("secret-key-1");
+    let text = format!(
+        r#"Gateway(
+    shards: Count(2),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    limits_http: {LIMITS},
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{
+        "hs": Jwt(algorithms: [HS256], key: Secret("{SECRET}"), issuer: "https://auth.test", audience: "api",
+                  forward_claims: {{ "sub": "X-User-Id", "role": "X-Role" }}, roles_claim: "role"),
+        "rs": Jwt(algorithms: [RS256, PS256], key: PemFile("{d}/rsa.pub.pem"), forward_claims: {{ "sub": "X-User-Id" }}),
+        "es": Jwt(algorithms: [ES256], key: PemFile("{d}/ec.pub.pem"), forward_claims: {{ "sub": "X-User-Id" }}),
+        "ed": Jwt(algorithms: [EdDSA], key: PemFile("{d}/ed.pub.pem"), forward_claims: {{ "sub": "X-User-Id" }}),
+        "keys": ApiKey(header: "X-Api-Key", query: "api_key", consumers: {{ "mobile-app": "{api_hash}" }}),
+    }},
+    routes: [
+        Route(name: "public", match: Match(path_prefix: "/public"), upstream: "app"),
+        Route(name: "any", match: Match(path_prefix: "/any"), upstream: "app",
+              auth: Required(["hs", "rs", "es", "ed", "keys"])),
+        Route(name: "scoped", match: Match(path_prefix: "/scoped"), upstream: "app",
+              auth: Required(["hs"]), scopes: ["users:read"]),
+        Route(name: "admin", match: Match(path_prefix: "/admin"), upstream: "app",
+              auth: Required(["hs"]), roles: ["admin"], keep_authorization: false),
+    ],
+)"#,
+        addr = backend.addr()
+    );
+    Gateway::start(&text)
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn hs256_token_is_accepted_and_claims_are_forwarded() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    let t = hs(&claims("user-7", json!({"role": "editor"})));
+    let r = get_with(gw.port, "/any/x", &[("Authorization", &bearer(&t))]);
+    assert_eq!(r.status, 200);
+    let seen = backend.last();
+    assert_eq!(seen.header("x-user-id"), Some("user-7"));
+    assert_eq!(seen.header("x-role"), Some("editor"));
+    assert_eq!(
+        seen.header("authorization"),
+        Some(bearer(&t).as_str()),
+        "kept by default"
+    );
+}
+
+#[test]
+fn every_public_key_algorithm_is_accepted() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    for (alg, file) in [
+        (Algorithm::RS256, "rsa.key"),
+        (Algorithm::PS256, "rsa.key"),
+        (Algorithm::ES256, "ec.pk8.key"),
+        (Algorithm::EdDSA, "ed.key"),
+    ] {
+        let t = signed(
+            alg,
+            file,
+            None,
+            &claims(&format!("{alg:?}-user"), json!({})),
+        );
+        let r = get_with(gw.port, "/any", &[("Authorization", &bearer(&t))]);
+        assert_eq!(r.status, 200, "{alg:?}: {}", r.text());
+        assert_eq!(
+            backend.last().header("x-user-id"),
+            Some(format!("{alg:?}-user").as_str())
+        );
+    }
+}
+
+#[test]
+fn rejected_tokens_get_401_with_challenge_and_never_reach_the_backend() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    let rsa_pub = std::fs::read(format!("{}/rsa.pub.pem", keys_dir())).unwrap();
+    let good = claims("u", json!({}));
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", hs(&claims("u", json!({"exp": now() - 3600})))),
+        (
+            "not yet valid",
+            hs(&claims("u", json!({"nbf": now() + 3600}))),
+        ),
+        (
+            "wrong issuer",
+            hs(&claims("u", json!({"iss": "https://evil.test"}))),
+        ),
+        ("wrong audience", hs(&claims("u", json!({"aud": "other"})))),
+        (
+            "bad signature",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &good,
+                &EncodingKey::from_secret(b"not-the-secret-at-all"),
+            )
+            .unwrap(),
+        ),
+        (
+            // Algorithm confusion: HS256 signed with the RSA public key as the secret.
+            "alg confusion",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &good,
+                &EncodingKey::from_secret(&rsa_pub),
+            )
+            .unwrap(),
+        ),
+        (
+            "alg none",
+            format!(
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+                b64url(good.to_string().as_bytes())
+            ),
+        ),
+        ("garbage", "not.a.token".into()),
+    ];
+    for (what, t) in cases {
+        let r = get_with(gw.port, "/any", &[("Authorization", &bearer(&t))]);
+        assert_json_error(&r, 401);
+        let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+        assert!(
+            challenge.starts_with("Bearer") && challenge.contains("invalid_token"),
+            "{what}: {challenge}"
+        );
+        assert!(
+            !r.text().contains(&t),
+            "{what}: the error body must not echo the token"
+        );
+    }
+    let r = get(gw.port, "/any");
+    assert_json_error(&r, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"shardgate\"")
+    );
+    assert_eq!(
+        backend.count(),
+        0,
+        "no rejected request reached the backend"
+    );
+}
+
+#[test]
+fn scopes_and_roles_give_403_when_missing() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    let with_scope = hs(&claims("u", json!({"scope": "users:read orders:read"})));
+    let without = hs(&claims("u", json!({"scope": "orders:read"})));
+    assert_eq!(
+        get_with(
+            gw.port,
+            "/scoped",
+            &[("Authorization", &bearer(&with_scope))]
+        )
+        .status,
+        200
+    );
+    let r = get_with(gw.port, "/scoped", &[("Authorization", &bearer(&without))]);
+    assert_json_error(&r, 403);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .contains("insufficient_scope"));
+
+    let admin = hs(&claims("root", json!({"role": "admin"})));
+    let user = hs(&claims("joe", json!({"role": "user"})));
+    assert_json_error(
+        &get_with(gw.port, "/admin", &[("Authorization", &bearer(&user))]),
+        403,
+    );
+    let r = get_with(gw.port, "/admin", &[("Authorization", &bearer(&admin))]);
+    assert_eq!(r.status, 200);
+    let seen = backend.last();
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "keep_authorization: false removes it"
+    );
+    assert_eq!(seen.header("x-user-id"), Some("root"));
+}
+
+#[test]
+fn spoofed_identity_headers_are_stripped_on_every_route() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    let spoof = [
+        ("X-User-Id", "admin"),
+        ("X-Role", "admin"),
+        ("X-Consumer", "partner"),
+    ];
+    assert_eq!(get_with(gw.port, "/public/x", &spoof).status, 200);
+    let seen = backend.last();
+    for (h, _) in spoof {
+        assert_eq!(
+            seen.header(h),
+            None,
+            "{h} from the client reached a public route"
+        );
+    }
+    let t = hs(&claims("real-user", json!({})));
+    let mut hdrs = spoof.to_vec();
+    let auth = bearer(&t);
+    hdrs.push(("Authorization", &auth));
+    assert_eq!(get_with(gw.port, "/any", &hdrs).status, 200);
+    let seen = backend.last();
+    assert_eq!(seen.headers_named("x-user-id"), vec!["real-user"]);
+    assert_eq!(seen.header("x-role"), None);
+    assert_eq!(seen.header("x-consumer"), None);
+}
+
+#[test]
+fn api_keys_in_header_or_query_map_to_consumers() {
+    let backend = Backend::echo("b");
+    let gw = gateway(&backend);
+    assert_eq!(
+        get_with(gw.port, "/any", &[("X-Api-Key", "secret-key-1")]).status,
+        200
+    );
+    assert_eq!(backend.last().header("x-consumer"), Some("mobile-app"));
+    let r = get(gw.port, "/any/q?a=1&api_key=secret-key-1&b=2");
+    assert_eq!(r.status, 200);
+    let seen = backend.last();
+    assert_eq!(
+        seen.target, "/any/q?a=1&b=2",
+        "the key is removed from the query"
+    );
+    assert_eq!(seen.header("x-consumer"), Some("mobile-app"));
+    let r = get_with(gw.port, "/any", &[("X-Api-Key", "wrong")]);
+    assert_json_error(&r, 401);
+}
+
+#[test]
+fn jwks_file_selects_keys_by_kid() {
+    let backend = Backend::echo("b");
+    let dir = temp_dir();
+    let pem = std::fs::read(format!("{}/rsa.key", keys_dir())).unwrap();
+    let enc = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = json!({ "keys": [jwk] });
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let text = format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{ "jwks": Jwt(algorithms: [RS256], key: JwksFile("{p}"), forward_claims: {{ "sub": "X-User-Id" }}) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["jwks"])) ],
+)"#,
+        addr = backend.addr(),
+        p = path.display()
+    );
+    let gw = Gateway::start(&text);
+    let c = claims("kid-user", json!({}));
+    let ok = signed(Algorithm::RS256, "rsa.key", Some("k1"), &c);
+    assert_eq!(
+        get_with(gw.port, "/", &[("Authorization", &bearer(&ok))]).status,
+        200
+    );
+    assert_eq!(backend.last().header("x-user-id"), Some("kid-user"));
+    let unknown = signed(Algorithm::RS256, "rsa.key", Some("k2"), &c);
+    assert_json_error(
+        &get_with(gw.port, "/", &[("Authorization", &bearer(&unknown))]),
+        401,
+    );
+}
+
+#[test]
+fn config_refuses_unknown_authenticators_and_key_confusion() {
+    let dir = temp_dir();
+    let bad = dir.join("bad.ron");
+    std::fs::write(
+        &bad,
+        format!(
+            r#"Gateway(
+    listeners: [Listener(name: "m", bind: "127.0.0.1:1")],
+    upstreams: {{ "app": Upstream(targets: ["127.0.0.1:2"]) }},
+    authenticators: {{ "mixed": Jwt(algorithms: [HS256], key: PemFile("{}/rsa.pub.pem")) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["nope"])) ],
+)"#,
+            keys_dir()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authenticators.mixed.algorithms"), "{err}");
+    assert!(
+        err.contains("routes[0].auth: unknown authenticator \"nope\""),
+        "{err}"
+    );
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
