@@ -11,6 +11,26 @@ use std::time::Duration;
 /// The demo config, compiled into the binary (same text as `config/demo.ron`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.ron");
 
+/// The HS256 secret of the demo config's `jwt` authenticator.
+pub const DEMO_SECRET: &str = "shardgate-demo-secret-do-not-use-in-production";
+
+/// A demo token for `sub` with `role` and `scope`, valid for a day.
+pub fn demo_token(sub: &str, role: &str, scope: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 86_400;
+    let claims = serde_json::json!({
+        "sub": sub, "role": role, "scope": scope, "iss": "shardgate-demo", "exp": exp,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(DEMO_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 #[derive(Clone, Copy)]
 enum Service {
     Users,
@@ -111,6 +131,7 @@ fn seen_by_backend(head: &RequestHead) -> String {
         ("request_id", "x-request-id"),
         ("forwarded_for", "x-forwarded-for"),
         ("user", "x-user-id"),
+        ("role", "x-role"),
     ] {
         if let Some(v) = head.header(name) {
             s.push_str(&format!(",\"{key}\":"));
@@ -138,6 +159,10 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
                 None => (404, format!("{{\"error\":\"no such user\",\"seen_by_backend\":{seen}}}")),
             }
         }
+        (Service::Users, ["admin", ..]) => (
+            200,
+            format!("{{\"admin\":true,\"users\":5,\"seen_by_backend\":{seen}}}"),
+        ),
         (Service::Orders(port), ["orders", ..]) => (
             200,
             format!(
@@ -164,15 +189,24 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
 
 /// Printed once the demo gateway is ready.
 pub fn print_instructions() {
+    let user = demo_token("1", "user", "users:read");
+    let admin = demo_token("2", "admin", "users:read");
     println!(
         r#"
 shardgate demo is running: gateway on http://127.0.0.1:8080, demo backends on 127.0.0.1:9001-9004,9012.
+Demo tokens (HS256, valid 24 h):
+  USER={user}
+  ADMIN={admin}
 Try:
-  curl -i http://127.0.0.1:8080/api/v1/products                          # prefix route, strip_prefix
+  curl -i http://127.0.0.1:8080/api/v1/products                          # public prefix route, strip_prefix
   curl -i -H 'X-API-Version: 2.0' http://127.0.0.1:8080/api/v1/products # header route to products-v2
-  curl -i http://127.0.0.1:8080/api/v1/users/1                           # template route + rewrite
-  curl -i -X DELETE http://127.0.0.1:8080/api/v1/users/1                 # 405 with Allow
-  curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # round robin over two targets
+  curl -i http://127.0.0.1:8080/api/v1/users/1                           # 401: the route needs a token
+  curl -i -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/users/1   # 200, X-User-Id forwarded
+  curl -i -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/admin     # 403: needs role admin
+  curl -i -H "Authorization: Bearer $ADMIN" http://127.0.0.1:8080/api/v1/admin    # 200
+  curl -i -H 'X-User-Id: 2' http://127.0.0.1:8080/api/v1/products       # spoofed identity header is stripped
+  curl -i -X DELETE -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/users/1  # 405 with Allow
+  curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
   kill -HUP <pid>   # reload config/demo.ron;   Ctrl-C or kill -TERM <pid>  # graceful shutdown
 "#

@@ -49,16 +49,18 @@ fn rm(path: &std::path::Path) {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.ron");
-    let (status, stdout, stderr) = run_cli(&["check", example]);
-    assert!(
-        status.success(),
-        "check on config/gateway.ron failed ({status}); stdout: {stdout} stderr: {stderr}"
-    );
-    assert!(
-        stdout.lines().any(|l| l.trim_start().starts_with("ok")),
-        "stdout should say ok: {stdout:?}"
-    );
+    for file in ["gateway.ron", "demo.ron"] {
+        let example = format!("{}/config/{file}", env!("CARGO_MANIFEST_DIR"));
+        let (status, stdout, stderr) = run_cli(&["check", &example]);
+        assert!(
+            status.success(),
+            "check on config/{file} failed ({status}); stdout: {stdout} stderr: {stderr}"
+        );
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with("ok")),
+            "stdout should say ok: {stdout:?}"
+        );
+    }
 }
 
 #[test]

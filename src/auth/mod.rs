@@ -51,6 +51,7 @@ struct ApiKeyVerifier {
     query: Option<String>,
     /// (consumer, sha256 of the key)
     consumers: Vec<(String, [u8; 32])>,
+    scopes: BTreeMap<String, Vec<String>>,
     forward_as: String,
 }
 
@@ -189,6 +190,7 @@ fn compile_api_key(k: &ApiKeyAuth) -> ApiKeyVerifier {
             .filter_map(|(name, h)| hex32(h).map(|d| (name.clone(), d)))
             .collect(),
         forward_as: k.forward_as.clone(),
+        scopes: k.scopes.clone(),
     }
 }
 
@@ -403,7 +405,7 @@ fn verify_api_key(k: &ApiKeyVerifier, creds: &Credentials<'_>) -> Result<Identit
     let name = found.ok_or_else(|| Denied::Invalid("unknown API key".into()))?;
     Ok(Identity {
         headers: vec![(k.forward_as.clone(), name.to_string())],
-        scopes: Vec::new(),
+        scopes: k.scopes.get(name).cloned().unwrap_or_default(),
         roles: Vec::new(),
     })
 }
@@ -433,7 +435,7 @@ mod tests {
             "jwt": Jwt(algorithms: [HS256], key: Secret("{SECRET}"), issuer: Some("iss-a"),
                        forward_claims: {{ "sub": "X-User-Id", "role": "X-Role" }}, roles_claim: "role"),
             "keys": ApiKey(header: Some("X-Api-Key"), query: Some("api_key"),
-                           consumers: {{ "mobile": "{}" }}),
+                           consumers: {{ "mobile": "{}" }}, scopes: {{ "mobile": ["users:read"] }}),
         }}"#,
             hash_api_key("k-123")
         );

@@ -99,6 +99,9 @@ pub struct ApiKeyAuth {
     /// Header the consumer name is forwarded in.
     #[serde(default = "default_consumer_header")]
     pub forward_as: String,
+    /// Scopes granted to each consumer (for routes with `scopes`).
+    #[serde(default)]
+    pub scopes: BTreeMap<String, Vec<String>>,
 }
 
 /// Who may use a route.

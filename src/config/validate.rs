@@ -293,6 +293,13 @@ impl Validator<'_> {
                             );
                         }
                     }
+                    for consumer in k.scopes.keys().filter(|c| !k.consumers.contains_key(*c)) {
+                        self.push(
+                            position_after(self.text, anchor, "scopes"),
+                            field("scopes"),
+                            format!("scopes given for unknown consumer {consumer:?}"),
+                        );
+                    }
                     if !k.forward_as.bytes().all(is_token_byte) || k.forward_as.is_empty() {
                         self.push(
                             position_of_field(self.text, anchor, "forward_as"),
