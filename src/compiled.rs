@@ -115,6 +115,8 @@ pub struct Compiled {
     pub limits: Limits,
     /// Authenticators.
     pub auth: AuthPlan,
+    /// Capacity of each shard's verified-token cache.
+    pub token_cache_entries: usize,
     /// Grace period after SIGTERM.
     pub shutdown_grace: Duration,
     /// Shard placement.
@@ -245,6 +247,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         routes,
         upstreams,
         auth,
+        token_cache_entries: g.token_cache_entries,
         limits: Limits {
             max_header_bytes: h.max_header_bytes,
             max_headers: h.max_headers,

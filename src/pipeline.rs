@@ -37,7 +37,7 @@ pub async fn handle(
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     if let Some(allowed) = &route.auth {
-        let identity = authenticate(&cfg.compiled.auth, allowed, req)?;
+        let identity = authenticate(&cfg.compiled.auth, allowed, req, Some(shard))?;
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
     }
@@ -81,10 +81,12 @@ pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
 }
 
 /// Establishes the caller with one of the route's authenticators.
+/// Uses the shard's verified-token cache when a shard is given.
 pub fn authenticate(
     plan: &AuthPlan,
     allowed: &[usize],
     req: &RequestHead,
+    shard: Option<&Shard>,
 ) -> Result<Identity, GatewayError> {
     let header = |name: &str| req.header(name);
     let creds = Credentials {
@@ -92,7 +94,17 @@ pub fn authenticate(
         header: &header,
         query: req.query(),
     };
-    plan.authenticate(allowed, &creds).map_err(denied)
+    let result = match shard {
+        Some(s) => {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut cache = s.token_cache.borrow_mut();
+            plan.authenticate_cached(allowed, &creds, Some(&mut cache), now_s)
+        }
+        None => plan.authenticate(allowed, &creds),
+    };
+    result.map_err(denied)
 }
 
 fn denied(d: Denied) -> GatewayError {

@@ -293,20 +293,27 @@ fn api_keys_in_header_or_query_map_to_consumers() {
     assert_json_error(&r, 401);
 }
 
+fn jwks_with(kid: &str, key_file: &str, alg: Algorithm) -> String {
+    let pem = std::fs::read(format!("{}/{key_file}", keys_dir())).unwrap();
+    let enc = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        _ => EncodingKey::from_ec_pem(&pem),
+    }
+    .unwrap();
+    let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    json!({ "keys": [jwk] }).to_string()
+}
+
 #[test]
-fn jwks_file_selects_keys_by_kid() {
+fn jwks_file_selects_keys_by_kid_and_rotates_on_reload() {
     let backend = Backend::echo("b");
     let dir = temp_dir();
-    let pem = std::fs::read(format!("{}/rsa.key", keys_dir())).unwrap();
-    let enc = EncodingKey::from_rsa_pem(&pem).unwrap();
-    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap();
-    jwk.common.key_id = Some("k1".into());
-    let jwks = json!({ "keys": [jwk] });
     let path = dir.join("jwks.json");
-    std::fs::write(&path, jwks.to_string()).unwrap();
+    std::fs::write(&path, jwks_with("k1", "rsa.key", Algorithm::RS256)).unwrap();
     let text = format!(
         r#"Gateway(
-    shards: Count(1),
+    shards: Count(2),
     listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
     upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
     authenticators: {{ "jwks": Jwt(algorithms: [RS256], key: JwksFile("{p}"), forward_claims: {{ "sub": "X-User-Id" }}) }},
@@ -317,16 +324,39 @@ fn jwks_file_selects_keys_by_kid() {
     );
     let gw = Gateway::start(&text);
     let c = claims("kid-user", json!({}));
-    let ok = signed(Algorithm::RS256, "rsa.key", Some("k1"), &c);
-    assert_eq!(
-        get_with(gw.port, "/", &[("Authorization", &bearer(&ok))]).status,
-        200
-    );
+    let old = signed(Algorithm::RS256, "rsa.key", Some("k1"), &c);
+    // Several requests, so every shard has verified (and cached) the old token.
+    for _ in 0..6 {
+        assert_eq!(
+            get_with(gw.port, "/", &[("Authorization", &bearer(&old))]).status,
+            200
+        );
+    }
     assert_eq!(backend.last().header("x-user-id"), Some("kid-user"));
     let unknown = signed(Algorithm::RS256, "rsa.key", Some("k2"), &c);
     assert_json_error(
         &get_with(gw.port, "/", &[("Authorization", &bearer(&unknown))]),
         401,
+    );
+
+    // Rotate: the JWKS now holds only an RSA key under k2; reload.
+    std::fs::write(&path, jwks_with("k2", "rsa.key", Algorithm::RS256)).unwrap();
+    gw.send_signal("HUP");
+    assert!(
+        gw.wait_stderr("reloaded", std::time::Duration::from_secs(10)),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..6 {
+        assert_json_error(
+            &get_with(gw.port, "/", &[("Authorization", &bearer(&old))]),
+            401,
+        );
+    }
+    assert_eq!(
+        get_with(gw.port, "/", &[("Authorization", &bearer(&unknown))]).status,
+        200
     );
 }
 

@@ -253,13 +253,36 @@ impl AuthPlan {
         allowed: &[usize],
         creds: &Credentials<'_>,
     ) -> Result<Identity, Denied> {
+        self.authenticate_cached(allowed, creds, None, 0)
+    }
+
+    /// Like [`AuthPlan::authenticate`], consulting and filling a token cache;
+    /// `now_s` is the current Unix time in seconds.
+    pub fn authenticate_cached(
+        &self,
+        allowed: &[usize],
+        creds: &Credentials<'_>,
+        mut cache: Option<&mut TokenCache>,
+        now_s: u64,
+    ) -> Result<Identity, Denied> {
+        let token = bearer(creds);
+        if let (Some(c), Some(t)) = (cache.as_deref(), token) {
+            if let Some(id) = c.get(t, allowed, now_s) {
+                return Ok(id.clone());
+            }
+        }
         let mut invalid: Option<String> = None;
         for &i in allowed {
             let Some((_, v)) = self.verifiers.get(i) else {
                 continue;
             };
             let outcome = match v {
-                Verifier::Jwt(j) => verify_jwt(j, creds),
+                Verifier::Jwt(j) => verify_jwt(j, creds).map(|(id, exp)| {
+                    if let (Some(c), Some(t), Some(exp)) = (cache.as_deref_mut(), token, exp) {
+                        c.insert(t, i, exp, id.clone(), now_s);
+                    }
+                    id
+                }),
                 Verifier::ApiKey(k) => verify_api_key(k, creds),
             };
             match outcome {
@@ -269,6 +292,81 @@ impl AuthPlan {
             }
         }
         Err(invalid.map_or(Denied::Missing, Denied::Invalid))
+    }
+}
+
+/// Per-shard cache of successful token verifications, so a repeated token
+/// costs a map lookup instead of a signature check (tens of microseconds for
+/// RS/ES). Keyed by the whole token (compared in full, hashed with a random
+/// key), bounded to `capacity` entries, and an entry is never used at or
+/// after the token's `exp`. Cleared on reload, since keys may have changed.
+pub struct TokenCache {
+    map: std::collections::HashMap<Box<str>, CachedToken>,
+    capacity: usize,
+}
+
+struct CachedToken {
+    verifier: usize,
+    exp: u64,
+    identity: Identity,
+}
+
+impl TokenCache {
+    /// An empty cache holding at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            map: std::collections::HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    fn get(&self, token: &str, allowed: &[usize], now_s: u64) -> Option<&Identity> {
+        let e = self.map.get(token)?;
+        (now_s < e.exp && allowed.contains(&e.verifier)).then_some(&e.identity)
+    }
+
+    fn insert(&mut self, token: &str, verifier: usize, exp: u64, identity: Identity, now_s: u64) {
+        if self.capacity == 0 || exp <= now_s {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map.retain(|_, e| e.exp > now_s);
+        }
+        if self.map.len() >= self.capacity {
+            // Still full of live tokens: drop an arbitrary half rather than grow.
+            let drop: Vec<Box<str>> = self
+                .map
+                .keys()
+                .take(self.capacity / 2 + 1)
+                .cloned()
+                .collect();
+            for k in drop {
+                self.map.remove(&k);
+            }
+        }
+        self.map.insert(
+            token.into(),
+            CachedToken {
+                verifier,
+                exp,
+                identity,
+            },
+        );
     }
 }
 
@@ -321,7 +419,8 @@ fn string_list(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
     }
 }
 
-fn verify_jwt(j: &JwtVerifier, creds: &Credentials<'_>) -> Result<Identity, Denied> {
+/// Verifies a bearer JWT; returns the identity and the token's `exp`.
+fn verify_jwt(j: &JwtVerifier, creds: &Credentials<'_>) -> Result<(Identity, Option<u64>), Denied> {
     let token = bearer(creds).ok_or(Denied::Missing)?;
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| Denied::Invalid("malformed token".into()))?;
@@ -335,7 +434,10 @@ fn verify_jwt(j: &JwtVerifier, creds: &Credentials<'_>) -> Result<Identity, Deni
     let mut last = "no key matches the token's kid".to_string();
     for k in candidates {
         match jsonwebtoken::decode::<Value>(token, &k.key, &j.validation) {
-            Ok(data) => return Ok(identity_from_claims(j, &data.claims)),
+            Ok(data) => {
+                let exp = data.claims.get("exp").and_then(Value::as_u64);
+                return Ok((identity_from_claims(j, &data.claims), exp));
+            }
             Err(e) => last = describe(&e),
         }
     }
@@ -552,6 +654,38 @@ mod tests {
             check(&p, Some("Basic abc"), &[], None),
             Err(Denied::Missing)
         );
+    }
+
+    #[test]
+    fn token_cache_is_bounded_and_respects_exp() {
+        let p = plan();
+        let mut cache = TokenCache::new(4);
+        let t0 = now();
+        let t = token(
+            serde_json::json!({"sub": "u1", "iss": "iss-a", "exp": t0 + 100}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let auth = format!("Bearer {t}");
+        let lookup = |_: &str| None;
+        let creds = Credentials {
+            authorization: Some(auth.as_bytes()),
+            header: &lookup,
+            query: None,
+        };
+        assert!(p
+            .authenticate_cached(&[0], &creds, Some(&mut cache), t0)
+            .is_ok());
+        assert_eq!(cache.len(), 1);
+        // Served from the cache while valid, for an allowed authenticator only.
+        assert!(cache.get(&t, &[0], t0 + 50).is_some());
+        assert!(cache.get(&t, &[1], t0 + 50).is_none());
+        // Never at or past exp.
+        assert!(cache.get(&t, &[0], t0 + 100).is_none());
+        for i in 0..50u64 {
+            cache.insert(&format!("tok{i}"), 0, t0 + 100, Identity::default(), t0);
+            assert!(cache.len() <= 4);
+        }
     }
 
     #[test]

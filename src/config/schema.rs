@@ -26,6 +26,9 @@ pub struct Gateway {
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
+    /// Successful JWT verifications cached per shard (0 disables the cache).
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: usize,
     /// Named authenticators that routes refer to in `auth: Required([...])`.
     #[serde(default)]
     pub authenticators: BTreeMap<String, Authenticator>,
@@ -298,4 +301,7 @@ fn default_consumer_header() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_token_cache_entries() -> usize {
+    10_000
 }

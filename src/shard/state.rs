@@ -3,6 +3,7 @@
 //! thread (`Rc`, `Cell`, `RefCell`); nothing here is `Sync`.
 
 use super::notify::Notify;
+use crate::auth::TokenCache;
 use crate::compiled::Compiled;
 use crate::proxy::pool::Pools;
 use std::cell::{Cell, RefCell};
@@ -25,6 +26,8 @@ pub struct Shard {
     config: RefCell<Rc<ShardConfig>>,
     /// Upstream connection pools, per target address.
     pub pools: RefCell<Pools>,
+    /// Successful JWT verifications of this shard.
+    pub token_cache: RefCell<TokenCache>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -40,6 +43,7 @@ impl Shard {
     pub fn new(id: usize, compiled: Arc<Compiled>) -> Shard {
         Shard {
             id,
+            token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
             config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
             pools: RefCell::default(),
             shutdown: Notify::default(),
@@ -63,6 +67,8 @@ impl Shard {
 
     /// Swaps in a new config; requests already running keep their snapshot.
     pub fn swap_config(&self, compiled: Arc<Compiled>) {
+        // Keys may have changed: nothing verified under the old config is reused.
+        *self.token_cache.borrow_mut() = TokenCache::new(compiled.token_cache_entries);
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 
