@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use shardgate::auth::{hash_api_key, AuthPlan, Credentials, TokenCache};
+use shardgate::auth::{hash_api_key, AuthPlan, Credentials, KeyView, TokenCache};
 use shardgate::config::Authenticator;
 use std::collections::BTreeMap;
 
@@ -87,7 +87,13 @@ fn bench(c: &mut Criterion) {
         let t = now();
         g.bench_function(format!("{name}/cached"), |b| {
             b.iter(|| {
-                p.authenticate_cached(black_box(&[idx]), black_box(&creds), Some(&mut cache), t)
+                p.authenticate_cached(
+                    black_box(&[idx]),
+                    black_box(&creds),
+                    Some(&mut cache),
+                    &KeyView::default(),
+                    t,
+                )
             })
         });
     }

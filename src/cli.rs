@@ -113,6 +113,7 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
         shards.drivers.len(),
         listening.join(", ")
     );
+    start_jwks_refresher(&shards, &compiled);
     eprintln!("shardgate: ready");
     on_ready();
     let mut current = compiled;
@@ -154,6 +155,7 @@ fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc
             }
             let new = Arc::new(new);
             shards.reload(new.clone());
+            start_jwks_refresher(shards, &new);
             eprintln!(
                 "shardgate: reloaded {}: {} route(s), {} upstream(s)",
                 source.name(),
@@ -169,5 +171,27 @@ fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc
             );
             current
         }
+    }
+}
+
+/// Keeps the JWKS documents of `compiled` fresh on a thread of its own; the
+/// thread ends once that config is replaced and dropped.
+fn start_jwks_refresher(shards: &ShardSet, compiled: &Arc<Compiled>) {
+    let sources = compiled.auth.jwks_sources();
+    if sources.is_empty() {
+        return;
+    }
+    let requests = compiled.jwks_requests.clone();
+    let generation = compiled.generation;
+    let publish = shards.publisher();
+    let spawned = std::thread::Builder::new()
+        .name("shardgate-jwks".into())
+        .spawn(move || {
+            crate::auth::jwks::refresher(sources, requests, |authenticator, keys| {
+                publish(generation, authenticator, keys)
+            })
+        });
+    if let Err(e) = spawned {
+        eprintln!("shardgate: cannot start the JWKS refresher: {e}");
     }
 }

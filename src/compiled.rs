@@ -117,6 +117,12 @@ pub struct Compiled {
     pub auth: AuthPlan,
     /// Capacity of each shard's verified-token cache.
     pub token_cache_entries: usize,
+    /// Distinguishes this compilation from others (key updates name it).
+    pub generation: u64,
+    /// Shards ask here for a JWKS refetch (authenticator index).
+    pub jwks_refetch: crossbeam_channel::Sender<usize>,
+    /// The refresher's end of `jwks_refetch`; it stops once this config is dropped.
+    pub jwks_requests: crossbeam_channel::Receiver<usize>,
     /// Grace period after SIGTERM.
     pub shutdown_grace: Duration,
     /// Shard placement.
@@ -124,6 +130,9 @@ pub struct Compiled {
     /// Requested driver.
     pub driver: config::DriverChoice,
 }
+
+/// Compilation counter (config load and reload only, never per request).
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -152,6 +161,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         })
         .collect::<Result<_, String>>()?;
     let auth = AuthPlan::compile(&g.authenticators)?;
+    // Bounded to one: a pending refetch covers every later request for one.
+    let (refetch_tx, refetch_rx) = crossbeam_channel::bounded(1);
     let mut routes = Vec::with_capacity(g.routes.len());
     let mut specs = Vec::with_capacity(g.routes.len());
     for r in &g.routes {
@@ -248,6 +259,9 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         upstreams,
         auth,
         token_cache_entries: g.token_cache_entries,
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        jwks_refetch: refetch_tx,
+        jwks_requests: refetch_rx,
         limits: Limits {
             max_header_bytes: h.max_header_bytes,
             max_headers: h.max_headers,

@@ -7,8 +7,8 @@
 //! identity headers → authenticate → authorize → forward to the upstream
 //! (which streams the response back). Rate limiting slots in before forwarding.
 
-use crate::auth::{self, AuthPlan, Credentials, Denied, Identity};
-use crate::compiled::{upstream_target, ListenerPlan};
+use crate::auth::{self, Credentials, Denied, Identity, KeyView};
+use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::{Conn, Framing, RequestHead};
 use crate::proxy::{self, Disposition, Exchange};
@@ -37,7 +37,7 @@ pub async fn handle(
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     if let Some(allowed) = &route.auth {
-        let identity = authenticate(&cfg.compiled.auth, allowed, req, Some(shard))?;
+        let identity = authenticate(&cfg.compiled, allowed, req, Some(shard))?;
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
     }
@@ -83,7 +83,7 @@ pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
 /// Establishes the caller with one of the route's authenticators.
 /// Uses the shard's verified-token cache when a shard is given.
 pub fn authenticate(
-    plan: &AuthPlan,
+    compiled: &Compiled,
     allowed: &[usize],
     req: &RequestHead,
     shard: Option<&Shard>,
@@ -100,9 +100,16 @@ pub fn authenticate(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let mut cache = s.token_cache.borrow_mut();
-            plan.authenticate_cached(allowed, &creds, Some(&mut cache), now_s)
+            let sets = s.jwks.borrow();
+            let keys = KeyView {
+                sets: Some(&sets),
+                refetch: Some(&compiled.jwks_refetch),
+            };
+            compiled
+                .auth
+                .authenticate_cached(allowed, &creds, Some(&mut cache), &keys, now_s)
         }
-        None => plan.authenticate(allowed, &creds),
+        None => compiled.auth.authenticate(allowed, &creds),
     };
     result.map_err(denied)
 }

@@ -407,3 +407,77 @@ fn b64url(data: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn jwks_url_is_fetched_refreshed_and_refetched_for_unknown_kid() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let backend = Backend::echo("b");
+    let doc = Arc::new(Mutex::new(jwks_with("k1", "rsa.key", Algorithm::RS256)));
+    let served = doc.clone();
+    let idp = Backend::start(move |_| {
+        Response::ok(served.lock().unwrap().clone()).header("Content-Type", "application/json")
+    });
+    let text = format!(
+        r#"Gateway(
+    shards: Count(2),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{ "idp": Jwt(algorithms: [RS256], key: Jwks(url: "http://{idp}/.well-known/jwks.json", refresh_s: 3600),
+                                  forward_claims: {{ "sub": "X-User-Id" }}) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["idp"])) ],
+)"#,
+        addr = backend.addr(),
+        idp = idp.addr()
+    );
+    let gw = Gateway::start(&text);
+    let c = claims("jwks-user", json!({}));
+    let t1 = signed(Algorithm::RS256, "rsa.key", Some("k1"), &c);
+    let t2 = signed(Algorithm::RS256, "rsa.key", Some("k2"), &c);
+    assert_eq!(
+        get_with(gw.port, "/", &[("Authorization", &bearer(&t1))]).status,
+        200
+    );
+    assert_eq!(backend.last().header("x-user-id"), Some("jwks-user"));
+    let fetches_before = idp.count();
+
+    // Rotate at the identity provider: k1 is gone, k2 is new. The refresh
+    // period is an hour, so only the unknown-kid refetch can pick it up.
+    *doc.lock().unwrap() = jwks_with("k2", "rsa.key", Algorithm::RS256);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = get_with(gw.port, "/", &[("Authorization", &bearer(&t2))]).status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        status,
+        200,
+        "the new kid was never accepted; stderr:\n{}",
+        gw.stderr()
+    );
+    // Every shard got the new set: the removed key is refused everywhere,
+    // even where the old token had been cached.
+    for _ in 0..6 {
+        assert_json_error(
+            &get_with(gw.port, "/", &[("Authorization", &bearer(&t1))]),
+            401,
+        );
+    }
+    // Unknown kids do not hammer the identity provider: refetches are rate-limited.
+    let t3 = signed(Algorithm::RS256, "rsa.key", Some("k3"), &c);
+    for _ in 0..30 {
+        assert_json_error(
+            &get_with(gw.port, "/", &[("Authorization", &bearer(&t3))]),
+            401,
+        );
+    }
+    let fetches = idp.count() - fetches_before;
+    assert!(
+        fetches <= 4,
+        "{fetches} JWKS fetches for one rotation and 30 unknown-kid requests"
+    );
+}

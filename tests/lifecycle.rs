@@ -195,9 +195,7 @@ fn sigterm_on_an_idle_gateway_exits_zero() {
             gw.stderr()
         )
     });
+    // (The port is not probed after exit: tests run in parallel, and another
+    // test's backend may already have been given the same free port.)
     assert!(status.success(), "exit status {status}");
-    assert!(
-        Client::try_connect(gw.port).is_err(),
-        "port still accepting after exit"
-    );
 }

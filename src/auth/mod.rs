@@ -6,8 +6,10 @@
 //! Compiled once per config ([`AuthPlan::compile`]); checking a request is a
 //! pure function of the request and the plan, run on the shard.
 
+pub mod jwks;
+
 use crate::config::{ApiKeyAuth, Authenticator, JwtAuth, KeySource};
-use jsonwebtoken::{jwk::JwkSet, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -34,13 +36,16 @@ pub enum Denied {
     Forbidden(String),
 }
 
-struct JwtKey {
+/// One verification key, with the `kid` it is published under.
+pub struct JwtKey {
     kid: Option<String>,
     key: DecodingKey,
 }
 
 struct JwtVerifier {
     keys: Vec<JwtKey>,
+    /// Where the keys are refreshed from, if anywhere.
+    source: Option<(String, std::time::Duration)>,
     validation: Validation,
     forward: Vec<(String, String)>,
     roles_claim: String,
@@ -56,7 +61,7 @@ struct ApiKeyVerifier {
 }
 
 enum Verifier {
-    Jwt(JwtVerifier),
+    Jwt(Box<JwtVerifier>),
     ApiKey(ApiKeyVerifier),
 }
 
@@ -133,22 +138,16 @@ fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
         KeySource::JwksFile(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
-            let set: JwkSet = serde_json::from_str(&text)
-                .map_err(|e| err(format!("{path:?} is not a JWKS document: {e}")))?;
-            let mut keys = Vec::new();
-            for jwk in &set.keys {
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| err(format!("{path:?}: unusable key: {e}")))?;
-                keys.push(JwtKey {
-                    kid: jwk.common.key_id.clone(),
-                    key,
-                });
-            }
-            if keys.is_empty() {
-                return Err(err(format!("{path:?} holds no keys")));
-            }
-            keys
+            jwks::keys_from_document(&text).map_err(|e| err(format!("{path:?}: {e}")))?
         }
+        KeySource::Jwks { url, .. } => match jwks::fetch(url) {
+            Ok(keys) => keys,
+            Err(e) => {
+                // Serve anyway: tokens are refused (401) until a refresh succeeds.
+                eprintln!("shardgate: authenticators.{name}: JWKS fetch failed, no keys yet: {e}");
+                Vec::new()
+            }
+        },
     };
     let mut validation = Validation::new(j.algorithms.first().copied().unwrap_or(Algorithm::HS256));
     validation.algorithms = j.algorithms.clone();
@@ -168,8 +167,15 @@ fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
         None => validation.validate_aud = false,
     }
     validation.set_required_spec_claims(&required);
+    let source = match &j.key {
+        KeySource::Jwks { url, refresh_s } => {
+            Some((url.clone(), std::time::Duration::from_secs(*refresh_s)))
+        }
+        _ => None,
+    };
     Ok(JwtVerifier {
         keys,
+        source,
         validation,
         forward: j
             .forward_claims
@@ -214,7 +220,7 @@ impl AuthPlan {
                 Authenticator::Jwt(j) => {
                     identity_headers
                         .extend(j.forward_claims.values().map(|h| h.to_ascii_lowercase()));
-                    Verifier::Jwt(compile_jwt(name, j)?)
+                    Verifier::Jwt(Box::new(compile_jwt(name, j)?))
                 }
                 Authenticator::ApiKey(k) => {
                     identity_headers.push(k.forward_as.to_ascii_lowercase());
@@ -229,6 +235,22 @@ impl AuthPlan {
             verifiers,
             identity_headers,
         })
+    }
+
+    /// The JWKS URLs to keep fresh.
+    pub fn jwks_sources(&self) -> Vec<jwks::Source> {
+        self.verifiers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, v))| match v {
+                Verifier::Jwt(j) => j.source.as_ref().map(|(url, refresh)| jwks::Source {
+                    authenticator: i,
+                    url: url.clone(),
+                    refresh: *refresh,
+                }),
+                Verifier::ApiKey(_) => None,
+            })
+            .collect()
     }
 
     /// Index of a named authenticator.
@@ -253,7 +275,7 @@ impl AuthPlan {
         allowed: &[usize],
         creds: &Credentials<'_>,
     ) -> Result<Identity, Denied> {
-        self.authenticate_cached(allowed, creds, None, 0)
+        self.authenticate_cached(allowed, creds, None, &KeyView::default(), 0)
     }
 
     /// Like [`AuthPlan::authenticate`], consulting and filling a token cache;
@@ -263,6 +285,7 @@ impl AuthPlan {
         allowed: &[usize],
         creds: &Credentials<'_>,
         mut cache: Option<&mut TokenCache>,
+        keys: &KeyView<'_>,
         now_s: u64,
     ) -> Result<Identity, Denied> {
         let token = bearer(creds);
@@ -277,7 +300,7 @@ impl AuthPlan {
                 continue;
             };
             let outcome = match v {
-                Verifier::Jwt(j) => verify_jwt(j, creds).map(|(id, exp)| {
+                Verifier::Jwt(j) => verify_jwt(j, i, keys, creds).map(|(id, exp)| {
                     if let (Some(c), Some(t), Some(exp)) = (cache.as_deref_mut(), token, exp) {
                         c.insert(t, i, exp, id.clone(), now_s);
                     }
@@ -293,6 +316,16 @@ impl AuthPlan {
         }
         Err(invalid.map_or(Denied::Missing, Denied::Invalid))
     }
+}
+
+/// Key sets fetched after the config was compiled (per shard), and where to
+/// ask for a refetch when a token's `kid` is unknown.
+#[derive(Default)]
+pub struct KeyView<'a> {
+    /// Authenticator index → its newest key set.
+    pub sets: Option<&'a std::collections::HashMap<usize, jwks::KeySet>>,
+    /// Refetch requests (authenticator index); sent without blocking.
+    pub refetch: Option<&'a crossbeam_channel::Sender<usize>>,
 }
 
 /// Per-shard cache of successful token verifications, so a repeated token
@@ -420,15 +453,32 @@ fn string_list(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
 }
 
 /// Verifies a bearer JWT; returns the identity and the token's `exp`.
-fn verify_jwt(j: &JwtVerifier, creds: &Credentials<'_>) -> Result<(Identity, Option<u64>), Denied> {
+fn verify_jwt(
+    j: &JwtVerifier,
+    index: usize,
+    view: &KeyView<'_>,
+    creds: &Credentials<'_>,
+) -> Result<(Identity, Option<u64>), Denied> {
     let token = bearer(creds).ok_or(Denied::Missing)?;
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| Denied::Invalid("malformed token".into()))?;
     if !j.validation.algorithms.contains(&header.alg) {
         return Err(Denied::Invalid("token algorithm not accepted".into()));
     }
-    let candidates = j
-        .keys
+    let keys: &[JwtKey] = match view.sets.and_then(|m| m.get(&index)) {
+        Some(set) => set,
+        None => &j.keys,
+    };
+    let kid_known =
+        header.kid.is_none() || keys.iter().any(|k| k.kid.is_none() || k.kid == header.kid);
+    if !kid_known && j.source.is_some() {
+        // Maybe the keys were rotated: ask for a refetch (rate-limited by the
+        // refresher; a full queue means one is already pending).
+        if let Some(tx) = view.refetch {
+            let _ = tx.try_send(index);
+        }
+    }
+    let candidates = keys
         .iter()
         .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
     let mut last = "no key matches the token's kid".to_string();
@@ -674,7 +724,7 @@ mod tests {
             query: None,
         };
         assert!(p
-            .authenticate_cached(&[0], &creds, Some(&mut cache), t0)
+            .authenticate_cached(&[0], &creds, Some(&mut cache), &KeyView::default(), t0)
             .is_ok());
         assert_eq!(cache.len(), 1);
         // Served from the cache while valid, for an allowed authenticator only.

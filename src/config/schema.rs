@@ -85,6 +85,15 @@ pub enum KeySource {
     PemFile(String),
     /// A JWKS document on disk; tokens select a key by `kid`.
     JwksFile(String),
+    /// A JWKS document fetched from an `http://` URL at load, every
+    /// `refresh_s`, and (rate-limited) when a token's `kid` is unknown.
+    Jwks {
+        /// The document's URL.
+        url: String,
+        /// Refresh period in seconds.
+        #[serde(default = "default_jwks_refresh_s")]
+        refresh_s: u64,
+    },
 }
 
 /// API-key settings.
@@ -304,4 +313,7 @@ fn default_true() -> bool {
 }
 fn default_token_cache_entries() -> usize {
     10_000
+}
+fn default_jwks_refresh_s() -> u64 {
+    300
 }

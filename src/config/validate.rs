@@ -254,6 +254,18 @@ impl Validator<'_> {
                             field("key"),
                             format!("environment variable {var} is not set"),
                         ),
+                        KeySource::Jwks { url, refresh_s } => {
+                            if let Err(e) = crate::auth::jwks::split_http_url(url) {
+                                self.push(key_at, field("key"), e);
+                            }
+                            if *refresh_s == 0 {
+                                self.push(
+                                    key_at,
+                                    field("key"),
+                                    "refresh_s must be at least 1".into(),
+                                );
+                            }
+                        }
                         KeySource::PemFile(p) | KeySource::JwksFile(p)
                             if std::fs::metadata(p).is_err() =>
                         {

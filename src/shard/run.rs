@@ -23,6 +23,15 @@ pub enum Control {
     Reload(Arc<Compiled>),
     /// Stop accepting, finish in-flight requests, exit within the grace period.
     Shutdown,
+    /// A refreshed JWKS key set for an authenticator of config `generation`.
+    Keys {
+        /// The config the keys belong to.
+        generation: u64,
+        /// Authenticator index in that config.
+        authenticator: usize,
+        /// The keys.
+        keys: crate::auth::jwks::KeySet,
+    },
 }
 
 /// The I/O driver a shard runs.
@@ -56,6 +65,20 @@ impl ShardSet {
     pub fn reload(&self, compiled: Arc<Compiled>) {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
+        }
+    }
+
+    /// Sends refreshed keys to every shard.
+    pub fn publisher(&self) -> impl Fn(u64, usize, crate::auth::jwks::KeySet) + Send + 'static {
+        let senders = self.senders.clone();
+        move |generation, authenticator, keys| {
+            for s in &senders {
+                let _ = s.send(Control::Keys {
+                    generation,
+                    authenticator,
+                    keys: keys.clone(),
+                });
+            }
         }
     }
 
@@ -312,6 +335,11 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 Control::Reload(c) => shard.swap_config(c),
+                Control::Keys {
+                    generation,
+                    authenticator,
+                    keys,
+                } => shard.update_keys(generation, authenticator, keys),
                 Control::Shutdown => {
                     let grace = shard.config().compiled.shutdown_grace;
                     shard.shutdown.fire();

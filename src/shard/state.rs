@@ -3,7 +3,7 @@
 //! thread (`Rc`, `Cell`, `RefCell`); nothing here is `Sync`.
 
 use super::notify::Notify;
-use crate::auth::TokenCache;
+use crate::auth::{jwks::KeySet, TokenCache};
 use crate::compiled::Compiled;
 use crate::proxy::pool::Pools;
 use std::cell::{Cell, RefCell};
@@ -26,6 +26,8 @@ pub struct Shard {
     config: RefCell<Rc<ShardConfig>>,
     /// Upstream connection pools, per target address.
     pub pools: RefCell<Pools>,
+    /// JWKS key sets fetched since the config was compiled, per authenticator.
+    pub jwks: RefCell<std::collections::HashMap<usize, KeySet>>,
     /// Successful JWT verifications of this shard.
     pub token_cache: RefCell<TokenCache>,
     /// Fired when the shard starts draining for shutdown.
@@ -44,6 +46,7 @@ impl Shard {
         Shard {
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
+            jwks: RefCell::default(),
             config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
             pools: RefCell::default(),
             shutdown: Notify::default(),
@@ -69,7 +72,17 @@ impl Shard {
     pub fn swap_config(&self, compiled: Arc<Compiled>) {
         // Keys may have changed: nothing verified under the old config is reused.
         *self.token_cache.borrow_mut() = TokenCache::new(compiled.token_cache_entries);
+        self.jwks.borrow_mut().clear();
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
+    }
+
+    /// Installs a refreshed JWKS key set, if it belongs to the running config.
+    pub fn update_keys(&self, generation: u64, authenticator: usize, keys: KeySet) {
+        if self.config().compiled.generation == generation {
+            self.jwks.borrow_mut().insert(authenticator, keys);
+            // Tokens verified with the old keys must be checked again.
+            self.token_cache.borrow_mut().clear();
+        }
     }
 
     /// A new request id: unique per process run, 24 hex digits.
