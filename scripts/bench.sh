@@ -2,7 +2,19 @@
 # Load comparison on loopback: the same tiny nginx upstream reached directly,
 # through nginx, through HAProxy and through shardgate (io_uring and epoll).
 #
-# Usage:  scripts/bench.sh            (Markdown report on stdout, progress on stderr)
+# Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr)
+#         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
+#
+# Scenarios:
+#   proxy   GET /api/v1/items, plain reverse proxying
+#   jwt     the same GET with `Authorization: Bearer <HS256 JWT>` on every
+#           request to every target. Targets: direct (token ignored),
+#           shardgate-noauth / haproxy-noauth (public route, token forwarded
+#           unchecked), shardgate (route with auth: Required(["jwt"])),
+#           haproxy (alg, signature, iss and exp checked with jwt_* converters).
+#           Before measuring, shardgate and haproxy must answer 401 to a missing,
+#           badly signed, wrong-issuer, expired and alg=none token and 200 to
+#           the valid one; a target failing that is skipped.
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
@@ -11,7 +23,17 @@
 #   WARMUP=1            seconds of unrecorded load per target before round 1 (0 = none)
 #   CONNS=32            wrk connections (wrk always uses -t1)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
-#   TARGETS="direct nginx haproxy shardgate shardgate-epoll"
+#   TARGETS=            default per scenario:
+#                         proxy: "direct nginx haproxy shardgate shardgate-epoll"
+#                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
+#   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
+#   KEY_RATIOS=         "A/B[<=|<]LIMIT ..." pairs reported in their own table as
+#                       per-round A÷B of proxy CPU-µs/req (median), with a verdict
+#                       if a limit is given. jwt default:
+#                       "shardgate/shardgate-noauth<=1.15 shardgate/haproxy<1 haproxy/haproxy-noauth"
+#   JWT_SECRET=bench-secret-0123456789abcdef   HS256 secret (jwt; >= 16 of [A-Za-z0-9._~-])
+#   SG_TOKEN_CACHE=     shardgate token_cache_entries (jwt; empty = the gateway's
+#                       default; 0 = verify the signature on every request)
 #   PROXY_CPUS=0        taskset CPU list for the proxy under test
 #   LOAD_CPUS=1         taskset CPU list for wrk and the upstream nginx
 #   SKIP_BUILD=0        1 = don't run `cargo build --release`
@@ -28,8 +50,8 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 HELPER_DIR="$SCRIPT_DIR/bench"
 
-KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS PROXY_CPUS LOAD_CPUS
-       SKIP_BUILD SHARDGATE_BIN RESULTS_DIR)
+KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
+       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE)
 
 # The command line as given (only the knobs that were set), for the report.
 CMDLINE=""
@@ -47,14 +69,17 @@ DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-1}"
 CONNS="${CONNS:-32}"
 WORKERS="${WORKERS:-1}"
-TARGETS="${TARGETS:-direct nginx haproxy shardgate shardgate-epoll}"
+TARGETS="${TARGETS:-}"            # defaults set by the scenario
+BASELINE="${BASELINE:-}"
+KEY_RATIOS="${KEY_RATIOS-unset}"  # set but empty = no key-ratio table
 PROXY_CPUS="${PROXY_CPUS:-0}"
 LOAD_CPUS="${LOAD_CPUS:-1}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 SHARDGATE_BIN="${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}"
 RESULTS_DIR="${RESULTS_DIR:-}"
+JWT_SECRET="${JWT_SECRET:-bench-secret-0123456789abcdef}"
+SG_TOKEN_CACHE="${SG_TOKEN_CACHE:-}"
 
-BASELINE=nginx           # ratios are taken to this target
 STARTUP_TIMEOUT=5        # seconds a target gets to answer its first request
 WRK_GRACE=30             # extra seconds before a hung wrk is killed
 
@@ -66,6 +91,8 @@ fi
 for n in ROUNDS DURATION WARMUP CONNS WORKERS; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "bench: $n must be a number, got '${!n}'" >&2; exit 2; }
 done
+[[ -z "$SG_TOKEN_CACHE" || "$SG_TOKEN_CACHE" =~ ^[0-9]+$ ]] \
+    || { echo "bench: SG_TOKEN_CACHE must be a number, got '$SG_TOKEN_CACHE'" >&2; exit 2; }
 (( ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1 && WORKERS >= 1 )) \
     || { echo "bench: ROUNDS, DURATION, CONNS and WORKERS must be >= 1" >&2; exit 2; }
 
@@ -215,19 +242,129 @@ cpu_ticks() {
 #   CURL_ARGS       the same for the readiness probe
 #   SG_EXTRA        extra top-level fields for the shardgate config (RON)
 #   SG_ROUTE_EXTRA  extra fields inside the shardgate route
+#   SG_ROUTE_AUTH   the route's auth field (left out by shardgate-noauth)
 #   NGINX_LOCATION_EXTRA / HAPROXY_BACKEND_EXTRA  the same for nginx / HAProxy
-# A new scenario (jwt, ratelimit, aggregate, ...) is one more scenario_NAME.
+#   HAPROXY_AUTH_RULES  frontend rules that authenticate (left out by haproxy-noauth)
+#   DEFAULT_TARGETS, DEFAULT_BASELINE, DEFAULT_KEY_RATIOS  used unless the
+#                   TARGETS / BASELINE / KEY_RATIOS knobs are set
+#   SCENARIO_NOTES  lines for the report (Markdown list items)
+# A scenario may also define check_target_NAME TARGET URL, run once after a
+# target answers its first request; non-zero skips the target.
+# A new scenario (ratelimit, aggregate, ...) is one more scenario_NAME.
 # ---------------------------------------------------------------------------
 REQ_PATH=/
 WRK_ARGS=()
 CURL_ARGS=()
 SG_EXTRA=""
 SG_ROUTE_EXTRA=""
+SG_ROUTE_AUTH=""
 NGINX_LOCATION_EXTRA=""
 HAPROXY_BACKEND_EXTRA=""
+HAPROXY_AUTH_RULES=""
+DEFAULT_TARGETS="direct nginx haproxy shardgate shardgate-epoll"
+DEFAULT_BASELINE=nginx
+DEFAULT_KEY_RATIOS=""
+SCENARIO_NOTES=()
 
 scenario_proxy() {
     REQ_PATH=/api/v1/items
+}
+
+# mint_jwt SECRET ISSUER EXP_IN_SECONDS [ALG]: an HS256 JWT (ALG=none gives an
+# unsigned token) with claims {"sub":"bench-user","iss":ISSUER,"exp":now+N}.
+mint_jwt() {
+    python3 - "$@" <<'EOF'
+import base64, hashlib, hmac, json, sys, time
+secret, issuer, exp_in = sys.argv[1], sys.argv[2], int(sys.argv[3])
+alg = sys.argv[4] if len(sys.argv) > 4 else "HS256"
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+def part(obj):
+    return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+claims = {"sub": "bench-user", "iss": issuer, "exp": int(time.time()) + exp_in}
+signing_input = part({"alg": alg, "typ": "JWT"}) + "." + part(claims)
+sig = ""
+if alg != "none":
+    sig = b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
+print(signing_input + "." + sig)
+EOF
+}
+
+JWT_ISSUER=bench
+
+scenario_jwt() {
+    [[ "$JWT_SECRET" =~ ^[A-Za-z0-9._~-]{16,}$ ]] \
+        || die "JWT_SECRET must be at least 16 characters of [A-Za-z0-9._~-]"
+    REQ_PATH=/api/v1/items
+    # Valid for an hour: enough for the default 5 rounds x 5 targets x 5 s.
+    TOKEN="$(mint_jwt "$JWT_SECRET" "$JWT_ISSUER" 3600)"
+    WRK_ARGS=(-H "Authorization: Bearer $TOKEN")
+    CURL_ARGS=(-H "Authorization: Bearer $TOKEN")
+    SG_EXTRA="    authenticators: { \"jwt\": Jwt(algorithms: [HS256], key: Secret(\"$JWT_SECRET\"), issuer: \"$JWT_ISSUER\", forward_claims: { \"sub\": \"X-User-Id\" }) },"
+    [[ -n "$SG_TOKEN_CACHE" ]] && SG_EXTRA+=$'\n'"    token_cache_entries: $SG_TOKEN_CACHE,"
+    SG_ROUTE_AUTH=', auth: Required(["jwt"])'
+    # HAProxy 2.6: jwt_verify checks only the signature (with the algorithm it
+    # is given, whatever the token's header says), so alg, iss and exp are
+    # checked separately; sub is forwarded like shardgate's forward_claims.
+    HAPROXY_AUTH_RULES="$(cat <<EOF
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request set-var(txn.jwt_iss) var(txn.bearer),jwt_payload_query('\$.iss')
+    http-request set-var(txn.jwt_exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date
+    http-request deny deny_status 401 unless { var(txn.jwt_alg) -m str HS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$JWT_SECRET") -m int 1 }
+    http-request deny deny_status 401 unless { var(txn.jwt_iss) -m str $JWT_ISSUER }
+    http-request deny deny_status 401 unless { var(txn.jwt_exp),sub(txn.now) -m int gt 0 }
+    http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.sub')]
+EOF
+)"
+    DEFAULT_TARGETS="direct shardgate-noauth shardgate haproxy-noauth haproxy"
+    DEFAULT_BASELINE=haproxy
+    DEFAULT_KEY_RATIOS="shardgate/shardgate-noauth<=1.15 shardgate/haproxy<1 haproxy/haproxy-noauth"
+    local cache="the gateway's default (one token: verified once, then served from the per-shard cache)"
+    [[ -n "$SG_TOKEN_CACHE" ]] && cache="$SG_TOKEN_CACHE entries"
+    [[ "$SG_TOKEN_CACHE" == 0 ]] && cache="0 (signature verified on every request)"
+    SCENARIO_NOTES=(
+        "- auth: every request to every target carries \`Authorization: Bearer <HS256 JWT>\` (${#TOKEN}-byte token, claims sub/iss/exp); \`*-noauth\` targets forward it unchecked on a public route"
+        "- \`shardgate\`: \`auth: Required([\"jwt\"])\`, Jwt(HS256, issuer, exp, sub → X-User-Id); token_cache_entries: $cache"
+        "- \`haproxy\`: $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), http_auth_bearer + jwt_header_query (alg = HS256) + jwt_verify (signature, every request) + jwt_payload_query (iss, exp > date) + set-header X-User-Id from sub"
+    )
+}
+
+# expect_status TARGET WHAT CODE URL [CURL ARGS...]
+expect_status() {
+    local target=$1 what=$2 want=$3 url=$4 got
+    shift 4
+    got="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" || true)"
+    if [[ "$got" != "$want" ]]; then
+        log "check $target: $what → $got, expected $want"
+        return 1
+    fi
+}
+
+check_target_jwt() {
+    local target=$1 url=$2 ok=0 what tok
+    case "$target" in
+        shardgate | haproxy) ;;
+        *) return 0 ;;
+    esac
+    expect_status "$target" "no token" 401 "$url" || ok=1
+    for what in "bad signature" "wrong issuer" "expired" "alg none"; do
+        case "$what" in
+            "bad signature") tok="$(mint_jwt "not-the-$JWT_SECRET" "$JWT_ISSUER" 3600)" ;;
+            "wrong issuer") tok="$(mint_jwt "$JWT_SECRET" "not-$JWT_ISSUER" 3600)" ;;
+            expired) tok="$(mint_jwt "$JWT_SECRET" "$JWT_ISSUER" -3600)" ;;
+            "alg none") tok="$(mint_jwt "$JWT_SECRET" "$JWT_ISSUER" 3600 none)" ;;
+        esac
+        expect_status "$target" "$what" 401 "$url" -H "Authorization: Bearer $tok" || ok=1
+    done
+    expect_status "$target" "valid token" 200 "$url" "${CURL_ARGS[@]}" || ok=1
+    ((ok == 0)) && log "check $target: 401 for no token, bad signature, wrong issuer, expired, alg none; 200 for the valid token"
+    return "$ok"
 }
 
 # ---------------------------------------------------------------------------
@@ -293,7 +430,7 @@ EOF
 # and sets TARGET_PIDS (pids whose CPU is the proxy's; empty for direct) and
 # TARGET_URL.
 # ---------------------------------------------------------------------------
-declare -A URL_OF=() PIDS_OF=()
+declare -A URL_OF=() PIDS_OF=() SKIPPED=()
 
 start_target_direct() {
     TARGET_PIDS=""
@@ -336,8 +473,9 @@ EOF
     }
 }
 
-start_target_haproxy() {
-    local port=$1 dir="$WORK_DIR/haproxy"
+# start_haproxy PORT NAME AUTH_RULES
+start_haproxy() {
+    local port=$1 name=$2 auth_rules=$3 dir="$WORK_DIR/$2"
     mkdir -p "$dir"
     cat >"$dir/haproxy.cfg" <<EOF
 global
@@ -355,6 +493,7 @@ defaults
 
 frontend fe
     bind 127.0.0.1:$port
+$auth_rules
     default_backend be
 
 backend be
@@ -365,15 +504,19 @@ EOF
     TARGET_PIDS=$LAST_PID
     TARGET_URL="http://127.0.0.1:$port$REQ_PATH"
     wait_http "$TARGET_URL" "$STARTUP_TIMEOUT" "$LAST_PID" || {
-        cat "$dir/stdout.log" >&2 2>/dev/null
+        log "skipping $name: it did not answer 200 on $TARGET_URL within ${STARTUP_TIMEOUT}s; its output:"
+        tail -n 20 "$dir/stdout.log" | sed 's/^/    /' >&2
         stop_pid "$LAST_PID"
         return 1
     }
 }
 
-# start_shardgate PORT NAME DRIVER
+start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"; }
+start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
+
+# start_shardgate PORT NAME DRIVER ROUTE_AUTH
 start_shardgate() {
-    local port=$1 name=$2 driver=$3 dir="$WORK_DIR/$2"
+    local port=$1 name=$2 driver=$3 route_auth=$4 dir="$WORK_DIR/$2"
     mkdir -p "$dir"
     if [[ ! -x "$SHARDGATE_BIN" ]]; then
         log "skipping $name: $SHARDGATE_BIN not found"
@@ -384,7 +527,7 @@ Gateway(
     shards: Count($WORKERS),
     listeners: [ Listener(name: "bench", bind: "127.0.0.1:$port") ],
     upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256) },
-    routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up"$SG_ROUTE_EXTRA) ],
+    routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up"$SG_ROUTE_EXTRA$route_auth) ],
 $SG_EXTRA
 )
 EOF
@@ -400,8 +543,9 @@ EOF
     }
 }
 
-start_target_shardgate()       { start_shardgate "$1" shardgate io_uring; }
-start_target_shardgate-epoll() { start_shardgate "$1" shardgate-epoll epoll; }
+start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }
+start_target_shardgate-epoll()  { start_shardgate "$1" shardgate-epoll epoll "$SG_ROUTE_AUTH"; }
+start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring ""; }
 
 build_shardgate() {
     [[ " $TARGETS " == *" shardgate"* ]] || return 0
@@ -465,9 +609,13 @@ measure() {
 # Main
 # ---------------------------------------------------------------------------
 declare -F "scenario_$SCENARIO" >/dev/null || die "unknown SCENARIO '$SCENARIO'"
-"scenario_$SCENARIO"
-
 ensure_tools
+"scenario_$SCENARIO"
+TARGETS="${TARGETS:-$DEFAULT_TARGETS}"
+BASELINE="${BASELINE:-$DEFAULT_BASELINE}"
+[[ "$KEY_RATIOS" == unset ]] && KEY_RATIOS="$DEFAULT_KEY_RATIOS"
+read -r -a KEY_RATIO_LIST <<<"$KEY_RATIOS"
+
 [[ -f "$LUA" ]] || die "missing $LUA"
 build_shardgate
 
@@ -487,12 +635,21 @@ for t in "${TARGET_LIST[@]}"; do
     declare -F "start_target_$t" >/dev/null || die "unknown target '$t'"
     TARGET_PIDS="" TARGET_URL=""
     if "start_target_$t" "$port"; then
+        if declare -F "check_target_$SCENARIO" >/dev/null \
+            && ! "check_target_$SCENARIO" "$t" "$TARGET_URL"; then
+            log "target $t: failed the $SCENARIO checks; skipped"
+            SKIPPED[$t]="failed the $SCENARIO checks"
+            # shellcheck disable=SC2086
+            [[ -z "$TARGET_PIDS" ]] || stop_pid $TARGET_PIDS
+            continue
+        fi
         URL_OF[$t]=$TARGET_URL
         PIDS_OF[$t]=$TARGET_PIDS
         ACTIVE+=("$t")
         log "target $t: $TARGET_URL${TARGET_PIDS:+ (pid $TARGET_PIDS)}"
     else
         log "target $t: skipped"
+        SKIPPED[$t]="did not start"
     fi
 done
 ((${#ACTIVE[@]})) || die "no target started"
@@ -533,15 +690,16 @@ REPORT="$WORK_DIR/report.md"
     echo "- pinning: proxy on CPU $PROXY_CPUS, wrk + upstream nginx (1 worker) on CPU $LOAD_CPUS; proxies run $WORKERS worker(s)/thread(s)/shard(s)"
     echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}')$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null | sed 's/^/, shardgate @ /')"
     echo "- CPU: utime+stime from /proc/PID/stat (CLK_TCK=$CLK_TCK) before/after each run ÷ requests; nginx = master + workers"
+    if ((${#SCENARIO_NOTES[@]})); then printf '%s\n' "${SCENARIO_NOTES[@]}"; fi
     for t in "${TARGET_LIST[@]}"; do
         if [[ -z "${URL_OF[$t]:-}" ]]; then
-            echo "- \`$t\`: skipped (did not start)"
+            echo "- \`$t\`: skipped (${SKIPPED[$t]:-did not start})"
         elif [[ -n "${FAILS[$t]:-}" ]]; then
             echo "- \`$t\`: some runs missing (${FAILS[$t]})"
         fi
     done
     echo
-    python3 "$HELPER_DIR/report.py" "$RUNS_TSV" "$CLK_TCK" "$BASELINE"
+    python3 "$HELPER_DIR/report.py" "$RUNS_TSV" "$CLK_TCK" "$BASELINE" "${KEY_RATIO_LIST[@]}"
 } >"$REPORT"
 
 if [[ -n "$RESULTS_DIR" ]]; then

@@ -5,15 +5,24 @@ Input: a TSV file with a header line and one row per run:
     round target requests duration_us p50_us p90_us p99_us errors proxy_ticks upstream_ticks
 proxy_ticks is "-" for targets without a proxy (direct).
 
-Usage: report.py RUNS.tsv CLK_TCK [BASELINE_TARGET]
+Usage: report.py RUNS.tsv CLK_TCK [BASELINE_TARGET [KEY_RATIO ...]]
+
+KEY_RATIO is "A/B", "A/B<=LIMIT" or "A/B<LIMIT": target A's proxy CPU-µs per
+request divided by target B's, reported in a table of its own (with a verdict
+against LIMIT if one is given), e.g. "shardgate/shardgate-noauth<=1.15".
 
 Every ratio is taken within one round (same seconds of machine speed),
 then the median over rounds is reported.
 """
 
 import csv
+import operator
+import re
 import statistics
 import sys
+
+KEY_RATIO_RE = re.compile(r"^([^/<>=]+)/([^/<>=]+)(?:(<=|<)([0-9]*\.?[0-9]+))?$")
+COMPARE = {"<=": operator.le, "<": operator.lt}
 
 
 def fmt(value, digits=2):
@@ -73,6 +82,13 @@ def main():
         sys.exit(__doc__)
     path, clk_tck = sys.argv[1], int(sys.argv[2])
     base = sys.argv[3] if len(sys.argv) > 3 else "nginx"
+    key_ratios = []
+    for spec in sys.argv[4:]:
+        match = KEY_RATIO_RE.match(spec)
+        if not match:
+            sys.exit(f"report.py: bad key ratio {spec!r} (want A/B, A/B<=LIMIT or A/B<LIMIT)")
+        a, b, op, limit = match.groups()
+        key_ratios.append((a, b, op, float(limit) if limit else None))
     runs = load(path, clk_tck)
     if not runs:
         print("_No runs were recorded._")
@@ -130,9 +146,38 @@ def main():
 
     print("\nproxy/upstream CPU = proxy CPU per request ÷ upstream nginx CPU per request "
           "in the same run; it cancels most of the machine's speed drift.")
+
+    if key_ratios:
+        print_key_ratios(by_round, key_ratios)
     if any(r["errors"] for r in runs):
         print("\n**Warning:** some runs had errors (socket errors or non-2xx/3xx "
               "responses); their req/s is not comparable.")
+
+
+def print_key_ratios(by_round, key_ratios):
+    """A÷B per round for each pair, then the median; verdict on CPU-µs/req."""
+    print("\n#### Key ratios (A ÷ B within each round, then the median; "
+          "the verdict is on proxy CPU-µs/req)\n")
+    print("| A ÷ B | rounds | **proxy CPU µs/req** | per round | proxy/upstream CPU "
+          "| req/s | p99 | target | verdict |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---|")
+    for a, b, op, limit in key_ratios:
+        pairs = [(rnd[a], rnd[b]) for _, rnd in sorted(by_round.items())
+                 if a in rnd and b in rnd]
+        cpu = [ratio(ra["proxy_us"], rb["proxy_us"]) for ra, rb in pairs]
+        cpu_m = median(cpu)
+        eff_m = median([ratio(ra["eff"], rb["eff"]) for ra, rb in pairs])
+        rps_m = median([ratio(ra["rps"], rb["rps"]) for ra, rb in pairs])
+        p99_m = median([ratio(ra["p99_ms"], rb["p99_ms"]) for ra, rb in pairs])
+        if limit is None:
+            want, verdict = "–", "–"
+        else:
+            want = f"{op} {limit:g}"
+            verdict = "–" if cpu_m is None else (
+                "met" if COMPARE[op](cpu_m, limit) else "**not met**")
+        print(f"| {a} ÷ {b} | {len(pairs)} | **{fmt(cpu_m, 3)}** "
+              f"| {' '.join(fmt(c) for c in cpu) or '–'} | {fmt(eff_m)} | {fmt(rps_m)} "
+              f"| {fmt(p99_m)} | {want} | {verdict} |")
 
 
 if __name__ == "__main__":
