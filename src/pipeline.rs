@@ -37,7 +37,12 @@ pub async fn handle(
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     if let Some(allowed) = &route.auth {
-        let identity = authenticate(&cfg.compiled, allowed, req, Some(shard))?;
+        let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
+            Ok(id) => id,
+            Err(e) => introspect(&cfg.compiled, allowed, req, shard)
+                .await
+                .unwrap_or(Err(e))?,
+        };
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
     }
@@ -114,11 +119,41 @@ pub fn authenticate(
     result.map_err(denied)
 }
 
+/// Tries the route's introspection authenticators, if any, on the bearer token.
+async fn introspect(
+    compiled: &Compiled,
+    allowed: &[usize],
+    req: &RequestHead,
+    shard: &Shard,
+) -> Option<Result<Identity, GatewayError>> {
+    let header = |name: &str| req.header(name);
+    let creds = Credentials {
+        authorization: req.header("authorization"),
+        header: &header,
+        query: req.query(),
+    };
+    let now_s = unix_now();
+    let r = compiled
+        .auth
+        .introspect_bearer(allowed, &creds, &shard.token_cache, now_s)
+        .await?;
+    Some(r.map_err(denied))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn denied(d: Denied) -> GatewayError {
     match d {
         Denied::Missing => GatewayError::Unauthorized(None),
         Denied::Invalid(why) => GatewayError::Unauthorized(Some(why)),
         Denied::Forbidden(why) => GatewayError::Forbidden(why),
+        Denied::Unavailable => {
+            GatewayError::Unavailable("the identity provider could not be reached")
+        }
     }
 }
 

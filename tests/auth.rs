@@ -481,3 +481,89 @@ fn jwks_url_is_fetched_refreshed_and_refetched_for_unknown_kid() {
         "{fetches} JWKS fetches for one rotation and 30 unknown-kid requests"
     );
 }
+
+fn introspection_gateway(backend: &Backend, idp_addr: &str) -> Gateway {
+    let text = format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{
+        "opaque": Introspection(url: "http://{idp_addr}/oauth/introspect", client_id: "gateway", client_secret: "s3cret",
+                                timeout_ms: 1000, cache_ttl_s: 1, forward_claims: {{ "sub": "X-User-Id" }}),
+    }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["opaque"]), scopes: ["orders:read"]) ],
+)"#,
+        addr = backend.addr()
+    );
+    Gateway::start(&text)
+}
+
+#[test]
+fn opaque_tokens_are_introspected_cached_and_revocable() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let backend = Backend::echo("b");
+    let revoked = Arc::new(AtomicBool::new(false));
+    let flag = revoked.clone();
+    let idp = Backend::start(move |r| {
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let ok_auth = r.header("authorization") == Some("Basic Z2F0ZXdheTpzM2NyZXQ=");
+        let answer = if !ok_auth {
+            return Response::ok("{}").status(401);
+        } else if body.starts_with("token=opaque-good&") && !flag.load(Ordering::SeqCst) {
+            json!({"active": true, "sub": "opaque-user", "scope": "orders:read", "exp": now() + 300})
+        } else if body.starts_with("token=opaque-noscope&") {
+            json!({"active": true, "sub": "u2", "scope": "other", "exp": now() + 300})
+        } else {
+            json!({"active": false})
+        };
+        Response::ok(answer.to_string()).header("Content-Type", "application/json")
+    });
+    let gw = introspection_gateway(&backend, &idp.addr());
+    let good = [("Authorization", "Bearer opaque-good")];
+    assert_eq!(get_with(gw.port, "/a", &good).status, 200);
+    assert_eq!(backend.last().header("x-user-id"), Some("opaque-user"));
+    let calls = idp.count();
+    assert_eq!(get_with(gw.port, "/b", &good).status, 200);
+    assert_eq!(
+        idp.count(),
+        calls,
+        "the second request is served from the cache"
+    );
+
+    assert_json_error(
+        &get_with(gw.port, "/", &[("Authorization", "Bearer opaque-unknown")]),
+        401,
+    );
+    assert_json_error(
+        &get_with(gw.port, "/", &[("Authorization", "Bearer opaque-noscope")]),
+        403,
+    );
+
+    // Revoked at the provider: refused once the 1 s cache TTL has passed.
+    revoked.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 200;
+    while Instant::now() < deadline && status == 200 {
+        std::thread::sleep(Duration::from_millis(200));
+        status = get_with(gw.port, "/c", &good).status;
+    }
+    assert_eq!(
+        status, 401,
+        "a revoked token kept working past the cache TTL"
+    );
+}
+
+#[test]
+fn unreachable_identity_provider_gives_503() {
+    let backend = Backend::echo("b");
+    let dead = format!("127.0.0.1:{}", closed_port());
+    let gw = introspection_gateway(&backend, &dead);
+    let r = get_with(gw.port, "/", &[("Authorization", "Bearer whatever")]);
+    assert_json_error(&r, 503);
+    assert_eq!(backend.count(), 0);
+    // Still serving afterwards.
+    assert_json_error(&get_with(gw.port, "/", &[]), 401);
+}

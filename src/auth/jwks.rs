@@ -51,7 +51,7 @@ pub fn keys_from_document(text: &str) -> Result<Vec<JwtKey>, String> {
 pub fn split_http_url(url: &str) -> Result<(String, String, String), String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// JWKS URLs are supported"))?;
+        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));

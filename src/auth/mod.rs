@@ -6,9 +6,10 @@
 //! Compiled once per config ([`AuthPlan::compile`]); checking a request is a
 //! pure function of the request and the plan, run on the shard.
 
+pub mod introspect;
 pub mod jwks;
 
-use crate::config::{ApiKeyAuth, Authenticator, JwtAuth, KeySource};
+use crate::config::{ApiKeyAuth, Authenticator, IntrospectionAuth, JwtAuth, KeySource};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,6 +35,8 @@ pub enum Denied {
     Invalid(String),
     /// Authenticated but lacking a scope or role (403).
     Forbidden(String),
+    /// The identity provider could not be asked (503).
+    Unavailable,
 }
 
 /// One verification key, with the `kid` it is published under.
@@ -63,6 +66,7 @@ struct ApiKeyVerifier {
 enum Verifier {
     Jwt(Box<JwtVerifier>),
     ApiKey(ApiKeyVerifier),
+    Introspection(Box<introspect::Introspector>),
 }
 
 /// All authenticators of a config, compiled.
@@ -186,6 +190,32 @@ fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
     })
 }
 
+fn compile_introspection(
+    name: &str,
+    x: &IntrospectionAuth,
+) -> Result<introspect::Introspector, String> {
+    let err = |e: String| format!("authenticators.{name}.url: {e}");
+    let (addr, host, path) = jwks::split_http_url(&x.url).map_err(err)?;
+    let addr = crate::config::resolve(&addr).map_err(err)?;
+    Ok(introspect::Introspector {
+        addr,
+        host,
+        path,
+        basic: format!(
+            "Basic {}",
+            introspect::base64(format!("{}:{}", x.client_id, x.client_secret).as_bytes())
+        ),
+        timeout: std::time::Duration::from_millis(x.timeout_ms.max(1)),
+        ttl: std::time::Duration::from_secs(x.cache_ttl_s),
+        forward: x
+            .forward_claims
+            .iter()
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect(),
+        roles_claim: x.roles_claim.clone(),
+    })
+}
+
 fn compile_api_key(k: &ApiKeyAuth) -> ApiKeyVerifier {
     ApiKeyVerifier {
         header: k.header.as_ref().map(|h| h.to_ascii_lowercase()),
@@ -226,6 +256,11 @@ impl AuthPlan {
                     identity_headers.push(k.forward_as.to_ascii_lowercase());
                     Verifier::ApiKey(compile_api_key(k))
                 }
+                Authenticator::Introspection(x) => {
+                    identity_headers
+                        .extend(x.forward_claims.values().map(|h| h.to_ascii_lowercase()));
+                    Verifier::Introspection(Box::new(compile_introspection(name, x)?))
+                }
             };
             verifiers.push((name.clone(), v));
         }
@@ -248,7 +283,7 @@ impl AuthPlan {
                     url: url.clone(),
                     refresh: *refresh,
                 }),
-                Verifier::ApiKey(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -264,7 +299,7 @@ impl AuthPlan {
             .iter()
             .filter_map(|(_, v)| match v {
                 Verifier::ApiKey(k) => k.query.clone(),
-                Verifier::Jwt(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -307,6 +342,8 @@ impl AuthPlan {
                     id
                 }),
                 Verifier::ApiKey(k) => verify_api_key(k, creds),
+                // Needs the network: done by `introspect_bearer` after this fails.
+                Verifier::Introspection(_) => Err(Denied::Missing),
             };
             match outcome {
                 Ok(id) => return Ok(id),
@@ -400,6 +437,48 @@ impl TokenCache {
                 identity,
             },
         );
+    }
+}
+
+impl AuthPlan {
+    /// Checks a bearer token with the route's introspection authenticators
+    /// (`None` when the route has none or there is no bearer token). Active
+    /// answers go into `cache` until `min(now + ttl, exp)`.
+    pub async fn introspect_bearer(
+        &self,
+        allowed: &[usize],
+        creds: &Credentials<'_>,
+        cache: &std::cell::RefCell<TokenCache>,
+        now_s: u64,
+    ) -> Option<Result<Identity, Denied>> {
+        let token = bearer(creds)?;
+        let mut outcome = None;
+        for &i in allowed {
+            let Some((_, Verifier::Introspection(x))) = self.verifiers.get(i) else {
+                continue;
+            };
+            match introspect::introspect(x, token).await {
+                Ok(answer) if answer.get("active").and_then(Value::as_bool) == Some(true) => {
+                    let exp = answer.get("exp").and_then(Value::as_u64);
+                    if exp.is_some_and(|e| e <= now_s) {
+                        outcome = Some(Err(Denied::Invalid("token expired".into())));
+                        continue;
+                    }
+                    let id = identity_from(&x.forward, &x.roles_claim, &answer);
+                    let until = (now_s + x.ttl.as_secs()).min(exp.unwrap_or(u64::MAX));
+                    cache
+                        .borrow_mut()
+                        .insert(token, i, until, id.clone(), now_s);
+                    return Some(Ok(id));
+                }
+                Ok(_) => outcome = Some(Err(Denied::Invalid("token is not active".into()))),
+                Err(introspect::IntrospectError::Unreachable(why)) => {
+                    eprintln!("shardgate: token introspection failed: {why}");
+                    outcome = outcome.or(Some(Err(Denied::Unavailable)));
+                }
+            }
+        }
+        outcome
     }
 }
 
@@ -509,8 +588,11 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
 }
 
 fn identity_from_claims(j: &JwtVerifier, claims: &Value) -> Identity {
-    let headers = j
-        .forward
+    identity_from(&j.forward, &j.roles_claim, claims)
+}
+
+fn identity_from(forward: &[(String, String)], roles_claim: &str, claims: &Value) -> Identity {
+    let headers = forward
         .iter()
         .filter_map(|(claim, header)| {
             let v = claims.get(claim).and_then(claim_text)?;
@@ -523,7 +605,7 @@ fn identity_from_claims(j: &JwtVerifier, claims: &Value) -> Identity {
     Identity {
         headers,
         scopes,
-        roles: string_list(claims.get(&j.roles_claim), false),
+        roles: string_list(claims.get(roles_claim), false),
     }
 }
 

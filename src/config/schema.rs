@@ -44,6 +44,36 @@ pub enum Authenticator {
     Jwt(JwtAuth),
     /// API keys in a header or query parameter, mapped to named consumers.
     ApiKey(ApiKeyAuth),
+    /// Opaque bearer tokens checked with OAuth 2.0 token introspection (RFC 7662).
+    Introspection(IntrospectionAuth),
+}
+
+/// OAuth 2.0 token introspection settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionAuth {
+    /// The identity provider's introspection endpoint (`http://` for now).
+    pub url: String,
+    /// Client id for HTTP Basic authentication to the endpoint.
+    pub client_id: String,
+    /// Client secret for HTTP Basic authentication to the endpoint.
+    pub client_secret: String,
+    /// Time allowed for one introspection call.
+    #[serde(default = "default_introspection_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long an active answer is reused (never past the token's `exp`):
+    /// a revoked token stops working within this time.
+    #[serde(default = "default_introspection_ttl_s")]
+    pub cache_ttl_s: u64,
+    /// Active answers cached per shard.
+    #[serde(default = "default_introspection_entries")]
+    pub cache_entries: usize,
+    /// Field of the answer → header forwarded to the upstream.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// The field holding the caller's roles.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
 }
 
 /// JWT validation settings.
@@ -316,4 +346,13 @@ fn default_token_cache_entries() -> usize {
 }
 fn default_jwks_refresh_s() -> u64 {
     300
+}
+fn default_introspection_timeout_ms() -> u64 {
+    1_000
+}
+fn default_introspection_ttl_s() -> u64 {
+    60
+}
+fn default_introspection_entries() -> usize {
+    10_000
 }

@@ -283,6 +283,20 @@ impl Validator<'_> {
                         }
                     }
                 }
+                Authenticator::Introspection(x) => {
+                    if let Err(e) = crate::auth::jwks::split_http_url(&x.url) {
+                        self.push(position_of_field(self.text, anchor, "url"), field("url"), e);
+                    }
+                    for header in x.forward_claims.values() {
+                        if header.is_empty() || !header.bytes().all(is_token_byte) {
+                            self.push(
+                                position_after(self.text, anchor, &format!("{header:?}")),
+                                field("forward_claims"),
+                                format!("{header:?} is not a valid header name"),
+                            );
+                        }
+                    }
+                }
                 Authenticator::ApiKey(k) => {
                     if k.header.is_none() && k.query.is_none() {
                         self.push(
