@@ -27,7 +27,7 @@
 #                         proxy: "direct nginx haproxy shardgate shardgate-epoll"
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
-#   KEY_RATIOS=         "A/B[<=|<]LIMIT ..." pairs reported in their own table as
+#   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
 #                       per-round A÷B of proxy CPU-µs/req (median), with a verdict
 #                       if a limit is given. jwt default:
 #                       "shardgate/shardgate-noauth<=1.15 shardgate/haproxy<1 haproxy/haproxy-noauth"
