@@ -567,3 +567,102 @@ fn unreachable_identity_provider_gives_503() {
     // Still serving afterwards.
     assert_json_error(&get_with(gw.port, "/", &[]), 401);
 }
+
+/// A one-document HTTPS server with the checked-in test certificate.
+fn https_jwks_server(document: String) -> u16 {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let d = keys_dir();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{d}/tls-server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{d}/tls-server.pk8.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            let document = document.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn jwks_over_https_with_a_private_ca() {
+    let backend = Backend::echo("b");
+    let port = https_jwks_server(jwks_with("tls-k1", "rsa.key", Algorithm::RS256));
+    let d = keys_dir();
+    let cfg = |ca: &str| {
+        format!(
+            r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{ "idp": Jwt(algorithms: [RS256], key: Jwks(url: "https://localhost:{port}/jwks.json"{ca}),
+                                  forward_claims: {{ "sub": "X-User-Id" }}) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["idp"])) ],
+)"#,
+            addr = backend.addr()
+        )
+    };
+    let token = signed(
+        Algorithm::RS256,
+        "rsa.key",
+        Some("tls-k1"),
+        &claims("tls-user", json!({})),
+    );
+    let gw = Gateway::start(&cfg(&format!(", ca_file: \"{d}/tls-ca.pem\"")));
+    assert_eq!(
+        get_with(gw.port, "/", &[("Authorization", &bearer(&token))]).status,
+        200
+    );
+    assert_eq!(backend.last().header("x-user-id"), Some("tls-user"));
+
+    // Trusting only the bundled public roots, the private CA is refused: no
+    // keys, so the token is refused, and the failure is logged.
+    let untrusted = Gateway::start(&cfg(""));
+    assert_json_error(
+        &get_with(untrusted.port, "/", &[("Authorization", &bearer(&token))]),
+        401,
+    );
+    assert!(
+        untrusted.stderr().contains("JWKS fetch failed"),
+        "{}",
+        untrusted.stderr()
+    );
+}

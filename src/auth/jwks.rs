@@ -4,9 +4,8 @@
 //! does not know. New key sets reach shards as control messages, so the
 //! request path never waits on the network for keys.
 //!
-//! Plain `http://` URLs only for now (an identity provider on the same
-//! network or a sidecar); `https://` needs TLS, which the gateway does not
-//! have yet, and is refused at config load.
+//! `https://` URLs are fetched with rustls, trusting the bundled Mozilla
+//! roots (webpki-roots) or the CA certificates of `ca_file`.
 
 use super::JwtKey;
 use crate::http::chunked::ChunkedDecoder;
@@ -49,9 +48,21 @@ pub fn keys_from_document(text: &str) -> Result<Vec<JwtKey>, String> {
 
 /// Splits `http://host:port/path` into (host:port, host header, path).
 pub fn split_http_url(url: &str) -> Result<(String, String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
+    match split_url(url)? {
+        (false, addr, host, path) => Ok((addr, host, path)),
+        (true, ..) => Err(format!("{url:?}: only http:// URLs are supported here")),
+    }
+}
+
+/// Splits an `http://` or `https://` URL into (TLS?, host:port, host header, path).
+pub fn split_url(url: &str) -> Result<(bool, String, String, String), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("{url:?}: expected an http:// or https:// URL"));
+    };
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
@@ -61,30 +72,94 @@ pub fn split_http_url(url: &str) -> Result<(String, String, String), String> {
     let addr = if authority.contains(':') {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
-    Ok((addr, authority.to_string(), path))
+    Ok((tls, addr, authority.to_string(), path))
+}
+
+fn tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(f) => {
+            let certs = CertificateDer::pem_file_iter(f)
+                .map_err(|e| format!("ca_file {f:?}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ca_file {f:?}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("ca_file {f:?} holds no usable certificate"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Sends `request` and reads the whole answer (bounded), over TLS when a
+/// config and server name are given.
+fn exchange(
+    tls: Option<(Arc<rustls::ClientConfig>, &str)>,
+    tcp: TcpStream,
+    request: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let limit = MAX_DOCUMENT as u64 + 64 * 1024;
+    let result = match tls {
+        None => {
+            let mut s = tcp;
+            s.write_all(request)?;
+            s.take(limit).read_to_end(&mut raw)
+        }
+        Some((config, host)) => {
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let conn =
+                rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.write_all(request)?;
+            s.take(limit).read_to_end(&mut raw)
+        }
+    };
+    match result {
+        Ok(_) => Ok(raw),
+        // A peer that closes without close_notify: the framing checks below
+        // still catch a truncated answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
 }
 
 /// Fetches a JWKS document with a blocking HTTP/1.1 GET (control threads only).
-pub fn fetch(url: &str) -> Result<Vec<JwtKey>, String> {
-    let (addr, host, path) = split_http_url(url)?;
+pub fn fetch(url: &str, ca_file: Option<&str>) -> Result<Vec<JwtKey>, String> {
+    let (tls, addr, host, path) = split_url(url)?;
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| format!("{url}: cannot resolve: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: resolves to nothing"))?;
-    let mut s =
-        TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).map_err(|e| format!("{url}: {e}"))?;
+    let s = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).map_err(|e| format!("{url}: {e}"))?;
     let _ = s.set_read_timeout(Some(FETCH_TIMEOUT));
     let _ = s.set_write_timeout(Some(FETCH_TIMEOUT));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("{url}: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(MAX_DOCUMENT as u64 + 64 * 1024)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{url}: {e}"))?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    let tls = if tls {
+        let server = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        Some((
+            tls_config(ca_file).map_err(|e| format!("{url}: {e}"))?,
+            server,
+        ))
+    } else {
+        None
+    };
+    let raw = exchange(tls, s, req.as_bytes()).map_err(|e| format!("{url}: {e}"))?;
     let (head, n) = match ResponseHead::parse(&raw, 64 * 1024, false) {
         Ok(Parsed::Complete(h, n)) => (h, n),
         _ => return Err(format!("{url}: malformed response")),
@@ -131,6 +206,8 @@ pub struct Source {
     pub url: String,
     /// Refresh period.
     pub refresh: Duration,
+    /// CA certificates for an `https://` URL (default: bundled roots).
+    pub ca_file: Option<String>,
 }
 
 /// Runs until every sender of `refetch` is gone (the config was replaced),
@@ -166,7 +243,7 @@ pub fn refresher(sources: Vec<Source>, refetch: Receiver<usize>, publish: impl F
             }
             due.insert(s.authenticator, now + s.refresh);
             last.insert(s.authenticator, now);
-            match fetch(&s.url) {
+            match fetch(&s.url, s.ca_file.as_deref()) {
                 Ok(keys) => publish(s.authenticator, Arc::new(keys)),
                 Err(e) => {
                     eprintln!("shardgate: JWKS refresh failed, keeping the previous keys: {e}")

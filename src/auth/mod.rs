@@ -47,8 +47,8 @@ pub struct JwtKey {
 
 struct JwtVerifier {
     keys: Vec<JwtKey>,
-    /// Where the keys are refreshed from, if anywhere.
-    source: Option<(String, std::time::Duration)>,
+    /// Where the keys are refreshed from, if anywhere (`authenticator` is set by [`AuthPlan::jwks_sources`]).
+    source: Option<jwks::Source>,
     validation: Validation,
     forward: Vec<(String, String)>,
     roles_claim: String,
@@ -144,7 +144,7 @@ fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
                 .map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
             jwks::keys_from_document(&text).map_err(|e| err(format!("{path:?}: {e}")))?
         }
-        KeySource::Jwks { url, .. } => match jwks::fetch(url) {
+        KeySource::Jwks { url, ca_file, .. } => match jwks::fetch(url, ca_file.as_deref()) {
             Ok(keys) => keys,
             Err(e) => {
                 // Serve anyway: tokens are refused (401) until a refresh succeeds.
@@ -172,9 +172,16 @@ fn compile_jwt(name: &str, j: &JwtAuth) -> Result<JwtVerifier, String> {
     }
     validation.set_required_spec_claims(&required);
     let source = match &j.key {
-        KeySource::Jwks { url, refresh_s } => {
-            Some((url.clone(), std::time::Duration::from_secs(*refresh_s)))
-        }
+        KeySource::Jwks {
+            url,
+            refresh_s,
+            ca_file,
+        } => Some(jwks::Source {
+            authenticator: 0,
+            url: url.clone(),
+            refresh: std::time::Duration::from_secs(*refresh_s),
+            ca_file: ca_file.clone(),
+        }),
         _ => None,
     };
     Ok(JwtVerifier {
@@ -278,10 +285,9 @@ impl AuthPlan {
             .iter()
             .enumerate()
             .filter_map(|(i, (_, v))| match v {
-                Verifier::Jwt(j) => j.source.as_ref().map(|(url, refresh)| jwks::Source {
+                Verifier::Jwt(j) => j.source.as_ref().map(|s| jwks::Source {
                     authenticator: i,
-                    url: url.clone(),
-                    refresh: *refresh,
+                    ..s.clone()
                 }),
                 _ => None,
             })

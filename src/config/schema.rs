@@ -115,14 +115,18 @@ pub enum KeySource {
     PemFile(String),
     /// A JWKS document on disk; tokens select a key by `kid`.
     JwksFile(String),
-    /// A JWKS document fetched from an `http://` URL at load, every
-    /// `refresh_s`, and (rate-limited) when a token's `kid` is unknown.
+    /// A JWKS document fetched from an `http://` or `https://` URL at load,
+    /// every `refresh_s`, and (rate-limited) when a token's `kid` is unknown.
     Jwks {
         /// The document's URL.
         url: String,
         /// Refresh period in seconds.
         #[serde(default = "default_jwks_refresh_s")]
         refresh_s: u64,
+        /// PEM file of CA certificates trusted for an `https://` URL instead
+        /// of the bundled Mozilla roots (for a private CA).
+        #[serde(default)]
+        ca_file: Option<String>,
     },
 }
 

@@ -254,8 +254,21 @@ impl Validator<'_> {
                             field("key"),
                             format!("environment variable {var} is not set"),
                         ),
-                        KeySource::Jwks { url, refresh_s } => {
-                            if let Err(e) = crate::auth::jwks::split_http_url(url) {
+                        KeySource::Jwks {
+                            url,
+                            refresh_s,
+                            ca_file,
+                        } => {
+                            if let Some(ca) =
+                                ca_file.as_ref().filter(|f| std::fs::metadata(f).is_err())
+                            {
+                                self.push(
+                                    key_at,
+                                    field("key"),
+                                    format!("cannot read ca_file {ca:?}"),
+                                );
+                            }
+                            if let Err(e) = crate::auth::jwks::split_url(url) {
                                 self.push(key_at, field("key"), e);
                             }
                             if *refresh_s == 0 {
