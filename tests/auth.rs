@@ -666,3 +666,72 @@ fn jwks_over_https_with_a_private_ca() {
         untrusted.stderr()
     );
 }
+
+#[test]
+fn secret_from_environment_and_leeway() {
+    let backend = Backend::echo("b");
+    // A variable name no other test uses; the gateway inherits the environment.
+    std::env::set_var("SHARDGATE_TEST_JWT_SECRET", "secret-from-the-environment");
+    let text = format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{ "env": Jwt(algorithms: [HS256, HS512], key: FromEnv("SHARDGATE_TEST_JWT_SECRET"), leeway_s: 120,
+                                  required_claims: ["sub"]) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["env"])) ],
+)"#,
+        addr = backend.addr()
+    );
+    let gw = Gateway::start(&text);
+    let key = EncodingKey::from_secret(b"secret-from-the-environment");
+    let mint = |alg: Algorithm, c: serde_json::Value| encode(&Header::new(alg), &c, &key).unwrap();
+    let ok = |t: &str| get_with(gw.port, "/", &[("Authorization", &bearer(t))]).status;
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS512,
+            json!({"sub": "a", "exp": now() + 60})
+        )),
+        200
+    );
+    // Expired 60 s ago: inside the 120 s leeway. Expired 300 s ago: outside.
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() - 60})
+        )),
+        200
+    );
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() - 300})
+        )),
+        401
+    );
+    // Not yet valid by 60 s: inside the leeway; by 600 s: refused.
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() + 900, "nbf": now() + 60})
+        )),
+        200
+    );
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() + 900, "nbf": now() + 600})
+        )),
+        401
+    );
+    // A required claim missing.
+    assert_eq!(ok(&mint(Algorithm::HS256, json!({"exp": now() + 60}))), 401);
+    // HS384 is not in the list.
+    assert_eq!(
+        ok(&mint(
+            Algorithm::HS384,
+            json!({"sub": "a", "exp": now() + 60})
+        )),
+        401
+    );
+}
