@@ -173,7 +173,7 @@ fn rejected_tokens_get_401_with_challenge_and_never_reach_the_backend() {
             "alg none",
             format!(
                 "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
-                b64url(good.to_string().as_bytes())
+                shardgate::auth::introspect::base64url(good.to_string().as_bytes())
             ),
         ),
         ("garbage", "not.a.token".into()),
@@ -389,23 +389,6 @@ fn config_refuses_unknown_authenticators_and_key_confusion() {
         err.contains("routes[0].auth: unknown authenticator \"nope\""),
         "{err}"
     );
-}
-
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 #[test]

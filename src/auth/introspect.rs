@@ -44,7 +44,23 @@ pub enum IntrospectError {
 
 /// Base64 (standard alphabet, padded), for HTTP Basic credentials.
 pub fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    encode64(
+        data,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        true,
+    )
+}
+
+/// Base64url without padding, the encoding of JWT segments.
+pub fn base64url(data: &[u8]) -> String {
+    encode64(
+        data,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        false,
+    )
+}
+
+fn encode64(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -55,8 +71,8 @@ pub fn base64(data: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
+                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else if pad {
                 out.push('=');
             }
         }
@@ -185,6 +201,7 @@ mod tests {
         assert_eq!(base64(b"gateway:s3cret"), "Z2F0ZXdheTpzM2NyZXQ=");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(form_escape("a b+c/d=é"), "a%20b%2Bc%2Fd%3D%C3%A9");
     }
 }

@@ -286,29 +286,13 @@ impl Validator<'_> {
                         }
                         _ => {}
                     }
-                    for header in j.forward_claims.values() {
-                        if header.is_empty() || !header.bytes().all(is_token_byte) {
-                            self.push(
-                                position_after(self.text, anchor, &format!("{header:?}")),
-                                field("forward_claims"),
-                                format!("{header:?} is not a valid header name"),
-                            );
-                        }
-                    }
+                    self.forward_headers(&j.forward_claims, anchor, &field("forward_claims"));
                 }
                 Authenticator::Introspection(x) => {
                     if let Err(e) = crate::auth::jwks::split_http_url(&x.url) {
                         self.push(position_of_field(self.text, anchor, "url"), field("url"), e);
                     }
-                    for header in x.forward_claims.values() {
-                        if header.is_empty() || !header.bytes().all(is_token_byte) {
-                            self.push(
-                                position_after(self.text, anchor, &format!("{header:?}")),
-                                field("forward_claims"),
-                                format!("{header:?} is not a valid header name"),
-                            );
-                        }
-                    }
+                    self.forward_headers(&x.forward_claims, anchor, &field("forward_claims"));
                 }
                 Authenticator::ApiKey(k) => {
                     if k.header.is_none() && k.query.is_none() {
@@ -396,6 +380,24 @@ impl Validator<'_> {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Every forwarded header name must be a valid field name.
+    fn forward_headers(
+        &mut self,
+        map: &std::collections::BTreeMap<String, String>,
+        anchor: usize,
+        field: &str,
+    ) {
+        for header in map.values() {
+            if header.is_empty() || !header.bytes().all(is_token_byte) {
+                self.push(
+                    position_after(self.text, anchor, &format!("{header:?}")),
+                    field.to_string(),
+                    format!("{header:?} is not a valid header name"),
+                );
             }
         }
     }
