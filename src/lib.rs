@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod shard;

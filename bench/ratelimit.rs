@@ -1,0 +1,84 @@
+//! The admit decision of each rate-limit algorithm (advance + decide +
+//! consume on one key's state), the per-request cost of a local limit check.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use shardgate::ratelimit::algorithm::{admit_all, Algorithm};
+
+fn bench(c: &mut Criterion) {
+    let s = 1_000_000_000u64;
+    let algs = [
+        (
+            "token_bucket",
+            Algorithm::TokenBucket {
+                capacity: 1_000_000,
+                refill_per_s: 1e9,
+            },
+        ),
+        (
+            "leaky_bucket",
+            Algorithm::LeakyBucket {
+                capacity: 1_000_000,
+                drain_per_s: 1e9,
+                max_wait_ns: None,
+            },
+        ),
+        (
+            "fixed_window",
+            Algorithm::FixedWindow {
+                limit: u64::MAX / 2,
+                window_ns: s,
+            },
+        ),
+        (
+            "sliding_window",
+            Algorithm::SlidingWindow {
+                limit: u64::MAX / 2,
+                window_ns: s,
+            },
+        ),
+        (
+            "sliding_log_100",
+            Algorithm::SlidingLog {
+                limit: 100,
+                window_ns: s,
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group("admit");
+    for (name, alg) in &algs {
+        let mut st = alg.new_state(0);
+        // Time moves 1 µs per request; the log's window keeps ~100 entries.
+        let mut now = 0u64;
+        let step = if name.starts_with("sliding_log") {
+            s / 100
+        } else {
+            1_000
+        };
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                now += step;
+                black_box(alg.admit(&mut st, black_box(now), 1))
+            })
+        });
+    }
+    g.finish();
+    let minute = Algorithm::SlidingWindow {
+        limit: u64::MAX / 2,
+        window_ns: 60 * s,
+    };
+    let hour = Algorithm::FixedWindow {
+        limit: u64::MAX / 2,
+        window_ns: 3600 * s,
+    };
+    let (mut a, mut b) = (minute.new_state(0), hour.new_state(0));
+    let mut now = 0u64;
+    c.bench_function("admit_all/two_limits", |bch| {
+        bch.iter(|| {
+            now += 1_000;
+            black_box(admit_all(&mut [(&minute, &mut a), (&hour, &mut b)], now, 1))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
