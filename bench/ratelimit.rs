@@ -1,8 +1,10 @@
 //! The admit decision of each rate-limit algorithm (advance + decide +
 //! consume on one key's state), the per-request cost of a local limit check.
 
+use criterion::BatchSize;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use shardgate::ratelimit::algorithm::{admit_all, Algorithm};
+use shardgate::ratelimit::table::KeyTable;
 
 fn bench(c: &mut Criterion) {
     let s = 1_000_000_000u64;
@@ -80,5 +82,42 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+fn table(c: &mut Criterion) {
+    let s = 1_000_000_000u64;
+    let lim = Algorithm::TokenBucket {
+        capacity: 100,
+        refill_per_s: 10.0,
+    };
+    let mut t = KeyTable::new(1_000_000, 60 * s);
+    let keys: Vec<String> = (0..100_000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
+    for k in &keys {
+        t.admit(k, &[&lim], 0, 1);
+    }
+    let mut i = 0usize;
+    c.bench_function("table/admit_100k_keys", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            black_box(t.admit(&keys[i], &[&lim], 1_000, 1))
+        })
+    });
+    // Sweep of 100k keys of which half are idle.
+    c.bench_function("table/sweep_100k_half_idle", |b| {
+        b.iter_batched(
+            || {
+                let mut t = KeyTable::new(1_000_000, 60 * s);
+                for (n, k) in keys.iter().enumerate() {
+                    let seen = if n % 2 == 0 { 0 } else { 100 * s };
+                    t.admit(k, &[&lim], seen, 1);
+                }
+                t
+            },
+            |mut t| black_box(t.sweep(120 * s)),
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench, table);
 criterion_main!(benches);
