@@ -96,11 +96,15 @@ fn table(c: &mut Criterion) {
         t.admit(k, &[&lim], 0, 1);
     }
     let mut i = 0usize;
+    let mut out = Vec::new();
     c.bench_function("table/admit_100k_keys", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
-            black_box(t.admit(&keys[i], &[&lim], 1_000, 1))
+            black_box(t.admit_into(&keys[i], &[&lim], 1_000, 1, &mut out))
         })
+    });
+    c.bench_function("table/admit_hot_key", |b| {
+        b.iter(|| black_box(t.admit_into(black_box("10.0.0.1"), &[&lim], 1_000, 1, &mut out)))
     });
     // Sweep of 100k keys of which half are idle.
     c.bench_function("table/sweep_100k_half_idle", |b| {

@@ -6,7 +6,7 @@
 //! table is full of active keys the least recently seen half is dropped
 //! (those keys start over with fresh state, which errs towards admitting).
 
-use super::algorithm::{admit_all, Algorithm, Decision, State};
+use super::algorithm::{Algorithm, Decision, State};
 use std::collections::HashMap;
 
 /// Per-key bookkeeping besides the states.
@@ -54,23 +54,53 @@ impl KeyTable {
         now: u64,
         cost: u64,
     ) -> (bool, Vec<Decision>) {
-        if !self.map.contains_key(key) && self.map.len() >= self.capacity {
-            self.make_room(now);
+        let mut out = Vec::with_capacity(limits.len());
+        let ok = self.admit_into(key, limits, now, cost, &mut out);
+        (ok, out)
+    }
+
+    /// Like [`KeyTable::admit`], writing the decisions into `out` (cleared
+    /// first), so a caller can reuse one buffer: no allocation for a known key.
+    pub fn admit_into(
+        &mut self,
+        key: &str,
+        limits: &[&Algorithm],
+        now: u64,
+        cost: u64,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        out.clear();
+        if !self.map.contains_key(key) {
+            if self.map.len() >= self.capacity {
+                self.make_room(now);
+            }
+            let states = limits.iter().map(|a| a.new_state(now)).collect();
+            self.map.insert(
+                key.into(),
+                Entry {
+                    states,
+                    last_seen: now,
+                },
+            );
         }
-        let entry = self.map.entry(key.into()).or_insert_with(|| Entry {
-            states: limits.iter().map(|a| a.new_state(now)).collect(),
-            last_seen: now,
-        });
+        let Some(entry) = self.map.get_mut(key) else {
+            return true;
+        };
         entry.last_seen = now;
         if entry.states.len() != limits.len() {
             entry.states = limits.iter().map(|a| a.new_state(now)).collect();
         }
-        let mut pairs: Vec<(&Algorithm, &mut State)> = limits
-            .iter()
-            .copied()
-            .zip(entry.states.iter_mut())
-            .collect();
-        admit_all(&mut pairs, now, cost)
+        for (alg, st) in limits.iter().zip(entry.states.iter_mut()) {
+            alg.advance(st, now);
+            out.push(alg.decide(st, now, cost));
+        }
+        let admitted = out.iter().all(|d| d.allowed);
+        if admitted {
+            for (alg, st) in limits.iter().zip(entry.states.iter_mut()) {
+                alg.consume(st, now, cost);
+            }
+        }
+        admitted
     }
 
     /// Drops keys not seen for the idle time; returns how many.
