@@ -218,3 +218,50 @@ fn idle_keep_alive_connection_is_closed() {
         );
     }
 }
+
+/// Random and mutated requests on raw sockets never take the gateway down:
+/// after hundreds of them it still answers a good request correctly.
+#[test]
+fn garbage_and_mutated_requests_never_crash_the_gateway() {
+    let backend = Backend::echo("b");
+    let gw = Gateway::start(&config(
+        2,
+        &upstream("app", &[&backend.addr()], ""),
+        &catch_all("app"),
+    ));
+    let valid = b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n".to_vec();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..300 {
+        let bytes: Vec<u8> = if round % 3 == 0 {
+            (0..(next() % 300)).map(|_| next() as u8).collect()
+        } else {
+            // Flip, drop or duplicate a few bytes of a valid chunked request.
+            let mut v = valid.clone();
+            for _ in 0..(1 + next() % 4) {
+                let i = (next() as usize) % v.len();
+                match next() % 3 {
+                    0 => v[i] = next() as u8,
+                    1 => {
+                        v.remove(i);
+                    }
+                    _ => v.insert(i, v[i]),
+                }
+            }
+            v
+        };
+        if let Ok(mut c) = Client::try_connect(gw.port) {
+            c.set_read_timeout(std::time::Duration::from_millis(300));
+            let _ = c.try_send(&bytes);
+            let _ = c.try_read_response(false);
+        }
+    }
+    let r = get(gw.port, "/still-alive");
+    assert_eq!(r.status, 200, "stderr:\n{}", gw.stderr());
+    assert_eq!(r.text(), "b GET /still-alive");
+}
