@@ -1,7 +1,8 @@
 //! Rate limiting. So far: the algorithms, as pure functions of state and
-//! time ([`algorithm`]), and the bounded per-shard key table ([`table`]);
-//! key extraction, the pipeline stage, gossip and the Redis policy build on
-//! them.
+//! time ([`algorithm`]), key extraction with trusted-proxy handling of
+//! `X-Forwarded-For` ([`key`]), and the bounded per-shard key table
+//! ([`table`]). The pipeline stage, gossip and the Redis policy build on them.
 
 pub mod algorithm;
+pub mod key;
 pub mod table;
