@@ -403,16 +403,31 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
 }
 
-/// True when `name` is listed in any `Connection` field of `fields`.
-pub fn named_by_connection<'a>(
-    mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    name: &[u8],
-) -> bool {
-    fields.any(|(n, v)| {
-        n.eq_ignore_ascii_case(b"connection")
-            && v.split(|&b| b == b',')
+/// The field names listed in a message's `Connection` fields, gathered once
+/// so that checking each forwarded field is not another scan of the head
+/// (no allocation when there is no `Connection` field).
+pub struct ConnectionNames<'a> {
+    values: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionNames<'a> {
+    /// Collects the `Connection` values of `fields`.
+    pub fn of(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        ConnectionNames {
+            values: fields
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                .map(|(_, v)| v)
+                .collect(),
+        }
+    }
+
+    /// True when `name` is listed.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.values.iter().any(|v| {
+            v.split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +539,6 @@ mod tests {
         assert!(is_hop_by_hop(b"Proxy-Authorization"));
         assert!(!is_hop_by_hop(b"X-Proxy"));
         let f: Vec<(&[u8], &[u8])> = vec![(b"Connection", b"close, X-Secret")];
-        assert!(named_by_connection(f.into_iter(), b"x-secret"));
+        assert!(ConnectionNames::of(f.into_iter()).contains(b"x-secret"));
     }
 }

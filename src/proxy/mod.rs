@@ -12,11 +12,12 @@ pub mod pool;
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
 use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFraming};
-use crate::http::head::{is_hop_by_hop, named_by_connection};
+use crate::http::head::{is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::shard::Shard;
 use monoio::net::TcpStream;
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,7 @@ pub fn upstream_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = ConnectionNames::of(req.headers());
     let mut xff: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
     for (name, value) in req.headers() {
@@ -87,7 +89,7 @@ pub fn upstream_head(
         if name.eq_ignore_ascii_case(b"host") {
             host = Some(value);
         }
-        if named_by_connection(req.headers(), name)
+        if connection.contains(name)
             || (ex.drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
             || ex
                 .identity_headers
@@ -102,14 +104,14 @@ pub fn upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     if host.is_none() {
-        out.extend_from_slice(format!("host: {upstream_addr}\r\n").as_bytes());
+        let _ = write!(out, "host: {upstream_addr}\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(ex.client_ip.to_string().as_bytes());
+    let _ = write!(out, "{}", ex.client_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(h) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
@@ -126,7 +128,9 @@ pub fn upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     match req.framing {
-        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
     }
@@ -143,17 +147,18 @@ fn client_head(
     http10_client: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
     if resp.reason().is_empty() {
         out.extend_from_slice(reason_phrase(resp.status).as_bytes());
     } else {
         out.extend_from_slice(resp.reason());
     }
     out.extend_from_slice(b"\r\n");
+    let connection = ConnectionNames::of(resp.headers());
     let mut has_request_id = false;
     let bodyless = resp.framing == Framing::None;
     for (name, value) in resp.headers() {
-        if is_hop_by_hop(name) || named_by_connection(resp.headers(), name) {
+        if is_hop_by_hop(name) || connection.contains(name) {
             continue;
         }
         // Framing is re-declared below, except for bodyless answers (HEAD, 304)
@@ -169,7 +174,7 @@ fn client_head(
     }
     match (resp.framing, out_framing) {
         (Framing::Length(n), _) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         (Framing::Chunked | Framing::UntilClose, Some(OutFraming::Chunked)) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")
