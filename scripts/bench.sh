@@ -473,6 +473,20 @@ EOF
     }
 }
 
+# await_target NAME PORT DIR: the target just started ($LAST_PID) must answer
+# 200 within STARTUP_TIMEOUT, or it is stopped and skipped with its output shown.
+await_target() {
+    local name=$1 port=$2 dir=$3
+    TARGET_PIDS=$LAST_PID
+    TARGET_URL="http://127.0.0.1:$port$REQ_PATH"
+    wait_http "$TARGET_URL" "$STARTUP_TIMEOUT" "$LAST_PID" || {
+        log "skipping $name: it did not answer 200 on $TARGET_URL within ${STARTUP_TIMEOUT}s; its output:"
+        tail -n 20 "$dir/stdout.log" | sed 's/^/    /' >&2
+        stop_pid "$LAST_PID"
+        return 1
+    }
+}
+
 # start_haproxy PORT NAME AUTH_RULES
 start_haproxy() {
     local port=$1 name=$2 auth_rules=$3 dir="$WORK_DIR/$2"
@@ -501,14 +515,7 @@ $HAPROXY_BACKEND_EXTRA
     server s1 127.0.0.1:$UP_PORT
 EOF
     start_bg "$dir/stdout.log" "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg"
-    TARGET_PIDS=$LAST_PID
-    TARGET_URL="http://127.0.0.1:$port$REQ_PATH"
-    wait_http "$TARGET_URL" "$STARTUP_TIMEOUT" "$LAST_PID" || {
-        log "skipping $name: it did not answer 200 on $TARGET_URL within ${STARTUP_TIMEOUT}s; its output:"
-        tail -n 20 "$dir/stdout.log" | sed 's/^/    /' >&2
-        stop_pid "$LAST_PID"
-        return 1
-    }
+    await_target "$name" "$port" "$dir"
 }
 
 start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"; }
@@ -533,14 +540,7 @@ $SG_EXTRA
 EOF
     start_bg "$dir/stdout.log" "$PROXY_CPUS" env SHARDGATE_DRIVER="$driver" \
         "$SHARDGATE_BIN" --config "$dir/gateway.ron"
-    TARGET_PIDS=$LAST_PID
-    TARGET_URL="http://127.0.0.1:$port$REQ_PATH"
-    wait_http "$TARGET_URL" "$STARTUP_TIMEOUT" "$LAST_PID" || {
-        log "skipping $name: it did not answer 200 on $TARGET_URL within ${STARTUP_TIMEOUT}s; its output:"
-        tail -n 20 "$dir/stdout.log" | sed 's/^/    /' >&2
-        stop_pid "$LAST_PID"
-        return 1
-    }
+    await_target "$name" "$port" "$dir"
 }
 
 start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }

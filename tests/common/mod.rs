@@ -393,15 +393,23 @@ pub struct Request {
     pub conn: usize,
 }
 
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
+/// Header lookups shared by what the backend received and what the client got.
+pub trait HeaderList {
+    fn header_list(&self) -> &[(String, String)];
+    fn header(&self, name: &str) -> Option<&str> {
+        header_in(self.header_list(), name)
     }
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_in(&self.headers, name)
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        headers_in(self.header_list(), name)
     }
-    pub fn has(&self, name: &str) -> bool {
+    fn has(&self, name: &str) -> bool {
         self.header(name).is_some()
+    }
+}
+
+impl HeaderList for Request {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
     }
 }
 
@@ -749,16 +757,13 @@ pub struct Resp {
     pub checksum: u64,
 }
 
+impl HeaderList for Resp {
+    fn header_list(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
 impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_in(&self.headers, name)
-    }
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        headers_in(&self.headers, name)
-    }
-    pub fn has(&self, name: &str) -> bool {
-        self.header(name).is_some()
-    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
