@@ -5,4 +5,6 @@
 
 pub mod algorithm;
 pub mod key;
+pub mod redis;
+pub mod resp;
 pub mod table;
