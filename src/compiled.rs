@@ -87,6 +87,10 @@ pub struct RoutePlan {
     pub keep_authorization: bool,
     /// Query parameters removed before forwarding (API keys).
     pub strip_query: Vec<String>,
+    /// Rate limits applied to the route, with their keys resolved.
+    pub rate_limits: Vec<crate::ratelimit::plan::RouteLimit>,
+    /// Send `RateLimit-*` headers on this route's responses.
+    pub rate_limit_headers: bool,
 }
 
 /// One listener with its own route table.
@@ -129,6 +133,8 @@ pub struct Compiled {
     pub shards: Shards,
     /// Requested driver.
     pub driver: config::DriverChoice,
+    /// Rate-limit settings and named limits.
+    pub rate_limiting: crate::ratelimit::plan::RateLimitPlan,
 }
 
 /// Compilation counter (config load and reload only, never per request).
@@ -209,6 +215,9 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             roles: r.roles.clone(),
             keep_authorization: r.keep_authorization,
             strip_query,
+            rate_limits: crate::ratelimit::plan::route_limits(g, r)
+                .map_err(|e| format!("route {:?}: {e}", r.name))?,
+            rate_limit_headers: r.rate_limit_headers,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {
@@ -274,6 +283,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         shutdown_grace: ms(g.shutdown_grace_ms),
         shards: g.shards.clone(),
         driver: g.driver,
+        rate_limiting: crate::ratelimit::plan::compile(g)?,
     })
 }
 

@@ -30,6 +30,14 @@ pub enum GatewayError {
     GatewayTimeout { upstream: String },
     /// The gateway is shutting down or has no usable target (503).
     Unavailable(&'static str),
+    /// A rate limit refused the request (429): seconds until it could fit,
+    /// and the `RateLimit-*` header lines to send (empty when hidden).
+    TooManyRequests {
+        /// `Retry-After`, whole seconds (at least 1).
+        retry_after_s: u64,
+        /// Pre-rendered header lines.
+        headers: String,
+    },
 }
 
 impl GatewayError {
@@ -44,6 +52,7 @@ impl GatewayError {
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
+            GatewayError::TooManyRequests { .. } => 429,
             GatewayError::NotImplemented(_) => 501,
             GatewayError::BadGateway { .. } => 502,
             GatewayError::Unavailable(_) => 503,
@@ -71,6 +80,9 @@ impl GatewayError {
                 format!("upstream {upstream:?} did not answer in time")
             }
             GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
+            GatewayError::TooManyRequests { retry_after_s, .. } => {
+                format!("rate limit exceeded; retry in {retry_after_s} s")
+            }
         }
     }
 
@@ -104,6 +116,13 @@ impl GatewayError {
             GatewayError::Forbidden(_) => out.push_str(
                 "www-authenticate: Bearer realm=\"shardgate\", error=\"insufficient_scope\"\r\n",
             ),
+            GatewayError::TooManyRequests {
+                retry_after_s,
+                headers,
+            } => {
+                let _ = write!(out, "retry-after: {retry_after_s}\r\n");
+                out.push_str(headers);
+            }
             _ => {}
         }
         out.push_str(if keep_alive {

@@ -4,8 +4,9 @@
 //! JSON error response (the one rescue point, in `server.rs`).
 //!
 //! Stages: check the target and declared body size → route → strip client
-//! identity headers → authenticate → authorize → forward to the upstream
-//! (which streams the response back). Rate limiting slots in before forwarding.
+//! identity headers → authenticate → authorize → rate-limit → forward to the upstream
+//! (which streams the response back), with rate limiting between authorization
+//! and forwarding (keys can use the caller's identity).
 
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
 use crate::compiled::{upstream_target, Compiled, ListenerPlan};
@@ -45,6 +46,10 @@ pub async fn handle(
         };
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
+    }
+    if !route.rate_limits.is_empty() {
+        let plan = &cfg.compiled.rate_limiting;
+        ex.response_headers = crate::ratelimit::stage::apply(shard, plan, route, req, ex).await?;
     }
     ex.drop_authorization = !route.keep_authorization;
     let stripped;

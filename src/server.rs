@@ -113,6 +113,7 @@ pub async fn serve_connection(
             identity_headers: &cfg.compiled.auth.identity_headers,
             drop_authorization: false,
             add_headers: Vec::new(),
+            response_headers: String::new(),
         };
         let result = pipeline::handle(&shard, &cfg, listener, &head, &mut conn, &mut ex).await;
         let disposition = match result {

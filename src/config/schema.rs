@@ -32,9 +32,143 @@ pub struct Gateway {
     /// Named authenticators that routes refer to in `auth: Required([...])`.
     #[serde(default)]
     pub authenticators: BTreeMap<String, Authenticator>,
+    /// Host-wide settings of the rate limiter.
+    #[serde(default)]
+    pub rate_limiting: RateLimiting,
+    /// Named rate limits that routes refer to in `rate_limits: [...]`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimit>,
     /// Routes, in declaration order (the order breaks specificity ties).
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// Host-wide rate-limiter settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimiting {
+    /// How often shards exchange quota for `Local` limits.
+    pub gossip_interval_ms: u64,
+    /// Longest a request waits for quota lent by another shard before 429.
+    pub max_quota_wait_ms: u64,
+    /// Most keys one shard tracks (all limits together); least recently seen go first.
+    pub max_keys_per_shard: usize,
+    /// A key not seen for this long is forgotten.
+    pub idle_key_s: u64,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RateLimiting {
+    fn default() -> Self {
+        RateLimiting {
+            gossip_interval_ms: 5,
+            max_quota_wait_ms: 30,
+            max_keys_per_shard: 100_000,
+            idle_key_s: 600,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A named limit: what it counts by, how, and where the counts live.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// What the limit counts by.
+    pub key: LimitKey,
+    /// How requests are counted.
+    pub algorithm: LimitAlgorithm,
+    /// Where the counts live.
+    #[serde(default)]
+    pub policy: LimitPolicy,
+}
+
+/// What a limit counts by. A missing value falls back to the client address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub enum LimitKey {
+    /// The client's address (`X-Forwarded-For` only from trusted proxies).
+    ClientIp,
+    /// A claim of the caller's token, as forwarded by the route's authenticators.
+    Claim(String),
+    /// The API-key consumer established by the route's authenticators.
+    Consumer,
+    /// A request header's value.
+    Header(String),
+    /// The route's name.
+    Route,
+    /// Several of the above together.
+    Combined(Vec<LimitKey>),
+}
+
+/// A rate-limit algorithm and its parameters.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub enum LimitAlgorithm {
+    /// Bursts up to `capacity`, refilled at `refill_per_s`.
+    TokenBucket {
+        /// Largest burst.
+        capacity: u64,
+        /// Tokens added per second.
+        refill_per_s: f64,
+    },
+    /// Drains at `drain_per_s`, holding at most `capacity`; with `max_wait_ms`
+    /// excess requests are delayed up to that long instead of refused.
+    LeakyBucket {
+        /// Most requests held in the bucket.
+        capacity: u64,
+        /// Requests drained per second.
+        drain_per_s: f64,
+        /// Queue excess requests for at most this long (Local policy only).
+        #[serde(default)]
+        max_wait_ms: Option<u64>,
+    },
+    /// At most `limit` per window aligned to Unix time.
+    FixedWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length in seconds.
+        window_s: u64,
+    },
+    /// At most `limit` per sliding window (counter approximation).
+    SlidingWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length in seconds.
+        window_s: u64,
+    },
+    /// At most `limit` per sliding window, exactly (a log of admissions).
+    SlidingLog {
+        /// Requests per window.
+        limit: u64,
+        /// Window length in seconds.
+        window_s: u64,
+    },
+}
+
+/// Where a limit's counts live.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub enum LimitPolicy {
+    /// In the shards of this process, which lend each other quota.
+    #[default]
+    Local,
+    /// In a Redis server shared by several gateway instances.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]`.
+        url: String,
+        /// Admit when Redis cannot be reached (true) or answer 503 (false).
+        #[serde(default)]
+        fault_tolerant: bool,
+        /// Units taken from Redis at a time and spent locally (1 = every request asks Redis).
+        #[serde(default = "default_lease")]
+        lease: u64,
+        /// Time allowed for one Redis call, connect included.
+        #[serde(default = "default_redis_timeout_ms")]
+        timeout_ms: u64,
+        /// After a failure, Redis is not asked again for this long.
+        #[serde(default = "default_redis_retry_ms")]
+        retry_ms: u64,
+    },
 }
 
 /// A way to establish who is calling.
@@ -295,6 +429,12 @@ pub struct Route {
     /// Forward the client's `Authorization` header to the upstream.
     #[serde(default = "default_true")]
     pub keep_authorization: bool,
+    /// Named rate limits applied to this route; a request must fit all of them.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Send `RateLimit-Limit`, `-Remaining` and `-Reset` on this route's responses.
+    #[serde(default = "default_true")]
+    pub rate_limit_headers: bool,
 }
 
 /// Request matching conditions; all given conditions must hold.
@@ -359,4 +499,13 @@ fn default_introspection_ttl_s() -> u64 {
 }
 fn default_introspection_entries() -> usize {
     10_000
+}
+fn default_lease() -> u64 {
+    1
+}
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+fn default_redis_retry_ms() -> u64 {
+    1_000
 }

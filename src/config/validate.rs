@@ -17,6 +17,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.upstreams(g);
     v.routes(g);
     v.authenticators(g);
+    v.rate_limits(g);
     v.problems
 }
 
@@ -203,6 +204,111 @@ impl Validator<'_> {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    fn rate_limits(&mut self, g: &Gateway) {
+        use super::{LimitAlgorithm as A, LimitPolicy};
+        let s = &g.rate_limiting;
+        for (name, ok) in [
+            ("gossip_interval_ms", s.gossip_interval_ms >= 1),
+            ("max_keys_per_shard", s.max_keys_per_shard >= 1),
+            ("idle_key_s", s.idle_key_s >= 1),
+        ] {
+            if !ok {
+                let at = position_of_field(self.text, 0, name);
+                self.push(at, format!("rate_limiting.{name}"), "must be at least 1".into());
+            }
+        }
+        for t in &s.trusted_proxies {
+            if crate::ratelimit::key::Cidr::parse(t).is_none() {
+                self.push(
+                    position_after(self.text, 0, &format!("{t:?}")),
+                    "rate_limiting.trusted_proxies".into(),
+                    format!("{t:?} is not an address or CIDR block"),
+                );
+            }
+        }
+        for (name, l) in &g.rate_limits {
+            let anchor = anchor_of_key(self.text, name);
+            let field = |f: &str| format!("rate_limits.{name}.{f}");
+            let rate_ok = |r: f64| r.is_finite() && r > 0.0;
+            let bad: Option<(&str, &str)> = match l.algorithm {
+                A::TokenBucket { capacity: 0, .. } | A::LeakyBucket { capacity: 0, .. } => {
+                    Some(("capacity", "must be at least 1"))
+                }
+                A::TokenBucket { refill_per_s, .. } if !rate_ok(refill_per_s) => {
+                    Some(("refill_per_s", "must be a positive number"))
+                }
+                A::LeakyBucket { drain_per_s, .. } if !rate_ok(drain_per_s) => {
+                    Some(("drain_per_s", "must be a positive number"))
+                }
+                A::FixedWindow { limit: 0, .. }
+                | A::SlidingWindow { limit: 0, .. }
+                | A::SlidingLog { limit: 0, .. } => Some(("limit", "must be at least 1")),
+                A::FixedWindow { window_s: 0, .. }
+                | A::SlidingWindow { window_s: 0, .. }
+                | A::SlidingLog { window_s: 0, .. } => Some(("window_s", "must be at least 1")),
+                _ => None,
+            };
+            if let Some((f, msg)) = bad {
+                let at = position_of_field(self.text, anchor, f);
+                self.push(at, field(&format!("algorithm.{f}")), msg.into());
+            }
+            if let LimitPolicy::Redis {
+                url,
+                lease,
+                timeout_ms,
+                ..
+            } = &l.policy
+            {
+                if let Err(e) = crate::ratelimit::redis::parse_url(url) {
+                    let at = position_after_field_value(self.text, anchor, "url", url);
+                    self.push(at, field("policy.url"), e);
+                }
+                if *lease == 0 || *timeout_ms == 0 {
+                    let f = if *lease == 0 { "lease" } else { "timeout_ms" };
+                    let at = position_of_field(self.text, anchor, f);
+                    self.push(at, field(&format!("policy.{f}")), "must be at least 1".into());
+                }
+                if let A::LeakyBucket {
+                    max_wait_ms: Some(_),
+                    ..
+                } = l.algorithm
+                {
+                    let at = position_of_field(self.text, anchor, "max_wait_ms");
+                    self.push(
+                        at,
+                        field("algorithm.max_wait_ms"),
+                        "queueing (max_wait_ms) needs the Local policy".into(),
+                    );
+                }
+            }
+        }
+        for (i, r) in g.routes.iter().enumerate() {
+            let anchor = anchor_of(self.text, "name", &r.name);
+            let mut seen = HashSet::new();
+            for name in &r.rate_limits {
+                let at = position_after(self.text, anchor, &format!("{name:?}"));
+                let field = format!("routes[{i}].rate_limits");
+                if !seen.insert(name) {
+                    self.push(at, field, format!("rate limit {name:?} listed twice"));
+                    continue;
+                }
+                let one = super::Route {
+                    rate_limits: vec![name.clone()],
+                    ..r.clone()
+                };
+                if let Err(e) = crate::ratelimit::plan::route_limits(g, &one) {
+                    let known: Vec<&str> = g.rate_limits.keys().map(String::as_str).collect();
+                    let e = if g.rate_limits.contains_key(name) {
+                        e
+                    } else {
+                        format!("{e} (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })
+                    };
+                    self.push(at, field, e);
                 }
             }
         }

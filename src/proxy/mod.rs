@@ -46,6 +46,8 @@ pub struct Exchange<'a> {
     pub drop_authorization: bool,
     /// Headers added for the upstream (the established identity).
     pub add_headers: Vec<(String, String)>,
+    /// Header lines (`name: value\r\n`) added to the response (rate-limit state).
+    pub response_headers: String,
 }
 
 /// How the client connection should continue after a proxied exchange.
@@ -186,6 +188,7 @@ fn client_head(
         out.extend_from_slice(ex.request_id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(ex.response_headers.as_bytes());
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10_client {

@@ -105,6 +105,52 @@ impl Algorithm {
         }
     }
 
+    /// This algorithm with its size cut to `quota` of `units` (a shard's
+    /// share of a limit): capacity or limit becomes `quota`, and refill or
+    /// drain rates shrink in proportion, so the shares add up to the whole.
+    pub fn scaled(&self, quota: u64, units: u64) -> Algorithm {
+        if quota == units {
+            return self.clone();
+        }
+        let f = quota as f64 / units.max(1) as f64;
+        match *self {
+            Algorithm::TokenBucket { refill_per_s, .. } => Algorithm::TokenBucket {
+                capacity: quota,
+                refill_per_s: refill_per_s * f,
+            },
+            Algorithm::LeakyBucket {
+                drain_per_s,
+                max_wait_ns,
+                ..
+            } => Algorithm::LeakyBucket {
+                capacity: quota,
+                drain_per_s: drain_per_s * f,
+                max_wait_ns,
+            },
+            Algorithm::FixedWindow { window_ns, .. } => Algorithm::FixedWindow {
+                limit: quota,
+                window_ns,
+            },
+            Algorithm::SlidingWindow { window_ns, .. } => Algorithm::SlidingWindow {
+                limit: quota,
+                window_ns,
+            },
+            Algorithm::SlidingLog { window_ns, .. } => Algorithm::SlidingLog {
+                limit: quota,
+                window_ns,
+            },
+        }
+    }
+
+    /// Moves `units` of spare capacity out of (`give`) or into a state when
+    /// quota changes hands: only a token bucket holds them as tokens.
+    pub fn transfer(&self, st: &mut State, units: u64, give: bool) {
+        if let State::Tokens { tokens, .. } = st {
+            let u = units as f64;
+            *tokens = if give { *tokens - u } else { *tokens + u };
+        }
+    }
+
     /// Brings `st` forward to `now`; independent of any decision.
     pub fn advance(&self, st: &mut State, now: u64) {
         match (self, st) {

@@ -4,6 +4,7 @@
 use super::state::Shard;
 use crate::compiled::Compiled;
 use crate::config::{DriverChoice, Shards};
+use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
 use crate::server::accept_loop;
 use crossbeam_channel::{Receiver, Sender};
 use monoio::net::{ListenerOpts, TcpListener};
@@ -177,9 +178,14 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
     let mut senders = Vec::new();
     let mut handles = Vec::new();
+    // Rate-limit gossip: every shard can reach every other shard.
+    let (gossip_tx, mut gossip_rx): (Vec<_>, Vec<_>) =
+        cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
     for (id, core) in cores.iter().copied().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         senders.push(tx);
+        let peers = gossip_tx.clone();
+        let inbox = gossip_rx.remove(0);
         let compiled = compiled.clone();
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -192,7 +198,16 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                         );
                     }
                 }
-                run_shard(id, core, wanted, fallback_allowed, compiled, rx, ready);
+                let args = ShardArgs {
+                    id,
+                    core,
+                    compiled,
+                    rx,
+                    ready,
+                    peers,
+                    inbox,
+                };
+                run_shard(args, wanted, fallback_allowed);
             })
             .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
         handles.push(handle);
@@ -213,25 +228,22 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     })
 }
 
-fn run_shard(
+/// What a shard thread starts from.
+#[derive(Clone)]
+struct ShardArgs {
     id: usize,
     core: Option<usize>,
-    wanted: Driver,
-    fallback_allowed: bool,
     compiled: Arc<Compiled>,
     rx: Receiver<Control>,
     ready: Sender<(usize, Result<Driver, String>)>,
-) {
-    let body = |driver: Driver| {
-        shard_main(
-            id,
-            core,
-            driver,
-            compiled.clone(),
-            rx.clone(),
-            ready.clone(),
-        )
-    };
+    peers: Vec<Sender<Gossip>>,
+    inbox: Receiver<Gossip>,
+}
+
+fn run_shard(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
+    let id = args.id;
+    let ready = args.ready.clone();
+    let body = |driver: Driver| shard_main(args.clone(), driver);
     let result = match wanted {
         Driver::IoUring => match build_uring() {
             Ok(mut rt) => {
@@ -296,14 +308,16 @@ fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<mon
         .build()
 }
 
-async fn shard_main(
-    id: usize,
-    core: Option<usize>,
-    driver: Driver,
-    compiled: Arc<Compiled>,
-    rx: Receiver<Control>,
-    ready: Sender<(usize, Result<Driver, String>)>,
-) {
+async fn shard_main(args: ShardArgs, driver: Driver) {
+    let ShardArgs {
+        id,
+        core,
+        compiled,
+        rx,
+        ready,
+        peers,
+        inbox,
+    } = args;
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
@@ -318,7 +332,8 @@ async fn shard_main(
             }
         }
     }
-    let shard = Rc::new(Shard::new(id, compiled));
+    let shard = Rc::new(Shard::new(id, compiled, Limiter::new(id, peers, inbox)));
+    monoio::spawn(gossip_loop(shard.clone()));
     for (i, tl) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(shard.clone(), i, tl));
     }
@@ -326,6 +341,23 @@ async fn shard_main(
     eprintln!("shardgate: shard {id} on {core_text}: driver {driver}");
     let _ = ready.send((id, Ok(driver)));
     control_loop(&shard, &rx).await;
+}
+
+/// Rate-limit gossip: answers other shards' requests for quota, takes in
+/// what they gave, and wakes requests waiting for quota, every interval.
+async fn gossip_loop(shard: Rc<Shard>) {
+    loop {
+        let interval = shard.config().compiled.rate_limiting.gossip_interval;
+        monoio::time::sleep(interval).await;
+        if shard.shutdown.is_fired() {
+            return;
+        }
+        let cfg = shard.config();
+        shard
+            .limiter
+            .borrow_mut()
+            .tick(&cfg.compiled.rate_limiting, now_ns());
+    }
 }
 
 async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {

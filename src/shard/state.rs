@@ -6,6 +6,7 @@ use super::notify::Notify;
 use crate::auth::{jwks::KeySet, TokenCache};
 use crate::compiled::Compiled;
 use crate::proxy::pool::Pools;
+use crate::ratelimit::limiter::Limiter;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Shard {
     pub jwks: RefCell<std::collections::HashMap<usize, KeySet>>,
     /// Successful JWT verifications of this shard.
     pub token_cache: RefCell<TokenCache>,
+    /// Rate-limit keys, quotas and leases of this shard.
+    pub limiter: RefCell<Limiter>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -42,8 +45,11 @@ pub struct Shard {
 
 impl Shard {
     /// A shard serving `compiled`.
-    pub fn new(id: usize, compiled: Arc<Compiled>) -> Shard {
+    pub fn new(id: usize, compiled: Arc<Compiled>, limiter: Limiter) -> Shard {
+        let mut limiter = limiter;
+        limiter.configure(&compiled.rate_limiting, compiled.generation);
         Shard {
+            limiter: RefCell::new(limiter),
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
             jwks: RefCell::default(),
@@ -73,6 +79,9 @@ impl Shard {
         // Keys may have changed: nothing verified under the old config is reused.
         *self.token_cache.borrow_mut() = TokenCache::new(compiled.token_cache_entries);
         self.jwks.borrow_mut().clear();
+        self.limiter
+            .borrow_mut()
+            .configure(&compiled.rate_limiting, compiled.generation);
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 
