@@ -15,6 +15,10 @@
 #           Before measuring, shardgate and haproxy must answer 401 to a missing,
 #           badly signed, wrong-issuer, expired and alg=none token and 200 to
 #           the valid one; a target failing that is skipped.
+#   ratelimit  the same GET through a per-client-address limit high enough
+#           never to refuse: shardgate (Local token bucket) vs nginx limit_req
+#           (nginx-limited) vs an HAProxy stick table (haproxy), each next to
+#           itself without the limit (nginx, shardgate-unlimited, haproxy-unlimited).
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
@@ -26,6 +30,8 @@
 #   TARGETS=            default per scenario:
 #                         proxy: "direct nginx haproxy shardgate shardgate-epoll"
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
+#                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
+#                                     shardgate-unlimited shardgate"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
 #   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
 #                       per-round A÷B of proxy CPU-µs/req (median), with a verdict
@@ -259,6 +265,8 @@ SG_EXTRA=""
 SG_ROUTE_EXTRA=""
 SG_ROUTE_AUTH=""
 NGINX_LOCATION_EXTRA=""
+NGINX_LIMIT_HTTP=""
+NGINX_LIMIT_LOCATION=""
 HAPROXY_BACKEND_EXTRA=""
 HAPROXY_AUTH_RULES=""
 DEFAULT_TARGETS="direct nginx haproxy shardgate shardgate-epoll"
@@ -332,6 +340,32 @@ EOF
         "- auth: every request to every target carries \`Authorization: Bearer <HS256 JWT>\` (${#TOKEN}-byte token, claims sub/iss/exp); \`*-noauth\` targets forward it unchecked on a public route"
         "- \`shardgate\`: \`auth: Required([\"jwt\"])\`, Jwt(HS256, issuer, exp, sub → X-User-Id); token_cache_entries: $cache"
         "- \`haproxy\`: $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), http_auth_bearer + jwt_header_query (alg = HS256) + jwt_verify (signature, every request) + jwt_payload_query (iss, exp > date) + set-header X-User-Id from sub"
+    )
+}
+
+# A limit high enough never to refuse, keyed by client address, on the same
+# load: shardgate's Local token bucket vs nginx limit_req vs an HAProxy
+# stick table; each next to itself without the limit.
+scenario_ratelimit() {
+    REQ_PATH=/api/v1/items
+    SG_EXTRA="    rate_limits: { \"per-ip\": RateLimit(key: ClientIp, algorithm: TokenBucket(capacity: 100000000, refill_per_s: 100000000)) },"
+    SG_ROUTE_AUTH=', rate_limits: ["per-ip"]'
+    NGINX_LIMIT_HTTP="    limit_req_zone \$binary_remote_addr zone=perip:10m rate=100000000r/s;"
+    NGINX_LIMIT_LOCATION="            limit_req zone=perip burst=100000000 nodelay;"
+    HAPROXY_AUTH_RULES="$(cat <<EOF
+    stick-table type ip size 100k expire 60s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 100000000 }
+EOF
+)"
+    DEFAULT_TARGETS="direct nginx nginx-limited haproxy-unlimited haproxy shardgate-unlimited shardgate"
+    DEFAULT_BASELINE=nginx-limited
+    DEFAULT_KEY_RATIOS="shardgate/shardgate-unlimited<=1.05 nginx-limited/nginx haproxy/haproxy-unlimited shardgate/nginx-limited<1 shardgate/haproxy<1"
+    SCENARIO_NOTES=(
+        "- limit: per client address, high enough never to refuse; each limited target is measured next to itself without the limit"
+        "- \`shardgate\`: \`rate_limits: [\"per-ip\"]\`, RateLimit(key: ClientIp, TokenBucket(capacity 1e8, refill 1e8/s)), Local policy, RateLimit-* headers on"
+        "- \`nginx-limited\`: limit_req_zone \$binary_remote_addr rate=1e8r/s + limit_req burst=1e8 nodelay"
+        "- \`haproxy\`: stick-table type ip store http_req_rate(1s), track-sc0 src, deny 429 above 1e8"
     )
 }
 
@@ -437,14 +471,16 @@ start_target_direct() {
     TARGET_URL="http://127.0.0.1:$UP_PORT$REQ_PATH"
 }
 
-start_target_nginx() {
-    local port=$1 dir="$WORK_DIR/nginx"
+# start_nginx PORT NAME HTTP_EXTRA LOCATION_EXTRA
+start_nginx() {
+    local port=$1 name=$2 http_extra=$3 location_extra=$4 dir="$WORK_DIR/$2"
     mkdir -p "$dir"
     {
         nginx_common "$dir" "$WORKERS"
         echo "http {"
         nginx_http_common "$dir"
         cat <<EOF
+$http_extra
     upstream up {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;
@@ -457,7 +493,7 @@ start_target_nginx() {
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-$NGINX_LOCATION_EXTRA
+$location_extra
         }
     }
 }
@@ -472,6 +508,9 @@ EOF
         return 1
     }
 }
+
+start_target_nginx()         { start_nginx "$1" nginx "" "$NGINX_LOCATION_EXTRA"; }
+start_target_nginx-limited() { start_nginx "$1" nginx-limited "$NGINX_LIMIT_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_LIMIT_LOCATION"; }
 
 # await_target NAME PORT DIR: the target just started ($LAST_PID) must answer
 # 200 within STARTUP_TIMEOUT, or it is stopped and skipped with its output shown.
@@ -520,6 +559,7 @@ EOF
 
 start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"; }
 start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
+start_target_haproxy-unlimited() { start_haproxy "$1" haproxy-unlimited ""; }
 
 # start_shardgate PORT NAME DRIVER ROUTE_AUTH
 start_shardgate() {
@@ -546,6 +586,9 @@ EOF
 start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }
 start_target_shardgate-epoll()  { start_shardgate "$1" shardgate-epoll epoll "$SG_ROUTE_AUTH"; }
 start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring ""; }
+# In the ratelimit scenario the route's limit rides in SG_ROUTE_AUTH, so
+# "unlimited" is the same gateway without it (likewise for HAProxy's rules).
+start_target_shardgate-unlimited() { start_shardgate "$1" shardgate-unlimited io_uring ""; }
 
 build_shardgate() {
     [[ " $TARGETS " == *" shardgate"* ]] || return 0

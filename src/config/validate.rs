@@ -219,7 +219,11 @@ impl Validator<'_> {
         ] {
             if !ok {
                 let at = position_of_field(self.text, 0, name);
-                self.push(at, format!("rate_limiting.{name}"), "must be at least 1".into());
+                self.push(
+                    at,
+                    format!("rate_limiting.{name}"),
+                    "must be at least 1".into(),
+                );
             }
         }
         for t in &s.trusted_proxies {
@@ -271,7 +275,11 @@ impl Validator<'_> {
                 if *lease == 0 || *timeout_ms == 0 {
                     let f = if *lease == 0 { "lease" } else { "timeout_ms" };
                     let at = position_of_field(self.text, anchor, f);
-                    self.push(at, field(&format!("policy.{f}")), "must be at least 1".into());
+                    self.push(
+                        at,
+                        field(&format!("policy.{f}")),
+                        "must be at least 1".into(),
+                    );
                 }
                 if let A::LeakyBucket {
                     max_wait_ms: Some(_),
@@ -306,7 +314,14 @@ impl Validator<'_> {
                     let e = if g.rate_limits.contains_key(name) {
                         e
                     } else {
-                        format!("{e} (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })
+                        format!(
+                            "{e} (known: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )
                     };
                     self.push(at, field, e);
                 }

@@ -209,8 +209,9 @@ impl Limiter {
     fn local_entry(&mut self, lp: &LimitPlan, key: u64, now: u64) -> &mut Entry {
         let quota = self.even_share(lp.units, key);
         let alg = &lp.algorithm;
-        self.table
-            .entry(key, now, || Entry::new(alg.new_state(now), quota, now))
+        self.table.entry(key, now, || {
+            Entry::new(alg.scaled(quota, lp.units).new_state(now), quota, now)
+        })
     }
 
     /// Decides one request against `checks`; a request refused by any limit

@@ -35,11 +35,10 @@ pub async fn apply(
     let mut leases = 0;
     loop {
         let now = now_ns();
-        let outcome =
-            shard
-                .limiter
-                .borrow_mut()
-                .admit(plan, &checks, skip, now, 1, &mut decisions);
+        let outcome = shard
+            .limiter
+            .borrow_mut()
+            .admit(plan, &checks, skip, now, 1, &mut decisions);
         match outcome {
             Outcome::Admitted { delay_ns } => {
                 if delay_ns > 0 {
@@ -59,7 +58,11 @@ pub async fn apply(
                     else {
                         continue;
                     };
-                    if shard.limiter.borrow_mut().should_log(checks[i].limit, now, *retry) {
+                    if shard
+                        .limiter
+                        .borrow_mut()
+                        .should_log(checks[i].limit, now, *retry)
+                    {
                         eprintln!(
                             "shardgate: shard {}: rate limit {:?}: Redis unavailable ({e}); {}",
                             shard.id,

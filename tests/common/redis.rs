@@ -62,6 +62,31 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server process (SIGSTOP): connections are still accepted by
+    /// the kernel but nothing is answered, as with a hung server.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
     /// Kills the server if running and starts a fresh one (empty data, empty
     /// script cache) on the same port.
     pub fn restart(&mut self) {
