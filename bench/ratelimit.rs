@@ -4,7 +4,10 @@
 use criterion::BatchSize;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use shardgate::ratelimit::algorithm::{admit_all, Algorithm};
-use shardgate::ratelimit::table::KeyTable;
+use shardgate::ratelimit::limiter::{Check, Gossip, Limiter, Outcome};
+use shardgate::ratelimit::plan::{LimitPlan, PolicyPlan, RateLimitPlan};
+use shardgate::ratelimit::table::{key_hash, Entry, KeyTable};
+use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let s = 1_000_000_000u64;
@@ -82,29 +85,107 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-fn table(c: &mut Criterion) {
+fn plan(alg: Algorithm, units: u64) -> RateLimitPlan {
+    RateLimitPlan {
+        limits: vec![LimitPlan {
+            name: "per-ip".into(),
+            algorithm: alg,
+            units,
+            policy: PolicyPlan::Local,
+        }],
+        trusted: Vec::new(),
+        gossip_interval: Duration::from_millis(5),
+        max_quota_wait: Duration::from_millis(30),
+        max_keys: 1_000_000,
+        idle_ns: 600 * 1_000_000_000,
+    }
+}
+
+fn limiters(n: usize) -> Vec<Limiter> {
+    let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
+    rx.into_iter()
+        .enumerate()
+        .map(|(i, inbox)| {
+            let mut l = Limiter::new(i, tx.clone(), inbox);
+            l.configure(&plan(bucket(), 1 << 40), 1);
+            l
+        })
+        .collect()
+}
+
+fn bucket() -> Algorithm {
+    Algorithm::TokenBucket {
+        capacity: 1 << 40,
+        refill_per_s: 1e12,
+    }
+}
+
+/// The whole local check of one request: key text, hash, table lookup,
+/// scaled algorithm, decide and consume.
+fn limiter(c: &mut Criterion) {
     let s = 1_000_000_000u64;
-    let lim = Algorithm::TokenBucket {
-        capacity: 100,
-        refill_per_s: 10.0,
-    };
-    let mut t = KeyTable::new(1_000_000, 60 * s);
+    let p = plan(bucket(), 1 << 40);
+    let mut l = limiters(1).remove(0);
     let keys: Vec<String> = (0..100_000)
         .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
         .collect();
-    for k in &keys {
-        t.admit(k, &[&lim], 0, 1);
-    }
-    let mut i = 0usize;
+    let check = |k: &str| Check {
+        limit: 0,
+        key: key_hash("per-ip", k),
+        text: String::new(),
+    };
     let mut out = Vec::new();
-    c.bench_function("table/admit_100k_keys", |b| {
+    for k in &keys {
+        l.admit(&p, &[check(k)], 0, 1_000, 1, &mut out);
+    }
+    let mut now = 1_000u64;
+    c.bench_function("limiter/check_hot_key", |b| {
         b.iter(|| {
-            i = (i + 7919) % keys.len();
-            black_box(t.admit_into(&keys[i], &[&lim], 1_000, 1, &mut out))
+            now += 1_000;
+            let c = check(black_box("10.0.0.1"));
+            black_box(matches!(
+                l.admit(&p, std::slice::from_ref(&c), 0, now, 1, &mut out),
+                Outcome::Admitted { .. }
+            ))
         })
     });
-    c.bench_function("table/admit_hot_key", |b| {
-        b.iter(|| black_box(t.admit_into(black_box("10.0.0.1"), &[&lim], 1_000, 1, &mut out)))
+    let mut i = 0usize;
+    c.bench_function("limiter/check_100k_keys", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            now += 1_000;
+            let c = check(&keys[i]);
+            black_box(matches!(
+                l.admit(&p, std::slice::from_ref(&c), 0, now, 1, &mut out),
+                Outcome::Admitted { .. }
+            ))
+        })
+    });
+    // Gossip: shard 1 answers a request for quota (give), shard 0 takes it in;
+    // one Need and one Give per iteration, processed by two ticks.
+    let mut pair = limiters(2);
+    let small = plan(
+        Algorithm::FixedWindow {
+            limit: 1 << 40,
+            window_ns: 3600 * s,
+        },
+        1 << 40,
+    );
+    let mut n = 0u64;
+    c.bench_function("gossip/need_give_take", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = key_hash("per-ip", &keys[(n % 1000) as usize]);
+            let need = Gossip::Need {
+                from: 0,
+                generation: 1,
+                limit: 0,
+                key,
+            };
+            pair[0].send_to(1, need);
+            pair[1].tick(&small, n * 1_000);
+            pair[0].tick(&small, n * 1_000);
+        })
     });
     // Sweep of 100k keys of which half are idle.
     c.bench_function("table/sweep_100k_half_idle", |b| {
@@ -113,7 +194,9 @@ fn table(c: &mut Criterion) {
                 let mut t = KeyTable::new(1_000_000, 60 * s);
                 for (n, k) in keys.iter().enumerate() {
                     let seen = if n % 2 == 0 { 0 } else { 100 * s };
-                    t.admit(k, &[&lim], seen, 1);
+                    t.entry(key_hash("l", k), seen, || {
+                        Entry::new(bucket().new_state(seen), 10, seen)
+                    });
                 }
                 t
             },
@@ -123,5 +206,5 @@ fn table(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, table);
+criterion_group!(benches, bench, limiter);
 criterion_main!(benches);

@@ -546,6 +546,74 @@ fn sliding_log_counts_exactly_the_last_window() {
 }
 
 #[test]
+fn sliding_window_weights_the_previous_window() {
+    let backend = Backend::echo("b");
+    let gw = limited(
+        &backend,
+        1,
+        "",
+        "\"sliding\": RateLimit(key: ClientIp, algorithm: SlidingWindow(limit: 4, window_s: 2)),",
+        &route("r", "/", "rate_limits: [\"sliding\"]"),
+    );
+    // Windows are aligned to Unix time (2 s): start 100 ms into one.
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    std::thread::sleep(Duration::from_millis(2000 - unix_ms() % 2000 + 100));
+    let first = unix_ms() / 2000;
+    let mut c = Client::connect(gw.port);
+    assert_eq!(statuses(&mut c, "/", &[], 5), [200, 200, 200, 200, 429]);
+    assert_eq!(
+        unix_ms() / 2000,
+        first,
+        "the first burst crossed a window boundary"
+    );
+    // 600 ms into the next window the previous one still weighs 70 %:
+    // 4 × 0.7 = 2.8 of 4, room for exactly one more (a fixed window would
+    // admit 4). The estimate admits one more only from 1 s on, so this holds
+    // from 250 ms to 1 s into the window.
+    std::thread::sleep(Duration::from_millis(
+        ((first + 1) * 2000 + 600).saturating_sub(unix_ms()),
+    ));
+    // (A new connection: the first may have idled out.)
+    let s = statuses(&mut Client::connect(gw.port), "/", &[], 3);
+    let into = unix_ms() - (first + 1) * 2000;
+    assert_eq!(s, [200, 429, 429], "{into} ms into the next window");
+    assert!(into < 1000, "the test ran too slowly to judge ({into} ms)");
+}
+
+#[test]
+fn leaky_bucket_without_max_wait_refuses_overflow_and_drains() {
+    let backend = Backend::echo("b");
+    let gw = limited(
+        &backend,
+        1,
+        "",
+        "\"leaky\": RateLimit(key: ClientIp, algorithm: LeakyBucket(capacity: 3, drain_per_s: 1)),",
+        &route("r", "/", "rate_limits: [\"leaky\"]"),
+    );
+    let mut c = Client::connect(gw.port);
+    let start = Instant::now();
+    assert_eq!(statuses(&mut c, "/", &[], 3), [200, 200, 200]);
+    let r = c.get("/");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the burst was paced ({took:?}), not admitted at once"
+    );
+    let retry = assert_refused(&r);
+    if took < Duration::from_millis(500) {
+        assert_eq!(retry, 1, "one request drains in a second");
+    }
+    // 1.3 s later one request has drained out: one fits, not two.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(statuses(&mut c, "/", &[], 2), [200, 429]);
+}
+
+#[test]
 fn leaky_bucket_with_max_wait_delays_excess_requests_up_to_the_bound() {
     let backend = Backend::echo("b");
     // Drains 10/s: each queued request leaves 100 ms after the one before;

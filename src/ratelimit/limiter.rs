@@ -148,6 +148,14 @@ impl Limiter {
         }
     }
 
+    /// Sends a gossip message to shard `to` (tests and benchmarks drive
+    /// shards by hand with it).
+    pub fn send_to(&self, to: usize, msg: Gossip) {
+        if let Some(p) = self.peers.get(to) {
+            let _ = p.send(msg);
+        }
+    }
+
     /// Number of keys held.
     pub fn keys(&self) -> usize {
         self.table.len()
