@@ -30,6 +30,13 @@ pub enum GatewayError {
     GatewayTimeout { upstream: String },
     /// The gateway is shutting down or has no usable target (503).
     Unavailable(&'static str),
+    /// A composite route failed: a required part (named) or the composite
+    /// itself (empty `part`). 504 when it ran out of time, else 502.
+    PartFailed {
+        part: String,
+        reason: String,
+        timeout: bool,
+    },
 }
 
 impl GatewayError {
@@ -48,6 +55,8 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => 502,
             GatewayError::Unavailable(_) => 503,
             GatewayError::GatewayTimeout { .. } => 504,
+            GatewayError::PartFailed { timeout: true, .. } => 504,
+            GatewayError::PartFailed { .. } => 502,
         }
     }
 
@@ -71,6 +80,12 @@ impl GatewayError {
                 format!("upstream {upstream:?} did not answer in time")
             }
             GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
+            GatewayError::PartFailed { part, reason, .. } if part.is_empty() => {
+                format!("aggregate failed: {reason}")
+            }
+            GatewayError::PartFailed { part, reason, .. } => {
+                format!("required part {part:?} failed: {reason}")
+            }
         }
     }
 
@@ -80,6 +95,12 @@ impl GatewayError {
         let mut body = String::with_capacity(96);
         body.push_str("{\"error\":");
         json_string(&mut body, &self.message());
+        if let GatewayError::PartFailed { part, .. } = self {
+            if !part.is_empty() {
+                body.push_str(",\"part\":");
+                json_string(&mut body, part);
+            }
+        }
         body.push_str(",\"request_id\":");
         json_string(&mut body, request_id);
         body.push('}');

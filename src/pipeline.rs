@@ -7,6 +7,7 @@
 //! identity headers → authenticate → authorize → forward to the upstream
 //! (which streams the response back). Rate limiting slots in before forwarding.
 
+use crate::aggregate;
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
 use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
@@ -36,6 +37,7 @@ pub async fn handle(
     let route = &cfg.compiled.routes[route_id];
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
+    let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
         let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
             Ok(id) => id,
@@ -45,8 +47,20 @@ pub async fn handle(
         };
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
+        claims = identity.claims;
     }
     ex.drop_authorization = !route.keep_authorization;
+    if let Some(plan) = &route.aggregate {
+        let inputs = aggregate::Inputs {
+            req,
+            params: &params,
+            claims: &claims,
+        };
+        return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
+    }
+    let upstream = route
+        .upstream
+        .ok_or(GatewayError::Unavailable("route has no upstream"))?;
     let stripped;
     let query = match req.query() {
         Some(q) if !route.strip_query.is_empty() => {
@@ -56,11 +70,11 @@ pub async fn handle(
         q => q,
     };
     let target = upstream_target(&route.path_edit, req.path(), query, &params);
-    let up = &cfg.compiled.upstreams[route.upstream];
+    let up = &cfg.compiled.upstreams[upstream];
     proxy::forward(
         shard,
         up,
-        &cfg.cursors[route.upstream],
+        &cfg.cursors[upstream],
         req,
         &target,
         client,
