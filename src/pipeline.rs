@@ -71,16 +71,7 @@ pub async fn handle(
     };
     let target = upstream_target(&route.path_edit, req.path(), query, &params);
     let up = &cfg.compiled.upstreams[upstream];
-    proxy::forward(
-        shard,
-        up,
-        &cfg.cursors[upstream],
-        req,
-        &target,
-        client,
-        ex,
-    )
-    .await
+    proxy::forward(shard, up, &cfg.cursors[upstream], req, &target, client, ex).await
 }
 
 /// Accepts origin-form targets without dot segments (which could escape a prefix route).

@@ -135,7 +135,12 @@ async fn exchange(
     match res {
         Ok(()) => {}
         Err(_) if may_retry => return (Attempt::Stale, bytes),
-        Err(e) => return (Attempt::Done(Err(req.io(e, "write to upstream failed"))), bytes),
+        Err(e) => {
+            return (
+                Attempt::Done(Err(req.io(e, "write to upstream failed"))),
+                bytes,
+            )
+        }
     }
     let resp = match read_response_head(&mut upc, req.deadline, false).await {
         Ok(r) => r,
@@ -145,7 +150,9 @@ async fn exchange(
             return (Attempt::Done(Err(e)), bytes);
         }
         Err(ReadHeadError::Timeout) => return (Attempt::Done(Err(req.timed_out())), bytes),
-        Err(ReadHeadError::Invalid(why)) => return (Attempt::Done(Err(PartError::new(why))), bytes),
+        Err(ReadHeadError::Invalid(why)) => {
+            return (Attempt::Done(Err(PartError::new(why))), bytes)
+        }
     };
     if !(200..300).contains(&resp.status) {
         // The body is not read: the connection is dropped, not pooled.

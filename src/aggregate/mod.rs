@@ -140,7 +140,12 @@ impl AggregatePlan {
             })
         };
         if a.parts.is_empty() {
-            problem(None, "parts".into(), None, "at least one part is needed".into());
+            problem(
+                None,
+                "parts".into(),
+                None,
+                "at least one part is needed".into(),
+            );
         }
         if a.parts.len() > MAX_PARTS {
             problem(
@@ -223,14 +228,29 @@ impl AggregatePlan {
             for (k, _) in &headers {
                 let lower = k.to_ascii_lowercase();
                 if k.is_empty() || !k.bytes().all(config::is_token_byte) {
-                    problem(here, f("headers"), Some(k), format!("{k:?} is not a valid header name"));
+                    problem(
+                        here,
+                        f("headers"),
+                        Some(k),
+                        format!("{k:?} is not a valid header name"),
+                    );
                 } else if RESERVED_HEADERS.contains(&lower.as_str()) {
-                    problem(here, f("headers"), Some(k), format!("{k:?} is set by the gateway"));
+                    problem(
+                        here,
+                        f("headers"),
+                        Some(k),
+                        format!("{k:?} is set by the gateway"),
+                    );
                 }
             }
             for (k, _) in &query {
                 if k.is_empty() {
-                    problem(here, f("query"), None, "a query parameter needs a name".into());
+                    problem(
+                        here,
+                        f("query"),
+                        None,
+                        "a query parameter needs a name".into(),
+                    );
                 }
             }
             if p.timeout_ms == Some(0) {
@@ -306,10 +326,15 @@ impl AggregatePlan {
             });
         }
         for (i, cycle) in find_cycles(&parts) {
+            // At `after` when the part has one, else at the template that reads the other part.
+            let (field, near) = match &a.parts[i].after {
+                Some(after) => ("after", after),
+                None => ("path", &a.parts[i].path),
+            };
             problem(
                 Some(i),
-                format!("parts[{i}].after"),
-                a.parts[i].after.as_deref(),
+                format!("parts[{i}].{field}"),
+                Some(near),
                 format!("dependency cycle: {cycle}"),
             );
         }
@@ -320,7 +345,10 @@ impl AggregatePlan {
             parts,
             merge: a.merge,
             timeout: Duration::from_millis(a.timeout_ms),
-            timeout_reason: format!("timeout: the composite's limit of {} ms passed", a.timeout_ms),
+            timeout_reason: format!(
+                "timeout: the composite's limit of {} ms passed",
+                a.timeout_ms
+            ),
             max_part_bytes: a.max_part_bytes,
             max_body_bytes: a.max_body_bytes,
             errors_field: a.errors_field.clone(),
@@ -331,7 +359,13 @@ impl AggregatePlan {
 /// Each cycle once, reported at its first part: (part index, `a → b → a`).
 fn find_cycles(parts: &[PartPlan]) -> Vec<(usize, String)> {
     // 0 = not visited, 1 = on the current path, 2 = done.
-    fn visit(i: usize, parts: &[PartPlan], state: &mut [u8], path: &mut Vec<usize>, out: &mut Vec<(usize, String)>) {
+    fn visit(
+        i: usize,
+        parts: &[PartPlan],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+        out: &mut Vec<(usize, String)>,
+    ) {
         state[i] = 1;
         path.push(i);
         for &d in &parts[i].deps {
@@ -339,8 +373,10 @@ fn find_cycles(parts: &[PartPlan]) -> Vec<(usize, String)> {
                 Some(0) => visit(d, parts, state, path, out),
                 Some(1) => {
                     let start = path.iter().position(|&p| p == d).unwrap_or(0);
-                    let mut names: Vec<&str> =
-                        path[start..].iter().map(|&p| parts[p].name.as_str()).collect();
+                    let mut names: Vec<&str> = path[start..]
+                        .iter()
+                        .map(|&p| parts[p].name.as_str())
+                        .collect();
                     names.push(&parts[d].name);
                     let first = path[start..].iter().copied().min().unwrap_or(d);
                     out.push((first, names.join(" → ")));
@@ -437,7 +473,11 @@ async fn run(
     let results: RefCell<Vec<Slot>> = RefCell::new(vec![None; n]);
     let deadline = Instant::now() + plan.timeout;
     let mut futs: Vec<Pin<Box<_>>> = (0..n)
-        .map(|i| Box::pin(run_part(shard, cfg, plan, i, inputs, ex, &results, deadline)))
+        .map(|i| {
+            Box::pin(run_part(
+                shard, cfg, plan, i, inputs, ex, &results, deadline,
+            ))
+        })
         .collect();
     let mut done = vec![false; n];
     std::future::poll_fn(|cx| loop {
@@ -515,7 +555,12 @@ async fn run_part(
     }
     let (head_and_body, host_at) = {
         let slots = results.borrow();
-        let lookup = |d: usize| slots.get(d).and_then(|s| s.as_ref()).and_then(|r| r.as_ref().ok());
+        let lookup = |d: usize| {
+            slots
+                .get(d)
+                .and_then(|s| s.as_ref())
+                .and_then(|r| r.as_ref().ok())
+        };
         let ctx = Context {
             path: inputs.req.path(),
             params: inputs.params,
@@ -530,7 +575,11 @@ async fn run_part(
         cursor: &cfg.cursors[part.upstream],
         head_and_body,
         host_at,
-        retryable: part.body.is_none() && matches!(part.method.as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"),
+        retryable: part.body.is_none()
+            && matches!(
+                part.method.as_str(),
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
+            ),
         max_bytes: plan.max_part_bytes,
         deadline: part_deadline,
         timeout_reason: reason,
@@ -553,7 +602,11 @@ pub fn build_request(
     let target_start = out.len();
     part.path.expand(ctx, Escape::Url, &mut out).map_err(fail)?;
     for (name, t) in &part.query {
-        let sep = if out[target_start..].contains('?') { '&' } else { '?' };
+        let sep = if out[target_start..].contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         out.push(sep);
         out.push_str(name);
         out.push('=');
@@ -562,7 +615,10 @@ pub fn build_request(
     out.push_str(" HTTP/1.1\r\n");
     let host_at = out.len();
     out.push_str("accept: application/json\r\nx-forwarded-for: ");
-    if let Some(prev) = req.header("x-forwarded-for").and_then(|v| std::str::from_utf8(v).ok()) {
+    if let Some(prev) = req
+        .header("x-forwarded-for")
+        .and_then(|v| std::str::from_utf8(v).ok())
+    {
         out.push_str(prev);
         out.push_str(", ");
     }
@@ -572,7 +628,10 @@ pub fn build_request(
         ex.client_ip, ex.request_id
     );
     if !ex.drop_authorization {
-        if let Some(auth) = req.header("authorization").and_then(|v| std::str::from_utf8(v).ok()) {
+        if let Some(auth) = req
+            .header("authorization")
+            .and_then(|v| std::str::from_utf8(v).ok())
+        {
             out.push_str("authorization: ");
             out.push_str(auth);
             out.push_str("\r\n");
@@ -720,7 +779,12 @@ mod tests {
         ));
         let a = g.routes[0].aggregate.clone().unwrap();
         let names: Vec<String> = g.upstreams.keys().cloned().collect();
-        AggregatePlan::compile(&a, &["id".into()], &|n| names.iter().position(|k| k == n), false)
+        AggregatePlan::compile(
+            &a,
+            &["id".into()],
+            &|n| names.iter().position(|k| k == n),
+            false,
+        )
     }
 
     #[test]
@@ -748,20 +812,39 @@ mod tests {
             "UnderKeys",
         )
         .unwrap_err();
-        let msgs: Vec<String> = e.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+        let msgs: Vec<String> = e
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect();
         let has = |s: &str| msgs.iter().any(|m| m.contains(s));
-        assert!(has("parts[0].after: dependency cycle: x → y → x"), "{msgs:?}");
-        assert!(has("parts[2].upstream: unknown upstream \"nope\""), "{msgs:?}");
+        assert!(
+            has("parts[0].path: dependency cycle: x → y → x"),
+            "{msgs:?}"
+        );
+        assert!(
+            has("parts[2].upstream: unknown upstream \"nope\""),
+            "{msgs:?}"
+        );
         assert!(has("parts[2].after: unknown part \"ghost\""), "{msgs:?}");
-        assert!(has("parts[3].path: {ghost.id} refers to unknown part"), "{msgs:?}");
-        let self_ref = plan(r#"Part(name: "x", upstream: "a", path: "/x", after: "x")"#, "Merge")
-            .unwrap_err();
+        assert!(
+            has("parts[3].path: {ghost.id} refers to unknown part"),
+            "{msgs:?}"
+        );
+        let self_ref = plan(
+            r#"Part(name: "x", upstream: "a", path: "/x", after: "x")"#,
+            "Merge",
+        )
+        .unwrap_err();
         assert!(self_ref[0].message.contains("x → x"));
     }
 
     #[test]
     fn claims_need_an_authenticated_route() {
-        let e = plan(r#"Part(name: "x", upstream: "a", path: "/x/{claims.sub}")"#, "Merge").unwrap_err();
+        let e = plan(
+            r#"Part(name: "x", upstream: "a", path: "/x/{claims.sub}")"#,
+            "Merge",
+        )
+        .unwrap_err();
         assert!(e[0].message.contains("auth"));
     }
 

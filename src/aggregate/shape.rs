@@ -89,7 +89,10 @@ impl Shape {
 
     /// True when the result is used as it is.
     pub fn is_identity(&self) -> bool {
-        self.target.is_none() && self.allow.is_none() && self.deny.is_empty() && self.rename.is_empty()
+        self.target.is_none()
+            && self.allow.is_none()
+            && self.deny.is_empty()
+            && self.rename.is_empty()
     }
 
     /// Reshapes a result; fails when `target` is missing from it.
@@ -223,7 +226,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn shape(target: Option<&str>, allow: &[&str], deny: &[&str], rename: &[(&str, &str)]) -> Shape {
+    fn shape(
+        target: Option<&str>,
+        allow: &[&str],
+        deny: &[&str],
+        rename: &[(&str, &str)],
+    ) -> Shape {
         let s = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let r = rename
             .iter()
@@ -235,8 +243,13 @@ mod tests {
     #[test]
     fn allow_keeps_only_listed_paths_through_arrays() {
         let v = json!({"orders": [{"id": 1, "total": 2, "secret": 3}, {"id": 4, "x": {"y": 1, "z": 2}}], "n": 2});
-        let got = shape(None, &["orders.id", "orders.x.z"], &[], &[]).apply(v).unwrap();
-        assert_eq!(got, json!({"orders": [{"id": 1}, {"id": 4, "x": {"z": 2}}]}));
+        let got = shape(None, &["orders.id", "orders.x.z"], &[], &[])
+            .apply(v)
+            .unwrap();
+        assert_eq!(
+            got,
+            json!({"orders": [{"id": 1}, {"id": 4, "x": {"z": 2}}]})
+        );
     }
 
     #[test]
@@ -246,7 +259,9 @@ mod tests {
             .apply(v)
             .unwrap();
         assert_eq!(got, json!([{"id": 1, "total": 2, "status": "s"}]));
-        let err = shape(Some("nope"), &[], &[], &[]).apply(json!({})).unwrap_err();
+        let err = shape(Some("nope"), &[], &[], &[])
+            .apply(json!({}))
+            .unwrap_err();
         assert!(err.contains("nope"));
         let first = shape(Some("data.0.id"), &[], &[], &[])
             .apply(json!({"data": [{"id": 9}]}))
@@ -257,20 +272,36 @@ mod tests {
     #[test]
     fn deny_and_rename() {
         let v = json!({"id": 1, "email": "e", "inner": {"password": "p", "k": 1}, "name": "n"});
-        let got = shape(None, &[], &["email", "inner.password"], &[("name", "display.name"), ("id", "user_id")])
-            .apply(v)
-            .unwrap();
-        assert_eq!(got, json!({"inner": {"k": 1}, "display": {"name": "n"}, "user_id": 1}));
+        let got = shape(
+            None,
+            &[],
+            &["email", "inner.password"],
+            &[("name", "display.name"), ("id", "user_id")],
+        )
+        .apply(v)
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({"inner": {"k": 1}, "display": {"name": "n"}, "user_id": 1})
+        );
         let list = json!([{"total": 1}, {"total": 2}]);
-        let got = shape(None, &[], &[], &[("total", "amount")]).apply(list).unwrap();
+        let got = shape(None, &[], &[], &[("total", "amount")])
+            .apply(list)
+            .unwrap();
         assert_eq!(got, json!([{"amount": 1}, {"amount": 2}]));
     }
 
     #[test]
     fn merge_rule_later_wins_objects_merge() {
         let mut a = json!({"user": {"id": 1, "name": "a"}, "list": [1], "n": 1});
-        deep_merge(&mut a, json!({"user": {"name": "b", "x": true}, "list": [2], "n": {"k": 1}}));
-        assert_eq!(a, json!({"user": {"id": 1, "name": "b", "x": true}, "list": [2], "n": {"k": 1}}));
+        deep_merge(
+            &mut a,
+            json!({"user": {"name": "b", "x": true}, "list": [2], "n": {"k": 1}}),
+        );
+        assert_eq!(
+            a,
+            json!({"user": {"id": 1, "name": "b", "x": true}, "list": [2], "n": {"k": 1}})
+        );
     }
 
     #[test]
@@ -278,9 +309,18 @@ mod tests {
         let mut root = Map::new();
         place(&mut root, false, false, "profile", json!({"id": 1}));
         place(&mut root, false, false, "orders", json!([1, 2]));
-        assert_eq!(Value::Object(root), json!({"profile": {"id": 1}, "orders": [1, 2]}));
+        assert_eq!(
+            Value::Object(root),
+            json!({"profile": {"id": 1}, "orders": [1, 2]})
+        );
         let mut root = Map::new();
-        place(&mut root, true, false, "profile", json!({"id": 1, "a": {"b": 1}}));
+        place(
+            &mut root,
+            true,
+            false,
+            "profile",
+            json!({"id": 1, "a": {"b": 1}}),
+        );
         place(&mut root, true, false, "more", json!({"a": {"c": 2}}));
         place(&mut root, true, false, "orders", json!([1]));
         place(&mut root, true, true, "grp", json!({"x": 1}));

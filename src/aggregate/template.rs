@@ -259,16 +259,14 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
@@ -283,7 +281,8 @@ pub fn escape_into(value: &str, esc: Escape, out: &mut String) -> Result<(), Str
         Escape::Url => {
             let dots = value == "." || value == "..";
             for &b in value.as_bytes() {
-                if (b.is_ascii_alphanumeric() || b"-_~".contains(&b) || b == b'.' && !dots) && b != 0
+                if (b.is_ascii_alphanumeric() || b"-_~".contains(&b) || b == b'.' && !dots)
+                    && b != 0
                 {
                     out.push(b as char);
                 } else {
@@ -395,7 +394,7 @@ mod tests {
         let part = |i: usize| (i == 0).then_some(&orders);
         let claims = vec![("sub".to_string(), "ü&=?".to_string())];
         let path = "/api/u%2042";
-        let params = [5..11];
+        let params = std::iter::once(5..11).collect::<Vec<_>>();
         let ctx = ctx_with(path, &params, Some("x=1&q=a+b%2Fc"), &claims, &part);
         assert_eq!(
             t.expand_to_string(&ctx, Escape::Url).unwrap(),
