@@ -45,6 +45,15 @@ fn composite(upstreams: &[(&str, &Backend)], aggregate: &str, route_extra: &str)
     Gateway::start(&config(2, &ups, &route))
 }
 
+/// GETs `/d/1`, asserts a 200 and returns its JSON and how long it took.
+fn timed_get(gw: &Gateway) -> (Value, Duration) {
+    let t = Instant::now();
+    let resp = get(gw.port, "/d/1");
+    let took = t.elapsed();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    (body(&resp), took)
+}
+
 /// Starts [`composite`], asks `/d/1` and returns the 200 answer's JSON.
 fn composite_answer(upstreams: &[(&str, &Backend)], aggregate: &str) -> Value {
     let gw = composite(upstreams, aggregate, "");
@@ -132,11 +141,8 @@ fn independent_parts_run_concurrently() {
         "",
     );
     let _ = get(gw.port, "/d/warm");
-    let t = Instant::now();
-    let resp = get(gw.port, "/d/1");
-    let took = t.elapsed();
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(body(&resp), json!({"a": {"a": 1}, "b": {"b": 2}}));
+    let (v, took) = timed_get(&gw);
+    assert_eq!(v, json!({"a": {"a": 1}, "b": {"b": 2}}));
     assert!(took >= slow, "took {took:?}");
     assert!(
         took < Duration::from_millis(520),
@@ -184,12 +190,9 @@ fn a_chain_runs_in_order_beside_an_independent_part() {
         ]"#,
         "",
     );
-    let t = Instant::now();
-    let resp = get(gw.port, "/d/1");
-    let took = t.elapsed();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let (v, took) = timed_get(&gw);
     assert_eq!(
-        body(&resp),
+        v,
         json!({"orders": [{"id": "o-1", "customer_id": "c 7"}], "customer": {"name": "grace"}, "products": []})
     );
     let seen = seen.lock().unwrap().clone();
@@ -465,14 +468,20 @@ fn invalid_json_fails_a_required_part() {
     );
 }
 
-#[test]
-fn keep_alive_and_a_discarded_client_body() {
+/// A composite of one part answering `{"n": 1}`.
+fn one_part_gateway() -> (Backend, Gateway) {
     let b = json_backend(json!({"n": 1}), Duration::ZERO);
     let gw = composite(
         &[("b", &b)],
         r#"parts: [Part(name: "b", upstream: "b", path: "/")]"#,
         "",
     );
+    (b, gw)
+}
+
+#[test]
+fn keep_alive_and_a_discarded_client_body() {
+    let (b, gw) = one_part_gateway();
     let mut c = Client::connect(gw.port);
     for _ in 0..3 {
         c.send(&build_request(
@@ -579,4 +588,39 @@ fn bff_listeners_serve_different_routes_with_different_limits() {
     let long = "v".repeat(1000);
     assert_eq!(get_with(gw.port, "/home", &[("X-Big", &long)]).status, 431);
     assert_eq!(get_with(gw.port2, "/home", &[("X-Big", &long)]).status, 200);
+}
+
+#[test]
+fn the_composite_timeout_bounds_optional_parts_and_chains() {
+    let fast = json_backend(json!({"id": "7"}), Duration::from_millis(150));
+    let slow = json_backend(json!({"late": true}), Duration::from_millis(2000));
+    let gw = composite(
+        &[("fast", &fast), ("slow", &slow)],
+        r#"timeout_ms: 400, parts: [
+            Part(name: "first", upstream: "fast", path: "/"),
+            Part(name: "second", upstream: "slow", path: "/s/{first.id}", required: false),
+            Part(name: "side", upstream: "slow", path: "/side", required: false, timeout_ms: 5000),
+        ]"#,
+        "",
+    );
+    let (v, took) = timed_get(&gw);
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+    assert_eq!(v["first"], json!({"id": "7"}));
+    let limit = "timeout: the composite's limit of 400 ms passed";
+    assert_eq!(v["_errors"]["second"], limit);
+    assert_eq!(v["_errors"]["side"], limit);
+    let mut targets: Vec<String> = slow.requests().into_iter().map(|r| r.target).collect();
+    targets.sort();
+    assert_eq!(targets, vec!["/s/7", "/side"]);
+}
+
+#[test]
+fn expect_continue_is_answered_without_reading_the_body() {
+    let (_b, gw) = one_part_gateway();
+    let mut c = Client::connect(gw.port);
+    c.send(b"POST /d/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert_eq!(body(&resp), json!({"b": {"n": 1}}));
 }

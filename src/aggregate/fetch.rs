@@ -47,6 +47,8 @@ pub struct PartRequest<'a> {
     pub host_at: usize,
     /// The request may be sent again on a fresh connection (idempotent, no body).
     pub retryable: bool,
+    /// The method is HEAD (the answer has no body).
+    pub head_method: bool,
     /// Largest response body accepted.
     pub max_bytes: u64,
     /// When the part gives up.
@@ -142,17 +144,19 @@ async fn exchange(
             )
         }
     }
-    let resp = match read_response_head(&mut upc, req.deadline, false).await {
-        Ok(r) => r,
-        Err(ReadHeadError::ClosedEarly) if may_retry => return (Attempt::Stale, bytes),
-        Err(ReadHeadError::ClosedEarly) => {
-            let e = PartError::new("connection closed before a response");
-            return (Attempt::Done(Err(e)), bytes);
-        }
-        Err(ReadHeadError::Timeout) => return (Attempt::Done(Err(req.timed_out())), bytes),
-        Err(ReadHeadError::Invalid(why)) => {
-            return (Attempt::Done(Err(PartError::new(why))), bytes)
-        }
+    let resp = loop {
+        let e = match read_response_head(&mut upc, req.deadline, req.head_method).await {
+            // Interim answers (103 Early Hints, a stray 100) are skipped.
+            Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
+            Ok(r) => break r,
+            Err(ReadHeadError::ClosedEarly) if may_retry => return (Attempt::Stale, bytes),
+            Err(ReadHeadError::ClosedEarly) => {
+                PartError::new("connection closed before a response")
+            }
+            Err(ReadHeadError::Timeout) => req.timed_out(),
+            Err(ReadHeadError::Invalid(why)) => PartError::new(why),
+        };
+        return (Attempt::Done(Err(e)), bytes);
     };
     if !(200..300).contains(&resp.status) {
         // The body is not read: the connection is dropped, not pooled.

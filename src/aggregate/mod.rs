@@ -422,10 +422,16 @@ pub async fn serve(
 ) -> Result<Disposition, GatewayError> {
     let req = inputs.req;
     if !ex.body_consumed {
-        // Parts carry their own bodies; the client's is read and dropped so
-        // the connection stays usable.
-        discard_client_body(client, req, ex.limits).await?;
-        ex.body_consumed = true;
+        if req.expect_continue {
+            // The client waits for 100 Continue before sending a body nobody
+            // needs: answer without it and close the connection instead.
+            ex.keep_alive = false;
+        } else {
+            // Parts carry their own bodies; the client's is read and dropped
+            // so the connection stays usable.
+            discard_client_body(client, req, ex.limits).await?;
+            ex.body_consumed = true;
+        }
     }
     let results = run(shard, cfg, plan, &inputs, ex).await;
     let composite = compose(plan, results)?;
@@ -575,6 +581,7 @@ async fn run_part(
         cursor: &cfg.cursors[part.upstream],
         head_and_body,
         host_at,
+        head_method: part.method == "HEAD",
         retryable: part.body.is_none()
             && matches!(
                 part.method.as_str(),
