@@ -5,7 +5,9 @@
 //!
 //! Stages: check the target and declared body size → route → strip client
 //! identity headers → authenticate → authorize → forward to the upstream
-//! (which streams the response back). Rate limiting slots in before forwarding.
+//! (which streams the response back), or, on a composite route, run its parts
+//! and answer with the composed JSON. Rate limiting slots in before both, so
+//! a composite counts once however many parts it has.
 
 use crate::aggregate;
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
@@ -50,6 +52,7 @@ pub async fn handle(
         claims = identity.claims;
     }
     ex.drop_authorization = !route.keep_authorization;
+    // Everything above runs once per request; a composite fans out from here.
     if let Some(plan) = &route.aggregate {
         let inputs = aggregate::Inputs {
             req,

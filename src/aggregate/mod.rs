@@ -173,6 +173,18 @@ impl AggregatePlan {
             );
         }
         let names: Vec<&str> = a.parts.iter().map(|p| p.name.as_str()).collect();
+        if let Some(p) = a
+            .parts
+            .iter()
+            .find(|p| p.group.as_ref().unwrap_or(&p.name) == &a.errors_field)
+        {
+            problem(
+                None,
+                "errors_field".into(),
+                None,
+                format!("{:?} is also the key of part {:?}", a.errors_field, p.name),
+            );
+        }
         let mut parts = Vec::with_capacity(a.parts.len());
         for (i, p) in a.parts.iter().enumerate() {
             let f = |name: &str| format!("parts[{i}].{name}");
@@ -853,6 +865,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e[0].message.contains("auth"));
+    }
+
+    #[test]
+    fn errors_field_cannot_be_a_part_key() {
+        let e = plan(
+            r#"Part(name: "x", upstream: "a", path: "/x", group: "_errors")"#,
+            "UnderKeys",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "errors_field");
     }
 
     #[test]
