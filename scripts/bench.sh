@@ -4,6 +4,7 @@
 #
 # Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr)
 #         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
+#         SCENARIO=aggregate scripts/bench.sh  (a three-part composite vs one proxied call)
 #
 # Scenarios:
 #   proxy   GET /api/v1/items, plain reverse proxying
@@ -19,6 +20,14 @@
 #           never to refuse: shardgate (Local token bucket) vs nginx limit_req
 #           (nginx-limited) vs an HAProxy stick table (haproxy), each next to
 #           itself without the limit (nginx, shardgate-unlimited, haproxy-unlimited).
+#   aggregate  GET /api/v1/items answered by a composite route of three parts
+#           (three GETs to the upstream nginx, run concurrently, results placed
+#           under keys) vs the same GET proxied once. Targets: direct (one call
+#           to the upstream: the three direct calls cost 3x its upstream CPU),
+#           shardgate (one proxied call), shardgate-agg (the composite).
+#           Key ratio: shardgate-agg/shardgate proxy CPU-µs per request, the
+#           gateway's own work per composite against a single proxied request
+#           (backend CPU is measured separately); target < 3.
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
@@ -32,6 +41,7 @@
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
 #                                     shardgate-unlimited shardgate"
+#                         aggregate: "direct shardgate shardgate-agg"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
 #   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
 #                       per-round A÷B of proxy CPU-µs/req (median), with a verdict
@@ -369,6 +379,24 @@ EOF
     )
 }
 
+scenario_aggregate() {
+    REQ_PATH=/api/v1/items
+    DEFAULT_TARGETS="direct shardgate shardgate-agg"
+    DEFAULT_BASELINE=shardgate
+    DEFAULT_KEY_RATIOS="shardgate-agg/shardgate<3"
+    SCENARIO_NOTES=(
+        "- \`shardgate-agg\`: \`aggregate: Aggregate(parts: [profile GET /users/{id}?n=1, orders GET /orders?user=…, products GET /products])\` on \`path: \"/api/v1/{id}\"\`, all three to the upstream nginx concurrently, results under keys (a ~330-byte JSON answer); \`shardgate\`: the same GET proxied once"
+        "- the upstream CPU column of \`shardgate-agg\` is the cost of the three backend calls; \`direct\` is one call made directly"
+    )
+}
+
+# The composite route of the aggregate scenario (three parts on one upstream).
+SG_AGG_ROUTE='match: Match(path: "/api/v1/{id}"), aggregate: Aggregate(parts: [
+        Part(name: "profile", upstream: "up", path: "/users/{id}", query: { "n": "1" }),
+        Part(name: "orders", upstream: "up", path: "/orders", query: { "user": "{id}" }),
+        Part(name: "products", upstream: "up", path: "/products", target: "data"),
+    ])'
+
 # expect_status TARGET WHAT CODE URL [CURL ARGS...]
 expect_status() {
     local target=$1 what=$2 want=$3 url=$4 got
@@ -561,9 +589,10 @@ start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"
 start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
 start_target_haproxy-unlimited() { start_haproxy "$1" haproxy-unlimited ""; }
 
-# start_shardgate PORT NAME DRIVER ROUTE_AUTH
+# start_shardgate PORT NAME DRIVER ROUTE_AUTH [ROUTE_BODY]
 start_shardgate() {
     local port=$1 name=$2 driver=$3 route_auth=$4 dir="$WORK_DIR/$2"
+    local route_body=${5:-'match: Match(path_prefix: "/"), upstream: "up"'}
     mkdir -p "$dir"
     if [[ ! -x "$SHARDGATE_BIN" ]]; then
         log "skipping $name: $SHARDGATE_BIN not found"
@@ -574,7 +603,7 @@ Gateway(
     shards: Count($WORKERS),
     listeners: [ Listener(name: "bench", bind: "127.0.0.1:$port") ],
     upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256) },
-    routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up"$SG_ROUTE_EXTRA$route_auth) ],
+    routes: [ Route(name: "all", $route_body$SG_ROUTE_EXTRA$route_auth) ],
 $SG_EXTRA
 )
 EOF
@@ -589,6 +618,7 @@ start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring
 # In the ratelimit scenario the route's limit rides in SG_ROUTE_AUTH, so
 # "unlimited" is the same gateway without it (likewise for HAProxy's rules).
 start_target_shardgate-unlimited() { start_shardgate "$1" shardgate-unlimited io_uring ""; }
+start_target_shardgate-agg()    { start_shardgate "$1" shardgate-agg io_uring "" "$SG_AGG_ROUTE"; }
 
 build_shardgate() {
     [[ " $TARGETS " == *" shardgate"* ]] || return 0

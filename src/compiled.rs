@@ -2,6 +2,7 @@
 //! reload from a validated [`config::Gateway`](crate::config::Gateway) and
 //! shared read-only by every shard; the hot path never looks at raw config.
 
+use crate::aggregate::AggregatePlan;
 use crate::auth::AuthPlan;
 use crate::config::{self, AuthPolicy, Authenticator, Balance, Gateway, Shards};
 use crate::router::{Conditions, PathPattern, RouteSpec, Router};
@@ -72,8 +73,8 @@ pub enum PathEdit {
 pub struct RoutePlan {
     /// Name from the config.
     pub name: String,
-    /// Index into [`Compiled::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Compiled::upstreams`]; `None` for a composite route.
+    pub upstream: Option<usize>,
     /// Path edit applied before forwarding.
     pub path_edit: PathEdit,
     /// Authenticators that may establish the caller (indexes into the
@@ -91,6 +92,8 @@ pub struct RoutePlan {
     pub rate_limits: Vec<crate::ratelimit::plan::RouteLimit>,
     /// Send `RateLimit-*` headers on this route's responses.
     pub rate_limit_headers: bool,
+    /// The parts of a composite route (instead of `upstream`).
+    pub aggregate: Option<AggregatePlan>,
 }
 
 /// One listener with its own route table.
@@ -104,6 +107,8 @@ pub struct ListenerPlan {
     pub router: Router,
     /// Router index → index into [`Compiled::routes`].
     pub route_ids: Vec<usize>,
+    /// Client-side limits of this listener (its own or the gateway's).
+    pub limits: Limits,
 }
 
 /// Everything a shard needs to serve.
@@ -135,6 +140,13 @@ pub struct Compiled {
     pub driver: config::DriverChoice,
     /// Rate-limit settings and named limits.
     pub rate_limiting: crate::ratelimit::plan::RateLimitPlan,
+}
+
+impl Compiled {
+    /// The client-side limits of listener `i` (the gateway's for an unknown index).
+    pub fn limits_of(&self, i: usize) -> &Limits {
+        self.listeners.get(i).map_or(&self.limits, |l| &l.limits)
+    }
 }
 
 /// Compilation counter (config load and reload only, never per request).
@@ -172,13 +184,29 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
     let mut routes = Vec::with_capacity(g.routes.len());
     let mut specs = Vec::with_capacity(g.routes.len());
     for r in &g.routes {
-        let upstream = upstreams
-            .iter()
-            .position(|u| u.name == r.upstream)
-            .ok_or_else(|| format!("route {:?}: unknown upstream {:?}", r.name, r.upstream))?;
+        let upstream_index = |name: &str| upstreams.iter().position(|u| u.name == name);
+        let upstream = match &r.upstream {
+            Some(name) => Some(
+                upstream_index(name)
+                    .ok_or_else(|| format!("route {:?}: unknown upstream {name:?}", r.name))?,
+            ),
+            None => None,
+        };
         let params = match &r.matcher.path {
             Some(p) => config::path_template_params(p)?,
             None => Vec::new(),
+        };
+        let aggregate = match &r.aggregate {
+            Some(a) => {
+                let authenticated = matches!(r.auth, AuthPolicy::Required(_));
+                let plan = AggregatePlan::compile(a, &params, &upstream_index, authenticated)
+                    .map_err(|p| {
+                        let first = p.first().map_or(String::new(), |p| p.message.clone());
+                        format!("route {:?}: aggregate: {first}", r.name)
+                    })?;
+                Some(plan)
+            }
+            None => None,
         };
         let path_edit = match (&r.rewrite, &r.strip_prefix) {
             (Some(t), _) => PathEdit::Rewrite(compile_template(t, &params)?),
@@ -218,6 +246,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             rate_limits: crate::ratelimit::plan::route_limits(g, r)
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
             rate_limit_headers: r.rate_limit_headers,
+            aggregate,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {
@@ -259,6 +288,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             addr,
             router: Router::new(&subset),
             route_ids,
+            limits: limits(l.limits_http.as_ref().unwrap_or(&g.limits_http)),
         });
     }
     let h = &g.limits_http;
@@ -271,20 +301,24 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         jwks_refetch: refetch_tx,
         jwks_requests: refetch_rx,
-        limits: Limits {
-            max_header_bytes: h.max_header_bytes,
-            max_headers: h.max_headers,
-            max_body_bytes: h.max_body_bytes,
-            header_read_timeout: ms(h.header_read_timeout_ms),
-            idle_timeout: ms(h.idle_timeout_ms),
-            body_read_timeout: ms(h.body_read_timeout_ms),
-            send_timeout: ms(h.send_timeout_ms),
-        },
+        limits: limits(h),
         shutdown_grace: ms(g.shutdown_grace_ms),
         shards: g.shards.clone(),
         driver: g.driver,
         rate_limiting: crate::ratelimit::plan::compile(g)?,
     })
+}
+
+fn limits(h: &config::HttpLimits) -> Limits {
+    Limits {
+        max_header_bytes: h.max_header_bytes,
+        max_headers: h.max_headers,
+        max_body_bytes: h.max_body_bytes,
+        header_read_timeout: ms(h.header_read_timeout_ms),
+        idle_timeout: ms(h.idle_timeout_ms),
+        body_read_timeout: ms(h.body_read_timeout_ms),
+        send_timeout: ms(h.send_timeout_ms),
+    }
 }
 
 fn compile_template(t: &str, params: &[String]) -> Result<Vec<Piece>, String> {

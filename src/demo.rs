@@ -166,8 +166,8 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
         (Service::Orders(port), ["orders", ..]) => (
             200,
             format!(
-                "{{\"orders\":[{{\"id\":\"o-1001\",\"customer_id\":\"1\",\"total\":42.5,\"status\":\"shipped\"}},\
-                 {{\"id\":\"o-1002\",\"customer_id\":\"1\",\"total\":7.0,\"status\":\"open\"}}],\
+                "{{\"orders\":[{{\"id\":\"o-1001\",\"customer_id\":\"1\",\"product_id\":\"p-2\",\"total\":42.5,\"status\":\"shipped\"}},\
+                 {{\"id\":\"o-1002\",\"customer_id\":\"1\",\"product_id\":\"p-1\",\"total\":7.0,\"status\":\"open\"}}],\
                  \"served_by\":{port},\"seen_by_backend\":{seen}}}"
             ),
         ),
@@ -207,6 +207,7 @@ Try:
   curl -i -H 'X-User-Id: 2' http://127.0.0.1:8080/api/v1/products       # spoofed identity header is stripped
   curl -i -X DELETE -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/users/1  # 405 with Allow
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
+  curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
   kill -HUP <pid>   # reload config/demo.ron;   Ctrl-C or kill -TERM <pid>  # graceful shutdown
 "#

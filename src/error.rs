@@ -38,6 +38,13 @@ pub enum GatewayError {
         /// Pre-rendered header lines.
         headers: String,
     },
+    /// A composite route failed: a required part (named) or the composite
+    /// itself (empty `part`). 504 when it ran out of time, else 502.
+    PartFailed {
+        part: String,
+        reason: String,
+        timeout: bool,
+    },
 }
 
 impl GatewayError {
@@ -57,6 +64,8 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => 502,
             GatewayError::Unavailable(_) => 503,
             GatewayError::GatewayTimeout { .. } => 504,
+            GatewayError::PartFailed { timeout: true, .. } => 504,
+            GatewayError::PartFailed { .. } => 502,
         }
     }
 
@@ -83,6 +92,12 @@ impl GatewayError {
             GatewayError::TooManyRequests { retry_after_s, .. } => {
                 format!("rate limit exceeded; retry in {retry_after_s} s")
             }
+            GatewayError::PartFailed { part, reason, .. } if part.is_empty() => {
+                format!("aggregate failed: {reason}")
+            }
+            GatewayError::PartFailed { part, reason, .. } => {
+                format!("required part {part:?} failed: {reason}")
+            }
         }
     }
 
@@ -92,6 +107,12 @@ impl GatewayError {
         let mut body = String::with_capacity(96);
         body.push_str("{\"error\":");
         json_string(&mut body, &self.message());
+        if let GatewayError::PartFailed { part, .. } = self {
+            if !part.is_empty() {
+                body.push_str(",\"part\":");
+                json_string(&mut body, part);
+            }
+        }
         body.push_str(",\"request_id\":");
         json_string(&mut body, request_id);
         body.push('}');

@@ -10,6 +10,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod aggregate;
 pub mod auth;
 pub mod cli;
 pub mod compiled;

@@ -5,9 +5,12 @@
 //!
 //! Stages: check the target and declared body size → route → strip client
 //! identity headers → authenticate → authorize → rate-limit → forward to the upstream
-//! (which streams the response back), with rate limiting between authorization
-//! and forwarding (keys can use the caller's identity).
+//! (which streams the response back), or, on a composite route, run its parts
+//! and answer with the composed JSON. Rate limiting comes after authorization
+//! (keys can use the caller's identity) and before both, so
+//! a composite counts once however many parts it has.
 
+use crate::aggregate;
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
 use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
@@ -37,6 +40,7 @@ pub async fn handle(
     let route = &cfg.compiled.routes[route_id];
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
+    let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
         let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
             Ok(id) => id,
@@ -46,12 +50,26 @@ pub async fn handle(
         };
         auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
         ex.add_headers = identity.headers;
+        claims = identity.claims;
     }
     if !route.rate_limits.is_empty() {
         let plan = &cfg.compiled.rate_limiting;
-        ex.response_headers = crate::ratelimit::stage::apply(shard, plan, route, req, ex).await?;
+        ex.response_headers =
+            crate::ratelimit::stage::apply(shard, plan, route, req, ex, &claims).await?;
     }
     ex.drop_authorization = !route.keep_authorization;
+    // Everything above runs once per request; a composite fans out from here.
+    if let Some(plan) = &route.aggregate {
+        let inputs = aggregate::Inputs {
+            req,
+            params: &params,
+            claims: &claims,
+        };
+        return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
+    }
+    let upstream = route
+        .upstream
+        .ok_or(GatewayError::Unavailable("route has no upstream"))?;
     let stripped;
     let query = match req.query() {
         Some(q) if !route.strip_query.is_empty() => {
@@ -61,17 +79,8 @@ pub async fn handle(
         q => q,
     };
     let target = upstream_target(&route.path_edit, req.path(), query, &params);
-    let up = &cfg.compiled.upstreams[route.upstream];
-    proxy::forward(
-        shard,
-        up,
-        &cfg.cursors[route.upstream],
-        req,
-        &target,
-        client,
-        ex,
-    )
-    .await
+    let up = &cfg.compiled.upstreams[upstream];
+    proxy::forward(shard, up, &cfg.cursors[upstream], req, &target, client, ex).await
 }
 
 /// Accepts origin-form targets without dot segments (which could escape a prefix route).

@@ -81,11 +81,12 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let _conn_count = Counted::new(&shard.connections);
-    let capacity = (shard.config().compiled.limits.max_header_bytes + 1024).max(16 * 1024);
+    let capacity =
+        (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
     let mut conn = Conn::new(stream, capacity);
     loop {
         let cfg = shard.config();
-        let limits = &cfg.compiled.limits;
+        let limits = cfg.compiled.limits_of(listener);
         let head = match read_head(&shard, &mut conn, limits).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,

@@ -49,7 +49,7 @@ fn rm(path: &std::path::Path) {
 
 #[test]
 fn check_accepts_the_example_config() {
-    for file in ["gateway.ron", "demo.ron"] {
+    for file in ["gateway.ron", "demo.ron", "bff.ron"] {
         let example = format!("{}/config/{file}", env!("CARGO_MANIFEST_DIR"));
         let (status, stdout, stderr) = run_cli(&["check", &example]);
         assert!(

@@ -337,7 +337,7 @@ fn claim_and_consumer_keys_count_each_caller_separately() {
     let key_b = shardgate::auth::hash_api_key("key-of-b");
     let extra = format!(
         "authenticators: {{\n\
-           \"jwt\": Jwt(algorithms: [HS256], key: Secret(\"{SECRET}\"), forward_claims: {{ \"sub\": \"X-User-Id\" }}),\n\
+           \"jwt\": Jwt(algorithms: [HS256], key: Secret(\"{SECRET}\"), forward_claims: {{ \"email\": \"X-Email\" }}),\n\
            \"keys\": ApiKey(header: \"X-Api-Key\", consumers: {{ \"app-a\": \"{key_a}\", \"app-b\": \"{key_b}\" }}),\n\
          }},"
     );
@@ -382,10 +382,10 @@ fn claim_and_consumer_keys_count_each_caller_separately() {
         [200, 200, 429],
         "bob"
     );
-    assert_eq!(
-        backend.requests().last().unwrap().header("x-user-id"),
-        Some("bob")
-    );
+    // The claim keys the limit without being forwarded: the spoofed header
+    // was stripped (identity headers are the authenticators' own) or not
+    // forwarded at all.
+    assert_eq!(backend.requests().last().unwrap().header("x-user-id"), None);
 
     let as_a = [("X-Api-Key", "key-of-a")];
     let as_b = [("X-Api-Key", "key-of-b")];
@@ -853,19 +853,14 @@ fn check_reports_rate_limit_config_errors_with_positions() {
         "\"per-usr\"",
         "unknown rate limit \"per-usr\"",
     );
-    // A claim key on a route whose authenticator does not forward the claim.
+    // A claim key on a public route (no caller, so no claims).
     let text = check_config(
-        "authenticators: { \"jwt\": Jwt(algorithms: [HS256], key: Secret(\"s3cret\"), forward_claims: { \"email\": \"X-Email\" }) },",
+        "",
         "",
         "        \"per-user\": RateLimit(key: Claim(\"sub\"), algorithm: FixedWindow(limit: 5, window_s: 60)),",
-        &route("r", "/", "auth: Required([\"jwt\"]), rate_limits: [\"per-user\"]"),
+        &plain("\"per-user\""),
     );
-    assert_check_error(
-        &text,
-        "routes[0].rate_limits",
-        "\"per-user\"]",
-        "forward_claims",
-    );
+    assert_check_error(&text, "routes[0].rate_limits", "\"per-user\"]", "is public");
     // A consumer key on a route without an ApiKey authenticator.
     let text = check_config(
         "",

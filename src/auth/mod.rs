@@ -24,6 +24,34 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Roles.
     pub roles: Vec<String>,
+    /// The caller's top-level scalar claims as text (name, value), for
+    /// `{claims.NAME}` templates of composite routes. Bounded: at most
+    /// [`MAX_CLAIMS`] claims of at most [`MAX_CLAIM_BYTES`] each.
+    pub claims: Vec<(String, String)>,
+}
+
+/// Most claims kept in an [`Identity`].
+pub const MAX_CLAIMS: usize = 32;
+/// Longest claim value kept in an [`Identity`].
+pub const MAX_CLAIM_BYTES: usize = 1024;
+
+/// The scalar top-level claims of a token or introspection answer.
+fn scalar_claims(claims: &Value) -> Vec<(String, String)> {
+    let Some(map) = claims.as_object() else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            (text.len() <= MAX_CLAIM_BYTES).then(|| (k.clone(), text))
+        })
+        .take(MAX_CLAIMS)
+        .collect()
 }
 
 /// Why a request was not let through.
@@ -612,6 +640,7 @@ fn identity_from(forward: &[(String, String)], roles_claim: &str, claims: &Value
         headers,
         scopes,
         roles: string_list(claims.get(roles_claim), false),
+        claims: scalar_claims(claims),
     }
 }
 
@@ -647,6 +676,7 @@ fn verify_api_key(k: &ApiKeyVerifier, creds: &Credentials<'_>) -> Result<Identit
         headers: vec![(k.forward_as.clone(), name.to_string())],
         scopes: k.scopes.get(name).cloned().unwrap_or_default(),
         roles: Vec::new(),
+        claims: vec![("consumer".to_string(), name.to_string())],
     })
 }
 

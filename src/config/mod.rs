@@ -8,7 +8,7 @@
 mod schema;
 mod validate;
 
-pub use validate::{path_template_params, resolve, template_params};
+pub use validate::{is_token_byte, path_template_params, resolve, template_params};
 
 pub use schema::*;
 

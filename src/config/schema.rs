@@ -331,6 +331,10 @@ pub struct Listener {
     /// Route names served on this listener; `None` serves every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,
+    /// Client limits for this listener instead of the gateway's `limits_http`
+    /// (one listener per client profile, each with its own limits).
+    #[serde(default)]
+    pub limits_http: Option<HttpLimits>,
 }
 
 /// Limits on client requests and client-side timeouts.
@@ -409,8 +413,9 @@ pub struct Route {
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: Match,
-    /// The upstream that serves it.
-    pub upstream: String,
+    /// The upstream that serves it (exactly one of `upstream` and `aggregate`).
+    #[serde(default)]
+    pub upstream: Option<String>,
     /// A leading path prefix removed before forwarding.
     #[serde(default)]
     pub strip_prefix: Option<String>,
@@ -435,6 +440,10 @@ pub struct Route {
     /// Send `RateLimit-Limit`, `-Remaining` and `-Reset` on this route's responses.
     #[serde(default = "default_true")]
     pub rate_limit_headers: bool,
+    /// Answer with one JSON document composed from several upstream calls
+    /// instead of proxying to `upstream` (see [`Aggregate`]).
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
 }
 
 /// Request matching conditions; all given conditions must hold.
@@ -508,4 +517,101 @@ fn default_redis_timeout_ms() -> u64 {
 }
 fn default_redis_retry_ms() -> u64 {
     1_000
+}
+
+/// A composite route: several upstream calls, one JSON answer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// The calls; independent ones run concurrently.
+    pub parts: Vec<Part>,
+    /// How the parts' results are combined.
+    #[serde(default)]
+    pub merge: MergeMode,
+    /// Bound on the whole composite, from the start of the first call.
+    #[serde(default = "default_aggregate_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest response body accepted from one part; larger fails that part.
+    #[serde(default = "default_max_part_bytes")]
+    pub max_part_bytes: u64,
+    /// Largest composite body sent to the client; larger → 502.
+    #[serde(default = "default_max_aggregate_bytes")]
+    pub max_body_bytes: u64,
+    /// Field listing the optional parts that failed and why.
+    #[serde(default = "default_errors_field")]
+    pub errors_field: String,
+}
+
+/// How part results are combined into the answer.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum MergeMode {
+    /// One key per part: `{"profile": {...}, "orders": [...]}`.
+    #[default]
+    UnderKeys,
+    /// Objects deep-merged into one; on a conflict the later part wins.
+    Merge,
+}
+
+/// One upstream call of a composite route.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// Unique within the route; the key of its result and of references to it.
+    pub name: String,
+    /// The upstream called.
+    pub upstream: String,
+    /// Request method.
+    #[serde(default = "default_part_method")]
+    pub method: String,
+    /// Path (and optional query) template, e.g. `/users/{claims.sub}`.
+    pub path: String,
+    /// Query parameters added to the path: name → value template.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers: name → value template.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body template (sent as `application/json`).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Bound on this call; the composite's `timeout_ms` when not given.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// A required part that fails fails the whole request.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Another part that must complete before this one starts.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Dotted paths kept from the result (empty keeps everything).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Dotted paths removed from the result.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Dotted path → new dotted path, applied after allow/deny.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Dotted path of the sub-value of the response that is used.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Key the result is placed under instead of the part's name.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn default_aggregate_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_part_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_aggregate_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_errors_field() -> String {
+    "_errors".into()
+}
+fn default_part_method() -> String {
+    "GET".into()
 }

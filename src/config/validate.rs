@@ -88,7 +88,16 @@ impl Validator<'_> {
     }
 
     fn limits(&mut self, g: &Gateway) {
-        let l = &g.limits_http;
+        self.http_limits(&g.limits_http, 0, "limits_http");
+        for (i, l) in g.listeners.iter().enumerate() {
+            if let Some(limits) = &l.limits_http {
+                let anchor = anchor_of(self.text, "name", &l.name);
+                self.http_limits(limits, anchor, &format!("listeners[{i}].limits_http"));
+            }
+        }
+    }
+
+    fn http_limits(&mut self, l: &super::HttpLimits, anchor: usize, prefix: &str) {
         let checks: [(&str, bool); 7] = [
             ("max_header_bytes", l.max_header_bytes >= 64),
             ("max_headers", (1..=256).contains(&l.max_headers)),
@@ -100,13 +109,13 @@ impl Validator<'_> {
         ];
         for (name, ok) in checks {
             if !ok {
-                let at = position_of_field(self.text, 0, name);
+                let at = position_of_field(self.text, anchor, name);
                 let rule = match name {
                     "max_header_bytes" => "must be at least 64",
                     "max_headers" => "must be between 1 and 256",
                     _ => "must be at least 1",
                 };
-                self.push(at, format!("limits_http.{name}"), rule.into());
+                self.push(at, format!("{prefix}.{name}"), rule.into());
             }
         }
     }
@@ -157,14 +166,26 @@ impl Validator<'_> {
                     format!("duplicate route name {:?}", r.name),
                 );
             }
-            if !g.upstreams.contains_key(&r.upstream) {
+            let upstream = match (&r.upstream, &r.aggregate) {
+                (Some(u), None) => Some(u),
+                (None, Some(_)) => None,
+                _ => {
+                    self.push(
+                        line_col(self.text, anchor),
+                        field("upstream"),
+                        "give exactly one of `upstream` or `aggregate`".into(),
+                    );
+                    None
+                }
+            };
+            if let Some(up) = upstream.filter(|u| !g.upstreams.contains_key(*u)) {
                 let known: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
                 self.push(
-                    position_after_field_value(self.text, anchor, "upstream", &r.upstream),
+                    position_after_field_value(self.text, anchor, "upstream", up),
                     field("upstream"),
                     format!(
                         "unknown upstream {:?} (known: {})",
-                        r.upstream,
+                        up,
                         if known.is_empty() {
                             "none".to_string()
                         } else {
@@ -174,6 +195,9 @@ impl Validator<'_> {
                 );
             }
             let params = self.route_match(&r.matcher, anchor, &field);
+            if let Some(a) = &r.aggregate {
+                self.aggregate(g, i, r, a, anchor, &params);
+            }
             if let Some(prefix) = &r.strip_prefix {
                 let pattern = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref());
                 let ok = prefix.starts_with('/')
@@ -326,6 +350,37 @@ impl Validator<'_> {
                     self.push(at, field, e);
                 }
             }
+        }
+    }
+
+    /// Checks a composite route (parts, references, cycles, limits).
+    fn aggregate(
+        &mut self,
+        g: &Gateway,
+        i: usize,
+        r: &super::Route,
+        a: &super::Aggregate,
+        anchor: usize,
+        params: &[String],
+    ) {
+        let names: Vec<&String> = g.upstreams.keys().collect();
+        let index = |n: &str| names.iter().position(|k| *k == n);
+        let authenticated = matches!(r.auth, super::AuthPolicy::Required(_));
+        let plan = crate::aggregate::AggregatePlan::compile(a, params, &index, authenticated);
+        for p in plan.err().unwrap_or_default() {
+            let part_anchor = p
+                .part
+                .and_then(|j| a.parts.get(j))
+                .and_then(|part| find_field_value(self.text, anchor, "name", &part.name))
+                .unwrap_or(anchor);
+            let at = match &p.near {
+                Some(v) => position_after(self.text, part_anchor, &format!("{v:?}")),
+                None => {
+                    let last = p.field.rsplit('.').next().unwrap_or(&p.field);
+                    position_of_field(self.text, part_anchor, last)
+                }
+            };
+            self.push(at, format!("routes[{i}].aggregate.{}", p.field), p.message);
         }
     }
 

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Largest upstream response head accepted.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read buffer per upstream connection.
 const UPSTREAM_BUF: usize = 16 * 1024;
 
@@ -200,9 +200,30 @@ fn client_head(
 }
 
 /// Marks a request in flight to a target for least-outstanding balancing.
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     shard: &'a Shard,
     addr: SocketAddr,
+}
+
+impl<'a> InFlight<'a> {
+    /// Picks a target of `up` with this shard's cursor and counts a request to it.
+    pub(crate) fn pick(
+        shard: &'a Shard,
+        up: &UpstreamPlan,
+        cursor: &std::cell::Cell<usize>,
+    ) -> Option<InFlight<'a>> {
+        let mut c = cursor.get();
+        let picked = shard.pools.borrow().pick(up, &mut c);
+        cursor.set(c);
+        let addr = picked?;
+        shard.pools.borrow_mut().begin(addr);
+        Some(InFlight { shard, addr })
+    }
+
+    /// The target picked.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -226,7 +247,16 @@ fn bad_gateway(up: &UpstreamPlan, reason: impl Into<String>) -> GatewayError {
 }
 
 async fn connect(up: &UpstreamPlan, addr: SocketAddr) -> Result<Conn, GatewayError> {
-    match monoio::time::timeout(up.connect_timeout, TcpStream::connect_addr(addr)).await {
+    connect_within(up, addr, up.connect_timeout).await
+}
+
+/// Opens a connection to `addr` of `up`, giving up after `wait`.
+pub(crate) async fn connect_within(
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<Conn, GatewayError> {
+    match monoio::time::timeout(wait, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(Conn::new(stream, UPSTREAM_BUF))
@@ -246,14 +276,9 @@ pub async fn forward(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    let addr = {
-        let mut c = cursor.get();
-        let picked = shard.pools.borrow().pick(up, &mut c);
-        cursor.set(c);
-        picked.ok_or(GatewayError::Unavailable("upstream has no targets"))?
-    };
-    shard.pools.borrow_mut().begin(addr);
-    let _in_flight = InFlight { shard, addr };
+    let in_flight = InFlight::pick(shard, up, cursor)
+        .ok_or(GatewayError::Unavailable("upstream has no targets"))?;
+    let addr = in_flight.addr();
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
     for attempt in 0..2 {
@@ -440,13 +465,18 @@ async fn exchange(
     }
 }
 
-enum ReadHeadError {
+/// Why an upstream response head could not be read.
+pub(crate) enum ReadHeadError {
+    /// The connection closed before any byte of a response.
     ClosedEarly,
+    /// The deadline passed.
     Timeout,
+    /// The head is malformed or too large.
     Invalid(&'static str),
 }
 
-async fn read_response_head(
+/// Reads a response head from `upc` before `deadline`.
+pub(crate) async fn read_response_head(
     upc: &mut Conn,
     deadline: Instant,
     head_request: bool,

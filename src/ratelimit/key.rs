@@ -79,6 +79,8 @@ pub enum KeyPart {
     ClientIp,
     /// An identity claim forwarded by authentication (by its header name).
     Identity(String),
+    /// A claim of the verified caller (`consumer` for API keys).
+    Claim(String),
     /// A request header's value.
     Header(String),
     /// The route's name.
@@ -93,6 +95,8 @@ pub struct KeyFacts<'a> {
     pub route: &'a str,
     /// Looks up an identity value by its header name.
     pub identity: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// Looks up a verified claim by name.
+    pub claim: &'a dyn Fn(&str) -> Option<&'a str>,
     /// Looks up a request header by lower-case name.
     pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
 }
@@ -109,6 +113,7 @@ pub fn build_key(parts: &[KeyPart], facts: &KeyFacts<'_>, out: &mut String) {
         let value: Option<std::borrow::Cow<'_, str>> = match part {
             KeyPart::ClientIp => None,
             KeyPart::Identity(h) => (facts.identity)(h).map(Into::into),
+            KeyPart::Claim(c) => (facts.claim)(c).map(Into::into),
             KeyPart::Header(h) => (facts.header)(h).map(String::from_utf8_lossy),
             KeyPart::Route => Some(facts.route.into()),
         };
@@ -168,15 +173,19 @@ mod tests {
     fn keys_fall_back_to_the_client_address_and_do_not_collide() {
         let identity = |h: &str| (h == "X-User-Id").then_some("u1");
         let header = |h: &str| (h == "x-tenant").then_some(&b"acme"[..]);
+        let claim = |c: &str| (c == "sub").then_some("alice");
         let facts = KeyFacts {
             client: ip("192.0.2.1"),
             route: "users",
             identity: &identity,
+            claim: &claim,
             header: &header,
         };
         let mut k = String::new();
         build_key(&[KeyPart::Identity("X-User-Id".into())], &facts, &mut k);
         assert_eq!(k, "0=u1");
+        build_key(&[KeyPart::Claim("sub".into())], &facts, &mut k);
+        assert_eq!(k, "0=alice");
         build_key(&[KeyPart::Identity("X-Missing".into())], &facts, &mut k);
         assert_eq!(k, "0@192.0.2.1");
         build_key(

@@ -1,6 +1,6 @@
 //! The compiled form of the rate-limit config: each named limit's algorithm
 //! and policy, and for each route the limits it applies with their key parts
-//! resolved (a `Claim` becomes the header its authenticator forwards it in).
+//! resolved.
 
 use super::algorithm::Algorithm;
 use super::key::{Cidr, KeyPart};
@@ -195,31 +195,25 @@ fn flatten_key(
         LimitKey::Route => out.push(KeyPart::Route),
         LimitKey::Header(h) => out.push(KeyPart::Header(h.to_ascii_lowercase())),
         LimitKey::Claim(c) => {
-            let header = authenticators().into_iter().find_map(|a| match a {
-                Authenticator::Jwt(j) => j.forward_claims.get(c).cloned(),
-                Authenticator::Introspection(i) => i.forward_claims.get(c).cloned(),
-                Authenticator::ApiKey(_) => None,
-            });
-            let header = header.ok_or_else(|| {
-                format!(
-                    "the key uses claim {c:?}, but no authenticator of route {:?} forwards it (add it to forward_claims)",
+            if authenticators().is_empty() {
+                return Err(format!(
+                    "the key uses claim {c:?}, but route {:?} is public (no caller, no claims)",
                     route.name
-                )
-            })?;
-            out.push(KeyPart::Identity(header));
+                ));
+            }
+            out.push(KeyPart::Claim(c.clone()));
         }
         LimitKey::Consumer => {
-            let header = authenticators().into_iter().find_map(|a| match a {
-                Authenticator::ApiKey(k) => Some(k.forward_as.clone()),
-                _ => None,
-            });
-            let header = header.ok_or_else(|| {
-                format!(
+            let has_api_keys = authenticators()
+                .into_iter()
+                .any(|a| matches!(a, Authenticator::ApiKey(_)));
+            if !has_api_keys {
+                return Err(format!(
                     "the key uses the API-key consumer, but route {:?} has no ApiKey authenticator",
                     route.name
-                )
-            })?;
-            out.push(KeyPart::Identity(header));
+                ));
+            }
+            out.push(KeyPart::Claim("consumer".into()));
         }
         LimitKey::Combined(keys) => {
             for k in keys {

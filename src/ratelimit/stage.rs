@@ -27,8 +27,9 @@ pub async fn apply(
     route: &RoutePlan,
     req: &RequestHead,
     ex: &Exchange<'_>,
+    claims: &[(String, String)],
 ) -> Result<String, GatewayError> {
-    let checks = checks(plan, route, req, ex);
+    let checks = checks(plan, route, req, ex, claims);
     let deadline = Instant::now() + plan.max_quota_wait;
     let mut decisions = Vec::with_capacity(checks.len());
     let mut skip = 0u64;
@@ -134,6 +135,7 @@ fn checks(
     route: &RoutePlan,
     req: &RequestHead,
     ex: &Exchange<'_>,
+    claims: &[(String, String)],
 ) -> Vec<Check> {
     let client = client_ip(ex.client_ip, req.header("x-forwarded-for"), &plan.trusted);
     let identity = |name: &str| {
@@ -142,11 +144,18 @@ fn checks(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
+    let claim = |name: &str| {
+        claims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     let header = |name: &str| req.header(name);
     let facts = KeyFacts {
         client,
         route: &route.name,
         identity: &identity,
+        claim: &claim,
         header: &header,
     };
     let mut key = String::with_capacity(64);
