@@ -206,6 +206,8 @@ Try:
   curl -i -H "Authorization: Bearer $ADMIN" http://127.0.0.1:8080/api/v1/admin    # 200
   curl -i -H 'X-User-Id: 2' http://127.0.0.1:8080/api/v1/products       # spoofed identity header is stripped
   curl -i -X DELETE -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/users/1  # 405 with Allow
+  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/users/1; done; echo
+                                                                          # per-user limit: 5 x 200, then 429 (+1 per 2 s)
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
