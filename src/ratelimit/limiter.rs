@@ -563,7 +563,7 @@ mod tests {
             for step in 0..200_000u64 {
                 let now = 1_000 * MS + step * 10_000;
                 for (i, l) in ls.iter_mut().enumerate() {
-                    if (step + i as u64 * 125) % 500 == 0 {
+                    if (step + i as u64 * 125).is_multiple_of(500) {
                         l.tick(&p, now);
                     }
                 }
