@@ -5,9 +5,8 @@ use criterion::BatchSize;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use shardgate::ratelimit::algorithm::{admit_all, Algorithm};
 use shardgate::ratelimit::limiter::{Check, Gossip, Limiter, Outcome};
-use shardgate::ratelimit::plan::{LimitPlan, PolicyPlan, RateLimitPlan};
+use shardgate::ratelimit::plan::RateLimitPlan;
 use shardgate::ratelimit::table::{key_hash, Entry, KeyTable};
-use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let s = 1_000_000_000u64;
@@ -86,19 +85,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn plan(alg: Algorithm, units: u64) -> RateLimitPlan {
-    RateLimitPlan {
-        limits: vec![LimitPlan {
-            name: "per-ip".into(),
-            algorithm: alg,
-            units,
-            policy: PolicyPlan::Local,
-        }],
-        trusted: Vec::new(),
-        gossip_interval: Duration::from_millis(5),
-        max_quota_wait: Duration::from_millis(30),
-        max_keys: 1_000_000,
-        idle_ns: 600 * 1_000_000_000,
-    }
+    RateLimitPlan::single_local("per-ip", alg, units)
 }
 
 fn limiters(n: usize) -> Vec<Limiter> {

@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A gateway with `shards` shards, the given `rate_limits` map body and
@@ -23,34 +21,6 @@ fn limited(
         backend.addr()
     );
     Gateway::start(&text)
-}
-
-/// Hammers `path` from `conns` keep-alive connections for `dur`; returns
-/// (admitted, refused).
-fn hammer(port: u16, path: &str, conns: usize, dur: Duration) -> (usize, usize) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + dur;
-    let threads: Vec<_> = (0..conns)
-        .map(|_| {
-            let (ok, refused, path) = (ok.clone(), refused.clone(), path.to_string());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(port);
-                while Instant::now() < deadline {
-                    let r = c.get(&path);
-                    match r.status {
-                        200 => ok.fetch_add(1, Ordering::Relaxed),
-                        429 => refused.fetch_add(1, Ordering::Relaxed),
-                        s => panic!("unexpected status {s}: {}", r.text()),
-                    };
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
 }
 
 #[test]
@@ -643,7 +613,7 @@ fn leaky_bucket_with_max_wait_delays_excess_requests_up_to_the_bound() {
 
     // A simultaneous burst: some wait, the excess beyond the bound is refused.
     let n = 8;
-    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
     let threads: Vec<_> = (0..n)
         .map(|_| {
             let barrier = barrier.clone();

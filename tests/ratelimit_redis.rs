@@ -7,8 +7,6 @@ mod common;
 
 use common::redis::RedisServer;
 use common::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A gateway with `shards` shards and one route `r` under `/` limited by
@@ -67,34 +65,6 @@ fn until_status(
     }
 }
 
-/// Hammers `port` from `conns` keep-alive connections for `dur`; returns
-/// (admitted, refused).
-fn hammer(port: u16, conns: usize, dur: Duration) -> (usize, usize) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + dur;
-    let threads: Vec<_> = (0..conns)
-        .map(|_| {
-            let (ok, refused) = (ok.clone(), refused.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(port);
-                while Instant::now() < deadline {
-                    let r = c.get("/");
-                    match r.status {
-                        200 => ok.fetch_add(1, Ordering::Relaxed),
-                        429 => refused.fetch_add(1, Ordering::Relaxed),
-                        s => panic!("unexpected status {s}: {}", r.text()),
-                    };
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
-}
-
 #[test]
 fn two_gateways_share_one_limit_within_the_documented_bound() {
     let redis = RedisServer::start();
@@ -105,7 +75,7 @@ fn two_gateways_share_one_limit_within_the_documented_bound() {
     let b = gateway(&backend, shards, &redis.url(), limit, &policy);
     let both: Vec<_> = [a.port, b.port]
         .into_iter()
-        .map(|port| std::thread::spawn(move || hammer(port, 4, Duration::from_millis(1500))))
+        .map(|port| std::thread::spawn(move || hammer(port, "/", 4, Duration::from_millis(1500))))
         .collect();
     let results: Vec<(usize, usize)> = both.into_iter().map(|t| t.join().unwrap()).collect();
     let admitted: usize = results.iter().map(|r| r.0).sum();

@@ -473,19 +473,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn plan(alg: Algorithm, units: u64) -> RateLimitPlan {
-        RateLimitPlan {
-            limits: vec![LimitPlan {
-                name: "l".into(),
-                algorithm: alg,
-                units,
-                policy: PolicyPlan::Local,
-            }],
-            trusted: Vec::new(),
-            gossip_interval: Duration::from_millis(5),
-            max_quota_wait: Duration::from_millis(30),
-            max_keys: 1000,
-            idle_ns: 600_000 * MS,
-        }
+        RateLimitPlan::single_local("l", alg, units)
     }
 
     fn shards(n: usize, p: &RateLimitPlan) -> Vec<Limiter> {

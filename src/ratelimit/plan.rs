@@ -71,6 +71,27 @@ pub struct RateLimitPlan {
     pub idle_ns: u64,
 }
 
+impl RateLimitPlan {
+    /// One `Local` limit named `name` with the default settings (for
+    /// driving a limiter directly, as tests and benchmarks do).
+    pub fn single_local(name: &str, algorithm: Algorithm, units: u64) -> RateLimitPlan {
+        let defaults = crate::config::RateLimiting::default();
+        RateLimitPlan {
+            limits: vec![LimitPlan {
+                name: name.into(),
+                algorithm,
+                units,
+                policy: PolicyPlan::Local,
+            }],
+            trusted: Vec::new(),
+            gossip_interval: Duration::from_millis(defaults.gossip_interval_ms),
+            max_quota_wait: Duration::from_millis(defaults.max_quota_wait_ms),
+            max_keys: defaults.max_keys_per_shard,
+            idle_ns: defaults.idle_key_s * NS_PER_S,
+        }
+    }
+}
+
 /// The algorithm of a config entry.
 pub fn algorithm(a: &LimitAlgorithm) -> Algorithm {
     match *a {

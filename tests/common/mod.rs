@@ -1323,3 +1323,34 @@ pub fn hs256_token(claims: &serde_json::Value, secret: &str) -> String {
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     jsonwebtoken::encode(&header, claims, &key).expect("sign a test token")
 }
+
+/// Hammers `path` from `conns` keep-alive connections for `dur`, counting
+/// 200s and 429s (anything else panics); returns (admitted, refused).
+pub fn hammer(port: u16, path: &str, conns: usize, dur: Duration) -> (usize, usize) {
+    let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + dur;
+    let threads: Vec<_> = (0..conns)
+        .map(|_| {
+            let (ok, refused, path) = (ok.clone(), refused.clone(), path.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                while Instant::now() < deadline {
+                    let r = c.get(&path);
+                    match r.status {
+                        200 => ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        429 => refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        s => panic!("unexpected status {s}: {}", r.text()),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (
+        ok.load(std::sync::atomic::Ordering::Relaxed),
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
