@@ -61,9 +61,12 @@ impl Entry {
     }
 }
 
-/// Approximate memory per key: the map slot (hash, entry, control byte)
-/// with the load factor's slack. A sliding log adds 8 bytes per logged request.
-pub const BYTES_PER_KEY_ESTIMATE: usize = 160;
+/// Memory per key of the cap: a 120-byte slot (key hash and entry) plus a
+/// control byte, in a table sized once for the cap (power-of-two buckets at
+/// 7/8 load: about 160 bytes per key of cap); the process's resident memory
+/// grew by 292–316 bytes per key of cap when filled (scripts/ratelimit-keys.sh,
+/// bench/RESULTS.md). A sliding log adds 8 bytes per logged request.
+pub const BYTES_PER_KEY_ESTIMATE: usize = 320;
 
 /// The hash of `key` under limit `limit` (by name, so it survives reloads).
 pub fn key_hash(limit: &str, key: &str) -> u64 {
@@ -133,8 +136,18 @@ impl KeyTable {
 
     /// The entry of `key`, created with `make` (after making room) if absent.
     pub fn entry(&mut self, key: u64, now: u64, make: impl FnOnce() -> Entry) -> &mut Entry {
-        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
-            self.make_room(now);
+        if !self.map.contains_key(&key) {
+            if self.map.len() >= self.capacity {
+                self.make_room(now);
+            }
+            if self.map.capacity() == 0 {
+                // Size the table once for the cap: no growth (and no old and
+                // new table side by side) as keys arrive, and untouched slots
+                // cost address space, not memory. Later, slots freed by
+                // eviction are reclaimed by rehashing in place (the table is
+                // at most half full after an eviction), never by growing.
+                self.map.reserve(self.capacity);
+            }
         }
         self.map.entry(key).or_insert_with(make)
     }
