@@ -263,7 +263,9 @@ fn sliding_window_weights_the_previous_window() {
             g.retry_after_ns > 0 && g.retry_after_ns < 1000 * MS,
             "{g:?}"
         );
-        assert!(g.reset_ns <= 750 * MS, "{g:?}");
+        // The previous window stops weighing 750 ms from now (give or take
+        // the time the calls took).
+        assert!(g.reset_ns <= 800 * MS, "{g:?}");
     });
 }
 
