@@ -347,7 +347,17 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
 /// what they gave, and wakes requests waiting for quota, every interval.
 async fn gossip_loop(shard: Rc<Shard>) {
     loop {
-        let interval = shard.config().compiled.rate_limiting.gossip_interval;
+        // Without `Local` limits there is no quota to trade: tick only for sweeps.
+        let plan = &shard.config().compiled.rate_limiting;
+        let local = plan
+            .limits
+            .iter()
+            .any(|l| matches!(l.policy, crate::ratelimit::plan::PolicyPlan::Local));
+        let interval = if local {
+            plan.gossip_interval
+        } else {
+            Duration::from_millis(100)
+        };
         monoio::time::sleep(interval).await;
         if shard.shutdown.is_fired() {
             return;
