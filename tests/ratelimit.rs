@@ -905,3 +905,32 @@ fn check_reports_rate_limit_config_errors_with_positions() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "valid config rejected: {stdout} {stderr}");
 }
+
+#[test]
+fn a_composite_route_counts_once_however_many_parts_it_has() {
+    let backend = Backend::start(|r| Response::ok(format!("{{\"path\": {:?}}}", r.target)));
+    let gw = limited_with(
+        &backend,
+        1,
+        "",
+        "",
+        "\"per-ip\": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 2, window_s: 86400)),",
+        "Route(name: \"dash\", match: Match(path: \"/dash\"), rate_limits: [\"per-ip\"],
+               aggregate: Aggregate(parts: [
+                   Part(name: \"a\", upstream: \"app\", path: \"/a\"),
+                   Part(name: \"b\", upstream: \"app\", path: \"/b\"),
+                   Part(name: \"c\", upstream: \"app\", path: \"/c\"),
+               ])),",
+    );
+    let mut c = Client::connect(gw.port);
+    for remaining in [1, 0] {
+        let r = c.get("/dash");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(num(&r, "ratelimit-remaining"), remaining);
+        assert!(r.text().contains("\"/b\""), "{}", r.text());
+    }
+    let r = c.get("/dash");
+    assert_json_error(&r, 429);
+    // Two composites admitted, three parts each; the refused one fanned out to nothing.
+    assert_eq!(backend.count(), 6);
+}

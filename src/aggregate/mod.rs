@@ -448,7 +448,7 @@ pub async fn serve(
     let results = run(shard, cfg, plan, &inputs, ex).await;
     let composite = compose(plan, results)?;
     let keep_alive = ex.keep_alive && !shard.shutdown.is_fired();
-    let bytes = response(&composite, req, ex.request_id, keep_alive);
+    let bytes = response(&composite, req, ex, keep_alive);
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
     Ok(if r.is_ok() && keep_alive {
@@ -752,7 +752,8 @@ pub fn compose(
 }
 
 /// The complete HTTP response for a composite.
-fn response(c: &Composite, req: &RequestHead, request_id: &str, keep_alive: bool) -> Vec<u8> {
+fn response(c: &Composite, req: &RequestHead, ex: &Exchange<'_>, keep_alive: bool) -> Vec<u8> {
+    let request_id = ex.request_id;
     let mut head = String::with_capacity(192);
     let _ = write!(
         head,
@@ -762,6 +763,8 @@ fn response(c: &Composite, req: &RequestHead, request_id: &str, keep_alive: bool
     if !c.partial.is_empty() {
         let _ = write!(head, "{PARTIAL_HEADER}: {}\r\n", c.partial.join(","));
     }
+    // The route's rate-limit state, like a proxied response.
+    head.push_str(&ex.response_headers);
     if !keep_alive {
         head.push_str("connection: close\r\n");
     } else if req.version == 0 {
