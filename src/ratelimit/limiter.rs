@@ -343,7 +343,7 @@ impl Limiter {
     }
 
     /// Records a Redis answer for check `c`.
-    pub fn deposit(&mut self, lp: &LimitPlan, c: &Check, grant: &Grant, now: u64) {
+    pub fn deposit(&mut self, c: &Check, grant: &Grant, now: u64) {
         let e = self.table.entry(c.key, now, || {
             Entry::new(State::Window { start: 0, count: 0 }, 0, now)
         });
@@ -363,7 +363,6 @@ impl Limiter {
             // Nothing left in Redis: refuse locally until it could fit again.
             let wait = grant.retry_after_ns.clamp(1_000_000, 1_000_000_000);
             e.dry_until = now + wait;
-            let _ = lp;
         }
     }
 
