@@ -666,10 +666,12 @@ fn leaky_bucket_with_max_wait_delays_excess_requests_up_to_the_bound() {
 #[test]
 fn a_burst_on_one_connection_gets_the_whole_limit_from_four_shards() {
     let backend = Backend::echo("b");
+    // A generous wait for lent quota (the default is 30 ms): 4 shards share
+    // the test machine's 2 cores with other tests, so gossip ticks can be late.
     let gw = limited(
         &backend,
         4,
-        "",
+        "max_quota_wait_ms: 1000",
         &format!(
             "\"bucket\": RateLimit(key: Route, algorithm: TokenBucket(capacity: 20, refill_per_s: 0.001)),\n\
              \"window\": RateLimit(key: Route, algorithm: FixedWindow(limit: 20, {DAY})),"
