@@ -40,7 +40,9 @@
 #                         proxy: "direct nginx haproxy shardgate shardgate-epoll"
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
-#                                     shardgate-unlimited shardgate"
+#                                     shardgate-unlimited shardgate"; also available:
+#                                     shardgate-redis1 / shardgate-redis100 (the limit in a
+#                                     redis-server started by the script, lease 1 / 100)
 #                         aggregate: "direct shardgate shardgate-agg"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
 #   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
@@ -614,6 +616,40 @@ EOF
 
 start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }
 start_target_shardgate-epoll()  { start_shardgate "$1" shardgate-epoll epoll "$SG_ROUTE_AUTH"; }
+# The ratelimit scenario's Redis-policy targets (opt-in through TARGETS): the
+# same limit kept in a redis-server started here on the load CPUs; its CPU is
+# counted with the gateway's. redis1 asks Redis on every request (lease 1),
+# redis100 takes 100 units per call.
+start_redis_once() {
+    [[ -n "${REDIS_PID:-}" ]] && return 0
+    command -v redis-server >/dev/null || { log "redis-server not found"; return 1; }
+    REDIS_PORT="$(free_ports 1)"
+    start_bg "$WORK_DIR/redis.log" "$LOAD_CPUS" redis-server --port "$REDIS_PORT" \
+        --bind 127.0.0.1 --save "" --appendonly no
+    REDIS_PID=$LAST_PID
+    local i
+    for ((i = 0; i < 50; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "redis-server did not start"
+    return 1
+}
+
+# start_shardgate_redis PORT NAME LEASE
+start_shardgate_redis() {
+    local port=$1 name=$2 lease=$3 saved=$SG_EXTRA rc=0
+    start_redis_once || return 1
+    SG_EXTRA="    rate_limits: { \"per-ip\": RateLimit(key: ClientIp, algorithm: TokenBucket(capacity: 100000000, refill_per_s: 100000000), policy: Redis(url: \"redis://127.0.0.1:$REDIS_PORT\", lease: $lease)) },"
+    start_shardgate "$port" "$name" io_uring "$SG_ROUTE_AUTH" || rc=1
+    SG_EXTRA=$saved
+    TARGET_PIDS="$TARGET_PIDS $REDIS_PID"
+    return $rc
+}
+
+start_target_shardgate-redis1()   { start_shardgate_redis "$1" shardgate-redis1 1; }
+start_target_shardgate-redis100() { start_shardgate_redis "$1" shardgate-redis100 100; }
+
 start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring ""; }
 # In the ratelimit scenario the route's limit rides in SG_ROUTE_AUTH, so
 # "unlimited" is the same gateway without it (likewise for HAProxy's rules).

@@ -13,11 +13,62 @@ use std::time::{Duration, Instant};
 /// `"shared"`: a day-long fixed window of `limit` requests for the whole
 /// route, kept in Redis at `url`.
 fn gateway(backend: &Backend, shards: usize, url: &str, limit: usize, policy: &str) -> Gateway {
+    let algorithm = format!("FixedWindow(limit: {limit}, window_s: 86400)");
+    gateway_with(backend, shards, url, &algorithm, policy)
+}
+
+/// The same with any algorithm (RON text).
+fn gateway_with(
+    backend: &Backend,
+    shards: usize,
+    url: &str,
+    algorithm: &str,
+    policy: &str,
+) -> Gateway {
     let text = format!(
-        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{}\"]) }},\n    rate_limits: {{\n        \"shared\": RateLimit(key: Route, algorithm: FixedWindow(limit: {limit}, window_s: 86400),\n            policy: Redis(url: \"{url}\", {policy})),\n    }},\n    routes: [ Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"app\", rate_limits: [\"shared\"]) ],\n)\n",
+        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{}\"]) }},\n    rate_limits: {{\n        \"shared\": RateLimit(key: Route, algorithm: {algorithm},\n            policy: Redis(url: \"{url}\", {policy})),\n    }},\n    routes: [ Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"app\", rate_limits: [\"shared\"]) ],\n)\n",
         backend.addr()
     );
     Gateway::start(&text)
+}
+
+#[test]
+fn every_algorithm_limits_through_redis_with_leases() {
+    let redis = RedisServer::start();
+    let backend = Backend::echo("b");
+    for algorithm in [
+        "TokenBucket(capacity: 5, refill_per_s: 0.001)",
+        "LeakyBucket(capacity: 5, drain_per_s: 0.001)",
+        "FixedWindow(limit: 5, window_s: 86400)",
+        "SlidingWindow(limit: 5, window_s: 86400)",
+        "SlidingLog(limit: 5, window_s: 86400)",
+    ] {
+        let gw = gateway_with(
+            &backend,
+            1,
+            &redis.url(),
+            algorithm,
+            "lease: 2, timeout_ms: 500",
+        );
+        let mut c = Client::connect(gw.port);
+        let statuses: Vec<u16> = (0..6).map(|_| c.get("/").status).collect();
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429], "{algorithm}");
+        // (Each algorithm keeps its own Redis keys, so they do not mix.)
+    }
+    // A bucket that is full again within microseconds (a fresh one: on a new
+    // server): a lease is still spendable (it does not end when the bucket
+    // would be full).
+    let fresh = RedisServer::start();
+    let gw = gateway_with(
+        &backend,
+        1,
+        &fresh.url(),
+        "TokenBucket(capacity: 1000000, refill_per_s: 1000000)",
+        "lease: 1, timeout_ms: 500",
+    );
+    let mut c = Client::connect(gw.port);
+    let statuses: Vec<u16> = (0..20).map(|_| c.get("/").status).collect();
+    assert_eq!(statuses, [200; 20]);
 }
 
 /// One GET on `c`, with how long it took.

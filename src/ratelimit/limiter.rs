@@ -34,7 +34,7 @@
 //! Instances never overshoot the limit together; up to
 //! `instances × shards × (lease − 1)` units can go unused at a window's end.
 
-use super::algorithm::{Decision, State};
+use super::algorithm::{Algorithm, Decision, State};
 use super::plan::{LimitPlan, PolicyPlan, RateLimitPlan};
 use super::redis::{Grant, RedisClient};
 use super::table::{Entry, KeyTable};
@@ -342,8 +342,8 @@ impl Limiter {
         (d, true)
     }
 
-    /// Records a Redis answer for check `c`.
-    pub fn deposit(&mut self, c: &Check, grant: &Grant, now: u64) {
+    /// Records a Redis answer for check `c` of limit `lp`.
+    pub fn deposit(&mut self, lp: &LimitPlan, c: &Check, grant: &Grant, now: u64) {
         let e = self.table.entry(c.key, now, || {
             Entry::new(State::Window { start: 0, count: 0 }, 0, now)
         });
@@ -352,12 +352,7 @@ impl Limiter {
         e.remote_remaining = grant.remaining;
         e.remote_reset_at = now.saturating_add(grant.reset_ns);
         if grant.granted > 0 {
-            let ttl = if grant.reset_ns > 0 {
-                grant.reset_ns.min(1_000_000_000)
-            } else {
-                1_000_000_000
-            };
-            e.lease_until = now + ttl;
+            e.lease_until = now + lease_ttl(&lp.algorithm, grant);
             e.dry_until = 0;
         } else {
             // Nothing left in Redis: refuse locally until it could fit again.
@@ -452,6 +447,17 @@ impl Limiter {
             let wait = alg.decide(&e.state, now, 1).retry_after_ns;
             e.dry_until = now + wait.clamp(1_000_000, 1_000_000_000);
         }
+    }
+}
+
+/// How long leased units may be spent: a fixed window's units belong to its
+/// window, so they end with it (`reset_ns`, the time to the window's end);
+/// other algorithms' units are spent within one second.
+fn lease_ttl(alg: &Algorithm, grant: &Grant) -> u64 {
+    const SECOND: u64 = 1_000_000_000;
+    match alg {
+        Algorithm::FixedWindow { .. } if grant.reset_ns > 0 => grant.reset_ns.min(SECOND),
+        _ => SECOND,
     }
 }
 

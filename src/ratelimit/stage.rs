@@ -125,7 +125,7 @@ async fn lease(
     let grant = client
         .acquire(&check.text, &lp.algorithm, *lease, 1)
         .await?;
-    shard.limiter.borrow_mut().deposit(check, &grant, now);
+    shard.limiter.borrow_mut().deposit(lp, check, &grant, now);
     Ok(())
 }
 
