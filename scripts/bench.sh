@@ -773,7 +773,7 @@ printf 'round\ttarget\trequests\tduration_us\tp50_us\tp90_us\tp99_us\terrors\tpr
 declare -A FAILS=()
 for ((round = 1; round <= ROUNDS; round++)); do
     for t in "${ACTIVE[@]}"; do
-        if [[ -n "${PIDS_OF[$t]}" ]] && ! kill -0 "${PIDS_OF[$t]}" 2>/dev/null; then
+        if [[ -n "${PIDS_OF[$t]}" ]] && ! kill -0 "${PIDS_OF[$t]%% *}" 2>/dev/null; then
             [[ -n "${FAILS[$t]:-}" ]] || log "round $round $t: process has exited; no more runs"
             FAILS[$t]=dead
             continue
