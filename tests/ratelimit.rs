@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// A gateway with `shards` shards, the given `rate_limits` map body and
-/// `rate_limiting` settings, and routes (RON text) to `app`.
+/// A gateway with `shards` shards, the given `rate_limiting` settings,
+/// `rate_limits` map body and routes (RON text) to `app`.
 fn limited(
     backend: &Backend,
     shards: usize,
@@ -16,11 +16,22 @@ fn limited(
     limits: &str,
     routes: &str,
 ) -> Gateway {
-    let text = format!(
-        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{}\"]) }},\n    rate_limiting: RateLimiting({settings}),\n    rate_limits: {{ {limits} }},\n    routes: [ {routes} ],\n)\n",
-        backend.addr()
-    );
-    Gateway::start(&text)
+    limited_with(backend, shards, "", settings, limits, routes)
+}
+
+/// The same with extra top-level fields (e.g. authenticators).
+fn limited_with(
+    backend: &Backend,
+    shards: usize,
+    extra: &str,
+    settings: &str,
+    limits: &str,
+    routes: &str,
+) -> Gateway {
+    let addr = backend.addr();
+    Gateway::start(&rate_limited_config(
+        &addr, shards, extra, settings, limits, routes,
+    ))
 }
 
 #[test]
@@ -45,27 +56,6 @@ fn four_shards_hold_a_host_wide_limit_from_sixteen_connections() {
         );
         assert!(refused > 0);
     }
-}
-
-// ---------------------------------------------------------------------------
-// Helpers for the tests below
-// ---------------------------------------------------------------------------
-
-/// Like [`limited`], with extra top-level config sections (e.g.
-/// `authenticators: {...},`) inserted before `rate_limiting`.
-fn limited_with(
-    backend: &Backend,
-    shards: usize,
-    extra: &str,
-    settings: &str,
-    limits: &str,
-    routes: &str,
-) -> Gateway {
-    let text = format!(
-        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{}\"]) }},\n    {extra}\n    rate_limiting: RateLimiting({settings}),\n    rate_limits: {{ {limits} }},\n    routes: [ {routes} ],\n)\n",
-        backend.addr()
-    );
-    Gateway::start(&text)
 }
 
 /// A route `name` matching `prefix` with the given extra fields.

@@ -25,11 +25,12 @@ fn gateway_with(
     algorithm: &str,
     policy: &str,
 ) -> Gateway {
-    let text = format!(
-        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{}\"]) }},\n    rate_limits: {{\n        \"shared\": RateLimit(key: Route, algorithm: {algorithm},\n            policy: Redis(url: \"{url}\", {policy})),\n    }},\n    routes: [ Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"app\", rate_limits: [\"shared\"]) ],\n)\n",
-        backend.addr()
+    let limits = format!(
+        "\"shared\": RateLimit(key: Route, algorithm: {algorithm}, policy: Redis(url: \"{url}\", {policy})),"
     );
-    Gateway::start(&text)
+    let routes = "Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"app\", rate_limits: [\"shared\"])";
+    let addr = backend.addr();
+    Gateway::start(&rate_limited_config(&addr, shards, "", "", &limits, routes))
 }
 
 #[test]

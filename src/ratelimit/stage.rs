@@ -30,7 +30,8 @@ pub async fn apply(
     claims: &[(String, String)],
 ) -> Result<String, GatewayError> {
     let checks = checks(plan, route, req, ex, claims);
-    let deadline = Instant::now() + plan.max_quota_wait;
+    // Set when a request first has to wait for quota (most never do).
+    let mut deadline: Option<Instant> = None;
     let mut decisions = Vec::with_capacity(checks.len());
     let mut skip = 0u64;
     let mut leases = 0;
@@ -88,23 +89,32 @@ pub async fn apply(
                     "the rate-limit store gave no answer",
                 ))
             }
-            Outcome::Refused { wait: Some(tick) } if Instant::now() < deadline => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let _ = monoio::time::timeout(left, tick.wait()).await;
-            }
-            Outcome::Refused { .. } => {
-                let retry_ns = decisions
-                    .iter()
-                    .filter(|d| !d.allowed)
-                    .map(|d| d.retry_after_ns)
-                    .max()
-                    .unwrap_or(NS);
-                return Err(GatewayError::TooManyRequests {
-                    retry_after_s: retry_ns.div_ceil(NS).max(1),
-                    headers: headers(route, &decisions),
-                });
+            Outcome::Refused { wait } => {
+                let until = *deadline.get_or_insert_with(|| Instant::now() + plan.max_quota_wait);
+                let left = until.saturating_duration_since(Instant::now());
+                match wait {
+                    Some(tick) if !left.is_zero() => {
+                        let _ = monoio::time::timeout(left, tick.wait()).await;
+                    }
+                    _ => return Err(too_many(route, &decisions)),
+                }
             }
         }
+    }
+}
+
+/// The 429 for a refused request: `Retry-After` of the limit that frees up
+/// last, and the rate-limit headers.
+fn too_many(route: &RoutePlan, decisions: &[Decision]) -> GatewayError {
+    let retry_ns = decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .map(|d| d.retry_after_ns)
+        .max()
+        .unwrap_or(NS);
+    GatewayError::TooManyRequests {
+        retry_after_s: retry_ns.div_ceil(NS).max(1),
+        headers: headers(route, decisions),
     }
 }
 

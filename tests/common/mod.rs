@@ -1354,3 +1354,19 @@ pub fn hammer(port: u16, path: &str, conns: usize, dur: Duration) -> (usize, usi
         refused.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
+
+/// A config with `shards` shards, one upstream `app` at `app_addr`, the
+/// standard limits, and the given extra top-level fields, `RateLimiting(...)`
+/// settings, `rate_limits` map body and routes list body (RON text).
+pub fn rate_limited_config(
+    app_addr: &str,
+    shards: usize,
+    extra: &str,
+    settings: &str,
+    limits: &str,
+    routes: &str,
+) -> String {
+    format!(
+        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{app_addr}\"]) }},\n    {extra}\n    rate_limiting: RateLimiting({settings}),\n    rate_limits: {{ {limits} }},\n    routes: [ {routes} ],\n)\n"
+    )
+}
