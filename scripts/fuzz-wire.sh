@@ -7,7 +7,7 @@
 #   scripts/fuzz-wire.sh SECONDS            # release binary (default)
 #   FUZZ_WIRE_PROFILE=debug scripts/fuzz-wire.sh 30
 #   FUZZ_WIRE_SEED=0x1234 scripts/fuzz-wire.sh 60   # repeat a run's inputs
-#   FUZZ_WIRE_WORKERS=8                     # concurrent connections (default 6)
+#   FUZZ_WIRE_WORKERS=128                   # concurrent connections (default 64)
 #   FUZZ_WIRE_REPLAY=0xSEED[,0xSEED] scripts/fuzz-wire.sh   # replay connections
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,7 +21,7 @@
 //! - `FUZZ_WIRE_SEED`: the generator seed (printed). Default: a fixed seed
 //!   when `FUZZ_WIRE_SECONDS` is unset (a plain `cargo test`), else one from
 //!   the clock.
-//! - `FUZZ_WIRE_WORKERS` (default 6): concurrent connections.
+//! - `FUZZ_WIRE_WORKERS` (default 64): concurrent connections.
 //! - `FUZZ_WIRE_REPLAY=SEED[,SEED...]`: run only these connection seeds (as
 //!   printed with a failing input), one after the other, and print each
 //!   exchange.
@@ -81,7 +81,11 @@ fn config_text(app: &str, parts: &str) -> String {
     format!(
         r#"Gateway(
     shards: Count({SHARDS}),
-    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    listeners: [
+        Listener(name: "main", bind: "127.0.0.1:$PORT"),
+        Listener(name: "raw", bind: "127.0.0.1:$PORT2", merge_slashes: false, encoded_slash: Decode),
+        Listener(name: "keep", bind: "127.0.0.1:$PORT3", encoded_slash: Keep),
+    ],
     limits_http: HttpLimits(max_header_bytes: {MAX_HEADER_BYTES}, max_headers: {MAX_HEADERS},
         max_body_bytes: {MAX_BODY}, header_read_timeout_ms: {HEADER_READ_MS}, idle_timeout_ms: {IDLE_MS},
         body_read_timeout_ms: {BODY_READ_MS}, send_timeout_ms: {SEND_MS}),
@@ -841,6 +845,23 @@ fn request(rng: &mut Rng, tokens: &Tokens) -> GenRequest {
     }
 
     // Assorted fields.
+    if !wild {
+        // Clean requests mostly carry working credentials.
+        if rng.chance(50) {
+            let t = if rng.chance(70) {
+                &tokens.valid
+            } else {
+                &tokens.admin
+            };
+            lines.push(header_line(
+                b"Authorization",
+                format!("Bearer {t}").as_bytes(),
+            ));
+        }
+        if rng.chance(30) {
+            lines.push(header_line(b"X-Api-Key", API_KEY.as_bytes()));
+        }
+    }
     let extra = rng.range(0, 6);
     for _ in 0..extra {
         let mut pick = rng.below(34);
@@ -1166,6 +1187,9 @@ struct Script {
     requests: Vec<GenRequest>,
     send: SendMode,
     end: EndMode,
+    /// Which listener: 0 `main` (defaults), 1 `raw` (no slash merging,
+    /// encoded slashes decoded), 2 `keep` (encoded slashes kept).
+    listener: usize,
 }
 
 impl Script {
@@ -1243,14 +1267,19 @@ fn script(seed: u64, tokens: &Tokens) -> Script {
         5..=10 => SendMode::OneByOne,
         _ => SendMode::AllAtOnce,
     };
-    let end = match rng.below(20) {
-        0..=2 => EndMode::WaitClose,
-        3 => EndMode::HalfClose,
-        4 | 5 => EndMode::Abrupt {
+    let end = match rng.below(40) {
+        0..=3 => EndMode::WaitClose,
+        4 | 5 => EndMode::HalfClose,
+        6..=10 => EndMode::Abrupt {
             reset: rng.chance(50),
             cut: rng.chance(50),
         },
         _ => EndMode::CloseAfterAnswers,
+    };
+    let listener = match rng.below(10) {
+        0..=5 => 0,
+        6 | 7 => 1,
+        _ => 2,
     };
     Script {
         seed,
@@ -1258,6 +1287,7 @@ fn script(seed: u64, tokens: &Tokens) -> Script {
         requests,
         send,
         end,
+        listener,
     }
 }
 
@@ -1718,7 +1748,8 @@ fn run_script(port: u16, sc: &Script) -> Outcome {
 struct GatewayProc {
     child: Mutex<Child>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    port: u16,
+    /// The listeners' ports: main, raw, keep.
+    ports: [u16; 3],
     pid: u32,
     dir: std::path::PathBuf,
 }
@@ -1726,11 +1757,21 @@ struct GatewayProc {
 impl GatewayProc {
     fn start(bin: &str, config: &str) -> GatewayProc {
         for _ in 0..4 {
-            let port = common::free_port();
+            let mut ports = [0u16; 3];
+            for i in 0..3 {
+                let mut p = common::free_port();
+                while ports[..i].contains(&p) {
+                    p = common::free_port();
+                }
+                ports[i] = p;
+            }
             let dir = common::temp_dir();
             let path = dir.join("wire-fuzz.ron");
-            std::fs::write(&path, config.replace("$PORT", &port.to_string()))
-                .expect("write config");
+            let text = config
+                .replace("$PORT3", &ports[2].to_string())
+                .replace("$PORT2", &ports[1].to_string())
+                .replace("$PORT", &ports[0].to_string());
+            std::fs::write(&path, text).expect("write config");
             let mut child = Command::new(bin)
                 .arg("--config")
                 .arg(&path)
@@ -1763,7 +1804,7 @@ impl GatewayProc {
             let g = GatewayProc {
                 child: Mutex::new(child),
                 stderr,
-                port,
+                ports,
                 pid,
                 dir,
             };
@@ -1810,7 +1851,9 @@ impl GatewayProc {
         lines
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.contains("panicked"))
+            .filter(|(_, l)| {
+                l.contains("panicked") || l.contains("panic while serving") || l.contains(" died: ")
+            })
             .map(|(i, l)| match lines.get(i + 1) {
                 Some(next) if !is_frame(next) => format!("{l}\n    {next}"),
                 _ => l.to_string(),
@@ -1999,7 +2042,7 @@ fn main() {
     // inputs fixed; with one, each run draws a new seed unless given.
     let given = env_u64("FUZZ_WIRE_SECONDS");
     let seconds = given.unwrap_or(3);
-    let workers = env_u64("FUZZ_WIRE_WORKERS").unwrap_or(6).max(1) as usize;
+    let workers = env_u64("FUZZ_WIRE_WORKERS").unwrap_or(64).max(1) as usize;
     let seed = env_u64("FUZZ_WIRE_SEED").unwrap_or_else(|| {
         if given.is_none() {
             return 0x5eed_5a4d_6a7e_0f0f;
@@ -2013,7 +2056,8 @@ fn main() {
     );
 
     let gw = Arc::new(GatewayProc::start(&bin, &config));
-    let port = gw.port;
+    let ports = gw.ports;
+    let port = ports[0];
     // Warm up (pools, caches) before the baseline fd count.
     for _ in 0..3 {
         if let Err(e) = health_probe(port) {
@@ -2037,6 +2081,7 @@ fn main() {
     let health = {
         let (gw, shared) = (gw.clone(), shared.clone());
         thread::spawn(move || {
+            let mut probes_sent = 0usize;
             while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
                 let t = Instant::now();
                 if let Some(status) = gw.exited() {
@@ -2048,7 +2093,10 @@ fn main() {
                     shared.fail(format!("the gateway panicked:\n  {}", panics.join("\n  ")));
                     break;
                 }
-                if let Err(e) = health_probe(gw.port) {
+                // Each probe on the next listener in turn.
+                let probe_port = gw.ports[probes_sent % gw.ports.len()];
+                probes_sent += 1;
+                if let Err(e) = health_probe(probe_port) {
                     if let Some(status) = gw.exited() {
                         shared.fail(format!("the gateway process exited: {status}"));
                     } else {
@@ -2076,7 +2124,7 @@ fn main() {
                     let sc = script(cseed, &tokens);
                     let input = describe(&sc);
                     shared.remember(input.clone());
-                    let o = run_script(port, &sc);
+                    let o = run_script(ports[sc.listener], &sc);
                     if let Some(f) = &o.failure {
                         shared.fail(format!("{f}\n  input: {input}\n  outcome: {}", o.log));
                     }
@@ -2163,7 +2211,7 @@ fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
         .unwrap_or_else(|e| panic!("bad seed {s:?}: {e}"));
         let sc = script(seed, tokens);
         println!("{}", describe(&sc));
-        let o = run_script(gw.port, &sc);
+        let o = run_script(gw.ports[sc.listener], &sc);
         println!("  outcome: {}", o.log);
         if let Some(f) = &o.failure {
             println!("  FAILURE: {f}");
@@ -2175,7 +2223,7 @@ fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
             failed = true;
             break;
         }
-        if let Err(e) = health_probe(gw.port) {
+        if let Err(e) = health_probe(gw.ports[0]) {
             println!("  health request failed after it: {e}");
             failed = true;
         }
