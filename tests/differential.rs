@@ -893,6 +893,21 @@ fn corpus() -> Vec<Case> {
         )
         .target("/admin"),
     );
+    // RFC 9112 §3.2: 400 for any HTTP/1.1 request without Host, whatever
+    // the target's form.
+    c.push(case(
+        "absolute-form without host in http/1.1",
+        req("GET http://example.com/x HTTP/1.1", &[], ""),
+        Refuse,
+    ));
+    c.push(
+        case(
+            "absolute-form without host in http/1.0",
+            req("GET http://example.com/x HTTP/1.0", &[], ""),
+            Either,
+        )
+        .target("/x"),
+    );
     c.push(case(
         "absolute-form with two host lines",
         req(
@@ -1266,11 +1281,6 @@ fn strict_rfc_corpus() -> Vec<Case> {
             Either,
         ));
     }
-    c.push(case(
-        "absolute-form without host in http/1.1",
-        req("GET http://example.com/x HTTP/1.1", &[], ""),
-        Either,
-    ));
     c.push(case(
         "absolute-form authority with a bad port",
         req(

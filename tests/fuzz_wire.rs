@@ -1957,6 +1957,7 @@ struct Stats {
     connections: u64,
     statuses: BTreeMap<String, u64>,
     notes: Vec<String>,
+    note_count: u64,
 }
 
 struct Shared {
@@ -1994,7 +1995,8 @@ impl Shared {
                 .or_default() += 1;
         }
         if let Some(n) = &o.note {
-            if st.notes.len() < 5 {
+            st.note_count += 1;
+            if st.notes.len() < 3 {
                 st.notes.push(n.clone());
             }
         }
@@ -2180,8 +2182,16 @@ fn main() {
         failures.len()
     );
     println!("fuzz_wire: statuses: {}", statuses.join(", "));
-    for n in &st.notes {
-        println!("fuzz_wire: note: {n}");
+    if st.note_count > 0 {
+        println!(
+            "fuzz_wire: {} connection(s) with a response stream that could not be followed after a \
+             HEAD request (a response to HEAD carrying a body, or a head the gateway could not parse); \
+             first ones:",
+            st.note_count
+        );
+        for n in &st.notes {
+            println!("  {n}");
+        }
     }
     if !failures.is_empty() {
         println!("\nfuzz_wire: FAILED (seed {seed:#x})");
