@@ -215,7 +215,10 @@ async fn read_body(
                     if (body.len() + r.len()) as u64 > req.max_bytes {
                         return Err(too_large());
                     }
-                    body.extend_from_slice(&upc.buffered()[r]);
+                    let data = upc.buffered().get(r);
+                    body.extend_from_slice(
+                        data.ok_or_else(|| PartError::new("malformed chunked response body"))?,
+                    );
                 }
                 upc.consume(step.consumed);
                 if dec.is_done() {
