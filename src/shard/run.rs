@@ -112,9 +112,7 @@ pub fn plan_cores(shards: &Shards) -> Result<Vec<Option<usize>>, String> {
         if available.is_empty() {
             return vec![None; n];
         }
-        (0..n)
-            .map(|i| Some(available[i % available.len()]))
-            .collect()
+        available.iter().cycle().take(n).map(|&c| Some(c)).collect()
     };
     match shards {
         Shards::Auto => Ok(pick(available.len().max(1))),
@@ -218,7 +216,11 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let mut drivers = vec![Driver::Epoll; cores.len()];
     for _ in 0..cores.len() {
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((id, Ok(d))) => drivers[id] = d,
+            Ok((id, Ok(d))) => {
+                if let Some(slot) = drivers.get_mut(id) {
+                    *slot = d;
+                }
+            }
             Ok((id, Err(e))) => return Err(format!("shard {id}: {e}")),
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
