@@ -481,7 +481,7 @@ async fn discard_client_body(
         .map_err(|e| match e {
             CopyError::TooLarge => GatewayError::PayloadTooLarge,
             CopyError::ReadTimeout | CopyError::SourceClosed => GatewayError::RequestTimeout,
-            CopyError::BadChunk(_) | CopyError::Write(_) => {
+            CopyError::BadChunk(_) | CopyError::Write(_) | CopyError::Interrupted => {
                 GatewayError::BadRequest("malformed request body")
             }
         })

@@ -27,6 +27,8 @@ pub enum CopyError {
     TooLarge,
     /// The destination failed or stalled.
     Write(IoFail),
+    /// The destination answered before the body was all sent.
+    Interrupted,
 }
 
 /// Timeouts and size limit for one copy.
