@@ -24,8 +24,9 @@
 #
 # Pass criteria (exit 1 with the reason otherwise):
 #   1. Every request gets 200, except 502/503s and connection errors whose
-#      time span meets a backend's restart window (from its kill to
-#      SOAK_GRACE_MS after it is listening again); those are counted and shown.
+#      time span meets the restart window (from its kill to SOAK_GRACE_MS
+#      after it listens again) of a backend that the request's route calls;
+#      those are counted and shown, per restart in restarts.csv.
 #   2. RSS at the end <= RSS at the reference point + SOAK_RSS_PCT%. The
 #      reference is the sample after the first minute, or for runs shorter
 #      than 3 minutes the sample at a third of the run.
@@ -205,6 +206,7 @@ reloader() {
         sleep_until "$next"
         if (( n % 2 == 0 )); then cp "$DIR/soak-b.ron" "$DIR/soak.ron.tmp"; else cp "$DIR/soak-a.ron" "$DIR/soak.ron.tmp"; fi
         mv "$DIR/soak.ron.tmp" "$DIR/soak.ron"
+        echo "$(now_ms) reload" >>"$DIR/reloads.log"
         kill -HUP "$GW_PID" 2>/dev/null || return 0
         n=$(( n + 1 ))
         echo "$n" >"$DIR/reloads.count"
@@ -316,7 +318,8 @@ latency p99 (from schedule): ${p99_ms} ms
 RSS:               $ref_rss kB $ref_what (t=${ref_t} s) -> $end_rss kB at the end (t=${end_t} s)
 open fds:          at most $base_fds up to the reference point -> $end_fds at the end (max $max_fds)
 reloads:           $reloads sent, $applied applied; backend restarts: $restarts
-samples:           $DIR/samples.csv; per-second outcomes: $DIR/per-second.csv
+files:             $DIR/ samples.csv (RSS, fds, threads), per-second.csv (outcomes),
+                   restarts.csv (failures per restart), failures.csv (other failures), gateway.log
 EOF
 
 if (( ${#problems[@]} > 0 )); then

@@ -9,13 +9,19 @@
 //!   and the delay is counted in the latency (measured from the schedule).
 //!
 //! Every outcome (each status, each kind of connection error) is counted per
-//! second into `--out DIR/per-second.csv`, failures are listed in
-//! `DIR/failures.csv`, and `DIR/summary.env` holds the totals for the script.
+//! second into `--out DIR/per-second.csv`, the slowest answer of each second
+//! into `DIR/slowest.csv`, and `DIR/summary.env` holds the totals for the
+//! script.
+//!
 //! With `--events FILE` (lines `EPOCH_MS kill|up NAME`, written by the script
-//! as it restarts backends), a failure whose time span meets a window from a
-//! kill to `--grace-ms` after that backend is up again is tagged with the
-//! backend; such a failure passes if it is a 502/503 or a connection error.
-//! The exit status is 1 when any other failure happened.
+//! as it restarts backends, the kill logged before it happens), each backend
+//! restart has a window from its kill to `--grace-ms` after it is up again.
+//! A failure is tagged with a restart when it is a 502/503 or a connection
+//! error, its time span meets the window, and its route calls that backend;
+//! such failures are tolerated, counted per restart in `DIR/restarts.csv`.
+//! Any other failure is listed in `DIR/failures.csv` and makes the exit
+//! status 1. Failures are placed as they happen against the restarts logged
+//! so far (the file is polled); those not placed are checked again at the end.
 
 use shardgate_soak::{hs256_token, now_ms, watchdog, Args};
 use std::collections::BTreeMap;
@@ -23,6 +29,7 @@ use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: soak-load --addr HOST:PORT --secs S [--rate R (0 = closed loop)] \
@@ -30,10 +37,13 @@ const USAGE: &str = "usage: soak-load --addr HOST:PORT --secs S [--rate R (0 = c
                      [--grace-ms MS] [--timeout-ms MS] [--parent PID]";
 
 const ROUTES: [&str; 3] = ["composite", "user", "plain"];
+/// The backends each route calls (scripts/soak/soak.ron).
+const ROUTE_BACKENDS: [&[&str]; 3] = [&["users", "orders", "products"], &["users"], &["products"]];
 /// Distinct `sub` claims (one token each), so the per-user limit sees many keys.
 const USERS: usize = 16;
-/// At most this many failures are kept one by one (all are counted).
-const MAX_LISTED: usize = 100_000;
+/// At most this many failures not placed in a restart window are kept one
+/// by one; any beyond are counted as failures outside the windows.
+const MAX_PENDING: usize = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 enum Outcome {
@@ -157,22 +167,33 @@ impl Histogram {
 struct Stats {
     /// (second of the run in which the request was sent, outcome) → count.
     per_second: BTreeMap<(u64, Outcome), u64>,
-    failures: Vec<Failure>,
+    /// (index of the restart window, outcome) → tolerated failures.
+    in_window: BTreeMap<(usize, Outcome), u64>,
+    /// Failures not (yet) placed in a restart window.
+    pending: Vec<Failure>,
+    /// Failures beyond `MAX_PENDING` (per worker share).
+    unplaced: u64,
     latency: Histogram,
     service: Histogram,
     max_lag: Duration,
     partial: u64,
+    /// Second of the run → the slowest answer (from schedule) among the
+    /// requests scheduled in it, in µs.
+    slowest: BTreeMap<u64, u64>,
 }
 
 impl Stats {
     fn new() -> Self {
         Stats {
             per_second: BTreeMap::new(),
-            failures: Vec::new(),
+            in_window: BTreeMap::new(),
+            pending: Vec::new(),
+            unplaced: 0,
             latency: Histogram::new(),
             service: Histogram::new(),
             max_lag: Duration::ZERO,
             partial: 0,
+            slowest: BTreeMap::new(),
         }
     }
 }
@@ -184,6 +205,7 @@ struct Config {
     rate: f64,
     timeout: Duration,
     tokens: Vec<String>,
+    restarts: Restarts,
 }
 
 /// One keep-alive connection and its read buffer.
@@ -221,14 +243,26 @@ fn main() {
     let tokens = (1..=USERS)
         .map(|u| hs256_token(&secret, &issuer, &u.to_string()))
         .collect();
-    let cfg = std::sync::Arc::new(Config {
+    let cfg = Arc::new(Config {
         addr,
         conns,
         secs,
         rate,
         timeout: Duration::from_millis(timeout_ms),
         tokens,
+        restarts: Restarts {
+            file: events,
+            grace_ms,
+            windows: Mutex::new(Arc::new(Vec::new())),
+        },
     });
+    {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || loop {
+            cfg.restarts.reload();
+            std::thread::sleep(Duration::from_millis(20));
+        });
+    }
 
     let start = Instant::now() + Duration::from_millis(100);
     let start_ms = now_ms() + 100;
@@ -245,11 +279,19 @@ fn main() {
                 for (k, v) in s.per_second {
                     *stats.per_second.entry(k).or_default() += v;
                 }
-                stats.failures.extend(s.failures);
+                for (k, v) in s.in_window {
+                    *stats.in_window.entry(k).or_default() += v;
+                }
+                stats.pending.extend(s.pending);
+                stats.unplaced += s.unplaced;
                 stats.latency.merge(&s.latency);
                 stats.service.merge(&s.service);
                 stats.max_lag = stats.max_lag.max(s.max_lag);
                 stats.partial += s.partial;
+                for (k, v) in s.slowest {
+                    let e = stats.slowest.entry(k).or_default();
+                    *e = (*e).max(v);
+                }
             }
             Err(_) => {
                 eprintln!("soak-load: a worker thread panicked");
@@ -262,10 +304,24 @@ fn main() {
     } else {
         start.elapsed().as_secs_f64().min(secs)
     };
-    let windows = events
-        .map(|f| read_windows(&f, grace_ms))
-        .unwrap_or_default();
-    let ok = report(&cfg, &stats, &windows, elapsed, start_ms, out.as_deref());
+    // The final restart log places what was logged after the last poll.
+    let windows = cfg.restarts.reload();
+    let mut outside = Vec::new();
+    for f in std::mem::take(&mut stats.pending) {
+        match place(&windows, &f) {
+            Some(w) => *stats.in_window.entry((w, f.outcome)).or_default() += 1,
+            None => outside.push(f),
+        }
+    }
+    let ok = report(
+        &cfg,
+        &stats,
+        &windows,
+        &outside,
+        elapsed,
+        start_ms,
+        out.as_deref(),
+    );
     std::process::exit(if ok { 0 } else { 1 });
 }
 
@@ -330,14 +386,23 @@ fn worker(cfg: &Config, i: usize, start: Instant) -> Stats {
         stats.latency.record(done - scheduled);
         stats.service.record(done - sent);
         let second = scheduled.saturating_duration_since(start).as_secs();
+        let slowest = stats.slowest.entry(second).or_default();
+        *slowest = (*slowest).max((done - scheduled).as_micros() as u64);
         *stats.per_second.entry((second, outcome)).or_default() += 1;
-        if !outcome.ok() && stats.failures.len() < MAX_LISTED {
-            stats.failures.push(Failure {
+        if !outcome.ok() {
+            let f = Failure {
                 start_ms: sent_ms,
                 end_ms: now_ms(),
                 route,
                 outcome,
-            });
+            };
+            if let Some(w) = place(&cfg.restarts.current(), &f) {
+                *stats.in_window.entry((w, outcome)).or_default() += 1;
+            } else if stats.pending.len() < MAX_PENDING / cfg.conns {
+                stats.pending.push(f);
+            } else {
+                stats.unplaced += 1;
+            }
         }
         next += interval;
         seq += cfg.conns;
@@ -504,51 +569,84 @@ fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Resu
 /// A backend's restart window: from its kill to `grace` after it is up.
 struct Window {
     name: String,
-    from_ms: u64,
+    kill_ms: u64,
+    /// When it listened again; `None` while it is down.
+    up_ms: Option<u64>,
     to_ms: u64,
 }
 
-fn read_windows(file: &std::path::Path, grace_ms: u64) -> Vec<Window> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let mut open: BTreeMap<String, u64> = BTreeMap::new();
-    let mut windows = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(t), Some(what), Some(name)) = (f.next(), f.next(), f.next()) else {
-            continue;
+/// The restart log as read so far.
+struct Restarts {
+    file: Option<PathBuf>,
+    grace_ms: u64,
+    windows: Mutex<Arc<Vec<Window>>>,
+}
+
+impl Restarts {
+    /// The windows as last read.
+    fn current(&self) -> Arc<Vec<Window>> {
+        self.windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the log again; windows keep their index (one per kill, in order).
+    fn reload(&self) -> Arc<Vec<Window>> {
+        let Some(file) = &self.file else {
+            return self.current();
         };
-        let Ok(t) = t.parse::<u64>() else { continue };
-        match what {
-            "kill" => {
-                open.insert(name.to_string(), t);
-            }
-            "up" => {
-                if let Some(from) = open.remove(name) {
-                    windows.push(Window {
-                        name: name.to_string(),
-                        from_ms: from,
-                        to_ms: t + grace_ms,
-                    });
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut windows: Vec<Window> = Vec::new();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(t), Some(what), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(t) = t.parse::<u64>() else { continue };
+            match what {
+                "kill" => windows.push(Window {
+                    name: name.to_string(),
+                    kill_ms: t,
+                    up_ms: None,
+                    to_ms: u64::MAX,
+                }),
+                "up" => {
+                    if let Some(w) = windows
+                        .iter_mut()
+                        .rev()
+                        .find(|w| w.name == name && w.up_ms.is_none())
+                    {
+                        w.up_ms = Some(t);
+                        w.to_ms = t + self.grace_ms;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        let windows = Arc::new(windows);
+        *self.windows.lock().unwrap_or_else(PoisonError::into_inner) = windows.clone();
+        windows
     }
-    // A backend killed and never seen up again: its window never closes.
-    for (name, from) in open {
-        windows.push(Window {
-            name,
-            from_ms: from,
-            to_ms: u64::MAX,
-        });
+}
+
+/// The restart window that explains `f`, if any: a tolerated kind of
+/// failure, a time span meeting the window, a route calling that backend.
+fn place(windows: &[Window], f: &Failure) -> Option<usize> {
+    if !f.outcome.restart_tolerated() {
+        return None;
     }
-    windows
+    let backends = ROUTE_BACKENDS.get(f.route)?;
+    windows.iter().position(|w| {
+        f.start_ms <= w.to_ms && f.end_ms >= w.kill_ms && backends.contains(&w.name.as_str())
+    })
 }
 
 fn report(
     cfg: &Config,
     stats: &Stats,
     windows: &[Window],
+    outside: &[Failure],
     elapsed: f64,
     start_ms: u64,
     out: Option<&std::path::Path>,
@@ -559,37 +657,18 @@ fn report(
     }
     let requests: u64 = totals.values().sum();
     let failures: u64 = totals.iter().filter(|(o, _)| !o.ok()).map(|(_, n)| n).sum();
-    let listed = stats.failures.len() as u64;
     let mut in_window: BTreeMap<Outcome, u64> = BTreeMap::new();
     let mut by_backend: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut outside: Vec<(&Failure, Option<&str>)> = Vec::new();
-    let mut failures_csv = String::from("start_ms,end_ms,route,outcome,restart_window\n");
-    for f in &stats.failures {
-        let w = windows
-            .iter()
-            .find(|w| f.start_ms <= w.to_ms && f.end_ms >= w.from_ms);
-        let tolerated = w.is_some() && f.outcome.restart_tolerated();
-        let _ = writeln!(
-            failures_csv,
-            "{},{},{},{},{}",
-            f.start_ms,
-            f.end_ms,
-            ROUTES[f.route],
-            f.outcome.name(),
-            w.map_or("-", |w| w.name.as_str())
-        );
-        if tolerated {
-            *in_window.entry(f.outcome).or_default() += 1;
-            if let Some(w) = w {
-                *by_backend.entry(w.name.as_str()).or_default() += 1;
-            }
-        } else {
-            outside.push((f, w.map(|w| w.name.as_str())));
+    let mut per_window: BTreeMap<usize, BTreeMap<Outcome, u64>> = BTreeMap::new();
+    for ((w, o), n) in &stats.in_window {
+        *in_window.entry(*o).or_default() += n;
+        *per_window.entry(*w).or_default().entry(*o).or_default() += n;
+        if let Some(w) = windows.get(*w) {
+            *by_backend.entry(w.name.as_str()).or_default() += n;
         }
     }
     let window_failures: u64 = in_window.values().sum();
-    // Failures beyond the listing limit cannot be placed: they count against.
-    let other_failures = outside.len() as u64 + (failures - listed);
+    let other_failures = outside.len() as u64 + stats.unplaced;
     let rps = requests as f64 / elapsed;
     let fmt = |m: &BTreeMap<Outcome, u64>| {
         if m.is_empty() {
@@ -627,57 +706,92 @@ fn report(
             stats.partial
         );
     }
-    println!(
-        "  failures inside backend restart windows (502/503/connection errors, tolerated): {window_failures} ({}){}",
-        fmt(&in_window),
-        if by_backend.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; by backend: {}",
+    if !windows.is_empty() {
+        println!(
+            "  failures inside backend restart windows (tolerated): {window_failures} ({}) in {} restarts; by backend: {}",
+            fmt(&in_window),
+            windows.len(),
+            if by_backend.is_empty() {
+                "none".to_string()
+            } else {
                 by_backend
                     .iter()
                     .map(|(b, n)| format!("{b}={n}"))
                     .collect::<Vec<_>>()
                     .join(" ")
-            )
-        }
-    );
+            }
+        );
+    }
     println!("  other failures: {other_failures}");
-    for (f, w) in outside.iter().take(10) {
+    for f in outside.iter().take(10) {
+        let near = windows
+            .iter()
+            .find(|w| f.start_ms <= w.to_ms && f.end_ms >= w.kill_ms)
+            .map_or(String::new(), |w| {
+                format!(" (during the {} restart)", w.name)
+            });
         println!(
-            "    t={:+.3} s route={} outcome={}{}",
+            "    t={:+.3} s route={} outcome={}{near}",
             (f.start_ms as f64 - start_ms as f64) / 1000.0,
-            ROUTES[f.route],
+            ROUTES.get(f.route).unwrap_or(&"?"),
             f.outcome.name(),
-            w.map_or(String::new(), |w| format!(" (during the {w} restart)"))
         );
     }
     if cfg.rate <= 0.0 {
         println!("capacity_rps={rps:.1}");
     }
-    if let Some(dir) = out {
-        let mut per_second = String::from("second,outcome,count\n");
-        for ((s, o), n) in &stats.per_second {
-            let _ = writeln!(per_second, "{s},{},{n}", o.name());
-        }
-        let summary = format!(
-            "requests={requests}\nseconds={elapsed:.1}\nrps={rps:.1}\nfailures={failures}\n\
-             window_failures={window_failures}\nother_failures={other_failures}\n\
-             outcomes=\"{}\"\nwindow_outcomes=\"{}\"\np99_ms={:.2}\n",
-            fmt(&totals),
-            fmt(&in_window),
-            stats.latency.quantile_ms(0.99)
+    let Some(dir) = out else {
+        return other_failures == 0;
+    };
+    let mut per_second = String::from("second,outcome,count\n");
+    for ((s, o), n) in &stats.per_second {
+        let _ = writeln!(per_second, "{s},{},{n}", o.name());
+    }
+    let mut slowest = String::from("second,slowest_ms\n");
+    for (s, us) in &stats.slowest {
+        let _ = writeln!(slowest, "{s},{:.1}", *us as f64 / 1000.0);
+    }
+    let mut restarts = String::from("backend,kill_s,down_ms,tolerated_failures\n");
+    for (i, w) in windows.iter().enumerate() {
+        let _ = writeln!(
+            restarts,
+            "{},{:.3},{},{}",
+            w.name,
+            (w.kill_ms as f64 - start_ms as f64) / 1000.0,
+            w.up_ms
+                .map_or("never up".to_string(), |u| (u - w.kill_ms).to_string()),
+            per_window.get(&i).map_or("none".to_string(), &fmt),
         );
-        for (name, text) in [
-            ("per-second.csv", per_second),
-            ("failures.csv", failures_csv),
-            ("summary.env", summary),
-        ] {
-            if let Err(e) = std::fs::write(dir.join(name), text) {
-                eprintln!("soak-load: cannot write {}: {e}", dir.join(name).display());
-                return false;
-            }
+    }
+    let mut failures_csv = String::from("start_ms,end_ms,route,outcome\n");
+    for f in outside {
+        let _ = writeln!(
+            failures_csv,
+            "{},{},{},{}",
+            f.start_ms,
+            f.end_ms,
+            ROUTES.get(f.route).unwrap_or(&"?"),
+            f.outcome.name(),
+        );
+    }
+    let summary = format!(
+        "requests={requests}\nseconds={elapsed:.1}\nrps={rps:.1}\nfailures={failures}\n\
+         window_failures={window_failures}\nother_failures={other_failures}\n\
+         outcomes=\"{}\"\nwindow_outcomes=\"{}\"\np99_ms={:.2}\n",
+        fmt(&totals),
+        fmt(&in_window),
+        stats.latency.quantile_ms(0.99)
+    );
+    for (name, text) in [
+        ("per-second.csv", per_second),
+        ("slowest.csv", slowest),
+        ("restarts.csv", restarts),
+        ("failures.csv", failures_csv),
+        ("summary.env", summary),
+    ] {
+        if let Err(e) = std::fs::write(dir.join(name), text) {
+            eprintln!("soak-load: cannot write {}: {e}", dir.join(name).display());
+            return false;
         }
     }
     other_failures == 0
