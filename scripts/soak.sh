@@ -87,7 +87,11 @@ BIN="${SHARDGATE_BIN:-$TARGET_DIR/$PROFILE/shardgate}"
 NAMES=(users orders products)
 GW_PORT=$PORT_BASE
 
-now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $(( t / 1000 )); }
+if [[ -n "${EPOCHREALTIME:-}" ]]; then   # bash 5: no fork
+    now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $(( t / 1000 )); }
+else
+    now_ms() { date +%s%3N; }
+fi
 sleep_until() {
     local d=$(( $1 - $(now_ms) ))
     if (( d > 0 )); then sleep "$(printf '%d.%03d' $(( d / 1000 )) $(( d % 1000 )))"; fi
@@ -105,8 +109,9 @@ cargo build --release --locked --quiet --manifest-path scripts/soak/Cargo.toml \
 LOAD="$TARGET_DIR/soak-tools/release/soak-load"
 BACKEND="$TARGET_DIR/soak-tools/release/soak-backend"
 
-rm -rf "$DIR"
 mkdir -p "$DIR/capacity"
+rm -f "$DIR"/capacity/* "$DIR"/*.csv "$DIR"/*.log "$DIR"/*.ron "$DIR"/*.pid "$DIR"/*.count \
+      "$DIR"/summary.env "$DIR"/load.out "$DIR"/restart-failed "$DIR"/gateway-died
 
 # ---------------------------------------------------------------- config
 # Two copies that differ in one value, swapped on every reload.
@@ -194,6 +199,8 @@ sampler() {
         rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$GW_PID/status")
         threads=$(awk '/^Threads:/ { print $2 }' "/proc/$GW_PID/status")
         fds=$(ls "/proc/$GW_PID/fd" | wc -l)
+        # The time taken, not the time planned: a starved loop shows as such.
+        t=$(now_ms)
         echo "$(( (t - t0) / 1000 )),$rss,$fds,$threads" >>"$DIR/samples.csv"
         k=$(( k + 1 ))
     done
@@ -306,6 +313,14 @@ panics=$(grep -ci 'panic' "$DIR/gateway.log" || true)
 (( applied == reloads )) || problems+=("$reloads reload(s) sent, $applied applied")
 (( panics == 0 )) || problems+=("the gateway logged $panics panic line(s) (see $DIR/gateway.log)")
 (( reloads > 0 && restarts > 0 )) || problems+=("no reload or no restart happened ($reloads reloads, $restarts restarts)")
+notes=()
+if (( ${max_lag_ms%.*} > 1000 )); then
+    notes+=("the load client fell behind its schedule by up to ${max_lag_ms} ms: the machine did not keep up with $RATE req/s (other load on it?), so latency figures are not the gateway's")
+fi
+longest_gap=$(awk 'NR > 1 && $1 - p > g { g = $1 - p } { p = $1 } END { print g + 0 }' "$DIR/reloads.log" 2>/dev/null || echo 0)
+if (( longest_gap > 3 * RELOAD_MS )); then
+    notes+=("the reload loop was held up for up to $longest_gap ms between two reloads (the machine was starved of CPU); the missed reloads were sent late, back to back")
+fi
 
 cat <<EOF
 
@@ -314,7 +329,7 @@ capacity (closed loop, $CONNS conns, ${CAPACITY_SECS} s): $CAPACITY req/s; soak 
 requests:          $requests in ${seconds} s = $rps req/s; outcomes: $outcomes
 restart-window failures (tolerated): $window_failures ($window_outcomes)
 other failures:    $other_failures
-latency p99 (from schedule): ${p99_ms} ms
+latency p99 (from schedule): ${p99_ms} ms; the load client fell behind its schedule by up to ${max_lag_ms} ms
 RSS:               $ref_rss kB $ref_what (t=${ref_t} s) -> $end_rss kB at the end (t=${end_t} s)
 open fds:          at most $base_fds up to the reference point -> $end_fds at the end (max $max_fds)
 reloads:           $reloads sent, $applied applied; backend restarts: $restarts
@@ -322,6 +337,10 @@ files:             $DIR/ samples.csv (RSS, fds, threads), per-second.csv (outcom
                    restarts.csv (failures per restart), failures.csv (other failures), gateway.log
 EOF
 
+if (( ${#notes[@]} > 0 )); then
+    echo
+    printf 'note: %s\n' "${notes[@]}"
+fi
 if (( ${#problems[@]} > 0 )); then
     echo
     echo "SOAK FAILED:"

@@ -777,10 +777,11 @@ fn report(
     let summary = format!(
         "requests={requests}\nseconds={elapsed:.1}\nrps={rps:.1}\nfailures={failures}\n\
          window_failures={window_failures}\nother_failures={other_failures}\n\
-         outcomes=\"{}\"\nwindow_outcomes=\"{}\"\np99_ms={:.2}\n",
+         outcomes=\"{}\"\nwindow_outcomes=\"{}\"\np99_ms={:.2}\nmax_lag_ms={:.0}\n",
         fmt(&totals),
         fmt(&in_window),
-        stats.latency.quantile_ms(0.99)
+        stats.latency.quantile_ms(0.99),
+        stats.max_lag.as_secs_f64() * 1000.0
     );
     for (name, text) in [
         ("per-second.csv", per_second),
