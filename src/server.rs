@@ -9,8 +9,12 @@ use crate::proxy::{Disposition, Exchange};
 use crate::shard::Shard;
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// How long a closing connection keeps draining what the client still sends.
@@ -32,14 +36,14 @@ pub async fn accept_loop(shard: Rc<Shard>, listener_idx: usize, listener: TcpLis
                 canceller.cancel();
                 // A connection that raced the shutdown is still served.
                 if let Ok((s, peer)) = accept.await {
-                    monoio::spawn(serve_connection(shard.clone(), listener_idx, s, peer));
+                    monoio::spawn(serve_isolated(shard.clone(), listener_idx, s, peer));
                 }
                 return;
             }
         };
         match accepted {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_connection(shard.clone(), listener_idx, stream, peer));
+                monoio::spawn(serve_isolated(shard.clone(), listener_idx, stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -72,12 +76,42 @@ enum HeadRead {
     Refused(GatewayError),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one connection with its panics contained: a bug met while serving
+/// it ends this connection only (logged with the request id), never the
+/// shard's other connections.
+async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+    let current = RefCell::new(String::new());
+    let id = shard.id;
+    let conn = serve_connection(shard, listener, stream, peer, &current);
+    let mut conn = std::pin::pin!(conn);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("unknown cause");
+                let request = current.try_borrow().map(|r| r.clone()).unwrap_or_default();
+                eprintln!(
+                    "shardgate: shard {id}: panic while serving request {request:?}: {what}; connection closed"
+                );
+                Poll::Ready(())
+            }
+        }
+    })
+    .await
+}
+
+/// Serves one client connection until it closes; `current` holds the id of
+/// the request being served, for the panic log.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     listener: usize,
     stream: TcpStream,
     peer: SocketAddr,
+    current: &RefCell<String>,
 ) {
     let _ = stream.set_nodelay(true);
     let _conn_count = Counted::new(&shard.connections);
@@ -87,7 +121,7 @@ pub async fn serve_connection(
     loop {
         let cfg = shard.config();
         let limits = cfg.compiled.limits_of(listener);
-        let head = match read_head(&shard, &mut conn, limits).await {
+        let mut head = match read_head(&shard, &mut conn, limits).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Refused(e) => {
@@ -104,6 +138,10 @@ pub async fn serve_connection(
             Some(v) => String::from_utf8_lossy(v).into_owned(),
             None => shard.next_request_id(),
         };
+        current.borrow_mut().clone_from(&request_id);
+        if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
+            test_panic(&shard, &head);
+        }
         let mut ex = Exchange {
             request_id: &request_id,
             client_ip: peer.ip(),
@@ -116,7 +154,7 @@ pub async fn serve_connection(
             add_headers: Vec::new(),
             response_headers: String::new(),
         };
-        let result = pipeline::handle(&shard, &cfg, listener, &head, &mut conn, &mut ex).await;
+        let result = pipeline::handle(&shard, &cfg, listener, &mut head, &mut conn, &mut ex).await;
         let disposition = match result {
             Ok(d) => d,
             Err(_) if ex.response_started => Disposition::Close,
@@ -168,15 +206,40 @@ async fn respond_error(
     }
 }
 
+/// The crash-isolation test hook (only with `SHARDGATE_TEST_PANIC=1`):
+/// `x-shardgate-test-panic: shard` panics outside any connection, which
+/// ends the shard's runtime (and restarts the shard); any other value panics
+/// inside this connection's task.
+#[allow(clippy::panic)]
+fn test_panic(shard: &Shard, head: &RequestHead) {
+    if head.header("x-shardgate-test-panic") == Some(b"shard") {
+        let id = shard.id;
+        monoio::spawn(async move { panic!("test panic in shard {id} outside a connection") });
+    } else {
+        panic!("test panic requested by the client");
+    }
+}
+
 /// A client-supplied request id is passed on if it is short visible ASCII.
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// The start of the HTTP/2 connection preface (`PRI * HTTP/2.0`), or a
+/// prefix of it long enough to tell (prior knowledge h2c on this listener).
+fn is_h2_preface(buf: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    buf.len() >= 4
+        && PREFACE.starts_with(buf.get(..PREFACE.len().min(buf.len())).unwrap_or_default())
 }
 
 async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Limits) -> HeadRead {
     let mut deadline: Option<Instant> = None;
     loop {
         if !conn.buffered().is_empty() {
+            if is_h2_preface(conn.buffered()) {
+                return HeadRead::Refused(GatewayError::VersionNotSupported);
+            }
             match RequestHead::parse(conn.buffered(), limits.max_header_bytes, limits.max_headers) {
                 Ok(Parsed::Complete(h, n)) => {
                     conn.consume(n);

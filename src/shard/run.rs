@@ -8,6 +8,7 @@ use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
 use crate::server::accept_loop;
 use crossbeam_channel::{Receiver, Sender};
 use monoio::net::{ListenerOpts, TcpListener};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -240,7 +241,41 @@ struct ShardArgs {
     inbox: Receiver<Gossip>,
 }
 
-fn run_shard(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
+thread_local! {
+    /// The newest config this shard thread was sent, for a restart.
+    static LATEST: std::cell::RefCell<Option<Arc<Compiled>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a shard, restarting it when a panic escapes its runtime (connection
+/// tasks contain their own panics; this catches the rest: accept loops,
+/// timers, gossip). A restart binds fresh listeners and starts from the
+/// newest config the shard was sent; the connections it had are lost.
+fn run_shard(mut args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
+    let id = args.id;
+    for restart in 0u64.. {
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_runtime(args.clone(), wanted, fallback_allowed)
+        }));
+        let Err(payload) = run else {
+            return;
+        };
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown cause");
+        eprintln!(
+            "shardgate: shard {id} died: {what}; restarting it (restart {})",
+            restart + 1
+        );
+        if let Some(latest) = LATEST.with(|l| l.borrow().clone()) {
+            args.compiled = latest;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_runtime(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
     let id = args.id;
     let ready = args.ready.clone();
     let body = |driver: Driver| shard_main(args.clone(), driver);
@@ -376,7 +411,10 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
         monoio::time::sleep(CONTROL_TICK).await;
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                Control::Reload(c) => shard.swap_config(c),
+                Control::Reload(c) => {
+                    LATEST.with(|l| *l.borrow_mut() = Some(c.clone()));
+                    shard.swap_config(c)
+                }
                 Control::Keys {
                     generation,
                     authenticator,

@@ -39,6 +39,9 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Client connections open right now.
     pub connections: Cell<usize>,
+    /// `SHARDGATE_TEST_PANIC=1` at start: the `x-shardgate-test-panic`
+    /// request header makes the request panic (crash-isolation tests).
+    pub test_panic: bool,
     id_seed: u64,
     id_seq: Cell<u64>,
 }
@@ -58,6 +61,7 @@ impl Shard {
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
             id_seed: random_seed() ^ ((id as u64) << 56),
             id_seq: Cell::new(0),
         }
