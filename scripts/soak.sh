@@ -24,9 +24,12 @@
 #
 # Pass criteria (exit 1 with the reason otherwise):
 #   1. Every request gets 200, except 502/503s and connection errors whose
-#      time span meets the restart window (from its kill to SOAK_GRACE_MS
-#      after it listens again) of a backend that the request's route calls;
-#      those are counted and shown, per restart in restarts.csv.
+#      time span meets the restart window of a backend that the request's
+#      route calls; those are counted and shown, per restart in restarts.csv.
+#      The window runs from the kill to the moment the script sees the backend
+#      listening again (plus SOAK_GRACE_MS, 0 by default): a request sent
+#      after that must succeed, so a stale pooled connection that fails it
+#      is a failure.
 #   2. RSS at the end <= RSS at the reference point + SOAK_RSS_PCT%. The
 #      reference is the sample after the first minute, or for runs shorter
 #      than 3 minutes the sample at a third of the run.
@@ -45,7 +48,7 @@
 #   SOAK_CAPACITY_SECS=10  length of the closed-loop capacity measurement
 #   SOAK_LOAD_PCT=80       open-loop rate as a percentage of the measured capacity
 #   SOAK_RELOAD_S=2  SOAK_RESTART_S=10  SOAK_RESTART_PAUSE_S=1  SOAK_SAMPLE_S=5
-#   SOAK_GRACE_MS=1000     restart window after a restarted backend listens again
+#   SOAK_GRACE_MS=0        restart window extension after a restarted backend listens again
 #   SOAK_RSS_PCT=10  SOAK_FD_SLACK=16
 #   SOAK_DIR=              where logs and CSVs go (default: <target dir>/soak)
 set -euo pipefail
@@ -69,7 +72,7 @@ RELOAD_MS=$(( ${SOAK_RELOAD_S:-2} * 1000 ))
 RESTART_MS=$(( ${SOAK_RESTART_S:-10} * 1000 ))
 PAUSE_S="${SOAK_RESTART_PAUSE_S:-1}"
 SAMPLE_MS=$(( ${SOAK_SAMPLE_S:-5} * 1000 ))
-GRACE_MS="${SOAK_GRACE_MS:-1000}"
+GRACE_MS="${SOAK_GRACE_MS:-0}"
 RSS_PCT="${SOAK_RSS_PCT:-10}"
 FD_SLACK="${SOAK_FD_SLACK:-16}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"

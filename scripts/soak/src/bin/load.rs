@@ -228,7 +228,7 @@ fn main() {
     let conns: usize = args.get("conns", Some(32), USAGE);
     let secret: String = args.get("secret", None, USAGE);
     let issuer: String = args.get("issuer", None, USAGE);
-    let grace_ms: u64 = args.get("grace-ms", Some(1000), USAGE);
+    let grace_ms: u64 = args.get("grace-ms", Some(0), USAGE);
     let timeout_ms: u64 = args.get("timeout-ms", Some(10_000), USAGE);
     let out: Option<PathBuf> = args.text("out").map(PathBuf::from);
     let events: Option<PathBuf> = args.text("events").map(PathBuf::from);
