@@ -475,6 +475,7 @@ async fn discard_client_body(
         read_timeout: limits.body_read_timeout,
         write_timeout: limits.send_timeout,
         max_bytes: limits.max_body_bytes,
+        trailers: false,
     };
     discard_body(client, req.framing, lim)
         .await

@@ -12,7 +12,7 @@ pub mod pool;
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
 use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFraming};
-use crate::http::head::{is_hop_by_hop, ConnectionNames};
+use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::shard::Shard;
@@ -125,6 +125,10 @@ pub fn upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(ex.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    // TE is hop-by-hop: ask for trailers only when they can be passed on.
+    if accepts_trailers(req.header("te")) {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
     for (name, value) in &ex.add_headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -308,7 +312,11 @@ pub async fn forward(
         .await
         {
             (Attempt::Done(r), _) => return r,
-            (Attempt::Stale, bytes) => head = Some(bytes),
+            (Attempt::Stale, bytes) => {
+                // The retry goes out on a fresh connection.
+                shard.pools.borrow_mut().drop_idle(addr);
+                head = Some(bytes);
+            }
         }
     }
     Err(bad_gateway(up, "connection closed before a response"))
@@ -371,6 +379,7 @@ async fn exchange(
             read_timeout: ex.limits.body_read_timeout,
             write_timeout: up.timeout,
             max_bytes: ex.limits.max_body_bytes,
+            trailers: false,
         };
         let (copied, answer) = send_body(client, body_framing, &mut upc, out, lim).await;
         upc.push_buffered(&answer);
@@ -454,6 +463,7 @@ async fn exchange(
         read_timeout: up.timeout,
         write_timeout: ex.limits.send_timeout,
         max_bytes: u64::MAX,
+        trailers: accepts_trailers(req.header("te")),
     };
     let result = match out_framing {
         None => Ok(0),
