@@ -1,7 +1,6 @@
 //! The runtime form of a config: what shards run. Built once per load or
 //! reload from a validated [`config::Gateway`](crate::config::Gateway) and
 //! shared read-only by every shard; the hot path never looks at raw config.
-
 use crate::aggregate::AggregatePlan;
 use crate::auth::AuthPlan;
 use crate::config::{self, AuthPolicy, Authenticator, Balance, Gateway, Shards};
@@ -288,7 +287,10 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let subset: Vec<RouteSpec> = route_ids.iter().map(|&i| specs[i].clone()).collect();
+        let subset: Vec<RouteSpec> = route_ids
+            .iter()
+            .filter_map(|&i| specs.get(i).cloned())
+            .collect();
         listeners.push(ListenerPlan {
             name: l.name.clone(),
             addr,
@@ -362,19 +364,17 @@ fn limits(h: &config::HttpLimits) -> Limits {
 fn compile_template(t: &str, params: &[String]) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            pieces.push(Piece::Lit(rest[..open].to_string()));
+    while let Some((lit, after)) = rest.split_once('{') {
+        if !lit.is_empty() {
+            pieces.push(Piece::Lit(lit.to_string()));
         }
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or("unclosed '{' in rewrite")?;
-        let name = &after[..close];
+        let (name, tail) = after.split_once('}').ok_or("unclosed '{' in rewrite")?;
         let idx = params
             .iter()
             .position(|p| p == name)
             .ok_or_else(|| format!("rewrite uses unknown param {{{name}}}"))?;
         pieces.push(Piece::Param(idx));
-        rest = &after[close + 1..];
+        rest = tail;
     }
     if !rest.is_empty() {
         pieces.push(Piece::Lit(rest.to_string()));

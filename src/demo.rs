@@ -1,7 +1,6 @@
 //! Built-in demo backends (users, orders, products) for `cargo run --release`.
 //! They run on one extra thread with their own monoio runtime and speak
 //! HTTP/1.1 through the gateway's own codec.
-
 use crate::error::json_string;
 use crate::http::body::{discard_body, CopyLimits};
 use crate::http::{Conn, Parsed, RequestHead};
@@ -105,6 +104,7 @@ async fn accept(l: TcpListener, svc: Service) {
                     read_timeout: limit,
                     write_timeout: limit,
                     max_bytes: 1 << 20,
+                    trailers: false,
                 };
                 if discard_body(&mut conn, head.framing, lim).await.is_err() {
                     return;

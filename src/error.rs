@@ -1,6 +1,5 @@
 //! The one error type at the edge: every stage's failure becomes a
 //! [`GatewayError`], and this file alone decides its status and JSON body.
-
 use std::fmt::Write;
 
 /// A request the gateway answers itself, with an error.

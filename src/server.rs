@@ -24,8 +24,40 @@ const LINGER_BYTES: usize = 1 << 20;
 /// An unread request body up to this size is drained to keep the connection.
 const DRAIN_BODY_MAX: u64 = 64 * 1024;
 
-/// Accepts connections on one listener until the shard shuts down.
+/// Accepts connections on one listener until the shard shuts down; a panic
+/// in the loop is logged and the loop started again on the same socket.
 pub async fn accept_loop(shard: Rc<Shard>, listener_idx: usize, listener: TcpListener) {
+    let id = shard.id;
+    while let Err(why) = contain(accept_on(shard.clone(), listener_idx, &listener)).await {
+        eprintln!("shardgate: shard {id}: accept loop panicked: {why}; restarted");
+    }
+}
+
+/// Polls `fut`, turning a panic inside it into `Err` with the panic's
+/// message. The future is dropped at the panic (its sockets close), and
+/// nothing else on the shard is disturbed.
+pub async fn contain<T>(fut: impl Future<Output = T>) -> Result<T, String> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()).to_string())),
+        }
+    })
+    .await
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown cause")
+}
+
+async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener) {
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -82,26 +114,12 @@ enum HeadRead {
 async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
     let current = RefCell::new(String::new());
     let id = shard.id;
-    let conn = serve_connection(shard, listener, stream, peer, &current);
-    let mut conn = std::pin::pin!(conn);
-    std::future::poll_fn(|cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.as_mut().poll(cx))) {
-            Ok(p) => p,
-            Err(payload) => {
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("unknown cause");
-                let request = current.try_borrow().map(|r| r.clone()).unwrap_or_default();
-                eprintln!(
-                    "shardgate: shard {id}: panic while serving request {request:?}: {what}; connection closed"
-                );
-                Poll::Ready(())
-            }
-        }
-    })
-    .await
+    if let Err(why) = contain(serve_connection(shard, listener, stream, peer, &current)).await {
+        let request = current.take();
+        eprintln!(
+            "shardgate: shard {id}: panic while serving request {request:?}: {why}; connection closed"
+        );
+    }
 }
 
 /// Serves one client connection until it closes; `current` holds the id of
@@ -188,6 +206,7 @@ async fn respond_error(
                     read_timeout: limits.body_read_timeout,
                     write_timeout: limits.send_timeout,
                     max_bytes: DRAIN_BODY_MAX,
+                    trailers: false,
                 };
                 crate::http::body::discard_body(conn, head.framing, lim)
                     .await
@@ -206,17 +225,22 @@ async fn respond_error(
     }
 }
 
-/// The crash-isolation test hook (only with `SHARDGATE_TEST_PANIC=1`):
-/// `x-shardgate-test-panic: shard` panics outside any connection, which
-/// ends the shard's runtime (and restarts the shard); any other value panics
-/// inside this connection's task.
+/// The crash-isolation test hook (only with `SHARDGATE_TEST_PANIC=1`), by
+/// the value of `x-shardgate-test-panic`:
+/// - `gossip`: the shard's gossip loop panics at its next tick (contained
+///   and restarted like the accept loops);
+/// - `runtime`: a task without containment panics, which unwinds the whole
+///   shard runtime, so the shard thread restarts the shard;
+/// - anything else: this connection's task panics.
 #[allow(clippy::panic)]
 fn test_panic(shard: &Shard, head: &RequestHead) {
-    if head.header("x-shardgate-test-panic") == Some(b"shard") {
-        let id = shard.id;
-        monoio::spawn(async move { panic!("test panic in shard {id} outside a connection") });
-    } else {
-        panic!("test panic requested by the client");
+    let id = shard.id;
+    match head.header("x-shardgate-test-panic") {
+        Some(b"gossip") => shard.panic_next_tick.set(true),
+        Some(b"runtime") => {
+            monoio::spawn(async move { panic!("test panic in shard {id} outside any task guard") });
+        }
+        _ => panic!("test panic requested by the client"),
     }
 }
 

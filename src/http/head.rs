@@ -310,7 +310,8 @@ impl RequestHead {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let limit = max_headers.min(MAX_HEADERS_CAP);
         let mut req = httparse::Request::new(&mut []);
-        let status = req.parse_with_uninit_headers(buf, &mut storage[..limit]);
+        let headers = storage.get_mut(..limit).unwrap_or_default();
+        let status = req.parse_with_uninit_headers(buf, headers);
         let Some(n) = head_length(status, buf.len(), max_bytes, "malformed request head")? else {
             return Ok(Parsed::Partial);
         };
@@ -589,7 +590,7 @@ impl ResponseHead {
                 None => Framing::UntilClose,
             }
         };
-        let head = &buf[..n];
+        let head = buf.get(..n).unwrap_or(buf);
         let fields = Fields::locate(head, resp.headers);
         let keep_alive = framing != Framing::UntilClose && facts.keep_alive(version);
         Ok(Parsed::Complete(
@@ -634,7 +635,70 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         b"proxy-connection",
     ];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Fields never passed on in a trailer section (RFC 9110 §6.5.1): framing,
+/// routing, authentication, request modifiers, response control and content
+/// metadata, which a recipient could otherwise mistake for header fields.
+const FORBIDDEN_TRAILERS: [&str; 24] = [
+    "age",
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "expires",
+    "host",
+    "keep-alive",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "vary",
+];
+
+/// Appends the lines of a raw trailer section (`name: value\r\n` each) that
+/// may be passed on to `out`: well-formed fields that are not forbidden
+/// ([`FORBIDDEN_TRAILERS`], `www-authenticate`, hop-by-hop and `proxy-*`).
+pub fn trailer_section(raw: &[u8], out: &mut Vec<u8>) {
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        let token = !name.is_empty() && name.iter().all(|&b| crate::config::is_token_byte(b));
+        let forbidden = FORBIDDEN_TRAILERS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+            || name.eq_ignore_ascii_case(b"www-authenticate")
+            || is_hop_by_hop(name);
+        if token && !forbidden && !value.iter().any(|&b| b == b'\r' || b == 0) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// True when a request's `TE` field accepts trailers.
+pub fn accepts_trailers(te: Option<&[u8]>) -> bool {
+    te.is_some_and(|v| contains_token(v, "trailers"))
 }
 
 /// The field names listed in a message's `Connection` fields, gathered once
@@ -853,6 +917,17 @@ mod tests {
             let r = req(&format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n"));
             assert!(matches!(r, Err(HeadError::Malformed(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn trailer_filtering() {
+        let raw = b"X-Checksum: abc\r\nContent-Length: 5\r\nSet-Cookie: a=b\r\nbad line\r\nGrpc-Status:  0 \r\nProxy-X: 1\r\n";
+        let mut out = Vec::new();
+        trailer_section(raw, &mut out);
+        assert_eq!(out, b"X-Checksum: abc\r\nGrpc-Status: 0\r\n");
+        assert!(accepts_trailers(Some(b"deflate, trailers")));
+        assert!(!accepts_trailers(Some(b"gzip")));
+        assert!(!accepts_trailers(None));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Shard {
     /// `SHARDGATE_TEST_PANIC=1` at start: the `x-shardgate-test-panic`
     /// request header makes the request panic (crash-isolation tests).
     pub test_panic: bool,
+    /// Test hook: the gossip loop panics at its next tick.
+    pub panic_next_tick: Cell<bool>,
     id_seed: u64,
     id_seq: Cell<u64>,
 }
@@ -62,6 +64,7 @@ impl Shard {
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
+            panic_next_tick: Cell::new(false),
             id_seed: random_seed() ^ ((id as u64) << 56),
             id_seq: Cell::new(0),
         }
