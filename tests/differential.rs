@@ -1969,55 +1969,95 @@ fn gateway(rec: &Recorder) -> Gateway {
     ))
 }
 
-/// The gateway's answer to one case: its status (0: closed without one,
-/// -1: none within the timeout) and whether it came from the upstream.
-fn send_case(port: u16, raw: &[u8]) -> (i32, bool) {
+/// The gateway's answer to one case.
+struct Answer {
+    /// The status; 0: closed without an answer, -1: none within the timeout.
+    status: i32,
+    /// The answer came from the recording upstream.
+    from_upstream: bool,
+    /// Its `x-request-id`.
+    request_id: Option<String>,
+}
+
+fn send_case(port: u16, raw: &[u8]) -> Answer {
+    let none = |status| Answer {
+        status,
+        from_upstream: false,
+        request_id: None,
+    };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (0, false);
+        return none(0);
     };
     let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
-    if s.write_all(raw).is_err() {
-        // The gateway may close before reading everything (431, 413, ...);
-        // its answer is still in the socket.
-    }
+    // The gateway may close before reading everything (431, 413, ...); its
+    // answer is still in the socket, so a failed write is not an outcome.
+    let _ = s.write_all(raw);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(_)) = r.parse(&buf) {
+        if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
             let status = i32::from(r.code.unwrap_or(0));
             if (100..200).contains(&status) {
                 // Skip an interim response.
-                let n = match r.parse(&buf) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    _ => buf.len(),
-                };
                 buf.drain(..n);
                 continue;
             }
-            let from_upstream = r
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("x-recorder"));
-            return (status, from_upstream);
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            return Answer {
+                status,
+                from_upstream: header("x-recorder").is_some(),
+                request_id: header("x-request-id"),
+            };
         }
         let now = Instant::now();
         if now >= deadline {
-            return (-1, false);
+            return none(-1);
         }
         let _ = s.set_read_timeout(Some(deadline - now));
         match s.read(&mut tmp) {
-            Ok(0) => return (0, false),
+            Ok(0) => return none(0),
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (-1, false)
+                return none(-1)
             }
-            Err(_) => return (if buf.is_empty() { 0 } else { -1 }, false),
+            Err(_) => return none(if buf.is_empty() { 0 } else { -1 }),
         }
     }
+}
+
+/// The `x-request-id` of a forwarded head.
+fn seen_id(seen: &Seen) -> Option<String> {
+    head_fields(&seen.head)
+        .into_iter()
+        .find(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| v)
+}
+
+/// Keeps the requests the upstream saw for this case: with the case's
+/// request id, or a later one of the same gateway (a second request carried
+/// by the case's bytes). A head that arrives late from an earlier case (one
+/// cut off in its body) has an earlier id and is left out.
+fn of_this_case(seen: Vec<Seen>, request_id: Option<&str>) -> Vec<Seen> {
+    let Some(rid) = request_id else {
+        return seen;
+    };
+    seen.into_iter()
+        .filter(|s| match seen_id(s) {
+            None => true,
+            Some(id) => {
+                id == rid || (id.len() == rid.len() && id.get(..16) == rid.get(..16) && *id > *rid)
+            }
+        })
+        .collect()
 }
 
 /// What is wrong with a forwarded request, compared with the reference.
@@ -2171,9 +2211,10 @@ fn run_corpus(cases: Vec<Case>) {
     for c in &cases {
         let r = reference(&c.raw);
         let _ = rec.take();
-        let (status, from_upstream) = send_case(gw.port, &c.raw);
+        let answer = send_case(gw.port, &c.raw);
+        let (status, from_upstream) = (answer.status, answer.from_upstream);
         rec.settle();
-        let seen = rec.take();
+        let seen = of_this_case(rec.take(), answer.request_id.as_deref());
         let complete: Vec<&Seen> = seen.iter().filter(|s| s.complete).collect();
         let mut problems = Vec::new();
         if seen.len() > 1 {

@@ -1668,7 +1668,18 @@ fn run_script(port: u16, sc: &Script) -> Outcome {
                 _ => write_all(&mut s, bytes),
             };
             match result {
-                WriteEnd::Ok => sent = sc.requests.len(),
+                WriteEnd::Ok => {
+                    // Requests written whole (a cut one does not count).
+                    let mut end = 0;
+                    sent = sc
+                        .requests
+                        .iter()
+                        .take_while(|q| {
+                            end += q.bytes.len();
+                            end <= bytes.len()
+                        })
+                        .count();
+                }
                 WriteEnd::PeerClosed => closed = true,
                 WriteEnd::Stuck => out.failure = Some(stuck("write blocked")),
             }
