@@ -2210,7 +2210,7 @@ fn run_corpus(cases: Vec<Case>) {
     let mut rows = Vec::new();
     for c in &cases {
         let r = reference(&c.raw);
-        let _ = rec.take();
+        late_requests(&rec, rows.last_mut());
         let answer = send_case(gw.port, &c.raw);
         let (status, from_upstream) = (answer.status, answer.from_upstream);
         rec.settle();
@@ -2287,6 +2287,9 @@ fn run_corpus(cases: Vec<Case>) {
         }
     }
 
+    rec.settle();
+    late_requests(&rec, rows.last_mut());
+
     let failed: Vec<(&Row, &Case)> = rows
         .iter()
         .zip(&cases)
@@ -2323,6 +2326,21 @@ fn run_corpus(cases: Vec<Case>) {
             }
         }
         panic!("{out}");
+    }
+}
+
+/// Requests the upstream received after the previous case was judged: a
+/// complete one is a further request carried by that case's bytes.
+fn late_requests(rec: &Recorder, previous: Option<&mut Row>) {
+    let late = rec.take();
+    if let Some(row) = previous {
+        for s in late.iter().filter(|s| s.complete) {
+            let line = s.head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+            row.problems.push(format!(
+                "the upstream received a further request after the answer: {:?}",
+                String::from_utf8_lossy(line)
+            ));
+        }
     }
 }
 
