@@ -1969,6 +1969,8 @@ struct Stats {
     statuses: BTreeMap<String, u64>,
     notes: Vec<String>,
     note_count: u64,
+    /// Inputs of connections the gateway closed without any response.
+    silent: Vec<String>,
 }
 
 struct Shared {
@@ -1993,8 +1995,17 @@ impl Shared {
         }
     }
 
-    fn record(&self, o: &Outcome) {
+    fn record(&self, o: &Outcome, sc: &Script, input: &str) {
         let mut st = self.stats.lock().unwrap();
+        if sc.requests.is_empty() {
+            // Connected and sent nothing: closed at the idle timeout.
+            st.connections += 1;
+            *st.statuses.entry("idle-closed".into()).or_default() += 1;
+            return;
+        }
+        if o.closed_silent && st.silent.len() < 3 {
+            st.silent.push(input.chars().take(600).collect());
+        }
         st.requests += o.requests as u64;
         st.connections += 1;
         for s in &o.statuses {
@@ -2141,7 +2152,7 @@ fn main() {
                     if let Some(f) = &o.failure {
                         shared.fail(format!("{f}\n  input: {input}\n  outcome: {}", o.log));
                     }
-                    shared.record(&o);
+                    shared.record(&o, &sc, &input);
                 }
             })
         })
@@ -2193,6 +2204,12 @@ fn main() {
         failures.len()
     );
     println!("fuzz_wire: statuses: {}", statuses.join(", "));
+    if !st.silent.is_empty() {
+        println!("fuzz_wire: connections closed without any response, first ones:");
+        for n in &st.silent {
+            println!("  {n}");
+        }
+    }
     if st.note_count > 0 {
         println!(
             "fuzz_wire: {} connection(s) with a response stream that could not be followed after a \
