@@ -354,14 +354,18 @@ impl RequestHead {
             .iter()
             .position(|&b| b == b'?')
             .unwrap_or(origin.len());
+        // HTTP/1.1 needs a Host line even with an absolute-form target,
+        // whose authority then wins (RFC 9112 §3.2, §3.2.2).
+        let host_line = fields.get(head, "host");
+        if version == 1 && host_line.is_none() {
+            return Err(HeadError::Malformed("missing Host header"));
+        }
         let host = match &authority {
-            Some(a) => Some(head.get(a.clone()).unwrap_or_default()),
-            None => fields.get(head, "host"),
+            Some(a) => head.get(a.clone()),
+            None => host_line,
         };
-        match host {
-            None if version == 1 => return Err(HeadError::Malformed("missing Host header")),
-            Some(h) if !valid_host(h) => return Err(HeadError::Malformed("invalid Host header")),
-            _ => {}
+        if host.is_some_and(|h| !valid_host(h)) {
+            return Err(HeadError::Malformed("invalid Host header"));
         }
         let keep_alive = facts.keep_alive(version);
         Ok(Parsed::Complete(
@@ -898,12 +902,14 @@ mod tests {
         assert_eq!(h.host(), Some(&b"Example.com:8080"[..]));
         assert_eq!(h.path(), "/p/q");
         assert_eq!(h.query(), Some("x=1"));
-        let h = req("GET HTTPS://h?x HTTP/1.1\r\n\r\n").unwrap();
+        assert!(req("GET http://h/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(req("GET http://h/ HTTP/1.0\r\n\r\n").is_ok());
+        let h = req("GET HTTPS://h?x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
         assert_eq!(
             (h.host(), h.path(), h.query()),
             (Some(&b"h"[..]), "/", Some("x"))
         );
-        let h = req("GET http://h HTTP/1.1\r\n\r\n").unwrap();
+        let h = req("GET http://h HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!((h.path(), h.query()), ("/", None));
         for bad in [
             "ftp://h/",
