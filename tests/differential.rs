@@ -18,8 +18,9 @@
 //!   marked `Forward` (plainly legal) do reach it.
 //!
 //! `differential_corpus` holds the cases the gateway's documented rules
-//! decide; `differential_strict_rfc` holds requests the reference refuses on
-//! RFC 3986/9112 grounds that those rules do not mention.
+//! decide; `differential_strict_rfc` (ignored by default, run it with
+//! `--ignored`) holds requests the reference refuses on RFC 3986/9112
+//! grounds that those rules do not mention.
 
 mod common;
 
@@ -2363,7 +2364,10 @@ fn differential_corpus() {
     run_corpus(cases);
 }
 
+/// Ignored by default: what the gateway should do with these is not decided
+/// by its documented rules. `cargo test --test differential -- --ignored`.
 #[test]
+#[ignore = "requests beyond the documented rules; run with --ignored"]
 fn differential_strict_rfc() {
     run_corpus(strict_rfc_corpus());
 }
