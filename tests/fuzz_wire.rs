@@ -24,7 +24,8 @@
 //! - `FUZZ_WIRE_WORKERS` (default 64): concurrent connections.
 //! - `FUZZ_WIRE_REPLAY=SEED[,SEED...]`: run only these connection seeds (as
 //!   printed with a failing input), one after the other, and print each
-//!   exchange.
+//!   exchange (`FUZZ_WIRE_DUMP=DIR` also writes each one's bytes to
+//!   `DIR/SEED.bin`).
 //! - `SHARDGATE_BIN`: the gateway binary (default: the one Cargo built with
 //!   this test, in the same profile).
 
@@ -57,8 +58,8 @@ const MAX_HEADERS: usize = 40;
 /// Idle pooled connections per upstream target and shard.
 const POOL_PER_TARGET: usize = 4;
 const SHARDS: usize = 2;
-/// Upstream targets in the config (app, parts).
-const TARGETS: usize = 2;
+/// Upstream targets in the config (app, parts, odd).
+const TARGETS: usize = 3;
 
 /// After the client's last byte, the gateway must have answered or closed
 /// within this: the slowest upstream exchange, a drain of an unread body
@@ -76,7 +77,7 @@ const HEALTH_EVERY: Duration = Duration::from_millis(200);
 const JWT_SECRET: &str = "wire-fuzz-hmac-secret-0123456789";
 const API_KEY: &str = "wire-fuzz-key-1";
 
-fn config_text(app: &str, parts: &str) -> String {
+fn config_text(app: &str, parts: &str, odd: &str) -> String {
     let key_hash = shardgate::auth::hash_api_key(API_KEY);
     format!(
         r#"Gateway(
@@ -94,6 +95,8 @@ fn config_text(app: &str, parts: &str) -> String {
         "app": Upstream(targets: ["{app}"], timeout_ms: {UPSTREAM_MS}, connect_timeout_ms: 500,
             max_idle_per_target: {POOL_PER_TARGET}, idle_timeout_ms: 1000),
         "parts": Upstream(targets: ["{parts}"], timeout_ms: {UPSTREAM_MS}, connect_timeout_ms: 500,
+            max_idle_per_target: {POOL_PER_TARGET}, idle_timeout_ms: 1000),
+        "odd": Upstream(targets: ["{odd}"], timeout_ms: {UPSTREAM_MS}, connect_timeout_ms: 500,
             max_idle_per_target: {POOL_PER_TARGET}, idle_timeout_ms: 1000),
     }},
     authenticators: {{
@@ -129,6 +132,12 @@ fn config_text(app: &str, parts: &str) -> String {
         Route(name: "me", match: Match(path: "/me"), auth: Required(["jwt"]),
             aggregate: Aggregate(timeout_ms: {UPSTREAM_MS}, parts: [
                 Part(name: "user", upstream: "parts", path: "/users/{{claims.sub}}"),
+            ])),
+        Route(name: "odd", match: Match(path_prefix: "/odd"), upstream: "odd"),
+        Route(name: "oddcombo", match: Match(path: "/oddcombo/{{n}}"),
+            aggregate: Aggregate(timeout_ms: {UPSTREAM_MS}, parts: [
+                Part(name: "a", upstream: "odd", path: "/odd/{{n}}"),
+                Part(name: "b", upstream: "parts", path: "/b", required: false),
             ])),
         Route(name: "rw", match: Match(path: "/rw/{{id}}/x/{{y}}"), upstream: "app", rewrite: "/users/{{id}}/{{y}}"),
         Route(name: "strip", match: Match(path_prefix: "/api/v1"), upstream: "app", strip_prefix: "/api/v1"),
@@ -404,6 +413,9 @@ fn origin_path(rng: &mut Rng) -> Vec<u8> {
         "/v/2",
         "/public",
         "/health",
+        "/odd/1",
+        "/odd/11",
+        "/oddcombo/5",
     ];
     let mut p = rng.pick(BASES).as_bytes().to_vec();
     if rng.chance(45) {
@@ -654,6 +666,8 @@ fn chunked_body(rng: &mut Rng) -> Vec<u8> {
 struct GenRequest {
     bytes: Vec<u8>,
     head: bool,
+    /// Goes to the upstream that answers oddly (its answers may be cut off).
+    odd: bool,
 }
 
 /// Methods a clean request uses.
@@ -696,7 +710,13 @@ fn request(rng: &mut Rng, tokens: &Tokens) -> GenRequest {
         };
         (
             rng.pick_b(CLEAN_METHODS).to_vec(),
-            rng.pick_b(CLEAN_PATHS).to_vec(),
+            if rng.chance(15) {
+                let n = rng.below(ODD_VARIANTS);
+                let prefix = if rng.chance(30) { "/oddcombo" } else { "/odd" };
+                format!("{prefix}/{n}").into_bytes()
+            } else {
+                rng.pick_b(CLEAN_PATHS).to_vec()
+            },
             v.to_vec(),
         )
     };
@@ -1106,8 +1126,14 @@ fn request(rng: &mut Rng, tokens: &Tokens) -> GenRequest {
             mutate_bytes(rng, &mut bytes);
         }
     }
-    let head = !mutated && m == b"HEAD";
-    GenRequest { bytes, head }
+    // Whether the gateway will read it as HEAD (after any mutation).
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let head = bytes.get(start..).is_some_and(|b| b.starts_with(b"HEAD "));
+    let odd = t.windows(4).any(|w| w == b"/odd");
+    GenRequest { bytes, head, odd }
 }
 
 /// The field kinds a clean request may carry (see `request`).
@@ -1219,6 +1245,7 @@ fn script(seed: u64, tokens: &Tokens) -> Script {
                 vec![GenRequest {
                     bytes: b,
                     head: false,
+                    odd: false,
                 }],
             )
         }
@@ -1229,6 +1256,7 @@ fn script(seed: u64, tokens: &Tokens) -> Script {
                 vec![GenRequest {
                     bytes: rng.bytes(n),
                     head: false,
+                    odd: false,
                 }],
             )
         }
@@ -1240,6 +1268,7 @@ fn script(seed: u64, tokens: &Tokens) -> Script {
             let g = GenRequest {
                 bytes: rng.bytes(n),
                 head: false,
+                odd: false,
             };
             ("request+garbage", vec![r, g])
         }
@@ -1487,6 +1516,8 @@ struct Outcome {
     failure: Option<String>,
     /// Something odd but not a failure.
     note: Option<String>,
+    /// A response from the odd upstream reached the client cut off.
+    odd_cut: bool,
     log: String,
 }
 
@@ -1725,7 +1756,11 @@ fn run_script(port: u16, sc: &Script) -> Outcome {
             let ctx =
                 String::from_utf8_lossy(&r.buf[r.pos..r.buf.len().min(r.pos + 300)]).into_owned();
             let msg = format!("{bad}; bytes from there: {ctx:?}");
-            if sc
+            if sc.requests.iter().any(|q| q.odd) {
+                // An upstream answer broken after its head was relayed can
+                // only be cut off.
+                out.odd_cut = true;
+            } else if sc
                 .requests
                 .iter()
                 .any(|q| q.bytes.windows(4).any(|w| w == b"HEAD"))
@@ -1736,7 +1771,7 @@ fn run_script(port: u16, sc: &Script) -> Outcome {
             }
         }
     }
-    out.closed_silent = r.statuses.is_empty() && (closed || r.eof);
+    out.closed_silent = r.buf.is_empty() && (closed || r.eof);
     out.statuses = r.statuses.clone();
     out.requests = sent;
     out.log = format!(
@@ -1952,10 +1987,11 @@ fn show(b: &[u8]) -> String {
 
 fn describe(sc: &Script) -> String {
     format!(
-        "connection seed {:#018x} ({}, {} request(s), send {:?}, end {:?}):\n    {}",
+        "connection seed {:#018x} ({}, {} request(s), listener {}, send {:?}, end {:?}):\n    {}",
         sc.seed,
         sc.what,
         sc.requests.len(),
+        ["main", "raw", "keep"].get(sc.listener).unwrap_or(&"?"),
         sc.send,
         sc.end,
         show(&sc.bytes())
@@ -2003,7 +2039,12 @@ impl Shared {
             *st.statuses.entry("idle-closed".into()).or_default() += 1;
             return;
         }
-        if o.closed_silent && st.silent.len() < 3 {
+        if o.odd_cut {
+            *st.statuses
+                .entry("cut-off-odd-upstream".into())
+                .or_default() += 1;
+        }
+        if o.closed_silent && st.silent.len() < 3 && !sc.requests.iter().any(|q| q.odd) {
             st.silent.push(input.chars().take(600).collect());
         }
         st.requests += o.requests as u64;
@@ -2035,6 +2076,142 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// How many ways the odd upstream answers.
+const ODD_VARIANTS: usize = 26;
+
+/// The odd upstream's answer for variant `n`: the bytes, whether to close
+/// after them, and a delay before sending.
+fn odd_response(n: usize) -> (Vec<u8>, bool, Duration) {
+    let ok = |b: &str| (b.as_bytes().to_vec(), false, Duration::ZERO);
+    let close = |b: &str| (b.as_bytes().to_vec(), true, Duration::ZERO);
+    match n {
+        0 => ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        1 => ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\nContent-Length: 9\r\nSet-Cookie: a=b\r\n\r\n"),
+        2 => close("HTTP/1.1 200 OK\r\n\r\nuntil close"),
+        3 => close("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"),
+        4 => ok("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        5 => close("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"),
+        6 => {
+            let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "b".repeat(70_000));
+            (big.into_bytes(), true, Duration::ZERO)
+        }
+        7 => close("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        8 => close("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        9 => close(""),
+        10 => close("NOT HTTP AT ALL\r\n\r\n"),
+        11 => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec(), false, Duration::from_millis(UPSTREAM_MS + 500)),
+        12 => close("HTTP/1.0 200 OK\r\n\r\nold style"),
+        13 => ok("HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n"),
+        14 => close("HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
+        15 => close("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        16 => close("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n"),
+        17 => close("HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\nContent-Length: 2\r\n\r\nok"),
+        18 => close("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframes"),
+        19 => close("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
+        20 => {
+            let mut r = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..150 {
+                r.push_str(&format!("X-H{i}: {i}\r\n"));
+            }
+            r.push_str("Content-Length: 0\r\n\r\n");
+            (r.into_bytes(), true, Duration::ZERO)
+        }
+        21 => close("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+        22 => close("HTTP/1.1 200 OK\r\nContent-Le"),
+        23 => ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        24 => ok("HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"),
+        _ => ok("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"id\": \"x\"}"),
+    }
+}
+
+/// An upstream that answers each request with the variant named by the last
+/// number in its path (`/odd/7`), otherwise variant 0.
+fn start_odd_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind odd upstream");
+    let addr = listener
+        .local_addr()
+        .expect("odd upstream addr")
+        .to_string();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            thread::spawn(move || odd_serve(s));
+        }
+    });
+    addr
+}
+
+fn odd_serve(mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 16384];
+    loop {
+        // A head, then its body (by Content-Length or chunked).
+        let (head_len, target, length, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut r = httparse::Request::new(&mut headers);
+            match r.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let field = |name: &str| {
+                        r.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                    };
+                    let length: usize = field("content-length")
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let chunked = field("transfer-encoding").is_some();
+                    break (n, r.path.unwrap_or("").to_string(), length, chunked);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return,
+            }
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        buf.drain(..head_len);
+        loop {
+            let done = if chunked {
+                chunked_length(&buf).ok().flatten()
+            } else if buf.len() >= length {
+                Some(length)
+            } else {
+                None
+            };
+            if let Some(n) = done {
+                buf.drain(..n);
+                break;
+            }
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let n = target
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .find(|p| !p.is_empty())
+            .and_then(|d| d.parse::<usize>().ok())
+            .unwrap_or(0);
+        let (bytes, close, delay) = odd_response(n % ODD_VARIANTS);
+        thread::sleep(delay);
+        // Numbers 3 more than a multiple of 7 are sent in small pieces.
+        let result = if n % 7 == 3 {
+            bytes.chunks(7).try_for_each(|p| {
+                thread::sleep(Duration::from_millis(2));
+                s.write_all(p)
+            })
+        } else {
+            s.write_all(&bytes)
+        };
+        if result.is_err() || close {
+            let _ = s.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
 fn start_backends() -> (Backend, Backend) {
     let app = Backend::start(|r| {
         let body = format!("app {} {}", r.method, r.target);
@@ -2055,7 +2232,8 @@ fn main() {
     let bin = std::env::var("SHARDGATE_BIN").unwrap_or_else(|_| common::bin().to_string());
     let tokens = Tokens::mint();
     let (app, parts) = start_backends();
-    let config = config_text(&app.addr(), &parts.addr());
+    let odd = start_odd_upstream();
+    let config = config_text(&app.addr(), &parts.addr(), &odd);
 
     if let Ok(list) = std::env::var("FUZZ_WIRE_REPLAY") {
         replay(&bin, &config, &list, &tokens);
@@ -2249,6 +2427,13 @@ fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
         .unwrap_or_else(|e| panic!("bad seed {s:?}: {e}"));
         let sc = script(seed, tokens);
         println!("{}", describe(&sc));
+        if let Ok(dir) = std::env::var("FUZZ_WIRE_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{seed:#018x}.bin"));
+            match std::fs::write(&path, sc.bytes()) {
+                Ok(()) => println!("  bytes written to {}", path.display()),
+                Err(e) => println!("  cannot write {}: {e}", path.display()),
+            }
+        }
         let o = run_script(gw.ports[sc.listener], &sc);
         println!("  outcome: {}", o.log);
         if let Some(f) = &o.failure {
