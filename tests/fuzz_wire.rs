@@ -1924,12 +1924,20 @@ fn is_frame(line: &str) -> bool {
         })
 }
 
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
+impl GatewayProc {
+    /// Ends the process and removes its files (also done when dropped;
+    /// `std::process::exit` skips destructors, so failures call this first).
+    fn stop(&self) {
         let mut c = self.child.lock().unwrap();
         let _ = c.kill();
         let _ = c.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -2265,6 +2273,7 @@ fn main() {
         if let Err(e) = health_probe(port) {
             println!("fuzz_wire: FAILED: the gateway does not answer before fuzzing: {e}");
             println!("gateway stderr:\n{}", gw.stderr_tail(40));
+            gw.stop();
             std::process::exit(1);
         }
     }
@@ -2410,6 +2419,7 @@ fn main() {
         }
         println!("\ngateway stderr (tail):\n{}", gw.stderr_tail(60));
         println!("\nreplay one connection with FUZZ_WIRE_REPLAY=<connection seed>");
+        gw.stop();
         std::process::exit(1);
     }
 }
@@ -2452,6 +2462,7 @@ fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
         }
     }
     println!("gateway stderr (tail):\n{}", gw.stderr_tail(30));
+    gw.stop();
     if failed {
         std::process::exit(1);
     }
