@@ -652,8 +652,10 @@ fn early_backend(mode: Early) -> (RawBackend, Arc<Mutex<Option<Instant>>>) {
                 Early::RefuseAndStall => {
                     let _ = write_plain(conn, "413 Payload Too Large", EARLY_BODY, "");
                     *at.lock().unwrap() = Some(Instant::now());
-                    // Stop reading; keep the connection open for a while.
-                    thread::sleep(Duration::from_secs(4));
+                    // Stop reading; keep the connection open well past the
+                    // gateway's 3 s upstream timeout, so that a reuse of this
+                    // connection shows as a 504 instead of a quiet retry.
+                    thread::sleep(Duration::from_secs(10));
                 }
                 Early::OkAndClose => {
                     let _ = write_plain(conn, "200 OK", "ok", "Connection: close\r\n");
