@@ -94,6 +94,44 @@ fn host_request(host: &[u8]) -> Vec<u8> {
     raw
 }
 
+/// Regression: `Host: [a` made the router slice past the end of the string
+/// and took every shard down. Each of these gets an answer and both shards
+/// keep serving new connections.
+#[test]
+fn unclosed_bracket_hosts_do_not_crash_the_gateway() {
+    let backend = Backend::echo("b");
+    let gw = one_backend(2, &backend);
+    for host in [&b"[a"[..], b"[", b":", b"[::1", b"[a:", b"[:", b"]", b"[]:"] {
+        for _ in 0..4 {
+            let (_c, r) = send_raw(gw.port, &host_request(host));
+            let r = r.unwrap_or_else(|e| {
+                panic!(
+                    "no response for Host {:?}: {e}; stderr:\n{}",
+                    show(host),
+                    gw.stderr()
+                )
+            });
+            assert!(
+                r.status == 400 || r.status == 200,
+                "Host {:?} got {} {:?}",
+                show(host),
+                r.status,
+                r.text()
+            );
+        }
+    }
+    // Several new connections, so that both shards are asked.
+    for i in 0..8 {
+        let r = get(gw.port, &format!("/after/{i}"));
+        assert_eq!(r.status, 200, "stderr:\n{}", gw.stderr());
+    }
+    assert!(
+        !gw.stderr().contains("panicked"),
+        "a shard panicked:\n{}",
+        gw.stderr()
+    );
+}
+
 /// `Host: [a` made the router slice past the end of the string and took the
 /// whole process down; every invalid authority is a 400 now (RFC 9112 §3.2),
 /// and the gateway serves the next request on a new connection.
