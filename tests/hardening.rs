@@ -144,7 +144,6 @@ fn malformed_host_values_give_400_and_the_gateway_keeps_serving() {
     let hosts: Vec<&[u8]> = vec![
         b"[a",
         b"[",
-        b":",
         b"[::1",
         b"[::1]x",
         b"[]",
@@ -189,6 +188,9 @@ fn odd_host_bytes_never_crash_the_gateway() {
     let long = "a".repeat(3000);
     let long_labels = format!("{}.example", "x.".repeat(1200));
     let hosts: Vec<&[u8]> = vec![
+        // An empty host with an empty port: like an empty `Host`, which
+        // RFC 9112 §3.3 lets a server reject or serve.
+        b":",
         b"\xc3\xa9",
         b"[\xc3\xa9",
         b"\xc3\xa9]",
