@@ -1,16 +1,5 @@
 //! What the binary's commands do: check, serve (with reload and graceful
 //! shutdown driven by signals) and the demo.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::string_slice,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
-
 use crate::compiled::{compile, Compiled};
 use crate::config::{self, ConfigError};
 use crate::shard::{self, ShardSet};

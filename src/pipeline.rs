@@ -42,7 +42,11 @@ pub async fn handle(
     normalize_path(req, listener.path)?;
     let req = &*req;
     let (route_id, params) = route(listener, req)?;
-    let route = &cfg.compiled.routes[route_id];
+    let route = cfg
+        .compiled
+        .routes
+        .get(route_id)
+        .ok_or(GatewayError::Unavailable("route is not configured"))?;
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
@@ -84,8 +88,13 @@ pub async fn handle(
         q => q,
     };
     let target = upstream_target(&route.path_edit, req.path(), query, &params);
-    let up = &cfg.compiled.upstreams[upstream];
-    proxy::forward(shard, up, &cfg.cursors[upstream], req, &target, client, ex).await
+    let (Some(up), Some(cursor)) = (
+        cfg.compiled.upstreams.get(upstream),
+        cfg.cursors.get(upstream),
+    ) else {
+        return Err(GatewayError::Unavailable("upstream is not configured"));
+    };
+    proxy::forward(shard, up, cursor, req, &target, client, ex).await
 }
 
 /// Refuses a request that repeats a field the config makes decisions on
@@ -204,7 +213,11 @@ pub fn route(
         header: |name: &str| req.header(name),
     };
     match listener.router.lookup(&facts) {
-        Lookup::Found { route, params } => Ok((listener.route_ids[route], params)),
+        Lookup::Found { route, params } => listener
+            .route_ids
+            .get(route)
+            .map(|&id| (id, params))
+            .ok_or(GatewayError::NotFound),
         Lookup::MethodNotAllowed { allow } => Err(GatewayError::MethodNotAllowed(allow)),
         Lookup::NotFound => Err(GatewayError::NotFound),
     }

@@ -9,17 +9,6 @@
 //!   the shard that received the request. Every part is polled from one
 //!   task: independent parts are in flight together, and a part that depends
 //!   on others starts as soon as the last of them completes.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::string_slice,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
-
 pub mod fetch;
 pub mod shape;
 pub mod template;

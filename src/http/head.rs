@@ -310,7 +310,8 @@ impl RequestHead {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let limit = max_headers.min(MAX_HEADERS_CAP);
         let mut req = httparse::Request::new(&mut []);
-        let status = req.parse_with_uninit_headers(buf, &mut storage[..limit]);
+        let headers = storage.get_mut(..limit).unwrap_or_default();
+        let status = req.parse_with_uninit_headers(buf, headers);
         let Some(n) = head_length(status, buf.len(), max_bytes, "malformed request head")? else {
             return Ok(Parsed::Partial);
         };
@@ -589,7 +590,7 @@ impl ResponseHead {
                 None => Framing::UntilClose,
             }
         };
-        let head = &buf[..n];
+        let head = buf.get(..n).unwrap_or(buf);
         let fields = Fields::locate(head, resp.headers);
         let keep_alive = framing != Framing::UntilClose && facts.keep_alive(version);
         Ok(Parsed::Complete(
@@ -634,7 +635,9 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         b"proxy-connection",
     ];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// The field names listed in a message's `Connection` fields, gathered once

@@ -15,17 +15,6 @@
 //!    first, then more `headers`, then having a `methods` list;
 //! 4. remaining ties go to the route declared first.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::string_slice,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
-
 use std::ops::Range;
 
 /// What a route requires besides its path.
