@@ -534,8 +534,14 @@ fn absolute_form_target_replaces_host() {
     );
     assert_eq!(r.expect("response").text(), "ex GET /s");
 
-    // Without a Host line at all the authority is enough.
-    let (_c, r) = send_raw(gw.port, b"GET http://example.com/nh HTTP/1.1\r\n\r\n");
+    // HTTP/1.1 still needs a Host line (RFC 9112 §3.2); HTTP/1.0 does not.
+    expect_rejected_and_closed(
+        gw.port,
+        &[&ex, &other],
+        b"GET http://example.com/nh HTTP/1.1\r\n\r\n",
+        400,
+    );
+    let (_c, r) = send_raw(gw.port, b"GET http://example.com/nh HTTP/1.0\r\n\r\n");
     assert_eq!(r.expect("response").text(), "ex GET /nh");
 
     // An origin-form request with Host: other goes to the catch-all.
