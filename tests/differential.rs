@@ -1027,6 +1027,8 @@ fn corpus() -> Vec<Case> {
             None,
         ),
         ("raw backslash", "/a\\b", Refuse, None),
+        ("fragment", "/x#frag", Refuse, None),
+        ("fragment after a query", "/x?a=1#frag", Refuse, None),
         ("raw backslash before admin", "/\\admin", Refuse, None),
         ("query with slashes", "/q?next=//evil/../x", Forward, None),
         ("empty query", "/q?", Forward, None),
@@ -1246,7 +1248,6 @@ fn corpus() -> Vec<Case> {
 fn strict_rfc_corpus() -> Vec<Case> {
     let mut c = Vec::new();
     for (name, t) in [
-        ("fragment", "/x#frag"),
         ("raw utf-8", "/caf\u{e9}"),
         ("double quote", "/a\"b"),
         ("angle brackets", "/a<b>"),
