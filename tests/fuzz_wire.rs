@@ -1518,6 +1518,8 @@ struct Outcome {
     note: Option<String>,
     /// A response from the odd upstream reached the client cut off.
     odd_cut: bool,
+    /// The gateway closed the connection (EOF or reset seen).
+    gateway_closed: bool,
     log: String,
 }
 
@@ -1772,6 +1774,7 @@ fn run_script(port: u16, sc: &Script) -> Outcome {
         }
     }
     out.closed_silent = r.buf.is_empty() && (closed || r.eof);
+    out.gateway_closed = closed || r.eof;
     out.statuses = r.statuses.clone();
     out.requests = sent;
     out.log = format!(
@@ -1894,17 +1897,32 @@ impl GatewayProc {
     fn panics(&self) -> Vec<String> {
         let text = self.stderr_text();
         let lines: Vec<&str> = text.lines().collect();
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| {
-                l.contains("panicked") || l.contains("panic while serving") || l.contains(" died: ")
-            })
-            .map(|(i, l)| match lines.get(i + 1) {
-                Some(next) if !is_frame(next) => format!("{l}\n    {next}"),
-                _ => l.to_string(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if !(l.contains("panicked")
+                || l.contains("panic while serving")
+                || l.contains(" died: "))
+            {
+                continue;
+            }
+            let mut entry = l.to_string();
+            if let Some(next) = lines.get(i + 1).filter(|n| !is_frame(n)) {
+                entry.push_str(&format!("\n    {next}"));
+            }
+            // The gateway's own frames of the backtrace, if one was printed.
+            let frames = lines
+                .iter()
+                .skip(i + 1)
+                .take_while(|f| !f.starts_with("shardgate:") && !f.contains("panicked"))
+                .take(200)
+                .filter(|f| f.contains("shardgate::") || f.contains("./src/"))
+                .take(12);
+            for f in frames {
+                entry.push_str(&format!("\n    {}", f.trim()));
+            }
+            out.push(entry);
+        }
+        out
     }
 
     /// Open file descriptors of the process (sockets included).
@@ -2017,26 +2035,86 @@ struct Stats {
     silent: Vec<String>,
 }
 
+/// A connection of the run, for finding the input behind a crash.
+struct Recent {
+    id: u64,
+    seed: u64,
+    started: Instant,
+    ended: Option<Instant>,
+    /// The gateway closed it before answering every request sent.
+    cut_short: bool,
+}
+
+/// Connections remembered for the failure report.
+const RECENT: usize = 8192;
+
 struct Shared {
     stop: AtomicBool,
     failures: Mutex<Vec<String>>,
-    recent: Mutex<VecDeque<String>>,
+    /// When the first failure was seen.
+    failed_at: Mutex<Option<Instant>>,
+    recent: Mutex<VecDeque<Recent>>,
+    next_id: AtomicU64,
     stats: Mutex<Stats>,
     probes: AtomicU64,
 }
 
 impl Shared {
     fn fail(&self, msg: String) {
+        self.mark_failed();
         self.failures.lock().unwrap().push(msg);
+    }
+
+    /// Stops the run and notes when the first failure was seen.
+    fn mark_failed(&self) {
+        self.failed_at
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    fn remember(&self, entry: String) {
+    /// Notes a connection's start; returns its id for [`Shared::finished`].
+    fn started(&self, seed: u64) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut r = self.recent.lock().unwrap();
-        r.push_back(entry);
-        while r.len() > 12 {
+        r.push_back(Recent {
+            id,
+            seed,
+            started: Instant::now(),
+            ended: None,
+            cut_short: false,
+        });
+        while r.len() > RECENT {
             r.pop_front();
         }
+        id
+    }
+
+    fn finished(&self, id: u64, o: &Outcome) {
+        let mut r = self.recent.lock().unwrap();
+        if let Some(e) = r.iter_mut().rev().find(|e| e.id == id) {
+            e.ended = Some(Instant::now());
+            e.cut_short = o.gateway_closed && o.statuses.len() < o.requests.max(1);
+        }
+    }
+
+    /// Connections open around the first failure (a crash or a panic is
+    /// seen up to one health interval late): those still open when it was
+    /// seen or ended within a second before; the ones the gateway cut short
+    /// first.
+    fn suspects(&self) -> Vec<u64> {
+        let Some(at) = *self.failed_at.lock().unwrap() else {
+            return Vec::new();
+        };
+        let from = at.checked_sub(Duration::from_secs(1)).unwrap_or(at);
+        let r = self.recent.lock().unwrap();
+        let mut list: Vec<&Recent> = r
+            .iter()
+            .filter(|e| e.started <= at && e.ended.is_none_or(|t| t >= from))
+            .collect();
+        list.sort_by_key(|e| !e.cut_short);
+        list.iter().map(|e| e.seed).collect()
     }
 
     fn record(&self, o: &Outcome, sc: &Script, input: &str) {
@@ -2283,6 +2361,8 @@ fn main() {
         stop: AtomicBool::new(false),
         failures: Mutex::new(Vec::new()),
         recent: Mutex::new(VecDeque::new()),
+        failed_at: Mutex::new(None),
+        next_id: AtomicU64::new(0),
         stats: Mutex::new(Stats::default()),
         probes: AtomicU64::new(0),
     });
@@ -2299,8 +2379,19 @@ fn main() {
                     shared.fail(format!("the gateway process exited: {status}"));
                     break;
                 }
-                let panics = gw.panics();
-                if !panics.is_empty() {
+                if !gw.panics().is_empty() {
+                    // Note the time now; give the backtrace (slow to
+                    // symbolise) time to arrive, up to the gateway's own
+                    // line about the panic.
+                    shared.mark_failed();
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < until
+                        && !gw.stderr_text().contains("panic while serving")
+                        && !gw.stderr_text().contains(" died: ")
+                    {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    let panics = gw.panics();
                     shared.fail(format!("the gateway panicked:\n  {}", panics.join("\n  ")));
                     break;
                 }
@@ -2334,8 +2425,9 @@ fn main() {
                     n += 1;
                     let sc = script(cseed, &tokens);
                     let input = describe(&sc);
-                    shared.remember(input.clone());
+                    let id = shared.started(cseed);
                     let o = run_script(ports[sc.listener], &sc);
+                    shared.finished(id, &o);
                     if let Some(f) = &o.failure {
                         shared.fail(format!("{f}\n  input: {input}\n  outcome: {}", o.log));
                     }
@@ -2413,11 +2505,23 @@ fn main() {
         for f in failures.iter() {
             println!("- {f}");
         }
-        println!("\nlast inputs (most recent last):");
-        for r in shared.recent.lock().unwrap().iter() {
-            println!("- {r}");
+        let suspects = shared.suspects();
+        if !suspects.is_empty() {
+            println!(
+                "\nconnections open around the first failure ({}; those the gateway cut short first):",
+                suspects.len()
+            );
+            for seed in suspects.iter().take(6) {
+                println!("- {}", describe(&script(*seed, &tokens)));
+            }
+            let list: Vec<String> = suspects.iter().map(|s| format!("{s:#x}")).collect();
+            println!("\nto replay them all: FUZZ_WIRE_REPLAY={}", list.join(","));
         }
         println!("\ngateway stderr (tail):\n{}", gw.stderr_tail(60));
+        let log = std::env::temp_dir().join(format!("fuzz-wire-{seed:x}-stderr.log"));
+        if std::fs::write(&log, gw.stderr_text()).is_ok() {
+            println!("gateway stderr (whole, with backtraces): {}", log.display());
+        }
         println!("\nreplay one connection with FUZZ_WIRE_REPLAY=<connection seed>");
         gw.stop();
         std::process::exit(1);
@@ -2428,6 +2532,7 @@ fn main() {
 fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
     let gw = GatewayProc::start(bin, config);
     let mut failed = false;
+    let mut panics_seen = 0;
     for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let seed = if let Some(hex) = s.strip_prefix("0x") {
             u64::from_str_radix(hex, 16)
@@ -2458,6 +2563,14 @@ fn replay(bin: &str, config: &str, list: &str, tokens: &Tokens) {
         }
         if let Err(e) = health_probe(gw.ports[0]) {
             println!("  health request failed after it: {e}");
+            failed = true;
+        }
+        let panics = gw.panics();
+        if panics.len() > panics_seen {
+            for p in &panics[panics_seen..] {
+                println!("  the gateway panicked: {p}");
+            }
+            panics_seen = panics.len();
             failed = true;
         }
     }
