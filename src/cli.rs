@@ -1,6 +1,5 @@
 //! What the binary's commands do: check, serve (with reload and graceful
 //! shutdown driven by signals) and the demo.
-
 use crate::compiled::{compile, Compiled};
 use crate::config::{self, ConfigError};
 use crate::shard::{self, ShardSet};

@@ -1,10 +1,10 @@
 //! The runtime form of a config: what shards run. Built once per load or
 //! reload from a validated [`config::Gateway`](crate::config::Gateway) and
 //! shared read-only by every shard; the hot path never looks at raw config.
-
 use crate::aggregate::AggregatePlan;
 use crate::auth::AuthPlan;
 use crate::config::{self, AuthPolicy, Authenticator, Balance, Gateway, Shards};
+use crate::http::path::PathOptions;
 use crate::router::{Conditions, PathPattern, RouteSpec, Router};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -109,6 +109,8 @@ pub struct ListenerPlan {
     pub route_ids: Vec<usize>,
     /// Client-side limits of this listener (its own or the gateway's).
     pub limits: Limits,
+    /// How request paths are normalised on this listener.
+    pub path: PathOptions,
 }
 
 /// Everything a shard needs to serve.
@@ -126,6 +128,9 @@ pub struct Compiled {
     pub auth: AuthPlan,
     /// Capacity of each shard's verified-token cache.
     pub token_cache_entries: usize,
+    /// Request fields the config acts on (API-key headers, rate-limit key
+    /// headers, route header conditions), lower-case: sent twice → 400.
+    pub singleton_headers: Vec<String>,
     /// Distinguishes this compilation from others (key updates name it).
     pub generation: u64,
     /// Shards ask here for a JWKS refetch (authenticator index).
@@ -282,13 +287,20 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let subset: Vec<RouteSpec> = route_ids.iter().map(|&i| specs[i].clone()).collect();
+        let subset: Vec<RouteSpec> = route_ids
+            .iter()
+            .filter_map(|&i| specs.get(i).cloned())
+            .collect();
         listeners.push(ListenerPlan {
             name: l.name.clone(),
             addr,
             router: Router::new(&subset),
             route_ids,
             limits: limits(l.limits_http.as_ref().unwrap_or(&g.limits_http)),
+            path: PathOptions {
+                merge_slashes: l.merge_slashes,
+                encoded_slash: l.encoded_slash,
+            },
         });
     }
     let h = &g.limits_http;
@@ -298,6 +310,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         upstreams,
         auth,
         token_cache_entries: g.token_cache_entries,
+        singleton_headers: singleton_headers(g),
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         jwks_refetch: refetch_tx,
         jwks_requests: refetch_rx,
@@ -307,6 +320,33 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         driver: g.driver,
         rate_limiting: crate::ratelimit::plan::compile(g)?,
     })
+}
+
+/// The request fields this config makes decisions on, beyond the fixed
+/// singletons of [`crate::http::head::SINGLETONS`].
+fn singleton_headers(g: &config::Gateway) -> Vec<String> {
+    fn key_headers(k: &config::LimitKey, out: &mut Vec<String>) {
+        match k {
+            config::LimitKey::Header(h) => out.push(h.to_ascii_lowercase()),
+            config::LimitKey::Combined(ks) => ks.iter().for_each(|k| key_headers(k, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for a in g.authenticators.values() {
+        if let config::Authenticator::ApiKey(k) = a {
+            out.extend(k.header.iter().map(|h| h.to_ascii_lowercase()));
+        }
+    }
+    for l in g.rate_limits.values() {
+        key_headers(&l.key, &mut out);
+    }
+    for r in &g.routes {
+        out.extend(r.matcher.headers.keys().map(|h| h.to_ascii_lowercase()));
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn limits(h: &config::HttpLimits) -> Limits {
@@ -324,19 +364,17 @@ fn limits(h: &config::HttpLimits) -> Limits {
 fn compile_template(t: &str, params: &[String]) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            pieces.push(Piece::Lit(rest[..open].to_string()));
+    while let Some((lit, after)) = rest.split_once('{') {
+        if !lit.is_empty() {
+            pieces.push(Piece::Lit(lit.to_string()));
         }
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or("unclosed '{' in rewrite")?;
-        let name = &after[..close];
+        let (name, tail) = after.split_once('}').ok_or("unclosed '{' in rewrite")?;
         let idx = params
             .iter()
             .position(|p| p == name)
             .ok_or_else(|| format!("rewrite uses unknown param {{{name}}}"))?;
         pieces.push(Piece::Param(idx));
-        rest = &after[close + 1..];
+        rest = tail;
     }
     if !rest.is_empty() {
         pieces.push(Piece::Lit(rest.to_string()));

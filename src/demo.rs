@@ -1,7 +1,6 @@
 //! Built-in demo backends (users, orders, products) for `cargo run --release`.
 //! They run on one extra thread with their own monoio runtime and speak
 //! HTTP/1.1 through the gateway's own codec.
-
 use crate::error::json_string;
 use crate::http::body::{discard_body, CopyLimits};
 use crate::http::{Conn, Parsed, RequestHead};

@@ -1,6 +1,5 @@
 //! The one error type at the edge: every stage's failure becomes a
 //! [`GatewayError`], and this file alone decides its status and JSON body.
-
 use std::fmt::Write;
 
 /// A request the gateway answers itself, with an error.
@@ -24,6 +23,8 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// A transfer coding the gateway does not implement (501).
     NotImplemented(&'static str),
+    /// An HTTP version this listener does not speak (505): the HTTP/2 preface.
+    VersionNotSupported,
     /// The upstream could not be reached or broke the exchange (502).
     BadGateway { upstream: String, reason: String },
     /// The upstream did not answer in time (504).
@@ -61,6 +62,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => 431,
             GatewayError::TooManyRequests { .. } => 429,
             GatewayError::NotImplemented(_) => 501,
+            GatewayError::VersionNotSupported => 505,
             GatewayError::BadGateway { .. } => 502,
             GatewayError::Unavailable(_) => 503,
             GatewayError::GatewayTimeout { .. } => 504,
@@ -82,6 +84,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "request body too large".into(),
             GatewayError::HeadersTooLarge => "request header fields too large".into(),
             GatewayError::NotImplemented(what) => format!("not implemented: {what}"),
+            GatewayError::VersionNotSupported => {
+                "HTTP/2 is not supported on this listener; use HTTP/1.1".into()
+            }
             GatewayError::BadGateway { upstream, reason } => {
                 format!("upstream {upstream:?} failed: {reason}")
             }
@@ -190,6 +195,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
+        505 => "HTTP Version Not Supported",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",

@@ -3,7 +3,8 @@
 //! first failure short-circuits and the connection loop turns it into the
 //! JSON error response (the one rescue point, in `server.rs`).
 //!
-//! Stages: check the target and declared body size → route → strip client
+//! Stages: check repeated singleton fields and the declared body size →
+//! normalise the path → route → strip client
 //! identity headers → authenticate → authorize → rate-limit → forward to the upstream
 //! (which streams the response back), or, on a composite route, run its parts
 //! and answer with the composed JSON. Rate limiting comes after authorization
@@ -14,10 +15,12 @@ use crate::aggregate;
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
 use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
+use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
 use crate::proxy::{self, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Handles one request whose head has been read from `client`.
@@ -25,19 +28,25 @@ pub async fn handle(
     shard: &Shard,
     cfg: &ShardConfig,
     listener: usize,
-    req: &RequestHead,
+    req: &mut RequestHead,
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    check_target(req)?;
+    check_singletons(req, &cfg.compiled.singleton_headers)?;
     check_declared_length(req, ex.limits.max_body_bytes)?;
     let listener = cfg
         .compiled
         .listeners
         .get(listener)
         .ok_or(GatewayError::Unavailable("listener is not configured"))?;
+    normalize_path(req, listener.path)?;
+    let req = &*req;
     let (route_id, params) = route(listener, req)?;
-    let route = &cfg.compiled.routes[route_id];
+    let route = cfg
+        .compiled
+        .routes
+        .get(route_id)
+        .ok_or(GatewayError::Unavailable("route is not configured"))?;
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
@@ -79,24 +88,36 @@ pub async fn handle(
         q => q,
     };
     let target = upstream_target(&route.path_edit, req.path(), query, &params);
-    let up = &cfg.compiled.upstreams[upstream];
-    proxy::forward(shard, up, &cfg.cursors[upstream], req, &target, client, ex).await
+    let (Some(up), Some(cursor)) = (
+        cfg.compiled.upstreams.get(upstream),
+        cfg.cursors.get(upstream),
+    ) else {
+        return Err(GatewayError::Unavailable("upstream is not configured"));
+    };
+    proxy::forward(shard, up, cursor, req, &target, client, ex).await
 }
 
-/// Accepts origin-form targets without dot segments (which could escape a prefix route).
-pub fn check_target(req: &RequestHead) -> Result<(), GatewayError> {
-    let path = req.path();
-    if !path.starts_with('/') {
-        return Err(GatewayError::BadRequest(
-            "request target must be an absolute path",
-        ));
+/// Refuses a request that repeats a field the config makes decisions on
+/// (the fixed singletons are refused by the parser already).
+pub fn check_singletons(req: &RequestHead, names: &[String]) -> Result<(), GatewayError> {
+    match names.iter().find(|n| req.is_repeated(n)) {
+        Some(_) => Err(GatewayError::BadRequest(
+            "a header the gateway acts on was sent more than once",
+        )),
+        None => Ok(()),
     }
-    if path.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(GatewayError::BadRequest(
-            "dot segments are not allowed in the path",
-        ));
+}
+
+/// Puts the path in its normal form (see [`crate::http::path`]); routing,
+/// auth, rate limits and forwarding all see that form.
+pub fn normalize_path(req: &mut RequestHead, opts: PathOptions) -> Result<(), GatewayError> {
+    match path::normalize(req.path(), opts).map_err(GatewayError::BadRequest)? {
+        Cow::Borrowed(_) => Ok(()),
+        Cow::Owned(p) => {
+            req.set_path(p);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Establishes the caller with one of the route's authenticators.
@@ -184,7 +205,7 @@ pub fn route(
     listener: &ListenerPlan,
     req: &RequestHead,
 ) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
-    let host = req.header("host").and_then(|h| std::str::from_utf8(h).ok());
+    let host = req.host().and_then(|h| std::str::from_utf8(h).ok());
     let facts = RequestFacts {
         method: req.method(),
         path: req.path(),
@@ -192,7 +213,11 @@ pub fn route(
         header: |name: &str| req.header(name),
     };
     match listener.router.lookup(&facts) {
-        Lookup::Found { route, params } => Ok((listener.route_ids[route], params)),
+        Lookup::Found { route, params } => listener
+            .route_ids
+            .get(route)
+            .map(|&id| (id, params))
+            .ok_or(GatewayError::NotFound),
         Lookup::MethodNotAllowed { allow } => Err(GatewayError::MethodNotAllowed(allow)),
         Lookup::NotFound => Err(GatewayError::NotFound),
     }

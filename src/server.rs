@@ -9,8 +9,12 @@ use crate::proxy::{Disposition, Exchange};
 use crate::shard::Shard;
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// How long a closing connection keeps draining what the client still sends.
@@ -20,8 +24,40 @@ const LINGER_BYTES: usize = 1 << 20;
 /// An unread request body up to this size is drained to keep the connection.
 const DRAIN_BODY_MAX: u64 = 64 * 1024;
 
-/// Accepts connections on one listener until the shard shuts down.
+/// Accepts connections on one listener until the shard shuts down; a panic
+/// in the loop is logged and the loop started again on the same socket.
 pub async fn accept_loop(shard: Rc<Shard>, listener_idx: usize, listener: TcpListener) {
+    let id = shard.id;
+    while let Err(why) = contain(accept_on(shard.clone(), listener_idx, &listener)).await {
+        eprintln!("shardgate: shard {id}: accept loop panicked: {why}; restarted");
+    }
+}
+
+/// Polls `fut`, turning a panic inside it into `Err` with the panic's
+/// message. The future is dropped at the panic (its sockets close), and
+/// nothing else on the shard is disturbed.
+pub async fn contain<T>(fut: impl Future<Output = T>) -> Result<T, String> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()).to_string())),
+        }
+    })
+    .await
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown cause")
+}
+
+async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener) {
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -32,14 +68,14 @@ pub async fn accept_loop(shard: Rc<Shard>, listener_idx: usize, listener: TcpLis
                 canceller.cancel();
                 // A connection that raced the shutdown is still served.
                 if let Ok((s, peer)) = accept.await {
-                    monoio::spawn(serve_connection(shard.clone(), listener_idx, s, peer));
+                    monoio::spawn(serve_isolated(shard.clone(), listener_idx, s, peer));
                 }
                 return;
             }
         };
         match accepted {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_connection(shard.clone(), listener_idx, stream, peer));
+                monoio::spawn(serve_isolated(shard.clone(), listener_idx, stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -72,12 +108,28 @@ enum HeadRead {
     Refused(GatewayError),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one connection with its panics contained: a bug met while serving
+/// it ends this connection only (logged with the request id), never the
+/// shard's other connections.
+async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+    let current = RefCell::new(String::new());
+    let id = shard.id;
+    if let Err(why) = contain(serve_connection(shard, listener, stream, peer, &current)).await {
+        let request = current.take();
+        eprintln!(
+            "shardgate: shard {id}: panic while serving request {request:?}: {why}; connection closed"
+        );
+    }
+}
+
+/// Serves one client connection until it closes; `current` holds the id of
+/// the request being served, for the panic log.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     listener: usize,
     stream: TcpStream,
     peer: SocketAddr,
+    current: &RefCell<String>,
 ) {
     let _ = stream.set_nodelay(true);
     let _conn_count = Counted::new(&shard.connections);
@@ -87,7 +139,7 @@ pub async fn serve_connection(
     loop {
         let cfg = shard.config();
         let limits = cfg.compiled.limits_of(listener);
-        let head = match read_head(&shard, &mut conn, limits).await {
+        let mut head = match read_head(&shard, &mut conn, limits).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Refused(e) => {
@@ -104,6 +156,10 @@ pub async fn serve_connection(
             Some(v) => String::from_utf8_lossy(v).into_owned(),
             None => shard.next_request_id(),
         };
+        current.borrow_mut().clone_from(&request_id);
+        if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
+            test_panic(&shard, &head);
+        }
         let mut ex = Exchange {
             request_id: &request_id,
             client_ip: peer.ip(),
@@ -116,7 +172,7 @@ pub async fn serve_connection(
             add_headers: Vec::new(),
             response_headers: String::new(),
         };
-        let result = pipeline::handle(&shard, &cfg, listener, &head, &mut conn, &mut ex).await;
+        let result = pipeline::handle(&shard, &cfg, listener, &mut head, &mut conn, &mut ex).await;
         let disposition = match result {
             Ok(d) => d,
             Err(_) if ex.response_started => Disposition::Close,
@@ -168,15 +224,45 @@ async fn respond_error(
     }
 }
 
+/// The crash-isolation test hook (only with `SHARDGATE_TEST_PANIC=1`), by
+/// the value of `x-shardgate-test-panic`:
+/// - `gossip`: the shard's gossip loop panics at its next tick (contained
+///   and restarted like the accept loops);
+/// - `runtime`: a task without containment panics, which unwinds the whole
+///   shard runtime, so the shard thread restarts the shard;
+/// - anything else: this connection's task panics.
+#[allow(clippy::panic)]
+fn test_panic(shard: &Shard, head: &RequestHead) {
+    let id = shard.id;
+    match head.header("x-shardgate-test-panic") {
+        Some(b"gossip") => shard.panic_next_tick.set(true),
+        Some(b"runtime") => {
+            monoio::spawn(async move { panic!("test panic in shard {id} outside any task guard") });
+        }
+        _ => panic!("test panic requested by the client"),
+    }
+}
+
 /// A client-supplied request id is passed on if it is short visible ASCII.
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// The start of the HTTP/2 connection preface (`PRI * HTTP/2.0`), or a
+/// prefix of it long enough to tell (prior knowledge h2c on this listener).
+fn is_h2_preface(buf: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    buf.len() >= 4
+        && PREFACE.starts_with(buf.get(..PREFACE.len().min(buf.len())).unwrap_or_default())
 }
 
 async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Limits) -> HeadRead {
     let mut deadline: Option<Instant> = None;
     loop {
         if !conn.buffered().is_empty() {
+            if is_h2_preface(conn.buffered()) {
+                return HeadRead::Refused(GatewayError::VersionNotSupported);
+            }
             match RequestHead::parse(conn.buffered(), limits.max_header_bytes, limits.max_headers) {
                 Ok(Parsed::Complete(h, n)) => {
                     conn.consume(n);

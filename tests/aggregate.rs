@@ -442,6 +442,31 @@ fn oversize_parts_fail_without_being_buffered() {
 }
 
 #[test]
+fn an_announced_length_is_not_allocated_up_front() {
+    // A generous max_part_bytes and an upstream announcing 4 EiB, then
+    // closing: the part fails, the gateway stays up.
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut conn = Conn::new(stream);
+            if let Ok(Some(_)) = conn.read_head(64 * 1024) {
+                let _ = conn.stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4611686018427387904\r\n\r\n{",
+                );
+            }
+        }
+    });
+    let route = "        Route(name: \"d\", match: Match(path: \"/d/{id}\"),\n            aggregate: Aggregate(max_part_bytes: 18446744073709551615, parts: [Part(name: \"b\", upstream: \"b\", path: \"/\")])),\n";
+    let gw = Gateway::start(&config(1, &upstream("b", &[&addr], ""), route));
+    for _ in 0..2 {
+        error_of(&get(gw.port, "/d/1"), 502);
+    }
+}
+
+#[test]
 fn the_composite_body_limit_applies() {
     let b = json_backend(json!({"text": "y".repeat(3000)}), Duration::ZERO);
     let gw = composite(

@@ -465,6 +465,52 @@ fn jwks_url_is_fetched_refreshed_and_refetched_for_unknown_kid() {
     );
 }
 
+#[test]
+fn a_jwks_refresh_period_too_long_for_the_clock_means_never() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let backend = Backend::echo("b");
+    let doc = Arc::new(Mutex::new(jwks_with("k1", "rsa.key", Algorithm::RS256)));
+    let served = doc.clone();
+    let idp = Backend::start(move |_| {
+        Response::ok(served.lock().unwrap().clone()).header("Content-Type", "application/json")
+    });
+    let text = format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
+    authenticators: {{ "idp": Jwt(algorithms: [RS256],
+                                  key: Jwks(url: "http://{idp}/.well-known/jwks.json", refresh_s: 18446744073709551615)) }},
+    routes: [ Route(name: "r", match: Match(path_prefix: "/"), upstream: "app", auth: Required(["idp"])) ],
+)"#,
+        addr = backend.addr(),
+        idp = idp.addr()
+    );
+    let gw = Gateway::start(&text);
+    let c = claims("jwks-user", json!({}));
+    let t1 = signed(Algorithm::RS256, "rsa.key", Some("k1"), &c);
+    assert_eq!(
+        get_with(gw.port, "/", &[("Authorization", &bearer(&t1))]).status,
+        200,
+        "stderr:\n{}",
+        gw.stderr()
+    );
+    // The refresher is alive: an unknown kid still triggers a refetch.
+    *doc.lock().unwrap() = jwks_with("k2", "rsa.key", Algorithm::RS256);
+    let t2 = signed(Algorithm::RS256, "rsa.key", Some("k2"), &c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = get_with(gw.port, "/", &[("Authorization", &bearer(&t2))]).status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status, 200, "stderr:\n{}", gw.stderr());
+}
+
 fn introspection_gateway(backend: &Backend, idp_addr: &str) -> Gateway {
     let text = format!(
         r#"Gateway(

@@ -506,6 +506,37 @@ fn sliding_log_counts_exactly_the_last_window() {
 }
 
 #[test]
+fn a_window_longer_than_the_clock_can_count_still_limits() {
+    // 2^64 - 1 seconds: the window's end in nanoseconds saturates.
+    let backend = Backend::echo("b");
+    let long = "window_s: 18446744073709551615";
+    let gw = limited(
+        &backend,
+        1,
+        "",
+        &format!(
+            "\"fixed\": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 2, {long})),
+             \"sliding\": RateLimit(key: ClientIp, algorithm: SlidingWindow(limit: 2, {long})),
+             \"log\": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 2, {long})),"
+        ),
+        &[
+            route("f", "/fixed", "rate_limits: [\"fixed\"]"),
+            route("s", "/sliding", "rate_limits: [\"sliding\"]"),
+            route("l", "/log", "rate_limits: [\"log\"]"),
+        ]
+        .concat(),
+    );
+    let mut c = Client::connect(gw.port);
+    for path in ["/fixed", "/sliding", "/log"] {
+        assert_eq!(statuses(&mut c, path, &[], 2), [200, 200], "{path}");
+        let r = c.get(path);
+        assert!(assert_refused(&r) > 86_400, "{path}: Retry-After");
+    }
+    // The gateway is still serving.
+    assert_eq!(c.get("/fixed").status, 429);
+}
+
+#[test]
 fn sliding_window_weights_the_previous_window() {
     let backend = Backend::echo("b");
     let gw = limited(

@@ -184,6 +184,9 @@ pub fn parse_json(body: &[u8]) -> Result<Value, PartError> {
     serde_json::from_slice(body).map_err(|e| PartError::new(format!("invalid JSON: {e}")))
 }
 
+/// The most reserved up front for a part's body of announced length.
+const PREALLOCATE: usize = 1024 * 1024;
+
 /// Reads a response body into memory, never holding more than `max_bytes` of it.
 async fn read_body(
     upc: &mut Conn,
@@ -198,7 +201,10 @@ async fn read_body(
             if n > req.max_bytes {
                 return Err(too_large());
             }
-            body.reserve_exact(n as usize);
+            // The upstream's announced length is not trusted for an
+            // allocation beyond what a part usually is.
+            let announced = usize::try_from(n).unwrap_or(usize::MAX);
+            body.reserve_exact(announced.min(PREALLOCATE));
             let mut rest = append_buffered(upc, framing, &mut body);
             while let Framing::Length(_) = rest {
                 fill(upc, req).await?;
@@ -215,7 +221,10 @@ async fn read_body(
                     if (body.len() + r.len()) as u64 > req.max_bytes {
                         return Err(too_large());
                     }
-                    body.extend_from_slice(&upc.buffered()[r]);
+                    let data = upc.buffered().get(r);
+                    body.extend_from_slice(
+                        data.ok_or_else(|| PartError::new("malformed chunked response body"))?,
+                    );
                 }
                 upc.consume(step.consumed);
                 if dec.is_done() {

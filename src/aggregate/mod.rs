@@ -9,7 +9,6 @@
 //!   the shard that received the request. Every part is polled from one
 //!   task: independent parts are in flight together, and a part that depends
 //!   on others starts as soon as the last of them completes.
-
 pub mod fetch;
 pub mod shape;
 pub mod template;
@@ -197,7 +196,7 @@ impl AggregatePlan {
                     "must be letters, digits, '_' or '-', and not `query` or `claims`".into(),
                 );
             }
-            if names[..i].contains(&p.name.as_str()) {
+            if names.iter().take(i).any(|n| *n == p.name) {
                 problem(here, f("name"), Some(&p.name), "duplicate part name".into());
             }
             let up = upstream(&p.upstream);
@@ -338,10 +337,13 @@ impl AggregatePlan {
             });
         }
         for (i, cycle) in find_cycles(&parts) {
+            let Some(part) = a.parts.get(i) else {
+                continue;
+            };
             // At `after` when the part has one, else at the template that reads the other part.
-            let (field, near) = match &a.parts[i].after {
+            let (field, near) = match &part.after {
                 Some(after) => ("after", after),
-                None => ("path", &a.parts[i].path),
+                None => ("path", &part.path),
             };
             problem(
                 Some(i),
@@ -378,31 +380,37 @@ fn find_cycles(parts: &[PartPlan]) -> Vec<(usize, String)> {
         path: &mut Vec<usize>,
         out: &mut Vec<(usize, String)>,
     ) {
-        state[i] = 1;
+        let (Some(part), Some(s)) = (parts.get(i), state.get_mut(i)) else {
+            return;
+        };
+        *s = 1;
         path.push(i);
-        for &d in &parts[i].deps {
+        for &d in &part.deps {
             match state.get(d) {
                 Some(0) => visit(d, parts, state, path, out),
                 Some(1) => {
                     let start = path.iter().position(|&p| p == d).unwrap_or(0);
-                    let mut names: Vec<&str> = path[start..]
-                        .iter()
-                        .map(|&p| parts[p].name.as_str())
+                    let on_cycle = || path.iter().skip(start).copied();
+                    let names: Vec<&str> = on_cycle()
+                        .chain([d])
+                        .filter_map(|p| parts.get(p))
+                        .map(|p| p.name.as_str())
                         .collect();
-                    names.push(&parts[d].name);
-                    let first = path[start..].iter().copied().min().unwrap_or(d);
+                    let first = on_cycle().min().unwrap_or(d);
                     out.push((first, names.join(" → ")));
                 }
                 _ => {}
             }
         }
         path.pop();
-        state[i] = 2;
+        if let Some(s) = state.get_mut(i) {
+            *s = 2;
+        }
     }
     let mut state = vec![0u8; parts.len()];
     let mut out = Vec::new();
     for i in 0..parts.len() {
-        if state[i] == 0 {
+        if state.get(i) == Some(&0) {
             visit(i, parts, &mut state, &mut Vec::new(), &mut out);
         }
     }
@@ -502,13 +510,15 @@ async fn run(
         // Re-poll everyone after any completion: that is what starts a part
         // whose dependencies just finished (it waits without a waker).
         let mut progressed = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if done[i] {
+        for (i, (f, done)) in futs.iter_mut().zip(done.iter_mut()).enumerate() {
+            if *done {
                 continue;
             }
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                results.borrow_mut()[i] = Some(r);
-                done[i] = true;
+                if let Some(slot) = results.borrow_mut().get_mut(i) {
+                    *slot = Some(r);
+                }
+                *done = true;
                 progressed = true;
             }
         }
@@ -539,10 +549,17 @@ async fn run_part(
     results: &RefCell<Vec<Slot>>,
     deadline: Instant,
 ) -> Result<Value, PartError> {
-    let part = &plan.parts[i];
+    let Some(part) = plan.parts.get(i) else {
+        return Err(PartError::new("did not run"));
+    };
     std::future::poll_fn(|_| {
         let r = results.borrow();
-        if part.deps.iter().all(|&d| r[d].is_some()) {
+        // Dependencies are indices of parts, checked when the plan was compiled.
+        if part
+            .deps
+            .iter()
+            .all(|&d| r.get(d).is_none_or(Option::is_some))
+        {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -552,11 +569,11 @@ async fn run_part(
     if let Some(&d) = part
         .deps
         .iter()
-        .find(|&&d| matches!(results.borrow()[d], Some(Err(_))))
+        .find(|&&d| matches!(results.borrow().get(d), Some(Some(Err(_)))))
     {
         return Err(PartError::new(format!(
             "depends on {:?}, which failed",
-            plan.parts[d].name
+            plan.parts.get(d).map_or("", |p| p.name.as_str())
         )));
     }
     let now = Instant::now();
@@ -588,9 +605,15 @@ async fn run_part(
         };
         build_request(part, &ctx, inputs.req, ex)?
     };
+    let (Some(up), Some(cursor)) = (
+        cfg.compiled.upstreams.get(part.upstream),
+        cfg.cursors.get(part.upstream),
+    ) else {
+        return Err(PartError::new("unknown upstream"));
+    };
     let request = PartRequest {
-        up: &cfg.compiled.upstreams[part.upstream],
-        cursor: &cfg.cursors[part.upstream],
+        up,
+        cursor,
         head_and_body,
         host_at,
         head_method: part.method == "HEAD",
@@ -621,7 +644,7 @@ pub fn build_request(
     let target_start = out.len();
     part.path.expand(ctx, Escape::Url, &mut out).map_err(fail)?;
     for (name, t) in &part.query {
-        let sep = if out[target_start..].contains('?') {
+        let sep = if out.get(target_start..).is_some_and(|t| t.contains('?')) {
             '&'
         } else {
             '?'
@@ -699,8 +722,8 @@ pub fn compose(
     let mut root = Map::new();
     let mut errors = Map::new();
     let mut partial = Vec::new();
-    let mut required_failure: Option<(usize, PartError)> = None;
-    for (i, (part, result)) in plan.parts.iter().zip(results).enumerate() {
+    let mut required_failure: Option<(&str, PartError)> = None;
+    for (part, result) in plan.parts.iter().zip(results) {
         let shaped = result.and_then(|v| {
             if part.shape.is_identity() {
                 Ok(v)
@@ -717,7 +740,7 @@ pub fn compose(
                     Some((_, prev)) => own && prev.reason.starts_with("depends on "),
                 };
                 if better {
-                    required_failure = Some((i, e));
+                    required_failure = Some((&part.name, e));
                 }
             }
             Err(e) => {
@@ -726,9 +749,9 @@ pub fn compose(
             }
         }
     }
-    if let Some((i, e)) = required_failure {
+    if let Some((name, e)) = required_failure {
         return Err(GatewayError::PartFailed {
-            part: plan.parts[i].name.clone(),
+            part: name.to_string(),
             reason: e.reason,
             timeout: e.timeout,
         });

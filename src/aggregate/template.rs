@@ -78,27 +78,24 @@ impl Template {
         let mut pieces = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
-        while let Some(i) = rest.find(['{', '}']) {
-            lit.push_str(&rest[..i]);
-            let brace = rest.as_bytes()[i];
-            let after = &rest[i + 1..];
-            if after.as_bytes().first() == Some(&brace) {
-                lit.push(brace as char);
-                rest = &after[1..];
+        while let Some((before, brace, after)) = split_at_brace(rest) {
+            lit.push_str(before);
+            if let Some(tail) = after.strip_prefix(brace) {
+                lit.push(brace);
+                rest = tail;
                 continue;
             }
-            if brace == b'}' {
+            if brace == '}' {
                 return Err("unmatched '}' (write '}}' for a literal brace)".into());
             }
-            let close = after
-                .find('}')
+            let (reference, tail) = after
+                .split_once('}')
                 .ok_or("unclosed '{' (write '{{' for a literal brace)")?;
-            let reference = &after[..close];
             if !lit.is_empty() {
                 pieces.push(Piece::Lit(std::mem::take(&mut lit)));
             }
             pieces.push(Piece::Var(parse_reference(reference, params, parts)?));
-            rest = &after[close + 1..];
+            rest = tail;
         }
         lit.push_str(rest);
         if !lit.is_empty() {
@@ -251,28 +248,45 @@ fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
+/// The text before the first `{` or `}` of `s`, that brace, and the text after it.
+fn split_at_brace(s: &str) -> Option<(&str, char, &str)> {
+    let (before, from) = s.split_at_checked(s.find(['{', '}'])?)?;
+    let mut chars = from.chars();
+    let brace = chars.next()?;
+    Some((before, brace, chars.as_str()))
+}
+
 /// Decodes `%XX` (and `+` as a space in a query); invalid escapes stay as they are.
 pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&c, tail)) = rest.split_first() {
+        rest = tail;
+        match c {
+            b'%' => match tail {
+                [h, l, after @ ..] => match (hex(*h), hex(*l)) {
+                    (Some(h), Some(l)) => {
+                        // Two hex digits: at most 255.
+                        out.push((h * 16 + l) as u8);
+                        rest = after;
+                    }
+                    _ => out.push(b'%'),
+                },
                 _ => out.push(b'%'),
             },
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The upper-case hex digit of the low four bits of `n`.
+#[allow(clippy::indexing_slicing)] // `n & 15` is below 16, the table's length
+fn hex_digit(n: u8) -> char {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    char::from(HEX[usize::from(n & 15)])
 }
 
 /// Appends `value` to `out`, escaped as `esc` says.
@@ -286,10 +300,9 @@ pub fn escape_into(value: &str, esc: Escape, out: &mut String) -> Result<(), Str
                 {
                     out.push(b as char);
                 } else {
-                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
                     out.push('%');
-                    out.push(HEX[usize::from(b >> 4)] as char);
-                    out.push(HEX[usize::from(b & 15)] as char);
+                    out.push(hex_digit(b >> 4));
+                    out.push(hex_digit(b));
                 }
             }
         }
@@ -302,7 +315,8 @@ pub fn escape_into(value: &str, esc: Escape, out: &mut String) -> Result<(), Str
         Escape::Json => {
             let mut quoted = String::with_capacity(value.len() + 2);
             crate::error::json_string(&mut quoted, value);
-            out.push_str(&quoted[1..quoted.len() - 1]);
+            let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+            out.push_str(inner.unwrap_or_default());
         }
     }
     Ok(())

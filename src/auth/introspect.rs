@@ -63,15 +63,13 @@ pub fn base64url(data: &[u8]) -> String {
 fn encode64(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let n = (0..3).fold(0u32, |n, i| {
+            (n << 8) | u32::from(chunk.get(i).copied().unwrap_or(0))
+        });
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                let sextet = ((n >> (18 - 6 * i)) & 63) as usize;
+                out.extend(alphabet.get(sextet).map(|&c| char::from(c)));
             } else if pad {
                 out.push('=');
             }
@@ -147,13 +145,15 @@ pub async fn introspect(x: &Introspector, token: &str) -> Result<Value, Introspe
     }
     let mut body = Vec::new();
     match head.framing {
-        Framing::Length(n) if n as usize <= MAX_ANSWER => {
-            while conn.buffered().len() < n as usize {
+        Framing::Length(n) if n <= MAX_ANSWER as u64 => {
+            let n = usize::try_from(n).unwrap_or(MAX_ANSWER);
+            while conn.buffered().len() < n {
                 if fill_by(&mut conn, deadline).await? == 0 {
                     return Err(unreachable("truncated answer"));
                 }
             }
-            body.extend_from_slice(&conn.buffered()[..n as usize]);
+            let answer = conn.buffered().get(..n);
+            body.extend_from_slice(answer.ok_or_else(|| unreachable("truncated answer"))?);
         }
         Framing::Chunked => {
             let mut d = ChunkedDecoder::default();
@@ -162,7 +162,10 @@ pub async fn introspect(x: &Introspector, token: &str) -> Result<Value, Introspe
                     .step(conn.buffered())
                     .map_err(|_| unreachable("malformed chunked answer"))?;
                 if let Some(r) = step.data {
-                    body.extend_from_slice(&conn.buffered()[r]);
+                    let data = conn.buffered().get(r);
+                    body.extend_from_slice(
+                        data.ok_or_else(|| unreachable("malformed chunked answer"))?,
+                    );
                 }
                 conn.consume(step.consumed);
                 if body.len() > MAX_ANSWER {

@@ -167,18 +167,22 @@ pub fn fetch(url: &str, ca_file: Option<&str>) -> Result<Vec<JwtKey>, String> {
     if head.status != 200 {
         return Err(format!("{url}: status {}", head.status));
     }
-    let body = &raw[n..];
+    let body = raw.get(n..).unwrap_or_default();
     let text = match head.framing {
         Framing::Chunked => {
             let mut d = ChunkedDecoder::default();
             let mut out = Vec::new();
             let mut pos = 0;
             while !d.is_done() {
+                let rest = body.get(pos..).unwrap_or_default();
                 let step = d
-                    .step(&body[pos..])
+                    .step(rest)
                     .map_err(|_| format!("{url}: bad chunked body"))?;
                 if let Some(r) = step.data {
-                    out.extend_from_slice(&body[pos + r.start..pos + r.end]);
+                    let data = rest
+                        .get(r)
+                        .ok_or_else(|| format!("{url}: bad chunked body"))?;
+                    out.extend_from_slice(data);
                 }
                 if step.consumed == 0 {
                     return Err(format!("{url}: truncated body"));
@@ -187,8 +191,9 @@ pub fn fetch(url: &str, ca_file: Option<&str>) -> Result<Vec<JwtKey>, String> {
             }
             out
         }
-        Framing::Length(len) => body
-            .get(..len as usize)
+        Framing::Length(len) => usize::try_from(len)
+            .ok()
+            .and_then(|len| body.get(..len))
             .ok_or_else(|| format!("{url}: truncated body"))?
             .to_vec(),
         _ => body.to_vec(),
@@ -196,6 +201,17 @@ pub fn fetch(url: &str, ca_file: Option<&str>) -> Result<Vec<JwtKey>, String> {
     let text = String::from_utf8(text).map_err(|_| format!("{url}: body is not UTF-8"))?;
     keys_from_document(&text)
 }
+
+/// When a source refreshed at `now` is due again. A period too long for the
+/// clock (`refresh_s` comes from config) means never.
+fn next_due(now: Instant, refresh: Duration) -> Instant {
+    now.checked_add(refresh)
+        .or_else(|| now.checked_add(NEVER))
+        .unwrap_or(now)
+}
+
+/// A period treated as never: a hundred years.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// One JWKS URL to keep fresh: the authenticator's index, URL and period.
 #[derive(Debug, Clone)]
@@ -220,7 +236,7 @@ pub fn refresher(sources: Vec<Source>, refetch: Receiver<usize>, publish: impl F
     let now = Instant::now();
     let mut due: HashMap<usize, Instant> = sources
         .iter()
-        .map(|s| (s.authenticator, now + s.refresh))
+        .map(|s| (s.authenticator, next_due(now, s.refresh)))
         .collect();
     let mut last: HashMap<usize, Instant> =
         sources.iter().map(|s| (s.authenticator, now)).collect();
@@ -241,7 +257,7 @@ pub fn refresher(sources: Vec<Source>, refetch: Receiver<usize>, publish: impl F
             if !is_due && wanted != Some(s.authenticator) {
                 continue;
             }
-            due.insert(s.authenticator, now + s.refresh);
+            due.insert(s.authenticator, next_due(now, s.refresh));
             last.insert(s.authenticator, now);
             match fetch(&s.url, s.ca_file.as_deref()) {
                 Ok(keys) => publish(s.authenticator, Arc::new(keys)),

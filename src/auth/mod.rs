@@ -5,7 +5,6 @@
 //!
 //! Compiled once per config ([`AuthPlan::compile`]); checking a request is a
 //! pure function of the request and the plan, run on the shard.
-
 pub mod introspect;
 pub mod jwks;
 
@@ -499,7 +498,9 @@ impl AuthPlan {
                         continue;
                     }
                     let id = identity_from(&x.forward, &x.roles_claim, &answer);
-                    let until = (now_s + x.ttl.as_secs()).min(exp.unwrap_or(u64::MAX));
+                    let until = now_s
+                        .saturating_add(x.ttl.as_secs())
+                        .min(exp.unwrap_or(u64::MAX));
                     cache
                         .borrow_mut()
                         .insert(token, i, until, id.clone(), now_s);

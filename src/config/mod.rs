@@ -4,7 +4,6 @@
 //! `config/` knows nothing of sockets or shards: it turns text into a
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
-
 mod schema;
 mod validate;
 

@@ -3,6 +3,8 @@
 //! error, never silently ignored. Defaults are documented in `config/README.md`.
 
 use serde::Deserialize;
+
+pub use crate::http::path::EncodedSlash;
 use std::collections::BTreeMap;
 
 /// The whole file: `Gateway( ... )`.
@@ -335,6 +337,13 @@ pub struct Listener {
     /// (one listener per client profile, each with its own limits).
     #[serde(default)]
     pub limits_http: Option<HttpLimits>,
+    /// Merge repeated `/` in request paths before routing (and forwarding).
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// What `%2F`, `%5C`, `%00` and a raw `\` in a path do: `Reject` (400),
+    /// `Keep` or `Decode`.
+    #[serde(default)]
+    pub encoded_slash: EncodedSlash,
 }
 
 /// Limits on client requests and client-side timeouts.

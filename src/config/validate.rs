@@ -402,14 +402,14 @@ impl Validator<'_> {
                             field("algorithms"),
                             "list at least one algorithm".into(),
                         );
-                    } else if families.iter().any(|f| *f != families[0]) {
+                    } else if families.iter().any(|f| Some(f) != families.first()) {
                         self.push(
                             at,
                             field("algorithms"),
                             "all algorithms must be of one family (HS*, RS*/PS*, ES*, or EdDSA)"
                                 .into(),
                         );
-                    } else if hmac_key != (families[0] == AlgorithmFamily::Hmac) {
+                    } else if hmac_key != (families.first() == Some(&AlgorithmFamily::Hmac)) {
                         // Mixing them is the algorithm-confusion attack: an HS token
                         // signed with a public key used as the HMAC secret.
                         self.push(
@@ -682,17 +682,15 @@ pub fn path_template_params(p: &str) -> Result<Vec<String>, String> {
 pub fn template_params(t: &str) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
+    while let Some((_, after)) = rest.split_once('{') {
+        let (name, tail) = after
+            .split_once('}')
             .ok_or_else(|| "unclosed '{' in template".to_string())?;
-        let name = &after[..close];
         if !is_param_name(name) {
             return Err(format!("{{{name}}} is not a valid param name"));
         }
         names.push(name.to_string());
-        rest = &after[close + 1..];
+        rest = tail;
     }
     if rest.contains('}') {
         return Err("unmatched '}' in template".into());
@@ -715,7 +713,7 @@ pub fn is_token_byte(b: u8) -> bool {
 // is what a user needs to jump to.
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let col = before
         .rfind('\n')
@@ -733,12 +731,16 @@ fn anchor_of(text: &str, field: &str, value: &str) -> usize {
 fn anchor_of_key(text: &str, key: &str) -> usize {
     let quoted = format!("{key:?}");
     let mut from = 0;
-    while let Some(i) = text[from..].find(&quoted) {
+    while let Some(i) = text.get(from..).and_then(|t| t.find(&quoted)) {
         let at = from + i;
-        if text[at + quoted.len()..].trim_start().starts_with(':') {
+        let after = at + quoted.len();
+        if text
+            .get(after..)
+            .is_some_and(|t| t.trim_start().starts_with(':'))
+        {
             return at;
         }
-        from = at + quoted.len();
+        from = after;
     }
     0
 }
@@ -748,7 +750,7 @@ fn find_field_value(text: &str, from: usize, field: &str, value: &str) -> Option
     let mut start = from;
     while let Some(i) = text.get(start..)?.find(&quoted) {
         let at = start + i;
-        let before = text[..at].trim_end();
+        let before = text.get(..at)?.trim_end();
         let before = before
             .strip_suffix("Some(")
             .map(str::trim_end)
@@ -791,9 +793,14 @@ fn position_of_field(text: &str, anchor: usize, field: &str) -> (usize, usize) {
     let mut start = anchor;
     while let Some(i) = text.get(start..).and_then(|t| t.find(field)) {
         let at = start + i;
-        let word_start = at == 0
-            || !text.as_bytes()[at - 1].is_ascii_alphanumeric() && text.as_bytes()[at - 1] != b'_';
-        if word_start && text[at + field.len()..].trim_start().starts_with(':') {
+        let word_start = at
+            .checked_sub(1)
+            .and_then(|p| text.as_bytes().get(p))
+            .is_none_or(|&b| !b.is_ascii_alphanumeric() && b != b'_');
+        let colon = text
+            .get(at + field.len()..)
+            .is_some_and(|t| t.trim_start().starts_with(':'));
+        if word_start && colon {
             return line_col(text, at);
         }
         start = at + field.len();

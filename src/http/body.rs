@@ -200,7 +200,7 @@ async fn copy_chunked(
             }
             match out {
                 OutFraming::Chunked => {
-                    o.push(&src.buffered()[range]);
+                    o.push(src.buffered().get(range).unwrap_or_default());
                     src.consume(step.consumed);
                     if o.buf.len() >= CHUNK_FLUSH {
                         o.flush(dst, lim.write_timeout).await?;
@@ -240,7 +240,7 @@ pub fn append_buffered(src: &mut Conn, framing: Framing, head: &mut Vec<u8>) -> 
     match framing {
         Framing::Length(n) => {
             let k = (src.buffered().len() as u64).min(n) as usize;
-            head.extend_from_slice(&src.buffered()[..k]);
+            head.extend_from_slice(src.buffered().get(..k).unwrap_or_default());
             src.consume(k);
             match n - k as u64 {
                 0 => Framing::None,

@@ -74,8 +74,7 @@ impl ChunkedDecoder {
     /// Decodes from `input` until it yields data, finishes, or needs more input.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
         let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
+        while let Some(&b) = input.get(i) {
             match self.state {
                 State::Size { digits, value } => {
                     self.line_len += 1;

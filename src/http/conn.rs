@@ -30,7 +30,7 @@ impl Conn {
 
     /// Bytes read and not yet consumed.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.buf.get(self.pos..).unwrap_or_default()
     }
 
     /// Marks `n` buffered bytes as consumed.

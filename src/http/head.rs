@@ -39,9 +39,14 @@ pub enum HeadError {
 }
 
 /// Header fields as ranges into the owning head's bytes.
+///
+/// A request's repeated fields are also kept joined (see [`read_rules`]):
+/// `joined` maps the index of a field's first line to all its lines'
+/// values combined, and lookups return that combination.
 #[derive(Debug, Default, Clone)]
 pub struct Fields {
     ranges: Vec<(Range<usize>, Range<usize>)>,
+    joined: Vec<(usize, Vec<u8>)>,
 }
 
 /// Where `part` lies inside `base`; empty (or foreign) slices map to `0..0`,
@@ -62,6 +67,7 @@ impl Fields {
                 .iter()
                 .map(|h| (offset(head, h.name.as_bytes()), offset(head, h.value)))
                 .collect(),
+            joined: Vec::new(),
         }
     }
 
@@ -75,20 +81,114 @@ impl Fields {
         self.ranges.is_empty()
     }
 
-    /// Iterates (name, value) pairs over `raw`, the owning head's bytes.
+    /// Iterates (name, value) lines over `raw`, the owning head's bytes, as sent.
     pub fn iter<'a>(&'a self, raw: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        self.ranges
-            .iter()
-            .map(move |(n, v)| (&raw[n.clone()], &raw[v.clone()]))
+        self.ranges.iter().map(move |(n, v)| {
+            (
+                raw.get(n.clone()).unwrap_or_default(),
+                raw.get(v.clone()).unwrap_or_default(),
+            )
+        })
     }
 
-    /// First value of the named field (case-insensitive).
-    pub fn get<'a>(&self, raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        self.ranges
-            .iter()
-            .find(|(n, _)| raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| &raw[v.clone()])
+    /// The value of the named field (case-insensitive): its only line, or,
+    /// for a repeated request field, all its lines joined in order.
+    pub fn get<'a>(&'a self, raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        let (i, value) = self
+            .iter(raw)
+            .enumerate()
+            .find(|(_, (n, _))| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(i, (_, v))| (i, v))?;
+        match self.joined.iter().find(|(first, _)| *first == i) {
+            Some((_, all)) => Some(all),
+            None => Some(value),
+        }
     }
+
+    /// True when the named field was sent on more than one line.
+    pub fn is_repeated(&self, raw: &[u8], name: &str) -> bool {
+        !self.joined.is_empty()
+            && self
+                .iter(raw)
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .nth(1)
+                .is_some()
+    }
+
+    /// The `i`th line's name and value.
+    fn line<'a>(&self, raw: &'a [u8], i: usize) -> (&'a [u8], &'a [u8]) {
+        self.ranges.get(i).map_or((&[][..], &[][..]), |(n, v)| {
+            (
+                raw.get(n.clone()).unwrap_or_default(),
+                raw.get(v.clone()).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Applies the reading rules to a request's fields: a repeated singleton
+    /// is refused, the lines of any other repeated field are joined in order.
+    fn join_repeated(&mut self, raw: &[u8]) -> Result<(), HeadError> {
+        // A 64-bit filter over (length, first and last byte) keeps the common
+        // case — no field repeated — to one pass with no name comparisons.
+        let mut seen = 0u64;
+        for i in 0..self.ranges.len() {
+            let (name, value) = self.line(raw, i);
+            let bit = name_bit(name);
+            if seen & bit == 0 {
+                seen |= bit;
+                continue;
+            }
+            let Some(first) = (0..i).find(|&j| self.line(raw, j).0.eq_ignore_ascii_case(name))
+            else {
+                continue;
+            };
+            if let Some(why) = singleton(name) {
+                return Err(HeadError::Malformed(why));
+            }
+            let sep: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
+                b"; "
+            } else {
+                b", "
+            };
+            let slot = match self.joined.iter().position(|(f, _)| *f == first) {
+                Some(k) => k,
+                None => {
+                    self.joined.push((first, self.line(raw, first).1.to_vec()));
+                    self.joined.len() - 1
+                }
+            };
+            if let Some((_, all)) = self.joined.get_mut(slot) {
+                all.extend_from_slice(sep);
+                all.extend_from_slice(value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One bit of a 64-bit filter for a field name (case-insensitive).
+fn name_bit(name: &[u8]) -> u64 {
+    let first = name.first().map_or(0, u8::to_ascii_lowercase) as usize;
+    let last = name.last().map_or(0, u8::to_ascii_lowercase) as usize;
+    1u64 << ((name.len().wrapping_mul(31) ^ first.wrapping_mul(7) ^ last) & 63)
+}
+
+/// The request fields the gateway acts on that may appear only once, with
+/// the error for a repeat. Configured names (API-key header, rate-limit key
+/// headers, route header conditions) are checked by the pipeline.
+pub const SINGLETONS: [(&str, &str); 5] = [
+    ("host", "Host sent more than once"),
+    ("content-length", "Content-Length sent more than once"),
+    ("authorization", "Authorization sent more than once"),
+    ("x-request-id", "X-Request-Id sent more than once"),
+    ("traceparent", "traceparent sent more than once"),
+];
+
+fn singleton(name: &[u8]) -> Option<&'static str> {
+    SINGLETONS
+        .iter()
+        .find(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        .map(|(_, why)| *why)
 }
 
 /// The length of a complete head (`None`: more bytes needed), enforcing the size limit.
@@ -170,9 +270,15 @@ fn scan_fields(headers: &[httparse::Header<'_>]) -> FieldFacts {
 pub struct RequestHead {
     raw: Vec<u8>,
     method: Range<usize>,
+    /// The origin-form part of the target (path and query); for an
+    /// absolute-form target, what follows the authority.
     target: Range<usize>,
-    /// Length of the path part of the target (before `?`).
+    /// Length of the path part of `target` (before `?`).
     path_len: usize,
+    /// The authority of an absolute-form target, which replaces `Host`.
+    authority: Option<Range<usize>>,
+    /// The normalised path, when normalising changed it.
+    normalized: Option<String>,
     /// Minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     /// Header fields.
@@ -204,7 +310,8 @@ impl RequestHead {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
         let limit = max_headers.min(MAX_HEADERS_CAP);
         let mut req = httparse::Request::new(&mut []);
-        let status = req.parse_with_uninit_headers(buf, &mut storage[..limit]);
+        let headers = storage.get_mut(..limit).unwrap_or_default();
+        let status = req.parse_with_uninit_headers(buf, headers);
         let Some(n) = head_length(status, buf.len(), max_bytes, "malformed request head")? else {
             return Ok(Parsed::Partial);
         };
@@ -237,14 +344,33 @@ impl RequestHead {
                 Some(n) => Framing::Length(n),
             }
         };
-        let head = &buf[..n];
-        let fields = Fields::locate(head, req.headers);
+        let head = buf.get(..n).unwrap_or(buf);
+        let mut fields = Fields::locate(head, req.headers);
+        fields.join_repeated(head)?;
+        let target = offset(head, path.as_bytes());
+        let (authority, target) = split_absolute_form(head, target)?;
+        let origin = head.get(target.clone()).unwrap_or_default();
+        let path_len = origin
+            .iter()
+            .position(|&b| b == b'?')
+            .unwrap_or(origin.len());
+        let host = match &authority {
+            Some(a) => Some(head.get(a.clone()).unwrap_or_default()),
+            None => fields.get(head, "host"),
+        };
+        match host {
+            None if version == 1 => return Err(HeadError::Malformed("missing Host header")),
+            Some(h) if !valid_host(h) => return Err(HeadError::Malformed("invalid Host header")),
+            _ => {}
+        }
         let keep_alive = facts.keep_alive(version);
         Ok(Parsed::Complete(
             RequestHead {
                 method: offset(head, method.as_bytes()),
-                target: offset(head, path.as_bytes()),
-                path_len: path.find('?').unwrap_or(path.len()),
+                target,
+                path_len,
+                authority,
+                normalized: None,
                 raw: head.to_vec(),
                 version,
                 fields,
@@ -263,18 +389,38 @@ impl RequestHead {
 
     /// The method.
     pub fn method(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.method.clone()]).unwrap_or("")
+        self.raw_str(self.method.clone())
     }
 
-    /// The request target as sent (path and query).
+    fn raw_str(&self, r: Range<usize>) -> &str {
+        self.raw
+            .get(r)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The request target in origin form (path and query) as sent; for an
+    /// absolute-form target, the part after the authority.
     pub fn target(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
+        self.raw_str(self.target.clone())
     }
 
-    /// The path, without the query.
+    /// The path, without the query: normalised once [`RequestHead::set_path`]
+    /// has run; `/` when an absolute-form target had no path.
     pub fn path(&self) -> &str {
-        let t = self.target();
-        t.get(..self.path_len).unwrap_or(t)
+        if let Some(p) = &self.normalized {
+            return p;
+        }
+        match self.target().get(..self.path_len) {
+            Some("") => "/",
+            Some(p) => p,
+            None => "",
+        }
+    }
+
+    /// Replaces the path with its normal form (the query is kept).
+    pub fn set_path(&mut self, normalized: String) {
+        self.normalized = Some(normalized);
     }
 
     /// The query (after `?`), if any.
@@ -282,12 +428,27 @@ impl RequestHead {
         self.target().get(self.path_len + 1..)
     }
 
-    /// First value of a header field.
+    /// The host the request is for: the authority of an absolute-form
+    /// target, else the `Host` field.
+    pub fn host(&self) -> Option<&[u8]> {
+        match &self.authority {
+            Some(a) => self.raw.get(a.clone()),
+            None => self.header("host"),
+        }
+    }
+
+    /// The value of a header field, as every stage reads it: its only line,
+    /// or all its lines joined in order (see [`Fields::get`]).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.fields.get(&self.raw, name)
     }
 
-    /// Iterates header fields.
+    /// True when the named field came on more than one line.
+    pub fn is_repeated(&self, name: &str) -> bool {
+        self.fields.is_repeated(&self.raw, name)
+    }
+
+    /// Iterates header lines as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields.iter(&self.raw)
     }
@@ -299,6 +460,80 @@ impl RequestHead {
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         )
     }
+}
+
+/// Splits an absolute-form target (`http://authority/path?query`) into its
+/// authority and origin-form part; an origin-form target is returned as is.
+fn split_absolute_form(
+    head: &[u8],
+    target: Range<usize>,
+) -> Result<(Option<Range<usize>>, Range<usize>), HeadError> {
+    let t = head.get(target.clone()).unwrap_or_default();
+    if t.first() == Some(&b'/') {
+        return Ok((None, target));
+    }
+    let Some(colon) = t.iter().position(|&b| b == b':') else {
+        return Err(HeadError::Malformed(
+            "request target must be an absolute path",
+        ));
+    };
+    let (scheme, rest) = t.split_at(colon);
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(HeadError::Malformed(
+            "request target must be an absolute path",
+        ));
+    }
+    let Some(after) = rest.strip_prefix(b"://") else {
+        return Err(HeadError::Malformed("malformed absolute-form target"));
+    };
+    let auth_len = after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len());
+    let auth_start = target.start + colon + 3;
+    let authority = auth_start..auth_start + auth_len;
+    if auth_len == 0 || after.get(..auth_len).is_some_and(|a| a.contains(&b'@')) {
+        return Err(HeadError::Malformed("malformed absolute-form target"));
+    }
+    Ok((Some(authority), auth_start + auth_len..target.end))
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2): an IP literal in brackets or a
+/// registered name / IPv4 address, then an optional decimal port. Empty is
+/// allowed (a target without an authority).
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        let Some(close) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (lit, rest) = h.split_at(close + 1);
+        let inner = lit.get(1..close).unwrap_or_default();
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match rest {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], port),
+            _ => return false,
+        }
+    } else {
+        match h.iter().rposition(|&b| b == b':') {
+            Some(i) => (
+                h.get(..i).unwrap_or_default(),
+                h.get(i + 1..).unwrap_or_default(),
+            ),
+            None => (h, &b""[..]),
+        }
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+    host.iter().all(reg_name)
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty() || !host.is_empty())
 }
 
 /// A parsed response head.
@@ -355,7 +590,7 @@ impl ResponseHead {
                 None => Framing::UntilClose,
             }
         };
-        let head = &buf[..n];
+        let head = buf.get(..n).unwrap_or(buf);
         let fields = Fields::locate(head, resp.headers);
         let keep_alive = framing != Framing::UntilClose && facts.keep_alive(version);
         Ok(Parsed::Complete(
@@ -400,7 +635,9 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         b"proxy-connection",
     ];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// The field names listed in a message's `Connection` fields, gathered once
@@ -454,17 +691,19 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let te_cl = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te_cl =
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(req(te_cl), Err(HeadError::Malformed(_))));
-        let two_cl = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        let two_cl = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert!(matches!(req(two_cl), Err(HeadError::Malformed(_))));
-        let same_cl = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
-        assert_eq!(req(same_cl).unwrap().framing, Framing::Length(3));
-        let bad_cl = "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n";
+        let same_cl =
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(req(same_cl), Err(HeadError::Malformed(_))));
+        let bad_cl = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n";
         assert!(matches!(req(bad_cl), Err(HeadError::Malformed(_))));
-        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+        let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(req(gzip).unwrap_err(), HeadError::UnsupportedEncoding);
-        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(req(chunked).unwrap().framing, Framing::Chunked);
         let http10 = "GET / HTTP/1.0\r\n\r\n";
         assert!(!req(http10).unwrap().keep_alive);
@@ -521,15 +760,101 @@ mod tests {
 
     #[test]
     fn empty_values_and_obs_fold() {
-        let h = req("GET / HTTP/1.1\r\nX-Empty:\r\nX-B: b\r\n\r\n").unwrap();
+        let h = req("GET / HTTP/1.1\r\nHost: h\r\nX-Empty:\r\nX-B: b\r\n\r\n").unwrap();
         assert_eq!(h.header("x-empty"), Some(&b""[..]));
         assert_eq!(h.header("x-b"), Some(&b"b"[..]));
-        let folded = "GET / HTTP/1.1\r\nX-A: a\r\n  folded\r\n\r\n";
+        let folded = "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n  folded\r\n\r\n";
         assert!(matches!(req(folded), Err(HeadError::Malformed(_))));
         let resp = b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n";
         match ResponseHead::parse(resp, 1024, false) {
             Ok(Parsed::Complete(h, _)) => assert_eq!(h.reason(), b""),
             _ => panic!("parse failed"),
+        }
+    }
+
+    #[test]
+    fn one_reading_of_repeated_fields() {
+        let h = req("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: a\r\nx-forwarded-for: 2.2.2.2\r\nX-Forwarded-For: 3.3.3.3\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n").unwrap();
+        assert_eq!(
+            h.header("x-forwarded-for"),
+            Some(&b"1.1.1.1, 2.2.2.2, 3.3.3.3"[..])
+        );
+        assert_eq!(h.header("cookie"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(h.header("accept"), Some(&b"a"[..]));
+        assert!(h.is_repeated("X-Forwarded-For"));
+        assert!(!h.is_repeated("accept"));
+        for name in [
+            "Host",
+            "Content-Length",
+            "Authorization",
+            "X-Request-Id",
+            "traceparent",
+        ] {
+            let two =
+                format!("GET / HTTP/1.1\r\nHost: h\r\n{name}: 1\r\nX-A: b\r\n{name}: 1\r\n\r\n");
+            let two = if name == "Host" {
+                two.replacen("Host: h\r\n", "", 1)
+            } else {
+                two
+            };
+            assert!(matches!(req(&two), Err(HeadError::Malformed(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn host_rules() {
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(req("GET / HTTP/1.0\r\n\r\n").is_ok());
+        for bad in [
+            "[a", "[", "[::1", "a b", "[::1]x", ":80", "h:8x", "h:123456", "[]",
+        ] {
+            let r = req(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n"));
+            assert!(matches!(r, Err(HeadError::Malformed(_))), "{bad}");
+        }
+        for good in [
+            "",
+            "h",
+            "h:80",
+            "h:",
+            "[::1]",
+            "[::1]:8080",
+            "10.0.0.1:9",
+            "a-b.example.com",
+        ] {
+            assert!(
+                req(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n")).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_form() {
+        let h = req("GET http://Example.com:8080/p/q?x=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert_eq!(h.host(), Some(&b"Example.com:8080"[..]));
+        assert_eq!(h.path(), "/p/q");
+        assert_eq!(h.query(), Some("x=1"));
+        let h = req("GET HTTPS://h?x HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.host(), h.path(), h.query()),
+            (Some(&b"h"[..]), "/", Some("x"))
+        );
+        let h = req("GET http://h HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((h.path(), h.query()), ("/", None));
+        for bad in [
+            "ftp://h/",
+            "http:/h",
+            "http://",
+            "http://u@h/",
+            "h/p",
+            "*",
+            "http://[a/",
+        ] {
+            let r = req(&format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n"));
+            assert!(matches!(r, Err(HeadError::Malformed(_))), "{bad}");
         }
     }
 

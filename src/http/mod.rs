@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod conn;
 pub mod head;
 pub mod io;
+pub mod path;
 
 pub use conn::Conn;
 pub use head::{Framing, HeadError, Parsed, RequestHead, ResponseHead};

@@ -72,24 +72,18 @@ pub fn upstream_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let connection = ConnectionNames::of(req.headers());
-    let mut xff: Option<&[u8]> = None;
-    let mut host: Option<&[u8]> = None;
     for (name, value) in req.headers() {
+        // Fields the gateway writes itself, once, from the request's one reading.
         if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-request-id")
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
         {
             continue;
-        }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff = Some(value);
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"host") {
-            host = Some(value);
         }
         if connection.contains(name)
             || (ex.drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
@@ -105,11 +99,16 @@ pub fn upstream_head(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if host.is_none() {
-        let _ = write!(out, "host: {upstream_addr}\r\n");
+    let host = req.host().filter(|h| !h.is_empty());
+    out.extend_from_slice(b"host: ");
+    match host {
+        Some(h) => out.extend_from_slice(h),
+        None => {
+            let _ = write!(out, "{upstream_addr}");
+        }
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = xff {
+    out.extend_from_slice(b"\r\nx-forwarded-for: ");
+    if let Some(prev) = req.header("x-forwarded-for").filter(|v| !v.is_empty()) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }

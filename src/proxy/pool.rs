@@ -121,9 +121,9 @@ impl Pools {
         let start = *cursor % n;
         *cursor = cursor.wrapping_add(1);
         match up.balance {
-            Balance::RoundRobin => Some(up.targets[start]),
+            Balance::RoundRobin => up.targets.get(start).copied(),
             Balance::LeastOutstanding => (0..n)
-                .map(|k| up.targets[(start + k) % n])
+                .filter_map(|k| up.targets.get((start + k) % n).copied())
                 .min_by_key(|a| self.outstanding(*a)),
         }
     }

@@ -199,7 +199,10 @@ impl Algorithm {
                 }
             }
             (Algorithm::SlidingLog { window_ns, .. }, State::Log(log)) => {
-                while log.front().is_some_and(|&t| t + window_ns <= now) {
+                while log
+                    .front()
+                    .is_some_and(|&t| t.saturating_add(*window_ns) <= now)
+                {
                     log.pop_front();
                 }
             }
@@ -266,9 +269,9 @@ impl Algorithm {
                 }
             }
             (Algorithm::FixedWindow { limit, window_ns }, State::Window { start, count }) => {
-                let allowed = count + cost <= *limit;
+                let allowed = count.saturating_add(cost) <= *limit;
                 let after = if allowed { count + cost } else { *count };
-                let reset = (start + window_ns).saturating_sub(now);
+                let reset = start.saturating_add(*window_ns).saturating_sub(now);
                 Decision {
                     allowed,
                     limit: *limit,
@@ -292,11 +295,11 @@ impl Algorithm {
                 let estimate = *previous as f64 * weight + *current as f64;
                 let allowed = estimate + c <= *limit as f64;
                 let after = if allowed { estimate + c } else { estimate };
-                let window_end = (start + window_ns).saturating_sub(now);
+                let window_end = start.saturating_add(*window_ns).saturating_sub(now);
                 // The previous window's weight falls linearly: when does enough of it go?
                 let retry = if allowed {
                     0
-                } else if (*current + cost) as f64 <= *limit as f64 && *previous > 0 {
+                } else if current.saturating_add(cost) as f64 <= *limit as f64 && *previous > 0 {
                     let need_weight = (*limit as f64 - *current as f64 - c) / *previous as f64;
                     let t = w * (1.0 - need_weight) - elapsed;
                     t.max(0.0).ceil() as u64
@@ -314,15 +317,17 @@ impl Algorithm {
             }
             (Algorithm::SlidingLog { limit, window_ns }, State::Log(log)) => {
                 let count = log.len() as u64;
-                let allowed = count + cost <= *limit;
+                let allowed = count.saturating_add(cost) <= *limit;
                 let after = if allowed { count + cost } else { count };
                 // The entry whose expiry makes room for `cost`.
-                let idx = (count + cost).saturating_sub(*limit) as usize;
+                let idx = usize::try_from(count.saturating_add(cost).saturating_sub(*limit))
+                    .unwrap_or(usize::MAX);
                 let retry = if allowed || idx == 0 {
                     0
                 } else {
-                    log.get(idx - 1)
-                        .map_or(*window_ns, |&t| (t + window_ns).saturating_sub(now))
+                    log.get(idx - 1).map_or(*window_ns, |&t| {
+                        t.saturating_add(*window_ns).saturating_sub(now)
+                    })
                 };
                 Decision {
                     allowed,
@@ -330,7 +335,7 @@ impl Algorithm {
                     remaining: limit.saturating_sub(after),
                     reset_ns: log
                         .back()
-                        .map_or(0, |&t| (t + window_ns).saturating_sub(now)),
+                        .map_or(0, |&t| t.saturating_add(*window_ns).saturating_sub(now)),
                     retry_after_ns: retry,
                     delay_ns: 0,
                 }
@@ -401,6 +406,35 @@ mod tests {
             .iter()
             .map(|&t| alg.admit(&mut st, t * MS, 1).allowed)
             .collect()
+    }
+
+    #[test]
+    fn a_window_too_long_for_the_clock_still_counts() {
+        // `window_s` from config saturates to u64::MAX ns: window ends must
+        // saturate too, not wrap (a wrapped sliding log forgot every entry).
+        let now = 1_700_000_000 * 1_000 * MS;
+        for alg in [
+            Algorithm::FixedWindow {
+                limit: 2,
+                window_ns: u64::MAX,
+            },
+            Algorithm::SlidingWindow {
+                limit: 2,
+                window_ns: u64::MAX,
+            },
+            Algorithm::SlidingLog {
+                limit: 2,
+                window_ns: u64::MAX,
+            },
+        ] {
+            let mut st = alg.new_state(now);
+            let admitted: Vec<bool> = (0..3)
+                .map(|i| alg.admit(&mut st, now + i * MS, 1).allowed)
+                .collect();
+            assert_eq!(admitted, [true, true, false], "{alg:?}");
+            let d = alg.decide(&st, now + 3 * MS, 1);
+            assert!(d.retry_after_ns > 1_000_000 * 1_000 * MS, "{alg:?}: {d:?}");
+        }
     }
 
     #[test]

@@ -109,10 +109,16 @@ pub fn now_ns() -> u64 {
     let (at, unix) = BASE.get_or_init(|| {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+            .map_or(0, nanos);
         (Instant::now(), unix)
     });
-    unix + at.elapsed().as_nanos() as u64
+    unix.saturating_add(nanos(at.elapsed()))
+}
+
+/// A duration in nanoseconds, saturating (durations come from config and
+/// may exceed the 584 years that fit in a `u64`).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A shard's rate-limit state.
@@ -197,7 +203,7 @@ impl Limiter {
     /// True (at most once per `every`) when a Redis failure of `limit` should be logged.
     pub fn should_log(&mut self, limit: usize, now: u64, every: Duration) -> bool {
         match self.redis_logged.get_mut(limit) {
-            Some(at) if *at == 0 || now.saturating_sub(*at) >= every.as_nanos() as u64 => {
+            Some(at) if *at == 0 || now.saturating_sub(*at) >= nanos(every) => {
                 *at = now;
                 true
             }
@@ -348,7 +354,7 @@ impl Limiter {
             Entry::new(State::Window { start: 0, count: 0 }, 0, now)
         });
         let expired = now >= e.lease_until;
-        e.quota = if expired { 0 } else { e.quota } + grant.granted;
+        e.quota = if expired { 0 } else { e.quota }.saturating_add(grant.granted);
         e.remote_remaining = grant.remaining;
         e.remote_reset_at = now.saturating_add(grant.reset_ns);
         if grant.granted > 0 {
@@ -365,7 +371,7 @@ impl Limiter {
     /// sweeps idle keys now and then, and wakes requests waiting for quota.
     pub fn tick(&mut self, plan: &RateLimitPlan, now: u64) {
         self.round += 1;
-        let interval = plan.gossip_interval.as_nanos() as u64;
+        let interval = nanos(plan.gossip_interval);
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 Gossip::Need {
@@ -420,7 +426,8 @@ impl Limiter {
         let alg = lp.algorithm.scaled(e.quota, lp.units);
         alg.advance(&mut e.state, now);
         let spare = alg.decide(&e.state, now, 0).remaining.min(e.quota);
-        let active = now.saturating_sub(e.last_request) < 2 * interval && e.last_request > 0;
+        let active =
+            now.saturating_sub(e.last_request) < interval.saturating_mul(2) && e.last_request > 0;
         // A busy shard keeps half (rounded up: its last unit stays where the
         // traffic is, instead of bouncing between busy shards).
         let give = if active { spare / 2 } else { spare };

@@ -4,7 +4,6 @@
 //! the compiled config ([`plan`]), the shard's limiter with quota gossip
 //! between shards ([`limiter`]), and the Redis client for limits shared by
 //! several gateway instances ([`redis`], [`resp`]).
-
 pub mod algorithm;
 pub mod key;
 pub mod limiter;

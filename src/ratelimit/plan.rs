@@ -182,15 +182,16 @@ fn limit_plan(name: &str, l: &RateLimit) -> Result<LimitPlan, String> {
 
 /// The limits of one route with their key parts resolved.
 pub fn route_limits(g: &Gateway, route: &Route) -> Result<Vec<RouteLimit>, String> {
-    let names: Vec<&String> = g.rate_limits.keys().collect();
     let mut out = Vec::new();
     for name in &route.rate_limits {
-        let limit = names
+        let (limit, spec) = g
+            .rate_limits
             .iter()
-            .position(|n| *n == name)
+            .enumerate()
+            .find_map(|(i, (n, spec))| (n == name).then_some((i, spec)))
             .ok_or_else(|| format!("unknown rate limit {name:?}"))?;
         let mut parts = Vec::new();
-        flatten_key(g, route, &g.rate_limits[name].key, &mut parts)?;
+        flatten_key(g, route, &spec.key, &mut parts)?;
         out.push(RouteLimit { limit, parts });
     }
     Ok(out)

@@ -179,17 +179,15 @@ pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
 }
 
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let pair = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&pair).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
         } else {
-            out.push(b[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()

@@ -85,14 +85,15 @@ fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize
             if len > MAX_BULK {
                 return Err(format!("bulk string of {len} bytes exceeds {MAX_BULK}"));
             }
-            let end = next + len;
-            if buf.len() < end + 2 {
+            // `next` is within `buf` and `len` is at most MAX_BULK: no overflow.
+            let after = next + len + 2;
+            let Some(framed) = buf.get(next..after) else {
                 return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
+            };
+            let Some(body) = framed.strip_suffix(b"\r\n") else {
                 return Err("bulk string not terminated by CRLF".to_string());
-            }
-            Ok(Some((Reply::Bulk(buf[next..end].to_vec()), end + 2)))
+            };
+            Ok(Some((Reply::Bulk(body.to_vec()), after)))
         }
         b'*' => {
             let len = integer(line)?;
@@ -108,7 +109,7 @@ fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usize
             }
             // Never trust the announced length for an allocation: every
             // element takes at least 3 bytes, so what is buffered bounds it.
-            let mut items = Vec::with_capacity(len.min((buf.len() - next) / 3));
+            let mut items = Vec::with_capacity(len.min(buf.len().saturating_sub(next) / 3));
             let mut at = next;
             for _ in 0..len {
                 match parse_at(buf, at, depth + 1)? {
@@ -130,13 +131,13 @@ fn line_at(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, String> {
     let rest = buf.get(pos..).unwrap_or_default();
     match rest.iter().position(|&b| b == b'\n') {
         Some(i) => {
-            if i == 0 || rest[i - 1] != b'\r' {
+            let Some(line) = rest.get(..i).and_then(|l| l.strip_suffix(b"\r")) else {
                 return Err("line not terminated by CRLF".to_string());
-            }
-            if i - 1 > MAX_LINE {
+            };
+            if line.len() > MAX_LINE {
                 return Err(format!("reply line exceeds {MAX_LINE} bytes"));
             }
-            Ok(Some((&rest[..i - 1], pos + i + 1)))
+            Ok(Some((line, pos + i + 1)))
         }
         None if rest.len() > MAX_LINE + 1 => Err(format!("reply line exceeds {MAX_LINE} bytes")),
         None => Ok(None),

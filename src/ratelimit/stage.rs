@@ -50,8 +50,15 @@ pub async fn apply(
             }
             Outcome::NeedLease(i) if leases < 2 * checks.len() => {
                 leases += 1;
-                if let Err(e) = lease(shard, plan, &checks[i], now).await {
-                    let lp = &plan.limits[checks[i].limit];
+                let Some(check) = checks.get(i) else {
+                    return Err(GatewayError::Unavailable(
+                        "the rate-limit store gave no answer",
+                    ));
+                };
+                if let Err(e) = lease(shard, plan, check, now).await {
+                    let Some(lp) = plan.limits.get(check.limit) else {
+                        continue;
+                    };
                     let PolicyPlan::Redis {
                         fault_tolerant,
                         retry,
@@ -63,7 +70,7 @@ pub async fn apply(
                     if shard
                         .limiter
                         .borrow_mut()
-                        .should_log(checks[i].limit, now, *retry)
+                        .should_log(check.limit, now, *retry)
                     {
                         eprintln!(
                             "shardgate: shard {}: rate limit {:?}: Redis unavailable ({e}); {}",
@@ -125,7 +132,9 @@ async fn lease(
     check: &Check,
     now: u64,
 ) -> Result<(), super::redis::RedisError> {
-    let lp = &plan.limits[check.limit];
+    let Some(lp) = plan.limits.get(check.limit) else {
+        return Ok(());
+    };
     let PolicyPlan::Redis { lease, .. } = &lp.policy else {
         return Ok(());
     };

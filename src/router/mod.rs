@@ -85,7 +85,8 @@ impl Node {
         self.statics
             .binary_search_by(|(k, _)| (**k).cmp(seg))
             .ok()
-            .map(|i| &self.statics[i].1)
+            .and_then(|i| self.statics.get(i))
+            .map(|(_, node)| node)
     }
 
     fn static_child_mut(&mut self, seg: &str) -> &mut Node {
@@ -96,6 +97,7 @@ impl Node {
                 i
             }
         };
+        #[allow(clippy::indexing_slicing)] // `i` was found or just inserted
         &mut self.statics[i].1
     }
 }
@@ -203,7 +205,8 @@ impl Router {
             if !seg.is_empty() {
                 if let Some(r) = self.find_full(child, req, host, base, segs, params, allow) {
                     // Params are pushed innermost first and reversed by the caller.
-                    let start = seg.as_ptr() as usize - base.as_ptr() as usize + 1;
+                    // `seg` is a subslice of `base`, which starts one byte into the path.
+                    let start = (seg.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize) + 1;
                     params.push(start..start + seg.len());
                     return Some(r);
                 }
@@ -241,7 +244,9 @@ impl Router {
         allow: &mut Vec<String>,
     ) -> Option<usize> {
         for &i in list {
-            let c = &self.conditions[i];
+            let Some(c) = self.conditions.get(i) else {
+                continue;
+            };
             if let Some(want) = &c.host {
                 if !host.is_some_and(|h| host_matches(want, h)) {
                     continue;
@@ -269,7 +274,9 @@ impl Router {
 
 fn sort_lists(node: &mut Node, conds: &[Conditions]) {
     let key = |i: &usize| {
-        let c = &conds[*i];
+        let Some(c) = conds.get(*i) else {
+            return (true, usize::MAX, true, *i);
+        };
         (
             c.host.is_none(),
             usize::MAX - c.headers.len(),
@@ -287,22 +294,33 @@ fn sort_lists(node: &mut Node, conds: &[Conditions]) {
     }
 }
 
+/// The host without its port: `[v6]:port` → `[v6]`, `name:port` → `name`.
+/// An unclosed `[` is returned whole (it matches no host condition).
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
+        return match host.split_once(']') {
+            Some((inner, _)) => host.get(..inner.len() + 1).unwrap_or(host),
+            None => host,
+        };
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// Case-insensitive host match; `*.suffix` matches any name ending in `.suffix`
+/// (compared as bytes, so a non-ASCII host cannot split a character).
 fn host_matches(want: &str, host: &str) -> bool {
     match want.strip_prefix("*.") {
         Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+            // `split` is where the dot before the suffix must be; a label must precede it.
+            let Some(split) = host.len().checked_sub(suffix.len() + 1) else {
+                return false;
+            };
+            split > 0
+                && host.get(split) == Some(&b'.')
+                && host
+                    .get(split + 1..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
         }
         None => want.eq_ignore_ascii_case(host),
     }
@@ -311,6 +329,34 @@ fn host_matches(want: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_hosts_do_not_panic() {
+        for h in [
+            "[a",
+            "[",
+            "[::1",
+            "[::1]:80",
+            ":",
+            "",
+            "é.example.com",
+            "x.é",
+            "a:b:c",
+        ] {
+            let _ = strip_port(h);
+            assert!(!host_matches("*.example.com", h) || h.ends_with(".example.com"));
+        }
+        assert_eq!(strip_port("[a"), "[a");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("api.example.com:80"), "api.example.com");
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "A.EXAMPLE.COM"));
+        assert!(!host_matches("*.example.com", ".example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "aexample.com"));
+        assert!(host_matches("*.é.com", "a.é.com"));
+        assert!(!host_matches("*.com", "é"));
+    }
 
     fn full(p: &str) -> RouteSpec {
         RouteSpec {

@@ -1,6 +1,5 @@
 //! Shards: pinned threads, each running its own monoio runtime with its own
 //! listeners, route tables and pools, steered by control messages.
-
 mod notify;
 mod run;
 mod state;

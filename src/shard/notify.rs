@@ -63,9 +63,10 @@ impl Future for Wait<'_> {
             }
             None => {
                 let waker = Some(cx.waker().clone());
-                let k = match slab.free.pop() {
-                    Some(k) => {
-                        slab.slots[k] = waker;
+                let free = slab.free.pop();
+                let k = match free.and_then(|k| slab.slots.get_mut(k).map(|slot| (k, slot))) {
+                    Some((k, slot)) => {
+                        *slot = waker;
                         k
                     }
                     None => {

@@ -5,9 +5,10 @@ use super::state::Shard;
 use crate::compiled::Compiled;
 use crate::config::{DriverChoice, Shards};
 use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
-use crate::server::accept_loop;
+use crate::server::{accept_loop, contain, panic_message};
 use crossbeam_channel::{Receiver, Sender};
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -111,9 +112,7 @@ pub fn plan_cores(shards: &Shards) -> Result<Vec<Option<usize>>, String> {
         if available.is_empty() {
             return vec![None; n];
         }
-        (0..n)
-            .map(|i| Some(available[i % available.len()]))
-            .collect()
+        available.iter().cycle().take(n).map(|&c| Some(c)).collect()
     };
     match shards {
         Shards::Auto => Ok(pick(available.len().max(1))),
@@ -199,6 +198,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                     }
                 }
                 let args = ShardArgs {
+                    sockets: Rc::default(),
                     id,
                     core,
                     compiled,
@@ -216,7 +216,11 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let mut drivers = vec![Driver::Epoll; cores.len()];
     for _ in 0..cores.len() {
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((id, Ok(d))) => drivers[id] = d,
+            Ok((id, Ok(d))) => {
+                if let Some(slot) = drivers.get_mut(id) {
+                    *slot = d;
+                }
+            }
             Ok((id, Err(e))) => return Err(format!("shard {id}: {e}")),
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
@@ -228,9 +232,28 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     })
 }
 
+/// A listening socket for one shard: SO_REUSEPORT, so every shard has its own.
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 /// What a shard thread starts from.
 #[derive(Clone)]
 struct ShardArgs {
+    /// The shard's listening sockets, one per configured listener.
+    sockets: Rc<Vec<std::net::TcpListener>>,
     id: usize,
     core: Option<usize>,
     compiled: Arc<Compiled>,
@@ -240,7 +263,51 @@ struct ShardArgs {
     inbox: Receiver<Gossip>,
 }
 
-fn run_shard(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
+thread_local! {
+    /// The newest config this shard thread was sent, for a restart.
+    static LATEST: std::cell::RefCell<Option<Arc<Compiled>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a shard, restarting it when a panic escapes its runtime (connection
+/// tasks contain their own panics; this catches the rest: accept loops,
+/// timers, gossip). A restart binds fresh listeners and starts from the
+/// newest config the shard was sent; the connections it had are lost.
+fn run_shard(mut args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
+    let id = args.id;
+    // Bound once per shard thread, so a restarted runtime accepts on the same
+    // sockets (and whatever is queued on them).
+    let mut sockets = Vec::new();
+    for l in &args.compiled.listeners {
+        match bind_listener(l.addr) {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                let why = format!("cannot bind {} ({}): {e}", l.addr, l.name);
+                let _ = args.ready.send((id, Err(why)));
+                return;
+            }
+        }
+    }
+    args.sockets = Rc::new(sockets);
+    for restart in 0u64.. {
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_runtime(args.clone(), wanted, fallback_allowed)
+        }));
+        let Err(payload) = run else {
+            return;
+        };
+        let what = panic_message(payload.as_ref());
+        eprintln!(
+            "shardgate: shard {id} died: {what}; restarting it (restart {})",
+            restart + 1
+        );
+        if let Some(latest) = LATEST.with(|l| l.borrow().clone()) {
+            args.compiled = latest;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_runtime(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
     let id = args.id;
     let ready = args.ready.clone();
     let body = |driver: Driver| shard_main(args.clone(), driver);
@@ -310,6 +377,7 @@ fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<mon
 
 async fn shard_main(args: ShardArgs, driver: Driver) {
     let ShardArgs {
+        sockets,
         id,
         core,
         compiled,
@@ -318,22 +386,26 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
         peers,
         inbox,
     } = args;
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(4096);
     let mut listeners = Vec::new();
-    for l in &compiled.listeners {
-        match TcpListener::bind_with_config(l.addr, &opts) {
+    for (l, socket) in compiled.listeners.iter().zip(sockets.iter()) {
+        match socket.try_clone().and_then(TcpListener::from_std) {
             Ok(tl) => listeners.push(tl),
             Err(e) => {
-                let _ = ready.send((id, Err(format!("cannot bind {} ({}): {e}", l.addr, l.name))));
+                let _ = ready.send((
+                    id,
+                    Err(format!("cannot listen on {} ({}): {e}", l.addr, l.name)),
+                ));
                 return;
             }
         }
     }
     let shard = Rc::new(Shard::new(id, compiled, Limiter::new(id, peers, inbox)));
-    monoio::spawn(gossip_loop(shard.clone()));
+    let gossip = shard.clone();
+    monoio::spawn(async move {
+        while let Err(why) = contain(gossip_loop(gossip.clone())).await {
+            eprintln!("shardgate: shard {id}: gossip loop panicked: {why}; restarted");
+        }
+    });
     for (i, tl) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(shard.clone(), i, tl));
     }
@@ -362,6 +434,12 @@ async fn gossip_loop(shard: Rc<Shard>) {
         if shard.shutdown.is_fired() {
             return;
         }
+        if shard.panic_next_tick.take() {
+            #[allow(clippy::panic)]
+            {
+                panic!("test panic in the gossip loop");
+            }
+        }
         let cfg = shard.config();
         shard
             .limiter
@@ -376,7 +454,10 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
         monoio::time::sleep(CONTROL_TICK).await;
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                Control::Reload(c) => shard.swap_config(c),
+                Control::Reload(c) => {
+                    LATEST.with(|l| *l.borrow_mut() = Some(c.clone()));
+                    shard.swap_config(c)
+                }
                 Control::Keys {
                     generation,
                     authenticator,

@@ -39,6 +39,11 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Client connections open right now.
     pub connections: Cell<usize>,
+    /// `SHARDGATE_TEST_PANIC=1` at start: the `x-shardgate-test-panic`
+    /// request header makes the request panic (crash-isolation tests).
+    pub test_panic: bool,
+    /// Test hook: the gossip loop panics at its next tick.
+    pub panic_next_tick: Cell<bool>,
     id_seed: u64,
     id_seq: Cell<u64>,
 }
@@ -58,6 +63,8 @@ impl Shard {
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
+            panic_next_tick: Cell::new(false),
             id_seed: random_seed() ^ ((id as u64) << 56),
             id_seq: Cell::new(0),
         }
