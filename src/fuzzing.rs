@@ -18,6 +18,7 @@ use crate::aggregate::template::{self, Escape, Template};
 use crate::auth::{self, AuthPlan, Credentials, Denied, Identity, KeyView, TokenCache};
 use crate::config::{self, Authenticator, Gateway, KeySource};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::path::{self as http_path, EncodedSlash, PathOptions};
 use crate::http::{Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::router::{Conditions, Lookup, PathPattern, RequestFacts, RouteSpec, Router};
 use serde_json::Value;
@@ -35,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("response_head", response_head),
     ("chunked", chunked),
     ("router", router),
+    ("path", path),
     ("config", config),
     ("jwt", jwt),
     ("template", template),
@@ -197,24 +199,28 @@ pub fn request_head(data: &[u8]) {
             continue;
         };
         assert!(n > 0 && n <= data.len(), "consumed {n} of {}", data.len());
-        assert!(n <= max_bytes, "head of {n} bytes over the {max_bytes} limit");
-        assert_eq!(data.get(..n), Some(h.raw()), "raw head is not the input's prefix");
+        assert!(
+            n <= max_bytes,
+            "head of {n} bytes over the {max_bytes} limit"
+        );
+        assert_eq!(
+            data.get(..n),
+            Some(h.raw()),
+            "raw head is not the input's prefix"
+        );
         assert!(h.version <= 1, "version {}", h.version);
         assert!(!h.method().is_empty(), "empty method");
         assert!(
             h.method().bytes().all(config::is_token_byte),
             "method is not a token"
         );
-        let target = h.target();
-        match h.query() {
-            Some(q) => assert_eq!(format!("{}?{q}", h.path()), target),
-            None => assert_eq!(h.path(), target),
-        }
+        check_target(&h);
         assert!(h.fields.len() <= max_headers, "more fields than allowed");
         check_fields(Some(h.raw()), h.headers());
+        check_reading(&h);
         let f = framing_fields(h.headers());
         assert!(
-            !(f.te && !f.lengths.is_empty()),
+            !f.te || f.lengths.is_empty(),
             "both Transfer-Encoding and Content-Length accepted"
         );
         match h.framing {
@@ -242,6 +248,69 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// The target splits into path and query, the path is absolute, and a
+/// normalised path replaces the path alone.
+fn check_target(h: &RequestHead) {
+    let (target, path) = (h.target(), h.path());
+    assert!(path.starts_with('/'), "path {path:?} is not absolute");
+    let before_query = match h.query() {
+        Some(q) => target.strip_suffix(q).and_then(|t| t.strip_suffix('?')),
+        None => Some(target),
+    };
+    assert!(
+        before_query == Some(path) || (before_query == Some("") && path == "/"),
+        "target {target:?} is not path {path:?} and query {:?}",
+        h.query()
+    );
+    if let Ok(normal) = http_path::normalize(path, PathOptions::default()) {
+        let mut n = h.clone();
+        n.set_path(normal.clone().into_owned());
+        assert_eq!(n.path(), normal, "set_path did not take");
+        assert_eq!(n.query(), h.query(), "set_path changed the query");
+        assert_eq!(n.target(), target, "set_path changed the target as sent");
+    }
+}
+
+/// One reading of every field: singletons came once, any other field reads
+/// as all its lines joined in order.
+fn check_reading(h: &RequestHead) {
+    let mut names: Vec<Vec<u8>> = h.headers().map(|(n, _)| n.to_ascii_lowercase()).collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let lines: Vec<&[u8]> = h
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect();
+        let Ok(key) = std::str::from_utf8(name) else {
+            continue;
+        };
+        let single = crate::http::head::SINGLETONS.iter().any(|(n, _)| *n == key);
+        assert!(
+            !single || lines.len() == 1,
+            "singleton {key} accepted on {} lines",
+            lines.len()
+        );
+        assert_eq!(h.is_repeated(key), lines.len() > 1, "is_repeated({key})");
+        let sep: &[u8] = if key == "cookie" { b"; " } else { b", " };
+        let joined = lines.join(sep);
+        assert_eq!(h.header(key), Some(joined.as_slice()), "reading of {key}");
+    }
+    if h.version == 1 {
+        assert!(h.host().is_some(), "HTTP/1.1 request without a host");
+    }
+    if let Some(host) = h.host() {
+        assert!(
+            !host
+                .iter()
+                .any(|&b| b == b'/' || b == b'@' || b == b' ' || b == b'\t'),
+            "host {:?} with a separator",
+            String::from_utf8_lossy(host)
+        );
+    }
+}
+
 /// Response-head parser. Input: the bytes an upstream sent. Parsed as the
 /// answer to a GET and to a HEAD, with a generous and a tight size limit.
 pub fn response_head(data: &[u8]) {
@@ -255,7 +324,10 @@ pub fn response_head(data: &[u8]) {
                 continue;
             };
             assert!(n > 0 && n <= data.len(), "consumed {n} of {}", data.len());
-            assert!(n <= max_bytes, "head of {n} bytes over the {max_bytes} limit");
+            assert!(
+                n <= max_bytes,
+                "head of {n} bytes over the {max_bytes} limit"
+            );
             assert!(h.status <= 999, "status {}", h.status);
             assert!(h.version <= 1, "version {}", h.version);
             let reason = h.reason();
@@ -271,7 +343,10 @@ pub fn response_head(data: &[u8]) {
                 let p = s.as_ptr() as usize;
                 (lo.min(p), hi.max(p + s.len()))
             });
-            assert!(lo == usize::MAX || hi - lo <= n, "slices span more than the head");
+            assert!(
+                lo == usize::MAX || hi - lo <= n,
+                "slices span more than the head"
+            );
             check_fields(None, h.headers());
             let bodyless = head_request
                 || (100..200).contains(&h.status)
@@ -290,7 +365,9 @@ pub fn response_head(data: &[u8]) {
                         "Content-Length {len} does not match its fields"
                     );
                 }
-                Framing::UntilClose => assert!(!h.keep_alive, "kept alive after a close-framed body"),
+                Framing::UntilClose => {
+                    assert!(!h.keep_alive, "kept alive after a close-framed body")
+                }
                 Framing::None => {}
             }
             check_prefixes(data, n, &shown, parse);
@@ -345,7 +422,8 @@ fn decode_chunked(body: &[u8], mut feed: impl FnMut(usize) -> usize) -> Decoded 
                 "data {r:?} outside the {} consumed bytes",
                 step.consumed
             );
-            out.data.extend_from_slice(buf.get(r.clone()).unwrap_or_default());
+            out.data
+                .extend_from_slice(buf.get(r.clone()).unwrap_or_default());
         }
         buf.drain(..step.consumed.min(buf.len()));
         out.consumed += step.consumed;
@@ -354,7 +432,11 @@ fn decode_chunked(body: &[u8], mut feed: impl FnMut(usize) -> usize) -> Decoded 
             break;
         }
         if step.consumed == 0 && step.data.is_none() {
-            assert!(buf.is_empty(), "decoder stalled on {} buffered bytes", buf.len());
+            assert!(
+                buf.is_empty(),
+                "decoder stalled on {} buffered bytes",
+                buf.len()
+            );
             if fed >= body.len() {
                 break;
             }
@@ -390,7 +472,12 @@ pub fn chunked(data: &[u8]) {
 
 // ---- router -------------------------------------------------------------------
 
-fn route(path: PathPattern, methods: &[&str], host: Option<&str>, headers: &[(&str, &str)]) -> RouteSpec {
+fn route(
+    path: PathPattern,
+    methods: &[&str],
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+) -> RouteSpec {
     RouteSpec {
         path,
         conditions: Conditions {
@@ -418,7 +505,12 @@ fn fuzz_routes() -> Vec<RouteSpec> {
         route(f("/a/{b}/c"), &[], None, &[]),
         route(f("/{x}"), &["POST"], None, &[]),
         route(p("/api/v1/products"), &["GET", "HEAD"], None, &[]),
-        route(p("/api/v1/products"), &[], None, &[("x-api-version", "2.0")]),
+        route(
+            p("/api/v1/products"),
+            &[],
+            None,
+            &[("x-api-version", "2.0")],
+        ),
         route(p("/api/v1/admin"), &[], None, &[]),
         route(p("/static/"), &["GET"], None, &[]),
         route(p("/"), &[], Some("*.internal.example.com"), &[]),
@@ -529,7 +621,9 @@ pub fn router(data: &[u8]) {
             .map(|(i, r)| {
                 let c = &r.conditions;
                 let shape = path_match(&r.path, path)
-                    && c.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()));
+                    && c.headers
+                        .iter()
+                        .all(|(n, v)| header(n) == Some(v.as_bytes()));
                 let method_ok = c.methods.is_empty() || c.methods.iter().any(|m| m == method);
                 (i, shape, host_ok(&c.host, host), method_ok)
             })
@@ -553,10 +647,16 @@ pub fn router(data: &[u8]) {
                 let Some(&(_, shape, host_v, method_ok)) = verdicts.get(*route) else {
                     return;
                 };
-                assert!(shape && method_ok && host_v != Some(false), "route {route} does not match");
+                assert!(
+                    shape && method_ok && host_v != Some(false),
+                    "route {route} does not match"
+                );
                 if matches!(r.path, PathPattern::Prefix(_)) {
                     assert!(params.is_empty(), "params on a prefix route");
-                    assert!(!surely_admitted(true), "a prefix route beat a full-path route");
+                    assert!(
+                        !surely_admitted(true),
+                        "a prefix route beat a full-path route"
+                    );
                 }
                 if let PathPattern::Full(p) = &r.path {
                     let wanted: Vec<&str> = segments(p)
@@ -568,7 +668,11 @@ pub fn router(data: &[u8]) {
                     assert_eq!(params.len(), wanted.len(), "param count");
                     if path.starts_with('/') {
                         for (range, want) in params.iter().zip(wanted) {
-                            assert_eq!(path.get(range.clone()), Some(want), "param range {range:?}");
+                            assert_eq!(
+                                path.get(range.clone()),
+                                Some(want),
+                                "param range {range:?}"
+                            );
                         }
                     }
                 }
@@ -598,6 +702,109 @@ pub fn router(data: &[u8]) {
             }
         }
     });
+}
+
+// ---- path normalisation -----------------------------------------------------------
+
+/// Every percent-encoding decoded, merged runs of `/` when `merge`.
+fn decode_all(path: &str, merge: bool) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let b = path.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let byte = match (c, hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                i += 2;
+                (h * 16 + l) as u8
+            }
+            _ => c,
+        };
+        i += 1;
+        if !(merge && byte == b'/' && out.last() == Some(&b'/')) {
+            out.push(byte);
+        }
+    }
+    out
+}
+
+/// Path normaliser. Input: an options digit (`0`-`5`: merge slashes or
+/// not, times Reject, Keep, Decode), then the path.
+pub fn path(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let m = mode.wrapping_sub(b'0') % 6;
+    let opts = PathOptions {
+        merge_slashes: m < 3,
+        encoded_slash: match m % 3 {
+            0 => EncodedSlash::Reject,
+            1 => EncodedSlash::Keep,
+            _ => EncodedSlash::Decode,
+        },
+    };
+    // Callers pass a path that starts with `/` (the head parser sees to it).
+    let mut input = String::from_utf8_lossy(rest).into_owned();
+    if !input.starts_with('/') {
+        input.insert(0, '/');
+    }
+    let first = http_path::normalize(&input, opts);
+    assert_eq!(
+        first,
+        http_path::normalize(&input, opts),
+        "normalize is not deterministic"
+    );
+    let Ok(out) = first else {
+        return;
+    };
+    let out: &str = &out;
+    // Idempotent: a normal path is its own normal form.
+    assert_eq!(
+        http_path::normalize(out, opts).as_deref(),
+        Ok(out),
+        "normalising {out:?} again changes it"
+    );
+    assert!(
+        !out.split('/').any(|seg| seg == "." || seg == ".."),
+        "dot segment in {out:?}"
+    );
+    assert!(!out.contains(';'), "';' in {out:?}");
+    if opts.merge_slashes {
+        assert!(
+            !out.contains("//"),
+            "'//' in {out:?} although slashes are merged"
+        );
+    }
+    assert!(out.starts_with('/'), "{input:?} -> {out:?} is not absolute");
+    // Every remaining encoding is upper-case, of a byte that is not unreserved.
+    let b = out.as_bytes();
+    for (i, _) in out.match_indices('%') {
+        let code = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let v = code.and_then(|h| u8::from_str_radix(h, 16).ok());
+        assert!(
+            code.is_some_and(|h| h
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()))
+                && v.is_some_and(|v| !(v.is_ascii_alphanumeric() || b"-._~".contains(&v))),
+            "bad encoding at {i} in {out:?}"
+        );
+    }
+    if opts.encoded_slash == EncodedSlash::Reject {
+        for bad in ["%2F", "%5C", "%00", "\\"] {
+            assert!(!out.contains(bad), "{bad} in {out:?} under Reject");
+        }
+        // Same bytes once decoded: normalising never changes what is asked for.
+        assert_eq!(
+            decode_all(out, false),
+            decode_all(&input, opts.merge_slashes),
+            "{input:?} and {out:?} decode differently"
+        );
+    }
+    if opts.encoded_slash == EncodedSlash::Decode {
+        assert!(!out.contains("%00"), "%00 in {out:?} under Decode");
+    }
 }
 
 // ---- config -------------------------------------------------------------------
@@ -645,9 +852,7 @@ pub fn config(data: &[u8]) {
             return;
         }
     }
-    let loaded = config::parse("fuzz.ron", &text);
-    assert_eq!(loaded, config::parse("fuzz.ron", &text), "parse is not deterministic");
-    match loaded {
+    match config::parse("fuzz.ron", &text) {
         Ok(g) => {
             if let Err(e) = crate::compiled::compile(&g) {
                 panic_invariant(&format!("a validated config does not compile: {e}"));
@@ -687,14 +892,18 @@ const AUTH_RON: &str = r#"{
     ),
 }"#;
 
-fn hmac(block: usize, hash: fn(&[u8]) -> Vec<u8>, key: &[u8], msg: &[u8]) -> Vec<u8> {
+fn hmac(block: usize, hash: Hash, key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut k = if key.len() > block {
         hash(key)
     } else {
         key.to_vec()
     };
     k.resize(block, 0);
-    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).chain(msg.iter().copied()).collect();
+    let inner: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(msg.iter().copied())
+        .collect();
     let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
     outer.extend(hash(&inner));
     hash(&outer)
@@ -708,9 +917,15 @@ fn sha384(d: &[u8]) -> Vec<u8> {
     Sha384::digest(d).to_vec()
 }
 
+/// A hash function over one message.
+type Hash = fn(&[u8]) -> Vec<u8>;
+
 /// The signing keys of the fuzzed plan: (block size, hash, key).
-const KEYS: [(usize, fn(&[u8]) -> Vec<u8>, &[u8]); 3] =
-    [(64, sha256, SECRET_A), (64, sha256, JWK_K1), (128, sha384, JWK_K2)];
+const KEYS: [(usize, Hash, &[u8]); 3] = [
+    (64, sha256, SECRET_A),
+    (64, sha256, JWK_K1),
+    (128, sha384, JWK_K2),
+];
 
 /// Lenient base64url decoding (padding and either alphabet accepted).
 fn unbase64(s: &str) -> Option<Vec<u8>> {
@@ -785,7 +1000,9 @@ fn check_identity(id: &Identity) {
     }
     assert!(id.claims.len() <= auth::MAX_CLAIMS, "too many claims kept");
     assert!(
-        id.claims.iter().all(|(_, v)| v.len() <= auth::MAX_CLAIM_BYTES),
+        id.claims
+            .iter()
+            .all(|(_, v)| v.len() <= auth::MAX_CLAIM_BYTES),
         "an oversized claim kept"
     );
 }
@@ -848,16 +1065,16 @@ pub fn jwt(data: &[u8]) {
         let again = fx
             .plan
             .authenticate_cached(&allowed, &creds, Some(&mut cache), &view, now);
-        let uncached = fx.plan.authenticate_cached(&allowed, &creds, None, &view, now);
+        let uncached = fx
+            .plan
+            .authenticate_cached(&allowed, &creds, None, &view, now);
         if !time_dependent(&first) && !time_dependent(&uncached) {
             assert_eq!(first, uncached, "authentication is not deterministic");
         }
         if let Ok(id) = &first {
             assert_eq!(again.as_ref(), Ok(id), "the cache answered differently");
             check_identity(id);
-            let token = authorization
-                .split_once(' ')
-                .map_or("", |(_, t)| t.trim());
+            let token = authorization.split_once(' ').map_or("", |(_, t)| t.trim());
             assert!(
                 signed_by_a_known_key(token),
                 "accepted a token no key signed: {token:?}"
@@ -912,7 +1129,11 @@ fn check_escapes(value: &str) {
             .all(|b| b.is_ascii_alphanumeric() || b"-_~.%".contains(&b)),
         "URL escape left a reserved byte: {url:?}"
     );
-    assert_eq!(template::percent_decode(&url, false), value, "URL escape does not round-trip");
+    assert_eq!(
+        template::percent_decode(&url, false),
+        value,
+        "URL escape does not round-trip"
+    );
     if value == "." || value == ".." {
         assert!(!url.contains('.'), "a dot segment survived: {url:?}");
     }
@@ -925,7 +1146,11 @@ fn check_escapes(value: &str) {
     let mut json = String::new();
     assert!(template::escape_into(value, Escape::Json, &mut json).is_ok());
     let back: Result<String, _> = serde_json::from_str(&format!("\"{json}\""));
-    assert_eq!(back.ok().as_deref(), Some(value), "JSON escape does not round-trip");
+    assert_eq!(
+        back.ok().as_deref(),
+        Some(value),
+        "JSON escape does not round-trip"
+    );
 }
 
 /// Aggregation templates. Input lines: the template, the request path, the
@@ -967,12 +1192,7 @@ pub fn template(data: &[u8]) {
         .collect();
     let params_at: Vec<Range<usize>> = [2usize, 4]
         .iter()
-        .map(|&i| {
-            seg_ranges
-                .get(i)
-                .cloned()
-                .unwrap_or(1..path.len() + i)
-        })
+        .map(|&i| seg_ranges.get(i).cloned().unwrap_or(1..path.len() + i))
         .collect();
     let claims = vec![
         ("sub".to_string(), sub.to_string()),
@@ -998,9 +1218,16 @@ pub fn template(data: &[u8]) {
     });
     for esc in [Escape::Url, Escape::Header, Escape::Json] {
         let out = t.expand_to_string(&ctx, esc);
-        assert_eq!(out, t.expand_to_string(&ctx, esc), "expansion is not deterministic");
+        assert_eq!(
+            out,
+            t.expand_to_string(&ctx, esc),
+            "expansion is not deterministic"
+        );
         if let (Ok(s), Escape::Header, true) = (&out, esc, lits_clean) {
-            assert!(!has_ctl(s.as_bytes()), "header expansion with CR/LF/NUL: {s:?}");
+            assert!(
+                !has_ctl(s.as_bytes()),
+                "header expansion with CR/LF/NUL: {s:?}"
+            );
         }
     }
     for src in t.pieces.iter().filter_map(|p| match p {

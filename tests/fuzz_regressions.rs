@@ -73,16 +73,50 @@ impl Rng {
 }
 
 const INTERESTING: &[&[u8]] = &[
-    b"\r\n", b"\n", b"\r", b"\0", b" ", b"\t", b":", b";", b",", b"/", b"//", b"%", b"%2F",
-    b"%00", b"%2e%2e", b"..", b"{", b"}", b"[", b"]", b"\"", b"\\", b"=", b"&", b"?", b"#",
-    b"0", b"-1", b"18446744073709551616", b"ffffffffffffffff", b"\xff", b"\xc3\xa9",
-    b"Transfer-Encoding: chunked\r\n", b"Content-Length: 5\r\n", b"Host: x\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\0",
+    b" ",
+    b"\t",
+    b":",
+    b";",
+    b",",
+    b"/",
+    b"//",
+    b"%",
+    b"%2F",
+    b"%00",
+    b"%2e%2e",
+    b"..",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b"\\",
+    b"=",
+    b"&",
+    b"?",
+    b"#",
+    b"0",
+    b"-1",
+    b"18446744073709551616",
+    b"ffffffffffffffff",
+    b"\xff",
+    b"\xc3\xa9",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Length: 5\r\n",
+    b"Host: x\r\n",
 ];
 
 /// One input derived from the seeds: bit flips, byte and token insertions,
 /// deletions, splices of two seeds and duplicated lines.
 fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut data = seeds.get(rng.below(seeds.len())).cloned().unwrap_or_default();
+    let mut data = seeds
+        .get(rng.below(seeds.len()))
+        .cloned()
+        .unwrap_or_default();
     for _ in 0..1 + rng.below(4) {
         let at = rng.below(data.len() + 1);
         match rng.below(7) {
@@ -128,7 +162,10 @@ fn exercise(name: &str) {
     let dir = fuzz_dir();
     let corpus = files(&dir.join("corpus").join(name));
     assert!(!corpus.is_empty(), "no seed corpus for {name}");
-    for (path, data) in corpus.iter().chain(&files(&dir.join("regressions").join(name))) {
+    for (path, data) in corpus
+        .iter()
+        .chain(&files(&dir.join("regressions").join(name)))
+    {
         run(f, data, &path.display());
     }
     let seeds: Vec<Vec<u8>> = corpus.into_iter().map(|(_, d)| d).collect();
@@ -164,4 +201,13 @@ macro_rules! targets {
     };
 }
 
-targets!(request_head, response_head, chunked, router, config, jwt, template);
+targets!(
+    request_head,
+    response_head,
+    chunked,
+    router,
+    path,
+    config,
+    jwt,
+    template
+);
