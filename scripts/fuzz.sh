@@ -48,7 +48,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
 -Cdebug-assertions -Coverflow-checks"
 echo "== building the fuzzer (release, sanitizer coverage) into $fuzz_dir"
-CARGO_TARGET_DIR="$fuzz_dir" cargo build --release --locked --quiet \
+CARGO_TARGET_DIR="$fuzz_dir" cargo build --release --quiet \
     --manifest-path tests/fuzz/Cargo.toml --target "$host"
 bin_dir="$fuzz_dir/$host/release"
 
