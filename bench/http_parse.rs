@@ -1,8 +1,10 @@
-//! Request head parsing (httparse plus framing checks and the owned copy),
-//! and chunked decoding throughput.
+//! Request head parsing (httparse plus framing checks, the reading rules
+//! for repeated fields and the owned copy), header reads, path
+//! normalisation, and chunked decoding throughput.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use shardgate::http::chunked::ChunkedDecoder;
+use shardgate::http::path::{normalize, PathOptions};
 use shardgate::http::{Parsed, RequestHead};
 
 const SMALL: &[u8] = b"GET /api/v1/users/42 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";
@@ -38,6 +40,13 @@ fn parse(buf: &[u8]) -> usize {
     }
 }
 
+fn head(buf: &[u8]) -> RequestHead {
+    match RequestHead::parse(buf, 16 * 1024, 100) {
+        Ok(Parsed::Complete(h, _)) => h,
+        _ => RequestHead::default(),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let big = browser_like();
     assert!(parse(SMALL) > 0 && parse(&big) > 0);
@@ -45,6 +54,54 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("small_4_fields", |b| b.iter(|| parse(black_box(SMALL))));
     g.bench_function("browser_13_fields", |b| b.iter(|| parse(black_box(&big))));
+    let repeated = String::from_utf8_lossy(&big).replace(
+        "\r\n\r\n",
+        "\r\nX-Forwarded-For: 198.51.100.1\r\nAccept: text/html\r\n\r\n",
+    );
+    g.bench_function("browser_15_fields_2_repeated", |b| {
+        b.iter(|| parse(black_box(repeated.as_bytes())))
+    });
+    g.finish();
+
+    // Reading a field the way every stage does: the first line, or the
+    // joined lines of a repeated field.
+    let one = head(&big);
+    let two = head(repeated.as_bytes());
+    assert!(two.is_repeated("x-forwarded-for") && !one.is_repeated("x-forwarded-for"));
+    let mut g = c.benchmark_group("header_read");
+    g.bench_function("single_line", |b| {
+        b.iter(|| {
+            black_box(&one)
+                .header(black_box("x-forwarded-for"))
+                .map(<[u8]>::len)
+        })
+    });
+    g.bench_function("repeated_joined", |b| {
+        b.iter(|| {
+            black_box(&two)
+                .header(black_box("x-forwarded-for"))
+                .map(<[u8]>::len)
+        })
+    });
+    g.bench_function("absent", |b| {
+        b.iter(|| {
+            black_box(&one)
+                .header(black_box("x-api-key"))
+                .map(<[u8]>::len)
+        })
+    });
+    g.finish();
+
+    let opts = PathOptions::default();
+    let mut g = c.benchmark_group("path_normalize");
+    for (name, path) in [
+        ("already_normal", "/api/v1/orders/42/items"),
+        ("percent_and_slashes", "/api//v1/%6Frders/42/it%65ms%3f"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| normalize(black_box(path), opts).map(|p| p.len()))
+        });
+    }
     g.finish();
 
     let mut body = Vec::new();

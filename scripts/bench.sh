@@ -56,6 +56,7 @@
 #   LOAD_CPUS=1         taskset CPU list for wrk and the upstream nginx
 #   SKIP_BUILD=0        1 = don't run `cargo build --release`
 #   SHARDGATE_BIN=target/release/shardgate
+#   BASE_BIN=, ABORT_BIN=   binaries for the shardgate-base / shardgate-abort targets
 #   RESULTS_DIR=        if set, raw runs (runs.tsv) and the report (report.md) are copied there
 #
 # The machine's speed drifts between seconds, so targets are interleaved in
@@ -69,7 +70,7 @@ REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 HELPER_DIR="$SCRIPT_DIR/bench"
 
 KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
-       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE)
+       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE)
 
 # The command line as given (only the knobs that were set), for the report.
 CMDLINE=""
@@ -591,13 +592,14 @@ start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"
 start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
 start_target_haproxy-unlimited() { start_haproxy "$1" haproxy-unlimited ""; }
 
-# start_shardgate PORT NAME DRIVER ROUTE_AUTH [ROUTE_BODY]
+# start_shardgate PORT NAME DRIVER ROUTE_AUTH [ROUTE_BODY [BINARY]]
 start_shardgate() {
     local port=$1 name=$2 driver=$3 route_auth=$4 dir="$WORK_DIR/$2"
     local route_body=${5:-'match: Match(path_prefix: "/"), upstream: "up"'}
+    local bin=${6:-$SHARDGATE_BIN}
     mkdir -p "$dir"
-    if [[ ! -x "$SHARDGATE_BIN" ]]; then
-        log "skipping $name: $SHARDGATE_BIN not found"
+    if [[ ! -x "$bin" ]]; then
+        log "skipping $name: $bin not found"
         return 1
     fi
     cat >"$dir/gateway.ron" <<EOF
@@ -610,12 +612,18 @@ $SG_EXTRA
 )
 EOF
     start_bg "$dir/stdout.log" "$PROXY_CPUS" env SHARDGATE_DRIVER="$driver" \
-        "$SHARDGATE_BIN" --config "$dir/gateway.ron"
+        "$bin" --config "$dir/gateway.ron"
     await_target "$name" "$port" "$dir"
 }
 
 start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }
 start_target_shardgate-epoll()  { start_shardgate "$1" shardgate-epoll epoll "$SG_ROUTE_AUTH"; }
+# Other builds of shardgate side by side with this one (opt-in through
+# TARGETS): BASE_BIN, a build of an earlier commit; ABORT_BIN, this code
+# built with panic = "abort" (CARGO_PROFILE_RELEASE_PANIC=abort), to price
+# the unwinding that crash isolation needs.
+start_target_shardgate-base()  { start_shardgate "$1" shardgate-base io_uring "$SG_ROUTE_AUTH" "" "${BASE_BIN:-}"; }
+start_target_shardgate-abort() { start_shardgate "$1" shardgate-abort io_uring "$SG_ROUTE_AUTH" "" "${ABORT_BIN:-}"; }
 # The ratelimit scenario's Redis-policy targets (opt-in through TARGETS): the
 # same limit kept in a redis-server started here on the load CPUs; its CPU is
 # counted with the gateway's. redis1 asks Redis on every request (lease 1),

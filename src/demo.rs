@@ -104,6 +104,7 @@ async fn accept(l: TcpListener, svc: Service) {
                     read_timeout: limit,
                     write_timeout: limit,
                     max_bytes: 1 << 20,
+                    trailers: false,
                 };
                 if discard_body(&mut conn, head.framing, lim).await.is_err() {
                     return;

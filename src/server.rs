@@ -206,6 +206,7 @@ async fn respond_error(
                     read_timeout: limits.body_read_timeout,
                     write_timeout: limits.send_timeout,
                     max_bytes: DRAIN_BODY_MAX,
+                    trailers: false,
                 };
                 crate::http::body::discard_body(conn, head.framing, lim)
                     .await

@@ -679,3 +679,83 @@ fn explicit_cores_and_numa_node_placement() {
         );
     }
 }
+
+/// A keep-alive backend on a raw listener whose open connections can all be
+/// closed at once, as when the upstream process restarts on the same port.
+struct RestartableBackend {
+    addr: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl RestartableBackend {
+    fn start() -> RestartableBackend {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = open.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                keep.lock().unwrap().push(stream.try_clone().unwrap());
+                thread::spawn(move || {
+                    let mut out = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if out.write_all(ok).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        RestartableBackend { addr, open }
+    }
+
+    /// Closes every connection accepted so far (the listener stays).
+    fn restart(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn requests_after_an_upstream_restart_do_not_meet_its_dead_pooled_connections() {
+    let backend = RestartableBackend::start();
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("app", &[&backend.addr], ""),
+        &catch_all("app"),
+    ));
+    // Fill the pool with several idle connections.
+    let warm: Vec<_> = (0..6)
+        .map(|_| {
+            let port = gw.port;
+            thread::spawn(move || {
+                let mut c = Client::connect(port);
+                for _ in 0..20 {
+                    assert_eq!(c.get("/warm").status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in warm {
+        t.join().unwrap();
+    }
+    backend.restart();
+    thread::sleep(Duration::from_millis(200));
+    let statuses: Vec<u16> = (0..12).map(|_| get(gw.port, "/after").status).collect();
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "requests after the restart: {statuses:?}"
+    );
+}

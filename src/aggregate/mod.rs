@@ -475,13 +475,14 @@ async fn discard_client_body(
         read_timeout: limits.body_read_timeout,
         write_timeout: limits.send_timeout,
         max_bytes: limits.max_body_bytes,
+        trailers: false,
     };
     discard_body(client, req.framing, lim)
         .await
         .map_err(|e| match e {
             CopyError::TooLarge => GatewayError::PayloadTooLarge,
             CopyError::ReadTimeout | CopyError::SourceClosed => GatewayError::RequestTimeout,
-            CopyError::BadChunk(_) | CopyError::Write(_) => {
+            CopyError::BadChunk(_) | CopyError::Write(_) | CopyError::Interrupted => {
                 GatewayError::BadRequest("malformed request body")
             }
         })

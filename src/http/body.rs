@@ -27,6 +27,8 @@ pub enum CopyError {
     TooLarge,
     /// The destination failed or stalled.
     Write(IoFail),
+    /// The destination answered before the body was all sent.
+    Interrupted,
 }
 
 /// Timeouts and size limit for one copy.
@@ -38,6 +40,10 @@ pub struct CopyLimits {
     pub write_timeout: Duration,
     /// Most body bytes allowed (`u64::MAX` for none).
     pub max_bytes: u64,
+    /// Pass a chunked body's trailer fields on (filtered by
+    /// [`super::head::trailer_section`]) when the output is chunked too;
+    /// otherwise they are dropped.
+    pub trailers: bool,
 }
 
 /// How the body is framed on the destination side.
@@ -188,7 +194,11 @@ async fn copy_chunked(
     out: OutFraming,
     lim: CopyLimits,
 ) -> Result<u64, CopyError> {
-    let mut dec = ChunkedDecoder::default();
+    let mut dec = if lim.trailers && out == OutFraming::Chunked {
+        ChunkedDecoder::keeping_trailers()
+    } else {
+        ChunkedDecoder::default()
+    };
     let mut o = ChunkOut { buf: Vec::new() };
     let mut total = 0u64;
     loop {
@@ -220,7 +230,9 @@ async fn copy_chunked(
         }
         if dec.is_done() {
             if out == OutFraming::Chunked {
-                o.buf.extend_from_slice(b"0\r\n\r\n");
+                o.buf.extend_from_slice(b"0\r\n");
+                super::head::trailer_section(&dec.take_trailers(), &mut o.buf);
+                o.buf.extend_from_slice(b"\r\n");
                 o.flush(dst, lim.write_timeout).await?;
             }
             return Ok(total);

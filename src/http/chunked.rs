@@ -50,6 +50,8 @@ pub struct ChunkedDecoder {
     state: State,
     line_len: usize,
     trailer_len: usize,
+    /// The trailer section's lines (CRLF-terminated), when asked to keep them.
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -61,11 +63,29 @@ impl Default for ChunkedDecoder {
             },
             line_len: 0,
             trailer_len: 0,
+            trailers: None,
         }
     }
 }
 
 impl ChunkedDecoder {
+    /// A decoder that keeps the trailer section (see [`ChunkedDecoder::take_trailers`]).
+    pub fn keeping_trailers() -> Self {
+        ChunkedDecoder {
+            trailers: Some(Vec::new()),
+            ..Default::default()
+        }
+    }
+
+    /// The trailer lines read so far, raw and CRLF-terminated (empty when
+    /// there were none or they are not kept).
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        self.trailers
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// True once the terminating chunk and trailers were read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -151,6 +171,9 @@ impl ChunkedDecoder {
                     if self.trailer_len > MAX_TRAILERS {
                         return Err(ChunkError::BadTrailer);
                     }
+                    if let Some(t) = &mut self.trailers {
+                        t.push(b);
+                    }
                     if b == b'\r' {
                         self.state = State::TrailerLf {
                             empty: self.state == State::TrailerLineStart,
@@ -166,11 +189,18 @@ impl ChunkedDecoder {
                         return Err(ChunkError::BadTrailer);
                     }
                     if empty {
+                        // The final empty line is not part of the section.
+                        if let Some(t) = &mut self.trailers {
+                            t.pop();
+                        }
                         self.state = State::Done;
                         return Ok(Step {
                             consumed: i + 1,
                             data: None,
                         });
+                    }
+                    if let Some(t) = &mut self.trailers {
+                        t.push(b'\n');
                     }
                     self.state = State::TrailerLineStart;
                 }
@@ -193,6 +223,25 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_trailers_when_asked() {
+        let input = b"3\r\nabc\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        for keep in [false, true] {
+            let mut d = if keep {
+                ChunkedDecoder::keeping_trailers()
+            } else {
+                ChunkedDecoder::default()
+            };
+            let mut at = 0;
+            while !d.is_done() {
+                let step = d.step(input.get(at..).unwrap_or_default()).unwrap();
+                at += step.consumed;
+            }
+            let want: &[u8] = if keep { b"X-A: 1\r\nX-B: 2\r\n" } else { b"" };
+            assert_eq!(d.take_trailers(), want);
+        }
+    }
 
     fn decode_all(input: &[u8], feed: usize) -> Result<(Vec<u8>, bool), ChunkError> {
         let mut d = ChunkedDecoder::default();

@@ -132,6 +132,33 @@ impl Conn {
         res
     }
 
+    /// Appends bytes that were read from this socket by other means (a
+    /// [`Conn::watcher`]) to the unread data.
+    pub fn push_buffered(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// A second handle on this connection's socket (a duplicated
+    /// descriptor), for reading from it while a write through `stream` is
+    /// pending: the proxy watches for an early response that way while it
+    /// sends a request body.
+    #[allow(unsafe_code)]
+    pub fn watcher(&self) -> std::io::Result<TcpStream> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = self.stream.as_raw_fd();
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor this connection owns
+        // either fails (checked) or returns a new descriptor that nothing else
+        // owns; `from_raw_fd` takes sole ownership of it.
+        let std = unsafe {
+            let dup = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 0);
+            if dup < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::net::TcpStream::from_raw_fd(dup)
+        };
+        TcpStream::from_std(std)
+    }
+
     /// Writes `bytes` to this connection's socket.
     pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
         write_all_within(&mut self.stream, bytes, dur).await

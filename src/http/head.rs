@@ -354,14 +354,18 @@ impl RequestHead {
             .iter()
             .position(|&b| b == b'?')
             .unwrap_or(origin.len());
+        // HTTP/1.1 needs a Host line even with an absolute-form target,
+        // whose authority then wins (RFC 9112 §3.2, §3.2.2).
+        let host_line = fields.get(head, "host");
+        if version == 1 && host_line.is_none() {
+            return Err(HeadError::Malformed("missing Host header"));
+        }
         let host = match &authority {
-            Some(a) => Some(head.get(a.clone()).unwrap_or_default()),
-            None => fields.get(head, "host"),
+            Some(a) => head.get(a.clone()),
+            None => host_line,
         };
-        match host {
-            None if version == 1 => return Err(HeadError::Malformed("missing Host header")),
-            Some(h) if !valid_host(h) => return Err(HeadError::Malformed("invalid Host header")),
-            _ => {}
+        if host.is_some_and(|h| !valid_host(h)) {
+            return Err(HeadError::Malformed("invalid Host header"));
         }
         let keep_alive = facts.keep_alive(version);
         Ok(Parsed::Complete(
@@ -640,6 +644,67 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// Fields never passed on in a trailer section (RFC 9110 §6.5.1): framing,
+/// routing, authentication, request modifiers, response control and content
+/// metadata, which a recipient could otherwise mistake for header fields.
+const FORBIDDEN_TRAILERS: [&str; 24] = [
+    "age",
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "expires",
+    "host",
+    "keep-alive",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "vary",
+];
+
+/// Appends the lines of a raw trailer section (`name: value\r\n` each) that
+/// may be passed on to `out`: well-formed fields that are not forbidden
+/// ([`FORBIDDEN_TRAILERS`], `www-authenticate`, hop-by-hop and `proxy-*`).
+pub fn trailer_section(raw: &[u8], out: &mut Vec<u8>) {
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        let token = !name.is_empty() && name.iter().all(|&b| crate::config::is_token_byte(b));
+        let forbidden = FORBIDDEN_TRAILERS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+            || name.eq_ignore_ascii_case(b"www-authenticate")
+            || is_hop_by_hop(name);
+        if token && !forbidden && !value.iter().any(|&b| b == b'\r' || b == 0) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// True when a request's `TE` field accepts trailers.
+pub fn accepts_trailers(te: Option<&[u8]>) -> bool {
+    te.is_some_and(|v| contains_token(v, "trailers"))
+}
+
 /// The field names listed in a message's `Connection` fields, gathered once
 /// so that checking each forwarded field is not another scan of the head
 /// (no allocation when there is no `Connection` field).
@@ -837,12 +902,14 @@ mod tests {
         assert_eq!(h.host(), Some(&b"Example.com:8080"[..]));
         assert_eq!(h.path(), "/p/q");
         assert_eq!(h.query(), Some("x=1"));
-        let h = req("GET HTTPS://h?x HTTP/1.1\r\n\r\n").unwrap();
+        assert!(req("GET http://h/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(req("GET http://h/ HTTP/1.0\r\n\r\n").is_ok());
+        let h = req("GET HTTPS://h?x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
         assert_eq!(
             (h.host(), h.path(), h.query()),
             (Some(&b"h"[..]), "/", Some("x"))
         );
-        let h = req("GET http://h HTTP/1.1\r\n\r\n").unwrap();
+        let h = req("GET http://h HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!((h.path(), h.query()), ("/", None));
         for bad in [
             "ftp://h/",
@@ -856,6 +923,17 @@ mod tests {
             let r = req(&format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n"));
             assert!(matches!(r, Err(HeadError::Malformed(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn trailer_filtering() {
+        let raw = b"X-Checksum: abc\r\nContent-Length: 5\r\nSet-Cookie: a=b\r\nbad line\r\nGrpc-Status:  0 \r\nProxy-X: 1\r\n";
+        let mut out = Vec::new();
+        trailer_section(raw, &mut out);
+        assert_eq!(out, b"X-Checksum: abc\r\nGrpc-Status: 0\r\n");
+        assert!(accepts_trailers(Some(b"deflate, trailers")));
+        assert!(!accepts_trailers(Some(b"gzip")));
+        assert!(!accepts_trailers(None));
     }
 
     #[test]

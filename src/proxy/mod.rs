@@ -12,13 +12,16 @@ pub mod pool;
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
 use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFraming};
-use crate::http::head::{is_hop_by_hop, ConnectionNames};
+use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::shard::Shard;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
+use nix::sys::socket::{shutdown, Shutdown};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Largest upstream response head accepted.
@@ -122,6 +125,10 @@ pub fn upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(ex.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    // TE is hop-by-hop: ask for trailers only when they can be passed on.
+    if accepts_trailers(req.header("te")) {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
     for (name, value) in &ex.add_headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -305,7 +312,11 @@ pub async fn forward(
         .await
         {
             (Attempt::Done(r), _) => return r,
-            (Attempt::Stale, bytes) => head = Some(bytes),
+            (Attempt::Stale, bytes) => {
+                // The retry goes out on a fresh connection.
+                shard.pools.borrow_mut().drop_idle(addr);
+                head = Some(bytes);
+            }
         }
     }
     Err(bad_gateway(up, "connection closed before a response"))
@@ -345,7 +356,8 @@ async fn exchange(
             head,
         );
     }
-    // Request body.
+    // Request body, sent while the response head is already awaited.
+    let mut early_answer = false;
     if body_framing != Framing::None {
         if req.expect_continue {
             let (r, _) = client
@@ -367,10 +379,19 @@ async fn exchange(
             read_timeout: ex.limits.body_read_timeout,
             write_timeout: up.timeout,
             max_bytes: ex.limits.max_body_bytes,
+            trailers: false,
         };
-        let copied = copy_body(client, body_framing, &mut upc.stream, out, lim).await;
+        let (copied, answer) = send_body(client, body_framing, &mut upc, out, lim).await;
+        upc.push_buffered(&answer);
         let err = match copied {
             Ok(_) => None,
+            // The upstream answered before the body was sent: forward its
+            // answer now, then close the client connection (draining what it
+            // still sends, so it reads the answer instead of a reset).
+            Err(CopyError::Interrupted) => {
+                early_answer = true;
+                None
+            }
             Err(CopyError::ReadTimeout) => Some(GatewayError::RequestTimeout),
             Err(CopyError::SourceClosed) => return (Attempt::Done(Ok(Disposition::Close)), head),
             Err(CopyError::BadChunk(_)) => Some(GatewayError::BadRequest("malformed chunked body")),
@@ -383,7 +404,10 @@ async fn exchange(
             return (Attempt::Done(Err(e)), head);
         }
     }
-    ex.body_consumed = true;
+    ex.body_consumed = !early_answer;
+    if early_answer {
+        ex.keep_alive = false;
+    }
     // Response head, skipping interim 1xx answers.
     let deadline = Instant::now() + up.timeout;
     let resp = loop {
@@ -439,6 +463,7 @@ async fn exchange(
         read_timeout: up.timeout,
         write_timeout: ex.limits.send_timeout,
         max_bytes: u64::MAX,
+        trailers: accepts_trailers(req.header("te")),
     };
     let result = match out_framing {
         None => Ok(0),
@@ -446,7 +471,7 @@ async fn exchange(
     };
     match result {
         Ok(_) => {
-            if resp.keep_alive && upc.buffered().is_empty() {
+            if resp.keep_alive && !early_answer && upc.buffered().is_empty() {
                 shard
                     .pools
                     .borrow_mut()
@@ -461,6 +486,74 @@ async fn exchange(
         }
         // The head is out: the only honest signal left is closing the connection.
         Err(_) => (Attempt::Done(Ok(Disposition::Close)), head),
+    }
+}
+
+/// Sends the request body from `client` to `upc` while watching `upc` for
+/// an early answer. Returns how the copy ended — [`CopyError::Interrupted`]
+/// when the upstream sent a final response (or closed) before the body was
+/// all sent — and the response bytes read meanwhile, which belong at the
+/// front of `upc`'s buffer. Interim 1xx answers are passed over (and
+/// dropped) while the body keeps flowing.
+async fn send_body(
+    client: &mut Conn,
+    framing: Framing,
+    upc: &mut Conn,
+    out: OutFraming,
+    lim: CopyLimits,
+) -> (Result<u64, CopyError>, Vec<u8>) {
+    let Ok(mut watcher) = upc.watcher() else {
+        let r = copy_body(client, framing, &mut upc.stream, out, lim).await;
+        return (r, Vec::new());
+    };
+    let up_fd = upc.stream.as_raw_fd();
+    let copy = copy_body(client, framing, &mut upc.stream, out, lim);
+    let mut copy = std::pin::pin!(copy);
+    let mut answer: Vec<u8> = Vec::new();
+    loop {
+        let canceller = Canceller::new();
+        let read = watcher.cancelable_read(Vec::with_capacity(4096), canceller.handle());
+        let mut read = std::pin::pin!(read);
+        monoio::select! {
+            r = &mut copy => {
+                // Bytes that raced in before the read was cancelled are kept.
+                canceller.cancel();
+                let (res, buf) = read.await;
+                if matches!(res, Ok(n) if n > 0) {
+                    answer.extend_from_slice(&buf);
+                }
+                return (r, answer);
+            }
+            (res, buf) = &mut read => {
+                let got = matches!(res, Ok(n) if n > 0);
+                answer.extend_from_slice(&buf);
+                if got && !is_final_answer(&mut answer) {
+                    continue;
+                }
+                // A final answer, end of stream or a failure: stop sending.
+                // Shutting the write side down ends a write the upstream no
+                // longer reads, so dropping the copy leaves nothing pending.
+                let _ = shutdown(up_fd, Shutdown::Write);
+                return (Err(CopyError::Interrupted), answer);
+            }
+        }
+    }
+}
+
+/// True once `answer` holds the start of a final response (or is not a
+/// response at all); complete interim 1xx heads are removed from its front.
+fn is_final_answer(answer: &mut Vec<u8>) -> bool {
+    loop {
+        match ResponseHead::parse(answer, MAX_RESPONSE_HEAD, false) {
+            Ok(Parsed::Complete(h, n)) if (100..200).contains(&h.status) && h.status != 101 => {
+                answer.drain(..n.min(answer.len()));
+            }
+            Ok(Parsed::Partial) => return false,
+            _ => return true,
+        }
+        if answer.is_empty() {
+            return false;
+        }
     }
 }
 

@@ -81,6 +81,15 @@ impl Pools {
         pool.idle.push((conn, now));
     }
 
+    /// Closes every idle connection to `addr`: one of them turned out dead,
+    /// and the others, all older, most likely died with it (the target
+    /// restarted).
+    pub fn drop_idle(&mut self, addr: SocketAddr) {
+        if let Some(pool) = self.targets.get_mut(&addr) {
+            pool.idle.clear();
+        }
+    }
+
     /// Closes idle connections older than `max_age`.
     pub fn reap(&mut self, max_age: impl Fn(SocketAddr) -> Duration, now: Instant) {
         self.targets.retain(|addr, pool| {
