@@ -390,16 +390,22 @@ struct Decoded {
     error: Option<ChunkError>,
     /// Bytes consumed in all (only compared when there was no error).
     consumed: usize,
+    /// The raw trailer section, when the decoder kept it and finished.
+    trailers: Vec<u8>,
 }
 
 /// Decodes `body` fed in pieces whose sizes `feed` picks.
-fn decode_chunked(body: &[u8], mut feed: impl FnMut(usize) -> usize) -> Decoded {
-    let mut d = ChunkedDecoder::default();
+fn decode_chunked(
+    mut d: ChunkedDecoder,
+    body: &[u8],
+    mut feed: impl FnMut(usize) -> usize,
+) -> Decoded {
     let mut out = Decoded {
         data: Vec::new(),
         done: false,
         error: None,
         consumed: 0,
+        trailers: Vec::new(),
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut fed = 0;
@@ -429,6 +435,7 @@ fn decode_chunked(body: &[u8], mut feed: impl FnMut(usize) -> usize) -> Decoded 
         out.consumed += step.consumed;
         if d.is_done() {
             out.done = true;
+            out.trailers = d.take_trailers();
             break;
         }
         if step.consumed == 0 && step.data.is_none() {
@@ -453,21 +460,259 @@ fn decode_chunked(body: &[u8], mut feed: impl FnMut(usize) -> usize) -> Decoded 
     out
 }
 
+/// Where a reference decoding of a whole body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ends {
+    /// The body ended after this many bytes.
+    Done(usize),
+    /// The body is malformed.
+    Malformed,
+    /// More bytes are needed.
+    More,
+}
+
+/// A whole-buffer reading of the chunked grammar the decoder promises
+/// (RFC 9112 §7.1, strict): 1-16 hex digits, an optional `;extension` with
+/// no control characters but HTAB, CRLF; data and CRLF; after the zero-size
+/// chunk, trailer lines up to an empty line. A size line holds at most 4096
+/// bytes up to its CR and the trailer section at most 8192 bytes, its LFs
+/// not counted. Returns the data, the trailer lines (CRLF-terminated) and
+/// where it ended.
+fn reference_chunked(b: &[u8]) -> (Vec<u8>, Vec<u8>, Ends) {
+    let mut data = Vec::new();
+    let mut trailers = Vec::new();
+    let mut pos = 0;
+    macro_rules! byte {
+        () => {
+            match b.get(pos) {
+                Some(&c) => c,
+                None => return (data, trailers, Ends::More),
+            }
+        };
+    }
+    macro_rules! fail {
+        () => {
+            return (data, trailers, Ends::Malformed)
+        };
+    }
+    loop {
+        let line_start = pos;
+        let mut size: u64 = 0;
+        let mut digits = 0;
+        loop {
+            if pos - line_start >= 4096 && b.get(pos).is_some() {
+                fail!();
+            }
+            let c = byte!();
+            let Some(d) = (c as char).to_digit(16) else {
+                break;
+            };
+            digits += 1;
+            if digits > 16 {
+                fail!();
+            }
+            size = (size << 4) | u64::from(d);
+            pos += 1;
+        }
+        if digits == 0 {
+            fail!();
+        }
+        if byte!() == b';' {
+            loop {
+                if pos - line_start >= 4096 && b.get(pos).is_some() {
+                    fail!();
+                }
+                let c = byte!();
+                if c == b'\r' {
+                    break;
+                }
+                if c == b'\n' || (c < 0x20 && c != b'\t') || c == 0x7f {
+                    fail!();
+                }
+                pos += 1;
+            }
+        }
+        if byte!() != b'\r' {
+            fail!();
+        }
+        pos += 1;
+        if byte!() != b'\n' {
+            fail!();
+        }
+        pos += 1;
+        if size == 0 {
+            break;
+        }
+        let avail = b.get(pos..).unwrap_or_default();
+        match usize::try_from(size).ok().filter(|&n| n <= avail.len()) {
+            Some(n) => {
+                data.extend_from_slice(avail.get(..n).unwrap_or_default());
+                pos += n;
+            }
+            None => {
+                data.extend_from_slice(avail);
+                return (data, trailers, Ends::More);
+            }
+        }
+        if byte!() != b'\r' {
+            fail!();
+        }
+        pos += 1;
+        if byte!() != b'\n' {
+            fail!();
+        }
+        pos += 1;
+    }
+    let mut counted = 0;
+    loop {
+        let line_start = pos;
+        loop {
+            if b.get(pos).is_some() {
+                counted += 1;
+                if counted > 8192 {
+                    fail!();
+                }
+            }
+            match byte!() {
+                b'\r' => break,
+                b'\n' => fail!(),
+                _ => pos += 1,
+            }
+        }
+        let line = b.get(line_start..pos).unwrap_or_default().to_vec();
+        pos += 1;
+        if byte!() != b'\n' {
+            fail!();
+        }
+        pos += 1;
+        if line.is_empty() {
+            return (data, trailers, Ends::Done(pos));
+        }
+        trailers.extend_from_slice(&line);
+        trailers.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The trailer fields RFC 9110 §6.5.1 keeps out of a trailer section.
+const NEVER_TRAILERS: [&str; 21] = [
+    "content-length",
+    "transfer-encoding",
+    "trailer",
+    "host",
+    "authorization",
+    "set-cookie",
+    "cookie",
+    "www-authenticate",
+    "cache-control",
+    "expires",
+    "date",
+    "location",
+    "retry-after",
+    "vary",
+    "age",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "te",
+    "connection",
+    "upgrade",
+];
+
+/// The trailer section the gateway passes on: well-formed lines of allowed
+/// fields only, and one that the decoder reads back unchanged.
+fn check_trailer_section(raw: &[u8]) {
+    let mut out = Vec::new();
+    crate::http::head::trailer_section(raw, &mut out);
+    let mut lines = out.split(|&b| b == b'\n');
+    let _ = lines.next_back(); // after the last LF
+    for line in lines {
+        let line = line.strip_suffix(b"\r");
+        let fields = line.and_then(|l| {
+            let colon = l.iter().position(|&b| b == b':')?;
+            Some(l.split_at(colon))
+        });
+        let Some((name, value)) = fields else {
+            return panic_invariant(&format!(
+                "malformed trailer line in {:?}",
+                String::from_utf8_lossy(&out)
+            ));
+        };
+        assert!(
+            !name.is_empty() && name.iter().all(|&b| config::is_token_byte(b)),
+            "trailer name {:?}",
+            String::from_utf8_lossy(name)
+        );
+        let lower = name.to_ascii_lowercase();
+        assert!(
+            !NEVER_TRAILERS.iter().any(|f| f.as_bytes() == lower) && !lower.starts_with(b"proxy-"),
+            "forbidden trailer {:?} passed on",
+            String::from_utf8_lossy(name)
+        );
+        assert!(!has_ctl(value), "trailer value with CR/LF/NUL");
+    }
+    // What the gateway writes after the last chunk reads back the same
+    // (while within the decoder's trailer limit: lines grow by `: ` and CR).
+    if out.len() > 8000 {
+        return;
+    }
+    let mut wire = b"0\r\n".to_vec();
+    wire.extend_from_slice(&out);
+    wire.extend_from_slice(b"\r\n");
+    let back = decode_chunked(ChunkedDecoder::keeping_trailers(), &wire, |left| left);
+    assert!(
+        back.done && back.error.is_none() && back.trailers == out,
+        "the trailer section sent on does not decode back: {back:?}"
+    );
+}
+
 /// Chunked decoder. Input: one seed byte that picks the split points, then
-/// the body. Decoding it whole, byte by byte and in random pieces must give
-/// the same data, end and error.
+/// the body. Decoding it whole, in random pieces and byte by byte must give
+/// the same data, end, error and trailers, and agree with a reference
+/// reading of the grammar; the trailers passed on must be allowed fields.
 pub fn chunked(data: &[u8]) {
     let Some((&seed, body)) = data.split_first() else {
         return;
     };
-    let whole = decode_chunked(body, |left| left);
+    let keep = ChunkedDecoder::keeping_trailers;
+    let whole = decode_chunked(keep(), body, |left| left);
     let mut rng = Rng::new(u64::from(seed));
-    let pieces = decode_chunked(body, |left| rng.one_to(left.min(64)));
+    let pieces = decode_chunked(keep(), body, |left| rng.one_to(left.min(64)));
     assert_eq!(whole, pieces, "random split points change the outcome");
     if body.len() <= 512 {
-        let bytes = decode_chunked(body, |_| 1);
+        let bytes = decode_chunked(keep(), body, |_| 1);
         assert_eq!(whole, bytes, "byte-by-byte feeding changes the outcome");
     }
+    let dropping = decode_chunked(ChunkedDecoder::default(), body, |left| left);
+    assert!(
+        dropping.trailers.is_empty(),
+        "trailers kept although not asked"
+    );
+    assert_eq!(
+        (&dropping.data, dropping.done, dropping.error),
+        (&whole.data, whole.done, whole.error),
+        "keeping trailers changes the outcome"
+    );
+    let (ref_data, ref_trailers, ends) = reference_chunked(body);
+    assert_eq!(whole.data, ref_data, "data differs from the reference");
+    match ends {
+        Ends::Done(n) => {
+            assert!(
+                whole.done && whole.consumed == n,
+                "reference ends at {n}: {whole:?}"
+            );
+            assert_eq!(
+                whole.trailers, ref_trailers,
+                "trailers differ from the reference"
+            );
+        }
+        Ends::Malformed => assert!(whole.error.is_some(), "reference refuses: {whole:?}"),
+        Ends::More => assert!(
+            !whole.done && whole.error.is_none(),
+            "reference wants more: {whole:?}"
+        ),
+    }
+    check_trailer_section(&whole.trailers);
+    check_trailer_section(body);
 }
 
 // ---- router -------------------------------------------------------------------
