@@ -37,6 +37,12 @@ for t in "${targets[@]}"; do
     fi
 done
 
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1 \
+    && ! command -v clang++ >/dev/null 2>&1; then
+    echo "fuzz.sh: no C++ compiler found (c++, g++ or clang++); libFuzzer is built from source" >&2
+    exit 2
+fi
+
 fuzz_dir=${FUZZ_DIR:-$PWD/target/fuzz}
 host=$(rustc -vV | sed -n 's/^host: //p')
 # Stable-only instrumentation: what cargo-fuzz passes with `--sanitizer none`.
