@@ -215,6 +215,9 @@ struct FieldFacts {
     conflicting_length: bool,
     transfer_encoding: bool,
     chunked_last: bool,
+    /// `chunked` appeared among the transfer codings, and more than once.
+    chunked_seen: bool,
+    chunked_twice: bool,
     conn_close: bool,
     conn_keep_alive: bool,
     expect_continue: bool,
@@ -254,6 +257,13 @@ fn scan_fields(headers: &[httparse::Header<'_>]) -> FieldFacts {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             f.transfer_encoding = true;
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            let chunked = h
+                .value
+                .split(|&b| b == b',')
+                .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                .count();
+            f.chunked_twice |= chunked > 1 || (chunked > 0 && f.chunked_seen);
+            f.chunked_seen |= chunked > 0;
             f.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"connection") {
             f.conn_close |= contains_token(h.value, "close");
@@ -329,6 +339,9 @@ impl RequestHead {
                 return Err(HeadError::Malformed(
                     "Transfer-Encoding in an HTTP/1.0 request",
                 ));
+            }
+            if facts.chunked_twice {
+                return Err(HeadError::Malformed("chunked applied more than once"));
             }
             if !facts.chunked_last {
                 return Err(HeadError::UnsupportedEncoding);
@@ -473,6 +486,11 @@ fn split_absolute_form(
     target: Range<usize>,
 ) -> Result<(Option<Range<usize>>, Range<usize>), HeadError> {
     let t = head.get(target.clone()).unwrap_or_default();
+    // A fragment never belongs in a request (RFC 9112 §3.2); an upstream
+    // that parses one off would serve another path than the one routed.
+    if t.contains(&b'#') {
+        return Err(HeadError::Malformed("fragment (#) in the request target"));
+    }
     if t.first() == Some(&b'/') {
         return Ok((None, target));
     }
@@ -768,6 +786,16 @@ mod tests {
         assert!(matches!(req(bad_cl), Err(HeadError::Malformed(_))));
         let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(req(gzip).unwrap_err(), HeadError::UnsupportedEncoding);
+        for twice in [
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked, chunked",
+            "Transfer-Encoding: chunked\r\nX-A: 1\r\nTransfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked, gzip\r\nTransfer-Encoding: chunked",
+        ] {
+            let r = req(&format!("POST / HTTP/1.1\r\nHost: h\r\n{twice}\r\n\r\n"));
+            assert!(matches!(r, Err(HeadError::Malformed(_))), "{twice}");
+        }
+        assert!(req("GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n").is_err());
         let chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(req(chunked).unwrap().framing, Framing::Chunked);
         let http10 = "GET / HTTP/1.0\r\n\r\n";
