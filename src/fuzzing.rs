@@ -224,7 +224,23 @@ pub fn request_head(data: &[u8]) {
             "both Transfer-Encoding and Content-Length accepted"
         );
         match h.framing {
-            Framing::Chunked => assert!(f.te && h.version == 1, "chunked without TE on 1.1"),
+            Framing::Chunked => {
+                assert!(f.te && h.version == 1, "chunked without TE on 1.1");
+                // Chunked exactly once, and last.
+                let codings: Vec<Vec<u8>> = h
+                    .header("transfer-encoding")
+                    .unwrap_or_default()
+                    .split(|&b| b == b',')
+                    .map(|t| t.trim_ascii().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let chunked = |t: &Vec<u8>| t.as_slice() == b"chunked";
+                assert!(
+                    codings.last().is_some_and(chunked)
+                        && codings.iter().filter(|t| chunked(t)).count() == 1,
+                    "Transfer-Encoding {codings:?} framed as chunked"
+                );
+            }
             Framing::Length(len) => {
                 assert!(!f.te, "length framing with Transfer-Encoding");
                 assert!(
@@ -253,6 +269,7 @@ pub fn request_head(data: &[u8]) {
 fn check_target(h: &RequestHead) {
     let (target, path) = (h.target(), h.path());
     assert!(path.starts_with('/'), "path {path:?} is not absolute");
+    assert!(!target.contains('#'), "fragment in target {target:?}");
     let before_query = match h.query() {
         Some(q) => target.strip_suffix(q).and_then(|t| t.strip_suffix('?')),
         None => Some(target),
