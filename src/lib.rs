@@ -28,6 +28,8 @@ pub mod compiled;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod pipeline;
 pub mod proxy;
