@@ -2517,6 +2517,14 @@ fn main() {
             let list: Vec<String> = suspects.iter().map(|s| format!("{s:#x}")).collect();
             println!("\nto replay them all: FUZZ_WIRE_REPLAY={}", list.join(","));
         }
+        // Read again now: a release build's backtrace takes a while to print.
+        let panics = gw.panics();
+        if !panics.is_empty() {
+            println!("\ngateway panics (with its own backtrace frames):");
+            for p in &panics {
+                println!("- {p}");
+            }
+        }
         println!("\ngateway stderr (tail):\n{}", gw.stderr_tail(60));
         let log = std::env::temp_dir().join(format!("fuzz-wire-{seed:x}-stderr.log"));
         if std::fs::write(&log, gw.stderr_text()).is_ok() {
