@@ -591,6 +591,9 @@ impl ResponseHead {
         let (Some(status), Some(version)) = (resp.code, resp.version) else {
             return Err(HeadError::Malformed("malformed status line"));
         };
+        if !(100..=599).contains(&status) {
+            return Err(HeadError::Malformed("status code outside 100-599"));
+        }
         let facts = scan_fields(resp.headers);
         let bodyless =
             head_request || (100..200).contains(&status) || status == 204 || status == 304;
@@ -709,7 +712,10 @@ pub fn trailer_section(raw: &[u8], out: &mut Vec<u8>) {
             .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
             || name.eq_ignore_ascii_case(b"www-authenticate")
             || is_hop_by_hop(name);
-        if token && !forbidden && !value.iter().any(|&b| b == b'\r' || b == 0) {
+        let clean = value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if token && !forbidden && clean {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
@@ -838,6 +844,16 @@ mod tests {
             parse("HTTP/1.1 304 NM\r\nContent-Length: 5\r\n\r\n", false).framing,
             Framing::None
         );
+        for odd in [
+            "HTTP/1.1 000 OK\r\n\r\n",
+            "HTTP/1.1 600 X\r\n\r\n",
+            "HTTP/1.1 099 X\r\n\r\n",
+        ] {
+            assert!(
+                ResponseHead::parse(odd.as_bytes(), 8192, false).is_err(),
+                "{odd}"
+            );
+        }
         let close = parse("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!(close.framing, Framing::UntilClose);
         assert!(!close.keep_alive);
@@ -955,7 +971,7 @@ mod tests {
 
     #[test]
     fn trailer_filtering() {
-        let raw = b"X-Checksum: abc\r\nContent-Length: 5\r\nSet-Cookie: a=b\r\nbad line\r\nGrpc-Status:  0 \r\nProxy-X: 1\r\n";
+        let raw = b"X-Checksum: abc\r\nContent-Length: 5\r\nSet-Cookie: a=b\r\nbad line\r\nGrpc-Status:  0 \r\nProxy-X: 1\r\nX-Ctl: a\x01b\r\n";
         let mut out = Vec::new();
         trailer_section(raw, &mut out);
         assert_eq!(out, b"X-Checksum: abc\r\nGrpc-Status: 0\r\n");

@@ -7,7 +7,8 @@
 //! - `.` and `..` segments (also when spelled `%2E`) are refused.
 //! - Repeated slashes are merged when the listener says so (the default).
 //! - `%2F`, `%5C`, `%00` and a raw `\` follow the listener's
-//!   [`EncodedSlash`]; a NUL is never decoded.
+//!   [`EncodedSlash`] (`Keep` forwards a raw `\` as `%5C`); a NUL is never
+//!   decoded. Dot segments between backslashes are refused too.
 //! - A `;` is refused: servers that strip `;params` from segments would
 //!   serve `/admin;x` as `/admin`.
 //! - Case is kept: paths are case-sensitive.
@@ -92,9 +93,11 @@ pub fn normalize(path: &str, opts: PathOptions) -> Result<Cow<'_, str>, &'static
                     push_encoded(&mut out, v);
                 }
             }
-            b'\\' if opts.encoded_slash == EncodedSlash::Reject => {
-                return Err(ENCODED_SEPARATOR);
-            }
+            b'\\' => match opts.encoded_slash {
+                EncodedSlash::Reject => return Err(ENCODED_SEPARATOR),
+                EncodedSlash::Keep => push_encoded(&mut out, b'\\'),
+                EncodedSlash::Decode => out.push(b'\\'),
+            },
             b';' => return Err("path parameters (;) are not accepted"),
             _ => push_char(&mut out, b, opts),
         }
@@ -120,8 +123,10 @@ fn push_encoded(out: &mut Vec<u8>, v: u8) {
     );
 }
 
+/// `.`/`..` segments are refused, with `\` counted as a separator too (some
+/// servers treat it as one).
 fn check_dot_segments(path: &str) -> Result<(), &'static str> {
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    if path.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
         return Err("dot segments are not allowed in the path");
     }
     Ok(())
@@ -204,7 +209,13 @@ mod tests {
             with("/a%5cb", true, EncodedSlash::Keep),
             Ok("/a%5Cb".into())
         );
-        assert_eq!(with("/a\\b", true, EncodedSlash::Keep), Ok("/a\\b".into()));
+        assert_eq!(with("/a\\b", true, EncodedSlash::Keep), Ok("/a%5Cb".into()));
+        assert!(with("/x\\..\\admin", true, EncodedSlash::Decode).is_err());
+        assert!(with("/x%5C..%5Cadmin", true, EncodedSlash::Decode).is_err());
+        assert_eq!(
+            with("/x\\..\\admin", true, EncodedSlash::Keep),
+            Ok("/x%5C..%5Cadmin".into())
+        );
         assert_eq!(
             with("/a%2Fb", true, EncodedSlash::Decode),
             Ok("/a/b".into())

@@ -155,7 +155,6 @@ impl Router {
             &self.root,
             req,
             host,
-            rest,
             rest.split('/'),
             &mut params,
             &mut allow,
@@ -188,7 +187,6 @@ impl Router {
         node: &Node,
         req: &RequestFacts<'a, H>,
         host: Option<&str>,
-        base: &str,
         mut segs: std::str::Split<'_, char>,
         params: &mut Vec<Range<usize>>,
         allow: &mut Vec<String>,
@@ -197,16 +195,16 @@ impl Router {
             return self.first_admitted(&node.full, req, host, allow);
         };
         if let Some(child) = node.static_child(seg) {
-            if let Some(r) = self.find_full(child, req, host, base, segs.clone(), params, allow) {
+            if let Some(r) = self.find_full(child, req, host, segs.clone(), params, allow) {
                 return Some(r);
             }
         }
         if let Some(child) = &node.param {
             if !seg.is_empty() {
-                if let Some(r) = self.find_full(child, req, host, base, segs, params, allow) {
+                if let Some(r) = self.find_full(child, req, host, segs, params, allow) {
                     // Params are pushed innermost first and reversed by the caller.
-                    // `seg` is a subslice of `base`, which starts one byte into the path.
-                    let start = (seg.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize) + 1;
+                    // `seg` is a subslice of the request's path.
+                    let start = (seg.as_ptr() as usize).wrapping_sub(req.path.as_ptr() as usize);
                     params.push(start..start + seg.len());
                     return Some(r);
                 }
