@@ -29,5 +29,7 @@ echo "== cargo test (unit, integration, benches in test mode)"
 cargo test --all-targets
 echo "== integration tests again on the epoll driver (the io_uring fallback path)"
 SHARDGATE_DRIVER=epoll cargo test --tests
+echo "== wire fuzzer: 60 s of mutated requests against the real gateway"
+FUZZ_WIRE_PROFILE=debug scripts/fuzz-wire.sh 60
 echo "== soak: 1 minute of load with reloads every 2 s and backend restarts every 10 s"
 SOAK_PROFILE=debug SKIP_BUILD=1 scripts/soak.sh 1

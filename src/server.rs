@@ -198,7 +198,9 @@ async fn respond_error(
         e,
         GatewayError::BadRequest(_) | GatewayError::RequestTimeout | GatewayError::PayloadTooLarge
     );
-    let mut keep = head.keep_alive && !client_fault && !shard.shutdown.is_fired();
+    // `ex.keep_alive` starts as the client's wish and is cleared when the
+    // exchange left the connection unusable (an early upstream answer).
+    let mut keep = ex.keep_alive && !client_fault && !shard.shutdown.is_fired();
     if keep && !ex.body_consumed {
         keep = match head.framing {
             Framing::Length(n) if n <= DRAIN_BODY_MAX => {
@@ -215,9 +217,14 @@ async fn respond_error(
             _ => false,
         };
     }
-    let (r, _) = conn
-        .write(e.to_response(ex.request_id, keep), limits.send_timeout)
-        .await;
+    let mut answer = e.to_response(ex.request_id, keep);
+    if head.method() == "HEAD" {
+        // The same head, no content (RFC 9110 §9.3.2).
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            answer.truncate(end + 4);
+        }
+    }
+    let (r, _) = conn.write(answer, limits.send_timeout).await;
     if keep && r.is_ok() {
         Disposition::KeepAlive
     } else {

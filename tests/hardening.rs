@@ -599,6 +599,26 @@ fn http2_preface_gets_505_json_and_close() {
     assert_eq!(get(gw.port, "/after").status, 200);
 }
 
+#[test]
+fn error_answers_to_head_carry_no_content() {
+    let backend = Backend::echo("b");
+    let gw = acting_gateway(&backend);
+    // A 401 to HEAD on a kept-alive connection, then a pipelined GET: the
+    // second answer must be read as the second answer.
+    let mut c = Client::connect(gw.port);
+    c.send(b"HEAD /jwt/x HTTP/1.1\r\nHost: a\r\n\r\nGET /public HTTP/1.1\r\nHost: a\r\n\r\n");
+    let first = c.try_read_response(true).expect("the HEAD answer");
+    assert_eq!(first.status, 401);
+    assert!(first.header("content-length").is_some_and(|v| v != "0"));
+    let second = c.read_response();
+    assert_eq!(second.status, 200, "body: {}", second.text());
+    assert!(
+        second.text().starts_with("b GET /public"),
+        "{}",
+        second.text()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Full-duplex exchange
 // ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ impl Conn {
 
     /// Grows the buffer so it can hold at least `total` unread bytes.
     pub fn reserve_total(&mut self, total: usize) {
-        if self.buf.capacity() - self.pos < total {
+        if self.buf.capacity().saturating_sub(self.pos) < total {
             self.compact();
             let need = total.saturating_sub(self.buf.len());
             self.buf.reserve(need);
@@ -60,9 +60,15 @@ impl Conn {
     }
 
     fn compact(&mut self) {
-        if self.pos > 0 {
+        if self.pos >= self.buf.len() {
+            // Everything was consumed — or the buffer went with an abandoned
+            // read (an exchange cut short by an early answer).
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 {
+            let unread = self.buf.len() - self.pos;
             self.buf.copy_within(self.pos.., 0);
-            self.buf.truncate(self.buf.len() - self.pos);
+            self.buf.truncate(unread);
             self.pos = 0;
         }
     }

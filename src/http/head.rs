@@ -218,6 +218,8 @@ struct FieldFacts {
     /// `chunked` appeared among the transfer codings, and more than once.
     chunked_seen: bool,
     chunked_twice: bool,
+    /// A transfer coding other than `chunked` was listed.
+    other_coding: bool,
     conn_close: bool,
     conn_keep_alive: bool,
     expect_continue: bool,
@@ -262,6 +264,10 @@ fn scan_fields(headers: &[httparse::Header<'_>]) -> FieldFacts {
                 .split(|&b| b == b',')
                 .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
                 .count();
+            f.other_coding |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             f.chunked_twice |= chunked > 1 || (chunked > 0 && f.chunked_seen);
             f.chunked_seen |= chunked > 0;
             f.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
@@ -343,7 +349,9 @@ impl RequestHead {
             if facts.chunked_twice {
                 return Err(HeadError::Malformed("chunked applied more than once"));
             }
-            if !facts.chunked_last {
+            // Only `chunked` alone: the body is re-framed for the upstream, so
+            // another coding would reach it unlabelled.
+            if !facts.chunked_last || facts.other_coding {
                 return Err(HeadError::UnsupportedEncoding);
             }
             Framing::Chunked
@@ -600,11 +608,13 @@ impl ResponseHead {
         let framing = if bodyless {
             Framing::None
         } else if facts.transfer_encoding {
-            if facts.chunked_last {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
+            // Only `chunked` alone: Transfer-Encoding is hop-by-hop and the
+            // body is re-framed for the client, so another coding would
+            // reach it unlabelled.
+            if facts.chunked_twice || facts.other_coding {
+                return Err(HeadError::UnsupportedEncoding);
             }
+            Framing::Chunked
         } else if facts.conflicting_length {
             return Err(HeadError::Malformed(
                 "invalid or conflicting Content-Length",
@@ -792,6 +802,16 @@ mod tests {
         assert!(matches!(req(bad_cl), Err(HeadError::Malformed(_))));
         let gzip = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(req(gzip).unwrap_err(), HeadError::UnsupportedEncoding);
+        for te in [
+            "gzip, chunked",
+            "identity,chunked",
+            "gzip\r\nTransfer-Encoding: chunked",
+        ] {
+            let r = req(&format!(
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ));
+            assert_eq!(r.unwrap_err(), HeadError::UnsupportedEncoding, "{te}");
+        }
         for twice in [
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
             "Transfer-Encoding: chunked, chunked",
