@@ -144,9 +144,10 @@ pub async fn serve_connection(
             HeadRead::Closed => return,
             HeadRead::Refused(e) => {
                 let id = shard.next_request_id();
-                let _ = conn
-                    .write(e.to_response(&id, false), limits.send_timeout)
-                    .await;
+                // The head did not parse, but a HEAD request still gets no content.
+                let head_request = conn.buffered().starts_with(b"HEAD ");
+                let answer = error_answer(&e, &id, false, head_request);
+                let _ = conn.write(answer, limits.send_timeout).await;
                 conn.linger_close(LINGER, LINGER_BYTES).await;
                 return;
             }
@@ -217,13 +218,7 @@ async fn respond_error(
             _ => false,
         };
     }
-    let mut answer = e.to_response(ex.request_id, keep);
-    if head.method() == "HEAD" {
-        // The same head, no content (RFC 9110 §9.3.2).
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            answer.truncate(end + 4);
-        }
-    }
+    let answer = error_answer(e, ex.request_id, keep, head.method() == "HEAD");
     let (r, _) = conn.write(answer, limits.send_timeout).await;
     if keep && r.is_ok() {
         Disposition::KeepAlive
@@ -249,6 +244,18 @@ fn test_panic(shard: &Shard, head: &RequestHead) {
         }
         _ => panic!("test panic requested by the client"),
     }
+}
+
+/// The error's response; to a HEAD request, the same head without content
+/// (RFC 9110 §9.3.2).
+fn error_answer(e: &GatewayError, request_id: &str, keep: bool, head_request: bool) -> Vec<u8> {
+    let mut answer = e.to_response(request_id, keep);
+    if head_request {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            answer.truncate(end + 4);
+        }
+    }
+    answer
 }
 
 /// A client-supplied request id is passed on if it is short visible ASCII.
