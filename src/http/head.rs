@@ -47,6 +47,8 @@ pub enum HeadError {
 pub struct Fields {
     ranges: Vec<(Range<usize>, Range<usize>)>,
     joined: Vec<(usize, Vec<u8>)>,
+    /// Index of the `Host` line (a request's; found while joining).
+    host: Option<usize>,
 }
 
 /// Where `part` lies inside `base`; empty (or foreign) slices map to `0..0`,
@@ -68,6 +70,7 @@ impl Fields {
                 .map(|h| (offset(head, h.name.as_bytes()), offset(head, h.value)))
                 .collect(),
             joined: Vec::new(),
+            host: None,
         }
     }
 
@@ -133,6 +136,9 @@ impl Fields {
         let mut seen = 0u64;
         for i in 0..self.ranges.len() {
             let (name, value) = self.line(raw, i);
+            if name.len() == 4 && self.host.is_none() && name.eq_ignore_ascii_case(b"host") {
+                self.host = Some(i);
+            }
             let bit = name_bit(name);
             if seen & bit == 0 {
                 seen |= bit;
@@ -371,13 +377,10 @@ impl RequestHead {
         let target = offset(head, path.as_bytes());
         let (authority, target) = split_absolute_form(head, target)?;
         let origin = head.get(target.clone()).unwrap_or_default();
-        let path_len = origin
-            .iter()
-            .position(|&b| b == b'?')
-            .unwrap_or(origin.len());
+        let path_len = path_length(origin)?;
         // HTTP/1.1 needs a Host line even with an absolute-form target,
         // whose authority then wins (RFC 9112 §3.2, §3.2.2).
-        let host_line = fields.get(head, "host");
+        let host_line = fields.host.map(|i| fields.line(head, i).1);
         if version == 1 && host_line.is_none() {
             return Err(HeadError::Malformed("missing Host header"));
         }
@@ -458,7 +461,7 @@ impl RequestHead {
     pub fn host(&self) -> Option<&[u8]> {
         match &self.authority {
             Some(a) => self.raw.get(a.clone()),
-            None => self.header("host"),
+            None => self.fields.host.map(|i| self.fields.line(&self.raw, i).1),
         }
     }
 
@@ -494,11 +497,6 @@ fn split_absolute_form(
     target: Range<usize>,
 ) -> Result<(Option<Range<usize>>, Range<usize>), HeadError> {
     let t = head.get(target.clone()).unwrap_or_default();
-    // A fragment never belongs in a request (RFC 9112 §3.2); an upstream
-    // that parses one off would serve another path than the one routed.
-    if t.contains(&b'#') {
-        return Err(HeadError::Malformed("fragment (#) in the request target"));
-    }
     if t.first() == Some(&b'/') {
         return Ok((None, target));
     }
@@ -528,6 +526,21 @@ fn split_absolute_form(
     Ok((Some(authority), auth_start + auth_len..target.end))
 }
 
+/// Where the path of an origin-form target ends (its `?`), refusing a
+/// fragment: it never belongs in a request (RFC 9112 §3.2), and an upstream
+/// that parses one off would serve another path than the one routed.
+fn path_length(origin: &[u8]) -> Result<usize, HeadError> {
+    let mut path_len = None;
+    for (i, &b) in origin.iter().enumerate() {
+        match b {
+            b'#' => return Err(HeadError::Malformed("fragment (#) in the request target")),
+            b'?' if path_len.is_none() => path_len = Some(i),
+            _ => {}
+        }
+    }
+    Ok(path_len.unwrap_or(origin.len()))
+}
+
 /// `uri-host [":" port]` (RFC 9110 §7.2): an IP literal in brackets or a
 /// registered name / IPv4 address, then an optional decimal port. Empty is
 /// allowed (a target without an authority).
@@ -551,19 +564,49 @@ fn valid_host(h: &[u8]) -> bool {
             _ => return false,
         }
     } else {
-        match h.iter().rposition(|&b| b == b':') {
+        // One pass: every byte a reg-name byte or a colon, and where the
+        // last colon is (the port follows it).
+        let mut colon = None;
+        for (i, &b) in h.iter().enumerate() {
+            if b == b':' {
+                colon = Some(i);
+            } else if !is_reg_name_byte(b) {
+                return false;
+            }
+        }
+        match colon {
             Some(i) => (
                 h.get(..i).unwrap_or_default(),
                 h.get(i + 1..).unwrap_or_default(),
             ),
-            None => (h, &b""[..]),
+            None => return true,
         }
     };
-    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
-    host.iter().all(reg_name)
+    host.iter().all(|&b| is_reg_name_byte(b))
         && port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
         && (port.is_empty() || !host.is_empty())
+}
+
+/// Bytes of a registered name or IPv4 address: unreserved, sub-delims, `%`.
+fn is_reg_name_byte(b: u8) -> bool {
+    const TABLE: [bool; 256] = {
+        let mut t = [false; 256];
+        let extra = b"-._~!$&'()*+,;=%";
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric();
+            i += 1;
+        }
+        let mut j = 0;
+        while j < extra.len() {
+            t[extra[j] as usize] = true;
+            j += 1;
+        }
+        t
+    };
+    TABLE.get(b as usize).copied().unwrap_or(false)
 }
 
 /// A parsed response head.
