@@ -590,9 +590,10 @@ fn valid_host(h: &[u8]) -> bool {
 
 /// Bytes of a registered name or IPv4 address: unreserved, sub-delims, `%`.
 fn is_reg_name_byte(b: u8) -> bool {
-    // Built at compile time; the indices are below 256 by construction.
+    // Built at compile time; the indices are below 256 by construction. A
+    // `static`, so that a lookup reads it in place instead of copying it.
     #[allow(clippy::indexing_slicing)]
-    const TABLE: [bool; 256] = {
+    static TABLE: [bool; 256] = {
         let mut t = [false; 256];
         let extra = b"-._~!$&'()*+,;=%";
         let mut i = 0;
