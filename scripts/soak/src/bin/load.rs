@@ -32,6 +32,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// How long past the end of the run a lagging connection may keep sending.
+const LATE_STOP: Duration = Duration::from_secs(30);
+
 const USAGE: &str = "usage: soak-load --addr HOST:PORT --secs S [--rate R (0 = closed loop)] \
                      [--conns N] [--secret S] [--issuer I] [--out DIR] [--events FILE] \
                      [--grace-ms MS] [--timeout-ms MS] [--parent PID]";
@@ -348,7 +351,10 @@ fn worker(cfg: &Config, i: usize, start: Instant) -> Stats {
     loop {
         let now = Instant::now();
         let scheduled = if open {
-            if next >= end {
+            // A connection that fell far behind its schedule (a machine that
+            // slowed down under the load) stops at the end all the same; the
+            // lag is reported, and the run ends before the watchdog fires.
+            if next >= end || now >= end + LATE_STOP {
                 break;
             }
             if next > now {
