@@ -45,14 +45,16 @@ pub const TARGETS: &[(&str, Target)] = &[
 // ---- small helpers ----------------------------------------------------------
 
 /// A small deterministic generator (xorshift64*), seeded from input bytes.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    /// A generator seeded from `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -61,9 +63,17 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        match n {
+            0 => 0,
+            n => (self.next_u64() % n as u64) as usize,
+        }
+    }
+
     /// A number in `1..=max` (1 when `max` is 0).
     fn one_to(&mut self, max: usize) -> usize {
-        1 + (self.next() % (max.max(1) as u64)) as usize
+        1 + (self.next_u64() % (max.max(1) as u64)) as usize
     }
 }
 

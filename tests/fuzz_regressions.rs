@@ -4,6 +4,7 @@
 //! and over a few thousand deterministic mutations of the seeds. A target
 //! panics on a broken invariant, so a failure names the input that broke it.
 
+use shardgate::fuzzing::Rng;
 use shardgate::fuzzing::{Target, TARGETS};
 use std::path::{Path, PathBuf};
 
@@ -47,28 +48,6 @@ fn run(f: Target, data: &[u8], what: &dyn std::fmt::Display) {
             "fuzz target failed on {what}: {:?}",
             String::from_utf8_lossy(data)
         );
-    }
-}
-
-/// xorshift64*: the same mutations on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
     }
 }
 
@@ -124,7 +103,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
                 let i = rng.below(data.len());
                 data[i] ^= 1 << rng.below(8);
             }
-            1 => data.insert(at, rng.next() as u8),
+            1 => data.insert(at, rng.next_u64() as u8),
             2 => {
                 let tok = INTERESTING[rng.below(INTERESTING.len())];
                 data.splice(at..at, tok.iter().copied());
@@ -169,7 +148,7 @@ fn exercise(name: &str) {
         run(f, data, &path.display());
     }
     let seeds: Vec<Vec<u8>> = corpus.into_iter().map(|(_, d)| d).collect();
-    let mut rng = Rng(0x5EED_0000 ^ name.len() as u64 ^ (name.as_bytes()[0] as u64) << 32);
+    let mut rng = Rng::new(0x5EED_0000 ^ name.len() as u64 ^ (name.as_bytes()[0] as u64) << 32);
     for i in 0..MUTATIONS {
         let data = mutate(&mut rng, &seeds);
         run(f, &data, &format_args!("mutation {i} of {name}"));
@@ -177,7 +156,7 @@ fn exercise(name: &str) {
     // Plain random bytes too, for the paths seeds never reach.
     for i in 0..MUTATIONS / 10 {
         let len = rng.below(256);
-        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         run(f, &data, &format_args!("random input {i} of {name}"));
     }
 }
