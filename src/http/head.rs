@@ -62,18 +62,6 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 impl Fields {
-    /// Records where each parsed header lies inside `head`.
-    fn locate(head: &[u8], headers: &[httparse::Header<'_>]) -> Fields {
-        Fields {
-            ranges: headers
-                .iter()
-                .map(|h| (offset(head, h.name.as_bytes()), offset(head, h.value)))
-                .collect(),
-            joined: Vec::new(),
-            host: None,
-        }
-    }
-
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.ranges.len()
@@ -128,17 +116,13 @@ impl Fields {
         })
     }
 
-    /// Applies the reading rules to a request's fields: a repeated singleton
-    /// is refused, the lines of any other repeated field are joined in order.
+    /// Applies the reading rules to a request's fields once [`read_fields`]
+    /// saw a name repeated: a repeated singleton is refused, the
+    /// lines of any other repeated field are joined in order.
     fn join_repeated(&mut self, raw: &[u8]) -> Result<(), HeadError> {
-        // A 64-bit filter over (length, first and last byte) keeps the common
-        // case — no field repeated — to one pass with no name comparisons.
         let mut seen = 0u64;
         for i in 0..self.ranges.len() {
             let (name, value) = self.line(raw, i);
-            if name.len() == 4 && self.host.is_none() && name.eq_ignore_ascii_case(b"host") {
-                self.host = Some(i);
-            }
             let bit = name_bit(name);
             if seen & bit == 0 {
                 seen |= bit;
@@ -172,11 +156,13 @@ impl Fields {
     }
 }
 
-/// One bit of a 64-bit filter for a field name (case-insensitive).
+/// One bit of a 64-bit filter for a field name (case-insensitive): from its
+/// length and its middle and last bytes, which tell apart the common names
+/// that share a length (`Accept-Encoding`, `Accept-Language`).
 fn name_bit(name: &[u8]) -> u64 {
-    let first = name.first().map_or(0, u8::to_ascii_lowercase) as usize;
-    let last = name.last().map_or(0, u8::to_ascii_lowercase) as usize;
-    1u64 << ((name.len().wrapping_mul(31) ^ first.wrapping_mul(7) ^ last) & 63)
+    let mid = name.get(name.len() / 2).map_or(0, |b| b | 0x20) as usize;
+    let last = name.last().map_or(0, |b| b | 0x20) as usize;
+    1u64 << ((name.len().wrapping_mul(13) ^ mid.wrapping_mul(5) ^ last) & 63)
 }
 
 /// The request fields the gateway acts on that may appear only once, with
@@ -248,43 +234,75 @@ fn contains_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn scan_fields(headers: &[httparse::Header<'_>]) -> FieldFacts {
+/// One pass over parsed fields: where each lies inside `head`, the facts
+/// about framing and the connection, the first `Host` line, and whether a
+/// name is repeated (a 64-bit filter of the names seen; only a hit compares
+/// names).
+fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldFacts, bool) {
     let mut f = FieldFacts::default();
-    for h in headers {
+    let ranges = headers
+        .iter()
+        .map(|h| (offset(head, h.name.as_bytes()), offset(head, h.value)))
+        .collect();
+    let mut host = None;
+    let mut seen = 0u64;
+    let mut repeated = false;
+    for (i, h) in headers.iter().enumerate() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let parsed = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok());
-            match (parsed, f.content_length) {
-                (None, _) => f.conflicting_length = true,
-                (Some(v), Some(prev)) if v != prev => f.conflicting_length = true,
-                (Some(v), _) => f.content_length = Some(v),
+        let bit = name_bit(name);
+        if seen & bit != 0 && !repeated {
+            repeated = headers
+                .get(..i)
+                .unwrap_or_default()
+                .iter()
+                .any(|p| p.name.eq_ignore_ascii_case(h.name));
+        }
+        seen |= bit;
+        match name.len() {
+            4 if host.is_none() && name.eq_ignore_ascii_case(b"host") => host = Some(i),
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                f.expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            f.transfer_encoding = true;
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            let chunked = h
-                .value
-                .split(|&b| b == b',')
-                .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                .count();
-            f.other_coding |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            f.chunked_twice |= chunked > 1 || (chunked > 0 && f.chunked_seen);
-            f.chunked_seen |= chunked > 0;
-            f.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            f.conn_close |= contains_token(h.value, "close");
-            f.conn_keep_alive |= contains_token(h.value, "keep-alive");
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            f.expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                f.conn_close |= contains_token(h.value, "close");
+                f.conn_keep_alive |= contains_token(h.value, "keep-alive");
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let parsed = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok());
+                match (parsed, f.content_length) {
+                    (None, _) => f.conflicting_length = true,
+                    (Some(v), Some(prev)) if v != prev => f.conflicting_length = true,
+                    (Some(v), _) => f.content_length = Some(v),
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                f.transfer_encoding = true;
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                let chunked = h
+                    .value
+                    .split(|&b| b == b',')
+                    .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                    .count();
+                f.other_coding |= h
+                    .value
+                    .split(|&b| b == b',')
+                    .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                f.chunked_twice |= chunked > 1 || (chunked > 0 && f.chunked_seen);
+                f.chunked_seen |= chunked > 0;
+                f.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            _ => {}
         }
     }
-    f
+    let fields = Fields {
+        ranges,
+        joined: Vec::new(),
+        host,
+    };
+    (fields, f, repeated)
 }
 
 /// A parsed request head.
@@ -340,7 +358,8 @@ impl RequestHead {
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Err(HeadError::Malformed("malformed request line"));
         };
-        let facts = scan_fields(req.headers);
+        let head = buf.get(..n).unwrap_or(buf);
+        let (mut fields, facts, repeated) = read_fields(head, req.headers);
         let framing = if facts.transfer_encoding {
             if facts.content_length.is_some() || facts.conflicting_length {
                 return Err(HeadError::Malformed(
@@ -371,9 +390,9 @@ impl RequestHead {
                 Some(n) => Framing::Length(n),
             }
         };
-        let head = buf.get(..n).unwrap_or(buf);
-        let mut fields = Fields::locate(head, req.headers);
-        fields.join_repeated(head)?;
+        if repeated {
+            fields.join_repeated(head)?;
+        }
         let target = offset(head, path.as_bytes());
         let (authority, target) = split_absolute_form(head, target)?;
         let origin = head.get(target.clone()).unwrap_or_default();
@@ -530,21 +549,48 @@ fn split_absolute_form(
 /// fragment: it never belongs in a request (RFC 9112 §3.2), and an upstream
 /// that parses one off would serve another path than the one routed.
 fn path_length(origin: &[u8]) -> Result<usize, HeadError> {
-    let mut path_len = None;
-    for (i, &b) in origin.iter().enumerate() {
-        match b {
-            b'#' => return Err(HeadError::Malformed("fragment (#) in the request target")),
-            b'?' if path_len.is_none() => path_len = Some(i),
-            _ => {}
-        }
+    const FRAGMENT: HeadError = HeadError::Malformed("fragment (#) in the request target");
+    match find_query_or_fragment(origin) {
+        None => Ok(origin.len()),
+        Some(i) if origin.get(i) == Some(&b'#') => Err(FRAGMENT),
+        Some(i) if origin.get(i..).is_some_and(|q| q.contains(&b'#')) => Err(FRAGMENT),
+        Some(i) => Ok(i),
     }
-    Ok(path_len.unwrap_or(origin.len()))
+}
+
+/// The first `?` or `#`, eight bytes at a time (a zero-byte test on the
+/// bytes XORed with each needle).
+fn find_query_or_fragment(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if has_zero(x ^ (ONES * u64::from(b'?'))) | has_zero(x ^ (ONES * u64::from(b'#'))) != 0 {
+            break;
+        }
+        at += 8;
+    }
+    s.get(at..)?
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .map(|i| at + i)
 }
 
 /// `uri-host [":" port]` (RFC 9110 §7.2): an IP literal in brackets or a
 /// registered name / IPv4 address, then an optional decimal port. Empty is
 /// allowed (a target without an authority).
 fn valid_host(h: &[u8]) -> bool {
+    // One branch-free pass ORs each byte's class: in the common case every
+    // byte is a reg-name byte and nothing else is looked at.
+    let class = h.iter().fold(0u8, |acc, &b| acc | byte_class(b));
+    if class & !REG_NAME == 0 {
+        return true;
+    }
     let (host, port) = if h.first() == Some(&b'[') {
         let Some(close) = h.iter().position(|&b| b == b']') else {
             return false;
@@ -563,53 +609,53 @@ fn valid_host(h: &[u8]) -> bool {
             [b':', port @ ..] => (&b"x"[..], port),
             _ => return false,
         }
-    } else {
-        // One pass: every byte a reg-name byte or a colon, and where the
-        // last colon is (the port follows it).
-        let mut colon = None;
-        for (i, &b) in h.iter().enumerate() {
-            if b == b':' {
-                colon = Some(i);
-            } else if !is_reg_name_byte(b) {
-                return false;
-            }
-        }
-        match colon {
+    } else if class == REG_NAME | COLON {
+        match h.iter().rposition(|&b| b == b':') {
             Some(i) => (
                 h.get(..i).unwrap_or_default(),
                 h.get(i + 1..).unwrap_or_default(),
             ),
-            None => return true,
+            None => return false,
         }
+    } else {
+        return false;
     };
-    host.iter().all(|&b| is_reg_name_byte(b))
+    host.iter().all(|&b| byte_class(b) == REG_NAME)
         && port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
         && (port.is_empty() || !host.is_empty())
 }
 
-/// Bytes of a registered name or IPv4 address: unreserved, sub-delims, `%`.
-fn is_reg_name_byte(b: u8) -> bool {
+/// Byte classes of [`valid_host`], as bits (the empty host has none).
+const REG_NAME: u8 = 1;
+const COLON: u8 = 2;
+const OTHER: u8 = 4;
+
+/// A byte's class in a Host value: a byte of a registered name or IPv4
+/// address (unreserved, sub-delims, `%`), the port's colon, or other.
+fn byte_class(b: u8) -> u8 {
     // Built at compile time; the indices are below 256 by construction. A
     // `static`, so that a lookup reads it in place instead of copying it.
     #[allow(clippy::indexing_slicing)]
-    static TABLE: [bool; 256] = {
-        let mut t = [false; 256];
+    static TABLE: [u8; 256] = {
+        let mut t = [OTHER; 256];
         let extra = b"-._~!$&'()*+,;=%";
         let mut i = 0;
         while i < 256 {
-            let c = i as u8;
-            t[i] = c.is_ascii_alphanumeric();
+            if (i as u8).is_ascii_alphanumeric() {
+                t[i] = REG_NAME;
+            }
             i += 1;
         }
         let mut j = 0;
         while j < extra.len() {
-            t[extra[j] as usize] = true;
+            t[extra[j] as usize] = REG_NAME;
             j += 1;
         }
+        t[b':' as usize] = COLON;
         t
     };
-    TABLE.get(b as usize).copied().unwrap_or(false)
+    TABLE.get(b as usize).copied().unwrap_or(OTHER)
 }
 
 /// A parsed response head.
@@ -648,7 +694,8 @@ impl ResponseHead {
         if !(100..=599).contains(&status) {
             return Err(HeadError::Malformed("status code outside 100-599"));
         }
-        let facts = scan_fields(resp.headers);
+        let head = buf.get(..n).unwrap_or(buf);
+        let (fields, facts, _) = read_fields(head, resp.headers);
         let bodyless =
             head_request || (100..200).contains(&status) || status == 204 || status == 304;
         let framing = if bodyless {
@@ -671,8 +718,6 @@ impl ResponseHead {
                 None => Framing::UntilClose,
             }
         };
-        let head = buf.get(..n).unwrap_or(buf);
-        let fields = Fields::locate(head, resp.headers);
         let keep_alive = framing != Framing::UntilClose && facts.keep_alive(version);
         Ok(Parsed::Complete(
             ResponseHead {
@@ -977,6 +1022,17 @@ mod tests {
     }
 
     #[test]
+    fn query_and_fragment_at_every_offset() {
+        for len in 0..20 {
+            let path = "a".repeat(len);
+            assert_eq!(path_length(path.as_bytes()), Ok(len));
+            assert!(path_length(format!("{path}?q#").as_bytes()).is_err());
+            assert!(path_length(format!("{path}#").as_bytes()).is_err());
+            assert_eq!(path_length(format!("{path}?x?y").as_bytes()), Ok(len));
+        }
+    }
+
+    #[test]
     fn host_rules() {
         assert!(matches!(
             req("GET / HTTP/1.1\r\n\r\n"),
@@ -984,7 +1040,8 @@ mod tests {
         ));
         assert!(req("GET / HTTP/1.0\r\n\r\n").is_ok());
         for bad in [
-            "[a", "[", "[::1", "a b", "[::1]x", ":80", "h:8x", "h:123456", "[]",
+            "[a", "[", "[::1", "a b", "[::1]x", ":80", "h:8x", "h:123456", "[]", "a:b:80", "a/b",
+            "a@b", "a:80]",
         ] {
             let r = req(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n"));
             assert!(matches!(r, Err(HeadError::Malformed(_))), "{bad}");
