@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 1 << 20;
+/// How long a connection waiting for its next request keeps its read
+/// buffer; then it waits without one (see `Conn::fill_idle`).
+const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// An unread request body up to this size is drained to keep the connection.
 const DRAIN_BODY_MAX: u64 = 64 * 1024;
 
@@ -137,9 +140,10 @@ pub async fn serve_connection(
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
     let mut conn = Conn::new(stream, capacity);
     loop {
-        let cfg = shard.config();
-        let limits = cfg.compiled.limits_of(listener);
-        let mut head = match read_head(&shard, &mut conn, limits).await {
+        // Copied, so that a connection waiting for its next request holds
+        // no config: the one current when the head arrives serves it.
+        let limits = shard.config().compiled.limits_of(listener).clone();
+        let mut head = match read_head(&shard, &mut conn, &limits).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Refused(e) => {
@@ -152,37 +156,59 @@ pub async fn serve_connection(
                 return;
             }
         };
-        let _in_flight = Counted::new(&shard.in_flight);
-        let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
-            Some(v) => String::from_utf8_lossy(v).into_owned(),
-            None => shard.next_request_id(),
-        };
-        current.borrow_mut().clone_from(&request_id);
-        if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
-            test_panic(&shard, &head);
-        }
-        let mut ex = Exchange {
-            request_id: &request_id,
-            client_ip: peer.ip(),
-            body_consumed: head.framing == Framing::None,
-            response_started: false,
-            limits,
-            keep_alive: head.keep_alive,
-            identity_headers: &cfg.compiled.auth.identity_headers,
-            drop_authorization: false,
-            add_headers: Vec::new(),
-            response_headers: String::new(),
-        };
-        let result = pipeline::handle(&shard, &cfg, listener, &mut head, &mut conn, &mut ex).await;
-        let disposition = match result {
-            Ok(d) => d,
-            Err(_) if ex.response_started => Disposition::Close,
-            Err(e) => respond_error(&shard, &mut conn, &head, &ex, &e).await,
-        };
+        // The exchange's future is large (pipeline, proxy, aggregation) and
+        // lives on the heap only while a request is served: between
+        // requests the connection's task stays small.
+        let cfg = shard.config();
+        let disposition = Box::pin(serve_request(
+            &shard, listener, &cfg, peer, &mut head, &mut conn, current,
+        ))
+        .await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
             conn.linger_close(LINGER, LINGER_BYTES).await;
             return;
         }
+    }
+}
+
+/// Serves one request whose head was read: runs the pipeline and answers
+/// its error, if any; says whether the connection can be kept.
+async fn serve_request(
+    shard: &Rc<Shard>,
+    listener: usize,
+    cfg: &crate::shard::ShardConfig,
+    peer: SocketAddr,
+    head: &mut RequestHead,
+    conn: &mut Conn,
+    current: &RefCell<String>,
+) -> Disposition {
+    let limits = cfg.compiled.limits_of(listener);
+    let _in_flight = Counted::new(&shard.in_flight);
+    let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => shard.next_request_id(),
+    };
+    current.borrow_mut().clone_from(&request_id);
+    if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
+        test_panic(shard, head);
+    }
+    let mut ex = Exchange {
+        request_id: &request_id,
+        client_ip: peer.ip(),
+        body_consumed: head.framing == Framing::None,
+        response_started: false,
+        limits,
+        keep_alive: head.keep_alive,
+        identity_headers: &cfg.compiled.auth.identity_headers,
+        drop_authorization: false,
+        add_headers: Vec::new(),
+        response_headers: String::new(),
+    };
+    let result = pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await;
+    match result {
+        Ok(d) => d,
+        Err(_) if ex.response_started => Disposition::Close,
+        Err(e) => respond_error(shard, conn, head, &ex, &e).await,
     }
 }
 
@@ -311,7 +337,8 @@ async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Lim
         let res = if started {
             conn.fill(wait).await
         } else {
-            conn.fill_or(wait, shard.shutdown.wait()).await
+            conn.fill_idle(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
+                .await
         };
         match res {
             Ok(0) | Err(IoFail::Io(_)) => return HeadRead::Closed,
