@@ -2,7 +2,7 @@
 //! (read a head, run the pipeline, answer errors, keep-alive or close).
 
 use crate::error::GatewayError;
-use crate::http::io::IoFail;
+use crate::http::io::{wait_readable_within, IoFail};
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
 use crate::pipeline;
 use crate::proxy::{Disposition, Exchange};
@@ -22,7 +22,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 /// How long a connection waiting for its next request keeps its read
-/// buffer; then it waits without one (see `Conn::fill_idle`).
+/// buffer; then it waits without one (see `serve_connection`).
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// An unread request body up to this size is drained to keep the connection.
 const DRAIN_BODY_MAX: u64 = 64 * 1024;
@@ -107,6 +107,8 @@ impl Drop for Counted<'_> {
 
 enum HeadRead {
     Head(RequestHead),
+    /// No byte came within the grace; waiting since then.
+    Quiet(Instant),
     Closed,
     Refused(GatewayError),
 }
@@ -117,7 +119,9 @@ enum HeadRead {
 async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
     let current = RefCell::new(String::new());
     let id = shard.id;
-    if let Err(why) = contain(serve_connection(shard, listener, stream, peer, &current)).await {
+    // Boxed: `contain` would otherwise hold the connection's future twice.
+    let serve = Box::pin(serve_connection(shard, listener, stream, peer, &current));
+    if let Err(why) = contain(serve).await {
         let request = current.take();
         eprintln!(
             "shardgate: shard {id}: panic while serving request {request:?}: {why}; connection closed"
@@ -127,6 +131,12 @@ async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, pe
 
 /// Serves one client connection until it closes; `current` holds the id of
 /// the request being served, for the panic log.
+///
+/// A connection alternates between two phases. Busy, it reads and serves
+/// requests, with a read buffer and the exchange's state, both on the heap
+/// for that phase only. Once no request has come for [`IDLE_BUFFER_GRACE`],
+/// it gives them back and waits, idle, for the socket to become readable,
+/// holding only its socket and this small task.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     listener: usize,
@@ -140,33 +150,52 @@ pub async fn serve_connection(
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
     let mut conn = Conn::new(stream, capacity);
     loop {
+        let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
+        let Some(quiet_since) = busy.await else {
+            return;
+        };
+        let idle = shard.config().compiled.limits_of(listener).idle_timeout;
+        let left = idle.saturating_sub(quiet_since.elapsed());
+        let woken = wait_readable_within(&conn.stream, left, shard.shutdown.wait()).await;
+        if woken.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads and serves requests on `conn` until it closes (`None`) or goes
+/// quiet (`Some`: when it started waiting); the read buffer is given back then.
+async fn serve_busy(
+    shard: &Rc<Shard>,
+    listener: usize,
+    peer: SocketAddr,
+    conn: &mut Conn,
+    current: &RefCell<String>,
+) -> Option<Instant> {
+    loop {
         // Copied, so that a connection waiting for its next request holds
         // no config: the one current when the head arrives serves it.
         let limits = shard.config().compiled.limits_of(listener).clone();
-        let mut head = match read_head(&shard, &mut conn, &limits).await {
+        let mut head = match read_head(shard, conn, &limits).await {
             HeadRead::Head(h) => h,
-            HeadRead::Closed => return,
+            HeadRead::Quiet(since) => return Some(since),
+            HeadRead::Closed => return None,
             HeadRead::Refused(e) => {
                 let id = shard.next_request_id();
                 // The head did not parse, but a HEAD request still gets no content.
                 let head_request = conn.buffered().starts_with(b"HEAD ");
                 let answer = error_answer(&e, &id, false, head_request);
                 let _ = conn.write(answer, limits.send_timeout).await;
-                conn.linger_close(LINGER, LINGER_BYTES).await;
-                return;
+                conn.linger(LINGER, LINGER_BYTES).await;
+                return None;
             }
         };
-        // The exchange's future is large (pipeline, proxy, aggregation) and
-        // lives on the heap only while a request is served: between
-        // requests the connection's task stays small.
         let cfg = shard.config();
-        let disposition = Box::pin(serve_request(
-            &shard, listener, &cfg, peer, &mut head, &mut conn, current,
-        ))
-        .await;
+        let disposition =
+            serve_request(shard, listener, &cfg, peer, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
-            conn.linger_close(LINGER, LINGER_BYTES).await;
-            return;
+            conn.linger(LINGER, LINGER_BYTES).await;
+            return None;
         }
     }
 }
@@ -337,8 +366,15 @@ async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Lim
         let res = if started {
             conn.fill(wait).await
         } else {
-            conn.fill_idle(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
+            let since = Instant::now();
+            match conn
+                .fill_unless_quiet(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
                 .await
+            {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => return HeadRead::Quiet(since),
+                Err(e) => Err(e),
+            }
         };
         match res {
             Ok(0) | Err(IoFail::Io(_)) => return HeadRead::Closed,
@@ -348,5 +384,38 @@ async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Lim
             }
             Err(IoFail::Timeout) => return HeadRead::Closed,
         }
+    }
+}
+
+/// Bytes of a client connection's task state (its futures), which it holds
+/// for its whole life, idle or not; the busy phase's state is boxed apart
+/// (see [`serve_connection`]).
+pub fn connection_task_size() -> usize {
+    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let task = size_of_future(
+        |(shard, listener, stream, peer): (Rc<Shard>, usize, TcpStream, SocketAddr)| {
+            serve_isolated(shard, listener, stream, peer)
+        },
+    );
+    let connection = size_of_future(
+        |(shard, listener, stream, peer, current): (
+            Rc<Shard>,
+            usize,
+            TcpStream,
+            SocketAddr,
+            &RefCell<String>,
+        )| serve_connection(shard, listener, stream, peer, current),
+    );
+    task + connection
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_task_is_small() {
+        let size = super::connection_task_size();
+        assert!(size <= 2048, "a connection's task holds {size} bytes");
     }
 }

@@ -2,7 +2,7 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{read_within_or, wait_readable_within, write_all_within, IoFail};
+use super::io::{read_within_or, write_all_within, IoFail};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -16,7 +16,7 @@ const ECANCELED: i32 = 125;
 const MIN_READ: usize = 4096;
 
 /// Most free read buffers a shard keeps for reuse.
-const POOLED_BUFFERS: usize = 256;
+const POOLED_BUFFERS: usize = 32;
 
 thread_local! {
     /// The shard's free read buffers (each shard runs on its own thread).
@@ -51,7 +51,8 @@ fn give_buffer(mut buf: Vec<u8>, capacity: usize) {
 /// A TCP stream plus its read buffer (`buf[pos..]` is unread data).
 ///
 /// The buffer is taken when bytes are about to be read and can be given back
-/// while the connection waits with nothing unread (see [`Conn::fill_idle`]),
+/// while the connection waits with nothing unread (see
+/// [`Conn::fill_unless_quiet`]),
 /// so an idle connection holds no buffer.
 pub struct Conn {
     /// The socket.
@@ -172,22 +173,21 @@ impl Conn {
     }
 
     /// Waits up to `dur` (or until `stop`) for the first bytes of a new
-    /// exchange, with nothing unread. The read holds a buffer for `grace`
-    /// only: a connection still quiet then gives its buffer back and waits
-    /// for readability without one, taking a buffer again when bytes come.
-    /// A busy keep-alive connection, whose next request comes within the
-    /// grace, reads as [`Conn::fill_or`] does.
-    pub async fn fill_idle(
+    /// exchange, with nothing unread, holding a read buffer for `grace`
+    /// only: a connection still quiet then gives its buffer back and gets
+    /// `Ok(None)`, to wait for readability without one
+    /// ([`super::io::wait_readable_within`]). A busy keep-alive connection,
+    /// whose next request comes within the grace, reads as
+    /// [`Conn::fill_or`] does.
+    pub async fn fill_unless_quiet(
         &mut self,
         dur: Duration,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
-    ) -> Result<usize, IoFail> {
+    ) -> Result<Option<usize>, IoFail> {
         if dur <= grace || self.pos < self.buf.len() {
-            return self.fill_or(dur, stop).await;
+            return self.fill_or(dur, stop).await.map(Some);
         }
-        let started = std::time::Instant::now();
-        let mut stop = std::pin::pin!(stop);
         let canceller = self.canceller.take().unwrap_or_default();
         let buf = self.read_space();
         let len = buf.len();
@@ -202,10 +202,10 @@ impl Conn {
                     let (res, slice) = r;
                     self.buf = slice.into_inner();
                     self.canceller = Some(canceller);
-                    return res.map_err(IoFail::Io);
+                    return res.map(Some).map_err(IoFail::Io);
                 }
                 _ = monoio::time::sleep(grace) => false,
-                _ = &mut stop => true,
+                _ = stop => true,
             };
             // Cancelled, the read completes at once: with ECANCELED, or
             // with bytes that arrived meanwhile.
@@ -216,21 +216,20 @@ impl Conn {
         self.buf = slice.into_inner();
         self.canceller = Some(canceller);
         match res {
-            Ok(n) => return Ok(n),
-            Err(e) if e.raw_os_error() != Some(ECANCELED) => return Err(IoFail::Io(e)),
-            Err(_) if stopped => return Err(IoFail::Timeout),
-            Err(_) => {}
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() != Some(ECANCELED) => Err(IoFail::Io(e)),
+            Err(_) if stopped => Err(IoFail::Timeout),
+            Err(_) => {
+                self.release_buffer();
+                Ok(None)
+            }
         }
-        self.release_buffer();
-        let left = dur.saturating_sub(started.elapsed());
-        wait_readable_within(&self.stream, left, stop).await?;
-        self.fill(left.max(Duration::from_millis(1))).await
     }
 
     /// Closes gracefully: sends FIN, then reads and drops whatever the peer
     /// still sends (up to `max_bytes` or `dur`), so an unread request body
     /// does not turn the close into a reset that destroys the response.
-    pub async fn linger_close(mut self, dur: Duration, max_bytes: usize) {
+    pub async fn linger(&mut self, dur: Duration, max_bytes: usize) {
         use monoio::io::AsyncWriteRent;
         let _ = self.stream.shutdown().await;
         let deadline = std::time::Instant::now() + dur;

@@ -70,10 +70,12 @@ impl Pools {
     }
 
     /// Returns a reusable connection; beyond `max_idle` the oldest is closed.
-    pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
+    pub fn put(&mut self, addr: SocketAddr, mut conn: Conn, max_idle: usize, now: Instant) {
         if max_idle == 0 {
             return;
         }
+        // An idle connection holds no read buffer; it takes one when used.
+        conn.release_buffer();
         let pool = self.targets.entry(addr).or_default();
         if pool.idle.len() >= max_idle {
             pool.idle.remove(0);

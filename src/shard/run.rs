@@ -477,6 +477,7 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             shard.reap_pools(now);
+            crate::memory::give_back();
             last_reap = now;
         }
     }
