@@ -95,6 +95,8 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before the shards start: every connection is a descriptor.
+    eprintln!("shardgate: {}", shard::raise_nofile_limit());
     let shards = match shard::start(compiled.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -144,10 +146,10 @@ fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc
                     .listeners
                     .iter()
                     .zip(&current.listeners)
-                    .all(|(a, b)| a.addr == b.addr);
+                    .all(|(a, b)| a.addr == b.addr && a.balance == b.balance);
             if !same_listeners {
                 eprintln!(
-                    "shardgate: reload of {} refused: listeners changed (restart to change listeners); keeping the running config",
+                    "shardgate: reload of {} refused: listeners changed (their addresses or balance_connections; restart to change them); keeping the running config",
                     source.name()
                 );
                 return current;
