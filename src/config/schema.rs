@@ -374,6 +374,7 @@ pub enum BalanceConnections {
     /// on it and the kernel hands each new connection to the shard that has
     /// waited longest (io_uring queues accepts as exclusive waiters, woken in
     /// order), so idle shards take turns and a busy shard skips its turn.
+    /// Needs the io_uring driver; with epoll it is `Kernel`.
     RoundRobin,
 }
 

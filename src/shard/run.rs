@@ -173,7 +173,7 @@ fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
 pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let cores = plan_cores(&compiled.shards)?;
     let wanted = choose_driver(compiled.driver)?;
-    let mut sockets = bind_all(&compiled, &cores)?.into_iter();
+    let mut sockets = bind_all(&compiled, &cores, wanted)?.into_iter();
     let fallback_allowed = compiled.driver == DriverChoice::Auto;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
     let mut senders = Vec::new();
@@ -245,21 +245,37 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// shard 0's socket first, then shard 1's, and so on (the kernel's socket
 /// index is the order of `listen`); `IncomingCpu`'s walk over the group then
 /// alternates between the shards that share a core. `RoundRobin` binds one
-/// socket and gives every shard its own descriptor of it.
+/// socket and gives every shard its own descriptor of it; it needs io_uring,
+/// whose accepts wait as exclusive waiters woken in turn (the epoll driver
+/// registers without EPOLLEXCLUSIVE, so every shard would wake for every
+/// connection and the quickest would take it, which measured less even than
+/// the kernel's hash), so with epoll it falls back to `Kernel`.
 fn bind_all(
     compiled: &Compiled,
     cores: &[Option<usize>],
+    driver: Driver,
 ) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
     let mut out: Vec<Vec<std::net::TcpListener>> = cores.iter().map(|_| Vec::new()).collect();
+    let pinned = cores.iter().all(Option::is_some);
     for l in &compiled.listeners {
         let fail = |e: std::io::Error| format!("cannot bind {} ({}): {e}", l.addr, l.name);
-        let pinned = cores.iter().all(Option::is_some);
-        if l.balance == BalanceConnections::IncomingCpu && !pinned {
-            eprintln!(
-                "shardgate: listener {}: IncomingCpu needs pinned shards; balancing by the kernel's hash instead",
-                l.name
-            );
-        }
+        let balance = match l.balance {
+            BalanceConnections::IncomingCpu if !pinned => {
+                eprintln!(
+                    "shardgate: listener {}: IncomingCpu needs pinned shards; balancing by the kernel's hash instead",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
+            BalanceConnections::RoundRobin if driver == Driver::Epoll => {
+                eprintln!(
+                    "shardgate: listener {}: RoundRobin needs the io_uring driver; balancing by the kernel's hash instead",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
+            b => b,
+        };
         if let Some(max) = l.max_connections.filter(|&m| m < cores.len()) {
             eprintln!(
                 "shardgate: listener {}: max_connections {max} is fewer than the {} shards; shards {max} and up refuse every connection",
@@ -267,7 +283,7 @@ fn bind_all(
                 cores.len()
             );
         }
-        match l.balance {
+        match balance {
             BalanceConnections::RoundRobin => {
                 let socket = bind_listener(l.addr, false, None).map_err(fail)?;
                 for sockets in out.iter_mut() {
@@ -276,8 +292,7 @@ fn bind_all(
             }
             BalanceConnections::Kernel | BalanceConnections::IncomingCpu => {
                 for (sockets, core) in out.iter_mut().zip(cores) {
-                    let cpu =
-                        core.filter(|_| l.balance == BalanceConnections::IncomingCpu && pinned);
+                    let cpu = core.filter(|_| balance == BalanceConnections::IncomingCpu);
                     sockets.push(bind_listener(l.addr, true, cpu).map_err(fail)?);
                 }
             }
