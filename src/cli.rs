@@ -96,7 +96,19 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
         }
     };
     // Before the shards start: every connection is a descriptor.
-    eprintln!("shardgate: {}", shard::raise_nofile_limit());
+    let nofile = shard::raise_nofile_limit();
+    eprintln!("shardgate: {nofile}");
+    let most: usize = compiled
+        .listeners
+        .iter()
+        .filter_map(|l| l.max_connections)
+        .sum();
+    if nofile.limit() > 0 && nofile.limit() < most as u64 {
+        eprintln!(
+            "shardgate: the listeners' max_connections add up to {most}, more than the open-file limit {}: accept will fail with EMFILE first (raise the hard limit: LimitNOFILE=, ulimit -Hn)",
+            nofile.limit()
+        );
+    }
     let shards = match shard::start(compiled.clone()) {
         Ok(s) => s,
         Err(e) => {

@@ -328,16 +328,24 @@ fn open_file_limit_is_raised_and_logged() {
 }
 
 /// Out of descriptors (hard limit 64), accept fails with EMFILE: the
-/// gateway neither dies nor spins (it retries every 50 ms and logs the
-/// failure once), and accepts again once connections end.
+/// gateway warns at start that `max_connections` cannot be reached, neither
+/// dies nor spins (it retries every 50 ms and logs the failure once), and
+/// accepts again once connections end.
 #[test]
 fn accept_failures_are_bounded_and_logged_once() {
     let backend = Backend::echo("app");
     // Idle connections stay open for the whole test (the standard limits
     // close them after 2 s, which would free descriptors on their own).
-    let config = config_with(1, "", &backend.addr())
+    let config = config_with(1, ", max_connections: 1000", &backend.addr())
         .replace("idle_timeout_ms: 2000", "idle_timeout_ms: 60000");
     let mut gw = ShellGateway::start("ulimit -n 64", &config);
+    assert!(
+        gw.stderr().contains(
+            "the listeners' max_connections add up to 1000, more than the open-file limit 64"
+        ),
+        "no warning about a limit above the open-file limit:\n{}",
+        gw.stderr()
+    );
     let mut clients = Vec::new();
     for _ in 0..100 {
         match Client::try_connect(gw.port) {

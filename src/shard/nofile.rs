@@ -26,6 +26,17 @@ pub enum NofileOutcome {
     },
 }
 
+impl NofileOutcome {
+    /// The soft limit in force afterwards (0 if unknown).
+    pub fn limit(&self) -> u64 {
+        match self {
+            NofileOutcome::Raised { to, .. } => *to,
+            NofileOutcome::Kept(n) => *n,
+            NofileOutcome::Failed { soft, .. } => *soft,
+        }
+    }
+}
+
 impl std::fmt::Display for NofileOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
