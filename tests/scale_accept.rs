@@ -192,6 +192,60 @@ fn max_connections_is_split_over_the_shards() {
     assert_eq!(total_refused as usize, refused, "{counts:?}");
 }
 
+/// A reload changes `max_connections` for new connections; a reload that
+/// changes `balance_connections` is refused (the sockets are bound once).
+#[test]
+fn reload_applies_max_connections_and_refuses_a_balance_change() {
+    let backend = Backend::echo("app");
+    let text = |extra: &str| config_with(1, extra, &backend.addr());
+    let gw = Gateway::start(&text(", max_connections: 1"));
+    let mut first = Client::connect(gw.port);
+    assert_eq!(first.get("/1").status, 200);
+    let mut second = Client::connect(gw.port);
+    let _ = second.try_send(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        second.wait_closed(Duration::from_secs(5)).is_some(),
+        "the second connection was not refused"
+    );
+    gw.rewrite_config(&text(", max_connections: 2"));
+    gw.send_signal("HUP");
+    assert!(
+        gw.wait_stderr("shardgate: reloaded", Duration::from_secs(5)),
+        "{}",
+        gw.stderr()
+    );
+    // The shards take the new config within their control tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _third = loop {
+        let mut c = Client::connect(gw.port);
+        let sent = c.try_send(b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n").is_ok();
+        if sent && c.try_read_response(false).is_ok_and(|r| r.status == 200) {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the raised limit was not applied; stderr:\n{}",
+            gw.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(first.get("/1-again").status, 200);
+    gw.rewrite_config(&text(
+        ", max_connections: 2, balance_connections: RoundRobin",
+    ));
+    gw.send_signal("HUP");
+    assert!(
+        gw.wait_stderr("balance_connections", Duration::from_secs(5)),
+        "{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.stderr().contains("refused: listeners changed"),
+        "{}",
+        gw.stderr()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The open-file limit
 // ---------------------------------------------------------------------------
