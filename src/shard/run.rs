@@ -267,6 +267,13 @@ fn bind_all(
                 );
                 BalanceConnections::Kernel
             }
+            BalanceConnections::IncomingCpu if !kernel_honours_incoming_cpu() => {
+                eprintln!(
+                    "shardgate: listener {}: IncomingCpu needs Linux 6.1 or later (older kernels ignore SO_INCOMING_CPU within a SO_REUSEPORT group); balancing by the kernel's hash",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
             BalanceConnections::RoundRobin if driver == Driver::Epoll => {
                 eprintln!(
                     "shardgate: listener {}: RoundRobin needs the io_uring driver; balancing by the kernel's hash instead",
@@ -299,6 +306,27 @@ fn bind_all(
         }
     }
     Ok(out)
+}
+
+/// Whether the running kernel picks a SO_REUSEPORT group's socket by
+/// SO_INCOMING_CPU (Linux 6.1, "soreuseport: Fix socket selection for
+/// SO_INCOMING_CPU"); unknown versions count as yes.
+fn kernel_honours_incoming_cpu() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or(true, |r| release_at_least(&r, (6, 1)))
+}
+
+/// Whether a kernel release string (`6.18.44-fc`) is at least `major.minor`;
+/// an unparsable one counts as yes.
+fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => true,
+    }
 }
 
 /// A listening socket: with `reuse_port`, one of a SO_REUSEPORT group (one
@@ -556,6 +584,15 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_release() {
+        assert!(release_at_least("6.18.44-fc-v669", (6, 1)));
+        assert!(release_at_least("6.1.0", (6, 1)));
+        assert!(!release_at_least("6.0.19-generic", (6, 1)));
+        assert!(!release_at_least("5.15.0-91-generic", (6, 1)));
+        assert!(release_at_least("garbage", (6, 1)));
+    }
 
     #[test]
     fn cpulist() {
