@@ -122,6 +122,12 @@ async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener
                     }
                 }
             }
+            // A connection reset before it was taken: nothing is short.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 shard.count_accept_error(listener_idx);
                 if failing == 0 {
