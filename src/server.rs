@@ -6,7 +6,7 @@ use crate::http::io::{wait_readable_within, IoFail};
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
 use crate::pipeline;
 use crate::proxy::{Disposition, Exchange};
-use crate::shard::Shard;
+use crate::shard::{ConnectionSlot, Shard};
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
@@ -60,7 +60,25 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown cause")
 }
 
+/// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS, ...). The pending
+/// connection stays in the kernel's queue and is tried again after it, so the
+/// loop neither spins nor drops it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts on one listener: admits each connection into the shard's share of
+/// the listener's `max_connections` (or closes it at once, counted), and
+/// backs off after a failed accept. Each kind of trouble is logged once when
+/// it starts and once when it ends, never per connection.
 async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener) {
+    let id = shard.id;
+    let name = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener_idx)
+        .map_or_else(String::new, |l| l.name.clone());
+    // Refusals and failed accepts in the current run of them.
+    let (mut refusing, mut failing) = (0u64, 0u64);
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -71,22 +89,73 @@ async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener
                 canceller.cancel();
                 // A connection that raced the shutdown is still served.
                 if let Ok((s, peer)) = accept.await {
-                    monoio::spawn(serve_isolated(shard.clone(), listener_idx, s, peer));
+                    if let Ok(slot) = shard.admit(listener_idx) {
+                        monoio::spawn(serve_admitted(slot, shard.clone(), listener_idx, s, peer));
+                    }
                 }
                 return;
             }
         };
         match accepted {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_isolated(shard.clone(), listener_idx, stream, peer));
+                if failing > 0 {
+                    eprintln!("shardgate: shard {id}: listener {name}: accepting again after {failing} failed accept(s)");
+                    failing = 0;
+                }
+                match shard.admit(listener_idx) {
+                    Ok(slot) => {
+                        if refusing > 0 {
+                            eprintln!("shardgate: shard {id}: listener {name}: admitting again after refusing {refusing} connection(s)");
+                            refusing = 0;
+                        }
+                        monoio::spawn(serve_admitted(
+                            slot,
+                            shard.clone(),
+                            listener_idx,
+                            stream,
+                            peer,
+                        ));
+                    }
+                    Err(share) => {
+                        if refusing == 0 {
+                            eprintln!("shardgate: shard {id}: listener {name}: all {share} connection(s) of this shard's max_connections share open; closing new ones at once until one ends");
+                        }
+                        refusing += 1;
+                        drop(stream);
+                    }
+                }
             }
+            // A connection reset before it was taken: nothing is short.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                eprintln!("shardgate: shard {}: accept failed: {e}", shard.id);
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                shard.count_accept_error(listener_idx);
+                if failing == 0 {
+                    eprintln!("shardgate: shard {id}: listener {name}: accept failed: {e}; retrying every {} ms until it works", ACCEPT_BACKOFF.as_millis());
+                }
+                failing += 1;
+                monoio::select! {
+                    _ = monoio::time::sleep(ACCEPT_BACKOFF) => {}
+                    _ = shard.shutdown.wait() => return,
+                }
             }
         }
     }
+}
+
+/// Serves an admitted connection; its slot is given back when it ends.
+async fn serve_admitted(
+    slot: ConnectionSlot,
+    shard: Rc<Shard>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    serve_isolated(shard, listener, stream, peer).await;
+    drop(slot);
 }
 
 /// Counts something for as long as it lives.
@@ -395,9 +464,13 @@ pub fn connection_task_size() -> usize {
         std::mem::size_of::<F>()
     }
     let task = size_of_future(
-        |(shard, listener, stream, peer): (Rc<Shard>, usize, TcpStream, SocketAddr)| {
-            serve_isolated(shard, listener, stream, peer)
-        },
+        |(slot, shard, listener, stream, peer): (
+            ConnectionSlot,
+            Rc<Shard>,
+            usize,
+            TcpStream,
+            SocketAddr,
+        )| serve_admitted(slot, shard, listener, stream, peer),
     );
     let connection = size_of_future(
         |(shard, listener, stream, peer, current): (
