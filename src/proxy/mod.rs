@@ -19,9 +19,11 @@ use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
+use pool::{Acquire, Grant, Waiter};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Largest upstream response head accepted.
@@ -238,6 +240,132 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A slot counted toward a target's connection bound on this shard. Dropping
+/// it gives the slot back (to a waiting request first): the connection under
+/// it closed, failed or was never opened. [`Lease::pool`] hands the slot on
+/// with a reusable connection instead.
+pub(crate) struct Lease<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    held: bool,
+}
+
+impl Lease<'_> {
+    /// Returns the reusable `conn` with this slot, to a waiting request or
+    /// to the idle pool.
+    pub(crate) fn pool(&mut self, conn: Conn, max_idle: usize) {
+        if std::mem::take(&mut self.held) {
+            self.shard
+                .pools
+                .borrow_mut()
+                .put(self.addr, conn, max_idle, Instant::now());
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.shard.pools.borrow_mut().release(self.addr);
+        }
+    }
+}
+
+/// Why no connection slot was obtained.
+pub(crate) enum Busy {
+    /// The shard's share of waiting requests is taken.
+    QueueFull,
+    /// No connection came back within the wait.
+    Timeout,
+}
+
+/// A request in a target's wait queue; leaving it withdraws the request and
+/// passes on whatever it was granted but did not take.
+struct Queued<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    waiter: Rc<Waiter>,
+    max_idle: usize,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.shard.pools.borrow_mut().cancel(
+            self.addr,
+            &self.waiter,
+            self.max_idle,
+            Instant::now(),
+        );
+    }
+}
+
+/// Takes an idle connection to `addr` or a slot to open one. When this
+/// shard's share of `up`'s `max_connections` is in use, waits (at most
+/// `wait`, in a bounded queue) for a connection to come back or close.
+pub(crate) async fn checkout<'a>(
+    shard: &'a Shard,
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<(Lease<'a>, Option<Conn>), Busy> {
+    let limit = up
+        .max_connections
+        .map(|m| pool::share(m, shard.shard_count, shard.id));
+    let got = shard
+        .pools
+        .borrow_mut()
+        .acquire(addr, limit, up.idle_timeout, Instant::now());
+    let lease = |conn| {
+        let l = Lease {
+            shard,
+            addr,
+            held: true,
+        };
+        Ok((l, conn))
+    };
+    match got {
+        Acquire::Idle(c) => return lease(Some(c)),
+        Acquire::Open => return lease(None),
+        Acquire::Full => {}
+    }
+    if wait.is_zero() {
+        return Err(Busy::Timeout);
+    }
+    let room = pool::share(up.max_queued, shard.shard_count, shard.id);
+    let waiter = shard
+        .pools
+        .borrow_mut()
+        .enqueue(addr, room)
+        .ok_or(Busy::QueueFull)?;
+    let queued = Queued {
+        shard,
+        addr,
+        waiter,
+        max_idle: up.max_idle,
+    };
+    let granted = std::future::poll_fn(|cx| queued.waiter.poll_grant(cx));
+    match monoio::time::timeout(wait, granted).await {
+        Ok(Grant::Conn(c)) => lease(Some(c)),
+        Ok(Grant::Slot) => lease(None),
+        Err(_) => Err(Busy::Timeout),
+    }
+}
+
+/// The 503 for a request that found no free connection to `up`.
+pub(crate) fn busy_error(up: &UpstreamPlan, why: Busy) -> GatewayError {
+    let reason = match why {
+        Busy::QueueFull => "too many requests are already waiting for a connection".to_string(),
+        Busy::Timeout => format!(
+            "no connection became free within {} ms",
+            up.queue_timeout.as_millis()
+        ),
+    };
+    GatewayError::UpstreamBusy {
+        upstream: up.name.clone(),
+        reason,
+    }
+}
+
 enum Attempt {
     /// The exchange finished (successfully or not) with this result.
     Done(Result<Disposition, GatewayError>),
@@ -287,13 +415,12 @@ pub async fn forward(
     let addr = in_flight.addr();
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
+    let (mut lease, mut pooled) = checkout(shard, up, addr, up.queue_timeout)
+        .await
+        .map_err(|why| busy_error(up, why))?;
     for attempt in 0..2 {
-        let pooled = shard
-            .pools
-            .borrow_mut()
-            .take(addr, up.idle_timeout, Instant::now());
         let reused = pooled.is_some();
-        let conn = match pooled {
+        let conn = match pooled.take() {
             Some(c) => c,
             None => connect(up, addr).await?,
         };
@@ -301,7 +428,7 @@ pub async fn forward(
         match exchange(
             shard,
             up,
-            addr,
+            &mut lease,
             conn,
             bytes,
             req,
@@ -313,7 +440,7 @@ pub async fn forward(
         {
             (Attempt::Done(r), _) => return r,
             (Attempt::Stale, bytes) => {
-                // The retry goes out on a fresh connection.
+                // The retry goes out on a fresh connection, under the same slot.
                 shard.pools.borrow_mut().drop_idle(addr);
                 head = Some(bytes);
             }
@@ -326,7 +453,7 @@ pub async fn forward(
 async fn exchange(
     shard: &Shard,
     up: &UpstreamPlan,
-    addr: SocketAddr,
+    lease: &mut Lease<'_>,
     mut upc: Conn,
     head: Vec<u8>,
     req: &RequestHead,
@@ -472,10 +599,7 @@ async fn exchange(
     match result {
         Ok(_) => {
             if resp.keep_alive && !early_answer && upc.buffered().is_empty() {
-                shard
-                    .pools
-                    .borrow_mut()
-                    .put(addr, upc, up.max_idle, Instant::now());
+                lease.pool(upc, up.max_idle);
             }
             let d = if client_keep_alive {
                 Disposition::KeepAlive

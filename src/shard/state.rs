@@ -24,6 +24,8 @@ pub struct ShardConfig {
 pub struct Shard {
     /// Shard number (0-based).
     pub id: usize,
+    /// How many shards the gateway runs (per-shard shares of host-wide bounds).
+    pub shard_count: usize,
     config: RefCell<Rc<ShardConfig>>,
     /// Upstream connection pools, per target address.
     pub pools: RefCell<Pools>,
@@ -54,6 +56,7 @@ impl Shard {
         let mut limiter = limiter;
         limiter.configure(&compiled.rate_limiting, compiled.generation);
         Shard {
+            shard_count: limiter.shard_count(),
             limiter: RefCell::new(limiter),
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
