@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ struct Counts {
     accepted: AtomicUsize,
     /// Responses sent.
     answered: AtomicUsize,
+    /// Milliseconds to wait before each answer.
+    delay_ms: AtomicU64,
 }
 
 /// A loopback HTTP/1.1 backend (one thread per connection) that answers
@@ -48,22 +50,26 @@ struct CountingBackend {
 impl CountingBackend {
     fn start(delay: Duration) -> CountingBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        CountingBackend::serve(listener, delay, Arc::default())
+        let counts = Arc::new(Counts::default());
+        counts
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        CountingBackend::serve(listener, counts)
     }
 
     /// Starts again on `addr` (the port of a stopped backend), keeping `counts`.
-    fn restart(addr: SocketAddr, delay: Duration, counts: Arc<Counts>) -> CountingBackend {
+    fn restart(addr: SocketAddr, counts: Arc<Counts>) -> CountingBackend {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match TcpListener::bind(addr) {
-                Ok(l) => return CountingBackend::serve(l, delay, counts),
+                Ok(l) => return CountingBackend::serve(l, counts),
                 Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
                 Err(_) => thread::sleep(Duration::from_millis(20)),
             }
         }
     }
 
-    fn serve(listener: TcpListener, delay: Duration, counts: Arc<Counts>) -> CountingBackend {
+    fn serve(listener: TcpListener, counts: Arc<Counts>) -> CountingBackend {
         let addr = listener.local_addr().expect("backend addr");
         let mode = Arc::new(AtomicU8::new(NORMAL));
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,7 +91,7 @@ impl CountingBackend {
                     counts.peak.fetch_max(now, Ordering::SeqCst);
                     let (counts, mode) = (counts.clone(), mode.clone());
                     thread::spawn(move || {
-                        serve_conn(stream, delay, &counts, &mode);
+                        serve_conn(stream, &counts, &mode);
                         counts.open.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
@@ -121,6 +127,12 @@ impl CountingBackend {
         self.mode.store(mode, Ordering::SeqCst);
     }
 
+    fn set_delay(&self, d: Duration) {
+        self.counts
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Closes the listener and every connection, and waits until the port is free.
     fn stop(&mut self) {
         let Some(acceptor) = self.acceptor.take() else {
@@ -141,12 +153,14 @@ impl Drop for CountingBackend {
     }
 }
 
-fn serve_conn(stream: TcpStream, delay: Duration, counts: &Counts, mode: &AtomicU8) {
+fn serve_conn(stream: TcpStream, counts: &Counts, mode: &AtomicU8) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
     while let Ok(Some(_head)) = conn.read_head(64 * 1024) {
-        thread::sleep(delay);
+        thread::sleep(Duration::from_millis(
+            counts.delay_ms.load(Ordering::SeqCst),
+        ));
         let m = mode.load(Ordering::SeqCst);
         let body = "{\"ok\":true}";
         let out = match m {
@@ -376,7 +390,7 @@ fn slots_come_back_when_connections_die_or_fail() {
         let r = get(gw.port, "/x");
         assert_json_error(&r, 502);
     }
-    let backend = CountingBackend::restart(addr, Duration::ZERO, counts);
+    let backend = CountingBackend::restart(addr, counts);
     assert_eq!(statuses(gw.port, 10), vec![200; 10]);
     // And under concurrency both shards still have their slot.
     let resps = concurrent_gets(gw.port, "/x", 8, 3);
@@ -402,4 +416,32 @@ fn a_zero_bound_is_rejected() {
         "stderr: {stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn slots_of_idle_connections_dropped_with_a_dead_one_come_back() {
+    // One shard, two slots; queue waits shorter than a slow answer, so a
+    // single lost slot shows as a 503.
+    let backend = CountingBackend::start(Duration::from_millis(300));
+    let gw = gateway(
+        1,
+        &backend,
+        "max_connections_per_target: 2, queue_timeout_ms: 1000",
+    );
+    // Two connections, both pooled, then both closed by the backend.
+    backend.set_mode(CLOSE_AFTER);
+    assert_all_ok(&concurrent_gets(gw.port, "/x", 2, 1));
+    assert_eq!(backend.accepted(), 2);
+    thread::sleep(Duration::from_millis(100));
+    // The newest is found dead: the other idle one is closed with it, and
+    // the request goes out on a fresh connection.
+    backend.set_mode(NORMAL);
+    backend.set_delay(Duration::ZERO);
+    assert_eq!(statuses(gw.port, 1), vec![200]);
+    assert_eq!(backend.accepted(), 3);
+    // Both slots are free again: two slow requests at once both get through.
+    backend.set_delay(Duration::from_millis(1500));
+    let resps = concurrent_gets(gw.port, "/x", 2, 1);
+    assert_all_ok(&resps);
+    assert_eq!(backend.accepted(), 4);
 }
