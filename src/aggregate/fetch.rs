@@ -10,7 +10,8 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing};
 use crate::proxy::{
-    busy_error, checkout, connect_within, read_response_head, InFlight, Lease, ReadHeadError,
+    busy_error, checkout, connect_within, read_response_head, wait_for_connection, InFlight, Lease,
+    ReadHeadError,
 };
 use crate::shard::Shard;
 use serde_json::Value;
@@ -92,12 +93,17 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
     let mut bytes = std::mem::take(&mut req.head_and_body);
     let host = format!("host: {addr}\r\n");
     bytes.splice(req.host_at..req.host_at, host.bytes());
-    // The wait for a connection at the bound counts against the part's deadline.
-    let wait = req.up.queue_timeout.min(left(req.deadline));
-    let (mut lease, mut pooled) = match checkout(shard, req.up, addr, wait).await {
-        Ok(got) => got,
-        Err(_) if left(req.deadline).is_zero() => return Err(req.timed_out()),
-        Err(why) => return Err(PartError::new(busy_error(req.up, why).message())),
+    let (mut lease, mut pooled) = match checkout(shard, req.up, addr) {
+        Some(got) => got,
+        None => {
+            // The wait for a connection at the bound counts against the part's deadline.
+            let wait = req.up.queue_timeout.min(left(req.deadline));
+            match wait_for_connection(shard, req.up, addr, wait).await {
+                Ok(got) => got,
+                Err(_) if left(req.deadline).is_zero() => return Err(req.timed_out()),
+                Err(why) => return Err(PartError::new(busy_error(req.up, why).message())),
+            }
+        }
     };
     for attempt in 0..2 {
         let reused = pooled.is_some();

@@ -299,15 +299,14 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// Takes an idle connection to `addr` or a slot to open one. When this
-/// shard's share of `up`'s `max_connections` is in use, waits (at most
-/// `wait`, in a bounded queue) for a connection to come back or close.
-pub(crate) async fn checkout<'a>(
+/// Takes an idle connection to `addr` or a slot to open one; `None` when
+/// this shard's share of `up`'s `max_connections` is in use (then
+/// [`wait_for_connection`]). Not async: the common case costs no future.
+pub(crate) fn checkout<'a>(
     shard: &'a Shard,
     up: &UpstreamPlan,
     addr: SocketAddr,
-    wait: Duration,
-) -> Result<(Lease<'a>, Option<Conn>), Busy> {
+) -> Option<(Lease<'a>, Option<Conn>)> {
     let limit = up
         .max_connections
         .map(|m| pool::share(m, shard.shard_count, shard.id));
@@ -315,19 +314,27 @@ pub(crate) async fn checkout<'a>(
         .pools
         .borrow_mut()
         .acquire(addr, limit, up.idle_timeout, Instant::now());
-    let lease = |conn| {
-        let l = Lease {
-            shard,
-            addr,
-            held: true,
-        };
-        Ok((l, conn))
+    let conn = match got {
+        Acquire::Idle(c) => Some(c),
+        Acquire::Open => None,
+        Acquire::Full => return None,
     };
-    match got {
-        Acquire::Idle(c) => return lease(Some(c)),
-        Acquire::Open => return lease(None),
-        Acquire::Full => {}
-    }
+    let lease = Lease {
+        shard,
+        addr,
+        held: true,
+    };
+    Some((lease, conn))
+}
+
+/// Waits in `addr`'s bounded queue, at most `wait`, for a connection to come
+/// back from another request or for a slot to be freed.
+pub(crate) async fn wait_for_connection<'a>(
+    shard: &'a Shard,
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<(Lease<'a>, Option<Conn>), Busy> {
     if wait.is_zero() {
         return Err(Busy::Timeout);
     }
@@ -344,11 +351,17 @@ pub(crate) async fn checkout<'a>(
         max_idle: up.max_idle,
     };
     let granted = std::future::poll_fn(|cx| queued.waiter.poll_grant(cx));
-    match monoio::time::timeout(wait, granted).await {
-        Ok(Grant::Conn(c)) => lease(Some(c)),
-        Ok(Grant::Slot) => lease(None),
-        Err(_) => Err(Busy::Timeout),
-    }
+    let conn = match monoio::time::timeout(wait, granted).await {
+        Ok(Grant::Conn(c)) => Some(c),
+        Ok(Grant::Slot) => None,
+        Err(_) => return Err(Busy::Timeout),
+    };
+    let lease = Lease {
+        shard,
+        addr,
+        held: true,
+    };
+    Ok((lease, conn))
 }
 
 /// The 503 for a request that found no free connection to `up`.
@@ -415,9 +428,12 @@ pub async fn forward(
     let addr = in_flight.addr();
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
-    let (mut lease, mut pooled) = checkout(shard, up, addr, up.queue_timeout)
-        .await
-        .map_err(|why| busy_error(up, why))?;
+    let (mut lease, mut pooled) = match checkout(shard, up, addr) {
+        Some(got) => got,
+        None => wait_for_connection(shard, up, addr, up.queue_timeout)
+            .await
+            .map_err(|why| busy_error(up, why))?,
+    };
     for attempt in 0..2 {
         let reused = pooled.is_some();
         let conn = match pooled.take() {

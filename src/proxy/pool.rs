@@ -120,6 +120,37 @@ impl TargetPool {
         }
     }
 
+    fn acquire(&mut self, limit: Option<usize>, max_age: Duration, now: Instant) -> Acquire {
+        while let Some((conn, since)) = self.idle.pop() {
+            if now.duration_since(since) < max_age {
+                return Acquire::Idle(conn);
+            }
+            // Its slot is reused by this request.
+            self.open = self.open.saturating_sub(1);
+        }
+        if limit.is_some_and(|l| self.open >= l) {
+            return Acquire::Full;
+        }
+        self.open += 1;
+        Acquire::Open
+    }
+
+    fn put(&mut self, conn: Conn, max_idle: usize, now: Instant) {
+        if let Some(w) = self.next_waiter() {
+            w.give(Grant::Conn(conn));
+            return;
+        }
+        if max_idle == 0 {
+            self.open = self.open.saturating_sub(1);
+            return;
+        }
+        if self.idle.len() >= max_idle {
+            self.idle.remove(0);
+            self.open = self.open.saturating_sub(1);
+        }
+        self.idle.push((conn, now));
+    }
+
     /// Takes the oldest waiter off the queue.
     fn next_waiter(&mut self) -> Option<Rc<Waiter>> {
         let w = self.waiting.pop_front()?;
@@ -155,19 +186,14 @@ impl Pools {
         max_age: Duration,
         now: Instant,
     ) -> Acquire {
-        let pool = self.targets.entry(addr).or_default();
-        while let Some((conn, since)) = pool.idle.pop() {
-            if now.duration_since(since) < max_age {
-                return Acquire::Idle(conn);
-            }
-            // Its slot is reused by this request.
-            pool.open = pool.open.saturating_sub(1);
+        // `get_mut` first: `entry` costs a capacity check on every call.
+        if let Some(pool) = self.targets.get_mut(&addr) {
+            return pool.acquire(limit, max_age, now);
         }
-        if limit.is_some_and(|l| pool.open >= l) {
-            return Acquire::Full;
-        }
-        pool.open += 1;
-        Acquire::Open
+        self.targets
+            .entry(addr)
+            .or_default()
+            .acquire(limit, max_age, now)
     }
 
     /// Queues a request for the next slot of `addr`; `None` when `max_waiting`
@@ -202,20 +228,14 @@ impl Pools {
     /// Returns a reusable connection (with its slot): to the oldest waiter,
     /// else to the idle pool, where beyond `max_idle` the oldest is closed.
     pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
-        let pool = self.targets.entry(addr).or_default();
-        if let Some(w) = pool.next_waiter() {
-            w.give(Grant::Conn(conn));
-            return;
+        match self.targets.get_mut(&addr) {
+            Some(pool) => pool.put(conn, max_idle, now),
+            None => self
+                .targets
+                .entry(addr)
+                .or_default()
+                .put(conn, max_idle, now),
         }
-        if max_idle == 0 {
-            pool.open = pool.open.saturating_sub(1);
-            return;
-        }
-        if pool.idle.len() >= max_idle {
-            pool.idle.remove(0);
-            pool.open = pool.open.saturating_sub(1);
-        }
-        pool.idle.push((conn, now));
     }
 
     /// Gives back the slot of a connection that closed or failed to open.
