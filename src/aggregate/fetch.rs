@@ -10,8 +10,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing};
 use crate::proxy::{
-    busy_error, checkout, connect_within, read_response_head, wait_for_connection, InFlight, Lease,
-    ReadHeadError,
+    busy_error, connect_within, read_response_head, InFlight, Lease, ReadHeadError,
 };
 use crate::shard::Shard;
 use serde_json::Value;
@@ -93,13 +92,14 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
     let mut bytes = std::mem::take(&mut req.head_and_body);
     let host = format!("host: {addr}\r\n");
     bytes.splice(req.host_at..req.host_at, host.bytes());
-    let (mut lease, mut pooled) = match checkout(shard, req.up, addr) {
-        Some(got) => got,
-        None => {
+    let mut lease = Lease::new(shard, addr);
+    let mut pooled = match lease.checkout(req.up) {
+        Ok(pooled) => pooled,
+        Err(_) => {
             // The wait for a connection at the bound counts against the part's deadline.
             let wait = req.up.queue_timeout.min(left(req.deadline));
-            match wait_for_connection(shard, req.up, addr, wait).await {
-                Ok(got) => got,
+            match lease.wait(req.up, wait).await {
+                Ok(pooled) => pooled,
                 Err(_) if left(req.deadline).is_zero() => return Err(req.timed_out()),
                 Err(why) => return Err(PartError::new(busy_error(req.up, why).message())),
             }

@@ -19,7 +19,7 @@ use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
-use pool::{Acquire, Grant, Waiter};
+use pool::{Full, Grant, Waiter};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -240,19 +240,82 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A slot counted toward a target's connection bound on this shard. Dropping
-/// it gives the slot back (to a waiting request first): the connection under
-/// it closed, failed or was never opened. [`Lease::pool`] hands the slot on
-/// with a reusable connection instead.
+/// A request's claim on a slot counted toward a target's connection bound on
+/// this shard. Once [`Lease::checkout`] or [`Lease::wait`] got a slot,
+/// dropping the lease gives it back (to a waiting request first): the
+/// connection under it closed, failed or was never opened. [`Lease::pool`]
+/// hands the slot on with a reusable connection instead.
 pub(crate) struct Lease<'a> {
     shard: &'a Shard,
     addr: SocketAddr,
     held: bool,
 }
 
-impl Lease<'_> {
+impl<'a> Lease<'a> {
+    /// A lease on `addr` holding no slot yet.
+    pub(crate) fn new(shard: &'a Shard, addr: SocketAddr) -> Lease<'a> {
+        Lease {
+            shard,
+            addr,
+            held: false,
+        }
+    }
+
+    /// Takes an idle connection (`Some`) or a slot to open one (`None`);
+    /// `Err` when this shard's share of `up`'s `max_connections` is in use
+    /// (then [`Lease::wait`]). Not async: the common case costs no future.
+    #[inline]
+    pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Conn>, Full> {
+        let limit = up
+            .max_connections
+            .map(|m| pool::share(m, self.shard.shard_count, self.shard.id));
+        let got = self.shard.pools.borrow_mut().acquire(
+            self.addr,
+            limit,
+            up.idle_timeout,
+            Instant::now(),
+        );
+        self.held = got.is_ok();
+        got
+    }
+
+    /// Waits in the target's bounded queue, at most `wait`, for a connection
+    /// to come back from another request (`Some`) or for a slot to be freed
+    /// (`None`).
+    pub(crate) async fn wait(
+        &mut self,
+        up: &UpstreamPlan,
+        wait: Duration,
+    ) -> Result<Option<Conn>, Busy> {
+        if wait.is_zero() {
+            return Err(Busy::Timeout);
+        }
+        let room = pool::share(up.max_queued, self.shard.shard_count, self.shard.id);
+        let waiter = self
+            .shard
+            .pools
+            .borrow_mut()
+            .enqueue(self.addr, room)
+            .ok_or(Busy::QueueFull)?;
+        let queued = Queued {
+            shard: self.shard,
+            addr: self.addr,
+            waiter,
+            max_idle: up.max_idle,
+        };
+        let granted = std::future::poll_fn(|cx| queued.waiter.poll_grant(cx));
+        let conn = match monoio::time::timeout(wait, granted).await {
+            Ok(Grant::Conn(c)) => Some(c),
+            Ok(Grant::Slot) => None,
+            Err(_) => return Err(Busy::Timeout),
+        };
+        self.held = true;
+        Ok(conn)
+    }
+
     /// Returns the reusable `conn` with this slot, to a waiting request or
     /// to the idle pool.
+    #[inline]
     pub(crate) fn pool(&mut self, conn: Conn, max_idle: usize) {
         if std::mem::take(&mut self.held) {
             self.shard
@@ -264,6 +327,7 @@ impl Lease<'_> {
 }
 
 impl Drop for Lease<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.held {
             self.shard.pools.borrow_mut().release(self.addr);
@@ -297,71 +361,6 @@ impl Drop for Queued<'_> {
             Instant::now(),
         );
     }
-}
-
-/// Takes an idle connection to `addr` or a slot to open one; `None` when
-/// this shard's share of `up`'s `max_connections` is in use (then
-/// [`wait_for_connection`]). Not async: the common case costs no future.
-pub(crate) fn checkout<'a>(
-    shard: &'a Shard,
-    up: &UpstreamPlan,
-    addr: SocketAddr,
-) -> Option<(Lease<'a>, Option<Conn>)> {
-    let limit = up
-        .max_connections
-        .map(|m| pool::share(m, shard.shard_count, shard.id));
-    let got = shard
-        .pools
-        .borrow_mut()
-        .acquire(addr, limit, up.idle_timeout, Instant::now());
-    let conn = match got {
-        Acquire::Idle(c) => Some(c),
-        Acquire::Open => None,
-        Acquire::Full => return None,
-    };
-    let lease = Lease {
-        shard,
-        addr,
-        held: true,
-    };
-    Some((lease, conn))
-}
-
-/// Waits in `addr`'s bounded queue, at most `wait`, for a connection to come
-/// back from another request or for a slot to be freed.
-pub(crate) async fn wait_for_connection<'a>(
-    shard: &'a Shard,
-    up: &UpstreamPlan,
-    addr: SocketAddr,
-    wait: Duration,
-) -> Result<(Lease<'a>, Option<Conn>), Busy> {
-    if wait.is_zero() {
-        return Err(Busy::Timeout);
-    }
-    let room = pool::share(up.max_queued, shard.shard_count, shard.id);
-    let waiter = shard
-        .pools
-        .borrow_mut()
-        .enqueue(addr, room)
-        .ok_or(Busy::QueueFull)?;
-    let queued = Queued {
-        shard,
-        addr,
-        waiter,
-        max_idle: up.max_idle,
-    };
-    let granted = std::future::poll_fn(|cx| queued.waiter.poll_grant(cx));
-    let conn = match monoio::time::timeout(wait, granted).await {
-        Ok(Grant::Conn(c)) => Some(c),
-        Ok(Grant::Slot) => None,
-        Err(_) => return Err(Busy::Timeout),
-    };
-    let lease = Lease {
-        shard,
-        addr,
-        held: true,
-    };
-    Ok((lease, conn))
 }
 
 /// The 503 for a request that found no free connection to `up`.
@@ -428,9 +427,11 @@ pub async fn forward(
     let addr = in_flight.addr();
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
-    let (mut lease, mut pooled) = match checkout(shard, up, addr) {
-        Some(got) => got,
-        None => wait_for_connection(shard, up, addr, up.queue_timeout)
+    let mut lease = Lease::new(shard, addr);
+    let mut pooled = match lease.checkout(up) {
+        Ok(pooled) => pooled,
+        Err(Full) => lease
+            .wait(up, up.queue_timeout)
             .await
             .map_err(|why| busy_error(up, why))?,
     };

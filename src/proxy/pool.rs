@@ -90,15 +90,9 @@ impl Waiter {
     }
 }
 
-/// The result of [`Pools::acquire`].
-pub enum Acquire {
-    /// An idle connection; its slot goes with it.
-    Idle(Conn),
-    /// A slot was reserved: open a new connection under it.
-    Open,
-    /// The shard's share is in use (open, opening or idle elsewhere).
-    Full,
-}
+/// [`Pools::acquire`] found this shard's share of the target's bound in use.
+#[derive(Debug)]
+pub struct Full;
 
 #[derive(Default)]
 struct TargetPool {
@@ -120,21 +114,28 @@ impl TargetPool {
         }
     }
 
-    fn acquire(&mut self, limit: Option<usize>, max_age: Duration, now: Instant) -> Acquire {
+    #[inline]
+    fn acquire(
+        &mut self,
+        limit: Option<usize>,
+        max_age: Duration,
+        now: Instant,
+    ) -> Result<Option<Conn>, Full> {
         while let Some((conn, since)) = self.idle.pop() {
             if now.duration_since(since) < max_age {
-                return Acquire::Idle(conn);
+                return Ok(Some(conn));
             }
             // Its slot is reused by this request.
             self.open = self.open.saturating_sub(1);
         }
         if limit.is_some_and(|l| self.open >= l) {
-            return Acquire::Full;
+            return Err(Full);
         }
         self.open += 1;
-        Acquire::Open
+        Ok(None)
     }
 
+    #[inline]
     fn put(&mut self, conn: Conn, max_idle: usize, now: Instant) {
         if let Some(w) = self.next_waiter() {
             w.give(Grant::Conn(conn));
@@ -176,16 +177,18 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Takes an idle connection to `addr` younger than `max_age` or, when
-    /// there is none and fewer than `limit` connections to it are counted,
-    /// reserves a slot for a new one. Expired idle connections are closed.
+    /// Takes an idle connection to `addr` younger than `max_age` (`Some`) or,
+    /// when there is none and fewer than `limit` connections to it are
+    /// counted, reserves a slot for a new one (`None`). Expired idle
+    /// connections are closed.
+    #[inline]
     pub fn acquire(
         &mut self,
         addr: SocketAddr,
         limit: Option<usize>,
         max_age: Duration,
         now: Instant,
-    ) -> Acquire {
+    ) -> Result<Option<Conn>, Full> {
         // `get_mut` first: `entry` costs a capacity check on every call.
         if let Some(pool) = self.targets.get_mut(&addr) {
             return pool.acquire(limit, max_age, now);
@@ -227,6 +230,7 @@ impl Pools {
 
     /// Returns a reusable connection (with its slot): to the oldest waiter,
     /// else to the idle pool, where beyond `max_idle` the oldest is closed.
+    #[inline]
     pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
         match self.targets.get_mut(&addr) {
             Some(pool) => pool.put(conn, max_idle, now),
@@ -357,12 +361,12 @@ mod tests {
     fn slots_are_counted_handed_on_and_given_back() {
         let (mut p, a, now) = (Pools::default(), addr(), Instant::now());
         let age = Duration::from_secs(1);
-        assert!(matches!(p.acquire(a, Some(2), age, now), Acquire::Open));
-        assert!(matches!(p.acquire(a, Some(2), age, now), Acquire::Open));
-        assert!(matches!(p.acquire(a, Some(2), age, now), Acquire::Full));
+        assert!(matches!(p.acquire(a, Some(2), age, now), Ok(None)));
+        assert!(matches!(p.acquire(a, Some(2), age, now), Ok(None)));
+        assert!(matches!(p.acquire(a, Some(2), age, now), Err(Full)));
         assert_eq!(p.open_count(a), 2);
         // Unbounded requests still count.
-        assert!(matches!(p.acquire(a, None, age, now), Acquire::Open));
+        assert!(matches!(p.acquire(a, None, age, now), Ok(None)));
         p.release(a);
         // The queue is bounded.
         let first = p.enqueue(a, 2);
@@ -388,6 +392,6 @@ mod tests {
         }
         p.release(a);
         assert_eq!(p.open_count(a), 0);
-        assert!(matches!(p.acquire(a, Some(1), age, now), Acquire::Open));
+        assert!(matches!(p.acquire(a, Some(1), age, now), Ok(None)));
     }
 }
