@@ -264,7 +264,7 @@ impl<'a> Lease<'a> {
     /// Takes an idle connection (`Some`) or a slot to open one (`None`);
     /// `Err` when this shard's share of `up`'s `max_connections` is in use
     /// (then [`Lease::wait`]). Not async: the common case costs no future.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Conn>, Full> {
         let limit = up
             .max_connections
@@ -315,7 +315,7 @@ impl<'a> Lease<'a> {
 
     /// Returns the reusable `conn` with this slot, to a waiting request or
     /// to the idle pool.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pool(&mut self, conn: Conn, max_idle: usize) {
         if std::mem::take(&mut self.held) {
             self.shard
@@ -327,7 +327,7 @@ impl<'a> Lease<'a> {
 }
 
 impl Drop for Lease<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.held {
             self.shard.pools.borrow_mut().release(self.addr);
