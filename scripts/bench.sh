@@ -37,7 +37,7 @@
 #   CONNS=32            wrk connections (wrk always uses -t1)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
 #   TARGETS=            default per scenario:
-#                         proxy: "direct nginx haproxy shardgate shardgate-epoll"
+#                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll"
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
 #                                     shardgate-unlimited shardgate"; also available:
@@ -282,7 +282,7 @@ NGINX_LIMIT_HTTP=""
 NGINX_LIMIT_LOCATION=""
 HAPROXY_BACKEND_EXTRA=""
 HAPROXY_AUTH_RULES=""
-DEFAULT_TARGETS="direct nginx haproxy shardgate shardgate-epoll"
+DEFAULT_TARGETS="direct nginx haproxy haproxy-tcp shardgate shardgate-epoll"
 DEFAULT_BASELINE=nginx
 DEFAULT_KEY_RATIOS=""
 SCENARIO_NOTES=()
@@ -589,6 +589,33 @@ EOF
 }
 
 start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"; }
+# The TCP relay: HAProxy in `mode tcp` does no HTTP work at all (one client
+# connection, one upstream connection, bytes copied both ways), the
+# practical floor for a user-space proxy on this test.
+start_target_haproxy-tcp() {
+    local port=$1 dir="$WORK_DIR/haproxy-tcp"
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$UP_PORT
+EOF
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg"
+    await_target haproxy-tcp "$port" "$dir"
+}
 start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
 start_target_haproxy-unlimited() { start_haproxy "$1" haproxy-unlimited ""; }
 

@@ -95,6 +95,20 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before the shards start: every connection is a descriptor.
+    let nofile = shard::raise_nofile_limit();
+    eprintln!("shardgate: {nofile}");
+    let most: usize = compiled
+        .listeners
+        .iter()
+        .filter_map(|l| l.max_connections)
+        .sum();
+    if nofile.limit() > 0 && nofile.limit() < most as u64 {
+        eprintln!(
+            "shardgate: the listeners' max_connections add up to {most}, more than the open-file limit {}: accept will fail with EMFILE first (raise the hard limit: LimitNOFILE=, ulimit -Hn)",
+            nofile.limit()
+        );
+    }
     let shards = match shard::start(compiled.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -144,10 +158,10 @@ fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc
                     .listeners
                     .iter()
                     .zip(&current.listeners)
-                    .all(|(a, b)| a.addr == b.addr);
+                    .all(|(a, b)| a.addr == b.addr && a.balance == b.balance);
             if !same_listeners {
                 eprintln!(
-                    "shardgate: reload of {} refused: listeners changed (restart to change listeners); keeping the running config",
+                    "shardgate: reload of {} refused: listeners changed (their addresses or balance_connections; restart to change them); keeping the running config",
                     source.name()
                 );
                 return current;

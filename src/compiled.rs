@@ -117,6 +117,26 @@ pub struct ListenerPlan {
     pub limits: Limits,
     /// How request paths are normalised on this listener.
     pub path: PathOptions,
+    /// Most open connections, all shards together (`None`: no limit).
+    pub max_connections: Option<usize>,
+    /// How new connections are spread over the shards.
+    pub balance: config::BalanceConnections,
+}
+
+impl ListenerPlan {
+    /// Shard `shard`'s share of `max_connections` among `shards` shards: an
+    /// equal split, the first `max % shards` shards taking one more, so the
+    /// shares add up to the listener's limit.
+    pub fn shard_share(&self, shard: usize, shards: usize) -> Option<usize> {
+        self.max_connections
+            .map(|max| connection_share(max, shard, shards))
+    }
+}
+
+/// Shard `shard`'s share of a limit of `max` connections over `shards` shards.
+pub fn connection_share(max: usize, shard: usize, shards: usize) -> usize {
+    let shards = shards.max(1);
+    max / shards + usize::from(shard < max % shards)
 }
 
 /// Everything a shard needs to serve.
@@ -310,6 +330,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 merge_slashes: l.merge_slashes,
                 encoded_slash: l.encoded_slash,
             },
+            max_connections: l.max_connections,
+            balance: l.balance_connections,
         });
     }
     let h = &g.limits_http;
@@ -446,5 +468,23 @@ mod tests {
             "/users/42/x?a=b"
         );
         assert_eq!(upstream_target(&PathEdit::Keep, "/a", None, &[]), "/a");
+    }
+
+    #[test]
+    fn connection_shares_add_up_to_the_limit() {
+        for shards in 1..=9 {
+            for max in shards..200 {
+                let shares: Vec<usize> = (0..shards)
+                    .map(|s| connection_share(max, s, shards))
+                    .collect();
+                assert_eq!(shares.iter().sum::<usize>(), max, "{max} over {shards}");
+                let (lo, hi) = (shares.iter().min(), shares.iter().max());
+                assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+            }
+        }
+        assert_eq!(connection_share(10, 0, 4), 3);
+        assert_eq!(connection_share(10, 1, 4), 3);
+        assert_eq!(connection_share(10, 2, 4), 2);
+        assert_eq!(connection_share(10, 3, 4), 2);
     }
 }

@@ -31,6 +31,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod memory;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;

@@ -2,11 +2,11 @@
 //! (read a head, run the pipeline, answer errors, keep-alive or close).
 
 use crate::error::GatewayError;
-use crate::http::io::IoFail;
+use crate::http::io::{wait_readable_within, IoFail};
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
 use crate::pipeline;
 use crate::proxy::{Disposition, Exchange};
-use crate::shard::Shard;
+use crate::shard::{ConnectionSlot, Shard};
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 1 << 20;
+/// How long a connection waiting for its next request keeps its read
+/// buffer; then it waits without one (see `serve_connection`).
+const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(250);
 /// An unread request body up to this size is drained to keep the connection.
 const DRAIN_BODY_MAX: u64 = 64 * 1024;
 
@@ -57,7 +60,25 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown cause")
 }
 
+/// Pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS, ...). The pending
+/// connection stays in the kernel's queue and is tried again after it, so the
+/// loop neither spins nor drops it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts on one listener: admits each connection into the shard's share of
+/// the listener's `max_connections` (or closes it at once, counted), and
+/// backs off after a failed accept. Each kind of trouble is logged once when
+/// it starts and once when it ends, never per connection.
 async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener) {
+    let id = shard.id;
+    let name = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener_idx)
+        .map_or_else(String::new, |l| l.name.clone());
+    // Refusals and failed accepts in the current run of them.
+    let (mut refusing, mut failing) = (0u64, 0u64);
     loop {
         let canceller = Canceller::new();
         let accept = listener.cancelable_accept(canceller.handle());
@@ -68,22 +89,73 @@ async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener
                 canceller.cancel();
                 // A connection that raced the shutdown is still served.
                 if let Ok((s, peer)) = accept.await {
-                    monoio::spawn(serve_isolated(shard.clone(), listener_idx, s, peer));
+                    if let Ok(slot) = shard.admit(listener_idx) {
+                        monoio::spawn(serve_admitted(slot, shard.clone(), listener_idx, s, peer));
+                    }
                 }
                 return;
             }
         };
         match accepted {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_isolated(shard.clone(), listener_idx, stream, peer));
+                if failing > 0 {
+                    eprintln!("shardgate: shard {id}: listener {name}: accepting again after {failing} failed accept(s)");
+                    failing = 0;
+                }
+                match shard.admit(listener_idx) {
+                    Ok(slot) => {
+                        if refusing > 0 {
+                            eprintln!("shardgate: shard {id}: listener {name}: admitting again after refusing {refusing} connection(s)");
+                            refusing = 0;
+                        }
+                        monoio::spawn(serve_admitted(
+                            slot,
+                            shard.clone(),
+                            listener_idx,
+                            stream,
+                            peer,
+                        ));
+                    }
+                    Err(share) => {
+                        if refusing == 0 {
+                            eprintln!("shardgate: shard {id}: listener {name}: all {share} connection(s) of this shard's max_connections share open; closing new ones at once until one ends");
+                        }
+                        refusing += 1;
+                        drop(stream);
+                    }
+                }
             }
+            // A connection reset before it was taken: nothing is short.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                eprintln!("shardgate: shard {}: accept failed: {e}", shard.id);
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                shard.count_accept_error(listener_idx);
+                if failing == 0 {
+                    eprintln!("shardgate: shard {id}: listener {name}: accept failed: {e}; retrying every {} ms until it works", ACCEPT_BACKOFF.as_millis());
+                }
+                failing += 1;
+                monoio::select! {
+                    _ = monoio::time::sleep(ACCEPT_BACKOFF) => {}
+                    _ = shard.shutdown.wait() => return,
+                }
             }
         }
     }
+}
+
+/// Serves an admitted connection; its slot is given back when it ends.
+async fn serve_admitted(
+    slot: ConnectionSlot,
+    shard: Rc<Shard>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    serve_isolated(shard, listener, stream, peer).await;
+    drop(slot);
 }
 
 /// Counts something for as long as it lives.
@@ -104,6 +176,8 @@ impl Drop for Counted<'_> {
 
 enum HeadRead {
     Head(RequestHead),
+    /// No byte came within the grace; waiting since then.
+    Quiet(Instant),
     Closed,
     Refused(GatewayError),
 }
@@ -114,7 +188,9 @@ enum HeadRead {
 async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
     let current = RefCell::new(String::new());
     let id = shard.id;
-    if let Err(why) = contain(serve_connection(shard, listener, stream, peer, &current)).await {
+    // Boxed: `contain` would otherwise hold the connection's future twice.
+    let serve = Box::pin(serve_connection(shard, listener, stream, peer, &current));
+    if let Err(why) = contain(serve).await {
         let request = current.take();
         eprintln!(
             "shardgate: shard {id}: panic while serving request {request:?}: {why}; connection closed"
@@ -124,6 +200,12 @@ async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, pe
 
 /// Serves one client connection until it closes; `current` holds the id of
 /// the request being served, for the panic log.
+///
+/// A connection alternates between two phases. Busy, it reads and serves
+/// requests, with a read buffer and the exchange's state, both on the heap
+/// for that phase only. Once no request has come for [`IDLE_BUFFER_GRACE`],
+/// it gives them back and waits, idle, for the socket to become readable,
+/// holding only its socket and this small task.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     listener: usize,
@@ -137,52 +219,94 @@ pub async fn serve_connection(
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
     let mut conn = Conn::new(stream, capacity);
     loop {
-        let cfg = shard.config();
-        let limits = cfg.compiled.limits_of(listener);
-        let mut head = match read_head(&shard, &mut conn, limits).await {
+        let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
+        let Some(quiet_since) = busy.await else {
+            return;
+        };
+        let idle = shard.config().compiled.limits_of(listener).idle_timeout;
+        let left = idle.saturating_sub(quiet_since.elapsed());
+        let woken = wait_readable_within(&conn.stream, left, shard.shutdown.wait()).await;
+        if woken.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads and serves requests on `conn` until it closes (`None`) or goes
+/// quiet (`Some`: when it started waiting); the read buffer is given back then.
+async fn serve_busy(
+    shard: &Rc<Shard>,
+    listener: usize,
+    peer: SocketAddr,
+    conn: &mut Conn,
+    current: &RefCell<String>,
+) -> Option<Instant> {
+    loop {
+        // Copied, so that a connection waiting for its next request holds
+        // no config: the one current when the head arrives serves it.
+        let limits = shard.config().compiled.limits_of(listener).clone();
+        let mut head = match read_head(shard, conn, &limits).await {
             HeadRead::Head(h) => h,
-            HeadRead::Closed => return,
+            HeadRead::Quiet(since) => return Some(since),
+            HeadRead::Closed => return None,
             HeadRead::Refused(e) => {
                 let id = shard.next_request_id();
                 // The head did not parse, but a HEAD request still gets no content.
                 let head_request = conn.buffered().starts_with(b"HEAD ");
                 let answer = error_answer(&e, &id, false, head_request);
                 let _ = conn.write(answer, limits.send_timeout).await;
-                conn.linger_close(LINGER, LINGER_BYTES).await;
-                return;
+                conn.linger(LINGER, LINGER_BYTES).await;
+                return None;
             }
         };
-        let _in_flight = Counted::new(&shard.in_flight);
-        let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
-            Some(v) => String::from_utf8_lossy(v).into_owned(),
-            None => shard.next_request_id(),
-        };
-        current.borrow_mut().clone_from(&request_id);
-        if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
-            test_panic(&shard, &head);
-        }
-        let mut ex = Exchange {
-            request_id: &request_id,
-            client_ip: peer.ip(),
-            body_consumed: head.framing == Framing::None,
-            response_started: false,
-            limits,
-            keep_alive: head.keep_alive,
-            identity_headers: &cfg.compiled.auth.identity_headers,
-            drop_authorization: false,
-            add_headers: Vec::new(),
-            response_headers: String::new(),
-        };
-        let result = pipeline::handle(&shard, &cfg, listener, &mut head, &mut conn, &mut ex).await;
-        let disposition = match result {
-            Ok(d) => d,
-            Err(_) if ex.response_started => Disposition::Close,
-            Err(e) => respond_error(&shard, &mut conn, &head, &ex, &e).await,
-        };
+        let cfg = shard.config();
+        let disposition =
+            serve_request(shard, listener, &cfg, peer, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
-            conn.linger_close(LINGER, LINGER_BYTES).await;
-            return;
+            conn.linger(LINGER, LINGER_BYTES).await;
+            return None;
         }
+    }
+}
+
+/// Serves one request whose head was read: runs the pipeline and answers
+/// its error, if any; says whether the connection can be kept.
+async fn serve_request(
+    shard: &Rc<Shard>,
+    listener: usize,
+    cfg: &crate::shard::ShardConfig,
+    peer: SocketAddr,
+    head: &mut RequestHead,
+    conn: &mut Conn,
+    current: &RefCell<String>,
+) -> Disposition {
+    let limits = cfg.compiled.limits_of(listener);
+    let _in_flight = Counted::new(&shard.in_flight);
+    let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => shard.next_request_id(),
+    };
+    current.borrow_mut().clone_from(&request_id);
+    if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
+        test_panic(shard, head);
+    }
+    let mut ex = Exchange {
+        request_id: &request_id,
+        client_ip: peer.ip(),
+        body_consumed: head.framing == Framing::None,
+        response_started: false,
+        limits,
+        keep_alive: head.keep_alive,
+        identity_headers: &cfg.compiled.auth.identity_headers,
+        drop_authorization: false,
+        add_headers: Vec::new(),
+        response_headers: String::new(),
+    };
+    let result = pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await;
+    match result {
+        Ok(d) => d,
+        Err(_) if ex.response_started => Disposition::Close,
+        Err(e) => respond_error(shard, conn, head, &ex, &e).await,
     }
 }
 
@@ -311,7 +435,15 @@ async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Lim
         let res = if started {
             conn.fill(wait).await
         } else {
-            conn.fill_or(wait, shard.shutdown.wait()).await
+            let since = Instant::now();
+            match conn
+                .fill_unless_quiet(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
+                .await
+            {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => return HeadRead::Quiet(since),
+                Err(e) => Err(e),
+            }
         };
         match res {
             Ok(0) | Err(IoFail::Io(_)) => return HeadRead::Closed,
@@ -321,5 +453,42 @@ async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Lim
             }
             Err(IoFail::Timeout) => return HeadRead::Closed,
         }
+    }
+}
+
+/// Bytes of a client connection's task state (its futures), which it holds
+/// for its whole life, idle or not; the busy phase's state is boxed apart
+/// (see [`serve_connection`]).
+pub fn connection_task_size() -> usize {
+    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let task = size_of_future(
+        |(slot, shard, listener, stream, peer): (
+            ConnectionSlot,
+            Rc<Shard>,
+            usize,
+            TcpStream,
+            SocketAddr,
+        )| serve_admitted(slot, shard, listener, stream, peer),
+    );
+    let connection = size_of_future(
+        |(shard, listener, stream, peer, current): (
+            Rc<Shard>,
+            usize,
+            TcpStream,
+            SocketAddr,
+            &RefCell<String>,
+        )| serve_connection(shard, listener, stream, peer, current),
+    );
+    task + connection
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_task_is_small() {
+        let size = super::connection_task_size();
+        assert!(size <= 2048, "a connection's task holds {size} bytes");
     }
 }

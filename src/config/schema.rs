@@ -17,7 +17,8 @@ pub struct Gateway {
     /// Which I/O driver each shard runs. `SHARDGATE_DRIVER=epoll|io_uring` overrides it.
     #[serde(default)]
     pub driver: DriverChoice,
-    /// Client-facing listeners; each shard binds every one with SO_REUSEPORT.
+    /// Client-facing listeners; every shard accepts on every one (see
+    /// `Listener::balance_connections`).
     pub listeners: Vec<Listener>,
     /// HTTP limits and client-side timeouts.
     #[serde(default)]
@@ -344,6 +345,37 @@ pub struct Listener {
     /// `Keep` or `Decode`.
     #[serde(default)]
     pub encoded_slash: EncodedSlash,
+    /// Most client connections open at once on this listener, all shards
+    /// together. Each shard gets an equal share (the first `max % shards`
+    /// shards one more), so the shares add up to exactly this; a connection
+    /// past its shard's share is accepted and closed at once, and counted.
+    /// `None`: bounded only by the open-file limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// How new connections are spread over the shards (fixed at start; a
+    /// reload that changes it is refused).
+    #[serde(default)]
+    pub balance_connections: BalanceConnections,
+}
+
+/// How a listener's new connections are spread over the shards.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum BalanceConnections {
+    /// One SO_REUSEPORT socket per shard; the kernel picks one by a hash of
+    /// the connection's addresses and ports.
+    #[default]
+    Kernel,
+    /// As `Kernel`, but each shard's socket carries SO_INCOMING_CPU set to
+    /// its shard's core, so the kernel (Linux 6.1+) prefers the shard on the
+    /// CPU that processed the connection's SYN, hashing among the shards of
+    /// that core; with no such shard, the plain hash.
+    IncomingCpu,
+    /// One socket shared by all shards: every shard keeps an accept pending
+    /// on it and the kernel hands each new connection to the shard that has
+    /// waited longest (io_uring queues accepts as exclusive waiters, woken in
+    /// order), so idle shards take turns and a busy shard skips its turn.
+    /// Needs the io_uring driver; with epoll it is `Kernel`.
+    RoundRobin,
 }
 
 /// Limits on client requests and client-side timeouts.

@@ -75,6 +75,7 @@ impl Validator<'_> {
                     format!("{:?} is not an ip:port address", l.bind),
                 );
             }
+            self.max_connections(g, i, l, anchor);
             for name in l.routes.iter().flatten() {
                 if !route_names.contains(name.as_str()) {
                     self.push(
@@ -84,6 +85,31 @@ impl Validator<'_> {
                     );
                 }
             }
+        }
+    }
+
+    /// `max_connections` is split into per-shard shares: at least 1, and at
+    /// least one per shard when the shard count is known from the file, so
+    /// that no shard refuses every connection.
+    fn max_connections(&mut self, g: &Gateway, i: usize, l: &super::Listener, anchor: usize) {
+        let Some(max) = l.max_connections else {
+            return;
+        };
+        let shards = match &g.shards {
+            Shards::Count(n) => Some(*n),
+            Shards::Cores(c) => Some(c.len()),
+            Shards::Auto | Shards::NumaNode(_) => None,
+        };
+        let rule = match shards {
+            _ if max == 0 => Some("must be at least 1".to_string()),
+            Some(n) if max < n => Some(format!(
+                "{max} is fewer than the {n} shards: every shard needs a share of at least 1"
+            )),
+            _ => None,
+        };
+        if let Some(rule) = rule {
+            let at = position_of_field(self.text, anchor, "max_connections");
+            self.push(at, format!("listeners[{i}].max_connections"), rule);
         }
     }
 

@@ -4,27 +4,89 @@
 
 use super::io::{read_within_or, write_all_within, IoFail};
 use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
+use std::cell::RefCell;
 use std::time::Duration;
+
+/// The errno of a cancelled io_uring operation.
+const ECANCELED: i32 = 125;
 
 /// Smallest free space worth a read syscall; less and the buffer is compacted.
 const MIN_READ: usize = 4096;
 
+/// Most free read buffers a shard keeps for reuse.
+const POOLED_BUFFERS: usize = 32;
+
+thread_local! {
+    /// The shard's free read buffers (each shard runs on its own thread).
+    static FREE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer of at least `capacity` bytes, from the shard's free list
+/// when one of the right size is there.
+fn take_buffer(capacity: usize) -> Vec<u8> {
+    FREE_BUFFERS
+        .with_borrow_mut(|free| match free.last() {
+            Some(b) if b.capacity() >= capacity && b.capacity() <= capacity * 2 => free.pop(),
+            _ => None,
+        })
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// Gives a read buffer back to the shard's free list (a buffer grown for a
+/// large head or body is freed instead).
+fn give_buffer(mut buf: Vec<u8>, capacity: usize) {
+    if buf.capacity() < capacity || buf.capacity() > capacity * 2 {
+        return;
+    }
+    buf.clear();
+    FREE_BUFFERS.with_borrow_mut(|free| {
+        if free.len() < POOLED_BUFFERS {
+            free.push(buf);
+        }
+    });
+}
+
 /// A TCP stream plus its read buffer (`buf[pos..]` is unread data).
+///
+/// The buffer is taken when bytes are about to be read and can be given back
+/// while the connection waits with nothing unread (see
+/// [`Conn::fill_unless_quiet`]),
+/// so an idle connection holds no buffer.
 pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
     buf: Vec<u8>,
     pos: usize,
+    /// The buffer's usual size.
+    capacity: usize,
+    /// Cancels a read that waited too long with a buffer (made on first use).
+    canceller: Option<Canceller>,
 }
 
 impl Conn {
-    /// Wraps a stream with a read buffer of `capacity` bytes.
+    /// Wraps a stream whose read buffer, once taken, holds `capacity` bytes.
     pub fn new(stream: TcpStream, capacity: usize) -> Conn {
         Conn {
             stream,
-            buf: Vec::with_capacity(capacity),
+            buf: Vec::new(),
             pos: 0,
+            capacity,
+            canceller: None,
+        }
+    }
+
+    /// Bytes of buffer memory this connection holds.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the read buffer back to the shard when nothing in it is unread.
+    pub fn release_buffer(&mut self) {
+        if self.pos >= self.buf.len() && self.buf.capacity() > 0 {
+            give_buffer(std::mem::take(&mut self.buf), self.capacity);
+            self.pos = 0;
         }
     }
 
@@ -44,6 +106,9 @@ impl Conn {
 
     /// Grows the buffer so it can hold at least `total` unread bytes.
     pub fn reserve_total(&mut self, total: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf = take_buffer(self.capacity.max(total));
+        }
         if self.buf.capacity().saturating_sub(self.pos) < total {
             self.compact();
             let need = total.saturating_sub(self.buf.len());
@@ -84,13 +149,7 @@ impl Conn {
         dur: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<usize, IoFail> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.compact();
-        }
-        if self.buf.capacity() == self.buf.len() {
-            self.buf.reserve(MIN_READ);
-        }
-        let buf = std::mem::take(&mut self.buf);
+        let buf = self.read_space();
         let len = buf.len();
         let cap = buf.capacity();
         let (res, slice) =
@@ -99,10 +158,78 @@ impl Conn {
         res
     }
 
+    /// The buffer, taken out for a read, with room for at least [`MIN_READ`] bytes.
+    fn read_space(&mut self) -> Vec<u8> {
+        if self.buf.capacity() == 0 {
+            self.buf = take_buffer(self.capacity);
+        }
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.compact();
+        }
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(MIN_READ);
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Waits up to `dur` (or until `stop`) for the first bytes of a new
+    /// exchange, with nothing unread, holding a read buffer for `grace`
+    /// only: a connection still quiet then gives its buffer back and gets
+    /// `Ok(None)`, to wait for readability without one
+    /// ([`super::io::wait_readable_within`]). A busy keep-alive connection,
+    /// whose next request comes within the grace, reads as
+    /// [`Conn::fill_or`] does.
+    pub async fn fill_unless_quiet(
+        &mut self,
+        dur: Duration,
+        grace: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<usize>, IoFail> {
+        if dur <= grace || self.pos < self.buf.len() {
+            return self.fill_or(dur, stop).await.map(Some);
+        }
+        let canceller = self.canceller.take().unwrap_or_default();
+        let buf = self.read_space();
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice, stopped, canceller) = {
+            let read = self
+                .stream
+                .cancelable_read(buf.slice_mut(len..cap), canceller.handle());
+            let mut read = std::pin::pin!(read);
+            let stopped = monoio::select! {
+                r = &mut read => {
+                    let (res, slice) = r;
+                    self.buf = slice.into_inner();
+                    self.canceller = Some(canceller);
+                    return res.map(Some).map_err(IoFail::Io);
+                }
+                _ = monoio::time::sleep(grace) => false,
+                _ = stop => true,
+            };
+            // Cancelled, the read completes at once: with ECANCELED, or
+            // with bytes that arrived meanwhile.
+            let canceller = canceller.cancel();
+            let (res, slice) = read.await;
+            (res, slice, stopped, canceller)
+        };
+        self.buf = slice.into_inner();
+        self.canceller = Some(canceller);
+        match res {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() != Some(ECANCELED) => Err(IoFail::Io(e)),
+            Err(_) if stopped => Err(IoFail::Timeout),
+            Err(_) => {
+                self.release_buffer();
+                Ok(None)
+            }
+        }
+    }
+
     /// Closes gracefully: sends FIN, then reads and drops whatever the peer
     /// still sends (up to `max_bytes` or `dur`), so an unread request body
     /// does not turn the close into a reset that destroys the response.
-    pub async fn linger_close(mut self, dur: Duration, max_bytes: usize) {
+    pub async fn linger(&mut self, dur: Duration, max_bytes: usize) {
         use monoio::io::AsyncWriteRent;
         let _ = self.stream.shutdown().await;
         let deadline = std::time::Instant::now() + dur;

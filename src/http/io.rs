@@ -57,6 +57,27 @@ pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>>(
     (Err(IoFail::Timeout), buf)
 }
 
+/// Waits until the socket is readable (bytes or end-of-file), giving up
+/// after `dur` or when `stop` completes ([`IoFail::Timeout`]; the socket's
+/// read side is then shut down, which also ends the kernel's wait).
+pub async fn wait_readable_within<S: Future<Output = ()>>(
+    stream: &TcpStream,
+    dur: Duration,
+    stop: S,
+) -> Result<(), IoFail> {
+    let fd = stream.as_raw_fd();
+    let fut = stream.readable(false);
+    let mut fut = std::pin::pin!(fut);
+    monoio::select! {
+        r = &mut fut => return r.map_err(IoFail::Io),
+        _ = monoio::time::sleep(dur) => {},
+        _ = stop => {},
+    }
+    let _ = shutdown(fd, Shutdown::Read);
+    let _ = fut.await;
+    Err(IoFail::Timeout)
+}
+
 /// Writes all of `buf`, giving up when it has not completed within `dur`
 /// (the socket's write side is then shut down).
 pub async fn write_all_within<T: IoBuf + 'static>(

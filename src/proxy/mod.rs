@@ -268,7 +268,7 @@ impl<'a> Lease<'a> {
     pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Conn>, Full> {
         let limit = up
             .max_connections
-            .map(|m| pool::share(m, self.shard.shard_count, self.shard.id));
+            .map(|m| pool::share(m, self.shard.shards, self.shard.id));
         let got = self.shard.pools.borrow_mut().acquire(
             self.addr,
             limit,
@@ -290,7 +290,7 @@ impl<'a> Lease<'a> {
         if wait.is_zero() {
             return Err(Busy::Timeout);
         }
-        let room = pool::share(up.max_queued, self.shard.shard_count, self.shard.id);
+        let room = pool::share(up.max_queued, self.shard.shards, self.shard.id);
         let waiter = self
             .shard
             .pools

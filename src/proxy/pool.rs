@@ -56,9 +56,7 @@ pub fn share(total: usize, shards: usize, id: usize) -> usize {
     if total == 0 {
         return 0;
     }
-    let shards = shards.max(1);
-    let extra = usize::from(id < total % shards);
-    (total / shards + extra).max(1)
+    crate::compiled::connection_share(total, id, shards).max(1)
 }
 
 /// What a request waiting at the bound is given.
@@ -136,7 +134,7 @@ impl TargetPool {
     }
 
     #[inline]
-    fn put(&mut self, conn: Conn, max_idle: usize, now: Instant) {
+    fn put(&mut self, mut conn: Conn, max_idle: usize, now: Instant) {
         if let Some(w) = self.next_waiter() {
             w.give(Grant::Conn(conn));
             return;
@@ -145,6 +143,8 @@ impl TargetPool {
             self.open = self.open.saturating_sub(1);
             return;
         }
+        // An idle connection holds no read buffer; it takes one when used.
+        conn.release_buffer();
         if self.idle.len() >= max_idle {
             self.idle.remove(0);
             self.open = self.open.saturating_sub(1);

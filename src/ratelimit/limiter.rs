@@ -154,11 +154,6 @@ impl Limiter {
         }
     }
 
-    /// How many shards the gateway runs.
-    pub fn shard_count(&self) -> usize {
-        self.shards
-    }
-
     /// Sends a gossip message to shard `to` (tests and benchmarks drive
     /// shards by hand with it).
     pub fn send_to(&self, to: usize, msg: Gossip) {

@@ -1,9 +1,11 @@
 //! Shards: pinned threads, each running its own monoio runtime with its own
 //! listeners, route tables and pools, steered by control messages.
+mod nofile;
 mod notify;
 mod run;
 mod state;
 
+pub use nofile::{nofile_target, raise_nofile_limit, NofileOutcome};
 pub use notify::Notify;
 pub use run::{parse_cpulist, plan_cores, start, Control, Driver, ShardSet};
-pub use state::{Shard, ShardConfig};
+pub use state::{ConnectionSlot, ListenerStats, Shard, ShardConfig};

@@ -3,7 +3,7 @@
 
 use super::state::Shard;
 use crate::compiled::Compiled;
-use crate::config::{DriverChoice, Shards};
+use crate::config::{BalanceConnections, DriverChoice, Shards};
 use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
 use crate::server::{accept_loop, contain, panic_message};
 use crossbeam_channel::{Receiver, Sender};
@@ -173,6 +173,7 @@ fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
 pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let cores = plan_cores(&compiled.shards)?;
     let wanted = choose_driver(compiled.driver)?;
+    let mut sockets = bind_all(&compiled, &cores, wanted)?.into_iter();
     let fallback_allowed = compiled.driver == DriverChoice::Auto;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
     let mut senders = Vec::new();
@@ -187,6 +188,8 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
         let inbox = gossip_rx.remove(0);
         let compiled = compiled.clone();
         let ready = ready_tx.clone();
+        let shard_sockets = sockets.next().unwrap_or_default();
+        let shards = cores.len();
         let handle = std::thread::Builder::new()
             .name(format!("shardgate-shard-{id}"))
             .spawn(move || {
@@ -198,8 +201,9 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                     }
                 }
                 let args = ShardArgs {
-                    sockets: Rc::default(),
+                    sockets: Rc::new(shard_sockets),
                     id,
+                    shards,
                     core,
                     compiled,
                     rx,
@@ -232,8 +236,106 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     })
 }
 
-/// A listening socket for one shard: SO_REUSEPORT, so every shard has its own.
-fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Backlog asked of `listen`; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds every listener for every shard, on the calling thread before any
+/// shard starts: `result[shard][listener]`. Sockets of one SO_REUSEPORT
+/// group are bound and listen in shard order, so a listener's group holds
+/// shard 0's socket first, then shard 1's, and so on (the kernel's socket
+/// index is the order of `listen`); `IncomingCpu`'s walk over the group then
+/// alternates between the shards that share a core. `RoundRobin` binds one
+/// socket and gives every shard its own descriptor of it; it needs io_uring,
+/// whose accepts wait as exclusive waiters woken in turn (the epoll driver
+/// registers without EPOLLEXCLUSIVE, so every shard would wake for every
+/// connection and the quickest would take it, which measured less even than
+/// the kernel's hash), so with epoll it falls back to `Kernel`.
+fn bind_all(
+    compiled: &Compiled,
+    cores: &[Option<usize>],
+    driver: Driver,
+) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+    let mut out: Vec<Vec<std::net::TcpListener>> = cores.iter().map(|_| Vec::new()).collect();
+    let pinned = cores.iter().all(Option::is_some);
+    for l in &compiled.listeners {
+        let fail = |e: std::io::Error| format!("cannot bind {} ({}): {e}", l.addr, l.name);
+        let balance = match l.balance {
+            BalanceConnections::IncomingCpu if !pinned => {
+                eprintln!(
+                    "shardgate: listener {}: IncomingCpu needs pinned shards; balancing by the kernel's hash instead",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
+            BalanceConnections::IncomingCpu if !kernel_honours_incoming_cpu() => {
+                eprintln!(
+                    "shardgate: listener {}: IncomingCpu needs Linux 6.1 or later (older kernels ignore SO_INCOMING_CPU within a SO_REUSEPORT group); balancing by the kernel's hash",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
+            BalanceConnections::RoundRobin if driver == Driver::Epoll => {
+                eprintln!(
+                    "shardgate: listener {}: RoundRobin needs the io_uring driver; balancing by the kernel's hash instead",
+                    l.name
+                );
+                BalanceConnections::Kernel
+            }
+            b => b,
+        };
+        if let Some(max) = l.max_connections.filter(|&m| m < cores.len()) {
+            eprintln!(
+                "shardgate: listener {}: max_connections {max} is fewer than the {} shards; shards {max} and up refuse every connection",
+                l.name,
+                cores.len()
+            );
+        }
+        match balance {
+            BalanceConnections::RoundRobin => {
+                let socket = bind_listener(l.addr, false, None).map_err(fail)?;
+                for sockets in out.iter_mut() {
+                    sockets.push(socket.try_clone().map_err(fail)?);
+                }
+            }
+            BalanceConnections::Kernel | BalanceConnections::IncomingCpu => {
+                for (sockets, core) in out.iter_mut().zip(cores) {
+                    let cpu = core.filter(|_| balance == BalanceConnections::IncomingCpu);
+                    sockets.push(bind_listener(l.addr, true, cpu).map_err(fail)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the running kernel picks a SO_REUSEPORT group's socket by
+/// SO_INCOMING_CPU (Linux 6.1, "soreuseport: Fix socket selection for
+/// SO_INCOMING_CPU"); unknown versions count as yes.
+fn kernel_honours_incoming_cpu() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or(true, |r| release_at_least(&r, (6, 1)))
+}
+
+/// Whether a kernel release string (`6.18.44-fc`) is at least `major.minor`;
+/// an unparsable one counts as yes.
+fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => true,
+    }
+}
+
+/// A listening socket: with `reuse_port`, one of a SO_REUSEPORT group (one
+/// per shard); with `incoming_cpu`, SO_INCOMING_CPU set to that core.
+fn bind_listener(
+    addr: std::net::SocketAddr,
+    reuse_port: bool,
+    incoming_cpu: Option<usize>,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
         Domain::IPV6
@@ -242,10 +344,13 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpLis
     };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_reuse_address(true)?;
+    if let Some(cpu) = incoming_cpu {
+        socket.set_cpu_affinity(cpu)?;
+    }
     socket.bind(&addr.into())?;
-    socket.listen(4096)?;
+    socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
 
@@ -255,6 +360,8 @@ struct ShardArgs {
     /// The shard's listening sockets, one per configured listener.
     sockets: Rc<Vec<std::net::TcpListener>>,
     id: usize,
+    /// How many shards the process runs.
+    shards: usize,
     core: Option<usize>,
     compiled: Arc<Compiled>,
     rx: Receiver<Control>,
@@ -270,24 +377,11 @@ thread_local! {
 
 /// Runs a shard, restarting it when a panic escapes its runtime (connection
 /// tasks contain their own panics; this catches the rest: accept loops,
-/// timers, gossip). A restart binds fresh listeners and starts from the
+/// timers, gossip). A restart accepts on the same sockets (bound once, before
+/// the shards started, with whatever is queued on them) and starts from the
 /// newest config the shard was sent; the connections it had are lost.
 fn run_shard(mut args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
     let id = args.id;
-    // Bound once per shard thread, so a restarted runtime accepts on the same
-    // sockets (and whatever is queued on them).
-    let mut sockets = Vec::new();
-    for l in &args.compiled.listeners {
-        match bind_listener(l.addr) {
-            Ok(s) => sockets.push(s),
-            Err(e) => {
-                let why = format!("cannot bind {} ({}): {e}", l.addr, l.name);
-                let _ = args.ready.send((id, Err(why)));
-                return;
-            }
-        }
-    }
-    args.sockets = Rc::new(sockets);
     for restart in 0u64.. {
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
             run_runtime(args.clone(), wanted, fallback_allowed)
@@ -379,6 +473,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
     let ShardArgs {
         sockets,
         id,
+        shards,
         core,
         compiled,
         rx,
@@ -399,7 +494,8 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
             }
         }
     }
-    let shard = Rc::new(Shard::new(id, compiled, Limiter::new(id, peers, inbox)));
+    let limiter = Limiter::new(id, peers, inbox);
+    let shard = Rc::new(Shard::new(id, shards, compiled, limiter));
     let gossip = shard.clone();
     monoio::spawn(async move {
         while let Err(why) = contain(gossip_loop(gossip.clone())).await {
@@ -470,6 +566,9 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
                     while shard.connections.get() > 0 && Instant::now() < deadline {
                         monoio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    for line in shard.accept_summary() {
+                        eprintln!("shardgate: shard {}: {line}", shard.id);
+                    }
                     return;
                 }
             }
@@ -477,6 +576,7 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             shard.reap_pools(now);
+            crate::memory::give_back();
             last_reap = now;
         }
     }
@@ -485,6 +585,15 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_release() {
+        assert!(release_at_least("6.18.44-fc-v669", (6, 1)));
+        assert!(release_at_least("6.1.0", (6, 1)));
+        assert!(!release_at_least("6.0.19-generic", (6, 1)));
+        assert!(!release_at_least("5.15.0-91-generic", (6, 1)));
+        assert!(release_at_least("garbage", (6, 1)));
+    }
 
     #[test]
     fn cpulist() {

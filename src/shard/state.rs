@@ -20,12 +20,45 @@ pub struct ShardConfig {
     pub cursors: Vec<Cell<usize>>,
 }
 
+/// Accept-side counters of one listener on one shard, kept for the life of
+/// the shard's runtime (what `/shards` and `/metrics` report once they exist;
+/// the shard logs them when it stops).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Client connections of this listener open on this shard right now.
+    pub open: Cell<usize>,
+    /// Connections accepted and served (within the share).
+    pub admitted: Cell<u64>,
+    /// Connections accepted and closed at once: the shard's share of the
+    /// listener's `max_connections` was in use.
+    pub refused: Cell<u64>,
+    /// `accept` calls that failed (EMFILE, ENFILE, ENOBUFS, ...).
+    pub accept_errors: Cell<u64>,
+}
+
+/// One admitted connection's place in its listener's `open` count, given
+/// back when the connection's task ends.
+pub struct ConnectionSlot {
+    shard: Rc<Shard>,
+    listener: usize,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(s) = self.shard.listener_stats.get(self.listener) {
+            s.open.set(s.open.get().saturating_sub(1));
+        }
+    }
+}
+
 /// A shard's state.
 pub struct Shard {
     /// Shard number (0-based).
     pub id: usize,
-    /// How many shards the gateway runs (per-shard shares of host-wide bounds).
-    pub shard_count: usize,
+    /// How many shards the process runs (fixed at start).
+    pub shards: usize,
+    /// Accept-side counters, per listener (config order).
+    pub listener_stats: Vec<ListenerStats>,
     config: RefCell<Rc<ShardConfig>>,
     /// Upstream connection pools, per target address.
     pub pools: RefCell<Pools>,
@@ -52,11 +85,16 @@ pub struct Shard {
 
 impl Shard {
     /// A shard serving `compiled`.
-    pub fn new(id: usize, compiled: Arc<Compiled>, limiter: Limiter) -> Shard {
+    pub fn new(id: usize, shards: usize, compiled: Arc<Compiled>, limiter: Limiter) -> Shard {
         let mut limiter = limiter;
         limiter.configure(&compiled.rate_limiting, compiled.generation);
         Shard {
-            shard_count: limiter.shard_count(),
+            shards,
+            listener_stats: compiled
+                .listeners
+                .iter()
+                .map(|_| ListenerStats::default())
+                .collect(),
             limiter: RefCell::new(limiter),
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
@@ -102,6 +140,58 @@ impl Shard {
             // Tokens verified with the old keys must be checked again.
             self.token_cache.borrow_mut().clear();
         }
+    }
+
+    /// A place for a new connection on `listener`, or `Err(share)` when this
+    /// shard's share of the listener's `max_connections` is in use (the
+    /// refusal is counted). Connections already open are never closed, so a
+    /// reload that lowers the limit only holds back new ones.
+    pub fn admit(self: &Rc<Self>, listener: usize) -> Result<ConnectionSlot, usize> {
+        let share = self
+            .config()
+            .compiled
+            .listeners
+            .get(listener)
+            .and_then(|l| l.shard_share(self.id, self.shards));
+        if let Some(stats) = self.listener_stats.get(listener) {
+            if let Some(share) = share.filter(|&s| stats.open.get() >= s) {
+                stats.refused.set(stats.refused.get() + 1);
+                return Err(share);
+            }
+            stats.open.set(stats.open.get() + 1);
+            stats.admitted.set(stats.admitted.get() + 1);
+        }
+        Ok(ConnectionSlot {
+            shard: self.clone(),
+            listener,
+        })
+    }
+
+    /// Counts a failed `accept` on `listener`.
+    pub fn count_accept_error(&self, listener: usize) {
+        if let Some(s) = self.listener_stats.get(listener) {
+            s.accept_errors.set(s.accept_errors.get() + 1);
+        }
+    }
+
+    /// One line of accept counters per listener, e.g.
+    /// `listener main: 12 admitted, 3 refused, 0 accept errors, 9 open`.
+    pub fn accept_summary(&self) -> Vec<String> {
+        let cfg = self.config();
+        self.listener_stats
+            .iter()
+            .zip(&cfg.compiled.listeners)
+            .map(|(s, l)| {
+                format!(
+                    "listener {}: {} admitted, {} refused, {} accept errors, {} open",
+                    l.name,
+                    s.admitted.get(),
+                    s.refused.get(),
+                    s.accept_errors.get(),
+                    s.open.get()
+                )
+            })
+            .collect()
     }
 
     /// A new request id: unique per process run, 24 hex digits.
