@@ -46,6 +46,12 @@ pub struct UpstreamPlan {
     pub max_idle: usize,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
+    /// Host-wide bound on connections per target (split into shard shares).
+    pub max_connections: Option<usize>,
+    /// Host-wide bound on requests waiting for a connection per target.
+    pub max_queued: usize,
+    /// Longest wait for a connection when a shard's share is in use.
+    pub queue_timeout: Duration,
 }
 
 /// A piece of a rewrite template.
@@ -200,6 +206,9 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 timeout: ms(u.timeout_ms),
                 max_idle: u.max_idle_per_target,
                 idle_timeout: ms(u.idle_timeout_ms),
+                max_connections: u.max_connections_per_target,
+                max_queued: u.max_queued_per_target,
+                queue_timeout: ms(u.queue_timeout_ms.unwrap_or(u.connect_timeout_ms)),
             })
         })
         .collect::<Result<_, String>>()?;

@@ -31,6 +31,9 @@ pub enum GatewayError {
     GatewayTimeout { upstream: String },
     /// The gateway is shutting down or has no usable target (503).
     Unavailable(&'static str),
+    /// Every connection to the upstream's target that this shard may open
+    /// is in use and none came back in time, or too many requests wait (503).
+    UpstreamBusy { upstream: String, reason: String },
     /// A rate limit refused the request (429): seconds until it could fit,
     /// and the `RateLimit-*` header lines to send (empty when hidden).
     TooManyRequests {
@@ -64,7 +67,7 @@ impl GatewayError {
             GatewayError::NotImplemented(_) => 501,
             GatewayError::VersionNotSupported => 505,
             GatewayError::BadGateway { .. } => 502,
-            GatewayError::Unavailable(_) => 503,
+            GatewayError::Unavailable(_) | GatewayError::UpstreamBusy { .. } => 503,
             GatewayError::GatewayTimeout { .. } => 504,
             GatewayError::PartFailed { timeout: true, .. } => 504,
             GatewayError::PartFailed { .. } => 502,
@@ -94,6 +97,9 @@ impl GatewayError {
                 format!("upstream {upstream:?} did not answer in time")
             }
             GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
+            GatewayError::UpstreamBusy { upstream, reason } => {
+                format!("upstream {upstream:?} is at its connection limit: {reason}")
+            }
             GatewayError::TooManyRequests { retry_after_s, .. } => {
                 format!("rate limit exceeded; retry in {retry_after_s} s")
             }
@@ -149,6 +155,7 @@ impl GatewayError {
                 let _ = write!(out, "retry-after: {retry_after_s}\r\n");
                 out.push_str(headers);
             }
+            GatewayError::UpstreamBusy { .. } => out.push_str("retry-after: 1\r\n"),
             _ => {}
         }
         out.push_str(if keep_alive {

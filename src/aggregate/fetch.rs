@@ -9,7 +9,9 @@ use crate::http::body::append_buffered;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing};
-use crate::proxy::{connect_within, read_response_head, InFlight, ReadHeadError};
+use crate::proxy::{
+    busy_error, connect_within, read_response_head, InFlight, Lease, ReadHeadError,
+};
 use crate::shard::Shard;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -90,13 +92,22 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
     let mut bytes = std::mem::take(&mut req.head_and_body);
     let host = format!("host: {addr}\r\n");
     bytes.splice(req.host_at..req.host_at, host.bytes());
+    let mut lease = Lease::new(shard, addr);
+    let mut pooled = match lease.checkout(req.up) {
+        Ok(pooled) => pooled,
+        Err(_) => {
+            // The wait for a connection at the bound counts against the part's deadline.
+            let wait = req.up.queue_timeout.min(left(req.deadline));
+            match lease.wait(req.up, wait).await {
+                Ok(pooled) => pooled,
+                Err(_) if left(req.deadline).is_zero() => return Err(req.timed_out()),
+                Err(why) => return Err(PartError::new(busy_error(req.up, why).message())),
+            }
+        }
+    };
     for attempt in 0..2 {
-        let pooled = shard
-            .pools
-            .borrow_mut()
-            .take(addr, req.up.idle_timeout, Instant::now());
         let reused = pooled.is_some();
-        let conn = match pooled {
+        let conn = match pooled.take() {
             Some(c) => c,
             None => {
                 let wait = req.up.connect_timeout.min(left(req.deadline));
@@ -108,11 +119,12 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
             }
         };
         let may_retry = reused && attempt == 0 && req.retryable;
-        let (outcome, back) = exchange(shard, &req, addr, conn, bytes, may_retry).await;
+        let (outcome, back) = exchange(&req, &mut lease, conn, bytes, may_retry).await;
         bytes = back;
         match outcome {
             Attempt::Done(r) => return r,
-            Attempt::Stale => continue,
+            // The retry goes out on a fresh connection, under the same slot.
+            Attempt::Stale => shard.pools.borrow_mut().drop_idle(addr),
         }
     }
     Err(PartError::new("connection closed before a response"))
@@ -126,9 +138,8 @@ fn connect_reason(e: crate::error::GatewayError, addr: SocketAddr) -> String {
 }
 
 async fn exchange(
-    shard: &Shard,
     req: &PartRequest<'_>,
-    addr: SocketAddr,
+    lease: &mut Lease<'_>,
     mut upc: Conn,
     bytes: Vec<u8>,
     may_retry: bool,
@@ -168,10 +179,7 @@ async fn exchange(
         Err(e) => return (Attempt::Done(Err(e)), bytes),
     };
     if resp.keep_alive && upc.buffered().is_empty() {
-        shard
-            .pools
-            .borrow_mut()
-            .put(addr, upc, req.up.max_idle, Instant::now());
+        lease.pool(upc, req.up.max_idle);
     }
     (Attempt::Done(parse_json(&body)), bytes)
 }

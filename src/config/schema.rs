@@ -433,6 +433,18 @@ pub struct Upstream {
     /// An idle pooled connection older than this is closed instead of reused.
     #[serde(default = "default_pool_idle_ms")]
     pub idle_timeout_ms: u64,
+    /// Host-wide bound on connections (open, opening or idle) to each target,
+    /// split into per-shard shares; unbounded when not given.
+    #[serde(default)]
+    pub max_connections_per_target: Option<usize>,
+    /// Host-wide bound on requests waiting for a connection to each target
+    /// once the bound is reached, split into per-shard shares like it.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_per_target: usize,
+    /// Longest wait for a connection at the bound (503 after); the connect
+    /// timeout when not given.
+    #[serde(default)]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// Load-balancing policy.
@@ -522,6 +534,9 @@ fn default_max_idle() -> usize {
 }
 fn default_pool_idle_ms() -> u64 {
     30_000
+}
+fn default_max_queued() -> usize {
+    1024
 }
 fn default_leeway_s() -> u64 {
     30

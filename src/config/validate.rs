@@ -177,6 +177,13 @@ impl Validator<'_> {
                     );
                 }
             }
+            if u.max_connections_per_target == Some(0) {
+                self.push(
+                    position_of_field(self.text, anchor, "max_connections_per_target"),
+                    format!("upstreams.{name}.max_connections_per_target"),
+                    "must be at least 1 (leave it out for no bound)".into(),
+                );
+            }
         }
     }
 

@@ -19,9 +19,11 @@ use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
+use pool::{Full, Grant, Waiter};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Largest upstream response head accepted.
@@ -238,6 +240,144 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A request's claim on a slot counted toward a target's connection bound on
+/// this shard. Once [`Lease::checkout`] or [`Lease::wait`] got a slot,
+/// dropping the lease gives it back (to a waiting request first): the
+/// connection under it closed, failed or was never opened. [`Lease::pool`]
+/// hands the slot on with a reusable connection instead.
+pub(crate) struct Lease<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    held: bool,
+}
+
+impl<'a> Lease<'a> {
+    /// A lease on `addr` holding no slot yet.
+    pub(crate) fn new(shard: &'a Shard, addr: SocketAddr) -> Lease<'a> {
+        Lease {
+            shard,
+            addr,
+            held: false,
+        }
+    }
+
+    /// Takes an idle connection (`Some`) or a slot to open one (`None`);
+    /// `Err` when this shard's share of `up`'s `max_connections` is in use
+    /// (then [`Lease::wait`]). Not async: the common case costs no future.
+    #[inline(always)]
+    pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Conn>, Full> {
+        let limit = up
+            .max_connections
+            .map(|m| pool::share(m, self.shard.shards, self.shard.id));
+        let got = self.shard.pools.borrow_mut().acquire(
+            self.addr,
+            limit,
+            up.idle_timeout,
+            Instant::now(),
+        );
+        self.held = got.is_ok();
+        got
+    }
+
+    /// Waits in the target's bounded queue, at most `wait`, for a connection
+    /// to come back from another request (`Some`) or for a slot to be freed
+    /// (`None`).
+    pub(crate) async fn wait(
+        &mut self,
+        up: &UpstreamPlan,
+        wait: Duration,
+    ) -> Result<Option<Conn>, Busy> {
+        if wait.is_zero() {
+            return Err(Busy::Timeout);
+        }
+        let room = pool::share(up.max_queued, self.shard.shards, self.shard.id);
+        let waiter = self
+            .shard
+            .pools
+            .borrow_mut()
+            .enqueue(self.addr, room)
+            .ok_or(Busy::QueueFull)?;
+        let queued = Queued {
+            shard: self.shard,
+            addr: self.addr,
+            waiter,
+            max_idle: up.max_idle,
+        };
+        let granted = std::future::poll_fn(|cx| queued.waiter.poll_grant(cx));
+        let conn = match monoio::time::timeout(wait, granted).await {
+            Ok(Grant::Conn(c)) => Some(c),
+            Ok(Grant::Slot) => None,
+            Err(_) => return Err(Busy::Timeout),
+        };
+        self.held = true;
+        Ok(conn)
+    }
+
+    /// Returns the reusable `conn` with this slot, to a waiting request or
+    /// to the idle pool.
+    #[inline(always)]
+    pub(crate) fn pool(&mut self, conn: Conn, max_idle: usize) {
+        if std::mem::take(&mut self.held) {
+            self.shard
+                .pools
+                .borrow_mut()
+                .put(self.addr, conn, max_idle, Instant::now());
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.held {
+            self.shard.pools.borrow_mut().release(self.addr);
+        }
+    }
+}
+
+/// Why no connection slot was obtained.
+pub(crate) enum Busy {
+    /// The shard's share of waiting requests is taken.
+    QueueFull,
+    /// No connection came back within the wait.
+    Timeout,
+}
+
+/// A request in a target's wait queue; leaving it withdraws the request and
+/// passes on whatever it was granted but did not take.
+struct Queued<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    waiter: Rc<Waiter>,
+    max_idle: usize,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.shard.pools.borrow_mut().cancel(
+            self.addr,
+            &self.waiter,
+            self.max_idle,
+            Instant::now(),
+        );
+    }
+}
+
+/// The 503 for a request that found no free connection to `up`.
+pub(crate) fn busy_error(up: &UpstreamPlan, why: Busy) -> GatewayError {
+    let reason = match why {
+        Busy::QueueFull => "too many requests are already waiting for a connection".to_string(),
+        Busy::Timeout => format!(
+            "no connection became free within {} ms",
+            up.queue_timeout.as_millis()
+        ),
+    };
+    GatewayError::UpstreamBusy {
+        upstream: up.name.clone(),
+        reason,
+    }
+}
+
 enum Attempt {
     /// The exchange finished (successfully or not) with this result.
     Done(Result<Disposition, GatewayError>),
@@ -287,13 +427,17 @@ pub async fn forward(
     let addr = in_flight.addr();
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
+    let mut lease = Lease::new(shard, addr);
+    let mut pooled = match lease.checkout(up) {
+        Ok(pooled) => pooled,
+        Err(Full) => lease
+            .wait(up, up.queue_timeout)
+            .await
+            .map_err(|why| busy_error(up, why))?,
+    };
     for attempt in 0..2 {
-        let pooled = shard
-            .pools
-            .borrow_mut()
-            .take(addr, up.idle_timeout, Instant::now());
         let reused = pooled.is_some();
-        let conn = match pooled {
+        let conn = match pooled.take() {
             Some(c) => c,
             None => connect(up, addr).await?,
         };
@@ -301,7 +445,7 @@ pub async fn forward(
         match exchange(
             shard,
             up,
-            addr,
+            &mut lease,
             conn,
             bytes,
             req,
@@ -313,7 +457,7 @@ pub async fn forward(
         {
             (Attempt::Done(r), _) => return r,
             (Attempt::Stale, bytes) => {
-                // The retry goes out on a fresh connection.
+                // The retry goes out on a fresh connection, under the same slot.
                 shard.pools.borrow_mut().drop_idle(addr);
                 head = Some(bytes);
             }
@@ -326,7 +470,7 @@ pub async fn forward(
 async fn exchange(
     shard: &Shard,
     up: &UpstreamPlan,
-    addr: SocketAddr,
+    lease: &mut Lease<'_>,
     mut upc: Conn,
     head: Vec<u8>,
     req: &RequestHead,
@@ -472,10 +616,7 @@ async fn exchange(
     match result {
         Ok(_) => {
             if resp.keep_alive && !early_answer && upc.buffered().is_empty() {
-                shard
-                    .pools
-                    .borrow_mut()
-                    .put(addr, upc, up.max_idle, Instant::now());
+                lease.pool(upc, up.max_idle);
             }
             let d = if client_keep_alive {
                 Disposition::KeepAlive

@@ -7,8 +7,11 @@
 use crate::compiled::UpstreamPlan;
 use crate::config::Balance;
 use crate::http::Conn;
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// FxHash (as in rustc): a multiply-rotate hash, far cheaper than SipHash for
@@ -45,10 +48,126 @@ impl std::hash::Hasher for FxHasher {
 
 type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
+/// Splits a host-wide bound into shard `id`'s share of `shards`: the quotient
+/// on every shard, the remainder one each on the first shards, and at least
+/// one on every shard (a bound smaller than the shard count is rounded up to
+/// it). A bound of 0 stays 0.
+pub fn share(total: usize, shards: usize, id: usize) -> usize {
+    if total == 0 {
+        return 0;
+    }
+    crate::compiled::connection_share(total, id, shards).max(1)
+}
+
+/// What a request waiting at the bound is given.
+pub enum Grant {
+    /// A connection coming back from a finished exchange (its slot with it).
+    Conn(Conn),
+    /// The slot of a connection that closed: the waiter opens a new one.
+    Slot,
+}
+
+/// A request waiting for a connection to a target whose shard share is in use.
+#[derive(Default)]
+pub struct Waiter {
+    grant: Cell<Option<Grant>>,
+    waker: Cell<Option<Waker>>,
+    queued: Cell<bool>,
+}
+
+impl Waiter {
+    /// Ready with the grant once one was handed over.
+    pub fn poll_grant(&self, cx: &mut Context<'_>) -> Poll<Grant> {
+        match self.grant.take() {
+            Some(g) => Poll::Ready(g),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// [`Pools::acquire`] found this shard's share of the target's bound in use.
+#[derive(Debug)]
+pub struct Full;
+
 #[derive(Default)]
 struct TargetPool {
     idle: Vec<(Conn, Instant)>,
     outstanding: usize,
+    /// Connections open, being opened or idle: the count the bound applies to.
+    open: usize,
+    /// Requests waiting for a slot, oldest first.
+    waiting: VecDeque<Rc<Waiter>>,
+}
+
+impl TargetPool {
+    /// Hands the slot of a connection that closed (or was never opened) to
+    /// the oldest waiter, or frees it.
+    fn free_slot(&mut self) {
+        match self.next_waiter() {
+            Some(w) => w.give(Grant::Slot),
+            None => self.open = self.open.saturating_sub(1),
+        }
+    }
+
+    #[inline]
+    fn acquire(
+        &mut self,
+        limit: Option<usize>,
+        max_age: Duration,
+        now: Instant,
+    ) -> Result<Option<Conn>, Full> {
+        while let Some((conn, since)) = self.idle.pop() {
+            if now.duration_since(since) < max_age {
+                return Ok(Some(conn));
+            }
+            // Its slot is reused by this request.
+            self.open = self.open.saturating_sub(1);
+        }
+        if limit.is_some_and(|l| self.open >= l) {
+            return Err(Full);
+        }
+        self.open += 1;
+        Ok(None)
+    }
+
+    #[inline]
+    fn put(&mut self, mut conn: Conn, max_idle: usize, now: Instant) {
+        if let Some(w) = self.next_waiter() {
+            w.give(Grant::Conn(conn));
+            return;
+        }
+        if max_idle == 0 {
+            self.open = self.open.saturating_sub(1);
+            return;
+        }
+        // An idle connection holds no read buffer; it takes one when used.
+        conn.release_buffer();
+        if self.idle.len() >= max_idle {
+            self.idle.remove(0);
+            self.open = self.open.saturating_sub(1);
+        }
+        self.idle.push((conn, now));
+    }
+
+    /// Takes the oldest waiter off the queue.
+    fn next_waiter(&mut self) -> Option<Rc<Waiter>> {
+        let w = self.waiting.pop_front()?;
+        w.queued.set(false);
+        Some(w)
+    }
+}
+
+impl Waiter {
+    /// Hands `g` over and wakes the waiting request.
+    fn give(&self, g: Grant) {
+        self.grant.set(Some(g));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 /// All pools of one shard.
@@ -58,29 +177,76 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Takes an idle connection to `addr` that is younger than `max_age`.
-    pub fn take(&mut self, addr: SocketAddr, max_age: Duration, now: Instant) -> Option<Conn> {
-        let pool = self.targets.get_mut(&addr)?;
-        while let Some((conn, since)) = pool.idle.pop() {
-            if now.duration_since(since) < max_age {
-                return Some(conn);
-            }
+    /// Takes an idle connection to `addr` younger than `max_age` (`Some`) or,
+    /// when there is none and fewer than `limit` connections to it are
+    /// counted, reserves a slot for a new one (`None`). Expired idle
+    /// connections are closed.
+    #[inline]
+    pub fn acquire(
+        &mut self,
+        addr: SocketAddr,
+        limit: Option<usize>,
+        max_age: Duration,
+        now: Instant,
+    ) -> Result<Option<Conn>, Full> {
+        // `get_mut` first: `entry` costs a capacity check on every call.
+        if let Some(pool) = self.targets.get_mut(&addr) {
+            return pool.acquire(limit, max_age, now);
         }
-        None
+        self.targets
+            .entry(addr)
+            .or_default()
+            .acquire(limit, max_age, now)
     }
 
-    /// Returns a reusable connection; beyond `max_idle` the oldest is closed.
-    pub fn put(&mut self, addr: SocketAddr, mut conn: Conn, max_idle: usize, now: Instant) {
-        if max_idle == 0 {
-            return;
-        }
-        // An idle connection holds no read buffer; it takes one when used.
-        conn.release_buffer();
+    /// Queues a request for the next slot of `addr`; `None` when `max_waiting`
+    /// requests already wait.
+    pub fn enqueue(&mut self, addr: SocketAddr, max_waiting: usize) -> Option<Rc<Waiter>> {
         let pool = self.targets.entry(addr).or_default();
-        if pool.idle.len() >= max_idle {
-            pool.idle.remove(0);
+        if pool.waiting.len() >= max_waiting {
+            return None;
         }
-        pool.idle.push((conn, now));
+        let w = Rc::new(Waiter::default());
+        w.queued.set(true);
+        pool.waiting.push_back(w.clone());
+        Some(w)
+    }
+
+    /// Withdraws a waiter that stopped waiting; what it was granted but did
+    /// not take goes to the next waiter or back to the pool.
+    pub fn cancel(&mut self, addr: SocketAddr, w: &Rc<Waiter>, max_idle: usize, now: Instant) {
+        if w.queued.get() {
+            if let Some(pool) = self.targets.get_mut(&addr) {
+                pool.waiting.retain(|x| !Rc::ptr_eq(x, w));
+            }
+            w.queued.set(false);
+        }
+        match w.grant.take() {
+            Some(Grant::Conn(c)) => self.put(addr, c, max_idle, now),
+            Some(Grant::Slot) => self.release(addr),
+            None => {}
+        }
+    }
+
+    /// Returns a reusable connection (with its slot): to the oldest waiter,
+    /// else to the idle pool, where beyond `max_idle` the oldest is closed.
+    #[inline]
+    pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
+        match self.targets.get_mut(&addr) {
+            Some(pool) => pool.put(conn, max_idle, now),
+            None => self
+                .targets
+                .entry(addr)
+                .or_default()
+                .put(conn, max_idle, now),
+        }
+    }
+
+    /// Gives back the slot of a connection that closed or failed to open.
+    pub fn release(&mut self, addr: SocketAddr) {
+        if let Some(pool) = self.targets.get_mut(&addr) {
+            pool.free_slot();
+        }
     }
 
     /// Closes every idle connection to `addr`: one of them turned out dead,
@@ -88,7 +254,11 @@ impl Pools {
     /// restarted).
     pub fn drop_idle(&mut self, addr: SocketAddr) {
         if let Some(pool) = self.targets.get_mut(&addr) {
+            let n = pool.idle.len();
             pool.idle.clear();
+            for _ in 0..n {
+                pool.free_slot();
+            }
         }
     }
 
@@ -96,15 +266,27 @@ impl Pools {
     pub fn reap(&mut self, max_age: impl Fn(SocketAddr) -> Duration, now: Instant) {
         self.targets.retain(|addr, pool| {
             let age = max_age(*addr);
+            let before = pool.idle.len();
             pool.idle
                 .retain(|(_, since)| now.duration_since(*since) < age);
-            !pool.idle.is_empty() || pool.outstanding > 0
+            for _ in pool.idle.len()..before {
+                pool.free_slot();
+            }
+            !pool.idle.is_empty()
+                || pool.outstanding > 0
+                || pool.open > 0
+                || !pool.waiting.is_empty()
         });
     }
 
     /// Number of idle connections kept for `addr`.
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
         self.targets.get(&addr).map_or(0, |p| p.idle.len())
+    }
+
+    /// Connections to `addr` counted toward its bound (open, opening, idle).
+    pub fn open_count(&self, addr: SocketAddr) -> usize {
+        self.targets.get(&addr).map_or(0, |p| p.open)
     }
 
     fn outstanding(&self, addr: SocketAddr) -> usize {
@@ -137,5 +319,79 @@ impl Pools {
                 .filter_map(|k| up.targets.get((start + k) % n).copied())
                 .min_by_key(|a| self.outstanding(*a)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_never_reach_zero() {
+        for shards in 1..=9 {
+            for total in 1..=40 {
+                let shares: Vec<usize> = (0..shards).map(|id| share(total, shards, id)).collect();
+                assert!(
+                    shares.iter().all(|&s| s >= 1),
+                    "{total}/{shards}: {shares:?}"
+                );
+                assert_eq!(shares.iter().sum::<usize>(), total.max(shards));
+                let (lo, hi) = (shares.iter().min(), shares.iter().max());
+                assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+            }
+        }
+        assert_eq!(share(5, 2, 0), 3);
+        assert_eq!(share(5, 2, 1), 2);
+        assert_eq!(share(0, 4, 0), 0);
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9))
+    }
+
+    fn poll(w: &Waiter) -> Option<Grant> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match w.poll_grant(&mut cx) {
+            Poll::Ready(g) => Some(g),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn slots_are_counted_handed_on_and_given_back() {
+        let (mut p, a, now) = (Pools::default(), addr(), Instant::now());
+        let age = Duration::from_secs(1);
+        assert!(matches!(p.acquire(a, Some(2), age, now), Ok(None)));
+        assert!(matches!(p.acquire(a, Some(2), age, now), Ok(None)));
+        assert!(matches!(p.acquire(a, Some(2), age, now), Err(Full)));
+        assert_eq!(p.open_count(a), 2);
+        // Unbounded requests still count.
+        assert!(matches!(p.acquire(a, None, age, now), Ok(None)));
+        p.release(a);
+        // The queue is bounded.
+        let first = p.enqueue(a, 2);
+        let second = p.enqueue(a, 2);
+        assert!(p.enqueue(a, 2).is_none());
+        let (Some(first), Some(second)) = (first, second) else {
+            panic!("two waiters fit");
+        };
+        assert!(poll(&first).is_none());
+        // A closed connection's slot goes to the oldest waiter, not back.
+        p.release(a);
+        assert_eq!(p.open_count(a), 2);
+        assert!(matches!(poll(&first), Some(Grant::Slot)));
+        // A waiter that gives up after its grant passes the slot on.
+        p.release(a);
+        p.cancel(a, &second, 4, now);
+        assert_eq!(p.open_count(a), 1);
+        // A waiter that gives up before a grant leaves the queue.
+        let third = p.enqueue(a, 1);
+        assert!(third.is_some());
+        if let Some(w) = third {
+            p.cancel(a, &w, 4, now);
+        }
+        p.release(a);
+        assert_eq!(p.open_count(a), 0);
+        assert!(matches!(p.acquire(a, Some(1), age, now), Ok(None)));
     }
 }
