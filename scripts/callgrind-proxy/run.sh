@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Instruction counts of the plain-proxy path, deterministic where wall-clock
+# load tests on a shared machine are not: runs a shardgate binary under
+# callgrind (epoll driver, which valgrind follows; io_uring it does not) with
+# one shard in front of a small keep-alive backend, sends N sequential GETs
+# over CONNS connections, and prints the total instructions.
+#
+# Usage (writes its files into the current directory):
+#   VGX="--toggle-collect=shardgate::proxy::forward::*" CONNS=1 \
+#       scripts/callgrind-proxy/run.sh BIN N EXTRA TAG
+#   BIN    the shardgate binary
+#   N      requests (run twice, e.g. 1000 and 3000; the difference ÷ 2000
+#          is the per-request figure with start-up cancelled out)
+#   EXTRA  text appended to the upstream's fields, e.g.
+#          ", max_connections_per_target: 4" (or "")
+#   TAG    names the output files: cg-TAG-N.out (callgrind), client-TAG-N.txt
+# Then scripts/callgrind-proxy/linesum.py cg-TAG-N.out src/proxy/pool.rs 1-100000
+# sums the instructions spent on those source lines.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BIN=$1; N=$2; EXTRA=$3; TAG=$4
+GP=18461; BP=18462
+cat > "gw-$TAG.ron" <<R
+Gateway(
+    shards: Count(1),
+    driver: Epoll,
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$GP")],
+    upstreams: { "app": Upstream(targets: ["127.0.0.1:$BP"]$EXTRA) },
+    routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "app") ],
+)
+R
+python3 "$HERE/backend.py" "$BP" & BPID=$!
+sleep 0.3
+# shellcheck disable=SC2086
+valgrind --tool=callgrind ${VGX:-} --callgrind-out-file="cg-$TAG-$N.out" "$BIN" --config "gw-$TAG.ron" \
+    2> "vg-$TAG-$N.log" & GPID=$!
+for _ in $(seq 100); do grep -q "ready" "vg-$TAG-$N.log" && break; sleep 0.2; done
+timeout 600 python3 "$HERE/client.py" "$GP" "$N" "${CONNS:-4}" > "client-$TAG-$N.txt"
+kill -TERM "$GPID"; wait "$GPID" || true
+kill "$BPID"; wait "$BPID" 2>/dev/null || true
+echo "$TAG N=$N ok=$(cat "client-$TAG-$N.txt") Ir=$(grep -m1 '^summary:' "cg-$TAG-$N.out" | awk '{print $2}')"
