@@ -761,3 +761,38 @@ fn requests_after_an_upstream_restart_do_not_meet_its_dead_pooled_connections() 
         "requests after the restart: {statuses:?}"
     );
 }
+
+#[test]
+fn a_load_above_max_idle_reuses_its_connections_instead_of_reopening_them() {
+    // Eight requests at a time, two idle connections allowed: the pool keeps
+    // the eight it needs while they are in use, instead of closing six after
+    // every round and opening six new ones for the next.
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 5;
+    let backend = Backend::start(|_| Response::ok("ok").delay(Duration::from_millis(100)));
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("app", &[&backend.addr()], "max_idle_per_target: 2"),
+        &catch_all("app"),
+    ));
+    let port = gw.port;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Client::connect(port);
+                for _ in 0..ROUNDS {
+                    assert_eq!(c.get("/x").status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap_or_else(|_| panic!("a client failed"));
+    }
+    assert_eq!(backend.count(), CLIENTS * ROUNDS);
+    assert!(
+        backend.connections() <= CLIENTS + 2,
+        "{} upstream connections opened for {CLIENTS} concurrent clients",
+        backend.connections()
+    );
+}

@@ -145,10 +145,9 @@ impl TargetPool {
         }
         // An idle connection holds no read buffer; it takes one when used.
         conn.release_buffer();
-        if self.idle.len() >= max_idle {
-            self.idle.remove(0);
-            self.open = self.open.saturating_sub(1);
-        }
+        // Beyond `max_idle`, the least recently used are closed by the next
+        // sweep, not here: under a load that needs more connections than
+        // that, closing at once would open and close one per request.
         self.idle.push((conn, now));
     }
 
@@ -229,7 +228,7 @@ impl Pools {
     }
 
     /// Returns a reusable connection (with its slot): to the oldest waiter,
-    /// else to the idle pool, where beyond `max_idle` the oldest is closed.
+    /// else to the idle pool (trimmed to `max_idle` by the next [`Pools::reap`]).
     #[inline]
     pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
         match self.targets.get_mut(&addr) {
@@ -263,12 +262,15 @@ impl Pools {
     }
 
     /// Closes idle connections older than `max_age`.
-    pub fn reap(&mut self, max_age: impl Fn(SocketAddr) -> Duration, now: Instant) {
+    pub fn reap(&mut self, policy: impl Fn(SocketAddr) -> (Duration, usize), now: Instant) {
         self.targets.retain(|addr, pool| {
-            let age = max_age(*addr);
+            let (age, max_idle) = policy(*addr);
             let before = pool.idle.len();
             pool.idle
                 .retain(|(_, since)| now.duration_since(*since) < age);
+            // The oldest beyond `max_idle` (the list is in order of use).
+            let surplus = pool.idle.len().saturating_sub(max_idle);
+            pool.idle.drain(..surplus);
             for _ in pool.idle.len()..before {
                 pool.free_slot();
             }

@@ -201,7 +201,8 @@ impl Shard {
         format!("{:016x}{:08x}", self.id_seed, n as u32)
     }
 
-    /// Closes idle upstream connections past their upstream's idle timeout.
+    /// Closes idle upstream connections past their upstream's idle timeout,
+    /// and the least recently used beyond its `max_idle_per_target`.
     pub fn reap_pools(&self, now: Instant) {
         let cfg = self.config();
         let ups = &cfg.compiled.upstreams;
@@ -209,7 +210,9 @@ impl Shard {
             |addr| {
                 ups.iter()
                     .find(|u| u.targets.contains(&addr))
-                    .map_or(std::time::Duration::ZERO, |u| u.idle_timeout)
+                    .map_or((std::time::Duration::ZERO, 0), |u| {
+                        (u.idle_timeout, u.max_idle)
+                    })
             },
             now,
         );
