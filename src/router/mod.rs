@@ -15,6 +15,7 @@
 //!    first, then more `headers`, then having a `methods` list;
 //! 4. remaining ties go to the route declared first.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// What a route requires besides its path.
@@ -88,17 +89,51 @@ impl Node {
             .and_then(|i| self.statics.get(i))
             .map(|(_, node)| node)
     }
+}
 
-    fn static_child_mut(&mut self, seg: &str) -> &mut Node {
-        let i = match self.statics.binary_search_by(|(k, _)| (**k).cmp(seg)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.statics.insert(i, (seg.into(), Node::default()));
-                i
-            }
+/// A [`Node`] while routes are added: children in a map, so adding a route
+/// costs O(depth · log(children)) instead of an insertion into a sorted
+/// vector (which made tables of many sibling routes quadratic to build).
+#[derive(Default)]
+struct NodeBuilder {
+    statics: BTreeMap<Box<str>, NodeBuilder>,
+    param: Option<Box<NodeBuilder>>,
+    full: Vec<usize>,
+    prefix: Vec<usize>,
+}
+
+impl NodeBuilder {
+    fn static_child_mut(&mut self, seg: &str) -> &mut NodeBuilder {
+        self.statics.entry(seg.into()).or_default()
+    }
+
+    /// The lookup form: children sorted (a `BTreeMap` iterates in the
+    /// order `static_child` searches), candidate lists in specificity order.
+    fn finish(self, conds: &[Conditions]) -> Node {
+        let key = |i: &usize| {
+            let Some(c) = conds.get(*i) else {
+                return (true, usize::MAX, true, *i);
+            };
+            (
+                c.host.is_none(),
+                usize::MAX - c.headers.len(),
+                c.methods.is_empty(),
+                *i,
+            )
         };
-        #[allow(clippy::indexing_slicing)] // `i` was found or just inserted
-        &mut self.statics[i].1
+        let (mut full, mut prefix) = (self.full, self.prefix);
+        full.sort_by_key(key);
+        prefix.sort_by_key(key);
+        Node {
+            statics: self
+                .statics
+                .into_iter()
+                .map(|(k, child)| (k, child.finish(conds)))
+                .collect(),
+            param: self.param.map(|p| Box::new(p.finish(conds))),
+            full,
+            prefix,
+        }
     }
 }
 
@@ -116,7 +151,7 @@ fn is_param(seg: &str) -> bool {
 impl Router {
     /// Compiles routes; their index in `routes` is the declaration order.
     pub fn new(routes: &[RouteSpec]) -> Router {
-        let mut root = Node::default();
+        let mut root = NodeBuilder::default();
         for (i, r) in routes.iter().enumerate() {
             match &r.path {
                 PathPattern::Full(p) => {
@@ -141,7 +176,7 @@ impl Router {
             }
         }
         let conditions: Vec<Conditions> = routes.iter().map(|r| r.conditions.clone()).collect();
-        sort_lists(&mut root, &conditions);
+        let root = root.finish(&conditions);
         Router { root, conditions }
     }
 
@@ -267,28 +302,6 @@ impl Router {
             }
         }
         None
-    }
-}
-
-fn sort_lists(node: &mut Node, conds: &[Conditions]) {
-    let key = |i: &usize| {
-        let Some(c) = conds.get(*i) else {
-            return (true, usize::MAX, true, *i);
-        };
-        (
-            c.host.is_none(),
-            usize::MAX - c.headers.len(),
-            c.methods.is_empty(),
-            *i,
-        )
-    };
-    node.full.sort_by_key(key);
-    node.prefix.sort_by_key(key);
-    for (_, child) in &mut node.statics {
-        sort_lists(child, conds);
-    }
-    if let Some(p) = &mut node.param {
-        sort_lists(p, conds);
     }
 }
 
