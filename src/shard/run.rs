@@ -54,19 +54,32 @@ impl std::fmt::Display for Driver {
     }
 }
 
+/// How often the retire thread looks whether the shards let go of a replaced config.
+const RETIRE_POLL: Duration = Duration::from_millis(100);
+
 /// The running shards.
 pub struct ShardSet {
     senders: Vec<Sender<Control>>,
     handles: Vec<JoinHandle<()>>,
     /// The driver each shard runs.
     pub drivers: Vec<Driver>,
+    /// Replaced configs, freed on the retire thread.
+    retired: Sender<Arc<Compiled>>,
 }
 
 impl ShardSet {
-    /// Sends a new config to every shard.
-    pub fn reload(&self, compiled: Arc<Compiled>) {
+    /// Sends a new config to every shard; each swaps it in with one pointer
+    /// store between requests. `replaced` is the config it supersedes: it is
+    /// kept on the retire thread until no shard (and no request) holds it, and
+    /// freed there, so that no shard spends time on its own core freeing a
+    /// large route table.
+    pub fn reload(&self, compiled: Arc<Compiled>, replaced: Arc<Compiled>) {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
+        }
+        if let Err(e) = self.retired.send(replaced) {
+            // No retire thread: the last holder frees it, as anywhere else.
+            drop(e.into_inner());
         }
     }
 
@@ -225,11 +238,83 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
     }
+    match leave_cores(&cores) {
+        Ok(Some(left)) => eprintln!(
+            "shardgate: control thread (config loads, reload compiles) on cores {}",
+            left.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("shardgate: control thread stays where it is: {e}"),
+    }
+    // Started after `leave_cores`, so it runs where the control thread does.
+    let (retired, retire_rx) = crossbeam_channel::unbounded();
+    let spawned = std::thread::Builder::new()
+        .name("shardgate-retire".into())
+        .spawn(move || retire_loop(&retire_rx));
+    if let Err(e) = spawned {
+        eprintln!("shardgate: cannot start the retire thread: {e}");
+    }
     Ok(ShardSet {
         senders,
         handles,
         drivers,
+        retired,
     })
+}
+
+/// Moves the calling thread (and the threads it starts later) onto the
+/// allowed cores no shard is pinned to. Returns those cores, or `None` when
+/// there are none (every core has a shard, or a shard is unpinned): then the
+/// thread stays where it is and a reload's compile shares a shard's core.
+fn leave_cores(shard_cores: &[Option<usize>]) -> Result<Option<Vec<usize>>, String> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    if shard_cores.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let me = Pid::from_raw(0);
+    let allowed = sched_getaffinity(me).map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let mut set = CpuSet::new();
+    let mut free = Vec::new();
+    for c in 0..CpuSet::count() {
+        if allowed.is_set(c).unwrap_or(false) && !shard_cores.contains(&Some(c)) {
+            set.set(c).map_err(|e| format!("cpu {c}: {e}"))?;
+            free.push(c);
+        }
+    }
+    if free.is_empty() {
+        return Ok(None);
+    }
+    sched_setaffinity(me, &set).map_err(|e| format!("sched_setaffinity: {e}"))?;
+    Ok(Some(free))
+}
+
+/// Holds replaced configs until the shards and their requests let go of
+/// them, then frees them here. Ends (freeing what it holds) once the
+/// [`ShardSet`] is dropped.
+fn retire_loop(rx: &Receiver<Arc<Compiled>>) {
+    use crossbeam_channel::RecvTimeoutError;
+    let mut held: Vec<Arc<Compiled>> = Vec::new();
+    loop {
+        if held.is_empty() {
+            match rx.recv() {
+                Ok(c) => held.push(c),
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(RETIRE_POLL) {
+                Ok(c) => held.push(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        // Only this thread holds a config it keeps, so none can gain a
+        // holder between the count and the drop.
+        held.retain(|c| Arc::strong_count(c) > 1);
+    }
 }
 
 /// A listening socket for one shard: SO_REUSEPORT, so every shard has its own.
