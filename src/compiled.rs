@@ -296,14 +296,19 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                     .collect()
             }
         };
-        let subset: Vec<RouteSpec> = route_ids
-            .iter()
-            .filter_map(|&i| specs.get(i).cloned())
-            .collect();
+        let router = if l.routes.is_none() {
+            Router::new(&specs)
+        } else {
+            let subset: Vec<RouteSpec> = route_ids
+                .iter()
+                .filter_map(|&i| specs.get(i).cloned())
+                .collect();
+            Router::new(&subset)
+        };
         listeners.push(ListenerPlan {
             name: l.name.clone(),
             addr,
-            router: Router::new(&subset),
+            router,
             route_ids,
             limits: limits(l.limits_http.as_ref().unwrap_or(&g.limits_http)),
             path: PathOptions {
