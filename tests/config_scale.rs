@@ -159,3 +159,113 @@ fn twenty_thousand_routes_load_route_and_reload_while_serving() {
         gw.stderr()
     );
 }
+
+/// `(line, col)` of `FILE:LINE:COL: FIELD: ...` in `stderr`, and the message.
+fn problem(stderr: &str, file: &str, field: &str) -> (usize, usize, String) {
+    for l in stderr.lines() {
+        let Some(rest) = l.strip_prefix(&format!("{file}:")) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(line), Some(col), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(line), Ok(col), Some(msg)) = (
+            line.parse(),
+            col.parse(),
+            tail.strip_prefix(&format!(" {field}: ")),
+        ) {
+            return (line, col, msg.to_string());
+        }
+    }
+    panic!("no `{file}:LINE:COL: {field}: ...` in stderr:\n{stderr}");
+}
+
+/// 1-based line and column of the first `needle` in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    let at = text.find(needle).expect("needle in text");
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    (line, at - before.rfind('\n').map_or(0, |n| n + 1) + 1)
+}
+
+#[test]
+fn problems_deep_in_a_large_config_point_at_their_own_route() {
+    let a = Backend::echo("A");
+    let b = Backend::echo("B");
+    let mut text = generated(&a, &b, "g1", "a").replace("$PORT", "8080");
+    // Three problems far down the file. Route 15000 names an unknown
+    // upstream; route 19000 rewrites with a param its path lacks; the
+    // catch-all, renamed "svc-7", repeats an earlier name; and route 18000
+    // writes its match before its name, with a path that is no template.
+    text = text.replace(
+        "upstream: \"a\", rewrite: \"/g1/svc-15000/",
+        "upstream: \"nope\", rewrite: \"/g1/svc-15000/",
+    );
+    text = text.replace(
+        "rewrite: \"/g1/svc-19000/items/{id}\"",
+        "rewrite: \"/g1/svc-19000/items/{uid}\"",
+    );
+    text = text.replace("name: \"catch-all\"", "name: \"svc-7\"");
+    let i = 18000;
+    let line = format!(
+        "Route(name: \"svc-{i}\", match: Match(path: \"/api/v1/svc-{i}/items/{{id}}\", \
+         methods: [\"GET\", \"HEAD\"]), upstream: \"a\", rewrite: \"/g1/svc-{i}/items/{{id}}\"),"
+    );
+    assert!(text.contains(&line));
+    text = text.replace(
+        &line,
+        &format!(
+            "Route(match: Match(path: \"/api/v1/svc-{i}/items/x{{id}}\"), name: \"svc-{i}\", upstream: \"a\"),"
+        ),
+    );
+    let dir = temp_dir();
+    let path = dir.join("large.ron");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.display().to_string();
+    let (status, _out, stderr) = run_cli(&["check", &file]);
+    assert_eq!(status.code(), Some(2), "stderr: {stderr}");
+
+    let (line, col, msg) = problem(&stderr, &file, "routes[15000].upstream");
+    let (want_line, want_col) = position(&text, "upstream: \"nope\"");
+    assert_eq!(line, want_line, "{stderr}");
+    assert!(
+        col >= want_col,
+        "column {col} before the field at {want_col}"
+    );
+    assert!(
+        msg.contains("unknown upstream \"nope\" (known: a, b)"),
+        "{msg}"
+    );
+
+    let (line, _col, msg) = problem(&stderr, &file, "routes[19000].rewrite");
+    assert_eq!(
+        line,
+        position(&text, "/svc-19000/items/{uid}").0,
+        "{stderr}"
+    );
+    assert!(msg.contains("{uid}"), "{msg}");
+
+    let (line, _col, msg) = problem(&stderr, &file, "routes[18000].match.path");
+    assert_eq!(
+        line,
+        position(&text, "/svc-18000/items/x{id}").0,
+        "{stderr}"
+    );
+    assert!(msg.contains("whole segment"), "{msg}");
+
+    let (line, _col, msg) = problem(&stderr, &file, &format!("routes[{N}].name"));
+    assert_eq!(
+        line,
+        position(&text, "name: \"svc-7\", match: Match(path_prefix").0,
+        "{stderr}"
+    );
+    assert!(msg.contains("duplicate route name \"svc-7\""), "{msg}");
+
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with(&file)).count(),
+        4,
+        "exactly the four problems: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
