@@ -4,8 +4,9 @@
 //! SO_REUSEPORT listeners, its own compiled route table and its own upstream
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
-// One `unsafe` block exists, in `http::conn::Conn::watcher` (adopting a
-// freshly duplicated descriptor); everything else is safe code.
+// Two `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
+// freshly duplicated descriptor) and `shard::run::lower_priority`
+// (setpriority for the control thread); everything else is safe code.
 #![deny(unsafe_code)]
 // No panics reachable from requests, upstream answers or config: no unwrap,
 // expect or panic, and no indexing or slicing that could go out of bounds.

@@ -56,6 +56,10 @@ impl std::fmt::Display for Driver {
 
 /// How often the retire thread looks whether the shards let go of a replaced config.
 const RETIRE_POLL: Duration = Duration::from_millis(100);
+/// Nice value of the control thread once the shards run: a reload's read,
+/// check and compile then yields to a shard sharing its core.
+/// `SHARDGATE_CONTROL_NICE=N` (0..=19) overrides it; 0 leaves it as it is.
+const CONTROL_NICE: i32 = 10;
 
 /// The running shards.
 pub struct ShardSet {
@@ -238,17 +242,35 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
     }
-    match leave_cores(&cores) {
-        Ok(Some(left)) => eprintln!(
-            "shardgate: control thread (config loads, reload compiles) on cores {}",
+    let placed = match leave_cores(&cores) {
+        Ok(Some(left)) => format!(
+            "on cores {}",
             left.iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
         ),
-        Ok(None) => {}
-        Err(e) => eprintln!("shardgate: control thread stays where it is: {e}"),
-    }
+        Ok(None) => "sharing the shards' cores".to_string(),
+        Err(e) => format!("where it was ({e})"),
+    };
+    let nice = match std::env::var("SHARDGATE_CONTROL_NICE")
+        .ok()
+        .map(|v| v.parse())
+    {
+        None => Ok(CONTROL_NICE),
+        Some(Ok(n)) if (0..=19).contains(&n) => Ok(n),
+        Some(_) => Err("SHARDGATE_CONTROL_NICE must be 0..=19".to_string()),
+    };
+    let nice = match nice.and_then(|n| {
+        if n > 0 {
+            lower_priority(n).map_err(|e| format!("setpriority: {e}"))?;
+        }
+        Ok(n)
+    }) {
+        Ok(n) => format!("nice {n}"),
+        Err(e) => format!("priority unchanged: {e}"),
+    };
+    eprintln!("shardgate: control thread (config loads, reload compiles) {placed}, {nice}");
     // Started after `leave_cores`, so it runs where the control thread does.
     let (retired, retire_rx) = crossbeam_channel::unbounded();
     let spawned = std::thread::Builder::new()
@@ -290,6 +312,20 @@ fn leave_cores(shard_cores: &[Option<usize>]) -> Result<Option<Vec<usize>>, Stri
     }
     sched_setaffinity(me, &set).map_err(|e| format!("sched_setaffinity: {e}"))?;
     Ok(Some(free))
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (on Linux the
+/// nice value is per thread, and threads it starts later inherit it).
+#[allow(unsafe_code)]
+fn lower_priority(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes integers only and touches no memory; with
+    // PRIO_PROCESS and 0 it applies to the calling thread.
+    let rc = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Holds replaced configs until the shards and their requests let go of
