@@ -138,7 +138,7 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
 
 fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc<Compiled> {
     let started = std::time::Instant::now();
-    match source.load() {
+    match shards.in_background(|| source.load()).and_then(|r| r) {
         Ok(new) => {
             let took = started.elapsed();
             let same_listeners = new.listeners.len() == current.listeners.len()

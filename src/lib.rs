@@ -5,8 +5,8 @@
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
 // Two `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
-// freshly duplicated descriptor) and `shard::run::lower_priority`
-// (setpriority for the control thread); everything else is safe code.
+// freshly duplicated descriptor) and `shard::background::lower_priority`
+// (sched_setscheduler/setpriority for background threads); everything else is safe code.
 #![deny(unsafe_code)]
 // No panics reachable from requests, upstream answers or config: no unwrap,
 // expect or panic, and no indexing or slicing that could go out of bounds.

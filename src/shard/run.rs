@@ -1,6 +1,7 @@
 //! Starting shards: core placement, driver choice, listener binding, and the
 //! control loop through which a shard hears of reloads and shutdown.
 
+use super::background::Background;
 use super::state::Shard;
 use crate::compiled::Compiled;
 use crate::config::{DriverChoice, Shards};
@@ -54,21 +55,14 @@ impl std::fmt::Display for Driver {
     }
 }
 
-/// How often the retire thread looks whether the shards let go of a replaced config.
-const RETIRE_POLL: Duration = Duration::from_millis(100);
-/// Nice value of the control thread once the shards run: a reload's read,
-/// check and compile then yields to a shard sharing its core.
-/// `SHARDGATE_CONTROL_NICE=N` (0..=19) overrides it; 0 leaves it as it is.
-const CONTROL_NICE: i32 = 10;
-
 /// The running shards.
 pub struct ShardSet {
     senders: Vec<Sender<Control>>,
     handles: Vec<JoinHandle<()>>,
     /// The driver each shard runs.
     pub drivers: Vec<Driver>,
-    /// Replaced configs, freed on the retire thread.
-    retired: Sender<Arc<Compiled>>,
+    /// Where reload compiles run and replaced configs are freed.
+    background: Background,
 }
 
 impl ShardSet {
@@ -81,10 +75,14 @@ impl ShardSet {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
         }
-        if let Err(e) = self.retired.send(replaced) {
-            // No retire thread: the last holder frees it, as anywhere else.
-            drop(e.into_inner());
-        }
+        self.background.retire(replaced);
+    }
+
+    /// Runs `work` (a reload's read, check and compile) on a thread of its
+    /// own, off the shards' cores when there are other cores and at a
+    /// priority that yields to the shards, and waits for it.
+    pub fn in_background<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, String> {
+        self.background.run(work)
     }
 
     /// Sends refreshed keys to every shard.
@@ -242,115 +240,13 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
     }
-    let placed = match leave_cores(&cores) {
-        Ok(Some(left)) => format!(
-            "on cores {}",
-            left.iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        Ok(None) => "sharing the shards' cores".to_string(),
-        Err(e) => format!("where it was ({e})"),
-    };
-    let nice = match std::env::var("SHARDGATE_CONTROL_NICE")
-        .ok()
-        .map(|v| v.parse())
-    {
-        None => Ok(CONTROL_NICE),
-        Some(Ok(n)) if (0..=19).contains(&n) => Ok(n),
-        Some(_) => Err("SHARDGATE_CONTROL_NICE must be 0..=19".to_string()),
-    };
-    let nice = match nice.and_then(|n| {
-        if n > 0 {
-            lower_priority(n).map_err(|e| format!("setpriority: {e}"))?;
-        }
-        Ok(n)
-    }) {
-        Ok(n) => format!("nice {n}"),
-        Err(e) => format!("priority unchanged: {e}"),
-    };
-    eprintln!("shardgate: control thread (config loads, reload compiles) {placed}, {nice}");
-    // Started after `leave_cores`, so it runs where the control thread does.
-    let (retired, retire_rx) = crossbeam_channel::unbounded();
-    let spawned = std::thread::Builder::new()
-        .name("shardgate-retire".into())
-        .spawn(move || retire_loop(&retire_rx));
-    if let Err(e) = spawned {
-        eprintln!("shardgate: cannot start the retire thread: {e}");
-    }
+    let background = Background::start(&cores);
     Ok(ShardSet {
         senders,
         handles,
         drivers,
-        retired,
+        background,
     })
-}
-
-/// Moves the calling thread (and the threads it starts later) onto the
-/// allowed cores no shard is pinned to. Returns those cores, or `None` when
-/// there are none (every core has a shard, or a shard is unpinned): then the
-/// thread stays where it is and a reload's compile shares a shard's core.
-fn leave_cores(shard_cores: &[Option<usize>]) -> Result<Option<Vec<usize>>, String> {
-    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
-    use nix::unistd::Pid;
-    if shard_cores.iter().any(Option::is_none) {
-        return Ok(None);
-    }
-    let me = Pid::from_raw(0);
-    let allowed = sched_getaffinity(me).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    let mut set = CpuSet::new();
-    let mut free = Vec::new();
-    for c in 0..CpuSet::count() {
-        if allowed.is_set(c).unwrap_or(false) && !shard_cores.contains(&Some(c)) {
-            set.set(c).map_err(|e| format!("cpu {c}: {e}"))?;
-            free.push(c);
-        }
-    }
-    if free.is_empty() {
-        return Ok(None);
-    }
-    sched_setaffinity(me, &set).map_err(|e| format!("sched_setaffinity: {e}"))?;
-    Ok(Some(free))
-}
-
-/// Lowers the calling thread's scheduling priority to `nice` (on Linux the
-/// nice value is per thread, and threads it starts later inherit it).
-#[allow(unsafe_code)]
-fn lower_priority(nice: i32) -> std::io::Result<()> {
-    // SAFETY: setpriority takes integers only and touches no memory; with
-    // PRIO_PROCESS and 0 it applies to the calling thread.
-    let rc = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Holds replaced configs until the shards and their requests let go of
-/// them, then frees them here. Ends (freeing what it holds) once the
-/// [`ShardSet`] is dropped.
-fn retire_loop(rx: &Receiver<Arc<Compiled>>) {
-    use crossbeam_channel::RecvTimeoutError;
-    let mut held: Vec<Arc<Compiled>> = Vec::new();
-    loop {
-        if held.is_empty() {
-            match rx.recv() {
-                Ok(c) => held.push(c),
-                Err(_) => return,
-            }
-        } else {
-            match rx.recv_timeout(RETIRE_POLL) {
-                Ok(c) => held.push(c),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        // Only this thread holds a config it keeps, so none can gain a
-        // holder between the count and the drop.
-        held.retain(|c| Arc::strong_count(c) > 1);
-    }
 }
 
 /// A listening socket for one shard: SO_REUSEPORT, so every shard has its own.
