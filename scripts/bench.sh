@@ -5,6 +5,7 @@
 # Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr)
 #         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
 #         SCENARIO=aggregate scripts/bench.sh  (a three-part composite vs one proxied call)
+#         scripts/bench.sh reload           (same as SCENARIO=reload: a large config, SIGHUP under load)
 #
 # Scenarios:
 #   proxy   GET /api/v1/items, plain reverse proxying
@@ -28,6 +29,15 @@
 #           Key ratio: shardgate-agg/shardgate proxy CPU-µs per request, the
 #           gateway's own work per composite against a single proxied request
 #           (backend CPU is measured separately); target < 3.
+#   reload  GET of the middle route of a config of ROUTES template routes and a
+#           catch-all (scripts/gen-routes.py). Targets: shardgate-routes (that
+#           config, left alone) and shardgate-reload (the same config, and
+#           SIGHUP every RELOAD_EVERY seconds while wrk runs: each reload reads,
+#           validates and compiles the whole file and swaps it into the shards).
+#           Key ratios, per round then the median: req/s and p99 of
+#           shardgate-reload ÷ shardgate-routes; targets >= 0.95 and <= 1.20.
+#           shardgate-base-routes / shardgate-base-reload: the same with BASE_BIN.
+#           The gateway's log lines "reloaded ... in N ms" are summarised.
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
@@ -44,11 +54,18 @@
 #                                     shardgate-redis1 / shardgate-redis100 (the limit in a
 #                                     redis-server started by the script, lease 1 / 100)
 #                         aggregate: "direct shardgate shardgate-agg"
+#                         reload: "shardgate-routes shardgate-reload"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
 #   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
 #                       per-round A÷B of proxy CPU-µs/req (median), with a verdict
 #                       if a limit is given. jwt default:
 #                       "shardgate/shardgate-noauth<=1.15 shardgate/haproxy<1 haproxy/haproxy-noauth"
+#                       A "rps:" or "p99:" prefix puts the verdict on req/s or p99
+#                       instead, and ">=" / ">" limits are allowed (reload default:
+#                       "rps:shardgate-reload/shardgate-routes>=0.95
+#                        p99:shardgate-reload/shardgate-routes<=1.2")
+#   ROUTES=10000        reload: template routes in the config (plus a catch-all)
+#   RELOAD_EVERY=2      reload: seconds between SIGHUPs during a shardgate-reload run
 #   JWT_SECRET=bench-secret-0123456789abcdef   HS256 secret (jwt; >= 16 of [A-Za-z0-9._~-])
 #   SG_TOKEN_CACHE=     shardgate token_cache_entries (jwt; empty = the gateway's
 #                       default; 0 = verify the signature on every request)
@@ -70,7 +87,8 @@ REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 HELPER_DIR="$SCRIPT_DIR/bench"
 
 KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
-       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE)
+       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE
+       ROUTES RELOAD_EVERY)
 
 # The command line as given (only the knobs that were set), for the report.
 CMDLINE=""
@@ -82,6 +100,10 @@ done
 CMDLINE+="scripts/bench.sh"
 for arg in "$@"; do CMDLINE+=" $(printf '%q' "$arg")"; done
 
+# `scripts/bench.sh NAME` is SCENARIO=NAME.
+if [[ -n "${1:-}" && "$1" != -* ]]; then
+    SCENARIO="$1"
+fi
 SCENARIO="${SCENARIO:-proxy}"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-5}"
@@ -98,6 +120,8 @@ SHARDGATE_BIN="${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}"
 RESULTS_DIR="${RESULTS_DIR:-}"
 JWT_SECRET="${JWT_SECRET:-bench-secret-0123456789abcdef}"
 SG_TOKEN_CACHE="${SG_TOKEN_CACHE:-}"
+ROUTES="${ROUTES:-10000}"
+RELOAD_EVERY="${RELOAD_EVERY:-2}"
 
 STARTUP_TIMEOUT=5        # seconds a target gets to answer its first request
 WRK_GRACE=30             # extra seconds before a hung wrk is killed
@@ -107,13 +131,13 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     exit 0
 fi
 
-for n in ROUNDS DURATION WARMUP CONNS WORKERS; do
+for n in ROUNDS DURATION WARMUP CONNS WORKERS ROUTES RELOAD_EVERY; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "bench: $n must be a number, got '${!n}'" >&2; exit 2; }
 done
 [[ -z "$SG_TOKEN_CACHE" || "$SG_TOKEN_CACHE" =~ ^[0-9]+$ ]] \
     || { echo "bench: SG_TOKEN_CACHE must be a number, got '$SG_TOKEN_CACHE'" >&2; exit 2; }
-(( ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1 && WORKERS >= 1 )) \
-    || { echo "bench: ROUNDS, DURATION, CONNS and WORKERS must be >= 1" >&2; exit 2; }
+(( ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1 && WORKERS >= 1 && RELOAD_EVERY >= 1 )) \
+    || { echo "bench: ROUNDS, DURATION, CONNS, WORKERS and RELOAD_EVERY must be >= 1" >&2; exit 2; }
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -391,6 +415,56 @@ scenario_aggregate() {
         "- \`shardgate-agg\`: \`aggregate: Aggregate(parts: [profile GET /users/{id}?n=1, orders GET /orders?user=…, products GET /products])\` on \`path: \"/api/v1/{id}\"\`, all three to the upstream nginx concurrently, results under keys (a ~330-byte JSON answer); \`shardgate\`: the same GET proxied once"
         "- the upstream CPU column of \`shardgate-agg\` is the cost of the three backend calls; \`direct\` is one call made directly"
     )
+}
+
+# A large config under load, left alone or reloaded every RELOAD_EVERY seconds.
+scenario_reload() {
+    REQ_PATH="/api/v1/svc-$((ROUTES / 2))/items/12345"
+    # A build whose config load is quadratic (BASE_BIN) needs seconds to start.
+    STARTUP_TIMEOUT=120
+    DEFAULT_TARGETS="shardgate-routes shardgate-reload"
+    DEFAULT_BASELINE=shardgate-routes
+    DEFAULT_KEY_RATIOS="rps:shardgate-reload/shardgate-routes>=0.95 p99:shardgate-reload/shardgate-routes<=1.2"
+    if [[ " $TARGETS " == *" shardgate-base-reload "* ]]; then
+        DEFAULT_KEY_RATIOS+=" rps:shardgate-base-reload/shardgate-base-routes p99:shardgate-base-reload/shardgate-base-routes"
+    fi
+    SCENARIO_NOTES=(
+        "- config: \`scripts/gen-routes.py $ROUTES\` — $ROUTES template routes (\`path: \"/api/v1/svc-i/items/{id}\"\`, methods, rewrite; 4 upstreams, all the upstream nginx) and a catch-all; wrk requests the middle route"
+        "- \`*-reload\`: \`kill -HUP\` every ${RELOAD_EVERY}s while wrk runs (each reload reads, validates and compiles the whole file and swaps it into the shards); \`*-routes\`: the same config, never reloaded"
+    )
+}
+
+# During a shardgate-reload run: SIGHUP every RELOAD_EVERY seconds.
+reload_loop() {
+    local pid=$1
+    while sleep "$RELOAD_EVERY"; do
+        kill -HUP "$pid" 2>/dev/null || return 0
+    done
+}
+during_shardgate-reload()      { reload_loop "$@"; }
+during_shardgate-base-reload() { reload_loop "$@"; }
+
+# What the gateways logged about their reloads ("reloaded FILE: ... in N ms").
+report_reload() {
+    local t log
+    for t in "${TARGET_LIST[@]}"; do
+        log="$WORK_DIR/$t/stdout.log"
+        [[ -f "$log" ]] || continue
+        awk -v t="$t" '/shardgate: reloaded/ {
+                n++
+                if (match($0, /in [0-9.]+ ms/)) {
+                    v = substr($0, RSTART + 3, RLENGTH - 6) + 0; s += v; k++
+                    if (v > max) max = v
+                }
+            }
+            /reload of .* failed/ { f++ }
+            END {
+                if (n + f == 0) exit
+                printf "- `%s`: %d reload(s) done, %d failed", t, n, f
+                if (k) printf "; load + validate + compile: mean %.1f ms, max %.1f ms (the gateway'"'"'s own log)", s / k, max
+                printf "\n"
+            }' "$log"
+    done
 }
 
 # The composite route of the aggregate scenario (three parts on one upstream).
@@ -691,6 +765,26 @@ start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring
 start_target_shardgate-unlimited() { start_shardgate "$1" shardgate-unlimited io_uring ""; }
 start_target_shardgate-agg()    { start_shardgate "$1" shardgate-agg io_uring "" "$SG_AGG_ROUTE"; }
 
+# start_shardgate_routes PORT NAME [BINARY]: the reload scenario's generated config.
+start_shardgate_routes() {
+    local port=$1 name=$2 bin=${3:-$SHARDGATE_BIN} dir="$WORK_DIR/$2"
+    mkdir -p "$dir"
+    if [[ ! -x "$bin" ]]; then
+        log "skipping $name: $bin not found"
+        return 1
+    fi
+    python3 "$SCRIPT_DIR/gen-routes.py" "$ROUTES" --bind "127.0.0.1:$port" \
+        --target "127.0.0.1:$UP_PORT" --shards "$WORKERS" >"$dir/gateway.ron"
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" env SHARDGATE_DRIVER=io_uring \
+        "$bin" --config "$dir/gateway.ron"
+    await_target "$name" "$port" "$dir"
+}
+
+start_target_shardgate-routes()      { start_shardgate_routes "$1" shardgate-routes; }
+start_target_shardgate-reload()      { start_shardgate_routes "$1" shardgate-reload; }
+start_target_shardgate-base-routes() { start_shardgate_routes "$1" shardgate-base-routes "${BASE_BIN:-}"; }
+start_target_shardgate-base-reload() { start_shardgate_routes "$1" shardgate-base-reload "${BASE_BIN:-}"; }
+
 build_shardgate() {
     [[ " $TARGETS " == *" shardgate"* ]] || return 0
     if [[ "$SKIP_BUILD" == 1 ]]; then
@@ -721,9 +815,21 @@ measure() {
     local round=$1 target=$2 url=${URL_OF[$2]} pids=${PIDS_OF[$2]}
     local out="$WORK_DIR/wrk-$target-$round.txt" p0 p1 u0 u1 line
     local -A f=()
+    local during="" wrk_ok=1
     # shellcheck disable=SC2086
     { p0=$(cpu_ticks $pids); u0=$(cpu_ticks "$UP_PID"); }
-    if ! run_wrk "$url" "$DURATION" "$out"; then
+    # A target may do something while wrk runs (during_NAME PIDS), e.g. reload.
+    if declare -F "during_$target" >/dev/null; then
+        # shellcheck disable=SC2086
+        "during_$target" $pids &
+        during=$!
+    fi
+    run_wrk "$url" "$DURATION" "$out" || wrk_ok=0
+    if [[ -n "$during" ]]; then
+        kill "$during" 2>/dev/null || true
+        wait "$during" 2>/dev/null || true
+    fi
+    if ((wrk_ok == 0)); then
         log "round $round $target: wrk failed:"; sed 's/^/    /' "$out" >&2
         return 1
     fi
@@ -835,6 +941,7 @@ REPORT="$WORK_DIR/report.md"
     echo "- versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v 2>&1 | head -n1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}')$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null | sed 's/^/, shardgate @ /')"
     echo "- CPU: utime+stime from /proc/PID/stat (CLK_TCK=$CLK_TCK) before/after each run ÷ requests; nginx = master + workers"
     if ((${#SCENARIO_NOTES[@]})); then printf '%s\n' "${SCENARIO_NOTES[@]}"; fi
+    if declare -F "report_$SCENARIO" >/dev/null; then "report_$SCENARIO"; fi
     for t in "${TARGET_LIST[@]}"; do
         if [[ -z "${URL_OF[$t]:-}" ]]; then
             echo "- \`$t\`: skipped (${SKIPPED[$t]:-did not start})"

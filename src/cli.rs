@@ -151,8 +151,10 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
 }
 
 fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc<Compiled> {
-    match source.load() {
+    let started = std::time::Instant::now();
+    match shards.in_background(|| source.load()).and_then(|r| r) {
         Ok(new) => {
+            let took = started.elapsed();
             let same_listeners = new.listeners.len() == current.listeners.len()
                 && new
                     .listeners
@@ -167,13 +169,14 @@ fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc
                 return current;
             }
             let new = Arc::new(new);
-            shards.reload(new.clone());
+            shards.reload(new.clone(), current);
             start_jwks_refresher(shards, &new);
             eprintln!(
-                "shardgate: reloaded {}: {} route(s), {} upstream(s)",
+                "shardgate: reloaded {}: {} route(s), {} upstream(s); read, checked and compiled in {:.1} ms",
                 source.name(),
                 new.routes.len(),
-                new.upstreams.len()
+                new.upstreams.len(),
+                took.as_secs_f64() * 1e3
             );
             new
         }

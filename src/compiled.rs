@@ -6,6 +6,7 @@ use crate::auth::AuthPlan;
 use crate::config::{self, AuthPolicy, Authenticator, Balance, Gateway, Shards};
 use crate::http::path::PathOptions;
 use crate::router::{Conditions, PathPattern, RouteSpec, Router};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
@@ -217,8 +218,14 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
     let (refetch_tx, refetch_rx) = crossbeam_channel::bounded(1);
     let mut routes = Vec::with_capacity(g.routes.len());
     let mut specs = Vec::with_capacity(g.routes.len());
+    // Looked up once per route: a map keeps compile linear in the config's size.
+    let upstream_ids: HashMap<&str, usize> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.name.as_str(), i))
+        .collect();
+    let upstream_index = |name: &str| upstream_ids.get(name).copied();
     for r in &g.routes {
-        let upstream_index = |name: &str| upstreams.iter().position(|u| u.name == name);
         let upstream = match &r.upstream {
             Some(name) => Some(
                 upstream_index(name)
@@ -308,22 +315,29 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             .map_err(|_| format!("listener {:?}: bad bind {:?}", l.name, l.bind))?;
         let route_ids: Vec<usize> = match &l.routes {
             None => (0..routes.len()).collect(),
-            Some(names) => g
-                .routes
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| names.contains(&r.name))
-                .map(|(i, _)| i)
-                .collect(),
+            Some(names) => {
+                let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+                g.routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| names.contains(r.name.as_str()))
+                    .map(|(i, _)| i)
+                    .collect()
+            }
         };
-        let subset: Vec<RouteSpec> = route_ids
-            .iter()
-            .filter_map(|&i| specs.get(i).cloned())
-            .collect();
+        let router = if l.routes.is_none() {
+            Router::new(&specs)
+        } else {
+            let subset: Vec<RouteSpec> = route_ids
+                .iter()
+                .filter_map(|&i| specs.get(i).cloned())
+                .collect();
+            Router::new(&subset)
+        };
         listeners.push(ListenerPlan {
             name: l.name.clone(),
             addr,
-            router: Router::new(&subset),
+            router,
             route_ids,
             limits: limits(l.limits_http.as_ref().unwrap_or(&g.limits_http)),
             path: PathOptions {

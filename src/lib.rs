@@ -4,9 +4,11 @@
 //! SO_REUSEPORT listeners, its own compiled route table and its own upstream
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
-// Two `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
-// freshly duplicated descriptor) and `memory::give_back` (a call into the
-// allocator that takes no arguments); everything else is safe code.
+// Three `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
+// freshly duplicated descriptor), `memory::give_back` (a call into the
+// allocator that takes no arguments) and `shard::background::lower_priority`
+// (sched_setscheduler/setpriority for background threads); everything else
+// is safe code.
 #![deny(unsafe_code)]
 // No panics reachable from requests, upstream answers or config: no unwrap,
 // expect or panic, and no indexing or slicing that could go out of bounds.

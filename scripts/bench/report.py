@@ -10,6 +10,8 @@ Usage: report.py RUNS.tsv CLK_TCK [BASELINE_TARGET [KEY_RATIO ...]]
 KEY_RATIO is "A/B", "A/B<=LIMIT" or "A/B<LIMIT": target A's proxy CPU-µs per
 request divided by target B's, reported in a table of its own (with a verdict
 against LIMIT if one is given), e.g. "shardgate/shardgate-noauth<=1.15".
+A "rps:" or "p99:" prefix puts the verdict on that ratio instead, and ">="
+and ">" limits are allowed too, e.g. "rps:shardgate-reload/shardgate-routes>=0.95".
 
 Every ratio is taken within one round (same seconds of machine speed),
 then the median over rounds is reported.
@@ -21,8 +23,9 @@ import re
 import statistics
 import sys
 
-KEY_RATIO_RE = re.compile(r"^([^/<>=]+)/([^/<>=]+)(?:(<=|<)([0-9]*\.?[0-9]+))?$")
-COMPARE = {"<=": operator.le, "<": operator.lt}
+KEY_RATIO_RE = re.compile(
+    r"^(?:(cpu|rps|p99):)?([^/<>=:]+)/([^/<>=]+)(?:(<=|<|>=|>)([0-9]*\.?[0-9]+))?$")
+COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
 
 def fmt(value, digits=2):
@@ -87,8 +90,8 @@ def main():
         match = KEY_RATIO_RE.match(spec)
         if not match:
             sys.exit(f"report.py: bad key ratio {spec!r} (want A/B, A/B<=LIMIT or A/B<LIMIT)")
-        a, b, op, limit = match.groups()
-        key_ratios.append((a, b, op, float(limit) if limit else None))
+        metric, a, b, op, limit = match.groups()
+        key_ratios.append((metric or "cpu", a, b, op, float(limit) if limit else None))
     runs = load(path, clk_tck)
     if not runs:
         print("_No runs were recorded._")
@@ -155,29 +158,33 @@ def main():
 
 
 def print_key_ratios(by_round, key_ratios):
-    """A÷B per round for each pair, then the median; verdict on CPU-µs/req."""
+    """A÷B per round for each pair, then the median; verdict on CPU-µs/req
+    (or on req/s or p99 for a "rps:"/"p99:" pair)."""
     print("\n#### Key ratios (A ÷ B within each round, then the median; "
-          "the verdict is on proxy CPU-µs/req)\n")
+          "the verdict is on proxy CPU-µs/req unless it names req/s or p99)\n")
     print("| A ÷ B | rounds | **proxy CPU µs/req** | per round | proxy/upstream CPU "
           "| req/s | p99 | target | verdict |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---|")
-    for a, b, op, limit in key_ratios:
+    keys = {"cpu": "proxy_us", "rps": "rps", "p99": "p99_ms"}
+    for metric, a, b, op, limit in key_ratios:
         pairs = [(rnd[a], rnd[b]) for _, rnd in sorted(by_round.items())
                  if a in rnd and b in rnd]
-        cpu = [ratio(ra["proxy_us"], rb["proxy_us"]) for ra, rb in pairs]
-        cpu_m = median(cpu)
+        cpu_m = median([ratio(ra["proxy_us"], rb["proxy_us"]) for ra, rb in pairs])
         eff_m = median([ratio(ra["eff"], rb["eff"]) for ra, rb in pairs])
         rps_m = median([ratio(ra["rps"], rb["rps"]) for ra, rb in pairs])
         p99_m = median([ratio(ra["p99_ms"], rb["p99_ms"]) for ra, rb in pairs])
+        judged = median([ratio(ra[keys[metric]], rb[keys[metric]]) for ra, rb in pairs])
         if limit is None:
             want, verdict = "–", "–"
         else:
-            want = f"{op} {limit:g}"
-            verdict = "–" if cpu_m is None else (
-                "met" if COMPARE[op](cpu_m, limit) else "**not met**")
-        print(f"| {a} ÷ {b} | {len(pairs)} | **{fmt(cpu_m, 3)}** "
-              f"| {' '.join(fmt(c) for c in cpu) or '–'} | {fmt(eff_m)} | {fmt(rps_m)} "
-              f"| {fmt(p99_m)} | {want} | {verdict} |")
+            want = f"{'' if metric == 'cpu' else metric + ' '}{op} {limit:g}"
+            verdict = "–" if judged is None else (
+                "met" if COMPARE[op](judged, limit) else "**not met**")
+        per_round = [ratio(ra[keys[metric]], rb[keys[metric]]) for ra, rb in pairs]
+        label = f"{a} ÷ {b}" if metric == "cpu" else f"{metric}: {a} ÷ {b}"
+        print(f"| {label} | {len(pairs)} | **{fmt(cpu_m, 3)}** "
+              f"| {' '.join(fmt(c) for c in per_round) or '–'} | {fmt(eff_m)} | {fmt(rps_m, 3)} "
+              f"| {fmt(p99_m, 3)} | {want} | {verdict} |")
 
 
 if __name__ == "__main__":

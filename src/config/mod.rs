@@ -4,6 +4,7 @@
 //! `config/` knows nothing of sockets or shards: it turns text into a
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
+mod position;
 mod schema;
 mod validate;
 

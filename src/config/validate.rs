@@ -1,14 +1,24 @@
 //! Semantic checks run after parsing: cross-references, templates, addresses
 //! and limits. Every problem is reported, not only the first.
 
+use super::position::{Positions, Scope};
 use super::{Gateway, Match, Problem, Shards};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// Returns every problem in `g`; `text` is the source, used to find positions.
 pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
+    let pos = Positions::new(text);
+    let n = g.routes.len();
+    let routes = g
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| pos.list_item("routes", i, n, &r.name))
+        .collect();
     let mut v = Validator {
-        text,
+        pos,
+        routes,
         problems: Vec::new(),
     };
     v.shards(&g.shards);
@@ -22,11 +32,17 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
 }
 
 struct Validator<'a> {
-    text: &'a str,
+    pos: Positions<'a>,
+    /// Where each route is in the text, by index.
+    routes: Vec<Scope>,
     problems: Vec<Problem>,
 }
 
 impl Validator<'_> {
+    fn route_scope(&self, i: usize) -> Scope {
+        self.routes.get(i).copied().unwrap_or(self.pos.whole())
+    }
+
     fn push(&mut self, at: (usize, usize), field: String, message: String) {
         self.problems.push(Problem {
             line: at.0,
@@ -43,14 +59,14 @@ impl Validator<'_> {
             _ => None,
         };
         if let Some(msg) = bad {
-            let at = position_of_field(self.text, 0, "shards");
+            let at = self.pos.field(self.pos.whole(), "shards");
             self.push(at, "shards".into(), msg.into());
         }
     }
 
     fn listeners(&mut self, g: &Gateway) {
         if g.listeners.is_empty() {
-            let at = position_of_field(self.text, 0, "listeners");
+            let at = self.pos.field(self.pos.whole(), "listeners");
             self.push(
                 at,
                 "listeners".into(),
@@ -59,27 +75,28 @@ impl Validator<'_> {
         }
         let route_names: HashSet<&str> = g.routes.iter().map(|r| r.name.as_str()).collect();
         let mut seen = HashSet::new();
+        let count = g.listeners.len();
         for (i, l) in g.listeners.iter().enumerate() {
-            let anchor = anchor_of(self.text, "name", &l.name);
+            let scope = self.pos.list_item("listeners", i, count, &l.name);
             if !seen.insert(l.name.as_str()) {
                 self.push(
-                    position_of_value(self.text, "name", &l.name),
+                    self.pos.at(scope),
                     format!("listeners[{i}].name"),
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
             if l.bind.parse::<SocketAddr>().is_err() {
                 self.push(
-                    position_of_value(self.text, "bind", &l.bind),
+                    self.pos.field_value(scope, "bind", &l.bind),
                     format!("listeners[{i}].bind"),
                     format!("{:?} is not an ip:port address", l.bind),
                 );
             }
-            self.max_connections(g, i, l, anchor);
+            self.max_connections(g, i, l, scope);
             for name in l.routes.iter().flatten() {
                 if !route_names.contains(name.as_str()) {
                     self.push(
-                        position_after(self.text, anchor, &format!("{name:?}")),
+                        self.pos.after(scope, &format!("{name:?}")),
                         format!("listeners[{i}].routes"),
                         format!("unknown route {name:?}"),
                     );
@@ -91,7 +108,7 @@ impl Validator<'_> {
     /// `max_connections` is split into per-shard shares: at least 1, and at
     /// least one per shard when the shard count is known from the file, so
     /// that no shard refuses every connection.
-    fn max_connections(&mut self, g: &Gateway, i: usize, l: &super::Listener, anchor: usize) {
+    fn max_connections(&mut self, g: &Gateway, i: usize, l: &super::Listener, scope: Scope) {
         let Some(max) = l.max_connections else {
             return;
         };
@@ -108,22 +125,23 @@ impl Validator<'_> {
             _ => None,
         };
         if let Some(rule) = rule {
-            let at = position_of_field(self.text, anchor, "max_connections");
+            let at = self.pos.field(scope, "max_connections");
             self.push(at, format!("listeners[{i}].max_connections"), rule);
         }
     }
 
     fn limits(&mut self, g: &Gateway) {
-        self.http_limits(&g.limits_http, 0, "limits_http");
+        self.http_limits(&g.limits_http, self.pos.whole(), "limits_http");
+        let count = g.listeners.len();
         for (i, l) in g.listeners.iter().enumerate() {
             if let Some(limits) = &l.limits_http {
-                let anchor = anchor_of(self.text, "name", &l.name);
-                self.http_limits(limits, anchor, &format!("listeners[{i}].limits_http"));
+                let scope = self.pos.list_item("listeners", i, count, &l.name);
+                self.http_limits(limits, scope, &format!("listeners[{i}].limits_http"));
             }
         }
     }
 
-    fn http_limits(&mut self, l: &super::HttpLimits, anchor: usize, prefix: &str) {
+    fn http_limits(&mut self, l: &super::HttpLimits, scope: Scope, prefix: &str) {
         let checks: [(&str, bool); 7] = [
             ("max_header_bytes", l.max_header_bytes >= 64),
             ("max_headers", (1..=256).contains(&l.max_headers)),
@@ -135,7 +153,7 @@ impl Validator<'_> {
         ];
         for (name, ok) in checks {
             if !ok {
-                let at = position_of_field(self.text, anchor, name);
+                let at = self.pos.field(scope, name);
                 let rule = match name {
                     "max_header_bytes" => "must be at least 64",
                     "max_headers" => "must be between 1 and 256",
@@ -148,10 +166,10 @@ impl Validator<'_> {
 
     fn upstreams(&mut self, g: &Gateway) {
         for (name, u) in &g.upstreams {
-            let anchor = anchor_of_key(self.text, name);
+            let scope = self.pos.map_entry("upstreams", name);
             if u.targets.is_empty() {
                 self.push(
-                    position_of_field(self.text, anchor, "targets"),
+                    self.pos.field(scope, "targets"),
                     format!("upstreams.{name}.targets"),
                     "at least one target is needed".into(),
                 );
@@ -159,7 +177,7 @@ impl Validator<'_> {
             for t in &u.targets {
                 if let Err(e) = resolve(t) {
                     self.push(
-                        position_after(self.text, anchor, &format!("{t:?}")),
+                        self.pos.after(scope, &format!("{t:?}")),
                         format!("upstreams.{name}.targets"),
                         e,
                     );
@@ -171,7 +189,7 @@ impl Validator<'_> {
             ] {
                 if value == 0 {
                     self.push(
-                        position_of_field(self.text, anchor, field),
+                        self.pos.field(scope, field),
                         format!("upstreams.{name}.{field}"),
                         "must be at least 1".into(),
                     );
@@ -179,7 +197,7 @@ impl Validator<'_> {
             }
             if u.max_connections_per_target == Some(0) {
                 self.push(
-                    position_of_field(self.text, anchor, "max_connections_per_target"),
+                    self.pos.field(scope, "max_connections_per_target"),
                     format!("upstreams.{name}.max_connections_per_target"),
                     "must be at least 1 (leave it out for no bound)".into(),
                 );
@@ -190,11 +208,11 @@ impl Validator<'_> {
     fn routes(&mut self, g: &Gateway) {
         let mut seen = HashSet::new();
         for (i, r) in g.routes.iter().enumerate() {
-            let anchor = anchor_of(self.text, "name", &r.name);
+            let scope = self.route_scope(i);
             let field = |f: &str| format!("routes[{i}].{f}");
             if !seen.insert(r.name.as_str()) {
                 self.push(
-                    position_of_value(self.text, "name", &r.name),
+                    self.pos.at(scope),
                     field("name"),
                     format!("duplicate route name {:?}", r.name),
                 );
@@ -204,7 +222,7 @@ impl Validator<'_> {
                 (None, Some(_)) => None,
                 _ => {
                     self.push(
-                        line_col(self.text, anchor),
+                        self.pos.at(scope),
                         field("upstream"),
                         "give exactly one of `upstream` or `aggregate`".into(),
                     );
@@ -214,7 +232,7 @@ impl Validator<'_> {
             if let Some(up) = upstream.filter(|u| !g.upstreams.contains_key(*u)) {
                 let known: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
                 self.push(
-                    position_after_field_value(self.text, anchor, "upstream", up),
+                    self.pos.field_value(scope, "upstream", up),
                     field("upstream"),
                     format!(
                         "unknown upstream {:?} (known: {})",
@@ -227,9 +245,9 @@ impl Validator<'_> {
                     ),
                 );
             }
-            let params = self.route_match(&r.matcher, anchor, &field);
+            let params = self.route_match(&r.matcher, scope, &field);
             if let Some(a) = &r.aggregate {
-                self.aggregate(g, i, r, a, anchor, &params);
+                self.aggregate(g, i, r, a, scope, &params);
             }
             if let Some(prefix) = &r.strip_prefix {
                 let pattern = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref());
@@ -237,14 +255,14 @@ impl Validator<'_> {
                     && pattern.is_some_and(|p| literal_prefix(p).starts_with(prefix.as_str()));
                 if !ok {
                     self.push(
-                        position_after_field_value(self.text, anchor, "strip_prefix", prefix),
+                        self.pos.field_value(scope, "strip_prefix", prefix),
                         field("strip_prefix"),
                         "must start with '/' and be a literal prefix of the route's path".into(),
                     );
                 }
             }
             if let Some(rewrite) = &r.rewrite {
-                let at = position_after_field_value(self.text, anchor, "rewrite", rewrite);
+                let at = self.pos.field_value(scope, "rewrite", rewrite);
                 match template_params(rewrite) {
                     Err(e) => self.push(at, field("rewrite"), e),
                     Ok(used) => {
@@ -275,7 +293,7 @@ impl Validator<'_> {
             ("idle_key_s", s.idle_key_s >= 1),
         ] {
             if !ok {
-                let at = position_of_field(self.text, 0, name);
+                let at = self.pos.field(self.pos.whole(), name);
                 self.push(
                     at,
                     format!("rate_limiting.{name}"),
@@ -286,14 +304,14 @@ impl Validator<'_> {
         for t in &s.trusted_proxies {
             if crate::ratelimit::key::Cidr::parse(t).is_none() {
                 self.push(
-                    position_after(self.text, 0, &format!("{t:?}")),
+                    self.pos.after(self.pos.whole(), &format!("{t:?}")),
                     "rate_limiting.trusted_proxies".into(),
                     format!("{t:?} is not an address or CIDR block"),
                 );
             }
         }
         for (name, l) in &g.rate_limits {
-            let anchor = anchor_of_key(self.text, name);
+            let scope = self.pos.map_entry("rate_limits", name);
             let field = |f: &str| format!("rate_limits.{name}.{f}");
             let rate_ok = |r: f64| r.is_finite() && r > 0.0;
             let bad: Option<(&str, &str)> = match l.algorithm {
@@ -315,7 +333,7 @@ impl Validator<'_> {
                 _ => None,
             };
             if let Some((f, msg)) = bad {
-                let at = position_of_field(self.text, anchor, f);
+                let at = self.pos.field(scope, f);
                 self.push(at, field(&format!("algorithm.{f}")), msg.into());
             }
             if let LimitPolicy::Redis {
@@ -326,12 +344,12 @@ impl Validator<'_> {
             } = &l.policy
             {
                 if let Err(e) = crate::ratelimit::redis::parse_url(url) {
-                    let at = position_after_field_value(self.text, anchor, "url", url);
+                    let at = self.pos.field_value(scope, "url", url);
                     self.push(at, field("policy.url"), e);
                 }
                 if *lease == 0 || *timeout_ms == 0 {
                     let f = if *lease == 0 { "lease" } else { "timeout_ms" };
-                    let at = position_of_field(self.text, anchor, f);
+                    let at = self.pos.field(scope, f);
                     self.push(
                         at,
                         field(&format!("policy.{f}")),
@@ -343,7 +361,7 @@ impl Validator<'_> {
                     ..
                 } = l.algorithm
                 {
-                    let at = position_of_field(self.text, anchor, "max_wait_ms");
+                    let at = self.pos.field(scope, "max_wait_ms");
                     self.push(
                         at,
                         field("algorithm.max_wait_ms"),
@@ -353,10 +371,10 @@ impl Validator<'_> {
             }
         }
         for (i, r) in g.routes.iter().enumerate() {
-            let anchor = anchor_of(self.text, "name", &r.name);
+            let scope = self.route_scope(i);
             let mut seen = HashSet::new();
             for name in &r.rate_limits {
-                let at = position_after(self.text, anchor, &format!("{name:?}"));
+                let at = self.pos.after(scope, &format!("{name:?}"));
                 let field = format!("routes[{i}].rate_limits");
                 if !seen.insert(name) {
                     self.push(at, field, format!("rate limit {name:?} listed twice"));
@@ -393,7 +411,7 @@ impl Validator<'_> {
         i: usize,
         r: &super::Route,
         a: &super::Aggregate,
-        anchor: usize,
+        scope: Scope,
         params: &[String],
     ) {
         let names: Vec<&String> = g.upstreams.keys().collect();
@@ -401,16 +419,16 @@ impl Validator<'_> {
         let authenticated = matches!(r.auth, super::AuthPolicy::Required(_));
         let plan = crate::aggregate::AggregatePlan::compile(a, params, &index, authenticated);
         for p in plan.err().unwrap_or_default() {
-            let part_anchor = p
+            let part = p
                 .part
                 .and_then(|j| a.parts.get(j))
-                .and_then(|part| find_field_value(self.text, anchor, "name", &part.name))
-                .unwrap_or(anchor);
+                .and_then(|part| self.pos.find_field_value(scope, "name", &part.name))
+                .map_or(scope, |at| self.pos.part_from(scope, at));
             let at = match &p.near {
-                Some(v) => position_after(self.text, part_anchor, &format!("{v:?}")),
+                Some(v) => self.pos.after(part, &format!("{v:?}")),
                 None => {
                     let last = p.field.rsplit('.').next().unwrap_or(&p.field);
-                    position_of_field(self.text, part_anchor, last)
+                    self.pos.field(part, last)
                 }
             };
             self.push(at, format!("routes[{i}].aggregate.{}", p.field), p.message);
@@ -421,11 +439,11 @@ impl Validator<'_> {
         use super::{Authenticator, KeySource};
         use jsonwebtoken::AlgorithmFamily;
         for (name, a) in &g.authenticators {
-            let anchor = anchor_of_key(self.text, name);
+            let scope = self.pos.map_entry("authenticators", name);
             let field = |f: &str| format!("authenticators.{name}.{f}");
             match a {
                 Authenticator::Jwt(j) => {
-                    let at = position_of_field(self.text, anchor, "algorithms");
+                    let at = self.pos.field(scope, "algorithms");
                     let families: Vec<AlgorithmFamily> =
                         j.algorithms.iter().map(|a| a.family()).collect();
                     let hmac_key = matches!(j.key, KeySource::Secret(_) | KeySource::FromEnv(_));
@@ -451,7 +469,7 @@ impl Validator<'_> {
                             "HS* algorithms need Secret/FromEnv keys and public-key algorithms need PemFile/JwksFile keys".into(),
                         );
                     }
-                    let key_at = position_of_field(self.text, anchor, "key");
+                    let key_at = self.pos.field(scope, "key");
                     match &j.key {
                         KeySource::Secret(s) if s.len() < 16 => self.push(
                             key_at,
@@ -495,18 +513,18 @@ impl Validator<'_> {
                         }
                         _ => {}
                     }
-                    self.forward_headers(&j.forward_claims, anchor, &field("forward_claims"));
+                    self.forward_headers(&j.forward_claims, scope, &field("forward_claims"));
                 }
                 Authenticator::Introspection(x) => {
                     if let Err(e) = crate::auth::jwks::split_http_url(&x.url) {
-                        self.push(position_of_field(self.text, anchor, "url"), field("url"), e);
+                        self.push(self.pos.field(scope, "url"), field("url"), e);
                     }
-                    self.forward_headers(&x.forward_claims, anchor, &field("forward_claims"));
+                    self.forward_headers(&x.forward_claims, scope, &field("forward_claims"));
                 }
                 Authenticator::ApiKey(k) => {
                     if k.header.is_none() && k.query.is_none() {
                         self.push(
-                            position_after(self.text, anchor, "ApiKey"),
+                            self.pos.after(scope, "ApiKey"),
                             field("header"),
                             "give `header`, `query` or both".into(),
                         );
@@ -517,7 +535,7 @@ impl Validator<'_> {
                         });
                         if !ok {
                             self.push(
-                                position_after(self.text, anchor, &format!("{consumer:?}")),
+                                self.pos.after(scope, &format!("{consumer:?}")),
                                 field("consumers"),
                                 format!(
                                     "consumer {consumer:?}: expected \"sha256:\" and 64 hex digits"
@@ -527,14 +545,14 @@ impl Validator<'_> {
                     }
                     for consumer in k.scopes.keys().filter(|c| !k.consumers.contains_key(*c)) {
                         self.push(
-                            position_after(self.text, anchor, "scopes"),
+                            self.pos.after(scope, "scopes"),
                             field("scopes"),
                             format!("scopes given for unknown consumer {consumer:?}"),
                         );
                     }
                     if !k.forward_as.bytes().all(is_token_byte) || k.forward_as.is_empty() {
                         self.push(
-                            position_of_field(self.text, anchor, "forward_as"),
+                            self.pos.field(scope, "forward_as"),
                             field("forward_as"),
                             "not a valid header name".into(),
                         );
@@ -543,12 +561,12 @@ impl Validator<'_> {
             }
         }
         for (i, r) in g.routes.iter().enumerate() {
-            let anchor = anchor_of(self.text, "name", &r.name);
+            let scope = self.route_scope(i);
             match &r.auth {
                 super::AuthPolicy::Required(names) => {
                     if names.is_empty() {
                         self.push(
-                            position_of_field(self.text, anchor, "auth"),
+                            self.pos.field(scope, "auth"),
                             format!("routes[{i}].auth"),
                             "Required needs at least one authenticator".into(),
                         );
@@ -558,7 +576,7 @@ impl Validator<'_> {
                             let known: Vec<&str> =
                                 g.authenticators.keys().map(String::as_str).collect();
                             self.push(
-                                position_after(self.text, anchor, &format!("{n:?}")),
+                                self.pos.after(scope, &format!("{n:?}")),
                                 format!("routes[{i}].auth"),
                                 format!(
                                     "unknown authenticator {n:?} (known: {})",
@@ -575,9 +593,8 @@ impl Validator<'_> {
                 super::AuthPolicy::Public => {
                     if !r.scopes.is_empty() || !r.roles.is_empty() {
                         self.push(
-                            position_of_field(
-                                self.text,
-                                anchor,
+                            self.pos.field(
+                                scope,
                                 if r.scopes.is_empty() {
                                     "roles"
                                 } else {
@@ -597,13 +614,13 @@ impl Validator<'_> {
     fn forward_headers(
         &mut self,
         map: &std::collections::BTreeMap<String, String>,
-        anchor: usize,
+        scope: Scope,
         field: &str,
     ) {
         for header in map.values() {
             if header.is_empty() || !header.bytes().all(is_token_byte) {
                 self.push(
-                    position_after(self.text, anchor, &format!("{header:?}")),
+                    self.pos.after(scope, &format!("{header:?}")),
                     field.to_string(),
                     format!("{header:?} is not a valid header name"),
                 );
@@ -615,20 +632,20 @@ impl Validator<'_> {
     fn route_match(
         &mut self,
         m: &Match,
-        anchor: usize,
+        scope: Scope,
         field: &dyn Fn(&str) -> String,
     ) -> Vec<String> {
         let mut params = Vec::new();
         match (&m.path, &m.path_prefix) {
             (Some(_), Some(_)) | (None, None) => {
                 self.push(
-                    position_of_field(self.text, anchor, "match"),
+                    self.pos.field(scope, "match"),
                     field("match"),
                     "give exactly one of `path` or `path_prefix`".into(),
                 );
             }
             (Some(p), None) => {
-                let at = position_after_field_value(self.text, anchor, "path", p);
+                let at = self.pos.field_value(scope, "path", p);
                 if !p.starts_with('/') {
                     self.push(at, field("match.path"), "must start with '/'".into());
                 }
@@ -638,7 +655,7 @@ impl Validator<'_> {
                 }
             }
             (None, Some(p)) => {
-                let at = position_after_field_value(self.text, anchor, "path_prefix", p);
+                let at = self.pos.field_value(scope, "path_prefix", p);
                 if !p.starts_with('/') || p.contains(['{', '}']) {
                     self.push(
                         at,
@@ -653,7 +670,7 @@ impl Validator<'_> {
                 !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
             if !ok {
                 self.push(
-                    position_after(self.text, anchor, &format!("{method:?}")),
+                    self.pos.after(scope, &format!("{method:?}")),
                     field("match.methods"),
                     format!("{method:?} is not an upper-case method name"),
                 );
@@ -662,7 +679,7 @@ impl Validator<'_> {
         for name in m.headers.keys() {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 self.push(
-                    position_after(self.text, anchor, &format!("{name:?}")),
+                    self.pos.after(scope, &format!("{name:?}")),
                     field("match.headers"),
                     format!("{name:?} is not a valid header name"),
                 );
@@ -738,105 +755,4 @@ fn is_param_name(n: &str) -> bool {
 /// RFC 9110 token characters.
 pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-// ---- positions -------------------------------------------------------------
-// serde gives no spans after parsing, so semantic problems are located by
-// finding the offending text; the result is the first plausible place, which
-// is what a user needs to jump to.
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |n| before.len() - n - 1)
-        + 1;
-    (line, col)
-}
-
-/// Byte offset of `field: "value"` (the item's anchor), or 0.
-fn anchor_of(text: &str, field: &str, value: &str) -> usize {
-    find_field_value(text, 0, field, value).unwrap_or(0)
-}
-
-/// Byte offset of a map key `"name":`, or 0.
-fn anchor_of_key(text: &str, key: &str) -> usize {
-    let quoted = format!("{key:?}");
-    let mut from = 0;
-    while let Some(i) = text.get(from..).and_then(|t| t.find(&quoted)) {
-        let at = from + i;
-        let after = at + quoted.len();
-        if text
-            .get(after..)
-            .is_some_and(|t| t.trim_start().starts_with(':'))
-        {
-            return at;
-        }
-        from = after;
-    }
-    0
-}
-
-fn find_field_value(text: &str, from: usize, field: &str, value: &str) -> Option<usize> {
-    let quoted = format!("{value:?}");
-    let mut start = from;
-    while let Some(i) = text.get(start..)?.find(&quoted) {
-        let at = start + i;
-        let before = text.get(..at)?.trim_end();
-        let before = before
-            .strip_suffix("Some(")
-            .map(str::trim_end)
-            .unwrap_or(before);
-        if let Some(b) = before.strip_suffix(':') {
-            if b.trim_end().ends_with(field) {
-                return Some(at);
-            }
-        }
-        start = at + quoted.len();
-    }
-    None
-}
-
-fn position_of_value(text: &str, field: &str, value: &str) -> (usize, usize) {
-    line_col(text, find_field_value(text, 0, field, value).unwrap_or(0))
-}
-
-fn position_after_field_value(
-    text: &str,
-    anchor: usize,
-    field: &str,
-    value: &str,
-) -> (usize, usize) {
-    let at = find_field_value(text, anchor, field, value)
-        .or_else(|| find_field_value(text, 0, field, value))
-        .unwrap_or(anchor);
-    line_col(text, at)
-}
-
-fn position_after(text: &str, anchor: usize, needle: &str) -> (usize, usize) {
-    let at = text
-        .get(anchor..)
-        .and_then(|t| t.find(needle))
-        .map_or(anchor, |i| anchor + i);
-    line_col(text, at)
-}
-
-fn position_of_field(text: &str, anchor: usize, field: &str) -> (usize, usize) {
-    let mut start = anchor;
-    while let Some(i) = text.get(start..).and_then(|t| t.find(field)) {
-        let at = start + i;
-        let word_start = at
-            .checked_sub(1)
-            .and_then(|p| text.as_bytes().get(p))
-            .is_none_or(|&b| !b.is_ascii_alphanumeric() && b != b'_');
-        let colon = text
-            .get(at + field.len()..)
-            .is_some_and(|t| t.trim_start().starts_with(':'));
-        if word_start && colon {
-            return line_col(text, at);
-        }
-        start = at + field.len();
-    }
-    line_col(text, anchor)
 }

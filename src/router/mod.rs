@@ -15,6 +15,7 @@
 //!    first, then more `headers`, then having a `methods` list;
 //! 4. remaining ties go to the route declared first.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// What a route requires besides its path.
@@ -88,17 +89,97 @@ impl Node {
             .and_then(|i| self.statics.get(i))
             .map(|(_, node)| node)
     }
+}
 
-    fn static_child_mut(&mut self, seg: &str) -> &mut Node {
-        let i = match self.statics.binary_search_by(|(k, _)| (**k).cmp(seg)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.statics.insert(i, (seg.into(), Node::default()));
-                i
-            }
+/// The trie while routes are added: nodes in an arena and one map from
+/// (parent, segment) to child for the whole table, so adding a route costs
+/// O(depth) and allocates little (per-node ordered maps or insertion into
+/// sorted vectors made tables of many routes slow to build).
+#[derive(Default)]
+struct TrieBuilder<'a> {
+    nodes: Vec<BuildNode<'a>>,
+    edges: HashMap<(usize, &'a str), usize>,
+}
+
+#[derive(Default)]
+struct BuildNode<'a> {
+    statics: Vec<(&'a str, usize)>,
+    param: Option<usize>,
+    full: Vec<usize>,
+    prefix: Vec<usize>,
+}
+
+impl<'a> TrieBuilder<'a> {
+    /// The root is node 0.
+    fn new() -> TrieBuilder<'a> {
+        TrieBuilder {
+            nodes: vec![BuildNode::default()],
+            edges: HashMap::new(),
+        }
+    }
+
+    fn add_node(&mut self) -> usize {
+        self.nodes.push(BuildNode::default());
+        self.nodes.len() - 1
+    }
+
+    fn static_child(&mut self, parent: usize, seg: &'a str) -> usize {
+        if let Some(&child) = self.edges.get(&(parent, seg)) {
+            return child;
+        }
+        let child = self.add_node();
+        self.edges.insert((parent, seg), child);
+        if let Some(p) = self.nodes.get_mut(parent) {
+            p.statics.push((seg, child));
+        }
+        child
+    }
+
+    fn param_child(&mut self, parent: usize) -> usize {
+        if let Some(child) = self.nodes.get(parent).and_then(|p| p.param) {
+            return child;
+        }
+        let child = self.add_node();
+        if let Some(p) = self.nodes.get_mut(parent) {
+            p.param = Some(child);
+        }
+        child
+    }
+
+    fn node(&mut self, i: usize) -> Option<&mut BuildNode<'a>> {
+        self.nodes.get_mut(i)
+    }
+
+    /// The lookup form of node `i`: children sorted for binary search,
+    /// candidate lists in specificity order.
+    fn finish(&mut self, i: usize, conds: &[Conditions]) -> Node {
+        let Some(b) = self.nodes.get_mut(i).map(std::mem::take) else {
+            return Node::default();
         };
-        #[allow(clippy::indexing_slicing)] // `i` was found or just inserted
-        &mut self.statics[i].1
+        let key = |i: &usize| {
+            let Some(c) = conds.get(*i) else {
+                return (true, usize::MAX, true, *i);
+            };
+            (
+                c.host.is_none(),
+                usize::MAX - c.headers.len(),
+                c.methods.is_empty(),
+                *i,
+            )
+        };
+        let (mut statics, mut full, mut prefix) = (b.statics, b.full, b.prefix);
+        statics.sort_unstable_by(|x, y| x.0.cmp(y.0));
+        full.sort_by_key(key);
+        prefix.sort_by_key(key);
+        Node {
+            statics: statics
+                .into_iter()
+                .map(|(seg, child)| (Box::from(seg), self.finish(child, conds)))
+                .collect(),
+            param: b.param.map(|p| Box::new(self.finish(p, conds))),
+            full,
+            prefix,
+        }
     }
 }
 
@@ -116,32 +197,35 @@ fn is_param(seg: &str) -> bool {
 impl Router {
     /// Compiles routes; their index in `routes` is the declaration order.
     pub fn new(routes: &[RouteSpec]) -> Router {
-        let mut root = Node::default();
+        let mut trie = TrieBuilder::new();
         for (i, r) in routes.iter().enumerate() {
+            let mut node = 0;
             match &r.path {
                 PathPattern::Full(p) => {
-                    let mut node = &mut root;
                     for seg in p.strip_prefix('/').unwrap_or(p).split('/') {
                         node = if is_param(seg) {
-                            node.param.get_or_insert_with(Default::default)
+                            trie.param_child(node)
                         } else {
-                            node.static_child_mut(seg)
+                            trie.static_child(node, seg)
                         };
                     }
-                    node.full.push(i);
+                    if let Some(n) = trie.node(node) {
+                        n.full.push(i);
+                    }
                 }
                 PathPattern::Prefix(p) => {
-                    let mut node = &mut root;
                     let trimmed = p.trim_end_matches('/');
                     for seg in trimmed.split('/').skip(1) {
-                        node = node.static_child_mut(seg);
+                        node = trie.static_child(node, seg);
                     }
-                    node.prefix.push(i);
+                    if let Some(n) = trie.node(node) {
+                        n.prefix.push(i);
+                    }
                 }
             }
         }
         let conditions: Vec<Conditions> = routes.iter().map(|r| r.conditions.clone()).collect();
-        sort_lists(&mut root, &conditions);
+        let root = trie.finish(0, &conditions);
         Router { root, conditions }
     }
 
@@ -267,28 +351,6 @@ impl Router {
             }
         }
         None
-    }
-}
-
-fn sort_lists(node: &mut Node, conds: &[Conditions]) {
-    let key = |i: &usize| {
-        let Some(c) = conds.get(*i) else {
-            return (true, usize::MAX, true, *i);
-        };
-        (
-            c.host.is_none(),
-            usize::MAX - c.headers.len(),
-            c.methods.is_empty(),
-            *i,
-        )
-    };
-    node.full.sort_by_key(key);
-    node.prefix.sort_by_key(key);
-    for (_, child) in &mut node.statics {
-        sort_lists(child, conds);
-    }
-    if let Some(p) = &mut node.param {
-        sort_lists(p, conds);
     }
 }
 
@@ -508,6 +570,30 @@ mod tests {
                 allow: vec!["GET".into(), "PUT".into()]
             }
         );
+    }
+
+    #[test]
+    fn many_siblings_in_any_order() {
+        // Declared in an order unlike the sorted one, sharing prefixes.
+        let n = 3000;
+        let order: Vec<usize> = (0..n).map(|k| (k * 7919) % n).collect();
+        let mut specs: Vec<RouteSpec> = order
+            .iter()
+            .map(|i| full(&format!("/s/r{i}/items/{{id}}")))
+            .collect();
+        specs.push(prefix("/s"));
+        let r = Router::new(&specs);
+        for (route, i) in order.iter().enumerate() {
+            assert_eq!(
+                found(look(&r, "GET", &format!("/s/r{i}/items/x"), None, &[])),
+                route
+            );
+        }
+        assert_eq!(
+            found(look(&r, "GET", &format!("/s/r{n}/items/x"), None, &[])),
+            n
+        );
+        assert_eq!(found(look(&r, "GET", "/s/r1/items", None, &[])), n);
     }
 
     #[test]

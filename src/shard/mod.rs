@@ -1,5 +1,6 @@
 //! Shards: pinned threads, each running its own monoio runtime with its own
 //! listeners, route tables and pools, steered by control messages.
+mod background;
 mod nofile;
 mod notify;
 mod run;

@@ -1,6 +1,7 @@
 //! Starting shards: core placement, driver choice, listener binding, and the
 //! control loop through which a shard hears of reloads and shutdown.
 
+use super::background::Background;
 use super::state::Shard;
 use crate::compiled::Compiled;
 use crate::config::{BalanceConnections, DriverChoice, Shards};
@@ -60,14 +61,28 @@ pub struct ShardSet {
     handles: Vec<JoinHandle<()>>,
     /// The driver each shard runs.
     pub drivers: Vec<Driver>,
+    /// Where reload compiles run and replaced configs are freed.
+    background: Background,
 }
 
 impl ShardSet {
-    /// Sends a new config to every shard.
-    pub fn reload(&self, compiled: Arc<Compiled>) {
+    /// Sends a new config to every shard; each swaps it in with one pointer
+    /// store between requests. `replaced` is the config it supersedes: it is
+    /// kept on the retire thread until no shard (and no request) holds it, and
+    /// freed there, so that no shard spends time on its own core freeing a
+    /// large route table.
+    pub fn reload(&self, compiled: Arc<Compiled>, replaced: Arc<Compiled>) {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
         }
+        self.background.retire(replaced);
+    }
+
+    /// Runs `work` (a reload's read, check and compile) on a thread of its
+    /// own, off the shards' cores when there are other cores and at a
+    /// priority that yields to the shards, and waits for it.
+    pub fn in_background<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, String> {
+        self.background.run(work)
     }
 
     /// Sends refreshed keys to every shard.
@@ -229,10 +244,12 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
     }
+    let background = Background::start(&cores);
     Ok(ShardSet {
         senders,
         handles,
         drivers,
+        background,
     })
 }
 
