@@ -32,6 +32,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod pace;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;

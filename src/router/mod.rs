@@ -156,6 +156,7 @@ impl<'a> TrieBuilder<'a> {
         let Some(b) = self.nodes.get_mut(i).map(std::mem::take) else {
             return Node::default();
         };
+        crate::pace::point();
         let key = |i: &usize| {
             let Some(c) = conds.get(*i) else {
                 return (true, usize::MAX, true, *i);
@@ -199,6 +200,7 @@ impl Router {
     pub fn new(routes: &[RouteSpec]) -> Router {
         let mut trie = TrieBuilder::new();
         for (i, r) in routes.iter().enumerate() {
+            crate::pace::point();
             let mut node = 0;
             match &r.path {
                 PathPattern::Full(p) => {
@@ -227,6 +229,25 @@ impl Router {
         let conditions: Vec<Conditions> = routes.iter().map(|r| r.conditions.clone()).collect();
         let root = trie.finish(0, &conditions);
         Router { root, conditions }
+    }
+
+    /// Frees the table node by node, with a [`crate::pace::point`] every
+    /// few nodes (a large table's recursive drop would not pause).
+    pub fn drop_paced(self) {
+        let mut stack = vec![self.root];
+        let mut freed = 0usize;
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.statics.drain(..).map(|(_, child)| child));
+            if let Some(p) = node.param.take() {
+                stack.push(*p);
+            }
+            drop(node);
+            freed += 1;
+            if freed.is_multiple_of(32) {
+                crate::pace::point();
+            }
+        }
+        crate::pace::drop_each(self.conditions);
     }
 
     /// Finds the most specific route for a request.
