@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 /// A list read element by element with a [`crate::pace::point`] after each,
 /// so that reading thousands of routes can pause (same errors as `Vec`'s).
+/// Elements are gathered in chunks and moved into one vector of the final
+/// size, so that no single step copies the whole list (as doubling would).
 fn paced_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -21,9 +23,23 @@ where
             f.write_str("a sequence")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            const CHUNK: usize = 256;
+            let mut chunks: Vec<Vec<T>> = Vec::new();
+            let mut chunk = Vec::with_capacity(CHUNK);
             while let Some(item) = seq.next_element()? {
-                out.push(item);
+                chunk.push(item);
+                if chunk.len() == CHUNK {
+                    chunks.push(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                }
+                crate::pace::point();
+            }
+            if chunks.is_empty() {
+                return Ok(chunk);
+            }
+            chunks.push(chunk);
+            let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+            for c in chunks {
+                out.extend(c);
                 crate::pace::point();
             }
             Ok(out)

@@ -110,11 +110,13 @@ struct BuildNode<'a> {
 }
 
 impl<'a> TrieBuilder<'a> {
-    /// The root is node 0.
-    fn new() -> TrieBuilder<'a> {
+    /// The root is node 0; room for about `segments` nodes.
+    fn new(segments: usize) -> TrieBuilder<'a> {
+        let mut nodes = Vec::with_capacity(segments + 1);
+        nodes.push(BuildNode::default());
         TrieBuilder {
-            nodes: vec![BuildNode::default()],
-            edges: HashMap::new(),
+            nodes,
+            edges: HashMap::with_capacity(segments),
         }
     }
 
@@ -198,7 +200,15 @@ fn is_param(seg: &str) -> bool {
 impl Router {
     /// Compiles routes; their index in `routes` is the declaration order.
     pub fn new(routes: &[RouteSpec]) -> Router {
-        let mut trie = TrieBuilder::new();
+        // Sized up front: growing the arena or the edge map would copy it
+        // all in one step.
+        let segments = routes
+            .iter()
+            .map(|r| match &r.path {
+                PathPattern::Full(p) | PathPattern::Prefix(p) => p.matches('/').count(),
+            })
+            .sum();
+        let mut trie = TrieBuilder::new(segments);
         for (i, r) in routes.iter().enumerate() {
             crate::pace::point();
             let mut node = 0;
