@@ -33,19 +33,22 @@ pub fn check(file: &str) -> ExitCode {
 }
 
 /// Where the config comes from, so a reload can read it again.
-enum Source<'a> {
-    File(&'a str),
-    Text { name: &'a str, text: &'a str },
+#[derive(Clone)]
+enum Source {
+    File(String),
+    Text { name: String, text: Arc<str> },
 }
 
-impl Source<'_> {
+impl Source {
     fn load(&self) -> Result<Compiled, String> {
         let g = match self {
             Source::File(f) => config::load(Path::new(f)),
             Source::Text { name, text } => config::parse(name, text),
         }
         .map_err(|e: ConfigError| e.to_string())?;
-        compile(&g)
+        let compiled = compile(&g);
+        crate::pace::drop_each(g.routes);
+        compiled
     }
 
     fn name(&self) -> &str {
@@ -58,28 +61,27 @@ impl Source<'_> {
 
 /// `shardgate --config FILE`.
 pub fn serve(file: &str) -> ExitCode {
-    run(Source::File(file), || {})
+    run(Source::File(file.to_string()), || {})
 }
 
 /// `shardgate` with no arguments: demo backends plus the gateway on the demo config.
 pub fn demo() -> ExitCode {
     let text = std::fs::read_to_string("config/demo.ron")
         .unwrap_or_else(|_| crate::demo::DEMO_CONFIG.to_string());
-    let leaked: &'static str = Box::leak(text.into_boxed_str());
     if let Err(e) = crate::demo::start_backends() {
         eprintln!("shardgate: demo backends failed to start: {e}");
         return ExitCode::from(1);
     }
     run(
         Source::Text {
-            name: "config/demo.ron",
-            text: leaked,
+            name: "config/demo.ron".to_string(),
+            text: text.into(),
         },
         crate::demo::print_instructions,
     )
 }
 
-fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
+fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
     let compiled = match source.load() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -150,9 +152,10 @@ fn run(source: Source<'_>, on_ready: impl FnOnce()) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn reload(source: &Source<'_>, shards: &ShardSet, current: Arc<Compiled>) -> Arc<Compiled> {
+fn reload(source: &Source, shards: &ShardSet, current: Arc<Compiled>) -> Arc<Compiled> {
     let started = std::time::Instant::now();
-    match shards.in_background(|| source.load()).and_then(|r| r) {
+    let from = source.clone();
+    match shards.in_background(move || from.load()).and_then(|r| r) {
         Ok(new) => {
             let took = started.elapsed();
             let same_listeners = new.listeners.len() == current.listeners.len()

@@ -175,6 +175,18 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Frees this config a little at a time (see [`crate::pace`]): routes
+    /// one by one, route tables node by node.
+    pub fn drop_paced(self) {
+        let Compiled {
+            listeners, routes, ..
+        } = self;
+        for l in listeners {
+            l.router.drop_paced();
+        }
+        crate::pace::drop_each(routes);
+    }
+
     /// The client-side limits of listener `i` (the gateway's for an unknown index).
     pub fn limits_of(&self, i: usize) -> &Limits {
         self.listeners.get(i).map_or(&self.limits, |l| &l.limits)
@@ -226,6 +238,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         .collect();
     let upstream_index = |name: &str| upstream_ids.get(name).copied();
     for r in &g.routes {
+        crate::pace::point();
         let upstream = match &r.upstream {
             Some(name) => Some(
                 upstream_index(name)

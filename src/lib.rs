@@ -35,6 +35,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod memory;
+pub mod pace;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;

@@ -256,7 +256,10 @@ fn top_level_extents(text: &str) -> (Lists<'_>, Maps<'_>) {
     let mut ident: Option<&str> = None;
     let mut field: Option<&str> = None;
     let mut collecting = Collecting::Nothing;
-    for (tok, r) in Tokens::new(text) {
+    for (n, (tok, r)) in Tokens::new(text).enumerate() {
+        if n.is_multiple_of(1024) {
+            crate::pace::point();
+        }
         let slice = text.get(r.clone()).unwrap_or("");
         let before = depth;
         match tok {

@@ -7,6 +7,47 @@ use serde::Deserialize;
 pub use crate::http::path::EncodedSlash;
 use std::collections::BTreeMap;
 
+/// A list read element by element with a [`crate::pace::point`] after each,
+/// so that reading thousands of routes can pause (same errors as `Vec`'s).
+/// Elements are gathered in chunks and moved into one vector of the final
+/// size, so that no single step copies the whole list (as doubling would).
+fn paced_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct List<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for List<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            const CHUNK: usize = 256;
+            let mut chunks: Vec<Vec<T>> = Vec::new();
+            let mut chunk = Vec::with_capacity(CHUNK);
+            while let Some(item) = seq.next_element()? {
+                chunk.push(item);
+                if chunk.len() == CHUNK {
+                    chunks.push(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                }
+                crate::pace::point();
+            }
+            if chunks.is_empty() {
+                return Ok(chunk);
+            }
+            chunks.push(chunk);
+            let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+            for c in chunks {
+                out.extend(c);
+                crate::pace::point();
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(List(std::marker::PhantomData))
+}
+
 /// The whole file: `Gateway( ... )`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +83,7 @@ pub struct Gateway {
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimit>,
     /// Routes, in declaration order (the order breaks specificity ties).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "paced_list")]
     pub routes: Vec<Route>,
 }
 

@@ -14,7 +14,10 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| pos.list_item("routes", i, n, &r.name))
+        .map(|(i, r)| {
+            crate::pace::point();
+            pos.list_item("routes", i, n, &r.name)
+        })
         .collect();
     let mut v = Validator {
         pos,
@@ -209,6 +212,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         for (i, r) in g.routes.iter().enumerate() {
             let scope = self.route_scope(i);
+            crate::pace::point();
             let field = |f: &str| format!("routes[{i}].{f}");
             if !seen.insert(r.name.as_str()) {
                 self.push(
@@ -372,6 +376,7 @@ impl Validator<'_> {
         }
         for (i, r) in g.routes.iter().enumerate() {
             let scope = self.route_scope(i);
+            crate::pace::point();
             let mut seen = HashSet::new();
             for name in &r.rate_limits {
                 let at = self.pos.after(scope, &format!("{name:?}"));
@@ -562,6 +567,7 @@ impl Validator<'_> {
         }
         for (i, r) in g.routes.iter().enumerate() {
             let scope = self.route_scope(i);
+            crate::pace::point();
             match &r.auth {
                 super::AuthPolicy::Required(names) => {
                     if names.is_empty() {

@@ -110,11 +110,13 @@ struct BuildNode<'a> {
 }
 
 impl<'a> TrieBuilder<'a> {
-    /// The root is node 0.
-    fn new() -> TrieBuilder<'a> {
+    /// The root is node 0; room for about `segments` nodes.
+    fn new(segments: usize) -> TrieBuilder<'a> {
+        let mut nodes = Vec::with_capacity(segments + 1);
+        nodes.push(BuildNode::default());
         TrieBuilder {
-            nodes: vec![BuildNode::default()],
-            edges: HashMap::new(),
+            nodes,
+            edges: HashMap::with_capacity(segments),
         }
     }
 
@@ -156,6 +158,7 @@ impl<'a> TrieBuilder<'a> {
         let Some(b) = self.nodes.get_mut(i).map(std::mem::take) else {
             return Node::default();
         };
+        crate::pace::point();
         let key = |i: &usize| {
             let Some(c) = conds.get(*i) else {
                 return (true, usize::MAX, true, *i);
@@ -197,8 +200,17 @@ fn is_param(seg: &str) -> bool {
 impl Router {
     /// Compiles routes; their index in `routes` is the declaration order.
     pub fn new(routes: &[RouteSpec]) -> Router {
-        let mut trie = TrieBuilder::new();
+        // Sized up front: growing the arena or the edge map would copy it
+        // all in one step.
+        let segments = routes
+            .iter()
+            .map(|r| match &r.path {
+                PathPattern::Full(p) | PathPattern::Prefix(p) => p.matches('/').count(),
+            })
+            .sum();
+        let mut trie = TrieBuilder::new(segments);
         for (i, r) in routes.iter().enumerate() {
+            crate::pace::point();
             let mut node = 0;
             match &r.path {
                 PathPattern::Full(p) => {
@@ -227,6 +239,25 @@ impl Router {
         let conditions: Vec<Conditions> = routes.iter().map(|r| r.conditions.clone()).collect();
         let root = trie.finish(0, &conditions);
         Router { root, conditions }
+    }
+
+    /// Frees the table node by node, with a [`crate::pace::point`] every
+    /// few nodes (a large table's recursive drop would not pause).
+    pub fn drop_paced(self) {
+        let mut stack = vec![self.root];
+        let mut freed = 0usize;
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.statics.drain(..).map(|(_, child)| child));
+            if let Some(p) = node.param.take() {
+                stack.push(*p);
+            }
+            drop(node);
+            freed += 1;
+            if freed.is_multiple_of(32) {
+                crate::pace::point();
+            }
+        }
+        crate::pace::drop_each(self.conditions);
     }
 
     /// Finds the most specific route for a request.

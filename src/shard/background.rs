@@ -12,6 +12,11 @@ use std::time::Duration;
 
 /// How often the retire thread looks whether the shards let go of a replaced config.
 const RETIRE_POLL: Duration = Duration::from_millis(100);
+/// Background threads pause for [`REST`] after each stretch of this much
+/// work (see [`crate::pace`]): the longest a shard can wait for one.
+const WORK: Duration = Duration::from_micros(200);
+/// See [`WORK`].
+const REST: Duration = Duration::from_micros(50);
 
 /// How background threads are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,18 +52,26 @@ impl std::fmt::Display for Priority {
     }
 }
 
-/// Where and how background work runs; owned by the [`ShardSet`](super::ShardSet).
+/// A piece of background work.
+enum Job {
+    /// Run this (a reload's read, check and compile; it sends its own result).
+    Run(Box<dyn FnOnce() + Send>),
+    /// Free this config once no shard or request holds it.
+    Retire(Arc<Compiled>),
+}
+
+/// The background thread, owned by the [`ShardSet`](super::ShardSet). One
+/// long-lived thread both compiles configs and frees them, so that a
+/// config's memory is allocated and returned by the same thread, and no
+/// thread is started or ended per reload.
 pub(super) struct Background {
-    /// `None` when the setting was refused (then threads keep the normal priority).
-    priority: Option<Priority>,
-    /// Replaced configs, freed on the retire thread.
-    retired: Sender<Arc<Compiled>>,
+    jobs: Sender<Job>,
 }
 
 impl Background {
     /// Moves the calling (control) thread, and so the threads it starts
     /// from now on, to the allowed cores no shard is pinned to, starts the
-    /// retire thread, and logs where background work runs.
+    /// background thread there, and logs where background work runs.
     pub(super) fn start(shard_cores: &[Option<usize>]) -> Background {
         let placed = match leave_cores(shard_cores) {
             Ok(Some(free)) => format!(
@@ -76,50 +89,45 @@ impl Background {
             Err(e) => (None, format!("normal priority ({e})")),
         };
         eprintln!("shardgate: reload compiles run {placed}, {how}");
-        let (retired, rx) = crossbeam_channel::unbounded();
+        let (jobs, rx) = crossbeam_channel::unbounded();
         let spawned = std::thread::Builder::new()
-            .name("shardgate-retire".into())
+            .name("shardgate-reload".into())
             .spawn(move || {
                 if let Some(p) = priority {
-                    let _ = lower_priority(p);
+                    if let Err(e) = lower_priority(p) {
+                        eprintln!("shardgate: reload thread stays at normal priority: {p}: {e}");
+                    }
                 }
-                retire_loop(&rx)
+                crate::pace::enable(WORK, REST);
+                work_loop(&rx)
             });
         if let Err(e) = spawned {
-            eprintln!("shardgate: cannot start the retire thread: {e}");
+            eprintln!("shardgate: cannot start the reload thread: {e}");
         }
-        Background { priority, retired }
+        Background { jobs }
     }
 
-    /// Runs `work` on a thread of its own at the background priority and
-    /// waits for it.
-    pub(super) fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, String> {
-        let priority = self.priority;
-        std::thread::scope(|s| {
-            let spawned = std::thread::Builder::new()
-                .name("shardgate-reload".into())
-                .spawn_scoped(s, move || {
-                    if let Some(p) = priority {
-                        if let Err(e) = lower_priority(p) {
-                            eprintln!(
-                                "shardgate: reload thread stays at normal priority: {p}: {e}"
-                            );
-                        }
-                    }
-                    work()
-                })
-                .map_err(|e| format!("cannot start the reload thread: {e}"))?;
-            spawned
-                .join()
-                .map_err(|_| "the reload thread panicked".to_string())
-        })
+    /// Runs `work` on the background thread and waits for its result.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job = Job::Run(Box::new(move || {
+            let _ = tx.send(work());
+        }));
+        self.jobs
+            .send(job)
+            .map_err(|_| "the reload thread is not running".to_string())?;
+        rx.recv()
+            .map_err(|_| "the reload thread failed (panicked)".to_string())
     }
 
     /// Keeps `replaced` until no shard or request holds it, then frees it
-    /// on the retire thread.
+    /// on the background thread.
     pub(super) fn retire(&self, replaced: Arc<Compiled>) {
-        if let Err(e) = self.retired.send(replaced) {
-            // No retire thread: the last holder frees it, as anywhere else.
+        if let Err(e) = self.jobs.send(Job::Retire(replaced)) {
+            // No background thread: the last holder frees it, as anywhere else.
             drop(e.into_inner());
         }
     }
@@ -175,27 +183,42 @@ fn lower_priority(p: Priority) -> std::io::Result<()> {
     }
 }
 
-/// Holds replaced configs until the shards and their requests let go of
-/// them, then frees them here. Ends (freeing what it holds) once the
-/// [`Background`] is dropped.
-fn retire_loop(rx: &Receiver<Arc<Compiled>>) {
+/// Runs jobs as they come; holds replaced configs until the shards and
+/// their requests let go of them, then frees them. Ends (freeing what it
+/// holds) once the [`Background`] is dropped.
+fn work_loop(rx: &Receiver<Job>) {
     let mut held: Vec<Arc<Compiled>> = Vec::new();
     loop {
-        if held.is_empty() {
+        let job = if held.is_empty() {
             match rx.recv() {
-                Ok(c) => held.push(c),
+                Ok(job) => Some(job),
                 Err(_) => return,
             }
         } else {
             match rx.recv_timeout(RETIRE_POLL) {
-                Ok(c) => held.push(c),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        };
+        match job {
+            // A panic ends the job (its caller hears of it), not the thread.
+            Some(Job::Run(f)) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            }
+            Some(Job::Retire(c)) => held.push(c),
+            None => {}
         }
         // Only this thread holds a config it keeps, so none can gain a
         // holder between the count and the drop.
-        held.retain(|c| Arc::strong_count(c) > 1);
+        let (free, keep): (Vec<_>, Vec<_>) =
+            held.into_iter().partition(|c| Arc::strong_count(c) == 1);
+        held = keep;
+        for c in free {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.drop_paced();
+            }
+        }
     }
 }
 
@@ -204,16 +227,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_returns_the_work_and_reports_a_panic() {
-        let (tx, _rx) = crossbeam_channel::unbounded();
-        let b = Background {
-            priority: Some(Priority::Nice(1)),
-            retired: tx,
-        };
-        let text = String::from("borrowed");
-        assert_eq!(b.run(|| text.len()), Ok(8));
+    fn run_returns_the_work_and_survives_a_panic() {
+        let b = Background::start(&[None]);
+        let text = String::from("moved");
+        assert_eq!(b.run(move || text.len()), Ok(5));
         #[allow(clippy::panic)]
         let r: Result<(), String> = b.run(|| panic!("in the reload thread"));
         assert!(r.is_err());
+        assert_eq!(b.run(|| 7), Ok(7));
     }
 }

@@ -78,10 +78,13 @@ impl ShardSet {
         self.background.retire(replaced);
     }
 
-    /// Runs `work` (a reload's read, check and compile) on a thread of its
-    /// own, off the shards' cores when there are other cores and at a
+    /// Runs `work` (a reload's read, check and compile) on the background
+    /// thread, off the shards' cores when there are other cores and at a
     /// priority that yields to the shards, and waits for it.
-    pub fn in_background<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, String> {
+    pub fn in_background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         self.background.run(work)
     }
 
