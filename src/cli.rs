@@ -111,6 +111,23 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
             nofile.limit()
         );
     }
+    // Bound and served before the shards start: `/health` answers and
+    // `/ready` says 503 until they run.
+    let hub = match crate::admin::bind(&compiled) {
+        Ok(Some(listener)) => {
+            let hub = crate::admin::Hub::new(compiled.clone());
+            if let Err(e) = crate::admin::start(listener, hub.clone()) {
+                eprintln!("shardgate: {e}");
+                return ExitCode::from(1);
+            }
+            Some(hub)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let shards = match shard::start(compiled.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -129,13 +146,32 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
         listening.join(", ")
     );
     start_jwks_refresher(&shards, &compiled);
+    if let Some(hub) = &hub {
+        hub.shards_started(shards.asker());
+        if let Some(a) = &compiled.admin {
+            eprintln!("shardgate: admin on http://{} (/metrics, /health, /ready, /config, /upstreams, /shards, /ratelimits, status page at /)", a.addr);
+        }
+    }
     eprintln!("shardgate: ready");
     on_ready();
     let mut current = compiled;
     for sig in signals.forever() {
         match sig {
-            SIGHUP => current = reload(&source, &shards, current),
+            SIGHUP => {
+                let before = current.generation;
+                current = reload(&source, &shards, current);
+                if let Some(hub) = &hub {
+                    if current.generation != before {
+                        hub.reloaded(current.clone());
+                    } else {
+                        hub.reload_failed();
+                    }
+                }
+            }
             _ => {
+                if let Some(hub) = &hub {
+                    hub.draining();
+                }
                 eprintln!(
                     "shardgate: shutting down (grace {} ms)",
                     current.shutdown_grace.as_millis()

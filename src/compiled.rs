@@ -33,6 +33,8 @@ pub struct Limits {
 /// One upstream service.
 #[derive(Debug, Clone)]
 pub struct UpstreamPlan {
+    /// Its index in [`Compiled::upstreams`].
+    pub id: usize,
     /// Name from the config.
     pub name: String,
     /// Resolved targets.
@@ -172,6 +174,26 @@ pub struct Compiled {
     pub driver: config::DriverChoice,
     /// Rate-limit settings and named limits.
     pub rate_limiting: crate::ratelimit::plan::RateLimitPlan,
+    /// The admin listener's address and settings.
+    pub admin: Option<AdminPlan>,
+    /// Shards count requests into metrics.
+    pub metrics: bool,
+    /// The access log.
+    pub access_log: Option<config::AccessLog>,
+    /// Trace context and span export.
+    pub tracing: Option<config::Tracing>,
+    /// The effective config as JSON, secrets redacted, for the admin API's
+    /// `/config` (kept only when there is an admin listener).
+    pub effective: Option<std::sync::Arc<str>>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminPlan {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Bucket upper bounds of exported latency histograms, seconds.
+    pub buckets_s: Vec<f64>,
 }
 
 impl Compiled {
@@ -185,6 +207,35 @@ impl Compiled {
             l.router.drop_paced();
         }
         crate::pace::drop_each(routes);
+    }
+
+    /// The names metrics are kept under (see [`crate::metrics::ShardMetrics::configure`]).
+    pub fn metric_names(&self) -> crate::metrics::Names<'_> {
+        crate::metrics::Names {
+            routes: self.routes.iter().map(|r| r.name.as_str()).collect(),
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|u| (u.name.as_str(), u.targets.as_slice()))
+                .collect(),
+            authenticators: self.auth.names().collect(),
+            limits: self
+                .rate_limiting
+                .limits
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect(),
+            parts: self
+                .routes
+                .iter()
+                .map(|r| {
+                    r.aggregate
+                        .as_ref()
+                        .map(|a| a.parts.iter().map(|p| p.name.as_str()).collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        }
     }
 
     /// The client-side limits of listener `i` (the gateway's for an unknown index).
@@ -205,13 +256,15 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
     let upstreams: Vec<UpstreamPlan> = g
         .upstreams
         .iter()
-        .map(|(name, u)| {
+        .enumerate()
+        .map(|(id, (name, u))| {
             let targets = u
                 .targets
                 .iter()
                 .map(|t| config::resolve(t))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(UpstreamPlan {
+                id,
                 name: name.clone(),
                 targets,
                 balance: u.balance,
@@ -377,7 +430,30 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         shards: g.shards.clone(),
         driver: g.driver,
         rate_limiting: crate::ratelimit::plan::compile(g)?,
+        admin: admin_plan(g)?,
+        metrics: g.admin.as_ref().is_some_and(|a| a.metrics),
+        access_log: g.access_log.clone(),
+        tracing: g.tracing.clone(),
+        effective: g
+            .admin
+            .as_ref()
+            .and_then(|_| serde_json::to_string_pretty(g).ok())
+            .map(Into::into),
     })
+}
+
+fn admin_plan(g: &config::Gateway) -> Result<Option<AdminPlan>, String> {
+    let Some(a) = &g.admin else {
+        return Ok(None);
+    };
+    Ok(Some(AdminPlan {
+        addr: config::resolve(&a.bind)?,
+        buckets_s: a
+            .histogram_buckets_ms
+            .iter()
+            .map(|ms| ms / 1000.0)
+            .collect(),
+    }))
 }
 
 /// The request fields this config makes decisions on, beyond the fixed

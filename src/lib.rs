@@ -24,6 +24,7 @@
     )
 )]
 
+pub mod admin;
 pub mod aggregate;
 pub mod auth;
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod memory;
+pub mod metrics;
 pub mod pace;
 pub mod pipeline;
 pub mod proxy;

@@ -42,6 +42,7 @@ pub async fn handle(
     normalize_path(req, listener.path)?;
     let req = &*req;
     let (route_id, params) = route(listener, req)?;
+    ex.seen.route = Some(route_id);
     let route = cfg
         .compiled
         .routes
@@ -52,19 +53,30 @@ pub async fn handle(
     let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
         let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
-            Ok(id) => id,
+            Ok(id) => Ok(id),
             Err(e) => introspect(&cfg.compiled, allowed, req, shard)
                 .await
-                .unwrap_or(Err(e))?,
+                .unwrap_or(Err(e)),
         };
-        auth::authorize(&identity, &route.scopes, &route.roles).map_err(denied)?;
+        let identity = identity.and_then(|id| {
+            auth::authorize(&id, &route.scopes, &route.roles)
+                .map_err(denied)
+                .map(|()| id)
+        });
+        count_auth(shard, allowed, &identity);
+        let identity = identity?;
+        ex.seen.subject = subject(&identity.claims);
         ex.add_headers = identity.headers;
         claims = identity.claims;
     }
     if !route.rate_limits.is_empty() {
         let plan = &cfg.compiled.rate_limiting;
-        ex.response_headers =
-            crate::ratelimit::stage::apply(shard, plan, route, req, ex, &claims).await?;
+        let applied = crate::ratelimit::stage::apply(shard, plan, route, req, ex, &claims).await;
+        ex.seen.rate_limit = Some(match &applied {
+            Ok(_) => crate::metrics::LimitDecision::Admitted,
+            Err(_) => crate::metrics::LimitDecision::Refused,
+        });
+        ex.response_headers = applied?;
     }
     ex.drop_authorization = !route.keep_authorization;
     // Everything above runs once per request; a composite fans out from here.
@@ -152,6 +164,34 @@ pub fn authenticate(
         None => compiled.auth.authenticate(allowed, &creds),
     };
     result.map_err(denied)
+}
+
+/// Counts an authentication decision: under the authenticator that
+/// established the caller, or (a refusal) under the route's first.
+fn count_auth(shard: &Shard, allowed: &[usize], identity: &Result<Identity, GatewayError>) {
+    use crate::metrics::AuthResult;
+    let mut m = shard.metrics.borrow_mut();
+    if !m.enabled {
+        return;
+    }
+    let first = allowed.first().copied().unwrap_or(0);
+    let (i, result) = match identity {
+        Ok(id) => (id.authenticator, AuthResult::Ok),
+        Err(GatewayError::Unauthorized(None)) => (first, AuthResult::Missing),
+        Err(GatewayError::Unauthorized(Some(_))) => (first, AuthResult::Invalid),
+        Err(GatewayError::Forbidden(_)) => (first, AuthResult::Forbidden),
+        Err(_) => (first, AuthResult::Unavailable),
+    };
+    m.auth(i, result);
+}
+
+/// Who the caller is, for the access log and spans: the token's `sub`, or
+/// the API-key consumer.
+fn subject(claims: &[(String, String)]) -> Option<String> {
+    claims
+        .iter()
+        .find(|(k, _)| k == "sub" || k == "consumer")
+        .map(|(_, v)| v.clone())
 }
 
 /// Tries the route's introspection authenticators, if any, on the bearer token.

@@ -281,6 +281,7 @@ async fn serve_request(
     current: &RefCell<String>,
 ) -> Disposition {
     let limits = cfg.compiled.limits_of(listener);
+    let started = Instant::now();
     let _in_flight = Counted::new(&shard.in_flight);
     let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
         Some(v) => String::from_utf8_lossy(v).into_owned(),
@@ -301,12 +302,37 @@ async fn serve_request(
         drop_authorization: false,
         add_headers: Vec::new(),
         response_headers: String::new(),
+        seen: Default::default(),
     };
     let result = pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await;
-    match result {
+    let disposition = match result {
         Ok(d) => d,
         Err(_) if ex.response_started => Disposition::Close,
-        Err(e) => respond_error(shard, conn, head, &ex, &e).await,
+        Err(e) => respond_error(shard, conn, head, &mut ex, &e).await,
+    };
+    finished(shard, listener, head, &ex, started);
+    disposition
+}
+
+/// Accounts for a finished request: metrics (and, when configured, the
+/// access log and the request's span).
+fn finished(
+    shard: &Shard,
+    listener: usize,
+    head: &RequestHead,
+    ex: &Exchange<'_>,
+    started: Instant,
+) {
+    let mut m = shard.metrics.borrow_mut();
+    if m.enabled {
+        let method = crate::metrics::Method::of(head.method());
+        m.request(
+            listener,
+            ex.seen.route,
+            method,
+            ex.seen.status,
+            started.elapsed(),
+        );
     }
 }
 
@@ -315,7 +341,7 @@ async fn respond_error(
     shard: &Shard,
     conn: &mut Conn,
     head: &RequestHead,
-    ex: &Exchange<'_>,
+    ex: &mut Exchange<'_>,
     e: &GatewayError,
 ) -> Disposition {
     let limits = ex.limits;
@@ -343,6 +369,8 @@ async fn respond_error(
         };
     }
     let answer = error_answer(e, ex.request_id, keep, head.method() == "HEAD");
+    ex.seen.status = e.status();
+    ex.seen.bytes_out = answer.len() as u64;
     let (r, _) = conn.write(answer, limits.send_timeout).await;
     if keep && r.is_ok() {
         Disposition::KeepAlive

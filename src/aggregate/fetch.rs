@@ -34,6 +34,11 @@ impl PartError {
             timeout: false,
         }
     }
+
+    /// The part did not run: a part it depends on failed.
+    pub fn skipped(&self) -> bool {
+        self.reason.starts_with("depends on ") || self.reason == "did not run"
+    }
 }
 
 /// A request ready to send to one part's upstream.

@@ -454,9 +454,14 @@ pub async fn serve(
         }
     }
     let results = run(shard, cfg, plan, &inputs, ex).await;
+    if let Some(route) = ex.seen.route {
+        count_parts(shard, route, &results);
+    }
     let composite = compose(plan, results)?;
     let keep_alive = ex.keep_alive && !shard.shutdown.is_fired();
     let bytes = response(&composite, req, ex, keep_alive);
+    ex.seen.status = 200;
+    ex.seen.bytes_out = bytes.len() as u64;
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
     Ok(if r.is_ok() && keep_alive {
@@ -464,6 +469,24 @@ pub async fn serve(
     } else {
         Disposition::Close
     })
+}
+
+/// Counts each part's outcome in the shard's metrics.
+fn count_parts(shard: &Shard, route: usize, results: &[Result<Value, PartError>]) {
+    use crate::metrics::PartOutcome;
+    let mut m = shard.metrics.borrow_mut();
+    if !m.enabled {
+        return;
+    }
+    for (i, r) in results.iter().enumerate() {
+        let outcome = match r {
+            Ok(_) => PartOutcome::Ok,
+            Err(e) if e.timeout => PartOutcome::Timeout,
+            Err(e) if e.skipped() => PartOutcome::Skipped,
+            Err(_) => PartOutcome::Failed,
+        };
+        m.part(route, i, outcome);
+    }
 }
 
 async fn discard_client_body(

@@ -27,6 +27,8 @@ pub struct Identity {
     /// `{claims.NAME}` templates of composite routes. Bounded: at most
     /// [`MAX_CLAIMS`] claims of at most [`MAX_CLAIM_BYTES`] each.
     pub claims: Vec<(String, String)>,
+    /// Index of the authenticator that established it.
+    pub authenticator: usize,
 }
 
 /// Most claims kept in an [`Identity`].
@@ -101,6 +103,13 @@ pub struct AuthPlan {
     verifiers: Vec<(String, Verifier)>,
     /// Lower-case header names that carry identity: always stripped from clients.
     pub identity_headers: Vec<String>,
+}
+
+impl AuthPlan {
+    /// The authenticators' names, by index.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.verifiers.iter().map(|(n, _)| n.as_str())
+    }
 }
 
 impl std::fmt::Debug for AuthPlan {
@@ -368,13 +377,17 @@ impl AuthPlan {
                 continue;
             };
             let outcome = match v {
-                Verifier::Jwt(j) => verify_jwt(j, i, keys, creds).map(|(id, exp)| {
+                Verifier::Jwt(j) => verify_jwt(j, i, keys, creds).map(|(mut id, exp)| {
+                    id.authenticator = i;
                     if let (Some(c), Some(t), Some(exp)) = (cache.as_deref_mut(), token, exp) {
                         c.insert(t, i, exp, id.clone(), now_s);
                     }
                     id
                 }),
-                Verifier::ApiKey(k) => verify_api_key(k, creds),
+                Verifier::ApiKey(k) => verify_api_key(k, creds).map(|mut id| {
+                    id.authenticator = i;
+                    id
+                }),
                 // Needs the network: done by `introspect_bearer` after this fails.
                 Verifier::Introspection(_) => Err(Denied::Missing),
             };
@@ -497,7 +510,8 @@ impl AuthPlan {
                         outcome = Some(Err(Denied::Invalid("token expired".into())));
                         continue;
                     }
-                    let id = identity_from(&x.forward, &x.roles_claim, &answer);
+                    let mut id = identity_from(&x.forward, &x.roles_claim, &answer);
+                    id.authenticator = i;
                     let until = now_s
                         .saturating_add(x.ttl.as_secs())
                         .min(exp.unwrap_or(u64::MAX));
@@ -642,6 +656,7 @@ fn identity_from(forward: &[(String, String)], roles_claim: &str, claims: &Value
         scopes,
         roles: string_list(claims.get(roles_claim), false),
         claims: scalar_claims(claims),
+        authenticator: 0,
     }
 }
 
@@ -678,6 +693,7 @@ fn verify_api_key(k: &ApiKeyVerifier, creds: &Credentials<'_>) -> Result<Identit
         scopes: k.scopes.get(name).cloned().unwrap_or_default(),
         roles: Vec::new(),
         claims: vec![("consumer".to_string(), name.to_string())],
+        authenticator: 0,
     })
 }
 

@@ -5,6 +5,7 @@
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
 mod position;
+mod redact;
 mod schema;
 mod validate;
 

@@ -49,7 +49,7 @@ where
 }
 
 /// The whole file: `Gateway( ... )`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
     /// How many shards (pinned threads) to run and where.
@@ -85,10 +85,103 @@ pub struct Gateway {
     /// Routes, in declaration order (the order breaks specificity ties).
     #[serde(default, deserialize_with = "paced_list")]
     pub routes: Vec<Route>,
+    /// The admin listener (metrics, health, config, status page); none by default.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// JSON access log lines, one per request; none by default.
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
+    /// W3C trace context and OTLP span export; none by default.
+    #[serde(default)]
+    pub tracing: Option<Tracing>,
+}
+
+/// The admin listener: `/metrics`, `/health`, `/ready`, `/config`,
+/// `/upstreams`, `/shards`, `/ratelimits` and the status page at `/`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address to listen on, e.g. `127.0.0.1:9900` (keep it private).
+    pub bind: String,
+    /// Shards count requests into metrics (`false`: `/metrics` reports
+    /// only process and shard gauges).
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// Upper bounds of the exported latency histogram buckets, milliseconds.
+    #[serde(default = "default_buckets_ms")]
+    pub histogram_buckets_ms: Vec<f64>,
+}
+
+/// Prometheus bucket bounds of the latency histograms: 0.5 ms to 10 s.
+pub fn default_buckets_ms() -> Vec<f64> {
+    vec![
+        0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ]
+}
+
+/// The access log: one JSON line per request.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr` or a file path (appended to; SIGUSR1 reopens it).
+    pub path: String,
+    /// Lines waiting for the writer thread, at most; more are dropped and counted.
+    #[serde(default = "default_log_queue")]
+    pub queue_lines: usize,
+}
+
+fn default_log_queue() -> usize {
+    65_536
+}
+
+/// Tracing: W3C trace context, and spans exported with OTLP over HTTP.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `/v1/traces`); none: trace context is propagated, nothing exported.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (0.0 to 1.0); an incoming `traceparent`'s
+    /// sampled flag is followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans waiting for export, at most; more are dropped and counted.
+    #[serde(default = "default_span_queue")]
+    pub queue_spans: usize,
+    /// Spans sent per export request, at most.
+    #[serde(default = "default_span_batch")]
+    pub batch_spans: usize,
+    /// Longest a span waits before its batch is sent.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "shardgate".into()
+}
+
+fn default_span_queue() -> usize {
+    8192
+}
+
+fn default_span_batch() -> usize {
+    512
+}
+
+fn default_export_interval_ms() -> u64 {
+    1000
 }
 
 /// Host-wide rate-limiter settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimiting {
     /// How often shards exchange quota for `Local` limits.
@@ -116,7 +209,7 @@ impl Default for RateLimiting {
 }
 
 /// A named limit: what it counts by, how, and where the counts live.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// What the limit counts by.
@@ -129,7 +222,7 @@ pub struct RateLimit {
 }
 
 /// What a limit counts by. A missing value falls back to the client address.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub enum LimitKey {
     /// The client's address (`X-Forwarded-For` only from trusted proxies).
     ClientIp,
@@ -146,7 +239,7 @@ pub enum LimitKey {
 }
 
 /// A rate-limit algorithm and its parameters.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub enum LimitAlgorithm {
     /// Bursts up to `capacity`, refilled at `refill_per_s`.
@@ -191,7 +284,7 @@ pub enum LimitAlgorithm {
 }
 
 /// Where a limit's counts live.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 pub enum LimitPolicy {
     /// In the shards of this process, which lend each other quota.
     #[default]
@@ -199,6 +292,7 @@ pub enum LimitPolicy {
     /// In a Redis server shared by several gateway instances.
     Redis {
         /// `redis://[user:password@]host:port[/db]`.
+        #[serde(serialize_with = "super::redact::url_password")]
         url: String,
         /// Admit when Redis cannot be reached (true) or answer 503 (false).
         #[serde(default)]
@@ -216,7 +310,7 @@ pub enum LimitPolicy {
 }
 
 /// A way to establish who is calling.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub enum Authenticator {
     /// JWT bearer tokens in `Authorization: Bearer ...`.
     Jwt(JwtAuth),
@@ -227,7 +321,7 @@ pub enum Authenticator {
 }
 
 /// OAuth 2.0 token introspection settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionAuth {
     /// The identity provider's introspection endpoint (`http://` for now).
@@ -235,6 +329,7 @@ pub struct IntrospectionAuth {
     /// Client id for HTTP Basic authentication to the endpoint.
     pub client_id: String,
     /// Client secret for HTTP Basic authentication to the endpoint.
+    #[serde(serialize_with = "super::redact::secret")]
     pub client_secret: String,
     /// Time allowed for one introspection call.
     #[serde(default = "default_introspection_timeout_ms")]
@@ -255,7 +350,7 @@ pub struct IntrospectionAuth {
 }
 
 /// JWT validation settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtAuth {
     /// Accepted algorithms, all of the key's family (e.g. `[HS256]`, `[RS256, PS256]`).
@@ -283,10 +378,10 @@ pub struct JwtAuth {
 }
 
 /// Where a JWT verification key comes from.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub enum KeySource {
     /// An HMAC secret written in the config.
-    Secret(String),
+    Secret(#[serde(serialize_with = "super::redact::secret")] String),
     /// An HMAC secret read from this environment variable at load time.
     FromEnv(String),
     /// A PEM public key file (RSA, EC or Ed25519).
@@ -309,7 +404,7 @@ pub enum KeySource {
 }
 
 /// API-key settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyAuth {
     /// Header carrying the key.
@@ -319,6 +414,7 @@ pub struct ApiKeyAuth {
     #[serde(default)]
     pub query: Option<String>,
     /// Consumer name → `sha256:<hex of the key>`.
+    #[serde(serialize_with = "super::redact::values")]
     pub consumers: BTreeMap<String, String>,
     /// Header the consumer name is forwarded in.
     #[serde(default = "default_consumer_header")]
@@ -329,7 +425,7 @@ pub struct ApiKeyAuth {
 }
 
 /// Who may use a route.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 pub enum AuthPolicy {
     /// Anyone.
     #[default]
@@ -339,7 +435,7 @@ pub enum AuthPolicy {
 }
 
 /// Shard placement.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 pub enum Shards {
     /// One shard per core this process may run on.
     #[default]
@@ -353,7 +449,7 @@ pub enum Shards {
 }
 
 /// I/O driver choice.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum DriverChoice {
     /// io_uring when the kernel allows it, else epoll.
     #[default]
@@ -365,7 +461,7 @@ pub enum DriverChoice {
 }
 
 /// A client-facing listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Name used in logs.
@@ -400,7 +496,7 @@ pub struct Listener {
 }
 
 /// How a listener's new connections are spread over the shards.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum BalanceConnections {
     /// One SO_REUSEPORT socket per shard; the kernel picks one by a hash of
     /// the connection's addresses and ports.
@@ -420,7 +516,7 @@ pub enum BalanceConnections {
 }
 
 /// Limits on client requests and client-side timeouts.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
     /// Largest request head (request line + headers) in bytes; larger → 431.
@@ -454,7 +550,7 @@ impl Default for HttpLimits {
 }
 
 /// A named backend service with one or more targets.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `host:port` targets; names are resolved once, when the config is loaded.
@@ -489,7 +585,7 @@ pub struct Upstream {
 }
 
 /// Load-balancing policy.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum Balance {
     /// Each target in turn.
     #[default]
@@ -499,7 +595,7 @@ pub enum Balance {
 }
 
 /// A route: what it matches and where it goes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Unique name (logs, listener route sets).
@@ -541,7 +637,7 @@ pub struct Route {
 }
 
 /// Request matching conditions; all given conditions must hold.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Exact path or template with `{name}` segments (exclusive with `path_prefix`).
@@ -617,7 +713,7 @@ fn default_redis_retry_ms() -> u64 {
 }
 
 /// A composite route: several upstream calls, one JSON answer.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Aggregate {
     /// The calls; independent ones run concurrently.
@@ -640,7 +736,7 @@ pub struct Aggregate {
 }
 
 /// How part results are combined into the answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum MergeMode {
     /// One key per part: `{"profile": {...}, "orders": [...]}`.
     #[default]
@@ -650,7 +746,7 @@ pub enum MergeMode {
 }
 
 /// One upstream call of a composite route.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Part {
     /// Unique within the route; the key of its result and of references to it.

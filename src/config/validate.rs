@@ -31,6 +31,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.routes(g);
     v.authenticators(g);
     v.rate_limits(g);
+    v.observability(g);
     v.problems
 }
 
@@ -53,6 +54,97 @@ impl Validator<'_> {
             field,
             message,
         });
+    }
+
+    /// `admin`, `access_log` and `tracing`.
+    fn observability(&mut self, g: &Gateway) {
+        let whole = self.pos.whole();
+        if let Some(a) = &g.admin {
+            match a.bind.parse::<SocketAddr>() {
+                Err(_) => self.push(
+                    self.pos.field_value(whole, "bind", &a.bind),
+                    "admin.bind".into(),
+                    format!("{:?} is not an ip:port address", a.bind),
+                ),
+                Ok(addr) => {
+                    let clash = g.listeners.iter().find(|l| {
+                        l.bind.parse::<SocketAddr>().is_ok_and(|b| {
+                            b.port() == addr.port()
+                                && (b.ip() == addr.ip()
+                                    || b.ip().is_unspecified()
+                                    || addr.ip().is_unspecified())
+                        })
+                    });
+                    if let Some(l) = clash {
+                        self.push(
+                            self.pos.field_value(whole, "bind", &a.bind),
+                            "admin.bind".into(),
+                            format!(
+                                "the admin listener must be apart from the public ones; listener {:?} binds {}",
+                                l.name, l.bind
+                            ),
+                        );
+                    }
+                }
+            }
+            let b = &a.histogram_buckets_ms;
+            let increasing = b.windows(2).all(|w| matches!(w, [x, y] if x < y));
+            if b.is_empty() || !increasing || b.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+                self.push(
+                    self.pos.field(whole, "histogram_buckets_ms"),
+                    "admin.histogram_buckets_ms".into(),
+                    "needs at least one bound; bounds are positive milliseconds in increasing order".into(),
+                );
+            }
+        }
+        if let Some(l) = &g.access_log {
+            if l.path.trim().is_empty() {
+                self.push(
+                    self.pos.field(whole, "access_log"),
+                    "access_log.path".into(),
+                    "must be \"stdout\", \"stderr\" or a file path".into(),
+                );
+            }
+            if l.queue_lines == 0 {
+                self.push(
+                    self.pos.field(whole, "queue_lines"),
+                    "access_log.queue_lines".into(),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        if let Some(t) = &g.tracing {
+            if !(0.0..=1.0).contains(&t.sample_ratio) {
+                self.push(
+                    self.pos.field(whole, "sample_ratio"),
+                    "tracing.sample_ratio".into(),
+                    "must be between 0.0 and 1.0".into(),
+                );
+            }
+            if let Some(e) = &t.otlp_endpoint {
+                if let Err(why) = crate::auth::jwks::split_http_url(e) {
+                    self.push(
+                        self.pos.field_value(whole, "otlp_endpoint", e),
+                        "tracing.otlp_endpoint".into(),
+                        format!("{why} (an OTLP/HTTP collector such as http://127.0.0.1:4318)"),
+                    );
+                }
+            }
+            let counts = [
+                ("queue_spans", t.queue_spans as u64),
+                ("batch_spans", t.batch_spans as u64),
+                ("export_interval_ms", t.export_interval_ms),
+            ];
+            for (name, v) in counts {
+                if v == 0 {
+                    self.push(
+                        self.pos.field(whole, name),
+                        format!("tracing.{name}"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+        }
     }
 
     fn shards(&mut self, s: &Shards) {

@@ -25,6 +25,11 @@ thread_local! {
 
 /// A read buffer of at least `capacity` bytes, from the shard's free list
 /// when one of the right size is there.
+/// Read buffers this thread keeps for reuse.
+pub fn free_buffers() -> usize {
+    FREE_BUFFERS.with_borrow(Vec::len)
+}
+
 fn take_buffer(capacity: usize) -> Vec<u8> {
     FREE_BUFFERS
         .with_borrow_mut(|free| match free.last() {

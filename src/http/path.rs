@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 
 /// What an encoded `/`, `\` or NUL (and a raw `\`) in a path does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum EncodedSlash {
     /// Refuse the request (400).
     #[default]

@@ -15,6 +15,7 @@ use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFr
 use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
+use crate::metrics::UpstreamOutcome;
 use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -53,6 +54,41 @@ pub struct Exchange<'a> {
     pub add_headers: Vec<(String, String)>,
     /// Header lines (`name: value\r\n`) added to the response (rate-limit state).
     pub response_headers: String,
+    /// What is observed of the exchange as it goes, for metrics and logs.
+    pub seen: Seen,
+}
+
+/// What the stages learn of one request, for metrics, the access log and
+/// spans: filled in as the request goes, read when it ends.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// The route id in the running config (`None`: no route matched).
+    pub route: Option<usize>,
+    /// The status sent to the client (0: none yet).
+    pub status: u16,
+    /// Response bytes sent to the client (head and body).
+    pub bytes_out: u64,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// The last upstream call made for the request.
+    pub upstream: Option<UpstreamCall>,
+    /// The caller established by authentication (`sub` or the consumer).
+    pub subject: Option<String>,
+    /// The rate-limit decision, when the route has limits.
+    pub rate_limit: Option<crate::metrics::LimitDecision>,
+}
+
+/// One call to an upstream target.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamCall {
+    /// Upstream index in the running config.
+    pub upstream: usize,
+    /// The target's address.
+    pub target: SocketAddr,
+    /// Time from picking the target to the response's last byte (or the failure).
+    pub took: Duration,
+    /// How it ended.
+    pub outcome: crate::metrics::UpstreamOutcome,
 }
 
 /// How the client connection should continue after a proxied exchange.
@@ -425,6 +461,70 @@ pub async fn forward(
     let in_flight = InFlight::pick(shard, up, cursor)
         .ok_or(GatewayError::Unavailable("upstream has no targets"))?;
     let addr = in_flight.addr();
+    let started = Instant::now();
+    let mut connect_failed = false;
+    let result = forward_to(
+        shard,
+        up,
+        addr,
+        req,
+        target,
+        client,
+        ex,
+        &mut connect_failed,
+    )
+    .await;
+    let outcome = match &result {
+        _ if connect_failed => UpstreamOutcome::ConnectError,
+        Err(GatewayError::GatewayTimeout { .. }) => UpstreamOutcome::Timeout,
+        Err(GatewayError::BadGateway { .. }) => UpstreamOutcome::Reset,
+        // Busy or refused before a call was made: no call to count.
+        Err(_) if ex.seen.status == 0 && !ex.response_started => return result,
+        _ if ex.seen.status >= 500 => UpstreamOutcome::ServerError,
+        _ => UpstreamOutcome::Ok,
+    };
+    let call = UpstreamCall {
+        upstream: up.id,
+        target: addr,
+        took: started.elapsed(),
+        outcome,
+    };
+    note_call(shard, up, call);
+    ex.seen.upstream = Some(call);
+    result
+}
+
+/// Counts an upstream call in the shard's metrics.
+pub(crate) fn note_call(shard: &Shard, up: &UpstreamPlan, call: UpstreamCall) {
+    let mut m = shard.metrics.borrow_mut();
+    if m.enabled {
+        if let Some(t) = up.targets.iter().position(|&a| a == call.target) {
+            m.upstream_call(up.id, t, call.outcome, call.took);
+        }
+    }
+}
+
+/// Counts a connection taken for a call to `addr`: opened or reused.
+pub(crate) fn note_connection(shard: &Shard, up: &UpstreamPlan, addr: SocketAddr, reused: bool) {
+    let mut m = shard.metrics.borrow_mut();
+    if m.enabled {
+        if let Some(t) = up.targets.iter().position(|&a| a == addr) {
+            m.upstream_connection(up.id, t, reused);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_to(
+    shard: &Shard,
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    req: &RequestHead,
+    target: &str,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    connect_failed: &mut bool,
+) -> Result<Disposition, GatewayError> {
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
     let mut lease = Lease::new(shard, addr);
@@ -437,9 +537,16 @@ pub async fn forward(
     };
     for attempt in 0..2 {
         let reused = pooled.is_some();
+        note_connection(shard, up, addr, reused);
         let conn = match pooled.take() {
             Some(c) => c,
-            None => connect(up, addr).await?,
+            None => match connect(up, addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    *connect_failed = true;
+                    return Err(e);
+                }
+            },
         };
         let bytes = head.take().unwrap_or_default();
         match exchange(
@@ -598,6 +705,9 @@ async fn exchange(
     let client_keep_alive = ex.keep_alive && !shard.shutdown.is_fired() && !close_delimited;
     let mut bytes = client_head(&resp, out_framing, ex, client_keep_alive, req.version == 0);
     let rest = append_buffered(&mut upc, resp.framing, &mut bytes);
+    // The head and the body bytes moved into its write; `copy_body` counts the rest.
+    ex.seen.status = resp.status;
+    ex.seen.bytes_out = bytes.len() as u64;
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
     if r.is_err() {
@@ -613,6 +723,9 @@ async fn exchange(
         None => Ok(0),
         Some(out) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
     };
+    if let Ok(n) = result {
+        ex.seen.bytes_out += n;
+    }
     match result {
         Ok(_) => {
             if resp.keep_alive && !early_answer && upc.buffered().is_empty() {

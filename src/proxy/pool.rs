@@ -291,6 +291,16 @@ impl Pools {
         self.targets.get(&addr).map_or(0, |p| p.open)
     }
 
+    /// Requests waiting for a connection slot to `addr`.
+    pub fn waiting_count(&self, addr: SocketAddr) -> usize {
+        self.targets.get(&addr).map_or(0, |p| p.waiting.len())
+    }
+
+    /// Requests in flight to `addr`.
+    pub fn outstanding_count(&self, addr: SocketAddr) -> usize {
+        self.outstanding(addr)
+    }
+
     fn outstanding(&self, addr: SocketAddr) -> usize {
         self.targets.get(&addr).map_or(0, |p| p.outstanding)
     }

@@ -134,6 +134,8 @@ pub struct Limiter {
     redis: Vec<Option<Rc<RedisClient>>>,
     redis_logged: Vec<u64>,
     last_sweep: u64,
+    sent: std::cell::Cell<u64>,
+    received: u64,
 }
 
 impl Limiter {
@@ -151,6 +153,8 @@ impl Limiter {
             redis: Vec::new(),
             redis_logged: Vec::new(),
             last_sweep: 0,
+            sent: std::cell::Cell::new(0),
+            received: 0,
         }
     }
 
@@ -158,8 +162,15 @@ impl Limiter {
     /// shards by hand with it).
     pub fn send_to(&self, to: usize, msg: Gossip) {
         if let Some(p) = self.peers.get(to) {
-            let _ = p.send(msg);
+            if p.send(msg).is_ok() {
+                self.sent.set(self.sent.get() + 1);
+            }
         }
+    }
+
+    /// Quota messages sent to and received from other shards.
+    pub fn messages(&self) -> (u64, u64) {
+        (self.sent.get(), self.received)
     }
 
     /// Number of keys held.
@@ -340,8 +351,8 @@ impl Limiter {
                 key: c.key,
             };
             for (i, p) in self.peers.iter().enumerate() {
-                if i != self.shard {
-                    let _ = p.send(need);
+                if i != self.shard && p.send(need).is_ok() {
+                    self.sent.set(self.sent.get() + 1);
                 }
             }
         }
@@ -373,6 +384,7 @@ impl Limiter {
         self.round += 1;
         let interval = nanos(plan.gossip_interval);
         while let Ok(msg) = self.inbox.try_recv() {
+            self.received += 1;
             match msg {
                 Gossip::Need {
                     from,
@@ -384,15 +396,16 @@ impl Limiter {
                         Some(lp) => self.give(lp, key, now, interval),
                         None => 0,
                     };
-                    if let Some(p) = self.peers.get(from) {
-                        let _ = p.send(Gossip::Give {
+                    self.send_to(
+                        from,
+                        Gossip::Give {
                             from: self.shard,
                             generation,
                             limit,
                             key,
                             units,
-                        });
-                    }
+                        },
+                    );
                 }
                 Gossip::Give {
                     generation,

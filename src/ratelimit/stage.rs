@@ -11,6 +11,7 @@ use super::table::key_hash;
 use crate::compiled::RoutePlan;
 use crate::error::GatewayError;
 use crate::http::RequestHead;
+use crate::metrics::LimitDecision;
 use crate::proxy::Exchange;
 use crate::shard::Shard;
 use std::fmt::Write;
@@ -43,6 +44,12 @@ pub async fn apply(
             .admit(plan, &checks, skip, now, 1, &mut decisions);
         match outcome {
             Outcome::Admitted { delay_ns } => {
+                let decision = if deadline.is_some() {
+                    LimitDecision::Waited
+                } else {
+                    LimitDecision::Admitted
+                };
+                count(shard, &checks, |_| Some(decision));
                 if delay_ns > 0 {
                     monoio::time::sleep(Duration::from_nanos(delay_ns)).await;
                 }
@@ -103,9 +110,31 @@ pub async fn apply(
                     Some(tick) if !left.is_zero() => {
                         let _ = monoio::time::timeout(left, tick.wait()).await;
                     }
-                    _ => return Err(too_many(route, &decisions)),
+                    _ => {
+                        count(shard, &checks, |i| {
+                            decisions
+                                .get(i)
+                                .filter(|d| !d.allowed)
+                                .map(|_| LimitDecision::Refused)
+                        });
+                        return Err(too_many(route, &decisions));
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Counts each check's decision (by index; `None`: not counted) in the
+/// shard's metrics.
+fn count(shard: &Shard, checks: &[Check], decision: impl Fn(usize) -> Option<LimitDecision>) {
+    let mut m = shard.metrics.borrow_mut();
+    if !m.enabled {
+        return;
+    }
+    for (i, c) in checks.iter().enumerate() {
+        if let Some(d) = decision(i) {
+            m.limit(c.limit, d);
         }
     }
 }

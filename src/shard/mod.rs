@@ -3,10 +3,12 @@
 mod background;
 mod nofile;
 mod notify;
+mod report;
 mod run;
 mod state;
 
 pub use nofile::{nofile_target, raise_nofile_limit, NofileOutcome};
 pub use notify::Notify;
-pub use run::{parse_cpulist, plan_cores, start, Control, Driver, ShardSet};
+pub use report::{Detail, ListenerReport, PoolReport, ShardReport};
+pub use run::{parse_cpulist, plan_cores, start, Asker, Control, Driver, ShardSet};
 pub use state::{ConnectionSlot, ListenerStats, Shard, ShardConfig};

@@ -26,6 +26,13 @@ pub enum Control {
     Reload(Arc<Compiled>),
     /// Stop accepting, finish in-flight requests, exit within the grace period.
     Shutdown,
+    /// Answer with a report on `to` (see [`super::report`]).
+    Report {
+        /// How much to include.
+        detail: super::report::Detail,
+        /// Where the answer goes.
+        to: Sender<super::report::ShardReport>,
+    },
     /// A refreshed JWKS key set for an authenticator of config `generation`.
     Keys {
         /// The config the keys belong to.
@@ -88,6 +95,13 @@ impl ShardSet {
         self.background.run(work)
     }
 
+    /// A handle for asking the shards for reports (the admin side's).
+    pub fn asker(&self) -> Asker {
+        Asker {
+            senders: self.senders.clone(),
+        }
+    }
+
     /// Sends refreshed keys to every shard.
     pub fn publisher(&self) -> impl Fn(u64, usize, crate::auth::jwks::KeySet) + Send + 'static {
         let senders = self.senders.clone();
@@ -116,6 +130,51 @@ impl ShardSet {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+}
+
+/// Asks shards for reports from another thread.
+#[derive(Clone)]
+pub struct Asker {
+    senders: Vec<Sender<Control>>,
+}
+
+impl Asker {
+    /// How many shards there are.
+    pub fn shards(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Asks every shard for a report and waits up to `wait` for the
+    /// answers; a shard that does not answer in time (busy draining, or
+    /// gone) is missing from the result, which is in shard order.
+    pub fn ask(
+        &self,
+        detail: super::report::Detail,
+        wait: Duration,
+    ) -> Vec<super::report::ShardReport> {
+        let (tx, rx) = crossbeam_channel::bounded(self.senders.len());
+        let mut asked = 0;
+        for s in &self.senders {
+            let msg = Control::Report {
+                detail,
+                to: tx.clone(),
+            };
+            if s.send(msg).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::with_capacity(asked);
+        while out.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|r| r.id);
+        out
     }
 }
 
@@ -528,7 +587,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
     let core_text = core.map_or("unpinned".to_string(), |c| format!("core {c}"));
     eprintln!("shardgate: shard {id} on {core_text}: driver {driver}");
     let _ = ready.send((id, Ok(driver)));
-    control_loop(&shard, &rx).await;
+    control_loop(&shard, &rx, core, driver).await;
 }
 
 /// Rate-limit gossip: answers other shards' requests for quota, takes in
@@ -564,7 +623,12 @@ async fn gossip_loop(shard: Rc<Shard>) {
     }
 }
 
-async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
+async fn control_loop(
+    shard: &Rc<Shard>,
+    rx: &Receiver<Control>,
+    core: Option<usize>,
+    driver: Driver,
+) {
     let mut last_reap = Instant::now();
     loop {
         monoio::time::sleep(CONTROL_TICK).await;
@@ -579,6 +643,9 @@ async fn control_loop(shard: &Rc<Shard>, rx: &Receiver<Control>) {
                     authenticator,
                     keys,
                 } => shard.update_keys(generation, authenticator, keys),
+                Control::Report { detail, to } => {
+                    let _ = to.send(super::report::report(shard, core, driver, detail));
+                }
                 Control::Shutdown => {
                     let grace = shard.config().compiled.shutdown_grace;
                     shard.shutdown.fire();

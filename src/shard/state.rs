@@ -68,6 +68,8 @@ pub struct Shard {
     pub token_cache: RefCell<TokenCache>,
     /// Rate-limit keys, quotas and leases of this shard.
     pub limiter: RefCell<Limiter>,
+    /// Request counters and latency histograms of this shard.
+    pub metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -88,6 +90,8 @@ impl Shard {
     pub fn new(id: usize, shards: usize, compiled: Arc<Compiled>, limiter: Limiter) -> Shard {
         let mut limiter = limiter;
         limiter.configure(&compiled.rate_limiting, compiled.generation);
+        let mut metrics = crate::metrics::ShardMetrics::default();
+        metrics.configure(compiled.metrics, &compiled.metric_names());
         Shard {
             shards,
             listener_stats: compiled
@@ -96,6 +100,7 @@ impl Shard {
                 .map(|_| ListenerStats::default())
                 .collect(),
             limiter: RefCell::new(limiter),
+            metrics: RefCell::new(metrics),
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
             jwks: RefCell::default(),
@@ -130,6 +135,9 @@ impl Shard {
         self.limiter
             .borrow_mut()
             .configure(&compiled.rate_limiting, compiled.generation);
+        self.metrics
+            .borrow_mut()
+            .configure(compiled.metrics, &compiled.metric_names());
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 

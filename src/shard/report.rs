@@ -1,0 +1,137 @@
+//! What a shard tells the admin side about itself when asked (by a
+//! [`super::Control::Report`] message, answered between requests): gauges,
+//! counters and, for a full report, its metrics snapshot.
+
+use super::run::Driver;
+use super::state::Shard;
+use crate::metrics::Snapshot;
+use std::net::SocketAddr;
+
+/// How much a report carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Gauges and counters only (cheap: `/ready`, `/shards`, `/upstreams`).
+    Light,
+    /// Also the metrics snapshot (`/metrics`, the status page).
+    Full,
+}
+
+/// One shard's answer.
+#[derive(Debug, Clone)]
+pub struct ShardReport {
+    /// Shard number.
+    pub id: usize,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
+    /// Its I/O driver.
+    pub driver: Driver,
+    /// Generation of the config it runs.
+    pub generation: u64,
+    /// Client connections open.
+    pub connections: usize,
+    /// Requests being handled.
+    pub in_flight: usize,
+    /// Requests answered since the shard started (with metrics on).
+    pub requests: u64,
+    /// Accept-side counters per listener.
+    pub listeners: Vec<ListenerReport>,
+    /// Upstream connections per target.
+    pub pools: Vec<PoolReport>,
+    /// Rate-limit keys held.
+    pub ratelimit_keys: usize,
+    /// Quota messages sent to other shards.
+    pub quota_sent: u64,
+    /// Quota messages received from other shards.
+    pub quota_received: u64,
+    /// Read buffers kept for reuse by this shard's thread.
+    pub free_buffers: usize,
+    /// The metrics snapshot (full reports only).
+    pub metrics: Option<Snapshot>,
+}
+
+/// Accept-side counters of one listener on one shard.
+#[derive(Debug, Clone)]
+pub struct ListenerReport {
+    /// Listener name.
+    pub name: String,
+    /// Connections open now.
+    pub open: usize,
+    /// Connections admitted.
+    pub admitted: u64,
+    /// Connections refused (max_connections share in use).
+    pub refused: u64,
+    /// Failed accepts.
+    pub accept_errors: u64,
+}
+
+/// One upstream target's connections on one shard.
+#[derive(Debug, Clone)]
+pub struct PoolReport {
+    /// Upstream name.
+    pub upstream: String,
+    /// Target address.
+    pub target: SocketAddr,
+    /// Idle pooled connections.
+    pub idle: usize,
+    /// Connections open (in use, being opened or idle).
+    pub open: usize,
+    /// Requests in flight to the target.
+    pub outstanding: usize,
+    /// Requests waiting for a connection slot.
+    pub waiting: usize,
+}
+
+/// Builds this shard's report.
+pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail) -> ShardReport {
+    let cfg = shard.config();
+    let listeners = shard
+        .listener_stats
+        .iter()
+        .zip(&cfg.compiled.listeners)
+        .map(|(s, l)| ListenerReport {
+            name: l.name.clone(),
+            open: s.open.get(),
+            admitted: s.admitted.get(),
+            refused: s.refused.get(),
+            accept_errors: s.accept_errors.get(),
+        })
+        .collect();
+    let pools = {
+        let p = shard.pools.borrow();
+        cfg.compiled
+            .upstreams
+            .iter()
+            .flat_map(|u| u.targets.iter().map(move |&t| (u, t)))
+            .map(|(u, t)| PoolReport {
+                upstream: u.name.clone(),
+                target: t,
+                idle: p.idle_count(t),
+                open: p.open_count(t),
+                outstanding: p.outstanding_count(t),
+                waiting: p.waiting_count(t),
+            })
+            .collect()
+    };
+    let (quota_sent, quota_received, ratelimit_keys) = {
+        let l = shard.limiter.borrow();
+        let (s, r) = l.messages();
+        (s, r, l.keys())
+    };
+    let metrics = shard.metrics.borrow();
+    ShardReport {
+        id: shard.id,
+        core,
+        driver,
+        generation: cfg.compiled.generation,
+        connections: shard.connections.get(),
+        in_flight: shard.in_flight.get(),
+        requests: metrics.requests,
+        listeners,
+        pools,
+        ratelimit_keys,
+        quota_sent,
+        quota_received,
+        free_buffers: crate::http::conn::free_buffers(),
+        metrics: (detail == Detail::Full).then(|| metrics.snapshot()),
+    }
+}
