@@ -39,6 +39,9 @@ pub fn label(v: &str) -> String {
     out
 }
 
+/// A metric family read off each item: name, help, and the value of one item.
+type Family<T, V> = (&'static str, &'static str, fn(&T) -> V);
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -163,7 +166,7 @@ pub fn render(
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [(&str, &str, fn(&ShardReport) -> u64); 4] = [
+    let gauges: [Family<ShardReport, u64>; 4] = [
         (
             "shardgate_shard_connections",
             "Client connections open, per shard.",
@@ -191,7 +194,7 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", r.id, f(r));
         }
     }
-    let counters: [(&str, &str, fn(&ShardReport) -> u64); 3] = [
+    let counters: [Family<ShardReport, u64>; 3] = [
         (
             "shardgate_shard_requests_total",
             "Requests answered, per shard.",
@@ -247,7 +250,7 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
 }
 
 fn pools(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [(&str, &str, fn(&crate::shard::PoolReport) -> usize); 4] = [
+    let gauges: [Family<crate::shard::PoolReport, usize>; 4] = [
         (
             "shardgate_upstream_connections_idle",
             "Idle pooled upstream connections.",
