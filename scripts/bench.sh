@@ -29,6 +29,11 @@
 #           Key ratio: shardgate-agg/shardgate proxy CPU-µs per request, the
 #           gateway's own work per composite against a single proxied request
 #           (backend CPU is measured separately); target < 3.
+#   observe  plain proxying with metrics on (shardgate-metrics), with metrics
+#           and a JSON access log to a file (shardgate-log), against shardgate
+#           with neither and nginx without / with its (buffered) access log.
+#           Key ratios: shardgate-metrics/shardgate <= 1.03 (metrics cost at
+#           most 3% CPU per request), shardgate-log/nginx-log.
 #   reload  GET of the middle route of a config of ROUTES template routes and a
 #           catch-all (scripts/gen-routes.py). Targets: shardgate-routes (that
 #           config, left alone) and shardgate-reload (the same config, and
@@ -415,6 +420,43 @@ scenario_aggregate() {
         "- \`shardgate-agg\`: \`aggregate: Aggregate(parts: [profile GET /users/{id}?n=1, orders GET /orders?user=…, products GET /products])\` on \`path: \"/api/v1/{id}\"\`, all three to the upstream nginx concurrently, results under keys (a ~330-byte JSON answer); \`shardgate\`: the same GET proxied once"
         "- the upstream CPU column of \`shardgate-agg\` is the cost of the three backend calls; \`direct\` is one call made directly"
     )
+}
+
+# What observability costs: metrics, then metrics plus an access log to a
+# file, against the same gateway with neither, and nginx with and without its
+# access log (the like-for-like comparison).
+scenario_observe() {
+    REQ_PATH=/api/v1/items
+    DEFAULT_TARGETS="nginx nginx-log shardgate shardgate-metrics shardgate-log"
+    DEFAULT_BASELINE=nginx
+    DEFAULT_KEY_RATIOS="shardgate-metrics/shardgate<=1.03 shardgate-log/shardgate nginx-log/nginx shardgate-log/nginx-log<1"
+    SCENARIO_NOTES=(
+        "- \`shardgate\`: no admin listener (nothing recorded); \`shardgate-metrics\`: \`admin: Some(Admin(bind: ...))\` (per-shard counters and hdrhistograms per route and target, recorded on every request); \`shardgate-log\`: the same plus \`access_log: Some(AccessLog(path: \"<run dir>/access.log\"))\` (a JSON line per request, written by the writer thread)"
+        "- \`nginx-log\`: \`access_log <run dir>/access.log combined buffer=64k flush=1s\` (nginx's buffered log, its cheapest file logging); \`nginx\`: \`access_log off\`"
+    )
+}
+
+start_target_nginx-log() {
+    local dir="$WORK_DIR/nginx-log"
+    start_nginx "$1" nginx-log "" "$NGINX_LOCATION_EXTRA            access_log $dir/access.log combined buffer=64k flush=1s;"
+}
+
+# start_shardgate_observed PORT NAME EXTRA: shardgate with an admin listener
+# on a free port, and EXTRA top-level fields.
+start_shardgate_observed() {
+    local port=$1 name=$2 extra=$3 saved=$SG_EXTRA rc=0 admin
+    admin="$(free_ports 1)"
+    SG_EXTRA="$saved
+    admin: Some(Admin(bind: \"127.0.0.1:$admin\")),$extra"
+    start_shardgate "$port" "$name" io_uring "$SG_ROUTE_AUTH" || rc=1
+    SG_EXTRA=$saved
+    return $rc
+}
+
+start_target_shardgate-metrics() { start_shardgate_observed "$1" shardgate-metrics ""; }
+start_target_shardgate-log() {
+    start_shardgate_observed "$1" shardgate-log "
+    access_log: Some(AccessLog(path: \"$WORK_DIR/shardgate-log/access.log\")),"
 }
 
 # A large config under load, left alone or reloaded every RELOAD_EVERY seconds.

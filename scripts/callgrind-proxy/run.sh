@@ -14,6 +14,8 @@
 #   EXTRA  text appended to the upstream's fields, e.g.
 #          ", max_connections_per_target: 4" (or "")
 #   TAG    names the output files: cg-TAG-N.out (callgrind), client-TAG-N.txt
+#   TOP    (environment) top-level fields added to the config, e.g.
+#          'admin: Some(Admin(bind: "127.0.0.1:18463")),' (default none)
 # Then scripts/callgrind-proxy/linesum.py cg-TAG-N.out src/proxy/pool.rs 1-100000
 # sums the instructions spent on those source lines.
 set -euo pipefail
@@ -27,6 +29,7 @@ Gateway(
     listeners: [Listener(name: "main", bind: "127.0.0.1:$GP")],
     upstreams: { "app": Upstream(targets: ["127.0.0.1:$BP"]$EXTRA) },
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "app") ],
+    ${TOP:-}
 )
 R
 python3 "$HERE/backend.py" "$BP" & BPID=$!
