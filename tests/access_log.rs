@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "access-log-test-hmac-secret";
 
 /// A gateway on one upstream `app` with a public route, a rate-limited
-/// route (one request per hour), an authenticated route, and `access_log`.
+/// route (four requests per hour), an authenticated route, and `access_log`.
 fn config_with(backend: &Backend, access_log: &str, extra: &str) -> String {
     format!(
         r#"Gateway(
@@ -22,7 +22,7 @@ fn config_with(backend: &Backend, access_log: &str, extra: &str) -> String {
     limits_http: {LIMITS},
     upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
     authenticators: {{ "hs": Jwt(algorithms: [HS256], key: Secret("{SECRET}")) }},
-    rate_limits: {{ "one": RateLimit(key: Route, algorithm: FixedWindow(limit: 1, window_s: 3600)) }},
+    rate_limits: {{ "one": RateLimit(key: Route, algorithm: FixedWindow(limit: 4, window_s: 3600)) }},
     routes: [
         Route(name: "public", match: Match(path_prefix: "/pub"), upstream: "app"),
         Route(name: "limited", match: Match(path_prefix: "/limited"), upstream: "app", rate_limits: ["one"]),
@@ -98,10 +98,10 @@ fn lines_carry_the_request_route_status_upstream_subject_and_limit() {
     // No route.
     let r = get_with(gw.port, "/nowhere", &[("X-Request-Id", "req-404")]);
     assert_eq!(r.status, 404);
-    // The limit admits one request an hour: the first is 200, then 429.
+    // The limit admits four requests an hour (two per shard): 200s, then 429.
     let mut admitted = Vec::new();
     let mut refused = Vec::new();
-    for i in 0..20 {
+    for i in 0..40 {
         let id = format!("req-limited-{i}");
         let r = get_with(gw.port, "/limited", &[("X-Request-Id", &id)]);
         match r.status {
