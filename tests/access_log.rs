@@ -364,3 +364,28 @@ fn a_full_queue_drops_lines_and_counts_them() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn queued_lines_are_written_before_the_process_exits() {
+    let backend = Backend::echo("b");
+    let dir = temp_dir();
+    let log = log_path(&dir, "access.log");
+    let mut gw = Gateway::start(&config_with(
+        &backend,
+        &format!("path: {:?}", log.display().to_string()),
+        "",
+    ));
+    const N: usize = 50;
+    let mut c = Client::connect(gw.port);
+    for i in 0..N {
+        assert_eq!(c.get(&format!("/pub/{i}")).status, 200);
+    }
+    drop(c);
+    gw.send_signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(15)).is_some(),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(lines(&log).len(), N);
+}

@@ -128,13 +128,18 @@ pub fn configure(t: Option<&Tracing>) {
     }
 }
 
-/// Waits (at most `wait`) until the exporter has tried to send what is queued.
+/// Waits (at most `wait`) until the exporter has tried to send what is
+/// queued, and logs what it exported and dropped over the process's life.
 pub fn finish(wait: Duration) {
     if let Some(c) = CONTROL.get() {
         let (tx, rx) = bounded(1);
         if c.send(Control::Finish(tx)).is_ok() {
             let _ = rx.recv_timeout(wait);
         }
+        let (exported, failed) = exporter_counts();
+        eprintln!(
+            "shardgate: span export: {exported} span(s) exported, {failed} dropped by failed posts"
+        );
     }
 }
 
