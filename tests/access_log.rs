@@ -95,6 +95,10 @@ fn lines_carry_the_request_route_status_upstream_subject_and_limit() {
         b"hello world",
     );
     assert_eq!(r.status, 200);
+    // A chunked body counts its data.
+    let mut c = Client::connect(gw.port);
+    c.send(b"POST /pub/c HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
     // No route.
     let r = get_with(gw.port, "/nowhere", &[("X-Request-Id", "req-404")]);
     assert_eq!(r.status, 404);
@@ -171,6 +175,9 @@ fn lines_carry_the_request_route_status_upstream_subject_and_limit() {
     assert_eq!(l["method"], "POST");
     assert_eq!(l["bytes_in"], 11);
 
+    let l = line_of(&log, "req-chunked");
+    assert_eq!(l["bytes_in"], 11);
+
     let l = line_of(&log, "req-404");
     assert_eq!(l["status"], 404);
     assert!(l["route"].is_null() && l["upstream"].is_null() && l["target"].is_null());
@@ -200,7 +207,7 @@ fn lines_carry_the_request_route_status_upstream_subject_and_limit() {
 
     // Every request is there exactly once.
     let all = lines(&log);
-    let expected = 5 + admitted.len() + refused.len();
+    let expected = 6 + admitted.len() + refused.len();
     assert_eq!(all.len(), expected, "{all:?}");
 }
 
