@@ -3,7 +3,7 @@
 use crate::compiled::{compile, Compiled};
 use crate::config::{self, ConfigError};
 use crate::shard::{self, ShardSet};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,7 +90,8 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
         }
     };
     // Installed before the shards start, so no signal is missed.
-    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardgate: cannot install signal handlers: {e}");
@@ -128,6 +129,8 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The access-log writer and the span exporter, before the first request.
+    crate::observe::configure(&compiled);
     let shards = match shard::start(compiled.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -160,6 +163,9 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
             SIGHUP => {
                 let before = current.generation;
                 current = reload(&source, &shards, current);
+                if current.generation != before {
+                    crate::observe::configure(&current);
+                }
                 if let Some(hub) = &hub {
                     if current.generation != before {
                         hub.reloaded(current.clone());
@@ -168,6 +174,7 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
                     }
                 }
             }
+            SIGUSR1 => crate::observe::reopen_logs(),
             _ => {
                 if let Some(hub) = &hub {
                     hub.draining();
@@ -180,6 +187,7 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
                 if !clean {
                     eprintln!("shardgate: grace period over with requests still running");
                 }
+                crate::observe::finish(std::time::Duration::from_secs(2));
                 eprintln!("shardgate: stopped");
                 return ExitCode::SUCCESS;
             }

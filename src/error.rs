@@ -114,6 +114,17 @@ impl GatewayError {
 
     /// The complete HTTP/1.1 response for this error.
     pub fn to_response(&self, request_id: &str, keep_alive: bool) -> Vec<u8> {
+        self.to_response_traced(request_id, None, keep_alive)
+    }
+
+    /// The complete HTTP/1.1 response for this error, with the request's
+    /// trace id (when tracing is on) in the body next to its request id.
+    pub fn to_response_traced(
+        &self,
+        request_id: &str,
+        trace_id: Option<&str>,
+        keep_alive: bool,
+    ) -> Vec<u8> {
         let status = self.status();
         let mut body = String::with_capacity(96);
         body.push_str("{\"error\":");
@@ -126,6 +137,10 @@ impl GatewayError {
         }
         body.push_str(",\"request_id\":");
         json_string(&mut body, request_id);
+        if let Some(t) = trace_id {
+            body.push_str(",\"trace_id\":");
+            json_string(&mut body, t);
+        }
         body.push('}');
         let mut out = String::with_capacity(body.len() + 192);
         let _ = write!(

@@ -37,6 +37,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod observe;
 pub mod pace;
 pub mod pipeline;
 pub mod proxy;

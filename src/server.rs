@@ -253,7 +253,7 @@ async fn serve_busy(
                 let id = shard.next_request_id();
                 // The head did not parse, but a HEAD request still gets no content.
                 let head_request = conn.buffered().starts_with(b"HEAD ");
-                let answer = error_answer(&e, &id, false, head_request);
+                let answer = error_answer(&e, &id, None, false, head_request);
                 let _ = conn.write(answer, limits.send_timeout).await;
                 conn.linger(LINGER, LINGER_BYTES).await;
                 return None;
@@ -303,6 +303,7 @@ async fn serve_request(
         add_headers: Vec::new(),
         response_headers: String::new(),
         seen: Default::default(),
+        trace: crate::observe::trace::start(cfg.compiled.tracing.as_ref(), head),
     };
     let result = pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await;
     let disposition = match result {
@@ -310,30 +311,34 @@ async fn serve_request(
         Err(_) if ex.response_started => Disposition::Close,
         Err(e) => respond_error(shard, conn, head, &mut ex, &e).await,
     };
-    finished(shard, listener, head, &ex, started);
+    finished(shard, cfg, listener, head, &ex, started);
     disposition
 }
 
-/// Accounts for a finished request: metrics (and, when configured, the
-/// access log and the request's span).
+/// Accounts for a finished request: metrics, and (when configured) the
+/// access log and the request's spans.
 fn finished(
     shard: &Shard,
+    cfg: &crate::shard::ShardConfig,
     listener: usize,
     head: &RequestHead,
     ex: &Exchange<'_>,
     started: Instant,
 ) {
-    let mut m = shard.metrics.borrow_mut();
-    if m.enabled {
-        let method = crate::metrics::Method::of(head.method());
-        m.request(
-            listener,
-            ex.seen.route,
-            method,
-            ex.seen.status,
-            started.elapsed(),
-        );
+    {
+        let mut m = shard.metrics.borrow_mut();
+        if m.enabled {
+            let method = crate::metrics::Method::of(head.method());
+            m.request(
+                listener,
+                ex.seen.route,
+                method,
+                ex.seen.status,
+                started.elapsed(),
+            );
+        }
     }
+    crate::observe::finished(shard, cfg, listener, head, ex, started);
 }
 
 /// Sends the JSON error, first draining a small unread body so the connection can stay open.
@@ -368,7 +373,14 @@ async fn respond_error(
             _ => false,
         };
     }
-    let answer = error_answer(e, ex.request_id, keep, head.method() == "HEAD");
+    let trace_id = ex.trace.as_ref().map(|t| t.trace_id_hex());
+    let answer = error_answer(
+        e,
+        ex.request_id,
+        trace_id.as_deref(),
+        keep,
+        head.method() == "HEAD",
+    );
     ex.seen.status = e.status();
     ex.seen.bytes_out = answer.len() as u64;
     let (r, _) = conn.write(answer, limits.send_timeout).await;
@@ -400,8 +412,14 @@ fn test_panic(shard: &Shard, head: &RequestHead) {
 
 /// The error's response; to a HEAD request, the same head without content
 /// (RFC 9110 §9.3.2).
-fn error_answer(e: &GatewayError, request_id: &str, keep: bool, head_request: bool) -> Vec<u8> {
-    let mut answer = e.to_response(request_id, keep);
+fn error_answer(
+    e: &GatewayError,
+    request_id: &str,
+    trace_id: Option<&str>,
+    keep: bool,
+    head_request: bool,
+) -> Vec<u8> {
+    let mut answer = e.to_response_traced(request_id, trace_id, keep);
     if head_request {
         if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
             answer.truncate(end + 4);

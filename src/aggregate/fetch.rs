@@ -62,6 +62,8 @@ pub struct PartRequest<'a> {
     pub deadline: Instant,
     /// The reason given when the deadline passes.
     pub timeout_reason: &'a str,
+    /// The status of the answer, once its head is read (0 before).
+    pub status: std::cell::Cell<u16>,
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -93,7 +95,28 @@ enum Attempt {
 pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, PartError> {
     let in_flight = InFlight::pick(shard, req.up, req.cursor)
         .ok_or_else(|| PartError::new("upstream has no targets"))?;
+    fetch_from(shard, &mut req, in_flight.addr()).await
+}
+
+/// [`fetch`], also telling the target called (if one was picked) and the
+/// status of its answer (0: none came), for the part's span.
+pub async fn fetch_seen(
+    shard: &Shard,
+    mut req: PartRequest<'_>,
+) -> (Result<Value, PartError>, Option<SocketAddr>, u16) {
+    let Some(in_flight) = InFlight::pick(shard, req.up, req.cursor) else {
+        return (Err(PartError::new("upstream has no targets")), None, 0);
+    };
     let addr = in_flight.addr();
+    let result = fetch_from(shard, &mut req, addr).await;
+    (result, Some(addr), req.status.get())
+}
+
+async fn fetch_from(
+    shard: &Shard,
+    req: &mut PartRequest<'_>,
+    addr: SocketAddr,
+) -> Result<Value, PartError> {
     let mut bytes = std::mem::take(&mut req.head_and_body);
     let host = format!("host: {addr}\r\n");
     bytes.splice(req.host_at..req.host_at, host.bytes());
@@ -124,7 +147,7 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
             }
         };
         let may_retry = reused && attempt == 0 && req.retryable;
-        let (outcome, back) = exchange(&req, &mut lease, conn, bytes, may_retry).await;
+        let (outcome, back) = exchange(req, &mut lease, conn, bytes, may_retry).await;
         bytes = back;
         match outcome {
             Attempt::Done(r) => return r,
@@ -164,7 +187,10 @@ async fn exchange(
         let e = match read_response_head(&mut upc, req.deadline, req.head_method).await {
             // Interim answers (103 Early Hints, a stray 100) are skipped.
             Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
-            Ok(r) => break r,
+            Ok(r) => {
+                req.status.set(r.status);
+                break r;
+            }
             Err(ReadHeadError::ClosedEarly) if may_retry => return (Attempt::Stale, bytes),
             Err(ReadHeadError::ClosedEarly) => {
                 PartError::new("connection closed before a response")

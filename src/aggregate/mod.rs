@@ -627,7 +627,7 @@ async fn run_part(
             claims: inputs.claims,
             part: &lookup,
         };
-        build_request(part, &ctx, inputs.req, ex)?
+        build_request(part, i, &ctx, inputs.req, ex)?
     };
     let (Some(up), Some(cursor)) = (
         cfg.compiled.upstreams.get(part.upstream),
@@ -649,14 +649,26 @@ async fn run_part(
         max_bytes: plan.max_part_bytes,
         deadline: part_deadline,
         timeout_reason: reason,
+        status: Default::default(),
     };
-    fetch::fetch(shard, request).await
+    let Some(trace) = &ex.trace else {
+        return fetch::fetch(shard, request).await;
+    };
+    let started = Instant::now();
+    let (result, target, status) = fetch::fetch_seen(shard, request).await;
+    let error = result
+        .as_ref()
+        .err()
+        .map(|e| (e.reason.as_str(), e.timeout));
+    trace.part_call(i, part.upstream, target, status, started.elapsed(), error);
+    result
 }
 
-/// Builds a part's request head (without `host`) and body; returns the bytes
-/// and where `host` goes.
+/// Builds the request head (without `host`) and body of `part`, the
+/// composite's part number `index`; returns the bytes and where `host` goes.
 pub fn build_request(
     part: &PartPlan,
+    index: usize,
     ctx: &Context<'_>,
     req: &RequestHead,
     ex: &Exchange<'_>,
@@ -705,6 +717,10 @@ pub fn build_request(
     }
     for (name, value) in &ex.add_headers {
         let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if let Some(t) = &ex.trace {
+        // Part i is the request's call 1 + i.
+        t.push_part_fields(index as u64 + 1, req, &mut out);
     }
     for (name, t) in &part.headers {
         out.push_str(name);

@@ -56,6 +56,8 @@ pub struct Exchange<'a> {
     pub response_headers: String,
     /// What is observed of the exchange as it goes, for metrics and logs.
     pub seen: Seen,
+    /// The request's trace context (only when `tracing` is configured).
+    pub trace: Option<crate::observe::trace::Trace>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -113,6 +115,7 @@ pub fn upstream_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let connection = ConnectionNames::of(req.headers());
+    let trace = ex.trace.as_ref();
     for (name, value) in req.headers() {
         // Fields the gateway writes itself, once, from the request's one reading.
         if is_hop_by_hop(name)
@@ -128,6 +131,7 @@ pub fn upstream_head(
         }
         if connection.contains(name)
             || (ex.drop_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || trace.is_some_and(|t| t.replaces(name))
             || ex
                 .identity_headers
                 .iter()
@@ -163,6 +167,12 @@ pub fn upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(ex.request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(t) = trace {
+        // The proxied call is the request's call 0.
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(t.traceparent(0).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     // TE is hop-by-hop: ask for trailers only when they can be passed on.
     if accepts_trailers(req.header("te")) {
         out.extend_from_slice(b"te: trailers\r\n");
@@ -491,6 +501,13 @@ pub async fn forward(
     };
     note_call(shard, up, call);
     ex.seen.upstream = Some(call);
+    if let Some(t) = &ex.trace {
+        t.upstream_call(
+            &call,
+            ex.seen.status,
+            result.as_ref().err().map(|e| e.message()),
+        );
+    }
     result
 }
 
@@ -596,6 +613,7 @@ async fn exchange(
     } else {
         append_buffered(client, req.framing, &mut head)
     };
+    ex.seen.bytes_in = head.len().saturating_sub(head_len) as u64;
     let (res, mut head) = upc.write(head, up.timeout).await;
     head.truncate(head_len);
     if res.is_err() {
@@ -635,7 +653,10 @@ async fn exchange(
         let (copied, answer) = send_body(client, body_framing, &mut upc, out, lim).await;
         upc.push_buffered(&answer);
         let err = match copied {
-            Ok(_) => None,
+            Ok(n) => {
+                ex.seen.bytes_in += n;
+                None
+            }
             // The upstream answered before the body was sent: forward its
             // answer now, then close the client connection (draining what it
             // still sends, so it reads the answer instead of a reset).
