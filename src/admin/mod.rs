@@ -136,6 +136,8 @@ impl Hub {
                 .iter()
                 .map(|l| l.name.clone())
                 .collect(),
+            spans_exported: crate::observe::otlp::exporter_counts().0,
+            spans_failed: crate::observe::otlp::exporter_counts().1,
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct Process {
     pub open_fds: u64,
     /// Listener names by index (for the `listener` label).
     pub listeners: Vec<String>,
+    /// Spans the OTLP exporter sent.
+    pub spans_exported: u64,
+    /// Spans dropped because the collector could not take them.
+    pub spans_failed: u64,
 }
 
 /// Escapes a label value (`\`, `"` and newlines).
@@ -145,6 +149,28 @@ pub fn render(
             p.resident_bytes
         );
     }
+    header(
+        o,
+        "shardgate_trace_spans_exported_total",
+        "counter",
+        "Spans sent to the OTLP collector.",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_trace_spans_exported_total {}",
+        p.spans_exported
+    );
+    header(
+        o,
+        "shardgate_trace_spans_export_failed_total",
+        "counter",
+        "Spans dropped because their post to the collector failed.",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_trace_spans_export_failed_total {}",
+        p.spans_failed
+    );
     if p.open_fds > 0 {
         header(
             o,
