@@ -211,6 +211,11 @@ Try:
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
+Operate it (admin listener, private):
+  open http://127.0.0.1:9900/                                            # live status page
+  curl -s http://127.0.0.1:9900/metrics | grep shardgate_requests_total  # Prometheus metrics
+  curl -s http://127.0.0.1:9900/ready; curl -s http://127.0.0.1:9900/upstreams   # readiness, upstream state
+  curl -s http://127.0.0.1:9900/config                                   # effective config, secrets redacted
   kill -HUP <pid>   # reload config/demo.ron;   Ctrl-C or kill -TERM <pid>  # graceful shutdown
 "#
     );
