@@ -396,3 +396,36 @@ fn an_admin_bind_on_a_public_listener_is_refused() {
     assert!(err.contains("admin.histogram_buckets_ms"), "{err}");
     assert!(err.contains(":3:"), "positions name the line: {err}");
 }
+
+#[test]
+fn aggregation_parts_are_counted_by_outcome() {
+    let backend =
+        Backend::start(|_| Response::ok("{\"id\": 1}").header("content-type", "application/json"));
+    let text = gateway_config(&backend, "").replace(
+        r#"        Route(name: "dead","#,
+        r#"        Route(name: "combo", match: Match(path: "/combo"), aggregate: Aggregate(parts: [
+            Part(name: "good", upstream: "app", path: "/one"),
+            Part(name: "broken", upstream: "dead", path: "/", required: false),
+            Part(name: "after_broken", upstream: "app", path: "/two", required: false, after: "broken"),
+        ])),
+        Route(name: "dead","#,
+    );
+    let gw = Gateway::start(&text);
+    for _ in 0..2 {
+        let r = get(gw.port, "/combo");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let m = scrape(&gw);
+    let part = |p: &str, o: &str| {
+        value(
+            &m,
+            &format!(
+                r#"shardgate_aggregate_parts_total{{route="combo",part="{p}",outcome="{o}"}}"#
+            ),
+        )
+    };
+    assert_eq!(part("good", "ok"), 2.0);
+    assert_eq!(part("broken", "failed"), 2.0);
+    assert_eq!(part("after_broken", "skipped"), 2.0);
+    assert_eq!(part("good", "failed"), 0.0);
+}
