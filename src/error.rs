@@ -186,19 +186,29 @@ impl GatewayError {
 /// Appends `s` as a JSON string literal.
 pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+    // Runs of characters that need no escape are copied whole.
+    let mut rest = s;
+    while let Some(i) = rest
+        .bytes()
+        .position(|b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        let (plain, tail) = rest.split_at(i);
+        out.push_str(plain);
+        let mut chars = tail.chars();
+        match chars.next() {
+            Some('"') => out.push_str("\\\""),
+            Some('\\') => out.push_str("\\\\"),
+            Some('\n') => out.push_str("\\n"),
+            Some('\r') => out.push_str("\\r"),
+            Some('\t') => out.push_str("\\t"),
+            Some(c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
-            c => out.push(c),
+            None => {}
         }
+        rest = chars.as_str();
     }
+    out.push_str(rest);
     out.push('"');
 }
 
@@ -228,6 +238,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_escape_what_json_needs() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1}é/ü\te");
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é/ü\\te\"");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é/ü\te");
+    }
 
     #[test]
     fn json_error_body() {

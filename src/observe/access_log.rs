@@ -15,7 +15,6 @@ use crate::http::RequestHead;
 use crate::proxy::Exchange;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::sync::OnceLock;
@@ -44,7 +43,7 @@ pub fn line(
     let seen = &ex.seen;
     let mut s = String::with_capacity(384);
     s.push_str("{\"time\":\"");
-    s.push_str(&super::rfc3339_millis(now));
+    super::push_rfc3339_millis(&mut s, now);
     s.push_str("\",\"request_id\":");
     json_string(&mut s, ex.request_id);
     s.push_str(",\"trace_id\":");
@@ -60,7 +59,9 @@ pub fn line(
         }
         None => s.push_str("null"),
     }
-    let _ = write!(s, ",\"client\":\"{}\",\"listener\":", ex.client_ip);
+    s.push_str(",\"client\":\"");
+    super::push_ip(&mut s, ex.client_ip);
+    s.push_str("\",\"listener\":");
     json_opt(
         &mut s,
         compiled.listeners.get(listener).map(|l| l.name.as_str()),
@@ -76,14 +77,14 @@ pub fn line(
             .and_then(|r| compiled.routes.get(r))
             .map(|r| r.name.as_str()),
     );
-    let _ = write!(
-        s,
-        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3}",
-        seen.status,
-        seen.bytes_in,
-        seen.bytes_out,
-        took.as_secs_f64() * 1e3
-    );
+    s.push_str(",\"status\":");
+    super::push_u64(&mut s, u64::from(seen.status));
+    s.push_str(",\"bytes_in\":");
+    super::push_u64(&mut s, seen.bytes_in);
+    s.push_str(",\"bytes_out\":");
+    super::push_u64(&mut s, seen.bytes_out);
+    s.push_str(",\"duration_ms\":");
+    super::push_millis(&mut s, took);
     match &seen.upstream {
         Some(call) => {
             s.push_str(",\"upstream\":");
@@ -94,13 +95,13 @@ pub fn line(
                     .get(call.upstream)
                     .map(|u| u.name.as_str()),
             );
-            let _ = write!(
-                s,
-                ",\"target\":\"{}\",\"upstream_ms\":{:.3},\"upstream_outcome\":\"{}\"",
-                call.target,
-                call.took.as_secs_f64() * 1e3,
-                call.outcome.label()
-            );
+            s.push_str(",\"target\":\"");
+            super::push_addr(&mut s, call.target);
+            s.push_str("\",\"upstream_ms\":");
+            super::push_millis(&mut s, call.took);
+            s.push_str(",\"upstream_outcome\":\"");
+            s.push_str(call.outcome.label());
+            s.push('"');
         }
         None => s.push_str(
             ",\"upstream\":null,\"target\":null,\"upstream_ms\":null,\"upstream_outcome\":null",

@@ -123,6 +123,106 @@ pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Appends `n` in decimal (without `core::fmt`, which costs several times
+/// more on the per-request log line).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    for &d in digits.iter().skip(at) {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends a duration in milliseconds with three decimals (`12.345`).
+pub(crate) fn push_millis(out: &mut String, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(out, us / 1000);
+    out.push('.');
+    let frac = us % 1000;
+    if frac < 100 {
+        out.push('0');
+    }
+    if frac < 10 {
+        out.push('0');
+    }
+    push_u64(out, frac);
+}
+
+/// Appends an IP address as `Display` writes it (IPv4 by hand, the rest
+/// through `Display`).
+pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// Appends a socket address as `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
+pub(crate) fn push_addr(out: &mut String, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            push_ip(out, std::net::IpAddr::V4(*a.ip()));
+            out.push(':');
+            push_u64(out, u64::from(a.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+/// Appends `t` as RFC 3339 in UTC with milliseconds; the part up to the
+/// second is made once per second per thread.
+pub(crate) fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let mut full = rfc3339_millis(t);
+            full.truncate(full.len().saturating_sub(5));
+            *text = full;
+            *at = secs;
+        }
+        out.push_str(text);
+    });
+    out.push('.');
+    let ms = d.subsec_millis();
+    if ms < 100 {
+        out.push('0');
+    }
+    if ms < 10 {
+        out.push('0');
+    }
+    push_u64(out, u64::from(ms));
+    out.push('Z');
+}
+
 /// `t` as RFC 3339 in UTC with milliseconds: `2026-12-02T03:43:06.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let d = t
@@ -178,6 +278,45 @@ mod tests {
         // A leap day.
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn hand_written_numbers_match_display() {
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for us in [0u64, 5, 999, 1_000, 12_345, 7_000_042] {
+            let mut s = String::new();
+            push_millis(&mut s, Duration::from_micros(us));
+            assert_eq!(s, format!("{:.3}", us as f64 / 1e3));
+        }
+        for a in [
+            "1.2.3.4:80",
+            "255.0.10.1:65535",
+            "[::1]:8080",
+            "[2001:db8::7]:1",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            let mut s = String::new();
+            push_addr(&mut s, addr);
+            assert_eq!(s, a);
+            let mut s = String::new();
+            push_ip(&mut s, addr.ip());
+            assert_eq!(s, addr.ip().to_string());
+        }
+        for ms in [
+            0u64,
+            1_795_000_986_001,
+            1_795_000_986_123,
+            1_795_000_987_050,
+        ] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let mut s = String::new();
+            push_rfc3339_millis(&mut s, t);
+            assert_eq!(s, rfc3339_millis(t));
+        }
     }
 
     #[test]
