@@ -185,31 +185,34 @@ impl GatewayError {
 
 /// Appends `s` as a JSON string literal.
 pub fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    // Runs of characters that need no escape are copied whole.
+    json_quoted(s, |piece| out.push_str(piece));
+}
+
+/// `s` as a JSON string, quotes included, handed to `push` in pieces: runs
+/// of characters that need no escape whole, escapes one by one.
+pub fn json_quoted(s: &str, mut push: impl FnMut(&str)) {
+    push("\"");
     let mut rest = s;
     while let Some(i) = rest
         .bytes()
         .position(|b| b < 0x20 || b == b'"' || b == b'\\')
     {
         let (plain, tail) = rest.split_at(i);
-        out.push_str(plain);
+        push(plain);
         let mut chars = tail.chars();
         match chars.next() {
-            Some('"') => out.push_str("\\\""),
-            Some('\\') => out.push_str("\\\\"),
-            Some('\n') => out.push_str("\\n"),
-            Some('\r') => out.push_str("\\r"),
-            Some('\t') => out.push_str("\\t"),
-            Some(c) => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
+            Some('"') => push("\\\""),
+            Some('\\') => push("\\\\"),
+            Some('\n') => push("\\n"),
+            Some('\r') => push("\\r"),
+            Some('\t') => push("\\t"),
+            Some(c) => push(&format!("\\u{:04x}", c as u32)),
             None => {}
         }
         rest = chars.as_str();
     }
-    out.push_str(rest);
-    out.push('"');
+    push(rest);
+    push("\"");
 }
 
 /// Standard reason phrase for the statuses the gateway produces itself.

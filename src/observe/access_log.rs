@@ -10,7 +10,6 @@
 
 use crate::compiled::Compiled;
 use crate::config::AccessLog;
-use crate::error::json_string;
 use crate::http::RequestHead;
 use crate::proxy::Exchange;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -39,55 +38,55 @@ pub fn line(
     ex: &Exchange<'_>,
     now: SystemTime,
     took: Duration,
-) -> String {
+) -> Vec<u8> {
     let seen = &ex.seen;
-    let mut s = String::with_capacity(384);
-    s.push_str("{\"time\":\"");
+    let mut s = Vec::with_capacity(384);
+    s.extend_from_slice(b"{\"time\":\"");
     super::push_rfc3339_millis(&mut s, now);
-    s.push_str("\",\"request_id\":");
-    json_string(&mut s, ex.request_id);
-    s.push_str(",\"trace_id\":");
+    s.extend_from_slice(b"\",\"request_id\":");
+    super::json_bytes(&mut s, ex.request_id);
+    s.extend_from_slice(b",\"trace_id\":");
     let trace_id = match &ex.trace {
         Some(t) => Some(t.trace_id()),
         None => super::trace::incoming_trace_id(head),
     };
     match trace_id {
         Some(id) => {
-            s.push('"');
-            super::push_hex(&mut s, &id);
-            s.push('"');
+            s.push(b'"');
+            super::push_hex_bytes(&mut s, &id);
+            s.push(b'"');
         }
-        None => s.push_str("null"),
+        None => s.extend_from_slice(b"null"),
     }
-    s.push_str(",\"client\":\"");
+    s.extend_from_slice(b",\"client\":\"");
     super::push_ip(&mut s, ex.client_ip);
-    s.push_str("\",\"listener\":");
+    s.extend_from_slice(b"\",\"listener\":");
     json_opt(
         &mut s,
         compiled.listeners.get(listener).map(|l| l.name.as_str()),
     );
-    s.push_str(",\"method\":");
-    json_string(&mut s, head.method());
-    s.push_str(",\"path\":");
-    json_string(&mut s, head.path());
-    s.push_str(",\"route\":");
+    s.extend_from_slice(b",\"method\":");
+    super::json_bytes(&mut s, head.method());
+    s.extend_from_slice(b",\"path\":");
+    super::json_bytes(&mut s, head.path());
+    s.extend_from_slice(b",\"route\":");
     json_opt(
         &mut s,
         seen.route
             .and_then(|r| compiled.routes.get(r))
             .map(|r| r.name.as_str()),
     );
-    s.push_str(",\"status\":");
+    s.extend_from_slice(b",\"status\":");
     super::push_u64(&mut s, u64::from(seen.status));
-    s.push_str(",\"bytes_in\":");
+    s.extend_from_slice(b",\"bytes_in\":");
     super::push_u64(&mut s, seen.bytes_in);
-    s.push_str(",\"bytes_out\":");
+    s.extend_from_slice(b",\"bytes_out\":");
     super::push_u64(&mut s, seen.bytes_out);
-    s.push_str(",\"duration_ms\":");
+    s.extend_from_slice(b",\"duration_ms\":");
     super::push_millis(&mut s, took);
     match &seen.upstream {
         Some(call) => {
-            s.push_str(",\"upstream\":");
+            s.extend_from_slice(b",\"upstream\":");
             json_opt(
                 &mut s,
                 compiled
@@ -95,37 +94,37 @@ pub fn line(
                     .get(call.upstream)
                     .map(|u| u.name.as_str()),
             );
-            s.push_str(",\"target\":\"");
+            s.extend_from_slice(b",\"target\":\"");
             super::push_addr(&mut s, call.target);
-            s.push_str("\",\"upstream_ms\":");
+            s.extend_from_slice(b"\",\"upstream_ms\":");
             super::push_millis(&mut s, call.took);
-            s.push_str(",\"upstream_outcome\":\"");
-            s.push_str(call.outcome.label());
-            s.push('"');
+            s.extend_from_slice(b",\"upstream_outcome\":\"");
+            s.extend_from_slice(call.outcome.label().as_bytes());
+            s.push(b'"');
         }
-        None => s.push_str(
-            ",\"upstream\":null,\"target\":null,\"upstream_ms\":null,\"upstream_outcome\":null",
+        None => s.extend_from_slice(
+            b",\"upstream\":null,\"target\":null,\"upstream_ms\":null,\"upstream_outcome\":null",
         ),
     }
-    s.push_str(",\"subject\":");
+    s.extend_from_slice(b",\"subject\":");
     json_opt(&mut s, seen.subject.as_deref());
-    s.push_str(",\"rate_limit\":");
+    s.extend_from_slice(b",\"rate_limit\":");
     json_opt(&mut s, seen.rate_limit.map(|d| d.label()));
-    s.push('}');
+    s.push(b'}');
     s
 }
 
-fn json_opt(s: &mut String, v: Option<&str>) {
+fn json_opt(s: &mut Vec<u8>, v: Option<&str>) {
     match v {
-        Some(v) => json_string(s, v),
-        None => s.push_str("null"),
+        Some(v) => super::json_bytes(s, v),
+        None => s.extend_from_slice(b"null"),
     }
 }
 
 /// What the writer thread is told.
 enum Control {
     /// A shard's queue of lines.
-    Attach(Receiver<String>),
+    Attach(Receiver<Vec<u8>>),
     /// Where lines go (`None`: the log is off; queued lines are dropped).
     Path(Option<String>),
     /// Reopen the file (SIGUSR1).
@@ -183,11 +182,11 @@ pub fn finish(wait: Duration) {
 
 thread_local! {
     /// This shard thread's queue to the writer, made on its first line.
-    static QUEUE: RefCell<Option<Sender<String>>> = const { RefCell::new(None) };
+    static QUEUE: RefCell<Option<Sender<Vec<u8>>>> = const { RefCell::new(None) };
 }
 
 /// Hands a line to the writer; false when it was dropped (queue full).
-pub fn submit(cfg: &AccessLog, line: String) -> bool {
+pub fn submit(cfg: &AccessLog, line: Vec<u8>) -> bool {
     QUEUE.with(|q| {
         let mut q = q.borrow_mut();
         if q.is_none() {
@@ -204,7 +203,7 @@ pub fn submit(cfg: &AccessLog, line: String) -> bool {
 /// The writer thread's state.
 #[derive(Default)]
 struct Writer {
-    queues: Vec<Receiver<String>>,
+    queues: Vec<Receiver<Vec<u8>>>,
     path: Option<String>,
     out: Option<BufWriter<Box<dyn Write + Send>>>,
     /// Bytes written since the last flush.
@@ -354,7 +353,7 @@ impl Writer {
 
 fn write_line(
     out: &mut Option<BufWriter<Box<dyn Write + Send>>>,
-    line: &str,
+    line: &[u8],
     lost: &mut u64,
     broken_since: &mut Option<Instant>,
 ) {
@@ -362,9 +361,7 @@ fn write_line(
         *lost += 1;
         return;
     };
-    let r = w
-        .write_all(line.as_bytes())
-        .and_then(|()| w.write_all(b"\n"));
+    let r = w.write_all(line).and_then(|()| w.write_all(b"\n"));
     if let Err(e) = r {
         eprintln!("shardgate: access log write failed: {e}; lines are dropped until it works again (reopened every second and on SIGUSR1)");
         *out = None;

@@ -123,9 +123,14 @@ pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Appends `s` as a JSON string (quotes included).
+pub(crate) fn json_bytes(out: &mut Vec<u8>, s: &str) {
+    crate::error::json_quoted(s, |piece| out.extend_from_slice(piece.as_bytes()));
+}
+
 /// Appends `n` in decimal (without `core::fmt`, which costs several times
 /// more on the per-request log line).
-pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -138,63 +143,55 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in digits.iter().skip(at) {
-        out.push(char::from(d));
-    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 /// Appends a duration in milliseconds with three decimals (`12.345`).
-pub(crate) fn push_millis(out: &mut String, d: Duration) {
+pub(crate) fn push_millis(out: &mut Vec<u8>, d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     push_u64(out, us / 1000);
-    out.push('.');
+    out.push(b'.');
     let frac = us % 1000;
     if frac < 100 {
-        out.push('0');
+        out.push(b'0');
     }
     if frac < 10 {
-        out.push('0');
+        out.push(b'0');
     }
     push_u64(out, frac);
 }
 
 /// Appends an IP address as `Display` writes it (IPv4 by hand, the rest
 /// through `Display`).
-pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, o) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 push_u64(out, u64::from(*o));
             }
         }
-        std::net::IpAddr::V6(_) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{ip}");
-        }
+        std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
     }
 }
 
 /// Appends a socket address as `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
-pub(crate) fn push_addr(out: &mut String, addr: std::net::SocketAddr) {
+pub(crate) fn push_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
     match addr {
         std::net::SocketAddr::V4(a) => {
             push_ip(out, std::net::IpAddr::V4(*a.ip()));
-            out.push(':');
+            out.push(b':');
             push_u64(out, u64::from(a.port()));
         }
-        std::net::SocketAddr::V6(_) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{addr}");
-        }
+        std::net::SocketAddr::V6(_) => out.extend_from_slice(addr.to_string().as_bytes()),
     }
 }
 
 /// Appends `t` as RFC 3339 in UTC with milliseconds; the part up to the
 /// second is made once per second per thread.
-pub(crate) fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
+pub(crate) fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
     thread_local! {
         static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -209,18 +206,31 @@ pub(crate) fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
             *text = full;
             *at = secs;
         }
-        out.push_str(text);
+        out.extend_from_slice(text.as_bytes());
     });
-    out.push('.');
+    out.push(b'.');
     let ms = d.subsec_millis();
     if ms < 100 {
-        out.push('0');
+        out.push(b'0');
     }
     if ms < 10 {
-        out.push('0');
+        out.push(b'0');
     }
     push_u64(out, u64::from(ms));
-    out.push('Z');
+    out.push(b'Z');
+}
+
+/// Lower-case hex of `bytes`, appended to `out`.
+pub(crate) fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        for nibble in [b >> 4, b & 0xf] {
+            out.push(if nibble < 10 {
+                b'0' + nibble
+            } else {
+                b'a' + nibble - 10
+            });
+        }
+    }
 }
 
 /// `t` as RFC 3339 in UTC with milliseconds: `2026-12-02T03:43:06.123Z`.
@@ -282,15 +292,20 @@ mod tests {
 
     #[test]
     fn hand_written_numbers_match_display() {
+        let text = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            String::from_utf8(v).unwrap()
+        };
         for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
-            let mut s = String::new();
-            push_u64(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(text(&|v| push_u64(v, n)), n.to_string());
         }
         for us in [0u64, 5, 999, 1_000, 12_345, 7_000_042] {
-            let mut s = String::new();
-            push_millis(&mut s, Duration::from_micros(us));
-            assert_eq!(s, format!("{:.3}", us as f64 / 1e3));
+            let d = Duration::from_micros(us);
+            assert_eq!(
+                text(&|v| push_millis(v, d)),
+                format!("{:.3}", us as f64 / 1e3)
+            );
         }
         for a in [
             "1.2.3.4:80",
@@ -299,12 +314,8 @@ mod tests {
             "[2001:db8::7]:1",
         ] {
             let addr: std::net::SocketAddr = a.parse().unwrap();
-            let mut s = String::new();
-            push_addr(&mut s, addr);
-            assert_eq!(s, a);
-            let mut s = String::new();
-            push_ip(&mut s, addr.ip());
-            assert_eq!(s, addr.ip().to_string());
+            assert_eq!(text(&|v| push_addr(v, addr)), a);
+            assert_eq!(text(&|v| push_ip(v, addr.ip())), addr.ip().to_string());
         }
         for ms in [
             0u64,
@@ -313,10 +324,14 @@ mod tests {
             1_795_000_987_050,
         ] {
             let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-            let mut s = String::new();
-            push_rfc3339_millis(&mut s, t);
-            assert_eq!(s, rfc3339_millis(t));
+            assert_eq!(text(&|v| push_rfc3339_millis(v, t)), rfc3339_millis(t));
         }
+        let id = [0x4bu8, 0xf9, 0x0a];
+        assert_eq!(text(&|v| push_hex_bytes(v, &id)), "4bf90a");
+        let mut hex = String::new();
+        push_hex(&mut hex, &id);
+        assert_eq!(hex, "4bf90a");
+        assert_eq!(text(&|v| json_bytes(v, "a\"é\n")), "\"a\\\"é\\n\"");
     }
 
     #[test]
