@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Connection scale on loopback, shardgate against nginx (one core each):
+# Connection scale on loopback, shardgate against nginx and HAProxy (one
+# core each; HAProxy only when listed in TARGETS):
 #   1. RSS per idle keep-alive connection at 10,000, 50,000 and 100,000
 #      connections, each after one request (held by scripts/conn-scale/hold.py);
 #   2. accept rate: new connections per second while those are opened;
 #   3. req/s and p99 with 10,000 active connections (wrk).
 #
 # Usage:  scripts/conn-scale.sh            (Markdown report on stdout)
-# Knobs:  COUNTS="10000 19000 50000 100000"  TARGETS="shardgate nginx"
+# Knobs:  COUNTS="10000 19000 50000 100000"  TARGETS="shardgate nginx" (or
+#         "shardgate nginx haproxy"; HAProxy's maxconn is half RLIMIT_NOFILE,
+#         so keep ACTIVE below that: ACTIVE=9000 with a 20,000 limit)
 #         ACTIVE=10000  DURATION=10  ROUNDS=2  SKIP_BUILD=0
 #         SETTLE=5 (seconds between the last answer and the RSS reading)
 #         SHARDGATE_BIN=target/release/shardgate
@@ -109,6 +112,29 @@ RON
         location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" \
                 >"$dir/nginx.conf"
             taskset -c 0 nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
+            ;;
+        haproxy)
+            # HAProxy needs two descriptors per proxied connection, so its
+            # maxconn is half the open-file limit here.
+            cat >"$dir/haproxy.cfg" <<CFG
+global
+    nbthread 1
+    maxconn $(( (FD_LIMIT - 200) / 2 ))
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 600s
+    timeout server 60s
+    timeout http-keep-alive 600s
+frontend fe
+    bind 127.0.0.1:$PORT
+    default_backend be
+backend be
+    server s1 127.0.0.1:$UP_PORT maxconn 256
+CFG
+            taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
             ;;
         *) die "unknown target $1" ;;
     esac
