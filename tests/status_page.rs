@@ -323,7 +323,7 @@ fn traffic(port: u16, stop: Arc<AtomicBool>, sent: Arc<Sent>) -> thread::JoinHan
         let deadline = Instant::now() + Duration::from_secs(420);
         while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
             i += 1;
-            let path = if i % 5 == 0 {
+            let path = if i.is_multiple_of(5) {
                 "/nothing-here"
             } else if i % 20 == 3 && i < 200 {
                 "/limited"
@@ -491,4 +491,76 @@ fn status_page_shows_live_traffic_in_a_real_browser() {
             .is_some_and(|c| c.iter().all(|n| n.as_u64() == Some(0))),
         "no connections left: {quiet:#}"
     );
+}
+
+#[test]
+fn with_metrics_off_the_page_still_shows_shard_load() {
+    let Some((driver, chrome)) = browser() else {
+        let required = std::env::var("SHARDGATE_BROWSER_REQUIRED").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "chromium and chromedriver are required but not found"
+        );
+        eprintln!("SKIPPED status_page: chromium and chromedriver not found");
+        return;
+    };
+    let backend = Backend::echo("app");
+    let gw = Gateway::start(&format!(
+        "Gateway(\n\
+         shards: Count(2),\n\
+         listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n\
+         limits_http: {LIMITS},\n\
+         upstreams: {{ \"app\": Upstream(targets: [\"{addr}\"]) }},\n\
+         routes: [Route(name: \"api\", match: Match(path_prefix: \"/\"), upstream: \"app\")],\n\
+         admin: Some(Admin(bind: \"127.0.0.1:$PORT2\", metrics: false)),\n\
+         )\n",
+        addr = backend.addr()
+    ));
+    // A connection held open shows in the shard table.
+    let mut held = Client::connect(gw.port);
+    assert_eq!(held.get("/x").status, 200);
+    let b = Browser::start(&driver, &chrome);
+    b.go(&format!("http://127.0.0.1:{}/", gw.port2));
+    let v = wait_for(&b, Duration::from_secs(20), "shard load", |v| {
+        v["sampled"].as_u64().unwrap_or(0) >= 2
+            && v["shards"] == json!(2)
+            && v["shard_conns"]
+                .as_array()
+                .is_some_and(|c| c.iter().filter_map(Value::as_u64).sum::<u64>() == 1)
+    });
+    assert_eq!(
+        v["metrics_off_hidden"],
+        json!(false),
+        "the banner shows: {v:#}"
+    );
+    assert_eq!(v["kpi_rps"], json!("off"), "{v:#}");
+    assert_eq!(v["api_requests"], Value::Null, "no route rows: {v:#}");
+    assert_eq!(v["rps_points"], json!(0), "no rate points: {v:#}");
+
+    // The JSON behind it: metrics off, history columns of one length.
+    let api = get(gw.port2, "/api/status");
+    assert_eq!(api.status, 200);
+    let j: Value = serde_json::from_slice(&api.body).expect("JSON");
+    assert_eq!(j["metrics"], json!(false));
+    let h = &j["history"];
+    let len = h["t"].as_array().map_or(0, Vec::len);
+    assert!((2..=300).contains(&len), "{len} samples");
+    for col in [
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "mix",
+        "refused_ps",
+        "connections",
+    ] {
+        assert_eq!(
+            h[col].as_array().map_or(0, Vec::len),
+            len,
+            "history column {col}"
+        );
+    }
+    assert!(h["rps"]
+        .as_array()
+        .is_some_and(|r| r.iter().all(Value::is_null)));
+    drop(held);
 }
