@@ -357,12 +357,12 @@ impl History {
         self.with(|k| {
             let samples = &k.samples;
             let series = json!({
-                "t": samples.iter().map(|s| s.t).collect::<Vec<_>>(),
-                "rps": samples.iter().map(|s| s.rps).collect::<Vec<_>>(),
+                "t": samples.iter().map(|s| r3(s.t)).collect::<Vec<_>>(),
+                "rps": samples.iter().map(|s| s.rps.map(r3)).collect::<Vec<_>>(),
                 "p50_ms": samples.iter().map(|s| s.p50_us.map(ms)).collect::<Vec<_>>(),
                 "p99_ms": samples.iter().map(|s| s.p99_us.map(ms)).collect::<Vec<_>>(),
                 "mix": samples.iter().map(|s| s.mix.to_vec()).collect::<Vec<_>>(),
-                "refused_ps": samples.iter().map(|s| s.refused).collect::<Vec<_>>(),
+                "refused_ps": samples.iter().map(|s| r3(s.refused)).collect::<Vec<_>>(),
                 "connections": samples.iter().map(|s| s.connections).collect::<Vec<_>>(),
                 "shard_rps": shard_series(samples),
             });
@@ -392,6 +392,12 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// `x` to 3 decimals: rates and times need no more, and the history's
+/// JSON stays short.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// Per shard id, its requests/s in each sample (`null` where it did not
 /// answer or did not count).
 fn shard_series(samples: &VecDeque<Sample>) -> Value {
@@ -406,7 +412,12 @@ fn shard_series(samples: &VecDeque<Sample>) -> Value {
         .map(|id| {
             let v: Vec<Option<f64>> = samples
                 .iter()
-                .map(|s| s.shards.iter().find(|(i, _)| i == id).and_then(|(_, r)| *r))
+                .map(|s| {
+                    s.shards
+                        .iter()
+                        .find(|(i, _)| i == id)
+                        .and_then(|(_, r)| r.map(r3))
+                })
                 .collect();
             (id.to_string(), json!(v))
         })
@@ -675,6 +686,11 @@ pub fn json(hub: &Hub) -> Value {
     hub.history.to_json(hub.shards())
 }
 
+/// The page's data as compact JSON text (the page asks every second).
+pub fn body(hub: &Hub) -> Vec<u8> {
+    serde_json::to_vec(&json(hub)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,5 +756,130 @@ mod tests {
         assert_eq!(d.routes.len(), 1);
         assert_eq!(d.routes["b"].classes, [0, 0, 0, 2, 0]);
         assert_eq!(d.limits["l"], [0, 2, 0]);
+    }
+
+    fn report(id: usize, m: &crate::metrics::ShardMetrics) -> ShardReport {
+        ShardReport {
+            id,
+            core: Some(id),
+            driver: crate::shard::Driver::Epoll,
+            generation: 1,
+            connections: 1,
+            in_flight: 0,
+            requests: m.requests,
+            listeners: Vec::new(),
+            pools: Vec::new(),
+            ratelimit_keys: 0,
+            quota_sent: 0,
+            quota_received: 0,
+            free_buffers: 0,
+            metrics: Some(m.snapshot()),
+        }
+    }
+
+    fn shard() -> crate::metrics::ShardMetrics {
+        let mut m = crate::metrics::ShardMetrics::default();
+        m.configure(
+            true,
+            &crate::metrics::Names {
+                routes: vec!["api"],
+                upstreams: Vec::new(),
+                authenticators: Vec::new(),
+                limits: vec!["tiny"],
+                parts: vec![Vec::new()],
+            },
+        );
+        m
+    }
+
+    fn get(m: &mut crate::metrics::ShardMetrics, n: usize, status: u16, ms: u64) {
+        for _ in 0..n {
+            m.request(
+                0,
+                Some(0),
+                crate::metrics::Method::Get,
+                status,
+                Duration::from_millis(ms),
+            );
+        }
+    }
+
+    #[test]
+    fn samples_turn_cumulative_reports_into_rates() {
+        let h = History::default();
+        let (mut a, mut b) = (shard(), shard());
+        get(&mut a, 100, 200, 1);
+        let t0 = Instant::now();
+        h.sample(vec![report(0, &a), report(1, &b)], 2, true, t0, 1000.0);
+        // One second: 20 fast 200s on shard 0, 10 slow 404s on shard 1, and a refusal.
+        get(&mut a, 20, 200, 2);
+        get(&mut b, 10, 404, 50);
+        b.limit(0, crate::metrics::LimitDecision::Refused);
+        let t1 = t0 + Duration::from_secs(1);
+        h.sample(vec![report(0, &a), report(1, &b)], 2, true, t1, 1001.0);
+        let j = h.to_json(2);
+        assert_eq!(j["history"]["rps"], json!([null, 30.0]));
+        assert_eq!(j["history"]["refused_ps"], json!([0.0, 1.0]));
+        assert_eq!(j["history"]["mix"][1], json!([0, 20, 0, 10, 0]));
+        assert_eq!(j["history"]["shard_rps"]["0"], json!([null, 20.0]));
+        assert_eq!(j["history"]["shard_rps"]["1"], json!([null, 10.0]));
+        let p50 = j["history"]["p50_ms"][1].as_f64().unwrap();
+        let p99 = j["history"]["p99_ms"][1].as_f64().unwrap();
+        assert!((1.9..2.1).contains(&p50), "p50 {p50}");
+        assert!((49.0..51.0).contains(&p99), "p99 {p99}");
+        let api = &j["routes"][0];
+        assert_eq!(api["route"], json!("api"));
+        assert_eq!(api["requests"], json!(130));
+        assert_eq!(api["window_requests"], json!(30));
+        assert_eq!(api["total_4xx"], json!(10));
+        assert!((api["ratio_4xx"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(j["limits"][0]["refused"], json!(1));
+        assert_eq!(j["status_mix"][3]["recent"], json!(10));
+        assert_eq!(j["status_mix"][1]["total"], json!(120));
+        assert_eq!(j["shards"].as_array().map(Vec::len), Some(2));
+
+        // A shard that does not answer leaves a gap; the next full sample
+        // spreads what happened over both seconds.
+        get(&mut a, 40, 200, 1);
+        h.sample(vec![report(0, &a)], 2, true, t1 + TICK, 1002.0);
+        h.sample(
+            vec![report(0, &a), report(1, &b)],
+            2,
+            true,
+            t1 + 2 * TICK,
+            1003.0,
+        );
+        let j = h.to_json(2);
+        assert_eq!(j["history"]["rps"], json!([null, 30.0, null, 20.0]));
+        assert_eq!(j["status_mix"][1]["recent"], json!(60));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let h = History::default();
+        let m = shard();
+        let t0 = Instant::now();
+        for i in 0..(HISTORY + 50) {
+            let at = t0 + Duration::from_secs(i as u64);
+            h.sample(vec![report(0, &m)], 1, true, at, i as f64);
+        }
+        let j = h.to_json(1);
+        assert_eq!(j["history"]["t"].as_array().map(Vec::len), Some(HISTORY));
+        assert_eq!(j["history"]["t"][0], json!(50.0));
+        assert!(h.with(|k| k.window.len()) <= WINDOW);
+    }
+
+    #[test]
+    fn metrics_off_keeps_shard_load_only() {
+        let h = History::default();
+        let mut r = report(3, &shard());
+        r.metrics = None;
+        h.sample(vec![r], 1, false, Instant::now(), 5.0);
+        let j = h.to_json(1);
+        assert_eq!(j["metrics"], json!(false));
+        assert_eq!(j["history"]["rps"], json!([null]));
+        assert_eq!(j["routes"], json!([]));
+        assert_eq!(j["shards"][0]["shard"], json!(3));
+        assert_eq!(j["shards"][0]["connections"], json!(1));
     }
 }
