@@ -41,6 +41,42 @@ fn sparse(h: &Latency) -> Sparse {
         .collect()
 }
 
+/// `a + b`, bucket by bucket.
+fn merge(a: &Sparse, b: &Sparse) -> Sparse {
+    if b.is_empty() {
+        return a.clone();
+    }
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let next = match (i.peek(), j.peek()) {
+            (Some(&&(va, na)), Some(&&(vb, nb))) => {
+                if va == vb {
+                    i.next();
+                    j.next();
+                    (va, na + nb)
+                } else if va < vb {
+                    i.next();
+                    (va, na)
+                } else {
+                    j.next();
+                    (vb, nb)
+                }
+            }
+            (Some(&&x), None) => {
+                i.next();
+                x
+            }
+            (None, Some(&&y)) => {
+                j.next();
+                y
+            }
+            (None, None) => return out,
+        };
+        out.push(next);
+    }
+}
+
 /// `cur − prev`, bucket by bucket (a bucket that shrank counts as empty).
 fn diff(cur: &Sparse, prev: &Sparse) -> Sparse {
     let mut out = Vec::new();
@@ -125,9 +161,16 @@ struct Totals {
 }
 
 impl Totals {
-    fn of(s: &Snapshot) -> Totals {
+    /// One shard's totals. `before` is the same shard's previous totals: a
+    /// histogram whose count did not move is not read again (with many
+    /// routes, most are idle in any one second).
+    fn of(s: &Snapshot, before: Option<&Totals>) -> Totals {
+        let all = match before {
+            Some(b) if b.requests == s.requests => b.all.clone(),
+            _ => sparse(&s.all),
+        };
         Totals {
-            all: sparse(&s.all),
+            all,
             status_mix: s.status_mix,
             requests: s.requests,
             routes: s
@@ -140,7 +183,13 @@ impl Totals {
                             *c += n;
                         }
                     }
-                    let hist = r.duration.as_deref().map(sparse).unwrap_or_default();
+                    let same = before
+                        .and_then(|b| b.routes.get(name))
+                        .filter(|p| p.classes == classes);
+                    let hist = match same {
+                        Some(p) => p.hist.clone(),
+                        None => r.duration.as_deref().map(sparse).unwrap_or_default(),
+                    };
                     (name.clone(), RouteCounts { classes, hist })
                 })
                 .collect(),
@@ -150,6 +199,24 @@ impl Totals {
                 .map(|(k, t)| (k.clone(), t.outcomes))
                 .collect(),
             limits: s.limits.iter().cloned().collect(),
+        }
+    }
+
+    /// Adds another shard's totals.
+    fn add(&mut self, o: &Totals) {
+        self.all = merge(&self.all, &o.all);
+        add_arr(&mut self.status_mix, &o.status_mix);
+        self.requests += o.requests;
+        for (name, r) in &o.routes {
+            let e = self.routes.entry(name.clone()).or_default();
+            add_arr(&mut e.classes, &r.classes);
+            e.hist = merge(&e.hist, &r.hist);
+        }
+        for (k, t) in &o.targets {
+            add_arr(self.targets.entry(k.clone()).or_default(), t);
+        }
+        for (k, l) in &o.limits {
+            add_arr(self.limits.entry(k.clone()).or_default(), l);
         }
     }
 }
@@ -247,6 +314,8 @@ struct ShardLoad {
 /// What the sampler keeps.
 #[derive(Default)]
 struct Kept {
+    /// Each shard's totals at its last answer.
+    shard_totals: HashMap<usize, Totals>,
     /// Totals and time of the previous sample (metrics on).
     prev: Option<(Instant, Totals)>,
     /// Each shard's request counter at the previous sample.
@@ -288,10 +357,27 @@ impl History {
         t: f64,
     ) {
         let complete = reports.len() >= expected;
-        let snapshot = (metrics_on && complete)
-            .then(|| Snapshot::merged(reports.iter().filter_map(|r| r.metrics.clone())));
-        let totals = snapshot.as_ref().map(Totals::of);
+        let mut reports = reports;
+        let per_shard: Vec<(usize, Snapshot)> = reports
+            .iter_mut()
+            .filter_map(|r| Some((r.id, r.metrics.take()?)))
+            .collect();
+        // Per-shard totals (the histograms read outside the lock), then their sum.
+        let before: HashMap<usize, Totals> = self.with(|k| std::mem::take(&mut k.shard_totals));
+        let shard_totals: HashMap<usize, Totals> = per_shard
+            .iter()
+            .map(|(id, s)| (*id, Totals::of(s, before.get(id))))
+            .collect();
+        let totals = (metrics_on && complete).then(|| {
+            let mut sum = Totals::default();
+            for t in shard_totals.values() {
+                sum.add(t);
+            }
+            sum
+        });
         self.with(|k| {
+            k.shard_totals = before;
+            k.shard_totals.extend(shard_totals);
             k.sampled += 1;
             k.metrics_on = metrics_on;
             k.shards_expected = expected;
@@ -320,6 +406,7 @@ impl History {
                 connections: reports.iter().map(|r| r.connections).sum(),
             };
             if !metrics_on {
+                k.shard_totals.clear();
                 k.prev = None;
                 k.window.clear();
                 k.last = None;
@@ -730,6 +817,16 @@ mod tests {
         assert_eq!(sparse_quantile(&buckets, 0.5), Some(100));
         assert_eq!(sparse_quantile(&buckets, 0.9), Some(100));
         assert_eq!(sparse_quantile(&buckets, 0.99), Some(9000));
+    }
+
+    #[test]
+    fn merge_adds_buckets() {
+        let a = sparse(&hist(&[1, 5]));
+        let b = sparse(&hist(&[5, 9, 9]));
+        let m = merge(&a, &b);
+        assert_eq!(m, sparse(&hist(&[1, 5, 5, 9, 9])));
+        assert_eq!(merge(&Vec::new(), &b), b);
+        assert_eq!(merge(&a, &Vec::new()), a);
     }
 
     #[test]
