@@ -516,9 +516,21 @@ fn with_metrics_off_the_page_still_shows_shard_load() {
          )\n",
         addr = backend.addr()
     ));
-    // A connection held open shows in the shard table.
+    // A connection held open (used every 500 ms, within the idle timeout)
+    // shows in the shard table.
     let mut held = Client::connect(gw.port);
     assert_eq!(held.get("/x").status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let keep = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(500));
+                assert_eq!(held.get("/x").status, 200);
+            }
+        })
+    };
     let b = Browser::start(&driver, &chrome);
     b.go(&format!("http://127.0.0.1:{}/", gw.port2));
     let v = wait_for(&b, Duration::from_secs(20), "shard load", |v| {
@@ -562,5 +574,6 @@ fn with_metrics_off_the_page_still_shows_shard_load() {
     assert!(h["rps"]
         .as_array()
         .is_some_and(|r| r.iter().all(Value::is_null)));
-    drop(held);
+    stop.store(true, Ordering::SeqCst);
+    keep.join().expect("the held connection kept working");
 }
