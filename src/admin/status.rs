@@ -820,6 +820,26 @@ mod tests {
     }
 
     #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        // No absolute or protocol-relative URL, no external script, style or font.
+        let outside = [
+            "http:",
+            "https:",
+            "\"//",
+            "'//",
+            "(//",
+            "<script src",
+            "stylesheet",
+            "@import",
+            "url(",
+        ];
+        for o in outside {
+            assert!(!PAGE.contains(o), "the page refers to {o}");
+        }
+        assert!(PAGE.contains("fetch(\"/api/status\""));
+    }
+
+    #[test]
     fn merge_adds_buckets() {
         let a = sparse(&hist(&[1, 5]));
         let b = sparse(&hist(&[5, 9, 9]));
