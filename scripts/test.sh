@@ -20,6 +20,11 @@ apt_install() {
 if ! have redis-server; then
     apt_install redis-server || echo "test.sh: could not install redis-server; tests that need it will fail" >&2
 fi
+# chromium + chromedriver: tests/status_page.rs drives the admin status page in a headless browser.
+if ! have chromedriver || ! { have chromium || have chromium-browser; }; then
+    apt_install chromium chromium-driver || echo "test.sh: could not install chromium; the status-page test will fail" >&2
+fi
+export SHARDGATE_BROWSER_REQUIRED=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -216,7 +216,7 @@ pub fn route(hub: &Hub, path: &str) -> Answer {
         "/upstreams" => upstreams(hub),
         "/ratelimits" => ratelimits(hub),
         "/" | "/index.html" => Answer::text(200, "text/html; charset=utf-8", status::PAGE),
-        "/api/status" => Answer::json(200, &status::json(hub)),
+        "/api/status" => Answer::text(200, "application/json", status::body(hub)),
         _ => Answer::json(
             404,
             &json!({"error": "no such admin endpoint", "endpoints": ["/metrics", "/health", "/ready", "/config", "/upstreams", "/shards", "/ratelimits", "/", "/api/status"]}),
