@@ -30,6 +30,10 @@ pub struct Hub {
     start_time_s: f64,
     /// The status page's history (sampled once a second).
     pub history: status::History,
+    /// Each shard's metrics as last reported, brought up to date by
+    /// reports of what changed (held while shards are asked, so one
+    /// full-report request runs at a time).
+    metrics: Mutex<Vec<Option<Snapshot>>>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,7 @@ impl Hub {
             }),
             start_time_s: now,
             history: status::History::default(),
+            metrics: Mutex::new(Vec::new()),
         })
     }
 
@@ -103,12 +108,46 @@ impl Hub {
         self.update(|s| s.draining = true);
     }
 
-    /// Every shard's report (those that answer within [`ASK_WAIT`]).
+    /// Every shard's report (those that answer within [`ASK_WAIT`]). A
+    /// full report's metrics are complete, but shards are asked only for
+    /// what changed since their previous report (see [`Detail::Since`]).
     pub fn reports(&self, detail: Detail) -> Vec<ShardReport> {
-        self.asker
-            .get()
-            .map(|a| a.ask(detail, ASK_WAIT))
-            .unwrap_or_default()
+        let Some(asker) = self.asker.get() else {
+            return Vec::new();
+        };
+        if detail != Detail::Full {
+            return asker.ask(detail, ASK_WAIT);
+        }
+        let mut cache = match self.metrics.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        cache.resize(asker.shards(), None);
+        let mut reports = asker.ask_each(
+            |id| match cache.get(id).and_then(Option::as_ref) {
+                Some(s) => Detail::Since {
+                    instance: s.instance,
+                    since: s.next_since,
+                },
+                // A run of the shard never numbered 0: a complete report.
+                None => Detail::Since {
+                    instance: 0,
+                    since: 0,
+                },
+            },
+            ASK_WAIT,
+        );
+        for r in &mut reports {
+            let (Some(newer), Some(slot)) = (r.metrics.take(), cache.get_mut(r.id)) else {
+                continue;
+            };
+            match slot {
+                Some(cached) => cached.absorb(newer),
+                None => *slot = Some(newer),
+            }
+            r.metrics = slot.clone();
+        }
+        reports
     }
 
     /// How many shards run (0 before they start).

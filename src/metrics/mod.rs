@@ -191,6 +191,8 @@ pub struct RouteStats {
     pub requests: Vec<((u16, Method, u16), u64)>,
     /// Request durations, from the head read to the last byte sent.
     pub duration: Option<Box<Latency>>,
+    /// The shard's report epoch when a request last counted here.
+    pub touched: u64,
 }
 
 /// A request method, as a label (the standard ones, or `other`).
@@ -255,6 +257,8 @@ pub struct TargetStats {
     pub reused: u64,
     /// Call durations, from sending the head to the response's last byte.
     pub duration: Option<Box<Latency>>,
+    /// The shard's report epoch when a call last counted here.
+    pub touched: u64,
 }
 
 /// Slots by name: the index a name had stays its index.
@@ -331,6 +335,12 @@ pub struct ShardMetrics {
     pub log_dropped: u64,
     /// Spans dropped because the exporter's queue was full.
     pub spans_dropped: u64,
+    /// Counts up with every report; a series records the epoch it last
+    /// changed in, so a report can carry only what changed since the last.
+    epoch: u64,
+    /// Tells this shard's metrics apart from those of an earlier run of the
+    /// shard (a restart starts again from zero).
+    instance: u64,
 }
 
 /// The route label of requests that matched no route.
@@ -360,8 +370,18 @@ impl Default for ShardMetrics {
             requests: 0,
             log_dropped: 0,
             spans_dropped: 0,
+            epoch: 1,
+            instance: instance_id(),
         }
     }
+}
+
+/// A value unlikely to repeat between two runs of a shard.
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(1);
+    h.finish() | 1
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, len: usize) {
@@ -446,6 +466,7 @@ impl ShardMetrics {
         let Some(stats) = self.route_of.get(id).and_then(|&s| self.routes.get_mut(s)) else {
             return;
         };
+        stats.touched = self.epoch;
         let key = (listener as u16, method, status);
         match stats.requests.iter_mut().find(|(k, _)| *k == key) {
             Some((_, n)) => *n += 1,
@@ -473,7 +494,9 @@ impl ShardMetrics {
         if !self.enabled {
             return;
         }
+        let epoch = self.epoch;
         if let Some(t) = self.target(upstream, target) {
+            t.touched = epoch;
             if let Some(n) = t.outcomes.get_mut(outcome.index()) {
                 *n += 1;
             }
@@ -536,20 +559,44 @@ impl ShardMetrics {
 
     /// A copy of everything, with names, for the admin side.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_of(0)
+    }
+
+    /// What changed since report epoch `since` (everything for 0; see
+    /// [`Snapshot::absorb`]): route and target series that counted since,
+    /// and the small series whole. Starts a new epoch.
+    pub fn snapshot_since(&mut self, instance: u64, since: u64) -> Snapshot {
+        let since = if instance == self.instance { since } else { 0 };
+        let mut s = self.snapshot_of(since);
+        // Whatever counts from here on counts in the next epoch.
+        self.epoch += 1;
+        s.next_since = self.epoch;
+        s
+    }
+
+    fn snapshot_of(&self, since: u64) -> Snapshot {
         let named = |keys: &[String]| keys.to_vec();
         Snapshot {
-            routes: named(&self.route_slots.keys)
-                .into_iter()
-                .zip(self.routes.iter().cloned())
-                .filter(|(_, s)| !s.requests.is_empty())
+            routes: self
+                .route_slots
+                .keys
+                .iter()
+                .zip(&self.routes)
+                .filter(|(_, s)| !s.requests.is_empty() && s.touched >= since)
+                .map(|(n, s)| (n.clone(), s.clone()))
                 .collect(),
             targets: self
                 .target_slots
                 .keys
                 .iter()
-                .cloned()
-                .zip(self.targets.iter().cloned())
+                .zip(&self.targets)
+                .filter(|(_, t)| since == 0 || t.touched >= since)
+                .map(|(k, t)| (k.clone(), t.clone()))
                 .collect(),
+            instance: self.instance,
+            since,
+            // What counts after this copy still counts in this epoch.
+            next_since: self.epoch,
             auth: named(&self.auth_slots.keys)
                 .into_iter()
                 .zip(self.auth.iter().copied())
@@ -577,6 +624,13 @@ impl ShardMetrics {
 /// Metrics of one or more shards, by name (what a scrape merges).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The run of the shard it comes from (see [`ShardMetrics::snapshot_since`]).
+    pub instance: u64,
+    /// 0: complete; else it holds only the route and target series that
+    /// changed since this epoch (the rest are as in the previous one).
+    pub since: u64,
+    /// The epoch to ask from next time.
+    pub next_since: u64,
     /// Per route name.
     pub routes: Vec<(String, RouteStats)>,
     /// Per (upstream, target).
@@ -602,6 +656,9 @@ pub struct Snapshot {
 impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
+            instance: 0,
+            since: 0,
+            next_since: 0,
             routes: Vec::new(),
             targets: Vec::new(),
             auth: Vec::new(),
@@ -657,6 +714,39 @@ fn merge_named<K: Clone + Eq + std::hash::Hash, V>(
 }
 
 impl Snapshot {
+    /// Brings this complete snapshot of one shard up to date with a newer
+    /// one of the same shard, which may hold only what changed.
+    pub fn absorb(&mut self, newer: Snapshot) {
+        if newer.since == 0 || newer.instance != self.instance {
+            *self = newer;
+            return;
+        }
+        fn upsert<K: Eq + Clone + std::hash::Hash, V>(into: &mut Vec<(K, V)>, from: Vec<(K, V)>) {
+            let index: HashMap<K, usize> = into
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+            for (k, v) in from {
+                match index.get(&k).and_then(|&i| into.get_mut(i)) {
+                    Some((_, old)) => *old = v,
+                    None => into.push((k, v)),
+                }
+            }
+        }
+        upsert(&mut self.routes, newer.routes);
+        upsert(&mut self.targets, newer.targets);
+        self.auth = newer.auth;
+        self.limits = newer.limits;
+        self.parts = newer.parts;
+        self.all = newer.all;
+        self.status_mix = newer.status_mix;
+        self.requests = newer.requests;
+        self.log_dropped = newer.log_dropped;
+        self.spans_dropped = newer.spans_dropped;
+        self.next_since = newer.next_since;
+    }
+
     /// Adds another shard's snapshot to this one.
     pub fn merge(&mut self, other: Snapshot) {
         merge_named(&mut self.routes, other.routes, |a, b| {
@@ -758,6 +848,42 @@ mod tests {
         assert_eq!(m.targets[0].1.outcomes, [1, 0, 1, 0, 0]);
         assert_eq!(m.limits[0].1, [0, 2, 0]);
         assert_eq!(m.all.len(), 2);
+    }
+
+    #[test]
+    fn reports_since_an_epoch_carry_only_what_changed() {
+        let t = ["127.0.0.1:1".parse().unwrap()];
+        let mut m = ShardMetrics::default();
+        m.configure(true, &names(&["a", "b"], &t));
+        m.request(0, Some(0), Method::Get, 200, Duration::from_millis(1));
+        m.request(0, Some(1), Method::Get, 200, Duration::from_millis(1));
+        let mut cache = m.snapshot_since(0, 0);
+        assert_eq!(cache.since, 0);
+        assert_eq!(cache.routes.len(), 2);
+        // Only "b" moves; the delta carries it alone, and absorbing it
+        // gives what a complete snapshot says.
+        m.request(0, Some(1), Method::Get, 503, Duration::from_millis(1));
+        m.upstream_call(0, 0, UpstreamOutcome::Ok, Duration::from_millis(1));
+        let delta = m.snapshot_since(cache.instance, cache.next_since);
+        assert_ne!(delta.since, 0);
+        let names: Vec<&str> = delta.routes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(delta.targets.len(), 1);
+        cache.absorb(delta);
+        let full = m.snapshot();
+        assert_eq!(cache.routes.len(), 2);
+        for (name, stats) in &full.routes {
+            let cached = cache.routes.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(cached.1.requests, stats.requests, "{name}");
+        }
+        assert_eq!(cache.requests, 3);
+        // Nothing new: an empty delta.
+        let quiet = m.snapshot_since(cache.instance, cache.next_since);
+        assert!(quiet.routes.is_empty() && quiet.targets.is_empty());
+        // Another run of the shard (another instance): a complete one.
+        let other = m.snapshot_since(cache.instance ^ 2, 5);
+        assert_eq!(other.since, 0);
+        assert_eq!(other.routes.len(), 2);
     }
 
     #[test]

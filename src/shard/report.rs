@@ -12,8 +12,18 @@ use std::net::SocketAddr;
 pub enum Detail {
     /// Gauges and counters only (cheap: `/ready`, `/shards`, `/upstreams`).
     Light,
-    /// Also the metrics snapshot (`/metrics`, the status page).
+    /// Also the complete metrics snapshot.
     Full,
+    /// Also the metrics that changed since a report epoch of a run of the
+    /// shard (see [`crate::metrics::ShardMetrics::snapshot_since`]); the
+    /// admin side keeps each shard's last snapshot and brings it up to
+    /// date, so that routes without traffic cost a shard nothing.
+    Since {
+        /// The run of the shard the epoch belongs to.
+        instance: u64,
+        /// The epoch.
+        since: u64,
+    },
 }
 
 /// One shard's answer.
@@ -132,6 +142,13 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         quota_sent,
         quota_received,
         free_buffers: crate::http::conn::free_buffers(),
-        metrics: (detail == Detail::Full).then(|| metrics.snapshot()),
+        metrics: match detail {
+            Detail::Light => None,
+            Detail::Full => Some(metrics.snapshot()),
+            Detail::Since { instance, since } => {
+                drop(metrics);
+                Some(shard.metrics.borrow_mut().snapshot_since(instance, since))
+            }
+        },
     }
 }

@@ -153,11 +153,20 @@ impl Asker {
         detail: super::report::Detail,
         wait: Duration,
     ) -> Vec<super::report::ShardReport> {
+        self.ask_each(|_| detail, wait)
+    }
+
+    /// As [`Asker::ask`], with what to ask of each shard (by shard id).
+    pub fn ask_each(
+        &self,
+        detail: impl Fn(usize) -> super::report::Detail,
+        wait: Duration,
+    ) -> Vec<super::report::ShardReport> {
         let (tx, rx) = crossbeam_channel::bounded(self.senders.len());
         let mut asked = 0;
-        for s in &self.senders {
+        for (id, s) in self.senders.iter().enumerate() {
             let msg = Control::Report {
-                detail,
+                detail: detail(id),
                 to: tx.clone(),
             };
             if s.send(msg).is_ok() {
