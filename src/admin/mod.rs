@@ -33,7 +33,7 @@ pub struct Hub {
     /// Each shard's metrics as last reported, brought up to date by
     /// reports of what changed (held while shards are asked, so one
     /// full-report request runs at a time).
-    metrics: Mutex<Vec<Option<Snapshot>>>,
+    metrics: Mutex<Vec<Option<Arc<Snapshot>>>>,
 }
 
 #[derive(Clone)]
@@ -141,9 +141,11 @@ impl Hub {
             let (Some(newer), Some(slot)) = (r.metrics.take(), cache.get_mut(r.id)) else {
                 continue;
             };
+            let newer = Arc::unwrap_or_clone(newer);
             match slot {
-                Some(cached) => cached.absorb(newer),
-                None => *slot = Some(newer),
+                // Not copied unless an earlier answer is still being read.
+                Some(cached) => Arc::make_mut(cached).absorb(newer),
+                None => *slot = Some(Arc::new(newer)),
             }
             r.metrics = slot.clone();
         }
@@ -296,8 +298,8 @@ fn ready(hub: &Hub) -> Answer {
 fn metrics(hub: &Hub) -> Answer {
     let s = hub.state();
     let on = s.compiled.metrics;
-    let mut reports = hub.reports(if on { Detail::Full } else { Detail::Light });
-    let merged = on.then(|| Snapshot::merged(reports.iter_mut().filter_map(|r| r.metrics.take())));
+    let reports = hub.reports(if on { Detail::Full } else { Detail::Light });
+    let merged = on.then(|| Snapshot::merged(reports.iter().filter_map(|r| r.metrics.as_deref())));
     let bounds = s.compiled.admin.as_ref().map_or(&[][..], |a| &a.buckets_s);
     let body = prometheus::render(merged.as_ref(), &reports, &hub.process(&s), bounds);
     Answer::text(200, "text/plain; version=0.0.4; charset=utf-8", body)
@@ -344,7 +346,7 @@ fn shards(hub: &Hub) -> Answer {
 fn upstreams(hub: &Hub) -> Answer {
     let compiled = hub.compiled();
     let reports = hub.reports(Detail::Full);
-    let merged = Snapshot::merged(reports.iter().filter_map(|r| r.metrics.clone()));
+    let merged = Snapshot::merged(reports.iter().filter_map(|r| r.metrics.as_deref()));
     let ups: Vec<Value> = compiled
         .upstreams
         .iter()
@@ -407,7 +409,7 @@ fn ratelimits(hub: &Hub) -> Answer {
             })
         })
         .collect();
-    let merged = Snapshot::merged(reports.into_iter().filter_map(|r| r.metrics));
+    let merged = Snapshot::merged(reports.iter().filter_map(|r| r.metrics.as_deref()));
     let limits: Vec<Value> = merged
         .limits
         .iter()

@@ -358,7 +358,7 @@ impl History {
     ) {
         let complete = reports.len() >= expected;
         let mut reports = reports;
-        let per_shard: Vec<(usize, Snapshot)> = reports
+        let per_shard: Vec<(usize, std::sync::Arc<Snapshot>)> = reports
             .iter_mut()
             .filter_map(|r| Some((r.id, r.metrics.take()?)))
             .collect();
@@ -890,7 +890,7 @@ mod tests {
             quota_sent: 0,
             quota_received: 0,
             free_buffers: 0,
-            metrics: Some(m.snapshot()),
+            metrics: Some(std::sync::Arc::new(m.snapshot())),
         }
     }
 

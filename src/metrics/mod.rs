@@ -692,10 +692,10 @@ fn add_arr<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
 
 /// Adds `from`'s series into `into`, matching by name (`index` maps a name
 /// to its position in `into`).
-fn merge_named<K: Clone + Eq + std::hash::Hash, V>(
+fn merge_named<K: Clone + Eq + std::hash::Hash, V: Clone>(
     into: &mut Vec<(K, V)>,
-    from: Vec<(K, V)>,
-    add: impl Fn(&mut V, V),
+    from: &[(K, V)],
+    add: impl Fn(&mut V, &V),
 ) {
     let mut index: HashMap<K, usize> = into
         .iter()
@@ -703,11 +703,11 @@ fn merge_named<K: Clone + Eq + std::hash::Hash, V>(
         .map(|(i, (k, _))| (k.clone(), i))
         .collect();
     for (k, v) in from {
-        match index.get(&k).and_then(|&i| into.get_mut(i)) {
+        match index.get(k).and_then(|&i| into.get_mut(i)) {
             Some((_, existing)) => add(existing, v),
             None => {
                 index.insert(k.clone(), into.len());
-                into.push((k, v));
+                into.push((k.clone(), v.clone()));
             }
         }
     }
@@ -748,9 +748,9 @@ impl Snapshot {
     }
 
     /// Adds another shard's snapshot to this one.
-    pub fn merge(&mut self, other: Snapshot) {
-        merge_named(&mut self.routes, other.routes, |a, b| {
-            for (k, n) in b.requests {
+    pub fn merge(&mut self, other: &Snapshot) {
+        merge_named(&mut self.routes, &other.routes, |a, b| {
+            for &(k, n) in &b.requests {
                 match a.requests.iter_mut().find(|(x, _)| *x == k) {
                     Some((_, m)) => *m += n,
                     None => a.requests.push((k, n)),
@@ -758,15 +758,15 @@ impl Snapshot {
             }
             add_hist(&mut a.duration, &b.duration);
         });
-        merge_named(&mut self.targets, other.targets, |a, b| {
+        merge_named(&mut self.targets, &other.targets, |a, b| {
             add_arr(&mut a.outcomes, &b.outcomes);
             a.new_connections += b.new_connections;
             a.reused += b.reused;
             add_hist(&mut a.duration, &b.duration);
         });
-        merge_named(&mut self.auth, other.auth, |a, b| add_arr(a, &b));
-        merge_named(&mut self.limits, other.limits, |a, b| add_arr(a, &b));
-        merge_named(&mut self.parts, other.parts, |a, b| add_arr(a, &b));
+        merge_named(&mut self.auth, &other.auth, add_arr);
+        merge_named(&mut self.limits, &other.limits, add_arr);
+        merge_named(&mut self.parts, &other.parts, add_arr);
         let _ = self.all.add(&other.all);
         add_arr(&mut self.status_mix, &other.status_mix);
         self.requests += other.requests;
@@ -775,7 +775,7 @@ impl Snapshot {
     }
 
     /// Merges several shards' snapshots.
-    pub fn merged(all: impl IntoIterator<Item = Snapshot>) -> Snapshot {
+    pub fn merged<'a>(all: impl IntoIterator<Item = &'a Snapshot>) -> Snapshot {
         let mut out = Snapshot::default();
         for s in all {
             out.merge(s);
@@ -842,7 +842,7 @@ mod tests {
         b.upstream_call(0, 0, UpstreamOutcome::Timeout, Duration::from_millis(1));
         a.limit(0, LimitDecision::Refused);
         b.limit(0, LimitDecision::Refused);
-        let m = Snapshot::merged([a.snapshot(), b.snapshot()]);
+        let m = Snapshot::merged(&[a.snapshot(), b.snapshot()]);
         let y = m.routes.iter().find(|(n, _)| n == "y").unwrap();
         assert_eq!(y.1.requests, vec![((0, Method::Post, 201), 2)]);
         assert_eq!(m.targets[0].1.outcomes, [1, 0, 1, 0, 0]);

@@ -56,7 +56,7 @@ pub struct ShardReport {
     /// Read buffers kept for reuse by this shard's thread.
     pub free_buffers: usize,
     /// The metrics snapshot (full reports only).
-    pub metrics: Option<Snapshot>,
+    pub metrics: Option<std::sync::Arc<Snapshot>>,
 }
 
 /// Accept-side counters of one listener on one shard.
@@ -144,10 +144,11 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         free_buffers: crate::http::conn::free_buffers(),
         metrics: match detail {
             Detail::Light => None,
-            Detail::Full => Some(metrics.snapshot()),
+            Detail::Full => Some(std::sync::Arc::new(metrics.snapshot())),
             Detail::Since { instance, since } => {
                 drop(metrics);
-                Some(shard.metrics.borrow_mut().snapshot_since(instance, since))
+                let changed = shard.metrics.borrow_mut().snapshot_since(instance, since);
+                Some(std::sync::Arc::new(changed))
             }
         },
     }
