@@ -28,6 +28,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.listeners(g);
     v.limits(g);
     v.upstreams(g);
+    v.resilience(g);
     v.routes(g);
     v.authenticators(g);
     v.rate_limits(g);
@@ -297,6 +298,13 @@ impl Validator<'_> {
                     "must be at least 1 (leave it out for no bound)".into(),
                 );
             }
+        }
+    }
+
+    /// Breakers, retries, timeouts and fallbacks (see [`crate::resilience::check`]).
+    fn resilience(&mut self, g: &Gateway) {
+        for (field, message) in crate::resilience::check(g) {
+            self.push((0, 0), field, message);
         }
     }
 
