@@ -188,7 +188,46 @@ pub fn render(
     } else {
         pools(o, reports);
     }
+    breakers(o, reports);
     out
+}
+
+/// Circuit-breaker state (host-wide: the most open shard's view) and the
+/// transitions every shard made.
+fn breakers(o: &mut String, reports: &[ShardReport]) {
+    let merged = crate::resilience::breaker::merge_reports(reports.iter().map(|r| &r.breakers));
+    if merged.is_empty() {
+        return;
+    }
+    header(
+        o,
+        "shardgate_circuit_breaker_state",
+        "gauge",
+        "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+    );
+    for b in &merged {
+        let _ = writeln!(
+            o,
+            "shardgate_circuit_breaker_state{{upstream=\"{}\"}} {}",
+            label(&b.upstream),
+            b.phase.gauge()
+        );
+    }
+    header(
+        o,
+        "shardgate_circuit_breaker_transitions_total",
+        "counter",
+        "Circuit breaker transitions per upstream and new state.",
+    );
+    for b in &merged {
+        for (to, n) in ["open", "half_open", "closed"].iter().zip(b.transitions) {
+            let _ = writeln!(
+                o,
+                "shardgate_circuit_breaker_transitions_total{{upstream=\"{}\",to=\"{to}\"}} {n}",
+                label(&b.upstream)
+            );
+        }
+    }
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {

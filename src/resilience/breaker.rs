@@ -726,6 +726,35 @@ pub struct BreakerReport {
     pub transitions: [u64; 3],
 }
 
+/// The host-wide view of every breaker from the shards' reports: the most
+/// open phase any shard sees (open, then half-open, then closed), the
+/// longest time left open, and the transitions of all shards added up.
+pub fn merge_reports<'a>(
+    shards: impl Iterator<Item = &'a Vec<BreakerReport>>,
+) -> Vec<BreakerReport> {
+    let rank = |p: Phase| match p {
+        Phase::Closed => 0,
+        Phase::HalfOpen => 1,
+        Phase::Open => 2,
+    };
+    let mut out: Vec<BreakerReport> = Vec::new();
+    for r in shards.flatten() {
+        match out.iter_mut().find(|m| m.upstream == r.upstream) {
+            Some(m) => {
+                if rank(r.phase) > rank(m.phase) {
+                    m.phase = r.phase;
+                }
+                m.open_left_ns = m.open_left_ns.max(r.open_left_ns);
+                for (a, b) in m.transitions.iter_mut().zip(r.transitions) {
+                    *a += b;
+                }
+            }
+            None => out.push(r.clone()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

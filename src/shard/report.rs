@@ -47,6 +47,8 @@ pub struct ShardReport {
     pub free_buffers: usize,
     /// The metrics snapshot (full reports only).
     pub metrics: Option<Snapshot>,
+    /// Circuit breakers as this shard sees them.
+    pub breakers: Vec<crate::resilience::breaker::BreakerReport>,
 }
 
 /// Accept-side counters of one listener on one shard.
@@ -133,5 +135,9 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         quota_received,
         free_buffers: crate::http::conn::free_buffers(),
         metrics: (detail == Detail::Full).then(|| metrics.snapshot()),
+        breakers: shard
+            .breakers
+            .borrow()
+            .report(crate::ratelimit::limiter::now_ns()),
     }
 }

@@ -1,0 +1,253 @@
+//! Circuit breakers and fallbacks through the real binary, against backends
+//! that refuse, hang and answer 500.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn gateway(shards: usize, upstreams: &str, routes: &str) -> Gateway {
+    let cfg = config(shards, upstreams, routes).replace(
+        "    upstreams:",
+        "    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    upstreams:",
+    );
+    Gateway::start(&cfg)
+}
+
+/// A backend answering with the status in `status` (switchable).
+fn switchable(status: &Arc<AtomicU16>) -> Backend {
+    let s = status.clone();
+    Backend::start(move |_| Response::ok("{\"ok\":true}").status(s.load(Ordering::SeqCst)))
+}
+
+fn breaker(extra: &str) -> String {
+    format!("circuit_breaker: Some(CircuitBreaker({extra}))")
+}
+
+#[test]
+fn opens_after_the_threshold_and_stops_calling_the_upstream() {
+    let status = Arc::new(AtomicU16::new(500));
+    let b = switchable(&status);
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &breaker("min_requests: 4, failure_ratio: 0.5, window_s: 30, open_s: 30"),
+    );
+    let gw = gateway(1, &ups, &catch_all("svc"));
+    let mut c = Client::connect(gw.port);
+    for i in 0..4 {
+        let r = c.get("/x");
+        assert_eq!(r.status, 500, "call {i} goes through while closed");
+    }
+    assert_eq!(b.count(), 4);
+    for _ in 0..10 {
+        let r = c.get("/x");
+        assert_json_error(&r, 503);
+        assert_eq!(r.json_str("upstream").as_deref(), Some("svc"));
+        assert!(r.text().contains("circuit breaker"), "{}", r.text());
+        let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=30).contains(&after), "Retry-After {after}");
+    }
+    assert_eq!(b.count(), 4, "no call reaches the upstream while open");
+    let m = get(gw.port2, "/metrics").text();
+    assert!(
+        m.contains("shardgate_circuit_breaker_state{upstream=\"svc\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shardgate_circuit_breaker_transitions_total{upstream=\"svc\",to=\"open\"} 1"),
+        "{m}"
+    );
+    let u = get(gw.port2, "/upstreams").text();
+    assert!(u.contains("\"state\": \"open\""), "{u}");
+}
+
+#[test]
+fn successes_below_the_ratio_keep_it_closed() {
+    let status = Arc::new(AtomicU16::new(200));
+    let b = switchable(&status);
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &breaker("min_requests: 4, failure_ratio: 0.5, window_s: 30, open_s: 30"),
+    );
+    let gw = gateway(1, &ups, &catch_all("svc"));
+    let mut c = Client::connect(gw.port);
+    for i in 0..20 {
+        // One failure in four stays below half.
+        status.store(if i % 4 == 0 { 500 } else { 200 }, Ordering::SeqCst);
+        let r = c.get("/x");
+        assert_ne!(r.status, 503, "request {i}");
+    }
+    assert_eq!(b.count(), 20);
+}
+
+#[test]
+fn half_open_trial_closes_and_reopens() {
+    let status = Arc::new(AtomicU16::new(500));
+    let b = switchable(&status);
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &breaker("min_requests: 100, window_s: 30, open_s: 1, half_open_requests: 1, consecutive_failures: Some(2)"),
+    );
+    let gw = gateway(1, &ups, &catch_all("svc"));
+    let mut c = Client::connect(gw.port);
+    c.get("/x");
+    c.get("/x");
+    assert_eq!(c.get("/x").status, 503);
+    assert_eq!(b.count(), 2);
+    // Recovered: after open_s one trial goes through and closes it.
+    status.store(200, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(c.get("/x").status, 200, "the trial");
+    for _ in 0..5 {
+        assert_eq!(c.get("/x").status, 200, "closed again");
+    }
+    assert_eq!(b.count(), 8);
+    // Failing again: trips, and a failed trial re-opens it at once.
+    status.store(500, Ordering::SeqCst);
+    c.get("/x");
+    c.get("/x");
+    assert_eq!(c.get("/x").status, 503);
+    let before = b.count();
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(c.get("/x").status, 500, "the failing trial");
+    for _ in 0..5 {
+        assert_eq!(c.get("/x").status, 503, "re-opened");
+    }
+    assert_eq!(
+        b.count(),
+        before + 1,
+        "exactly one trial reached the upstream"
+    );
+    let m = get(gw.port2, "/metrics").text();
+    for (to, n) in [("open", 3), ("half_open", 2), ("closed", 1)] {
+        let line = format!(
+            "shardgate_circuit_breaker_transitions_total{{upstream=\"svc\",to=\"{to}\"}} {n}"
+        );
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+}
+
+#[test]
+fn opens_on_every_shard() {
+    let status = Arc::new(AtomicU16::new(500));
+    let b = switchable(&status);
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &breaker("min_requests: 100, window_s: 30, open_s: 30, consecutive_failures: Some(3)"),
+    );
+    let gw = gateway(4, &ups, &catch_all("svc"));
+    // One connection lives on one shard: it trips the breaker there.
+    let mut c = Client::connect(gw.port);
+    for _ in 0..3 {
+        assert_eq!(c.get("/x").status, 500);
+    }
+    // Every shard hears of it within a control tick.
+    thread::sleep(Duration::from_millis(100));
+    let mut refused = 0;
+    for _ in 0..32 {
+        let r = get(gw.port, "/x");
+        if r.status == 503 && r.json_str("upstream").as_deref() == Some("svc") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 32, "new connections on every shard are refused");
+    assert_eq!(b.count(), 3, "no other shard called the upstream");
+}
+
+#[test]
+fn a_refusing_upstream_trips_it_and_the_static_fallback_answers() {
+    let port = closed_port();
+    let ups = upstream(
+        "svc",
+        &[&format!("127.0.0.1:{port}")],
+        &breaker("min_requests: 3, failure_ratio: 0.5, window_s: 30, open_s: 30"),
+    );
+    let route = "        Route(name: \"all\", match: Match(path_prefix: \"/\"), upstream: \"svc\",\n            fallback: Some(Static(status: 200, headers: { \"Cache-Control\": \"no-store\" }, body: \"{\\\"items\\\":[]}\"))),\n";
+    let gw = gateway(1, &ups, route);
+    let mut c = Client::connect(gw.port);
+    for _ in 0..3 {
+        let r = c.get("/items");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-fallback"), Some("connect-error"));
+        assert_eq!(r.text(), "{\"items\":[]}");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let r = c.get("/items");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-fallback"), Some("circuit-open"));
+    // HEAD gets the head only, and the connection stays usable.
+    let r = c.get("/items");
+    assert_eq!(r.header("x-fallback"), Some("circuit-open"));
+}
+
+#[test]
+fn alternate_upstream_answers_for_a_failing_one() {
+    let failing = Backend::start(|_| Response::ok("{\"error\":\"boom\"}").status(500));
+    let alt = Backend::echo("alt");
+    let ups = format!(
+        "{}{}",
+        upstream("main", &[&failing.addr()], ""),
+        upstream("alt", &[&alt.addr()], "")
+    );
+    let route = "        Route(name: \"all\", match: Match(path_prefix: \"/\"), upstream: \"main\",\n            fallback: Some(Alternate(upstream: \"alt\"))),\n";
+    let gw = gateway(1, &ups, route);
+    let r = request(
+        gw.port,
+        "POST",
+        "/orders",
+        &[("content-type", "application/json")],
+        b"{\"n\":1}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-fallback"), Some("upstream-5xx"));
+    assert_eq!(failing.count(), 1);
+    assert_eq!(alt.count(), 1);
+    assert_eq!(
+        alt.last().body,
+        b"{\"n\":1}",
+        "the body went to the alternate too"
+    );
+    assert_eq!(alt.last().target, "/orders");
+}
+
+#[test]
+fn a_hanging_upstream_times_out_per_route_and_falls_back() {
+    let hanging = Backend::start(|_| Response::ok("late").delay(Duration::from_secs(5)));
+    let ups = upstream("slow", &[&hanging.addr()], "timeout_ms: 10000");
+    let route = "        Route(name: \"all\", match: Match(path_prefix: \"/\"), upstream: \"slow\", timeout_ms: Some(300),\n            fallback: Some(Static(status: 503, body: \"{\\\"error\\\":\\\"try later\\\"}\"))),\n";
+    let gw = gateway(1, &ups, route);
+    let started = Instant::now();
+    let r = get(gw.port, "/x");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-fallback"), Some("timeout"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the route's timeout applies, not the upstream's"
+    );
+}
+
+#[test]
+fn deadline_covers_all_tries() {
+    let hanging = Backend::start(|_| Response::ok("late").delay(Duration::from_secs(5)));
+    let ups = upstream("slow", &[&hanging.addr()], "timeout_ms: 10000");
+    let route = "        Route(name: \"all\", match: Match(path_prefix: \"/\"), upstream: \"slow\", deadline_ms: Some(500),\n            retry: Some(Retry(max_attempts: 5, per_try_timeout_ms: Some(200), backoff_base_ms: 1))),\n";
+    let gw = gateway(1, &ups, route);
+    let started = Instant::now();
+    let r = get(gw.port, "/x");
+    assert_json_error(&r, 504);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        hanging.count() <= 3,
+        "{} tries within the deadline",
+        hanging.count()
+    );
+}
