@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
             // 1 µs apart: the window's buckets roll as they would under load.
             now += 1_000;
             n = n.wrapping_add(1);
-            let status = if n % 4 == 0 { 503 } else { 200 };
+            let status = if n.is_multiple_of(4) { 503 } else { 200 };
             rec.record(
                 black_box(2),
                 Admit::Pass { epoch: 0 },

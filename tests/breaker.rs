@@ -76,9 +76,12 @@ fn successes_below_the_ratio_keep_it_closed() {
     );
     let gw = gateway(1, &ups, &catch_all("svc"));
     let mut c = Client::connect(gw.port);
-    for i in 0..20 {
+    for i in 0..20u32 {
         // One failure in four stays below half.
-        status.store(if i % 4 == 0 { 500 } else { 200 }, Ordering::SeqCst);
+        status.store(
+            if i.is_multiple_of(4) { 500 } else { 200 },
+            Ordering::SeqCst,
+        );
         let r = c.get("/x");
         assert_ne!(r.status, 503, "request {i}");
     }
