@@ -254,3 +254,113 @@ fn deadline_covers_all_tries() {
         hanging.count()
     );
 }
+
+#[test]
+fn check_reports_bad_resilience_settings_with_their_lines() {
+    let text = r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:8080")],
+    upstreams: {
+        "svc": Upstream(targets: ["127.0.0.1:9001"],
+            circuit_breaker: Some(CircuitBreaker(failure_ratio: 1.5, open_s: 0)),
+            retry: Some(Retry(max_attempts: 0, retry_on_statuses: [999]))),
+    },
+    routes: [
+        Route(name: "a", match: Match(path_prefix: "/a"), upstream: "svc",
+              fallback: Some(Alternate(upstream: "nope"))),
+        Route(name: "b", match: Match(path_prefix: "/b"), upstream: "svc", deadline_ms: Some(0),
+              fallback: Some(Static(status: 200, headers: { "Content-Length": "3" }, body: "{}"))),
+    ],
+)
+"#;
+    let dir = temp_dir();
+    let file = dir.join("bad.ron");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (field, line) in [
+        (
+            "upstreams.svc.circuit_breaker.failure_ratio",
+            line_of("circuit_breaker"),
+        ),
+        (
+            "upstreams.svc.circuit_breaker.open_s",
+            line_of("circuit_breaker"),
+        ),
+        ("upstreams.svc.retry.max_attempts", line_of("retry:")),
+        ("upstreams.svc.retry.retry_on_statuses", line_of("retry:")),
+        ("routes[0].fallback", line_of("\"nope\"")),
+        ("routes[1].deadline_ms", line_of("deadline_ms")),
+        ("routes[1].fallback", line_of("Content-Length")),
+    ] {
+        let want = format!(":{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!(" {field}: ")) && l.contains(&want)),
+            "{field} at line {line} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn one_trial_host_wide_while_half_open() {
+    let status = Arc::new(AtomicU16::new(500));
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = {
+        let (s, slow) = (status.clone(), slow.clone());
+        Backend::start(move |_| {
+            let r = Response::ok("{}").status(s.load(Ordering::SeqCst));
+            if slow.load(Ordering::SeqCst) {
+                r.delay(Duration::from_millis(500))
+            } else {
+                r
+            }
+        })
+    };
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &format!(
+            "timeout_ms: 2000, {}",
+            breaker("min_requests: 100, open_s: 1, half_open_requests: 1, consecutive_failures: Some(2)")
+        ),
+    );
+    let gw = gateway(4, &ups, &catch_all("svc"));
+    let mut c = Client::connect(gw.port);
+    c.get("/x");
+    c.get("/x");
+    assert_eq!(c.get("/x").status, 503);
+    // Healthy again, but slow: the trial is still running while the others ask.
+    status.store(200, Ordering::SeqCst);
+    slow.store(true, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1150));
+    let before = b.count();
+    let port = gw.port;
+    let others: Vec<_> = (0..15)
+        .map(|_| thread::spawn(move || get(port, "/x").status))
+        .collect();
+    // The tripping shard has the first turn: this connection lives there.
+    let mine = c.get("/x").status;
+    let mut statuses: Vec<u16> = others.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.push(mine);
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        1,
+        "one trial: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 15);
+    assert_eq!(b.count(), before + 1, "one request reached the upstream");
+    // The trial succeeded: closed on every shard.
+    slow.store(false, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(100));
+    for _ in 0..12 {
+        assert_eq!(get(gw.port, "/x").status, 200);
+    }
+}

@@ -303,8 +303,16 @@ impl Validator<'_> {
 
     /// Breakers, retries, timeouts and fallbacks (see [`crate::resilience::check`]).
     fn resilience(&mut self, g: &Gateway) {
-        for (field, message) in crate::resilience::check(g) {
-            self.push((0, 0), field, message);
+        use crate::resilience::Anchor;
+        for (anchor, field, message) in crate::resilience::check(g) {
+            let at = match &anchor {
+                Anchor::Upstream(name, key) => {
+                    let scope = self.pos.map_entry("upstreams", name);
+                    self.pos.field(scope, key)
+                }
+                Anchor::Route(i, key) => self.pos.field(self.route_scope(*i), key),
+            };
+            self.push(at, field, message);
         }
     }
 

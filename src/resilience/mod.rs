@@ -106,14 +106,32 @@ pub fn compile_route(
     })
 }
 
-/// Problems in the resilience settings of a config, as (field, message).
-pub fn check(g: &config::Gateway) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+/// Where a config problem is: the upstream or route, and its top-level
+/// field (for the position in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// `upstreams.<name>.<field>`.
+    Upstream(String, &'static str),
+    /// `routes[i].<field>`.
+    Route(usize, &'static str),
+}
+
+/// A problem in the resilience settings: where, the dotted field, and what is wrong.
+pub type Problem = (Anchor, String, String);
+
+/// Problems in the resilience settings of a config.
+pub fn check(g: &config::Gateway) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
     for (name, u) in &g.upstreams {
         if let Some(b) = &u.circuit_breaker {
+            let at = || Anchor::Upstream(name.clone(), "circuit_breaker");
             let f = |x: &str| format!("upstreams.{name}.circuit_breaker.{x}");
             if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
-                out.push((f("failure_ratio"), "must be above 0 and at most 1".into()));
+                out.push((
+                    at(),
+                    f("failure_ratio"),
+                    "must be above 0 and at most 1".into(),
+                ));
             }
             for (field, v) in [
                 ("min_requests", u64::from(b.min_requests)),
@@ -122,35 +140,40 @@ pub fn check(g: &config::Gateway) -> Vec<(String, String)> {
                 ("half_open_requests", u64::from(b.half_open_requests)),
             ] {
                 if v == 0 {
-                    out.push((f(field), "must be at least 1".into()));
+                    out.push((at(), f(field), "must be at least 1".into()));
                 }
             }
             if b.consecutive_failures == Some(0) {
-                out.push((f("consecutive_failures"), "must be at least 1".into()));
+                out.push((at(), f("consecutive_failures"), "must be at least 1".into()));
             }
-            check_statuses(
-                &mut out,
-                f("failure_statuses"),
-                b.failure_statuses.iter().flatten(),
-            );
+            if let Some(m) = bad_status(b.failure_statuses.iter().flatten()) {
+                out.push((at(), f("failure_statuses"), m));
+            }
         }
         if let Some(r) = &u.retry {
-            check_retry(&mut out, &format!("upstreams.{name}.retry"), r);
+            let at = Anchor::Upstream(name.clone(), "retry");
+            check_retry(&mut out, at, &format!("upstreams.{name}.retry"), r);
         }
     }
     for (i, r) in g.routes.iter().enumerate() {
         let f = |x: &str| format!("routes[{i}].{x}");
         if let Some(rt) = &r.retry {
-            check_retry(&mut out, &f("retry"), rt);
+            check_retry(&mut out, Anchor::Route(i, "retry"), &f("retry"), rt);
         }
         for (field, v) in [("timeout_ms", r.timeout_ms), ("deadline_ms", r.deadline_ms)] {
             if v == Some(0) {
-                out.push((f(field), "must be at least 1".into()));
+                out.push((
+                    Anchor::Route(i, field),
+                    f(field),
+                    "must be at least 1".into(),
+                ));
             }
         }
+        let at = Anchor::Route(i, "fallback");
         match &r.fallback {
             Some(Fallback::Alternate { upstream }) if !g.upstreams.contains_key(upstream) => {
                 out.push((
+                    at,
                     f("fallback"),
                     format!("unknown upstream {upstream:?} for the alternate"),
                 ));
@@ -161,7 +184,7 @@ pub fn check(g: &config::Gateway) -> Vec<(String, String)> {
                 body,
             }) => {
                 if let Err(e) = FallbackPlan::compile_static(*status, headers, body) {
-                    out.push((f("fallback"), e));
+                    out.push((at, f("fallback"), e));
                 }
             }
             _ => {}
@@ -170,33 +193,38 @@ pub fn check(g: &config::Gateway) -> Vec<(String, String)> {
     out
 }
 
-fn check_retry(out: &mut Vec<(String, String)>, at: &str, r: &config::Retry) {
+fn check_retry(out: &mut Vec<Problem>, anchor: Anchor, at: &str, r: &config::Retry) {
     if r.max_attempts == 0 {
-        out.push((format!("{at}.max_attempts"), "must be at least 1".into()));
+        out.push((
+            anchor.clone(),
+            format!("{at}.max_attempts"),
+            "must be at least 1".into(),
+        ));
     }
     if !(0.0..=10.0).contains(&r.budget_ratio) {
         out.push((
+            anchor.clone(),
             format!("{at}.budget_ratio"),
             "must be between 0 and 10".into(),
         ));
     }
     if r.per_try_timeout_ms == Some(0) {
         out.push((
+            anchor.clone(),
             format!("{at}.per_try_timeout_ms"),
             "must be at least 1".into(),
         ));
     }
-    check_statuses(out, format!("{at}.retry_on_statuses"), &r.retry_on_statuses);
+    if let Some(m) = bad_status(&r.retry_on_statuses) {
+        out.push((anchor, format!("{at}.retry_on_statuses"), m));
+    }
 }
 
-fn check_statuses<'a>(
-    out: &mut Vec<(String, String)>,
-    at: String,
-    statuses: impl IntoIterator<Item = &'a u16>,
-) {
-    if let Some(s) = statuses.into_iter().find(|s| !(100..600).contains(*s)) {
-        out.push((at, format!("{s} is not an HTTP status")));
-    }
+fn bad_status<'a>(statuses: impl IntoIterator<Item = &'a u16>) -> Option<String> {
+    statuses
+        .into_iter()
+        .find(|s| !(100..600).contains(*s))
+        .map(|s| format!("{s} is not an HTTP status"))
 }
 
 /// True when the route and its upstream use none of this module's settings
