@@ -127,3 +127,41 @@ fn the_budget_bounds_retries_when_the_upstream_is_down() {
     assert!(seen <= n + n / 5, "{seen} tries for {n} requests");
     assert!(seen > n, "some retries were made: {seen}");
 }
+
+#[test]
+fn a_slow_target_is_left_after_the_per_try_timeout() {
+    let slow = Backend::start(|_| Response::ok("slow").delay(std::time::Duration::from_secs(3)));
+    let fast = Backend::echo("fast");
+    let ups = upstream(
+        "svc",
+        &[&slow.addr(), &fast.addr()],
+        &retry("max_attempts: 2, per_try_timeout_ms: Some(200)"),
+    );
+    let gw = Gateway::start(&config(1, &ups, &catch_all("svc")));
+    let started = std::time::Instant::now();
+    for i in 0..4 {
+        assert_eq!(get(gw.port, "/x").status, 200, "request {i}");
+    }
+    assert_eq!(fast.count(), 4);
+    assert!(
+        slow.count() >= 1,
+        "some first tries went to the slow target"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "no request waited for the slow target's answer"
+    );
+}
+
+#[test]
+fn without_per_try_timeout_a_timeout_is_not_retried() {
+    let slow = Backend::start(|_| Response::ok("slow").delay(std::time::Duration::from_secs(2)));
+    let ups = upstream(
+        "svc",
+        &[&slow.addr()],
+        &format!("timeout_ms: 200, {}", retry("max_attempts: 3")),
+    );
+    let gw = Gateway::start(&config(1, &ups, &catch_all("svc")));
+    assert_json_error(&get(gw.port, "/x"), 504);
+    assert_eq!(slow.count(), 1);
+}
