@@ -364,3 +364,26 @@ fn one_trial_host_wide_while_half_open() {
         assert_eq!(get(gw.port, "/x").status, 200);
     }
 }
+
+#[test]
+fn aggregate_parts_respect_the_breaker() {
+    let status = Arc::new(AtomicU16::new(500));
+    let b = switchable(&status);
+    let ups = upstream(
+        "svc",
+        &[&b.addr()],
+        &breaker("min_requests: 100, open_s: 30, consecutive_failures: Some(3)"),
+    );
+    let route = "        Route(name: \"agg\", match: Match(path: \"/agg\"),\n            aggregate: Aggregate(timeout_ms: 2000, parts: [Part(name: \"p\", upstream: \"svc\", path: \"/x\", required: false)])),\n";
+    let gw = gateway(1, &ups, route);
+    let mut c = Client::connect(gw.port);
+    for _ in 0..3 {
+        c.get("/agg");
+    }
+    assert_eq!(b.count(), 3);
+    for _ in 0..5 {
+        let r = c.get("/agg");
+        assert!(r.text().contains("circuit breaker"), "{}", r.text());
+    }
+    assert_eq!(b.count(), 3, "open: the parts do not call the upstream");
+}

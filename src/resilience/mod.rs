@@ -449,6 +449,46 @@ async fn try_once(
     (tried, None)
 }
 
+/// Asks `up`'s breaker (if it has one) whether a call may go out, for
+/// callers other than the proxy (aggregate parts): `Err` with the reason
+/// when it is open.
+pub fn admit_call(shard: &Shard, up: &UpstreamPlan) -> Result<Option<Admit>, String> {
+    if up.breaker.is_none() {
+        return Ok(None);
+    }
+    match shard.breakers.borrow_mut().admit(up.id, now_ns()) {
+        Some(Admit::Refuse { retry_after_ns }) => Err(format!(
+            "circuit breaker of upstream {:?} is open; retry in {} s",
+            up.name,
+            retry_after_ns.div_ceil(1_000_000_000).max(1)
+        )),
+        a => Ok(a),
+    }
+}
+
+/// Records how a call admitted by [`admit_call`] ended: the answer's
+/// `status`, or (0) a failure without an answer when `failed`.
+pub fn record_call(
+    shard: &Shard,
+    up: &UpstreamPlan,
+    admitted: Option<Admit>,
+    status: u16,
+    failed: bool,
+) {
+    let Some(a) = admitted else {
+        return;
+    };
+    let outcome = match (status, failed) {
+        (0, true) => Outcome::Failed,
+        (0, false) => return,
+        (s, _) => Outcome::Status(s),
+    };
+    shard
+        .breakers
+        .borrow_mut()
+        .record(up.id, a, outcome, now_ns());
+}
+
 fn timeout_error(up: &UpstreamPlan) -> GatewayError {
     GatewayError::GatewayTimeout {
         upstream: up.name.clone(),
