@@ -186,9 +186,13 @@ fn a_refusing_upstream_trips_it_and_the_static_fallback_answers() {
     let r = c.get("/items");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-fallback"), Some("circuit-open"));
-    // HEAD gets the head only, and the connection stays usable.
     let r = c.get("/items");
     assert_eq!(r.header("x-fallback"), Some("circuit-open"));
+    let m = get(gw.port2, "/metrics").text();
+    for (reason, n) in [("connect-error", 3), ("circuit-open", 2), ("timeout", 0)] {
+        let line = format!("shardgate_fallbacks_total{{upstream=\"svc\",reason=\"{reason}\"}} {n}");
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
 }
 
 #[test]

@@ -117,7 +117,11 @@ fn the_budget_bounds_retries_when_the_upstream_is_down() {
         &[&down.addr()],
         &retry("max_attempts: 5, budget_ratio: 0.2, budget_floor_per_s: 0"),
     );
-    let gw = Gateway::start(&config(1, &ups, &catch_all("svc")));
+    let cfg = config(1, &ups, &catch_all("svc")).replace(
+        "    upstreams:",
+        "    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    upstreams:",
+    );
+    let gw = Gateway::start(&cfg);
     let mut c = Client::connect(gw.port);
     let n = 50;
     for _ in 0..n {
@@ -126,6 +130,18 @@ fn the_budget_bounds_retries_when_the_upstream_is_down() {
     let seen = down.count();
     assert!(seen <= n + n / 5, "{seen} tries for {n} requests");
     assert!(seen > n, "some retries were made: {seen}");
+    let m = get(gw.port2, "/metrics").text();
+    let sent = format!(
+        "shardgate_upstream_retries_total{{upstream=\"svc\",result=\"sent\"}} {}",
+        seen - n
+    );
+    assert!(m.contains(&sent), "{sent} in\n{m}");
+    assert!(
+        !m.contains(
+            "shardgate_upstream_retries_total{upstream=\"svc\",result=\"budget_exhausted\"} 0\n"
+        ),
+        "the budget refused some: {m}"
+    );
 }
 
 #[test]

@@ -189,7 +189,71 @@ pub fn render(
         pools(o, reports);
     }
     breakers(o, reports);
+    retries_and_fallbacks(o, reports);
     out
+}
+
+/// Retries (sent, refused by the budget) and fallback answers per upstream.
+fn retries_and_fallbacks(o: &mut String, reports: &[ShardReport]) {
+    use crate::resilience::retry::UpstreamStats;
+    let mut merged: Vec<(&str, UpstreamStats)> = Vec::new();
+    for (name, s) in reports.iter().flat_map(|r| &r.resilience) {
+        let i = match merged.iter().position(|(n, _)| *n == name.as_str()) {
+            Some(i) => i,
+            None => {
+                merged.push((name.as_str(), UpstreamStats::default()));
+                merged.len() - 1
+            }
+        };
+        if let Some((_, m)) = merged.get_mut(i) {
+            m.retries += s.retries;
+            m.retries_refused += s.retries_refused;
+            for (a, b) in m.fallbacks.iter_mut().zip(s.fallbacks) {
+                *a += b;
+            }
+        }
+    }
+    if merged.is_empty() {
+        return;
+    }
+    header(
+        o,
+        "shardgate_upstream_retries_total",
+        "counter",
+        "Retries per upstream: sent, or refused by the retry budget.",
+    );
+    for (name, s) in &merged {
+        let name = label(name);
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_retries_total{{upstream=\"{name}\",result=\"sent\"}} {}",
+            s.retries
+        );
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_retries_total{{upstream=\"{name}\",result=\"budget_exhausted\"}} {}",
+            s.retries_refused
+        );
+    }
+    header(
+        o,
+        "shardgate_fallbacks_total",
+        "counter",
+        "Fallback answers per upstream and reason (the X-Fallback value).",
+    );
+    for (name, s) in &merged {
+        let name = label(name);
+        for (r, n) in crate::resilience::fallback::Reason::ALL
+            .iter()
+            .zip(s.fallbacks)
+        {
+            let _ = writeln!(
+                o,
+                "shardgate_fallbacks_total{{upstream=\"{name}\",reason=\"{}\"}} {n}",
+                r.label()
+            );
+        }
+    }
 }
 
 /// Circuit-breaker state (host-wide: the most open shard's view) and the

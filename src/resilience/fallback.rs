@@ -88,6 +88,21 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; 6] = [
+        Reason::CircuitOpen,
+        Reason::ConnectError,
+        Reason::Timeout,
+        Reason::Reset,
+        Reason::ServerError,
+        Reason::UpstreamError,
+    ];
+
+    /// Its place in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `X-Fallback` value.
     pub fn label(self) -> &'static str {
         match self {

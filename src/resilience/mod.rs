@@ -346,11 +346,20 @@ pub async fn forward(
             break;
         };
         let now = now_ns();
-        let granted = shard
-            .retry_budgets
-            .borrow_mut()
-            .of(up.id)
-            .is_some_and(|b| b.take_retry(now, r.budget_ratio, r.budget_floor_per_s));
+        let granted = {
+            let mut budgets = shard.retry_budgets.borrow_mut();
+            let granted = budgets
+                .of(up.id)
+                .is_some_and(|b| b.take_retry(now, r.budget_ratio, r.budget_floor_per_s));
+            if let Some(s) = budgets.stats_of(up.id) {
+                if granted {
+                    s.retries += 1;
+                } else {
+                    s.retries_refused += 1;
+                }
+            }
+            granted
+        };
         if !granted {
             break;
         }
@@ -367,6 +376,13 @@ pub async fn forward(
     let Some((error, reason)) = failure else {
         return Err(timeout_error(up));
     };
+    if policy.fallback.is_some() {
+        if let Some(s) = shard.retry_budgets.borrow_mut().stats_of(up.id) {
+            if let Some(n) = s.fallbacks.get_mut(reason.index()) {
+                *n += 1;
+            }
+        }
+    }
     match &policy.fallback {
         None => Err(error),
         Some(FallbackPlan::Static(s)) => fallback::answer(s, reason, req, client, ex).await,

@@ -132,6 +132,19 @@ impl Budget {
 pub struct Budgets {
     list: Vec<Budget>,
     rng: u64,
+    /// Per upstream index: what retries and fallbacks happened (for reports).
+    pub stats: Vec<UpstreamStats>,
+}
+
+/// Retries and fallbacks of one upstream on one shard, since the config was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamStats {
+    /// Retries sent.
+    pub retries: u64,
+    /// Retries the budget refused.
+    pub retries_refused: u64,
+    /// Fallback answers, by [`super::fallback::Reason::index`].
+    pub fallbacks: [u64; 6],
 }
 
 impl Budgets {
@@ -147,6 +160,15 @@ impl Budgets {
     /// Forgets every budget (a reload may renumber upstreams).
     pub fn clear(&mut self) {
         self.list.clear();
+        self.stats.clear();
+    }
+
+    /// The counters of upstream `up` (grown on first use, like the budgets).
+    pub fn stats_of(&mut self, up: usize) -> Option<&mut UpstreamStats> {
+        if self.stats.len() <= up {
+            self.stats.resize_with(up + 1, UpstreamStats::default);
+        }
+        self.stats.get_mut(up)
     }
 
     /// A number in 0..1 (xorshift; jitter needs no more).

@@ -49,6 +49,8 @@ pub struct ShardReport {
     pub metrics: Option<Snapshot>,
     /// Circuit breakers as this shard sees them.
     pub breakers: Vec<crate::resilience::breaker::BreakerReport>,
+    /// Retries and fallbacks per upstream name (upstreams that had any).
+    pub resilience: Vec<(String, crate::resilience::retry::UpstreamStats)>,
 }
 
 /// Accept-side counters of one listener on one shard.
@@ -139,5 +141,14 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
             .breakers
             .borrow()
             .report(crate::ratelimit::limiter::now_ns()),
+        resilience: shard
+            .retry_budgets
+            .borrow()
+            .stats
+            .iter()
+            .zip(&cfg.compiled.upstreams)
+            .filter(|(s, _)| **s != Default::default())
+            .map(|(s, u)| (u.name.clone(), *s))
+            .collect(),
     }
 }
