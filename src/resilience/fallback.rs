@@ -191,3 +191,59 @@ pub async fn answer(
     }
     Ok(Disposition::KeepAlive)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn static_answer_renders_its_headers_once() {
+        let Ok(FallbackPlan::Static(s)) =
+            FallbackPlan::compile_static(200, &headers(&[("Cache-Control", "no-store")]), "{}")
+        else {
+            panic!("compiles");
+        };
+        assert_eq!(
+            s.header_lines,
+            "Cache-Control: no-store\r\ncontent-type: application/json\r\n"
+        );
+        let Ok(FallbackPlan::Static(s)) =
+            FallbackPlan::compile_static(503, &headers(&[("Content-Type", "text/plain")]), "x")
+        else {
+            panic!("compiles");
+        };
+        assert_eq!(s.header_lines, "Content-Type: text/plain\r\n");
+    }
+
+    #[test]
+    fn static_answer_refuses_what_would_break_the_response() {
+        for (status, h) in [
+            (99, headers(&[])),
+            (600, headers(&[])),
+            (200, headers(&[("Content-Length", "1")])),
+            (200, headers(&[("transfer-encoding", "chunked")])),
+            (200, headers(&[("X-Fallback", "no")])),
+            (200, headers(&[("Bad Name", "v")])),
+            (200, headers(&[("X-Ok", "a\r\nInjected: yes")])),
+        ] {
+            assert!(
+                FallbackPlan::compile_static(status, &h, "").is_err(),
+                "{status} {h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_are_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}
