@@ -471,6 +471,7 @@ impl Breaker {
     fn close(&mut self, owner: usize) {
         self.state = State::Closed;
         self.owner = owner;
+        self.until = 0;
         self.window = Window::default();
         self.consecutive = 0;
         self.reset_trials();
@@ -995,5 +996,80 @@ mod tests {
             b.record(&sp, early, true, 20, 0, &mut None);
         }
         assert_eq!(b.phase(21), Phase::Closed);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The breaker trips exactly when a naive count of the same
+            /// window (the last ten one-second buckets) first meets the rule.
+            #[test]
+            fn trips_when_the_naive_window_says_so(
+                steps in proptest::collection::vec((0u64..2_500_000_000, any::<bool>()), 1..200)
+            ) {
+                let sp = BreakerSpec { min_requests: 5, window_ns: 10 * S, ..spec() };
+                let mut b = Breaker::default();
+                let mut seen: Vec<(u64, bool)> = Vec::new();
+                let mut now = 0u64;
+                for (dt, failed) in steps {
+                    now += dt;
+                    let mut out = None;
+                    let a = b.admit(&sp, now, 0, 1, &mut out);
+                    prop_assert_eq!(a, Admit::Pass { epoch: 0 });
+                    b.record(&sp, a, failed, now, 0, &mut out);
+                    seen.push((now, failed));
+                    let bucket = now / S;
+                    let live: Vec<&(u64, bool)> =
+                        seen.iter().filter(|(t, _)| t / S + 10 > bucket).collect();
+                    let calls = live.len() as f64;
+                    let fails = live.iter().filter(|(_, f)| *f).count() as f64;
+                    let naive = failed && calls >= 5.0 && fails >= 0.5 * calls;
+                    prop_assert_eq!(b.phase(now) == Phase::Open, naive);
+                    if naive {
+                        break;
+                    }
+                }
+            }
+
+            /// Shards that hear the same transitions in any order end in the same state.
+            #[test]
+            fn transitions_converge_in_any_order(
+                msgs in proptest::collection::vec((1u64..6, 0usize..4, any::<bool>()), 1..12),
+                seed in any::<u64>(),
+            ) {
+                let mut list: Vec<BreakerMsg> = Vec::new();
+                for (epoch, owner, open) in msgs {
+                    // One transition per shard and epoch.
+                    if list.iter().any(|m| matches!(*m,
+                        BreakerMsg::Open { epoch: e, owner: o, .. } | BreakerMsg::Closed { epoch: e, owner: o, .. }
+                        if e == epoch && o == owner)) {
+                        continue;
+                    }
+                    list.push(if open {
+                        BreakerMsg::Open { generation: 0, upstream: 0, epoch, owner, until: epoch * 100 + owner as u64 }
+                    } else {
+                        BreakerMsg::Closed { generation: 0, upstream: 0, epoch, owner }
+                    });
+                }
+                let mut shuffled = list.clone();
+                let mut x = seed | 1;
+                for i in (1..shuffled.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                let (mut a, mut b) = (Breaker::default(), Breaker::default());
+                for m in &list {
+                    a.apply(m);
+                }
+                for m in &shuffled {
+                    b.apply(m);
+                }
+                prop_assert_eq!((a.epoch, a.state, a.owner, a.until), (b.epoch, b.state, b.owner, b.until));
+            }
+        }
     }
 }
