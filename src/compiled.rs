@@ -55,6 +55,10 @@ pub struct UpstreamPlan {
     pub max_queued: usize,
     /// Longest wait for a connection when a shard's share is in use.
     pub queue_timeout: Duration,
+    /// Circuit breaker settings.
+    pub breaker: Option<crate::resilience::breaker::BreakerSpec>,
+    /// Retry policy of routes that have none of their own.
+    pub retry: Option<crate::resilience::retry::RetryPlan>,
 }
 
 /// A piece of a rewrite template.
@@ -103,6 +107,8 @@ pub struct RoutePlan {
     pub rate_limit_headers: bool,
     /// The parts of a composite route (instead of `upstream`).
     pub aggregate: Option<AggregatePlan>,
+    /// Timeouts, retries and fallback of the route.
+    pub resilience: crate::resilience::RoutePolicy,
 }
 
 /// One listener with its own route table.
@@ -275,6 +281,11 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 max_connections: u.max_connections_per_target,
                 max_queued: u.max_queued_per_target,
                 queue_timeout: ms(u.queue_timeout_ms.unwrap_or(u.connect_timeout_ms)),
+                breaker: u
+                    .circuit_breaker
+                    .as_ref()
+                    .map(|b| crate::resilience::compile_breaker(b, u)),
+                retry: u.retry.as_ref().map(crate::resilience::compile_retry),
             })
         })
         .collect::<Result<_, String>>()?;
@@ -354,6 +365,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
             rate_limit_headers: r.rate_limit_headers,
             aggregate,
+            resilience: crate::resilience::compile_route(r, &upstream_index)
+                .map_err(|e| format!("route {:?}: {e}", r.name))?,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

@@ -142,11 +142,30 @@ fn seen_by_backend(head: &RequestHead) -> String {
     s
 }
 
+thread_local! {
+    /// The products backend answers 500 (switched by `POST /admin/fail`
+    /// and `POST /admin/recover` on it; the backends share one thread).
+    static PRODUCTS_FAILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
     let seen = seen_by_backend(head);
     let path = head.path();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let post = head.method() == "POST";
     match (svc, segs.as_slice()) {
+        (Service::Products, ["admin", "fail"]) if post => {
+            PRODUCTS_FAILING.with(|f| f.set(true));
+            (200, "{\"products_backend\":\"failing\"}".into())
+        }
+        (Service::Products, ["admin", "recover"]) if post => {
+            PRODUCTS_FAILING.with(|f| f.set(false));
+            (200, "{\"products_backend\":\"healthy\"}".into())
+        }
+        (Service::Products, _) if PRODUCTS_FAILING.with(|f| f.get()) => (
+            500,
+            format!("{{\"error\":\"products backend switched to failing\",\"seen_by_backend\":{seen}}}"),
+        ),
         (_, ["health"]) => (200, "{\"status\":\"ok\"}".into()),
         (Service::Users, ["users", id]) => {
             let names = ["ada", "grace", "linus", "barbara", "ken"];
@@ -211,6 +230,17 @@ Try:
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
+
+Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):
+  curl -X POST http://127.0.0.1:9003/admin/fail; echo                    # the products backend now answers 500
+  for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null -D - http://127.0.0.1:8080/api/v1/products | grep -i -E '^(HTTP|x-fallback)'; done
+                                                                          # 200 from the fallback: upstream-5xx, then circuit-open
+  curl -s http://127.0.0.1:9900/upstreams | grep -A2 '"circuit_breaker"'  # "state": "open"
+  curl -s http://127.0.0.1:9900/metrics | grep circuit_breaker_state      # 1 = open
+  curl -X POST http://127.0.0.1:9003/admin/recover; echo; sleep 5         # recovered; the open period ends
+  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:8080/api/v1/products; echo; done
+                                                                          # trials pass (one shard at a time), it closes: real answers
+
 Operate it (admin listener, private):
   open http://127.0.0.1:9900/                                            # live status page
   curl -s http://127.0.0.1:9900/metrics | grep shardgate_requests_total  # Prometheus metrics

@@ -34,6 +34,22 @@ pub enum GatewayError {
     /// Every connection to the upstream's target that this shard may open
     /// is in use and none came back in time, or too many requests wait (503).
     UpstreamBusy { upstream: String, reason: String },
+    /// The upstream's circuit breaker is open (503, `Retry-After`).
+    CircuitOpen {
+        /// Upstream name.
+        upstream: String,
+        /// Whole seconds until it may be tried again (at least 1).
+        retry_after_s: u64,
+    },
+    /// The upstream answered with this status and the answer was held back
+    /// for a retry that the budget or the deadline then did not allow (the
+    /// same status, with a JSON body).
+    UpstreamStatus {
+        /// Upstream name.
+        upstream: String,
+        /// The status it answered with.
+        status: u16,
+    },
     /// A rate limit refused the request (429): seconds until it could fit,
     /// and the `RateLimit-*` header lines to send (empty when hidden).
     TooManyRequests {
@@ -67,7 +83,10 @@ impl GatewayError {
             GatewayError::NotImplemented(_) => 501,
             GatewayError::VersionNotSupported => 505,
             GatewayError::BadGateway { .. } => 502,
-            GatewayError::Unavailable(_) | GatewayError::UpstreamBusy { .. } => 503,
+            GatewayError::Unavailable(_)
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::CircuitOpen { .. } => 503,
+            GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::GatewayTimeout { .. } => 504,
             GatewayError::PartFailed { timeout: true, .. } => 504,
             GatewayError::PartFailed { .. } => 502,
@@ -103,6 +122,15 @@ impl GatewayError {
             GatewayError::TooManyRequests { retry_after_s, .. } => {
                 format!("rate limit exceeded; retry in {retry_after_s} s")
             }
+            GatewayError::CircuitOpen {
+                upstream,
+                retry_after_s,
+            } => format!(
+                "upstream {upstream:?} is unavailable: its circuit breaker is open; retry in {retry_after_s} s"
+            ),
+            GatewayError::UpstreamStatus { upstream, status } => {
+                format!("upstream {upstream:?} answered {status}")
+            }
             GatewayError::PartFailed { part, reason, .. } if part.is_empty() => {
                 format!("aggregate failed: {reason}")
             }
@@ -134,6 +162,10 @@ impl GatewayError {
                 body.push_str(",\"part\":");
                 json_string(&mut body, part);
             }
+        }
+        if let GatewayError::CircuitOpen { upstream, .. } = self {
+            body.push_str(",\"upstream\":");
+            json_string(&mut body, upstream);
         }
         body.push_str(",\"request_id\":");
         json_string(&mut body, request_id);
@@ -171,6 +203,9 @@ impl GatewayError {
                 out.push_str(headers);
             }
             GatewayError::UpstreamBusy { .. } => out.push_str("retry-after: 1\r\n"),
+            GatewayError::CircuitOpen { retry_after_s, .. } => {
+                let _ = write!(out, "retry-after: {retry_after_s}\r\n");
+            }
             _ => {}
         }
         out.push_str(if keep_alive {
@@ -229,6 +264,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         505 => "HTTP Version Not Supported",
         502 => "Bad Gateway",

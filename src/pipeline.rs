@@ -17,7 +17,7 @@ use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
-use crate::proxy::{self, Disposition, Exchange};
+use crate::proxy::{Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
 use std::borrow::Cow;
@@ -106,7 +106,7 @@ pub async fn handle(
     ) else {
         return Err(GatewayError::Unavailable("upstream is not configured"));
     };
-    proxy::forward(shard, up, cursor, req, &target, client, ex).await
+    crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await
 }
 
 /// Refuses a request that repeats a field the config makes decisions on

@@ -347,6 +347,7 @@ fn upstreams(hub: &Hub) -> Answer {
     let compiled = hub.compiled();
     let reports = hub.reports(Detail::Full);
     let merged = Snapshot::merged(reports.iter().filter_map(|r| r.metrics.as_deref()));
+    let breakers = crate::resilience::breaker::merge_reports(reports.iter().map(|r| &r.breakers));
     let ups: Vec<Value> = compiled
         .upstreams
         .iter()
@@ -390,7 +391,14 @@ fn upstreams(hub: &Hub) -> Answer {
                     })
                 })
                 .collect();
-            json!({"name": u.name, "targets": targets})
+            let breaker = breakers.iter().find(|b| b.upstream == u.name).map(|b| {
+                json!({
+                    "state": b.phase.label(),
+                    "open_left_s": b.open_left_ns.div_ceil(1_000_000_000),
+                    "transitions": {"open": b.transitions[0], "half_open": b.transitions[1], "closed": b.transitions[2]},
+                })
+            });
+            json!({"name": u.name, "targets": targets, "circuit_breaker": breaker})
         })
         .collect();
     Answer::json(200, &json!({"upstreams": ups}))

@@ -891,6 +891,8 @@ mod tests {
             quota_received: 0,
             free_buffers: 0,
             metrics: Some(std::sync::Arc::new(m.snapshot())),
+            breakers: Vec::new(),
+            resilience: Vec::new(),
         }
     }
 

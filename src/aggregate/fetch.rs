@@ -93,9 +93,12 @@ enum Attempt {
 
 /// Sends the request and returns the JSON answer of a 2xx response.
 pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, PartError> {
+    let admitted = crate::resilience::admit_call(shard, req.up).map_err(PartError::new)?;
     let in_flight = InFlight::pick(shard, req.up, req.cursor)
         .ok_or_else(|| PartError::new("upstream has no targets"))?;
-    fetch_from(shard, &mut req, in_flight.addr()).await
+    let result = fetch_from(shard, &mut req, in_flight.addr()).await;
+    crate::resilience::record_call(shard, req.up, admitted, req.status.get(), result.is_err());
+    result
 }
 
 /// [`fetch`], also telling the target called (if one was picked) and the
@@ -104,11 +107,16 @@ pub async fn fetch_seen(
     shard: &Shard,
     mut req: PartRequest<'_>,
 ) -> (Result<Value, PartError>, Option<SocketAddr>, u16) {
+    let admitted = match crate::resilience::admit_call(shard, req.up) {
+        Ok(a) => a,
+        Err(why) => return (Err(PartError::new(why)), None, 0),
+    };
     let Some(in_flight) = InFlight::pick(shard, req.up, req.cursor) else {
         return (Err(PartError::new("upstream has no targets")), None, 0);
     };
     let addr = in_flight.addr();
     let result = fetch_from(shard, &mut req, addr).await;
+    crate::resilience::record_call(shard, req.up, admitted, req.status.get(), result.is_err());
     (result, Some(addr), req.status.get())
 }
 

@@ -6,11 +6,13 @@
 //! [`ConfigError`] naming every problem with file, line, column and field.
 mod position;
 mod redact;
+mod resilience;
 mod schema;
 mod validate;
 
 pub use validate::{is_token_byte, path_template_params, resolve, template_params};
 
+pub use resilience::*;
 pub use schema::*;
 
 use std::fmt;

@@ -582,6 +582,12 @@ pub struct Upstream {
     /// timeout when not given.
     #[serde(default)]
     pub queue_timeout_ms: Option<u64>,
+    /// Circuit breaker (none when not given).
+    #[serde(default)]
+    pub circuit_breaker: Option<super::CircuitBreaker>,
+    /// Retry policy for every route to this upstream (none when not given).
+    #[serde(default)]
+    pub retry: Option<super::Retry>,
 }
 
 /// Load-balancing policy.
@@ -634,6 +640,23 @@ pub struct Route {
     /// instead of proxying to `upstream` (see [`Aggregate`]).
     #[serde(default)]
     pub aggregate: Option<Aggregate>,
+    /// Time allowed for the response head and between body reads, instead
+    /// of the upstream's `timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Time allowed for the whole upstream part of a request, every try and
+    /// backoff included (504 after).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Retry policy, instead of the upstream's.
+    #[serde(default)]
+    pub retry: Option<super::Retry>,
+    /// Retry methods that are not idempotent (POST, PATCH) too.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// What to answer when the upstream is open, unreachable, or fails after retries.
+    #[serde(default)]
+    pub fallback: Option<super::Fallback>,
 }
 
 /// Request matching conditions; all given conditions must hold.

@@ -28,6 +28,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.listeners(g);
     v.limits(g);
     v.upstreams(g);
+    v.resilience(g);
     v.routes(g);
     v.authenticators(g);
     v.rate_limits(g);
@@ -297,6 +298,21 @@ impl Validator<'_> {
                     "must be at least 1 (leave it out for no bound)".into(),
                 );
             }
+        }
+    }
+
+    /// Breakers, retries, timeouts and fallbacks (see [`crate::resilience::check`]).
+    fn resilience(&mut self, g: &Gateway) {
+        use crate::resilience::Anchor;
+        for (anchor, field, message) in crate::resilience::check(g) {
+            let at = match &anchor {
+                Anchor::Upstream(name, key) => {
+                    let scope = self.pos.map_entry("upstreams", name);
+                    self.pos.field(scope, key)
+                }
+                Anchor::Route(i, key) => self.pos.field(self.route_scope(*i), key),
+            };
+            self.push(at, field, message);
         }
     }
 

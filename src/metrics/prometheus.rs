@@ -188,7 +188,110 @@ pub fn render(
     } else {
         pools(o, reports);
     }
+    breakers(o, reports);
+    retries_and_fallbacks(o, reports);
     out
+}
+
+/// Retries (sent, refused by the budget) and fallback answers per upstream.
+fn retries_and_fallbacks(o: &mut String, reports: &[ShardReport]) {
+    use crate::resilience::retry::UpstreamStats;
+    let mut merged: Vec<(&str, UpstreamStats)> = Vec::new();
+    for (name, s) in reports.iter().flat_map(|r| &r.resilience) {
+        let i = match merged.iter().position(|(n, _)| *n == name.as_str()) {
+            Some(i) => i,
+            None => {
+                merged.push((name.as_str(), UpstreamStats::default()));
+                merged.len() - 1
+            }
+        };
+        if let Some((_, m)) = merged.get_mut(i) {
+            m.retries += s.retries;
+            m.retries_refused += s.retries_refused;
+            for (a, b) in m.fallbacks.iter_mut().zip(s.fallbacks) {
+                *a += b;
+            }
+        }
+    }
+    if merged.is_empty() {
+        return;
+    }
+    header(
+        o,
+        "shardgate_upstream_retries_total",
+        "counter",
+        "Retries per upstream: sent, or refused by the retry budget.",
+    );
+    for (name, s) in &merged {
+        let name = label(name);
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_retries_total{{upstream=\"{name}\",result=\"sent\"}} {}",
+            s.retries
+        );
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_retries_total{{upstream=\"{name}\",result=\"budget_exhausted\"}} {}",
+            s.retries_refused
+        );
+    }
+    header(
+        o,
+        "shardgate_fallbacks_total",
+        "counter",
+        "Fallback answers per upstream and reason (the X-Fallback value).",
+    );
+    for (name, s) in &merged {
+        let name = label(name);
+        for (r, n) in crate::resilience::fallback::Reason::ALL
+            .iter()
+            .zip(s.fallbacks)
+        {
+            let _ = writeln!(
+                o,
+                "shardgate_fallbacks_total{{upstream=\"{name}\",reason=\"{}\"}} {n}",
+                r.label()
+            );
+        }
+    }
+}
+
+/// Circuit-breaker state (host-wide: the most open shard's view) and the
+/// transitions every shard made.
+fn breakers(o: &mut String, reports: &[ShardReport]) {
+    let merged = crate::resilience::breaker::merge_reports(reports.iter().map(|r| &r.breakers));
+    if merged.is_empty() {
+        return;
+    }
+    header(
+        o,
+        "shardgate_circuit_breaker_state",
+        "gauge",
+        "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+    );
+    for b in &merged {
+        let _ = writeln!(
+            o,
+            "shardgate_circuit_breaker_state{{upstream=\"{}\"}} {}",
+            label(&b.upstream),
+            b.phase.gauge()
+        );
+    }
+    header(
+        o,
+        "shardgate_circuit_breaker_transitions_total",
+        "counter",
+        "Circuit breaker transitions per upstream and new state.",
+    );
+    for b in &merged {
+        for (to, n) in ["open", "half_open", "closed"].iter().zip(b.transitions) {
+            let _ = writeln!(
+                o,
+                "shardgate_circuit_breaker_transitions_total{{upstream=\"{}\",to=\"{to}\"}} {n}",
+                label(&b.upstream)
+            );
+        }
+    }
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {

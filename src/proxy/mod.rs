@@ -429,6 +429,52 @@ enum Attempt {
     Done(Result<Disposition, GatewayError>),
     /// A reused connection turned out stale before anything was consumed.
     Stale,
+    /// Failed before any response byte (write failed, closed early).
+    Early(GatewayError),
+    /// The response head had a status in [`TryOptions::hold`]; nothing was
+    /// sent to the client.
+    Held(u16),
+}
+
+/// Settings of one try, set by the retry loop ([`crate::resilience`]).
+#[derive(Debug, Clone, Default)]
+pub struct TryOptions {
+    /// Time for the response head and between body reads, instead of the upstream's.
+    pub timeout: Option<Duration>,
+    /// Time to connect, when shorter than the upstream's.
+    pub connect_timeout: Option<Duration>,
+    /// Statuses whose response is not sent to the client (the caller
+    /// retries or falls back instead).
+    pub hold: crate::resilience::breaker::StatusSet,
+    /// The request body, already read from the client, sent with the head.
+    pub body: Option<Rc<[u8]>>,
+    /// A target not to pick when another one exists (the one that just failed).
+    pub avoid: Option<SocketAddr>,
+}
+
+/// How a try ended before any response byte reached the client, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// It did not (or it failed in a way that is not retried).
+    No,
+    /// The connection could not be opened.
+    Connect,
+    /// The connection broke before any response byte.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// A response with this status was held back.
+    Held(u16),
+}
+
+/// The result of one try.
+pub struct Tried {
+    /// The request's result so far.
+    pub result: Result<Disposition, GatewayError>,
+    /// How it failed early, when it did.
+    pub early: Early,
+    /// The target tried.
+    pub target: Option<SocketAddr>,
 }
 
 fn bad_gateway(up: &UpstreamPlan, reason: impl Into<String>) -> GatewayError {
@@ -436,10 +482,6 @@ fn bad_gateway(up: &UpstreamPlan, reason: impl Into<String>) -> GatewayError {
         upstream: up.name.clone(),
         reason: reason.into(),
     }
-}
-
-async fn connect(up: &UpstreamPlan, addr: SocketAddr) -> Result<Conn, GatewayError> {
-    connect_within(up, addr, up.connect_timeout).await
 }
 
 /// Opens a connection to `addr` of `up`, giving up after `wait`.
@@ -468,28 +510,58 @@ pub async fn forward(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    let in_flight = InFlight::pick(shard, up, cursor)
-        .ok_or(GatewayError::Unavailable("upstream has no targets"))?;
+    let opts = TryOptions::default();
+    forward_try(shard, up, cursor, req, target, client, ex, &opts)
+        .await
+        .result
+}
+
+/// One try of [`forward`], with the retry loop's settings.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_try(
+    shard: &Shard,
+    up: &UpstreamPlan,
+    cursor: &std::cell::Cell<usize>,
+    req: &RequestHead,
+    target: &str,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    opts: &TryOptions,
+) -> Tried {
+    let mut in_flight = InFlight::pick(shard, up, cursor);
+    // A retry goes to another target when there is one.
+    if let Some(avoid) = opts.avoid {
+        for _ in 1..up.targets.len() {
+            if in_flight.as_ref().is_none_or(|f| f.addr() != avoid) {
+                break;
+            }
+            in_flight = InFlight::pick(shard, up, cursor);
+        }
+    }
+    let Some(in_flight) = in_flight else {
+        return Tried {
+            result: Err(GatewayError::Unavailable("upstream has no targets")),
+            early: Early::No,
+            target: None,
+        };
+    };
     let addr = in_flight.addr();
     let started = Instant::now();
-    let mut connect_failed = false;
-    let result = forward_to(
-        shard,
-        up,
-        addr,
-        req,
-        target,
-        client,
-        ex,
-        &mut connect_failed,
-    )
-    .await;
+    let mut early = Early::No;
+    let result = forward_to(shard, up, addr, req, target, client, ex, &mut early, opts).await;
     let outcome = match &result {
-        _ if connect_failed => UpstreamOutcome::ConnectError,
+        _ if early == Early::Connect => UpstreamOutcome::ConnectError,
         Err(GatewayError::GatewayTimeout { .. }) => UpstreamOutcome::Timeout,
+        _ if matches!(early, Early::Held(_)) => UpstreamOutcome::ServerError,
         Err(GatewayError::BadGateway { .. }) => UpstreamOutcome::Reset,
         // Busy or refused before a call was made: no call to count.
-        Err(_) if ex.seen.status == 0 && !ex.response_started => return result,
+        Err(_) if ex.seen.status == 0 && !ex.response_started => {
+            return Tried {
+                result,
+                early,
+                target: Some(addr),
+            }
+        }
         _ if ex.seen.status >= 500 => UpstreamOutcome::ServerError,
         _ => UpstreamOutcome::Ok,
     };
@@ -508,7 +580,11 @@ pub async fn forward(
             result.as_ref().err().map(|e| e.message()),
         );
     }
-    result
+    Tried {
+        result,
+        early,
+        target: Some(addr),
+    }
 }
 
 /// Counts an upstream call in the shard's metrics.
@@ -540,7 +616,8 @@ async fn forward_to(
     target: &str,
     client: &mut Conn,
     ex: &mut Exchange<'_>,
-    connect_failed: &mut bool,
+    early: &mut Early,
+    opts: &TryOptions,
 ) -> Result<Disposition, GatewayError> {
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
@@ -557,13 +634,18 @@ async fn forward_to(
         note_connection(shard, up, addr, reused);
         let conn = match pooled.take() {
             Some(c) => c,
-            None => match connect(up, addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    *connect_failed = true;
-                    return Err(e);
+            None => {
+                let wait = opts
+                    .connect_timeout
+                    .map_or(up.connect_timeout, |t| t.min(up.connect_timeout));
+                match connect_within(up, addr, wait).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        *early = Early::Connect;
+                        return Err(e);
+                    }
                 }
-            },
+            }
         };
         let bytes = head.take().unwrap_or_default();
         match exchange(
@@ -576,10 +658,27 @@ async fn forward_to(
             client,
             ex,
             reused && attempt == 0,
+            opts,
         )
         .await
         {
-            (Attempt::Done(r), _) => return r,
+            (Attempt::Done(r), _) => {
+                if matches!(r, Err(GatewayError::GatewayTimeout { .. })) && !ex.response_started {
+                    *early = Early::Timeout;
+                }
+                return r;
+            }
+            (Attempt::Early(e), _) => {
+                *early = Early::Reset;
+                return Err(e);
+            }
+            (Attempt::Held(status), _) => {
+                *early = Early::Held(status);
+                return Err(GatewayError::UpstreamStatus {
+                    upstream: up.name.clone(),
+                    status,
+                });
+            }
             (Attempt::Stale, bytes) => {
                 // The retry goes out on a fresh connection, under the same slot.
                 shard.pools.borrow_mut().drop_idle(addr);
@@ -601,29 +700,37 @@ async fn exchange(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
     may_retry: bool,
+    opts: &TryOptions,
 ) -> (Attempt, Vec<u8>) {
-    let retry_ok = may_retry && req.framing == Framing::None && req.is_idempotent();
+    let timeout = opts.timeout.unwrap_or(up.timeout);
+    let retry_ok =
+        may_retry && (req.framing == Framing::None || opts.body.is_some()) && req.is_idempotent();
     // A small body that arrived with the head goes out in the same write. Not
     // when the client waits for 100 Continue, and not when a retry may need
     // the head again (retries only happen for requests without a body).
     let mut head = head;
     let head_len = head.len();
-    let body_framing = if req.expect_continue {
+    let body_framing = if let Some(body) = &opts.body {
+        // Read ahead by the retry loop: it goes with the head, every try.
+        head.extend_from_slice(body);
+        Framing::None
+    } else if req.expect_continue {
         req.framing
     } else {
         append_buffered(client, req.framing, &mut head)
     };
     ex.seen.bytes_in = head.len().saturating_sub(head_len) as u64;
-    let (res, mut head) = upc.write(head, up.timeout).await;
+    let (res, mut head) = upc.write(head, timeout).await;
     head.truncate(head_len);
     if res.is_err() {
         if retry_ok {
             return (Attempt::Stale, head);
         }
-        return (
-            Attempt::Done(Err(bad_gateway(up, "write to upstream failed"))),
-            head,
-        );
+        let e = bad_gateway(up, "write to upstream failed");
+        if body_framing == Framing::None {
+            return (Attempt::Early(e), head);
+        }
+        return (Attempt::Done(Err(e)), head);
     }
     // Request body, sent while the response head is already awaited.
     let mut early_answer = false;
@@ -646,7 +753,7 @@ async fn exchange(
         };
         let lim = CopyLimits {
             read_timeout: ex.limits.body_read_timeout,
-            write_timeout: up.timeout,
+            write_timeout: timeout,
             max_bytes: ex.limits.max_body_bytes,
             trailers: false,
         };
@@ -681,7 +788,7 @@ async fn exchange(
         ex.keep_alive = false;
     }
     // Response head, skipping interim 1xx answers.
-    let deadline = Instant::now() + up.timeout;
+    let deadline = Instant::now() + timeout;
     let resp = loop {
         match read_response_head(&mut upc, deadline, req.method() == "HEAD").await {
             Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
@@ -694,10 +801,12 @@ async fn exchange(
             Ok(r) => break r,
             Err(ReadHeadError::ClosedEarly) if retry_ok => return (Attempt::Stale, head),
             Err(ReadHeadError::ClosedEarly) => {
-                return (
-                    Attempt::Done(Err(bad_gateway(up, "connection closed before a response"))),
-                    head,
-                )
+                let e = bad_gateway(up, "connection closed before a response");
+                // Nothing of the answer came: retried when the request can be sent again.
+                if ex.body_consumed && (req.framing == Framing::None || opts.body.is_some()) {
+                    return (Attempt::Early(e), head);
+                }
+                return (Attempt::Done(Err(e)), head);
             }
             Err(ReadHeadError::Timeout) => {
                 return (
@@ -712,6 +821,10 @@ async fn exchange(
             }
         }
     };
+    if opts.hold.contains(resp.status) {
+        // The connection closes with this answer unread; its slot is given back.
+        return (Attempt::Held(resp.status), head);
+    }
     // Response to the client.
     let client_http11 = req.version == 1;
     let out_framing = match resp.framing {
@@ -735,7 +848,7 @@ async fn exchange(
         return (Attempt::Done(Ok(Disposition::Close)), head);
     }
     let lim = CopyLimits {
-        read_timeout: up.timeout,
+        read_timeout: timeout,
         write_timeout: ex.limits.send_timeout,
         max_bytes: u64::MAX,
         trailers: accepts_trailers(req.header("te")),

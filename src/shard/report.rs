@@ -57,6 +57,10 @@ pub struct ShardReport {
     pub free_buffers: usize,
     /// The metrics snapshot (full reports only).
     pub metrics: Option<std::sync::Arc<Snapshot>>,
+    /// Circuit breakers as this shard sees them.
+    pub breakers: Vec<crate::resilience::breaker::BreakerReport>,
+    /// Retries and fallbacks per upstream name (upstreams that had any).
+    pub resilience: Vec<(String, crate::resilience::retry::UpstreamStats)>,
 }
 
 /// Accept-side counters of one listener on one shard.
@@ -151,5 +155,18 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
                 Some(std::sync::Arc::new(changed))
             }
         },
+        breakers: shard
+            .breakers
+            .borrow()
+            .report(crate::ratelimit::limiter::now_ns()),
+        resilience: shard
+            .retry_budgets
+            .borrow()
+            .stats
+            .iter()
+            .zip(&cfg.compiled.upstreams)
+            .filter(|(s, _)| **s != Default::default())
+            .map(|(s, u)| (u.name.clone(), *s))
+            .collect(),
     }
 }

@@ -6,6 +6,7 @@ use super::state::Shard;
 use crate::compiled::Compiled;
 use crate::config::{BalanceConnections, DriverChoice, Shards};
 use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
+use crate::resilience::breaker::{BreakerMsg, Breakers};
 use crate::server::{accept_loop, contain, panic_message};
 use crossbeam_channel::{Receiver, Sender};
 use monoio::net::TcpListener;
@@ -267,11 +268,15 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     // Rate-limit gossip: every shard can reach every other shard.
     let (gossip_tx, mut gossip_rx): (Vec<_>, Vec<_>) =
         cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+    // Circuit-breaker transitions: likewise, every shard to every shard.
+    let (breaker_tx, mut breaker_rx): (Vec<_>, Vec<_>) =
+        cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
     for (id, core) in cores.iter().copied().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         senders.push(tx);
         let peers = gossip_tx.clone();
         let inbox = gossip_rx.remove(0);
+        let breakers = (breaker_tx.clone(), breaker_rx.remove(0));
         let compiled = compiled.clone();
         let ready = ready_tx.clone();
         let shard_sockets = sockets.next().unwrap_or_default();
@@ -296,6 +301,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                     ready,
                     peers,
                     inbox,
+                    breakers,
                 };
                 run_shard(args, wanted, fallback_allowed);
             })
@@ -456,6 +462,8 @@ struct ShardArgs {
     ready: Sender<(usize, Result<Driver, String>)>,
     peers: Vec<Sender<Gossip>>,
     inbox: Receiver<Gossip>,
+    /// Circuit-breaker channels: to every shard, and this shard's inbox.
+    breakers: (Vec<Sender<BreakerMsg>>, Receiver<BreakerMsg>),
 }
 
 thread_local! {
@@ -568,6 +576,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
         ready,
         peers,
         inbox,
+        breakers,
     } = args;
     let mut listeners = Vec::new();
     for (l, socket) in compiled.listeners.iter().zip(sockets.iter()) {
@@ -583,7 +592,8 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
         }
     }
     let limiter = Limiter::new(id, peers, inbox);
-    let shard = Rc::new(Shard::new(id, shards, compiled, limiter));
+    let breakers = Breakers::new(id, breakers.0, breakers.1);
+    let shard = Rc::new(Shard::new(id, shards, compiled, limiter, breakers));
     let gossip = shard.clone();
     monoio::spawn(async move {
         while let Err(why) = contain(gossip_loop(gossip.clone())).await {
@@ -669,6 +679,8 @@ async fn control_loop(
                 }
             }
         }
+        // Breaker transitions from other shards: applied within one tick.
+        shard.breakers.borrow_mut().receive();
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             shard.reap_pools(now);

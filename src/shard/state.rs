@@ -68,6 +68,10 @@ pub struct Shard {
     pub token_cache: RefCell<TokenCache>,
     /// Rate-limit keys, quotas and leases of this shard.
     pub limiter: RefCell<Limiter>,
+    /// Circuit breakers of this shard, one per upstream that has one.
+    pub breakers: RefCell<crate::resilience::breaker::Breakers>,
+    /// Retry budgets of this shard, per upstream.
+    pub retry_budgets: RefCell<crate::resilience::retry::Budgets>,
     /// Request counters and latency histograms of this shard.
     pub metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Fired when the shard starts draining for shutdown.
@@ -87,7 +91,15 @@ pub struct Shard {
 
 impl Shard {
     /// A shard serving `compiled`.
-    pub fn new(id: usize, shards: usize, compiled: Arc<Compiled>, limiter: Limiter) -> Shard {
+    pub fn new(
+        id: usize,
+        shards: usize,
+        compiled: Arc<Compiled>,
+        limiter: Limiter,
+        breakers: crate::resilience::breaker::Breakers,
+    ) -> Shard {
+        let mut breakers = breakers;
+        configure_breakers(&mut breakers, &compiled);
         let mut limiter = limiter;
         limiter.configure(&compiled.rate_limiting, compiled.generation);
         let mut metrics = crate::metrics::ShardMetrics::default();
@@ -100,6 +112,8 @@ impl Shard {
                 .map(|_| ListenerStats::default())
                 .collect(),
             limiter: RefCell::new(limiter),
+            breakers: RefCell::new(breakers),
+            retry_budgets: RefCell::default(),
             metrics: RefCell::new(metrics),
             id,
             token_cache: RefCell::new(TokenCache::new(compiled.token_cache_entries)),
@@ -138,6 +152,8 @@ impl Shard {
         self.metrics
             .borrow_mut()
             .configure(compiled.metrics, &compiled.metric_names());
+        configure_breakers(&mut self.breakers.borrow_mut(), &compiled);
+        self.retry_budgets.borrow_mut().clear();
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 
@@ -225,6 +241,16 @@ impl Shard {
             now,
         );
     }
+}
+
+fn configure_breakers(b: &mut crate::resilience::breaker::Breakers, compiled: &Compiled) {
+    b.configure(
+        compiled.generation,
+        compiled
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.breaker.as_ref())),
+    );
 }
 
 fn random_seed() -> u64 {
