@@ -55,6 +55,14 @@ pub struct UpstreamPlan {
     pub max_queued: usize,
     /// Longest wait for a connection when a shard's share is in use.
     pub queue_timeout: Duration,
+    /// Weights, the weighted round-robin schedule and the hash ring.
+    pub plan: crate::resilience::balance::BalancePlan,
+    /// Active health checks (run by the control side's prober).
+    pub health_check: Option<config::HealthCheck>,
+    /// Passive outlier ejection.
+    pub outlier: Option<config::OutlierDetection>,
+    /// Try every target when none is healthy instead of answering 503.
+    pub panic_routing: bool,
 }
 
 /// A piece of a rewrite template.
@@ -267,7 +275,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 id,
                 name: name.clone(),
                 targets,
-                balance: u.balance,
+                balance: u.balance.clone(),
                 connect_timeout: ms(u.connect_timeout_ms),
                 timeout: ms(u.timeout_ms),
                 max_idle: u.max_idle_per_target,
@@ -275,6 +283,10 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 max_connections: u.max_connections_per_target,
                 max_queued: u.max_queued_per_target,
                 queue_timeout: ms(u.queue_timeout_ms.unwrap_or(u.connect_timeout_ms)),
+                plan: crate::resilience::balance::BalancePlan::compile(u),
+                health_check: u.health_check.clone(),
+                outlier: u.outlier_detection.clone(),
+                panic_routing: u.panic_routing,
             })
         })
         .collect::<Result<_, String>>()?;

@@ -34,6 +34,8 @@ pub enum GatewayError {
     /// Every connection to the upstream's target that this shard may open
     /// is in use and none came back in time, or too many requests wait (503).
     UpstreamBusy { upstream: String, reason: String },
+    /// Every target of the upstream is unhealthy or ejected (503).
+    NoHealthyTarget { upstream: String },
     /// A rate limit refused the request (429): seconds until it could fit,
     /// and the `RateLimit-*` header lines to send (empty when hidden).
     TooManyRequests {
@@ -67,7 +69,9 @@ impl GatewayError {
             GatewayError::NotImplemented(_) => 501,
             GatewayError::VersionNotSupported => 505,
             GatewayError::BadGateway { .. } => 502,
-            GatewayError::Unavailable(_) | GatewayError::UpstreamBusy { .. } => 503,
+            GatewayError::Unavailable(_)
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::NoHealthyTarget { .. } => 503,
             GatewayError::GatewayTimeout { .. } => 504,
             GatewayError::PartFailed { timeout: true, .. } => 504,
             GatewayError::PartFailed { .. } => 502,
@@ -99,6 +103,9 @@ impl GatewayError {
             GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
             GatewayError::UpstreamBusy { upstream, reason } => {
                 format!("upstream {upstream:?} is at its connection limit: {reason}")
+            }
+            GatewayError::NoHealthyTarget { upstream } => {
+                format!("upstream {upstream:?} has no healthy target")
             }
             GatewayError::TooManyRequests { retry_after_s, .. } => {
                 format!("rate limit exceeded; retry in {retry_after_s} s")

@@ -42,6 +42,7 @@ pub mod pace;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
+pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod shard;

@@ -16,6 +16,7 @@ use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
+use crate::resilience::targets::NoTarget;
 use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -58,6 +59,9 @@ pub struct Exchange<'a> {
     pub seen: Seen,
     /// The request's trace context (only when `tracing` is configured).
     pub trace: Option<crate::observe::trace::Trace>,
+    /// The request's consistent-hash key (set by the pipeline when the
+    /// upstream balances by `ConsistentHash` and the request carries the key).
+    pub balance_key: Option<u64>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -266,12 +270,29 @@ impl<'a> InFlight<'a> {
         up: &UpstreamPlan,
         cursor: &std::cell::Cell<usize>,
     ) -> Option<InFlight<'a>> {
-        let mut c = cursor.get();
-        let picked = shard.pools.borrow().pick(up, &mut c);
-        cursor.set(c);
-        let addr = picked?;
+        Self::pick_keyed(shard, up, cursor, None).ok()
+    }
+
+    /// Picks a target of `up` (see [`crate::resilience::targets::TargetTable::pick`];
+    /// `key` is the request's consistent-hash key) and counts a request to it.
+    pub(crate) fn pick_keyed(
+        shard: &'a Shard,
+        up: &UpstreamPlan,
+        cursor: &std::cell::Cell<usize>,
+        key: Option<u64>,
+    ) -> Result<InFlight<'a>, GatewayError> {
+        let picked = shard
+            .targets
+            .borrow_mut()
+            .pick(up, &shard.pools.borrow(), cursor, key, None);
+        let addr = picked.map_err(|why| match why {
+            NoTarget::Empty => GatewayError::Unavailable("upstream has no targets"),
+            NoTarget::NoneHealthy => GatewayError::NoHealthyTarget {
+                upstream: up.name.clone(),
+            },
+        })?;
         shard.pools.borrow_mut().begin(addr);
-        Some(InFlight { shard, addr })
+        Ok(InFlight { shard, addr })
     }
 
     /// The target picked.
@@ -468,8 +489,7 @@ pub async fn forward(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    let in_flight = InFlight::pick(shard, up, cursor)
-        .ok_or(GatewayError::Unavailable("upstream has no targets"))?;
+    let in_flight = InFlight::pick_keyed(shard, up, cursor, ex.balance_key)?;
     let addr = in_flight.addr();
     let started = Instant::now();
     let mut connect_failed = false;
@@ -513,6 +533,10 @@ pub async fn forward(
 
 /// Counts an upstream call in the shard's metrics.
 pub(crate) fn note_call(shard: &Shard, up: &UpstreamPlan, call: UpstreamCall) {
+    shard
+        .targets
+        .borrow_mut()
+        .observe(up, call.target, call.took, call.outcome);
     let mut m = shard.metrics.borrow_mut();
     if m.enabled {
         if let Some(t) = up.targets.iter().position(|&a| a == call.target) {

@@ -42,6 +42,8 @@ pub enum Control {
         /// The keys.
         keys: crate::auth::jwks::KeySet,
     },
+    /// The control side's latest view of target health and ejections.
+    Health(Arc<crate::resilience::health::HealthView>),
 }
 
 /// The I/O driver a shard runs.
@@ -70,6 +72,8 @@ pub struct ShardSet {
     pub drivers: Vec<Driver>,
     /// Where reload compiles run and replaced configs are freed.
     background: Background,
+    /// The target keeper (health checks, ejections): hears of reloads.
+    keeper: Sender<crate::resilience::health::Report>,
 }
 
 impl ShardSet {
@@ -82,6 +86,9 @@ impl ShardSet {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
         }
+        let _ = self
+            .keeper
+            .send(crate::resilience::health::Report::Config(compiled));
         self.background.retire(replaced);
     }
 
@@ -253,14 +260,24 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let mut sockets = bind_all(&compiled, &cores, wanted)?.into_iter();
     let fallback_allowed = compiled.driver == DriverChoice::Auto;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
-    let mut senders = Vec::new();
     let mut handles = Vec::new();
     // Rate-limit gossip: every shard can reach every other shard.
     let (gossip_tx, mut gossip_rx): (Vec<_>, Vec<_>) =
         cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+    let (senders, mut receivers): (Vec<Sender<Control>>, Vec<_>) =
+        cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+    // Host-wide target health: one keeper and one prober, views to every shard.
+    let keeper = {
+        let to = senders.clone();
+        crate::resilience::health::start(compiled.clone(), move |view| {
+            for s in &to {
+                let _ = s.send(Control::Health(view.clone()));
+            }
+        })?
+    };
     for (id, core) in cores.iter().copied().enumerate() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        senders.push(tx);
+        let rx = receivers.remove(0);
+        let keeper = keeper.clone();
         let peers = gossip_tx.clone();
         let inbox = gossip_rx.remove(0);
         let compiled = compiled.clone();
@@ -287,6 +304,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                     ready,
                     peers,
                     inbox,
+                    keeper,
                 };
                 run_shard(args, wanted, fallback_allowed);
             })
@@ -312,6 +330,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
         handles,
         drivers,
         background,
+        keeper,
     })
 }
 
@@ -447,6 +466,7 @@ struct ShardArgs {
     ready: Sender<(usize, Result<Driver, String>)>,
     peers: Vec<Sender<Gossip>>,
     inbox: Receiver<Gossip>,
+    keeper: Sender<crate::resilience::health::Report>,
 }
 
 thread_local! {
@@ -559,6 +579,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
         ready,
         peers,
         inbox,
+        keeper,
     } = args;
     let mut listeners = Vec::new();
     for (l, socket) in compiled.listeners.iter().zip(sockets.iter()) {
@@ -575,6 +596,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
     }
     let limiter = Limiter::new(id, peers, inbox);
     let shard = Rc::new(Shard::new(id, shards, compiled, limiter));
+    shard.targets.borrow_mut().set_keeper(keeper);
     let gossip = shard.clone();
     monoio::spawn(async move {
         while let Err(why) = contain(gossip_loop(gossip.clone())).await {
@@ -643,6 +665,7 @@ async fn control_loop(
                     authenticator,
                     keys,
                 } => shard.update_keys(generation, authenticator, keys),
+                Control::Health(view) => shard.targets.borrow_mut().update(view),
                 Control::Report { detail, to } => {
                     let _ = to.send(super::report::report(shard, core, driver, detail));
                 }

@@ -70,6 +70,9 @@ pub struct Shard {
     pub limiter: RefCell<Limiter>,
     /// Request counters and latency histograms of this shard.
     pub metrics: RefCell<crate::metrics::ShardMetrics>,
+    /// Target health (the control side's view), latency estimates and
+    /// failure streaks: what target picking reads.
+    pub targets: RefCell<crate::resilience::targets::TargetTable>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -92,7 +95,11 @@ impl Shard {
         limiter.configure(&compiled.rate_limiting, compiled.generation);
         let mut metrics = crate::metrics::ShardMetrics::default();
         metrics.configure(compiled.metrics, &compiled.metric_names());
+        let seed = random_seed() ^ id as u64;
         Shard {
+            targets: RefCell::new(crate::resilience::targets::TargetTable::new(
+                &compiled, None, seed,
+            )),
             shards,
             listener_stats: compiled
                 .listeners
@@ -138,6 +145,7 @@ impl Shard {
         self.metrics
             .borrow_mut()
             .configure(compiled.metrics, &compiled.metric_names());
+        self.targets.borrow_mut().configure(&compiled);
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 
