@@ -195,12 +195,9 @@ impl TargetTable {
                 let start = cursor.get();
                 cursor.set(start.wrapping_add(1));
                 (0..len)
-                    .filter_map(|k| {
+                    .map(|k| {
                         let at = (start.wrapping_add(k)) % len;
-                        match plan.schedule.get(at) {
-                            Some(&i) => Some(i as usize),
-                            None => Some(at % n),
-                        }
+                        plan.schedule.get(at).map_or(at % n, |&i| i as usize)
                     })
                     .find(|&i| eligible(i))
                     .or_else(|| (0..n).find(|&i| eligible(i)))
