@@ -268,3 +268,144 @@ fn fresh(addr: SocketAddr, now: u64) -> Slot {
         streak: Streak::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resilience::health::TargetView;
+
+    fn compiled(extra: &str) -> Compiled {
+        let text = format!(
+            "Gateway(listeners: [Listener(name: \"main\", bind: \"127.0.0.1:0\")],
+              upstreams: {{ \"app\": Upstream(targets: [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]{extra}) }},
+              routes: [Route(name: \"all\", match: Match(path_prefix: \"/\"), upstream: \"app\")])"
+        );
+        let g = crate::config::parse("t.ron", &text).unwrap();
+        crate::compiled::compile(&g).unwrap()
+    }
+
+    fn view(states: &[(u16, TargetHealth)]) -> Arc<HealthView> {
+        Arc::new(HealthView {
+            targets: states
+                .iter()
+                .map(|&(port, health)| TargetView {
+                    upstream: "app".into(),
+                    target: SocketAddr::from(([127, 0, 0, 1], port)),
+                    health,
+                    ejections: 1,
+                })
+                .collect(),
+        })
+    }
+
+    fn picks(t: &mut TargetTable, c: &Compiled, n: usize) -> Vec<u16> {
+        let (pools, cursor) = (Pools::default(), Cell::new(0));
+        (0..n)
+            .filter_map(|_| t.pick(&c.upstreams[0], &pools, &cursor, None, None).ok())
+            .map(|a| a.port())
+            .collect()
+    }
+
+    #[test]
+    fn unhealthy_and_ejected_targets_are_skipped() {
+        for balance in ["", ", balance: PeakEwma", ", balance: LeastOutstanding"] {
+            let c = compiled(balance);
+            let mut t = TargetTable::new(&c, None, 1);
+            t.update(view(&[
+                (9001, TargetHealth::Unhealthy),
+                (9003, TargetHealth::Ejected),
+            ]));
+            let p = picks(&mut t, &c, 30);
+            assert!(
+                p.len() == 30 && p.iter().all(|&p| p == 9002),
+                "{balance}: {p:?}"
+            );
+            t.update(view(&[]));
+            let p = picks(&mut t, &c, 30);
+            assert!(p.contains(&9001) && p.contains(&9003), "{balance}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn none_healthy_is_refused_unless_panic_routing() {
+        let all_out = view(&[
+            (9001, TargetHealth::Unhealthy),
+            (9002, TargetHealth::Unhealthy),
+            (9003, TargetHealth::Ejected),
+        ]);
+        let c = compiled("");
+        let mut t = TargetTable::new(&c, None, 1);
+        t.update(all_out.clone());
+        let (pools, cursor) = (Pools::default(), Cell::new(0));
+        assert_eq!(
+            t.pick(&c.upstreams[0], &pools, &cursor, None, None),
+            Err(NoTarget::NoneHealthy)
+        );
+        let c = compiled(", panic_routing: true");
+        let mut t = TargetTable::new(&c, None, 1);
+        t.update(all_out);
+        let p = picks(&mut t, &c, 9);
+        assert_eq!(p.len(), 9);
+        assert!(p.contains(&9001) && p.contains(&9002) && p.contains(&9003));
+    }
+
+    #[test]
+    fn avoid_is_honoured_while_another_target_is_eligible() {
+        let c = compiled("");
+        let up = &c.upstreams[0];
+        let mut t = TargetTable::new(&c, None, 1);
+        let (pools, cursor) = (Pools::default(), Cell::new(0));
+        let first = up.targets[0];
+        for _ in 0..10 {
+            assert_ne!(t.pick(up, &pools, &cursor, None, Some(first)), Ok(first));
+        }
+        t.update(view(&[
+            (9002, TargetHealth::Unhealthy),
+            (9003, TargetHealth::Unhealthy),
+        ]));
+        assert_eq!(t.pick(up, &pools, &cursor, None, Some(first)), Ok(first));
+    }
+
+    #[test]
+    fn a_streak_is_reported_once_and_health_survives_a_reload() {
+        let c = compiled(
+            ", outlier_detection: Some(OutlierDetection(consecutive_5xx: 2, consecutive_connect_failures: 2))",
+        );
+        let up = &c.upstreams[0];
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut t = TargetTable::new(&c, Some(tx), 1);
+        let a = up.targets[1];
+        let ms = Duration::from_millis(1);
+        t.observe(up, a, ms, UpstreamOutcome::ServerError);
+        assert!(rx.try_recv().is_err());
+        t.observe(up, a, ms, UpstreamOutcome::ServerError);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Report::Outlier { upstream, target }) if upstream == "app" && target == a
+        ));
+        t.update(view(&[(9002, TargetHealth::Ejected)]));
+        t.configure(&c);
+        assert_eq!(t.health(up, a), (TargetHealth::Ejected, 1));
+        // While ejected, a shard does not report it again.
+        t.observe(up, a, ms, UpstreamOutcome::ConnectError);
+        t.observe(up, a, ms, UpstreamOutcome::ConnectError);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn consistent_hash_keys_stick_and_skip_unhealthy_targets() {
+        let c = compiled(", balance: ConsistentHash(Header(\"x-user\"))");
+        let up = &c.upstreams[0];
+        let mut t = TargetTable::new(&c, None, 1);
+        let (pools, cursor) = (Pools::default(), Cell::new(0));
+        let key = Some(12345u64);
+        let first = t.pick(up, &pools, &cursor, key, None);
+        for _ in 0..10 {
+            assert_eq!(t.pick(up, &pools, &cursor, key, None), first);
+        }
+        let Ok(owner) = first else { panic!("picked") };
+        t.update(view(&[(owner.port(), TargetHealth::Unhealthy)]));
+        let moved = t.pick(up, &pools, &cursor, key, None);
+        assert!(moved.is_ok() && moved != first);
+    }
+}

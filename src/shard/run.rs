@@ -472,6 +472,9 @@ struct ShardArgs {
 thread_local! {
     /// The newest config this shard thread was sent, for a restart.
     static LATEST: std::cell::RefCell<Option<Arc<Compiled>>> = const { std::cell::RefCell::new(None) };
+    /// The newest target-health view this shard thread was sent, for a restart.
+    static LATEST_HEALTH: std::cell::RefCell<Option<Arc<crate::resilience::health::HealthView>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Runs a shard, restarting it when a panic escapes its runtime (connection
@@ -596,7 +599,13 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
     }
     let limiter = Limiter::new(id, peers, inbox);
     let shard = Rc::new(Shard::new(id, shards, compiled, limiter));
-    shard.targets.borrow_mut().set_keeper(keeper);
+    {
+        let mut targets = shard.targets.borrow_mut();
+        targets.set_keeper(keeper);
+        if let Some(view) = LATEST_HEALTH.with(|l| l.borrow().clone()) {
+            targets.update(view);
+        }
+    }
     let gossip = shard.clone();
     monoio::spawn(async move {
         while let Err(why) = contain(gossip_loop(gossip.clone())).await {
@@ -665,7 +674,10 @@ async fn control_loop(
                     authenticator,
                     keys,
                 } => shard.update_keys(generation, authenticator, keys),
-                Control::Health(view) => shard.targets.borrow_mut().update(view),
+                Control::Health(view) => {
+                    LATEST_HEALTH.with(|l| *l.borrow_mut() = Some(view.clone()));
+                    shard.targets.borrow_mut().update(view)
+                }
                 Control::Report { detail, to } => {
                     let _ = to.send(super::report::report(shard, core, driver, detail));
                 }
