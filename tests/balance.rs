@@ -254,3 +254,55 @@ fn consistent_hashing_moves_only_the_removed_targets_keys() {
     let (ok, other) = spread(gw.port, "/app/x", 6);
     assert!(other.is_empty() && ok.len() == 6);
 }
+
+#[test]
+fn consistent_hashing_on_a_claim_and_on_a_cookie() {
+    let ts: Vec<Named> = ["a", "b", "c"].iter().map(|n| Named::start(n)).collect();
+    let list: Vec<String> = ts.iter().map(|t| format!("{:?}", t.addr())).collect();
+    let list = list.join(", ");
+    let secret = "claim-hash-secret-of-enough-length";
+    let config = format!(
+        r#"Gateway(
+    shards: Count(2),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    limits_http: {LIMITS},
+    upstreams: {{
+        "by_sub": Upstream(targets: [{list}], balance: ConsistentHash(Claim("sub"))),
+        "by_cookie": Upstream(targets: [{list}], balance: ConsistentHash(Cookie("sid"))),
+    }},
+    authenticators: {{ "jwt": Jwt(algorithms: [HS256], key: Secret("{secret}")) }},
+    routes: [
+        Route(name: "sub", match: Match(path_prefix: "/sub"), upstream: "by_sub", auth: Required(["jwt"])),
+        Route(name: "cookie", match: Match(path_prefix: "/cookie"), upstream: "by_cookie"),
+    ],
+)
+"#
+    );
+    let gw = Gateway::start(&config);
+    let exp = unix_now() + 600;
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..30 {
+        let token = hs256_token(
+            &serde_json::json!({"sub": format!("user-{i}"), "exp": exp}),
+            secret,
+        );
+        let auth = format!("Bearer {token}");
+        let first = get_with(gw.port, "/sub/x", &[("authorization", &auth)]);
+        assert_eq!(first.status, 200, "{}", first.text());
+        for _ in 0..3 {
+            let again = get_with(gw.port, "/sub/x", &[("authorization", &auth)]);
+            assert_eq!(again.text(), first.text(), "user-{i} moved");
+        }
+        owners.insert(first.text());
+        let cookie = format!("theme=dark; sid=session-{i}");
+        let c1 = get_with(gw.port, "/cookie/x", &[("cookie", &cookie)]);
+        let c2 = get_with(
+            gw.port,
+            "/cookie/x",
+            &[("cookie", &format!("sid=session-{i}"))],
+        );
+        assert_eq!(c1.status, 200);
+        assert_eq!(c1.text(), c2.text(), "session-{i} moved");
+    }
+    assert_eq!(owners.len(), 3, "30 callers spread over the three targets");
+}

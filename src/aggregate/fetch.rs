@@ -93,8 +93,8 @@ enum Attempt {
 
 /// Sends the request and returns the JSON answer of a 2xx response.
 pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, PartError> {
-    let in_flight = InFlight::pick(shard, req.up, req.cursor)
-        .ok_or_else(|| PartError::new("upstream has no targets"))?;
+    let in_flight =
+        InFlight::pick(shard, req.up, req.cursor).map_err(|e| PartError::new(e.message()))?;
     fetch_from(shard, &mut req, in_flight.addr()).await
 }
 
@@ -104,8 +104,9 @@ pub async fn fetch_seen(
     shard: &Shard,
     mut req: PartRequest<'_>,
 ) -> (Result<Value, PartError>, Option<SocketAddr>, u16) {
-    let Some(in_flight) = InFlight::pick(shard, req.up, req.cursor) else {
-        return (Err(PartError::new("upstream has no targets")), None, 0);
+    let in_flight = match InFlight::pick(shard, req.up, req.cursor) {
+        Ok(f) => f,
+        Err(e) => return (Err(PartError::new(e.message())), None, 0),
     };
     let addr = in_flight.addr();
     let result = fetch_from(shard, &mut req, addr).await;

@@ -269,8 +269,8 @@ impl<'a> InFlight<'a> {
         shard: &'a Shard,
         up: &UpstreamPlan,
         cursor: &std::cell::Cell<usize>,
-    ) -> Option<InFlight<'a>> {
-        Self::pick_keyed(shard, up, cursor, None).ok()
+    ) -> Result<InFlight<'a>, GatewayError> {
+        Self::pick_keyed(shard, up, cursor, None)
     }
 
     /// Picks a target of `up` (see [`crate::resilience::targets::TargetTable::pick`];
