@@ -82,8 +82,10 @@ fn refused_connections_eject_too_and_the_cap_keeps_half_the_pool() {
     let dead = format!("127.0.0.1:{}", closed_port());
     a.switch.set_status(500);
     b.switch.set_status(500);
+    // Ejections outlast the test: no re-admission gets in the way of the cap.
+    let long = OUTLIER.replace("base_ejection_s: 2", "base_ejection_s: 60");
     let ups = format!(
-        "        \"refusing\": Upstream(targets: [{:?}, {dead:?}], connect_timeout_ms: 300, {OUTLIER}),\n        \"failing\": Upstream(targets: [{:?}, {:?}], {OUTLIER}),\n",
+        "        \"refusing\": Upstream(targets: [{:?}, {dead:?}], connect_timeout_ms: 300, {long}),\n        \"failing\": Upstream(targets: [{:?}, {:?}], {long}),\n",
         a.addr(),
         a.addr(),
         b.addr()
