@@ -152,8 +152,6 @@ impl TargetTable {
         if n == 0 {
             return Err(NoTarget::Empty);
         }
-        let now = crate::ratelimit::limiter::now_ns();
-        let default_ewma = PeakEwma::new(now);
         let slots = slots_of(&self.ups, up);
         let healthy = |i: usize| {
             slots.is_none_or(|s| s.get(i).is_some_and(|s| s.health == TargetHealth::Healthy))
@@ -168,13 +166,17 @@ impl TargetTable {
         let plan = &up.plan;
         let picked = match (&up.balance, key) {
             (Balance::ConsistentHash(_), Some(k)) => balance::ring_lookup(&plan.ring, k, eligible),
-            (Balance::PeakEwma, _) => balance::p2c(n, &mut self.rng, eligible, |i| {
-                let e = slots
-                    .and_then(|s| s.get(i))
-                    .map_or(&default_ewma, |s| &s.ewma);
-                let out = up.targets.get(i).map_or(0, |&a| pools.outstanding_count(a));
-                balance::ewma_load(e, out, plan.weight(i), now)
-            }),
+            (Balance::PeakEwma, _) => {
+                let now = crate::ratelimit::limiter::now_ns();
+                let default_ewma = PeakEwma::new(now);
+                balance::p2c(n, &mut self.rng, eligible, |i| {
+                    let e = slots
+                        .and_then(|s| s.get(i))
+                        .map_or(&default_ewma, |s| &s.ewma);
+                    let out = up.targets.get(i).map_or(0, |&a| pools.outstanding_count(a));
+                    balance::ewma_load(e, out, plan.weight(i), now)
+                })
+            }
             (Balance::LeastOutstanding, _) => {
                 let start = cursor.get();
                 cursor.set(start.wrapping_add(1));
