@@ -245,8 +245,7 @@ impl Keeper {
         let mut any = false;
         for (name, recs) in &mut self.records {
             for (addr, r) in recs.iter_mut() {
-                if r.ejection.until.is_some_and(|u| u <= now) {
-                    r.ejection.until = None;
+                if outlier::readmit(std::slice::from_mut(&mut r.ejection), now) {
                     any = true;
                     eprintln!("shardgate: upstream {name}: target {addr} re-admitted");
                 }

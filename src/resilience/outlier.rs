@@ -58,9 +58,15 @@ impl Streak {
 pub struct Ejection {
     /// Ejected until then (`None`: in the pool).
     pub until: Option<Instant>,
-    /// Times ejected since the process started (it multiplies the next
-    /// ejection's length).
+    /// Times ejected since the process started.
     pub times: u64,
+    /// What the next ejection's length is multiplied by, less one: it grows
+    /// with each ejection and starts over once the target has stayed in the
+    /// pool for `max_ejection_s` (as Envoy lets its multiplier fall back
+    /// while a host stays healthy).
+    pub streak: u64,
+    /// When the target was last re-admitted.
+    pub back_since: Option<Instant>,
 }
 
 /// Most targets of a pool of `n` that may be ejected at once under
@@ -69,7 +75,7 @@ pub fn max_ejected(n: usize, percent: u32) -> usize {
     (n.saturating_mul(percent.min(100) as usize) / 100).max(1)
 }
 
-/// The length of the `times`-th ejection (1-based) under `od`.
+/// The length of the `times`-th ejection in a row (1-based) under `od`.
 pub fn ejection_time(od: &OutlierDetection, times: u64) -> Duration {
     let s = od
         .base_ejection_s
@@ -89,8 +95,15 @@ pub fn eject(pool: &mut [Ejection], target: usize, od: &OutlierDetection, now: I
     if e.until.is_some() || out >= cap {
         return false;
     }
+    let calm = Duration::from_secs(od.max_ejection_s.max(od.base_ejection_s));
+    if e.back_since
+        .is_some_and(|b| now.saturating_duration_since(b) >= calm)
+    {
+        e.streak = 0;
+    }
     e.times += 1;
-    e.until = Some(now + ejection_time(od, e.times));
+    e.streak += 1;
+    e.until = Some(now + ejection_time(od, e.streak));
     true
 }
 
@@ -101,6 +114,7 @@ pub fn readmit(pool: &mut [Ejection], now: Instant) -> bool {
     for e in pool {
         if e.until.is_some_and(|u| u <= now) {
             e.until = None;
+            e.back_since = Some(now);
             any = true;
         }
     }
@@ -169,5 +183,12 @@ mod tests {
             Some(later + Duration::from_secs(25)),
             "capped"
         );
+        // In the pool for max_ejection_s, a target starts over at the base time.
+        let back = later + Duration::from_secs(25);
+        assert!(readmit(&mut pool, back));
+        let calm = back + Duration::from_secs(25);
+        assert!(eject(&mut pool, 0, &o, calm));
+        assert_eq!(pool[0].until, Some(calm + Duration::from_secs(10)));
+        assert_eq!(pool[0].times, 4);
     }
 }

@@ -33,6 +33,8 @@ struct Slot {
 struct UpTargets {
     name: String,
     slots: Vec<Slot>,
+    /// Every slot is healthy (the common case: picking skips the checks).
+    all_healthy: bool,
 }
 
 /// Why no target could be picked.
@@ -84,6 +86,7 @@ impl TargetTable {
             .upstreams
             .iter()
             .map(|u| UpTargets {
+                all_healthy: true,
                 name: u.name.clone(),
                 slots: u
                     .targets
@@ -121,6 +124,7 @@ impl TargetTable {
                 s.health = h;
                 s.ejections = n;
             }
+            u.all_healthy = u.slots.iter().all(|s| s.health == TargetHealth::Healthy);
         }
     }
 
@@ -152,17 +156,25 @@ impl TargetTable {
         if n == 0 {
             return Err(NoTarget::Empty);
         }
-        let slots = slots_of(&self.ups, up);
+        let entry = self
+            .ups
+            .get(up.id)
+            .filter(|u| u.name == up.name && u.slots.len() == n);
+        let slots = entry.map(|u| u.slots.as_slice());
+        let all_healthy = entry.is_none_or(|u| u.all_healthy);
         let healthy = |i: usize| {
             slots.is_none_or(|s| s.get(i).is_some_and(|s| s.health == TargetHealth::Healthy))
         };
-        let any_healthy = (0..n).any(healthy);
+        let any_healthy = all_healthy || (0..n).any(healthy);
         if !any_healthy && !up.panic_routing {
             return Err(NoTarget::NoneHealthy);
         }
+        // Every target may be picked: no check per candidate.
+        let free = all_healthy && avoid.is_none();
         let not_avoided = |i: usize| avoid.is_none_or(|a| up.targets.get(i) != Some(&a));
-        let alternatives = (0..n).any(|i| (healthy(i) || !any_healthy) && not_avoided(i));
-        let eligible = |i: usize| (healthy(i) || !any_healthy) && (!alternatives || not_avoided(i));
+        let alternatives = !free && (0..n).any(|i| (healthy(i) || !any_healthy) && not_avoided(i));
+        let eligible =
+            |i: usize| free || ((healthy(i) || !any_healthy) && (!alternatives || not_avoided(i)));
         let plan = &up.plan;
         let picked = match (&up.balance, key) {
             (Balance::ConsistentHash(_), Some(k)) => balance::ring_lookup(&plan.ring, k, eligible),
