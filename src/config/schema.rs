@@ -641,7 +641,8 @@ pub struct OutlierDetection {
     /// long, up to `max_ejection_s`.
     #[serde(default = "default_base_ejection_s")]
     pub base_ejection_s: u64,
-    /// Longest ejection.
+    /// Longest ejection; also how long a re-admitted target must stay in
+    /// for its next ejection to start over at `base_ejection_s`.
     #[serde(default = "default_max_ejection_s")]
     pub max_ejection_s: u64,
     /// Most of the pool (in percent of its targets, at least one target)
