@@ -181,6 +181,14 @@ fn weights_share_traffic_in_proportion() {
     let to_a = ok.iter().filter(|t| *t == "a").count();
     // Each shard walks a a b a: exactly 3:1 over every four of its requests.
     assert!((54..=66).contains(&to_a), "a got {to_a} of 80");
+    let v = upstreams(&gw);
+    let weights: Vec<u64> = v["upstreams"][0]["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["weight"].as_u64())
+        .collect();
+    assert_eq!(weights, vec![3, 1], "{v}");
     // A weight naming no target is refused.
     let bad = gateway(
         &format!(

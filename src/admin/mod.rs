@@ -313,7 +313,8 @@ fn upstreams(hub: &Hub) -> Answer {
             let targets: Vec<Value> = u
                 .targets
                 .iter()
-                .map(|&t| {
+                .enumerate()
+                .map(|(i, &t)| {
                     let pools = reports
                         .iter()
                         .flat_map(|r| &r.pools)
@@ -352,6 +353,7 @@ fn upstreams(hub: &Hub) -> Answer {
                         "errors": calls.outcomes.iter().skip(1).sum::<u64>(),
                         "health": health,
                         "ejections": ejections,
+                        "weight": u.plan.weight(i),
                     })
                 })
                 .collect();
