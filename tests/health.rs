@@ -2,7 +2,7 @@
 //! failing its probes leaves the balancing on every shard and comes back
 //! when it passes again; with every target unhealthy the gateway answers
 //! 503, or tries them all with `panic_routing`; a reload makes probing
-//! follow the new config.
+//! follow the new config; the view reaches each of four shards.
 
 mod common;
 mod targets_support;
@@ -151,4 +151,30 @@ fn probing_follows_a_reload() {
     let probes = b.probes();
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(b.probes(), probes, "probing stopped");
+}
+
+#[test]
+fn the_health_view_reaches_each_of_four_shards() {
+    let (a, b) = (Named::start("a"), Named::start("b"));
+    let ups = format!(
+        "        \"app\": Upstream(targets: [{:?}, {:?}], {CHECK}),\n",
+        a.addr(),
+        b.addr()
+    );
+    let gw = Gateway::start(&gateway_with_shards(4, &ups, &["app"]));
+    b.switch.set_health(503);
+    assert!(wait_health(
+        &gw,
+        "app",
+        &b.addr(),
+        "unhealthy",
+        Duration::from_secs(5)
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    let before = b.served();
+    // 80 new connections: the kernel's hash gives every one of the four shards some.
+    let (ok, other) = spread(gw.port, "/app/x", 80);
+    assert!(other.is_empty(), "{other:?}");
+    assert!(ok.iter().all(|t| t == "a"), "{ok:?}");
+    assert_eq!(b.served(), before);
 }

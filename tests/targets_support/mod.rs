@@ -87,6 +87,11 @@ impl Named {
 /// A gateway config with two shards, an admin listener on `$PORT2`, the
 /// given upstreams and one catch-all route per upstream (`/NAME/...`).
 pub fn gateway(upstreams: &str, names: &[&str]) -> String {
+    gateway_with_shards(2, upstreams, names)
+}
+
+/// [`gateway`] with `shards` shards.
+pub fn gateway_with_shards(shards: usize, upstreams: &str, names: &[&str]) -> String {
     let routes: String = names
         .iter()
         .map(|n| {
@@ -94,7 +99,7 @@ pub fn gateway(upstreams: &str, names: &[&str]) -> String {
         })
         .collect();
     format!(
-        "Gateway(\n    shards: Count(2),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    limits_http: {LIMITS},\n    shutdown_grace_ms: 2000,\n    upstreams: {{\n{upstreams}    }},\n    routes: [\n{routes}    ],\n)\n"
+        "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    limits_http: {LIMITS},\n    shutdown_grace_ms: 2000,\n    upstreams: {{\n{upstreams}    }},\n    routes: [\n{routes}    ],\n)\n"
     )
 }
 
