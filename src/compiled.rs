@@ -59,6 +59,14 @@ pub struct UpstreamPlan {
     pub breaker: Option<crate::resilience::breaker::BreakerSpec>,
     /// Retry policy of routes that have none of their own.
     pub retry: Option<crate::resilience::retry::RetryPlan>,
+    /// Weights, the weighted round-robin schedule and the hash ring.
+    pub plan: crate::resilience::balance::BalancePlan,
+    /// Active health checks (run by the control side's prober).
+    pub health_check: Option<config::HealthCheck>,
+    /// Passive outlier ejection.
+    pub outlier: Option<config::OutlierDetection>,
+    /// Try every target when none is healthy instead of answering 503.
+    pub panic_routing: bool,
 }
 
 /// A piece of a rewrite template.
@@ -273,7 +281,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 id,
                 name: name.clone(),
                 targets,
-                balance: u.balance,
+                balance: u.balance.clone(),
                 connect_timeout: ms(u.connect_timeout_ms),
                 timeout: ms(u.timeout_ms),
                 max_idle: u.max_idle_per_target,
@@ -286,6 +294,10 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                     .as_ref()
                     .map(|b| crate::resilience::compile_breaker(b, u)),
                 retry: u.retry.as_ref().map(crate::resilience::compile_retry),
+                plan: crate::resilience::balance::BalancePlan::compile(u),
+                health_check: u.health_check.clone(),
+                outlier: u.outlier_detection.clone(),
+                panic_routing: u.panic_routing,
             })
         })
         .collect::<Result<_, String>>()?;

@@ -50,6 +50,8 @@ pub enum GatewayError {
         /// The status it answered with.
         status: u16,
     },
+    /// Every target of the upstream is unhealthy or ejected (503).
+    NoHealthyTarget { upstream: String },
     /// A rate limit refused the request (429): seconds until it could fit,
     /// and the `RateLimit-*` header lines to send (empty when hidden).
     TooManyRequests {
@@ -85,6 +87,7 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => 502,
             GatewayError::Unavailable(_)
             | GatewayError::UpstreamBusy { .. }
+            | GatewayError::NoHealthyTarget { .. }
             | GatewayError::CircuitOpen { .. } => 503,
             GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::GatewayTimeout { .. } => 504,
@@ -118,6 +121,9 @@ impl GatewayError {
             GatewayError::Unavailable(why) => format!("service unavailable: {why}"),
             GatewayError::UpstreamBusy { upstream, reason } => {
                 format!("upstream {upstream:?} is at its connection limit: {reason}")
+            }
+            GatewayError::NoHealthyTarget { upstream } => {
+                format!("upstream {upstream:?} has no healthy target")
             }
             GatewayError::TooManyRequests { retry_after_s, .. } => {
                 format!("rate limit exceeded; retry in {retry_after_s} s")

@@ -106,6 +106,9 @@ pub async fn handle(
     ) else {
         return Err(GatewayError::Unavailable("upstream is not configured"));
     };
+    if let crate::config::Balance::ConsistentHash(on) = &up.balance {
+        ex.balance_key = crate::resilience::balance::request_key(on, req, ex.client_ip, &claims);
+    }
     crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await
 }
 

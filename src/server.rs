@@ -292,6 +292,7 @@ async fn serve_request(
         test_panic(shard, head);
     }
     let mut ex = Exchange {
+        balance_key: None,
         request_id: &request_id,
         client_ip: peer.ip(),
         body_consumed: head.framing == Framing::None,

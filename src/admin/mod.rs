@@ -355,13 +355,19 @@ fn upstreams(hub: &Hub) -> Answer {
             let targets: Vec<Value> = u
                 .targets
                 .iter()
-                .map(|&t| {
+                .enumerate()
+                .map(|(i, &t)| {
                     let pools = reports
                         .iter()
                         .flat_map(|r| &r.pools)
                         .filter(|p| p.upstream == u.name && p.target == t);
                     let (mut idle, mut open, mut outstanding, mut waiting) = (0, 0, 0, 0);
+                    // Every shard holds the same host-wide view; the first answer tells.
+                    let (mut health, mut ejections) = ("unknown", 0);
                     for p in pools {
+                        if health == "unknown" {
+                            (health, ejections) = (p.health, p.ejections);
+                        }
                         idle += p.idle;
                         open += p.open;
                         outstanding += p.outstanding;
@@ -387,7 +393,9 @@ fn upstreams(hub: &Hub) -> Answer {
                         "queued": waiting,
                         "calls": outcomes,
                         "errors": calls.outcomes.iter().skip(1).sum::<u64>(),
-                        "health": "unknown",
+                        "health": health,
+                        "ejections": ejections,
+                        "weight": u.plan.weight(i),
                     })
                 })
                 .collect();

@@ -94,8 +94,8 @@ enum Attempt {
 /// Sends the request and returns the JSON answer of a 2xx response.
 pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, PartError> {
     let admitted = crate::resilience::admit_call(shard, req.up).map_err(PartError::new)?;
-    let in_flight = InFlight::pick(shard, req.up, req.cursor)
-        .ok_or_else(|| PartError::new("upstream has no targets"))?;
+    let in_flight =
+        InFlight::pick(shard, req.up, req.cursor).map_err(|e| PartError::new(e.message()))?;
     let result = fetch_from(shard, &mut req, in_flight.addr()).await;
     crate::resilience::record_call(shard, req.up, admitted, req.status.get(), result.is_err());
     result
@@ -111,8 +111,9 @@ pub async fn fetch_seen(
         Ok(a) => a,
         Err(why) => return (Err(PartError::new(why)), None, 0),
     };
-    let Some(in_flight) = InFlight::pick(shard, req.up, req.cursor) else {
-        return (Err(PartError::new("upstream has no targets")), None, 0);
+    let in_flight = match InFlight::pick(shard, req.up, req.cursor) {
+        Ok(f) => f,
+        Err(e) => return (Err(PartError::new(e.message())), None, 0),
     };
     let addr = in_flight.addr();
     let result = fetch_from(shard, &mut req, addr).await;

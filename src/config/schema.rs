@@ -588,16 +588,104 @@ pub struct Upstream {
     /// Retry policy for every route to this upstream (none when not given).
     #[serde(default)]
     pub retry: Option<super::Retry>,
+    /// Relative weights of targets, by the target as written in `targets`
+    /// (1 to 1000; a target not named weighs 1).
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    /// Active health checks: one prober per host asks every target for `path`.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier ejection from the outcomes of real requests.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// When every target is unhealthy or ejected, try them all anyway
+    /// (Envoy's panic mode) instead of answering 503.
+    #[serde(default)]
+    pub panic_routing: bool,
+}
+
+/// Active health checking of an upstream's targets: `GET path` every
+/// `interval_ms`; a target is marked unhealthy after `unhealthy_threshold`
+/// failed probes in a row and healthy again after `healthy_threshold`
+/// passing ones.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path (and query) of the probe request.
+    pub path: String,
+    /// Time between two probes of one target.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time allowed for connecting and for the whole probe answer.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Passing probes in a row that mark an unhealthy target healthy.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failing probes in a row that mark a healthy target unhealthy.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// The status a passing probe answers with; any 2xx when not given.
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+}
+
+/// Passive outlier ejection: a target that fails `consecutive_5xx` requests
+/// (5xx answers, resets, timeouts) or `consecutive_connect_failures`
+/// connection attempts in a row is taken out of balancing for
+/// `base_ejection_s` × the number of times it has been ejected.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Failed answers in a row (5xx, reset, timeout) that eject a target; 0: off.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// Failed connection attempts in a row that eject a target; 0: off.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_connect_failures: u32,
+    /// First ejection time; the n-th ejection of a target lasts n times as
+    /// long, up to `max_ejection_s`.
+    #[serde(default = "default_base_ejection_s")]
+    pub base_ejection_s: u64,
+    /// Longest ejection; also how long a re-admitted target must stay in
+    /// for its next ejection to start over at `base_ejection_s`.
+    #[serde(default = "default_max_ejection_s")]
+    pub max_ejection_s: u64,
+    /// Most of the pool (in percent of its targets, at least one target)
+    /// ejected at once.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
 }
 
 /// Load-balancing policy.
-#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum Balance {
-    /// Each target in turn.
+    /// Each target in turn (weighted: a target of weight 3 gets three turns).
     #[default]
     RoundRobin,
-    /// The target with the fewest requests in flight from this shard.
+    /// The target with the fewest requests in flight from this shard
+    /// (divided by its weight).
     LeastOutstanding,
+    /// Power of two choices over peak-EWMA latency × (requests in flight + 1)
+    /// (divided by the weight), measured by each shard.
+    PeakEwma,
+    /// The same key always goes to the same target (a ring with virtual
+    /// nodes, so a target leaving moves only its own keys). Requests without
+    /// the key are balanced round-robin.
+    ConsistentHash(HashOn),
+}
+
+/// What a consistent-hash balancer hashes.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header.
+    Header(String),
+    /// The value of a request cookie.
+    Cookie(String),
+    /// A claim of the authenticated caller (e.g. `"sub"`).
+    Claim(String),
 }
 
 /// A route: what it matches and where it goes.
@@ -697,6 +785,30 @@ fn default_pool_idle_ms() -> u64 {
 }
 fn default_max_queued() -> usize {
     1024
+}
+fn default_health_interval_ms() -> u64 {
+    2_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_base_ejection_s() -> u64 {
+    30
+}
+fn default_max_ejection_s() -> u64 {
+    300
+}
+fn default_max_ejection_percent() -> u32 {
+    10
 }
 fn default_leeway_s() -> u64 {
     30

@@ -2,7 +2,7 @@
 //! and limits. Every problem is reported, not only the first.
 
 use super::position::{Positions, Scope};
-use super::{Gateway, Match, Problem, Shards};
+use super::{Balance, Gateway, HashOn, Match, Problem, Shards};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -260,6 +260,86 @@ impl Validator<'_> {
         }
     }
 
+    /// Weights, health checks and outlier detection of upstream `name`.
+    fn target_health(&mut self, name: &str, u: &super::Upstream, scope: Scope) {
+        let max = crate::resilience::balance::MAX_WEIGHT;
+        for (t, &w) in &u.weights {
+            let problem = if !u.targets.contains(t) {
+                Some(format!(
+                    "{t:?} is not one of the targets (write it as in `targets`)"
+                ))
+            } else if !(1..=max).contains(&w) {
+                Some(format!("weight of {t:?} must be 1 to {max}"))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                self.push(
+                    self.pos.field(scope, "weights"),
+                    format!("upstreams.{name}.weights"),
+                    p,
+                );
+            }
+        }
+        if let Some(hc) = &u.health_check {
+            let mut bad = Vec::new();
+            if !hc.path.starts_with('/') || hc.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                bad.push("path must start with / and hold no spaces or control characters");
+            }
+            if hc.interval_ms < 10 {
+                bad.push("interval_ms must be at least 10");
+            }
+            if hc.timeout_ms == 0 {
+                bad.push("timeout_ms must be at least 1");
+            }
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                bad.push("healthy_threshold and unhealthy_threshold must be at least 1");
+            }
+            if hc.expect_status.is_some_and(|s| !(100..=599).contains(&s)) {
+                bad.push("expect_status must be 100 to 599");
+            }
+            for b in bad {
+                self.push(
+                    self.pos.field(scope, "health_check"),
+                    format!("upstreams.{name}.health_check"),
+                    b.into(),
+                );
+            }
+        }
+        if let Some(od) = &u.outlier_detection {
+            let mut bad = Vec::new();
+            if od.consecutive_5xx == 0 && od.consecutive_connect_failures == 0 {
+                bad.push(
+                    "one of consecutive_5xx and consecutive_connect_failures must be at least 1",
+                );
+            }
+            if od.base_ejection_s == 0 {
+                bad.push("base_ejection_s must be at least 1");
+            }
+            if od.max_ejection_percent == 0 || od.max_ejection_percent > 100 {
+                bad.push("max_ejection_percent must be 1 to 100");
+            }
+            for b in bad {
+                self.push(
+                    self.pos.field(scope, "outlier_detection"),
+                    format!("upstreams.{name}.outlier_detection"),
+                    b.into(),
+                );
+            }
+        }
+        if let Balance::ConsistentHash(HashOn::Header(h) | HashOn::Cookie(h) | HashOn::Claim(h)) =
+            &u.balance
+        {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                self.push(
+                    self.pos.field(scope, "balance"),
+                    format!("upstreams.{name}.balance"),
+                    format!("{h:?} is not a valid name"),
+                );
+            }
+        }
+    }
+
     fn upstreams(&mut self, g: &Gateway) {
         for (name, u) in &g.upstreams {
             let scope = self.pos.map_entry("upstreams", name);
@@ -298,6 +378,7 @@ impl Validator<'_> {
                     "must be at least 1 (leave it out for no bound)".into(),
                 );
             }
+            self.target_health(name, u, scope);
         }
     }
 

@@ -190,7 +190,44 @@ pub fn render(
     }
     breakers(o, reports);
     retries_and_fallbacks(o, reports);
+    target_health(o, reports);
     out
+}
+
+/// Target health and ejections: one host-wide view that every shard holds,
+/// so the first shard's report tells.
+fn target_health(o: &mut String, reports: &[ShardReport]) {
+    let Some(first) = reports.first() else { return };
+    header(
+        o,
+        "shardgate_upstream_target_healthy",
+        "gauge",
+        "1 when the target takes traffic, 0 when unhealthy (health checks) or ejected (outlier detection).",
+    );
+    for p in &first.pools {
+        let up = u8::from(p.health == "healthy");
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_target_healthy{{upstream=\"{}\",target=\"{}\"}} {up}",
+            label(&p.upstream),
+            p.target
+        );
+    }
+    header(
+        o,
+        "shardgate_upstream_ejections_total",
+        "counter",
+        "Times outlier detection ejected the target.",
+    );
+    for p in &first.pools {
+        let _ = writeln!(
+            o,
+            "shardgate_upstream_ejections_total{{upstream=\"{}\",target=\"{}\"}} {}",
+            label(&p.upstream),
+            p.target,
+            p.ejections
+        );
+    }
 }
 
 /// Retries (sent, refused by the budget) and fallback answers per upstream.

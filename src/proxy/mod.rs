@@ -16,6 +16,7 @@ use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
+use crate::resilience::targets::NoTarget;
 use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -58,6 +59,9 @@ pub struct Exchange<'a> {
     pub seen: Seen,
     /// The request's trace context (only when `tracing` is configured).
     pub trace: Option<crate::observe::trace::Trace>,
+    /// The request's consistent-hash key (set by the pipeline when the
+    /// upstream balances by `ConsistentHash` and the request carries the key).
+    pub balance_key: Option<u64>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -265,13 +269,42 @@ impl<'a> InFlight<'a> {
         shard: &'a Shard,
         up: &UpstreamPlan,
         cursor: &std::cell::Cell<usize>,
-    ) -> Option<InFlight<'a>> {
-        let mut c = cursor.get();
-        let picked = shard.pools.borrow().pick(up, &mut c);
-        cursor.set(c);
-        let addr = picked?;
+    ) -> Result<InFlight<'a>, GatewayError> {
+        Self::pick_keyed(shard, up, cursor, None)
+    }
+
+    /// Picks a target of `up` (see [`crate::resilience::targets::TargetTable::pick`];
+    /// `key` is the request's consistent-hash key) and counts a request to it.
+    pub(crate) fn pick_keyed(
+        shard: &'a Shard,
+        up: &UpstreamPlan,
+        cursor: &std::cell::Cell<usize>,
+        key: Option<u64>,
+    ) -> Result<InFlight<'a>, GatewayError> {
+        Self::pick_avoiding(shard, up, cursor, key, None)
+    }
+
+    /// As [`InFlight::pick_keyed`], passing over `avoid` (the target a
+    /// retry's previous try failed on) when another target can take it.
+    pub(crate) fn pick_avoiding(
+        shard: &'a Shard,
+        up: &UpstreamPlan,
+        cursor: &std::cell::Cell<usize>,
+        key: Option<u64>,
+        avoid: Option<SocketAddr>,
+    ) -> Result<InFlight<'a>, GatewayError> {
+        let picked = shard
+            .targets
+            .borrow_mut()
+            .pick(up, &shard.pools.borrow(), cursor, key, avoid);
+        let addr = picked.map_err(|why| match why {
+            NoTarget::Empty => GatewayError::Unavailable("upstream has no targets"),
+            NoTarget::NoneHealthy => GatewayError::NoHealthyTarget {
+                upstream: up.name.clone(),
+            },
+        })?;
         shard.pools.borrow_mut().begin(addr);
-        Some(InFlight { shard, addr })
+        Ok(InFlight { shard, addr })
     }
 
     /// The target picked.
@@ -528,22 +561,16 @@ pub async fn forward_try(
     ex: &mut Exchange<'_>,
     opts: &TryOptions,
 ) -> Tried {
-    let mut in_flight = InFlight::pick(shard, up, cursor);
     // A retry goes to another target when there is one.
-    if let Some(avoid) = opts.avoid {
-        for _ in 1..up.targets.len() {
-            if in_flight.as_ref().is_none_or(|f| f.addr() != avoid) {
-                break;
+    let in_flight = match InFlight::pick_avoiding(shard, up, cursor, ex.balance_key, opts.avoid) {
+        Ok(f) => f,
+        Err(e) => {
+            return Tried {
+                result: Err(e),
+                early: Early::No,
+                target: None,
             }
-            in_flight = InFlight::pick(shard, up, cursor);
         }
-    }
-    let Some(in_flight) = in_flight else {
-        return Tried {
-            result: Err(GatewayError::Unavailable("upstream has no targets")),
-            early: Early::No,
-            target: None,
-        };
     };
     let addr = in_flight.addr();
     let started = Instant::now();
@@ -589,6 +616,10 @@ pub async fn forward_try(
 
 /// Counts an upstream call in the shard's metrics.
 pub(crate) fn note_call(shard: &Shard, up: &UpstreamPlan, call: UpstreamCall) {
+    shard
+        .targets
+        .borrow_mut()
+        .observe(up, call.target, call.took, call.outcome);
     let mut m = shard.metrics.borrow_mut();
     if m.enabled {
         if let Some(t) = up.targets.iter().position(|&a| a == call.target) {

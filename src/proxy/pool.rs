@@ -1,11 +1,10 @@
-//! Per-shard upstream connection pools and balancing state.
+//! Per-shard upstream connection pools (target picking is in
+//! [`crate::resilience::targets`]).
 //!
 //! Pools are keyed by target address, so a reload that keeps a target keeps
 //! its warm connections. Idle connections are reused most-recent first, and
 //! expired ones are closed on take and by the shard's periodic reap.
 
-use crate::compiled::UpstreamPlan;
-use crate::config::Balance;
 use crate::http::Conn;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -314,22 +313,6 @@ impl Pools {
     pub fn end(&mut self, addr: SocketAddr) {
         if let Some(p) = self.targets.get_mut(&addr) {
             p.outstanding = p.outstanding.saturating_sub(1);
-        }
-    }
-
-    /// Picks a target of `up`; `cursor` is this shard's round-robin position for it.
-    pub fn pick(&self, up: &UpstreamPlan, cursor: &mut usize) -> Option<SocketAddr> {
-        let n = up.targets.len();
-        if n == 0 {
-            return None;
-        }
-        let start = *cursor % n;
-        *cursor = cursor.wrapping_add(1);
-        match up.balance {
-            Balance::RoundRobin => up.targets.get(start).copied(),
-            Balance::LeastOutstanding => (0..n)
-                .filter_map(|k| up.targets.get((start + k) % n).copied())
-                .min_by_key(|a| self.outstanding(*a)),
         }
     }
 }

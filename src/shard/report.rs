@@ -93,6 +93,11 @@ pub struct PoolReport {
     pub outstanding: usize,
     /// Requests waiting for a connection slot.
     pub waiting: usize,
+    /// `healthy`, `unhealthy` (active checks) or `ejected` (outlier
+    /// detection), as the control side last told the shard.
+    pub health: &'static str,
+    /// Times the target was ejected (host-wide).
+    pub ejections: u64,
 }
 
 /// Builds this shard's report.
@@ -112,17 +117,23 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         .collect();
     let pools = {
         let p = shard.pools.borrow();
+        let health = shard.targets.borrow();
         cfg.compiled
             .upstreams
             .iter()
             .flat_map(|u| u.targets.iter().map(move |&t| (u, t)))
-            .map(|(u, t)| PoolReport {
-                upstream: u.name.clone(),
-                target: t,
-                idle: p.idle_count(t),
-                open: p.open_count(t),
-                outstanding: p.outstanding_count(t),
-                waiting: p.waiting_count(t),
+            .map(|(u, t)| {
+                let (h, ejections) = health.health(u, t);
+                PoolReport {
+                    upstream: u.name.clone(),
+                    target: t,
+                    idle: p.idle_count(t),
+                    open: p.open_count(t),
+                    outstanding: p.outstanding_count(t),
+                    waiting: p.waiting_count(t),
+                    health: h.label(),
+                    ejections,
+                }
             })
             .collect()
     };

@@ -43,6 +43,8 @@ pub enum Control {
         /// The keys.
         keys: crate::auth::jwks::KeySet,
     },
+    /// The control side's latest view of target health and ejections.
+    Health(Arc<crate::resilience::health::HealthView>),
 }
 
 /// The I/O driver a shard runs.
@@ -71,6 +73,8 @@ pub struct ShardSet {
     pub drivers: Vec<Driver>,
     /// Where reload compiles run and replaced configs are freed.
     background: Background,
+    /// The target keeper (health checks, ejections): hears of reloads.
+    keeper: Sender<crate::resilience::health::Report>,
 }
 
 impl ShardSet {
@@ -83,6 +87,9 @@ impl ShardSet {
         for s in &self.senders {
             let _ = s.send(Control::Reload(compiled.clone()));
         }
+        let _ = self
+            .keeper
+            .send(crate::resilience::health::Report::Config(compiled));
         self.background.retire(replaced);
     }
 
@@ -263,7 +270,6 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let mut sockets = bind_all(&compiled, &cores, wanted)?.into_iter();
     let fallback_allowed = compiled.driver == DriverChoice::Auto;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
-    let mut senders = Vec::new();
     let mut handles = Vec::new();
     // Rate-limit gossip: every shard can reach every other shard.
     let (gossip_tx, mut gossip_rx): (Vec<_>, Vec<_>) =
@@ -271,9 +277,20 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     // Circuit-breaker transitions: likewise, every shard to every shard.
     let (breaker_tx, mut breaker_rx): (Vec<_>, Vec<_>) =
         cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+    let (senders, mut receivers): (Vec<Sender<Control>>, Vec<_>) =
+        cores.iter().map(|_| crossbeam_channel::unbounded()).unzip();
+    // Host-wide target health: one keeper and one prober, views to every shard.
+    let keeper = {
+        let to = senders.clone();
+        crate::resilience::health::start(compiled.clone(), move |view| {
+            for s in &to {
+                let _ = s.send(Control::Health(view.clone()));
+            }
+        })?
+    };
     for (id, core) in cores.iter().copied().enumerate() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        senders.push(tx);
+        let rx = receivers.remove(0);
+        let keeper = keeper.clone();
         let peers = gossip_tx.clone();
         let inbox = gossip_rx.remove(0);
         let breakers = (breaker_tx.clone(), breaker_rx.remove(0));
@@ -302,6 +319,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                     peers,
                     inbox,
                     breakers,
+                    keeper,
                 };
                 run_shard(args, wanted, fallback_allowed);
             })
@@ -327,6 +345,7 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
         handles,
         drivers,
         background,
+        keeper,
     })
 }
 
@@ -464,11 +483,15 @@ struct ShardArgs {
     inbox: Receiver<Gossip>,
     /// Circuit-breaker channels: to every shard, and this shard's inbox.
     breakers: (Vec<Sender<BreakerMsg>>, Receiver<BreakerMsg>),
+    keeper: Sender<crate::resilience::health::Report>,
 }
 
 thread_local! {
     /// The newest config this shard thread was sent, for a restart.
     static LATEST: std::cell::RefCell<Option<Arc<Compiled>>> = const { std::cell::RefCell::new(None) };
+    /// The newest target-health view this shard thread was sent, for a restart.
+    static LATEST_HEALTH: std::cell::RefCell<Option<Arc<crate::resilience::health::HealthView>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Runs a shard, restarting it when a panic escapes its runtime (connection
@@ -577,6 +600,7 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
         peers,
         inbox,
         breakers,
+        keeper,
     } = args;
     let mut listeners = Vec::new();
     for (l, socket) in compiled.listeners.iter().zip(sockets.iter()) {
@@ -594,6 +618,13 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
     let limiter = Limiter::new(id, peers, inbox);
     let breakers = Breakers::new(id, breakers.0, breakers.1);
     let shard = Rc::new(Shard::new(id, shards, compiled, limiter, breakers));
+    {
+        let mut targets = shard.targets.borrow_mut();
+        targets.set_keeper(keeper);
+        if let Some(view) = LATEST_HEALTH.with(|l| l.borrow().clone()) {
+            targets.update(view);
+        }
+    }
     let gossip = shard.clone();
     monoio::spawn(async move {
         while let Err(why) = contain(gossip_loop(gossip.clone())).await {
@@ -662,6 +693,10 @@ async fn control_loop(
                     authenticator,
                     keys,
                 } => shard.update_keys(generation, authenticator, keys),
+                Control::Health(view) => {
+                    LATEST_HEALTH.with(|l| *l.borrow_mut() = Some(view.clone()));
+                    shard.targets.borrow_mut().update(view)
+                }
                 Control::Report { detail, to } => {
                     let _ = to.send(super::report::report(shard, core, driver, detail));
                 }

@@ -74,6 +74,9 @@ pub struct Shard {
     pub retry_budgets: RefCell<crate::resilience::retry::Budgets>,
     /// Request counters and latency histograms of this shard.
     pub metrics: RefCell<crate::metrics::ShardMetrics>,
+    /// Target health (the control side's view), latency estimates and
+    /// failure streaks: what target picking reads.
+    pub targets: RefCell<crate::resilience::targets::TargetTable>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -104,7 +107,11 @@ impl Shard {
         limiter.configure(&compiled.rate_limiting, compiled.generation);
         let mut metrics = crate::metrics::ShardMetrics::default();
         metrics.configure(compiled.metrics, &compiled.metric_names());
+        let seed = random_seed() ^ id as u64;
         Shard {
+            targets: RefCell::new(crate::resilience::targets::TargetTable::new(
+                &compiled, None, seed,
+            )),
             shards,
             listener_stats: compiled
                 .listeners
@@ -154,6 +161,7 @@ impl Shard {
             .configure(compiled.metrics, &compiled.metric_names());
         configure_breakers(&mut self.breakers.borrow_mut(), &compiled);
         self.retry_budgets.borrow_mut().clear();
+        self.targets.borrow_mut().configure(&compiled);
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
     }
 
