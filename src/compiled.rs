@@ -103,6 +103,9 @@ pub struct RoutePlan {
     pub rate_limit_headers: bool,
     /// The parts of a composite route (instead of `upstream`).
     pub aggregate: Option<AggregatePlan>,
+    /// Upgrades (WebSocket) this route tunnels; `None`: upgrade fields are
+    /// removed and the request proxied as a plain one.
+    pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
 }
 
 /// One listener with its own route table.
@@ -354,6 +357,10 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
             rate_limit_headers: r.rate_limit_headers,
             aggregate,
+            websocket: r
+                .websocket
+                .as_ref()
+                .map(crate::proxy::upgrade::UpgradePlan::compile),
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

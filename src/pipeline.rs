@@ -17,7 +17,7 @@ use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
-use crate::proxy::{self, Disposition, Exchange};
+use crate::proxy::{self, upgrade, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
 use std::borrow::Cow;
@@ -105,6 +105,18 @@ pub async fn handle(
         cfg.cursors.get(upstream),
     ) else {
         return Err(GatewayError::Unavailable("upstream is not configured"));
+    };
+    // An upgrade the route accepts holds one of its tunnel slots from here
+    // until the tunnel closes (or the upstream refuses the upgrade).
+    let _tunnel = match &route.websocket {
+        Some(plan) if plan.accepts(req) => {
+            let slot = upgrade::TunnelSlot::take(shard, &route.name, plan).ok_or(
+                GatewayError::Unavailable("the route's limit of open WebSocket tunnels is reached"),
+            )?;
+            ex.upgrade = Some(plan.idle_timeout);
+            Some(slot)
+        }
+        _ => None,
     };
     proxy::forward(shard, up, cursor, req, &target, client, ex).await
 }
