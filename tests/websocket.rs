@@ -32,7 +32,9 @@ fn python() -> String {
             return py.to_string();
         }
     }
-    panic!("no python3 with the `websockets` package (scripts/test.sh installs python3-websockets)");
+    panic!(
+        "no python3 with the `websockets` package (scripts/test.sh installs python3-websockets)"
+    );
 }
 
 /// The echo server, with the handshake lines it printed.
@@ -188,12 +190,7 @@ fn setup() -> Setup {
     let plain = Backend::echo("plain");
     let log = temp_dir().join("access.log");
     let gw = gateway(&ws, &plain, &log);
-    Setup {
-        plain,
-        ws,
-        gw,
-        log,
-    }
+    Setup { plain, ws, gw, log }
 }
 
 /// A raw upgrade request for `path` with `extra` header lines.
@@ -210,7 +207,12 @@ fn read_head(s: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         let n = s.read(&mut byte).unwrap();
-        assert_eq!(n, 1, "closed inside the head: {}", String::from_utf8_lossy(&buf));
+        assert_eq!(
+            n,
+            1,
+            "closed inside the head: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.push(byte[0]);
     }
     let text = String::from_utf8(buf.clone()).unwrap();
@@ -251,11 +253,24 @@ fn raw_handshake_passes_the_upgrade_fields_and_tunnels_frames() {
     c.write_all(&first).unwrap();
     let (status, fields, raw) = read_head(&mut c);
     assert_eq!(status, 101, "{}", String::from_utf8_lossy(&raw));
-    assert_eq!(field(&fields, "upgrade").map(str::to_ascii_lowercase).as_deref(), Some("websocket"));
-    assert_eq!(field(&fields, "connection").map(str::to_ascii_lowercase).as_deref(), Some("upgrade"));
+    assert_eq!(
+        field(&fields, "upgrade")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(
+        field(&fields, "connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("upgrade")
+    );
     // RFC 6455's own example key and answer: the upstream computed it from
     // the key the gateway passed on.
-    assert_eq!(field(&fields, "sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert_eq!(
+        field(&fields, "sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
     assert!(field(&fields, "x-request-id").is_some());
     assert!(field(&fields, "content-length").is_none());
     assert!(field(&fields, "transfer-encoding").is_none());
@@ -272,7 +287,10 @@ fn raw_handshake_passes_the_upgrade_fields_and_tunnels_frames() {
     c.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).unwrap();
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
-    assert!(rest.starts_with(&[0x88]), "close frame expected, got {rest:?}");
+    assert!(
+        rest.starts_with(&[0x88]),
+        "close frame expected, got {rest:?}"
+    );
 }
 
 #[test]
@@ -317,7 +335,10 @@ fn an_upstream_refusal_is_passed_through() {
     let r = c.read_response();
     assert_eq!(r.status, 403);
     assert_eq!(r.text(), "{\"refused\":\"by the upstream\"}\n");
-    assert_eq!(client(s.gw.port, "/refuse/again", "echo", &[]), "STATUS 403");
+    assert_eq!(
+        client(s.gw.port, "/refuse/again", "echo", &[]),
+        "STATUS 403"
+    );
 }
 
 #[test]
@@ -372,7 +393,10 @@ fn the_rate_limit_counts_each_upgrade_once_and_not_its_messages() {
     let s = setup();
     // Three upgrades per hour; each tunnel carries 50 messages.
     for i in 0..3 {
-        assert_eq!(client(s.gw.port, &format!("/limited/{i}"), "many", &[]), "OK");
+        assert_eq!(
+            client(s.gw.port, &format!("/limited/{i}"), "many", &[]),
+            "OK"
+        );
     }
     assert_eq!(client(s.gw.port, "/limited/4", "many", &[]), "STATUS 429");
 }

@@ -7,8 +7,8 @@
 //! plain TCP and over any stream that wraps it (TLS) alike. It runs on the
 //! shard, in the client connection's task: no thread, no lock.
 
-use crate::http::head::ConnectionNames;
 use crate::http::head::is_hop_by_hop;
+use crate::http::head::ConnectionNames;
 use crate::http::{Framing, RequestHead, ResponseHead};
 use crate::shard::Shard;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
@@ -57,7 +57,11 @@ impl UpgradePlan {
     pub fn allows_all(&self, value: &[u8]) -> bool {
         let mut listed = protocols(value).peekable();
         listed.peek().is_some()
-            && listed.all(|p| self.protocols.iter().any(|a| p.eq_ignore_ascii_case(a.as_bytes())))
+            && listed.all(|p| {
+                self.protocols
+                    .iter()
+                    .any(|a| p.eq_ignore_ascii_case(a.as_bytes()))
+            })
     }
 }
 
@@ -430,7 +434,8 @@ mod tests {
         let mixed =
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, h2c\r\n\r\n";
         assert!(!p.accepts(&req(mixed)));
-        let http10 = "GET / HTTP/1.0\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let http10 =
+            "GET / HTTP/1.0\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
         assert!(!p.accepts(&req(http10)));
         let body = "POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 1\r\n\r\nx";
         assert!(!p.accepts(&req(body)));
@@ -441,7 +446,8 @@ mod tests {
 
     #[test]
     fn the_101_must_name_a_protocol_the_client_asked_for() {
-        let r = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        let r =
+            req("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
         assert!(switched_as_asked(&r, Some(b"WebSocket")));
         assert!(!switched_as_asked(&r, Some(b"h2c")));
         assert!(!switched_as_asked(&r, Some(b"websocket, h2c")));
