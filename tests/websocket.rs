@@ -146,6 +146,7 @@ fn gateway(ws: &EchoServer, plain: &Backend, log: &std::path::Path) -> Gateway {
         r#"Gateway(
     shards: Count(1),
     listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    admin: Some(Admin(bind: "127.0.0.1:$PORT2")),
     limits_http: {LIMITS},
     upstreams: {{
         "ws": Upstream(targets: ["127.0.0.1:{ws}"]),
@@ -371,6 +372,11 @@ fn the_tunnel_bound_refuses_one_more_and_frees_on_close() {
     assert_eq!((first.as_str(), second.as_str()), ("OPEN", "OPEN"));
     let (_c, third) = Holder::open(s.gw.port, "/pair/3");
     assert_eq!(third, "STATUS 503");
+    let metrics = get(s.gw.port2, "/metrics").text();
+    assert!(
+        metrics.contains("shardgate_websocket_tunnels{shard=\"0\"} 2\n"),
+        "two tunnels open: {metrics}"
+    );
     // Other routes are not affected by this route's bound.
     assert_eq!(client(s.gw.port, "/echo/other", "many", &[]), "OK");
     assert_eq!(a.release(), "OK");
@@ -386,6 +392,11 @@ fn the_tunnel_bound_refuses_one_more_and_frees_on_close() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(b.release(), "OK");
+    let metrics = get(s.gw.port2, "/metrics").text();
+    assert!(
+        metrics.contains("shardgate_websocket_tunnels_total{shard=\"0\"} 4\n"),
+        "four tunnels opened (the refused one not counted): {metrics}"
+    );
 }
 
 #[test]

@@ -890,6 +890,8 @@ mod tests {
             quota_sent: 0,
             quota_received: 0,
             free_buffers: 0,
+            websocket_tunnels: 0,
+            websocket_tunnels_total: 0,
             metrics: Some(m.snapshot()),
         }
     }

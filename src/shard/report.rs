@@ -45,6 +45,10 @@ pub struct ShardReport {
     pub quota_received: u64,
     /// Read buffers kept for reuse by this shard's thread.
     pub free_buffers: usize,
+    /// Upgraded connections (WebSocket tunnels) open.
+    pub websocket_tunnels: usize,
+    /// Upgraded connections opened since the shard started.
+    pub websocket_tunnels_total: u64,
     /// The metrics snapshot (full reports only).
     pub metrics: Option<Snapshot>,
 }
@@ -118,6 +122,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         (s, r, l.keys())
     };
     let metrics = shard.metrics.borrow();
+    let tunnels = shard.tunnels.borrow();
     ShardReport {
         id: shard.id,
         core,
@@ -132,6 +137,8 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         quota_sent,
         quota_received,
         free_buffers: crate::http::conn::free_buffers(),
+        websocket_tunnels: tunnels.open(),
+        websocket_tunnels_total: tunnels.opened_total,
         metrics: (detail == Detail::Full).then(|| metrics.snapshot()),
     }
 }
