@@ -432,3 +432,38 @@ fn a_route_without_websocket_proxies_the_request_without_upgrade_fields() {
     c.send(b"GET /plain/y HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(c.read_response().status, 200);
 }
+
+#[test]
+fn check_reports_bad_websocket_settings_with_their_position() {
+    let text = r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:8080")],
+    upstreams: { "ws": Upstream(targets: ["127.0.0.1:9005"]) },
+    routes: [
+        Route(name: "chat", match: Match(path_prefix: "/chat"), upstream: "ws",
+              websocket: Some(WebSocket(max_tunnels: 0, upgrades: ["web socket"]))),
+    ],
+)
+"#;
+    let path = temp_dir().join("bad.ron");
+    std::fs::write(&path, text).unwrap();
+    let file = path.display().to_string();
+    let (status, _stdout, stderr) = run_cli(&["check", &file]);
+    assert_eq!(status.code(), Some(2), "exit code; stderr: {stderr}");
+    let line = text[..text.find("websocket:").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    for (field, says) in [
+        ("routes[0].websocket", "max_tunnels"),
+        ("routes[0].websocket.upgrades", "protocol names"),
+    ] {
+        let prefix = format!("{file}:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&prefix)
+                && l.contains(&format!("{field}: "))
+                && l.contains(says)),
+            "no {field} problem at line {line}: {stderr}"
+        );
+    }
+}
