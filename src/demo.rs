@@ -185,10 +185,12 @@ async fn echo_frames(conn: &mut Conn) {
     }
 }
 
-/// One masked client frame at the start of `buf`: its first byte (FIN and
-/// opcode), its unmasked payload and its length on the wire; `None` until
-/// it is complete.
-fn parse_frame(buf: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>, &'static str> {
+/// A client frame: its first byte (FIN and opcode), its unmasked payload,
+/// and its length on the wire.
+type Frame = (u8, Vec<u8>, usize);
+
+/// One masked client frame at the start of `buf`; `None` until it is complete.
+fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, &'static str> {
     let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
