@@ -336,6 +336,9 @@ fn an_upstream_refusal_is_passed_through() {
     let r = c.read_response();
     assert_eq!(r.status, 403);
     assert_eq!(r.text(), "{\"refused\":\"by the upstream\"}\n");
+    // The client connection stays usable after a refusal.
+    c.send(upgrade_request("/refuse/again", "").as_bytes());
+    assert_eq!(c.read_response().status, 403);
     assert_eq!(
         client(s.gw.port, "/refuse/again", "echo", &[]),
         "STATUS 403"
