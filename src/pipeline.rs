@@ -5,8 +5,10 @@
 //!
 //! Stages: check repeated singleton fields and the declared body size →
 //! normalise the path → route → strip client
-//! identity headers → authenticate → authorize → rate-limit → forward to the upstream
-//! (which streams the response back), or, on a composite route, run its parts
+//! identity headers → authenticate → authorize → rate-limit → (an upgrade the
+//! route accepts: take a tunnel slot) → forward to the upstream (which
+//! streams the response back, or tunnels an upgraded connection after its
+//! `101`), or, on a composite route, run its parts
 //! and answer with the composed JSON. Rate limiting comes after authorization
 //! (keys can use the caller's identity) and before both, so
 //! a composite counts once however many parts it has.

@@ -6,6 +6,8 @@
 //! the client its head and stream the body, and return the connection to
 //! the pool when the exchange left it reusable. A stale pooled connection is
 //! retried once on a fresh one when nothing of the request has been consumed.
+//! An upgrade request the route accepts keeps its `Upgrade` fields, and the
+//! upstream's `101` opens a tunnel ([`upgrade`]); that connection is never pooled.
 
 pub mod pool;
 pub mod upgrade;
