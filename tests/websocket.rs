@@ -148,6 +148,7 @@ fn gateway(ws: &EchoServer, plain: &Backend, log: &std::path::Path) -> Gateway {
     listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
     admin: Some(Admin(bind: "127.0.0.1:$PORT2")),
     limits_http: {LIMITS},
+    shutdown_grace_ms: 2000,
     upstreams: {{
         "ws": Upstream(targets: ["127.0.0.1:{ws}"]),
         "plain": Upstream(targets: ["{plain}"]),
@@ -469,4 +470,58 @@ fn check_reports_bad_websocket_settings_with_their_position() {
             "no {field} problem at line {line}: {stderr}"
         );
     }
+}
+
+/// An upstream that answers every request `101` naming `h2c`.
+fn rogue_gateway(rogue: &Backend) -> Gateway {
+    Gateway::start(&format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    limits_http: {LIMITS},
+    shutdown_grace_ms: 1000,
+    upstreams: {{ "rogue": Upstream(targets: ["{addr}"]) }},
+    routes: [
+        Route(name: "plain", match: Match(path_prefix: "/plain"), upstream: "rogue"),
+        Route(name: "ws", match: Match(path_prefix: "/ws"), upstream: "rogue",
+              websocket: Some(WebSocket())),
+    ],
+)"#,
+        addr = rogue.addr()
+    ))
+}
+
+#[test]
+fn a_101_the_route_or_the_client_did_not_ask_for_is_a_502() {
+    let rogue = Backend::start(|_| Response::ok("").status(101).header("Upgrade", "h2c"));
+    let gw = rogue_gateway(&rogue);
+    // No `websocket` on the route: the upgrade fields were removed, and a
+    // 101 all the same is not passed on.
+    let mut c = Client::connect(gw.port);
+    c.send(upgrade_request("/plain/a", "").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("not enabled"), "{}", r.text());
+    assert!(rogue.last().header("upgrade").is_none());
+    // `websocket` on the route, but the upstream switched to another protocol.
+    let mut c = Client::connect(gw.port);
+    c.send(upgrade_request("/ws/b", "").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("did not ask for"), "{}", r.text());
+    assert_eq!(rogue.last().header("upgrade"), Some("websocket"));
+}
+
+#[test]
+fn shutdown_closes_open_tunnels_within_the_grace() {
+    let s = setup();
+    let (_held, line) = Holder::open(s.gw.port, "/echo/held");
+    assert_eq!(line, "OPEN");
+    let mut gw = s.gw;
+    gw.send_signal("TERM");
+    // shutdown_grace_ms is 2000: a tunnel is kept until then, not longer.
+    assert!(
+        gw.wait_exit(Duration::from_secs(8)).is_some(),
+        "the gateway did not exit with a tunnel open"
+    );
 }
