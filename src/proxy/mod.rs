@@ -815,6 +815,9 @@ async fn open_tunnel(
     client.consume(from_client.len());
     let from_upstream = upc.buffered().to_vec();
     upc.consume(from_upstream.len());
+    // The tunnel reads with buffers of its own: the connections' go back.
+    client.release_buffer();
+    upc.release_buffer();
     let end = upgrade::tunnel(
         &mut client.stream,
         from_client,
