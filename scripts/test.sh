@@ -25,6 +25,10 @@ if ! have chromedriver || ! { have chromium || have chromium-browser; }; then
     apt_install chromium chromium-driver || echo "test.sh: could not install chromium; the status-page test will fail" >&2
 fi
 export SHARDGATE_BROWSER_REQUIRED=1
+# python3-websockets: tests/websocket.rs runs a real WebSocket server and client.
+if ! python3 -c 'import websockets' 2>/dev/null && ! /usr/bin/python3 -c 'import websockets' 2>/dev/null; then
+    apt_install python3-websockets || echo "test.sh: could not install python3-websockets; the WebSocket tests will fail" >&2
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -117,6 +117,9 @@ pub struct RoutePlan {
     pub aggregate: Option<AggregatePlan>,
     /// Timeouts, retries and fallback of the route.
     pub resilience: crate::resilience::RoutePolicy,
+    /// Upgrades (WebSocket) this route tunnels; `None`: upgrade fields are
+    /// removed and the request proxied as a plain one.
+    pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
 }
 
 /// One listener with its own route table.
@@ -379,6 +382,10 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             aggregate,
             resilience: crate::resilience::compile_route(r, &upstream_index)
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
+            websocket: r
+                .websocket
+                .as_ref()
+                .map(crate::proxy::upgrade::UpgradePlan::compile),
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

@@ -1,6 +1,7 @@
-//! Built-in demo backends (users, orders, products) for `cargo run --release`.
-//! They run on one extra thread with their own monoio runtime and speak
-//! HTTP/1.1 through the gateway's own codec.
+//! Built-in demo backends (users, orders, products, a WebSocket echo) for
+//! `cargo run --release`. They run on one extra thread with their own monoio
+//! runtime and speak HTTP/1.1 through the gateway's own codec; the echo
+//! speaks the minimal RFC 6455 server side (handshake, frames, ping, close).
 use crate::error::json_string;
 use crate::http::body::{discard_body, CopyLimits};
 use crate::http::{Conn, Parsed, RequestHead};
@@ -36,14 +37,17 @@ enum Service {
     Orders(u16),
     Products,
     ProductsV2,
+    /// WebSocket echo: every data frame back as it came, pings answered.
+    Echo,
 }
 
-const BACKENDS: [(u16, Service); 5] = [
+const BACKENDS: [(u16, Service); 6] = [
     (9001, Service::Users),
     (9002, Service::Orders(9002)),
     (9012, Service::Orders(9012)),
     (9003, Service::Products),
     (9004, Service::ProductsV2),
+    (9005, Service::Echo),
 ];
 
 /// Starts the demo backends on their loopback ports; fails if a port is taken.
@@ -100,6 +104,17 @@ async fn accept(l: TcpListener, svc: Service) {
                         return;
                     }
                 };
+                if let (Service::Echo, Some(key)) = (svc, head.header("sec-websocket-key")) {
+                    let resp = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                        websocket_accept(key)
+                    );
+                    let (r, _) = conn.write(resp.into_bytes(), limit).await;
+                    if r.is_ok() {
+                        echo_frames(&mut conn).await;
+                    }
+                    return;
+                }
                 let lim = CopyLimits {
                     read_timeout: limit,
                     write_timeout: limit,
@@ -122,6 +137,115 @@ async fn accept(l: TcpListener, svc: Service) {
             }
         });
     }
+}
+
+/// The `Sec-WebSocket-Accept` answer to a client's key (RFC 6455 §4.2.2).
+pub fn websocket_accept(key: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(key.trim_ascii());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    crate::auth::introspect::base64(&h.finalize())
+}
+
+/// Largest frame the demo echo takes.
+const MAX_FRAME: u64 = 1 << 20;
+
+/// Echoes WebSocket frames on an upgraded connection until it closes.
+async fn echo_frames(conn: &mut Conn) {
+    let idle = Duration::from_secs(600);
+    loop {
+        let (first, payload) = loop {
+            match parse_frame(conn.buffered()) {
+                Ok(Some((first, payload, n))) => {
+                    conn.consume(n);
+                    break (first, payload);
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            if !matches!(conn.fill(idle).await, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        let reply = match first & 0x0f {
+            // Data frames (and continuations) go back as they came.
+            0x0..=0x2 => frame(first, &payload),
+            0x8 => {
+                let _ = conn.write(frame(0x88, &payload), idle).await;
+                return;
+            }
+            0x9 => frame(0x8a, &payload),
+            0xa => continue,
+            _ => return,
+        };
+        if conn.write(reply, idle).await.0.is_err() {
+            return;
+        }
+    }
+}
+
+/// A client frame: its first byte (FIN and opcode), its unmasked payload,
+/// and its length on the wire.
+type Frame = (u8, Vec<u8>, usize);
+
+/// One masked client frame at the start of `buf`; `None` until it is complete.
+fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, &'static str> {
+    let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    if second & 0x80 == 0 {
+        return Err("client frames must be masked");
+    }
+    let (len, at) = match second & 0x7f {
+        126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
+            Some(b) => (u64::from(u16::from_be_bytes(b)), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (u64::from_be_bytes(b), 10),
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if len > MAX_FRAME {
+        return Err("frame too large for the demo");
+    }
+    let Some(mask) = buf
+        .get(at..at + 4)
+        .and_then(|m| <[u8; 4]>::try_from(m).ok())
+    else {
+        return Ok(None);
+    };
+    let end = at + 4 + len as usize;
+    let Some(data) = buf.get(at + 4..end) else {
+        return Ok(None);
+    };
+    let payload = data
+        .iter()
+        .zip(mask.iter().cycle())
+        .map(|(b, m)| b ^ m)
+        .collect();
+    Ok(Some((first, payload, end)))
+}
+
+/// An unmasked server frame.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(first);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
 }
 
 fn seen_by_backend(head: &RequestHead) -> String {
@@ -212,7 +336,7 @@ pub fn print_instructions() {
     let admin = demo_token("2", "admin", "users:read");
     println!(
         r#"
-shardgate demo is running: gateway on http://127.0.0.1:8080, demo backends on 127.0.0.1:9001-9004,9012.
+shardgate demo is running: gateway on http://127.0.0.1:8080, demo backends on 127.0.0.1:9001-9005,9012.
 Demo tokens (HS256, valid 24 h):
   USER={user}
   ADMIN={admin}
@@ -230,6 +354,7 @@ Try:
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
+  python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
 
 Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):
   curl -X POST http://127.0.0.1:9003/admin/fail; echo                    # the products backend now answers 500
@@ -249,4 +374,30 @@ Operate it (admin listener, private):
   kill -HUP <pid>   # reload config/demo.ron;   Ctrl-C or kill -TERM <pid>  # graceful shutdown
 "#
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_is_rfc_6455s_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn frames_parse_when_complete_and_unmask() {
+        // RFC 6455 §5.7: a masked "Hello".
+        let f = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(parse_frame(&f), Ok(Some((0x81, b"Hello".to_vec(), 11))));
+        assert_eq!(parse_frame(&f[..10]), Ok(None));
+        assert!(parse_frame(&[0x81, 0x05, b'H']).is_err());
+        let big = frame(0x82, &[7u8; 70_000]);
+        assert_eq!(big.get(..2), Some(&[0x82, 127][..]));
+    }
 }

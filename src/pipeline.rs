@@ -5,8 +5,10 @@
 //!
 //! Stages: check repeated singleton fields and the declared body size →
 //! normalise the path → route → strip client
-//! identity headers → authenticate → authorize → rate-limit → forward to the upstream
-//! (which streams the response back), or, on a composite route, run its parts
+//! identity headers → authenticate → authorize → rate-limit → (an upgrade the
+//! route accepts: take a tunnel slot) → forward to the upstream (which
+//! streams the response back, or tunnels an upgraded connection after its
+//! `101`), or, on a composite route, run its parts
 //! and answer with the composed JSON. Rate limiting comes after authorization
 //! (keys can use the caller's identity) and before both, so
 //! a composite counts once however many parts it has.
@@ -17,7 +19,7 @@ use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
-use crate::proxy::{Disposition, Exchange};
+use crate::proxy::{upgrade, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
 use std::borrow::Cow;
@@ -105,6 +107,18 @@ pub async fn handle(
         cfg.cursors.get(upstream),
     ) else {
         return Err(GatewayError::Unavailable("upstream is not configured"));
+    };
+    // An upgrade the route accepts holds one of its tunnel slots from here
+    // until the tunnel closes (or the upstream refuses the upgrade).
+    let _tunnel = match &route.websocket {
+        Some(plan) if plan.accepts(req) => {
+            let slot = upgrade::TunnelSlot::take(shard, &route.name, plan).ok_or(
+                GatewayError::Unavailable("the route's limit of open WebSocket tunnels is reached"),
+            )?;
+            ex.upgrade = Some(plan.idle_timeout);
+            Some(slot)
+        }
+        _ => None,
     };
     if let crate::config::Balance::ConsistentHash(on) = &up.balance {
         ex.balance_key = crate::resilience::balance::request_key(on, req, ex.client_ip, &claims);

@@ -301,6 +301,7 @@ async fn serve_request(
         keep_alive: head.keep_alive,
         identity_headers: &cfg.compiled.auth.identity_headers,
         drop_authorization: false,
+        upgrade: None,
         add_headers: Vec::new(),
         response_headers: String::new(),
         seen: Default::default(),

@@ -893,6 +893,8 @@ mod tests {
             metrics: Some(std::sync::Arc::new(m.snapshot())),
             breakers: Vec::new(),
             resilience: Vec::new(),
+            websocket_tunnels: 0,
+            websocket_tunnels_total: 0,
         }
     }
 

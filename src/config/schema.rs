@@ -745,6 +745,39 @@ pub struct Route {
     /// What to answer when the upstream is open, unreachable, or fails after retries.
     #[serde(default)]
     pub fallback: Option<super::Fallback>,
+    /// Accept protocol upgrades (WebSocket) on this route and tunnel the
+    /// upgraded connection (see [`WebSocket`]); without it an upgrade
+    /// request is proxied as a plain request, its upgrade fields removed.
+    #[serde(default)]
+    pub websocket: Option<WebSocket>,
+}
+
+/// Upgraded connections on a route: after the upstream's `101 Switching
+/// Protocols`, bytes are tunnelled both ways until either side closes.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocket {
+    /// A tunnel with no byte in either direction for this long is closed.
+    #[serde(default = "default_tunnel_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most tunnels open at once on this route, host-wide, split into
+    /// per-shard shares like the connection bounds (503 beyond it).
+    #[serde(default = "default_max_tunnels")]
+    pub max_tunnels: usize,
+    /// The `Upgrade` protocols accepted (compared without case and without
+    /// a `/version`); other upgrade requests are proxied as plain requests.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+}
+
+fn default_tunnel_idle_ms() -> u64 {
+    60_000
+}
+fn default_max_tunnels() -> usize {
+    10_000
+}
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".into()]
 }
 
 /// Request matching conditions; all given conditions must hold.

@@ -442,6 +442,26 @@ impl Validator<'_> {
             if let Some(a) = &r.aggregate {
                 self.aggregate(g, i, r, a, scope, &params);
             }
+            if let Some(ws) = &r.websocket {
+                let at = self.pos.field(scope, "websocket");
+                if r.aggregate.is_some() {
+                    let why = "a composite route cannot tunnel upgraded connections";
+                    self.push(at, field("websocket"), why.into());
+                }
+                if ws.max_tunnels == 0 || ws.idle_timeout_ms == 0 {
+                    let why = "max_tunnels and idle_timeout_ms must be at least 1";
+                    self.push(at, field("websocket"), why.into());
+                }
+                if ws.upgrades.is_empty()
+                    || ws
+                        .upgrades
+                        .iter()
+                        .any(|u| u.is_empty() || !u.bytes().all(is_token_byte))
+                {
+                    let why = "upgrades must list protocol names (tokens such as \"websocket\")";
+                    self.push(at, field("websocket.upgrades"), why.into());
+                }
+            }
             if let Some(prefix) = &r.strip_prefix {
                 let pattern = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref());
                 let ok = prefix.starts_with('/')

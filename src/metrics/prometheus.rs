@@ -332,7 +332,7 @@ fn breakers(o: &mut String, reports: &[ShardReport]) {
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [Family<ShardReport, u64>; 4] = [
+    let gauges: [Family<ShardReport, u64>; 5] = [
         (
             "shardgate_shard_connections",
             "Client connections open, per shard.",
@@ -353,6 +353,11 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             "Read buffers kept for reuse, per shard.",
             |r| r.free_buffers as u64,
         ),
+        (
+            "shardgate_websocket_tunnels",
+            "Upgraded connections (WebSocket tunnels) open, per shard.",
+            |r| r.websocket_tunnels as u64,
+        ),
     ];
     for (name, help, f) in gauges {
         header(o, name, "gauge", help);
@@ -360,11 +365,16 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", r.id, f(r));
         }
     }
-    let counters: [Family<ShardReport, u64>; 3] = [
+    let counters: [Family<ShardReport, u64>; 4] = [
         (
             "shardgate_shard_requests_total",
             "Requests answered, per shard.",
             |r| r.requests,
+        ),
+        (
+            "shardgate_websocket_tunnels_total",
+            "Upgraded connections (WebSocket tunnels) opened, per shard.",
+            |r| r.websocket_tunnels_total,
         ),
         (
             "shardgate_ratelimit_quota_messages_sent_total",

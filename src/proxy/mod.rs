@@ -6,8 +6,11 @@
 //! the client its head and stream the body, and return the connection to
 //! the pool when the exchange left it reusable. A stale pooled connection is
 //! retried once on a fresh one when nothing of the request has been consumed.
+//! An upgrade request the route accepts keeps its `Upgrade` fields, and the
+//! upstream's `101` opens a tunnel ([`upgrade`]); that connection is never pooled.
 
 pub mod pool;
+pub mod upgrade;
 
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
@@ -51,6 +54,10 @@ pub struct Exchange<'a> {
     pub identity_headers: &'a [String],
     /// Remove the client's `Authorization` header.
     pub drop_authorization: bool,
+    /// The request is an upgrade its route tunnels (set by the pipeline):
+    /// the tunnel's idle timeout. The upgrade fields are then forwarded, and
+    /// a `101` answer opens the tunnel.
+    pub upgrade: Option<Duration>,
     /// Headers added for the upstream (the established identity).
     pub add_headers: Vec<(String, String)>,
     /// Header lines (`name: value\r\n`) added to the response (rate-limit state).
@@ -120,7 +127,16 @@ pub fn upstream_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let connection = ConnectionNames::of(req.headers());
     let trace = ex.trace.as_ref();
+    let upgrade = ex.upgrade.is_some();
     for (name, value) in req.headers() {
+        // An accepted upgrade keeps its `Upgrade` fields (hop-by-hop, and
+        // named in `Connection`); `Connection: upgrade` is written below.
+        if upgrade && name.eq_ignore_ascii_case(b"upgrade") {
+            out.extend_from_slice(b"upgrade: ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
         // Fields the gateway writes itself, once, from the request's one reading.
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
@@ -180,6 +196,9 @@ pub fn upstream_head(
     // TE is hop-by-hop: ask for trailers only when they can be passed on.
     if accepts_trailers(req.header("te")) {
         out.extend_from_slice(b"te: trailers\r\n");
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     for (name, value) in &ex.add_headers {
         out.extend_from_slice(name.as_bytes());
@@ -824,10 +843,17 @@ async fn exchange(
         match read_response_head(&mut upc, deadline, req.method() == "HEAD").await {
             Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
             Ok(r) if r.status == 101 => {
-                return (
-                    Attempt::Done(Err(bad_gateway(up, "protocol upgrade is not supported"))),
-                    head,
-                )
+                let why = match ex.upgrade {
+                    None => "protocol upgrade is not enabled on this route",
+                    Some(_) if !upgrade::switched_as_asked(req, r.header("upgrade")) => {
+                        "upstream switched to a protocol the client did not ask for"
+                    }
+                    Some(idle) => {
+                        let d = open_tunnel(shard, &r, upc, client, ex, idle).await;
+                        return (Attempt::Done(Ok(d)), head);
+                    }
+                };
+                return (Attempt::Done(Err(bad_gateway(up, why))), head);
             }
             Ok(r) => break r,
             Err(ReadHeadError::ClosedEarly) if retry_ok => return (Attempt::Stale, head),
@@ -906,6 +932,47 @@ async fn exchange(
         // The head is out: the only honest signal left is closing the connection.
         Err(_) => (Attempt::Done(Ok(Disposition::Close)), head),
     }
+}
+
+/// Answers the client with the upstream's `101` head, then tunnels bytes
+/// both ways until either side closes or the tunnel is idle for `idle`.
+/// The upstream connection is closed afterwards, never pooled.
+async fn open_tunnel(
+    shard: &Shard,
+    resp: &ResponseHead,
+    mut upc: Conn,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    idle: Duration,
+) -> Disposition {
+    let bytes = upgrade::switching_head(resp, ex.request_id, &ex.response_headers);
+    ex.seen.status = resp.status;
+    ex.seen.bytes_out = bytes.len() as u64;
+    let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
+    ex.response_started = true;
+    if r.is_err() {
+        return Disposition::Close;
+    }
+    shard.tunnels.borrow_mut().opened_total += 1;
+    // Bytes that came in behind either head belong to the tunnel.
+    let from_client = client.buffered().to_vec();
+    client.consume(from_client.len());
+    let from_upstream = upc.buffered().to_vec();
+    upc.consume(from_upstream.len());
+    // The tunnel reads with buffers of its own: the connections' go back.
+    client.release_buffer();
+    upc.release_buffer();
+    let end = upgrade::tunnel(
+        &mut client.stream,
+        from_client,
+        &mut upc.stream,
+        from_upstream,
+        idle,
+    )
+    .await;
+    ex.seen.bytes_in += end.to_upstream;
+    ex.seen.bytes_out += end.to_client;
+    Disposition::Close
 }
 
 /// Sends the request body from `client` to `upc` while watching `upc` for

@@ -55,6 +55,10 @@ pub struct ShardReport {
     pub quota_received: u64,
     /// Read buffers kept for reuse by this shard's thread.
     pub free_buffers: usize,
+    /// Upgraded connections (WebSocket tunnels) open.
+    pub websocket_tunnels: usize,
+    /// Upgraded connections opened since the shard started.
+    pub websocket_tunnels_total: u64,
     /// The metrics snapshot (full reports only).
     pub metrics: Option<std::sync::Arc<Snapshot>>,
     /// Circuit breakers as this shard sees them.
@@ -143,6 +147,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         (s, r, l.keys())
     };
     let metrics = shard.metrics.borrow();
+    let tunnels = shard.tunnels.borrow();
     ShardReport {
         id: shard.id,
         core,
@@ -179,5 +184,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
             .filter(|(s, _)| **s != Default::default())
             .map(|(s, u)| (u.name.clone(), *s))
             .collect(),
+        websocket_tunnels: tunnels.open(),
+        websocket_tunnels_total: tunnels.opened_total,
     }
 }

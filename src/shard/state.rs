@@ -83,6 +83,8 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Client connections open right now.
     pub connections: Cell<usize>,
+    /// Upgraded connections (WebSocket tunnels) open per route, and opened in all.
+    pub tunnels: RefCell<crate::proxy::upgrade::Tunnels>,
     /// `SHARDGATE_TEST_PANIC=1` at start: the `x-shardgate-test-panic`
     /// request header makes the request panic (crash-isolation tests).
     pub test_panic: bool,
@@ -130,6 +132,7 @@ impl Shard {
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            tunnels: RefCell::default(),
             test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
             panic_next_tick: Cell::new(false),
             id_seed: random_seed() ^ ((id as u64) << 56),
