@@ -34,6 +34,10 @@
 #           with neither and nginx without / with its (buffered) access log.
 #           Key ratios: shardgate-metrics/shardgate <= 1.03 (metrics cost at
 #           most 3% CPU per request), shardgate-log/nginx-log.
+#   resilience  two targets, the second answering 500 to half of its
+#           requests: shardgate plain vs with outlier ejection, retries and a
+#           breaker; nginx plain vs proxy_next_upstream + max_fails. The
+#           errors column is what the client saw.
 #   reload  GET of the middle route of a config of ROUTES template routes and a
 #           catch-all (scripts/gen-routes.py). Targets: shardgate-routes (that
 #           config, left alone) and shardgate-reload (the same config, and
@@ -306,6 +310,10 @@ CURL_ARGS=()
 SG_EXTRA=""
 SG_ROUTE_EXTRA=""
 SG_ROUTE_AUTH=""
+SG_TARGETS_EXTRA=""
+SG_UPSTREAM_EXTRA=""
+NGINX_UPSTREAM_EXTRA=""
+FLAKY_PORT=""
 NGINX_LOCATION_EXTRA=""
 NGINX_LIMIT_HTTP=""
 NGINX_LIMIT_LOCATION=""
@@ -459,6 +467,36 @@ start_target_shardgate-log() {
     access_log: Some(AccessLog(path: \"$WORK_DIR/shardgate-log/access.log\")),"
 }
 
+# Two targets, one answering 500 to half of its requests: what the
+# resilience settings save the client, and what they cost.
+scenario_resilience() {
+    REQ_PATH=/api/v1/items
+    FLAKY_PORT="$(free_ports 1)"
+    SG_TARGETS_EXTRA=", \"127.0.0.1:$FLAKY_PORT\""
+    NGINX_UPSTREAM_EXTRA="        server 127.0.0.1:$FLAKY_PORT max_fails=5 fail_timeout=30s;"
+    DEFAULT_TARGETS="nginx nginx-retry shardgate shardgate-resilient"
+    DEFAULT_BASELINE=nginx
+    DEFAULT_KEY_RATIOS="shardgate-resilient/shardgate shardgate-resilient/nginx-retry"
+    SCENARIO_NOTES=(
+        "- upstream: two targets on the upstream nginx; the second answers 500 to half of its requests (\`split_clients \$request_id\`), so about 25% of proxied requests fail without resilience"
+        "- \`shardgate\`: round robin over both, nothing else; \`shardgate-resilient\`: \`outlier_detection: OutlierDetection(consecutive_5xx: 5, base_ejection_s: 30)\`, \`retry: Retry(max_attempts: 2, retry_on_statuses: [500, 502, 503, 504])\`, \`circuit_breaker: CircuitBreaker(min_requests: 20, failure_ratio: 0.5, window_s: 10, open_s: 5)\` (upstream-wide failures stay near 25%, below the ratio, so it stays closed)"
+        "- \`nginx\`: nginx's default \`proxy_next_upstream error timeout\` (a 500 is passed on); \`nginx-retry\`: \`proxy_next_upstream error timeout http_500\` and \`max_fails=5 fail_timeout=30s\` (nginx's passive health check) on the second server"
+        "- errors: responses that were not 2xx, as the client saw them"
+    )
+}
+
+start_target_nginx-retry() {
+    start_nginx "$1" nginx-retry "" "$NGINX_LOCATION_EXTRA            proxy_next_upstream error timeout http_500;"
+}
+
+start_target_shardgate-resilient() {
+    local saved=$SG_UPSTREAM_EXTRA rc=0
+    SG_UPSTREAM_EXTRA=", outlier_detection: Some(OutlierDetection(consecutive_5xx: 5, base_ejection_s: 30)), retry: Some(Retry(max_attempts: 2, retry_on_statuses: [500, 502, 503, 504])), circuit_breaker: Some(CircuitBreaker(min_requests: 20, failure_ratio: 0.5, window_s: 10, open_s: 5))"
+    start_shardgate "$1" shardgate-resilient io_uring "$SG_ROUTE_AUTH" || rc=1
+    SG_UPSTREAM_EXTRA=$saved
+    return $rc
+}
+
 # A large config under load, left alone or reloaded every RELOAD_EVERY seconds.
 scenario_reload() {
     REQ_PATH="/api/v1/svc-$((ROUTES / 2))/items/12345"
@@ -597,8 +635,23 @@ start_upstream() {
             return 200 '$UPSTREAM_BODY';
         }
     }
-}
 EOF
+        # The resilience scenario's second target: the same answer, or a 500
+        # for half of the requests (chosen by request id).
+        if [[ -n "$FLAKY_PORT" ]]; then
+            cat <<EOF
+    split_clients "\${request_id}" \$flaky_fail { 50% 1; * 0; }
+    server {
+        listen 127.0.0.1:$FLAKY_PORT backlog=4096;
+        location / {
+            default_type application/json;
+            if (\$flaky_fail) { return 500 '{"error":"flaky"}'; }
+            return 200 '$UPSTREAM_BODY';
+        }
+    }
+EOF
+        fi
+        echo "}"
     } >"$dir/nginx.conf"
     start_bg "$dir/stdout.log" "$LOAD_CPUS" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     UP_PID=$LAST_PID
@@ -630,6 +683,7 @@ start_nginx() {
 $http_extra
     upstream up {
         server 127.0.0.1:$UP_PORT;
+$NGINX_UPSTREAM_EXTRA
         keepalive 64;
         keepalive_requests 1000000;
         keepalive_timeout 60s;
@@ -749,7 +803,7 @@ start_shardgate() {
 Gateway(
     shards: Count($WORKERS),
     listeners: [ Listener(name: "bench", bind: "127.0.0.1:$port") ],
-    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256) },
+    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"$SG_TARGETS_EXTRA], max_idle_per_target: 256$SG_UPSTREAM_EXTRA) },
     routes: [ Route(name: "all", $route_body$SG_ROUTE_EXTRA$route_auth) ],
 $SG_EXTRA
 )
