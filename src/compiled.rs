@@ -124,6 +124,8 @@ pub struct ListenerPlan {
     pub max_connections: Option<usize>,
     /// How new connections are spread over the shards.
     pub balance: config::BalanceConnections,
+    /// TLS termination (`None`: plain HTTP).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 impl ListenerPlan {
@@ -412,6 +414,13 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             },
             max_connections: l.max_connections,
             balance: l.balance_connections,
+            tls: match &l.tls {
+                None => None,
+                Some(t) => Some(std::sync::Arc::new(
+                    crate::tls::compile_server(t)
+                        .map_err(|e| format!("listener {:?}: tls: {e}", l.name))?,
+                )),
+            },
         });
     }
     let h = &g.limits_http;

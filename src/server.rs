@@ -217,7 +217,19 @@ pub async fn serve_connection(
     let _conn_count = Counted::new(&shard.connections);
     let capacity =
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
-    let mut conn = Conn::new(stream, capacity);
+    let tls = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener)
+        .and_then(|l| l.tls.clone());
+    let mut conn = match tls {
+        None => Conn::new(stream, capacity),
+        Some(tls) => match crate::tls::accept(&tls, stream, shard.shutdown.wait()).await {
+            Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
+            Err(_) => return,
+        },
+    };
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
         let Some(quiet_since) = busy.await else {
@@ -225,7 +237,7 @@ pub async fn serve_connection(
         };
         let idle = shard.config().compiled.limits_of(listener).idle_timeout;
         let left = idle.saturating_sub(quiet_since.elapsed());
-        let woken = wait_readable_within(&conn.stream, left, shard.shutdown.wait()).await;
+        let woken = wait_readable_within(conn.stream.tcp(), left, shard.shutdown.wait()).await;
         if woken.is_err() {
             return;
         }

@@ -493,6 +493,64 @@ pub struct Listener {
     /// reload that changes it is refused).
     #[serde(default)]
     pub balance_connections: BalanceConnections,
+    /// TLS termination on this listener (`None`: plain HTTP).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS settings of a listener: `Tls(cert: ..., key: ...)` for one
+/// certificate, or `Tls(certs: [Cert(cert: ..., key: ...), ...])` for
+/// several chosen by SNI (the first is the default).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename = "Tls")]
+pub struct ListenerTls {
+    /// PEM certificate chain (leaf first) of the single certificate.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, RSA or EC) of the single certificate.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Several certificates, chosen by the server name the client asks for.
+    #[serde(default)]
+    pub certs: Vec<CertKey>,
+    /// How long a client has to complete its handshake.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most handshakes in progress at once on one shard; a connection past
+    /// it is closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+impl ListenerTls {
+    /// Every (cert, key) pair, the single one first.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let single = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            _ => None,
+        };
+        single
+            .into_iter()
+            .chain(self.certs.iter().map(|c| (c.cert.as_str(), c.key.as_str())))
+    }
+}
+
+/// One certificate and its key, in `Tls(certs: [...])`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename = "Cert")]
+pub struct CertKey {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_handshakes() -> usize {
+    1024
 }
 
 /// How a listener's new connections are spread over the shards.

@@ -188,6 +188,9 @@ impl Validator<'_> {
                 );
             }
             self.max_connections(g, i, l, scope);
+            if let Some(t) = &l.tls {
+                self.listener_tls(i, t, scope);
+            }
             for name in l.routes.iter().flatten() {
                 if !route_names.contains(name.as_str()) {
                     self.push(
@@ -196,6 +199,51 @@ impl Validator<'_> {
                         format!("unknown route {name:?}"),
                     );
                 }
+            }
+        }
+    }
+
+    /// Certificates and keys: present, readable, parseable, matching.
+    fn listener_tls(&mut self, i: usize, t: &super::ListenerTls, scope: Scope) {
+        let field = format!("listeners[{i}].tls");
+        if t.cert.is_some() != t.key.is_some() {
+            let at = self
+                .pos
+                .field(scope, if t.cert.is_some() { "cert" } else { "key" });
+            self.push(at, field.clone(), "cert and key go together".into());
+        }
+        if t.pairs().next().is_none() {
+            let at = self.pos.field(scope, "tls");
+            self.push(
+                at,
+                field.clone(),
+                "needs a certificate: cert and key, or certs: [Cert(cert, key), ...]".into(),
+            );
+        }
+        if t.handshake_timeout_ms == 0 {
+            let at = self.pos.field(scope, "handshake_timeout_ms");
+            self.push(
+                at,
+                format!("{field}.handshake_timeout_ms"),
+                "must be at least 1".into(),
+            );
+        }
+        if t.max_handshakes == 0 {
+            let at = self.pos.field(scope, "max_handshakes");
+            self.push(
+                at,
+                format!("{field}.max_handshakes"),
+                "must be at least 1".into(),
+            );
+        }
+        for (cert, key) in t.pairs() {
+            if let Err(e) = crate::tls::load_cert_key(cert, key) {
+                let at = if e.starts_with("key ") {
+                    self.pos.field_value(scope, "key", key)
+                } else {
+                    self.pos.field_value(scope, "cert", cert)
+                };
+                self.push(at, field.clone(), e);
             }
         }
     }
