@@ -126,6 +126,10 @@ pub struct ListenerPlan {
     pub balance: config::BalanceConnections,
     /// TLS termination (`None`: plain HTTP).
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// Answer every request with a 308 to https on this port.
+    pub redirect_https: Option<u16>,
+    /// Response header lines added on this listener (HSTS), CRLF-ended.
+    pub response_headers: String,
 }
 
 impl ListenerPlan {
@@ -421,6 +425,28 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                         .map_err(|e| format!("listener {:?}: tls: {e}", l.name))?,
                 )),
             },
+            redirect_https: match &l.redirect_https {
+                None => None,
+                Some(name) => Some(
+                    g.listeners
+                        .iter()
+                        .find(|t| &t.name == name && t.tls.is_some())
+                        .and_then(|t| t.bind.parse::<SocketAddr>().ok())
+                        .map(|a| a.port())
+                        .ok_or_else(|| {
+                            format!(
+                                "listener {:?}: redirect_https: no TLS listener {name:?}",
+                                l.name
+                            )
+                        })?,
+                ),
+            },
+            response_headers: l
+                .tls
+                .as_ref()
+                .and_then(|t| t.hsts.as_ref())
+                .map(config::Hsts::header_line)
+                .unwrap_or_default(),
         });
     }
     let h = &g.limits_http;

@@ -76,7 +76,7 @@ pub async fn handle(
             Ok(_) => crate::metrics::LimitDecision::Admitted,
             Err(_) => crate::metrics::LimitDecision::Refused,
         });
-        ex.response_headers = applied?;
+        ex.response_headers.push_str(&applied?);
     }
     ex.drop_authorization = !route.keep_authorization;
     // Everything above runs once per request; a composite fans out from here.

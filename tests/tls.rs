@@ -452,3 +452,57 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[test]
+fn plain_listener_redirects_to_https_and_tls_answers_carry_hsts() {
+    let ca = Ca::new("Test CA");
+    let dir = temp_dir();
+    let (c, k) = ca.leaf("gateway", &["localhost"]).write(&dir, "gw");
+    let backend = Backend::echo("B");
+    let cfg = format!(
+        "Gateway(\n    shards: Count(1),\n    listeners: [\n        Listener(name: \"edge\", bind: \"127.0.0.1:$PORT\", tls: Some(Tls(cert: {c:?}, key: {k:?}, hsts: Some(Hsts(max_age_s: 600, include_subdomains: true))))),\n        Listener(name: \"plain\", bind: \"127.0.0.1:$PORT2\", redirect_https: Some(\"edge\")),\n    ],\n    limits_http: {LIMITS},\n    upstreams: {{\n{}\n    }},\n    routes: [\n{}\n    ],\n)\n",
+        upstream("b", &[&backend.addr()], ""),
+        catch_all("b")
+    );
+    let gw = Gateway::start(&cfg);
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port2)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut raw_get = |path: &str| -> String {
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: api.example.com:8080\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tcp.read(&mut b).unwrap(), 1);
+            head.push(b[0]);
+        }
+        String::from_utf8(head).unwrap()
+    };
+    let head = raw_get("/a/b?x=1");
+    assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    let want = format!("location: https://api.example.com:{}/a/b?x=1\r\n", gw.port);
+    assert!(head.contains(&want), "{head}");
+    // Kept alive: a second request on the same connection.
+    let head = raw_get("/c");
+    assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    assert_eq!(backend.count(), 0);
+    // The TLS listener adds the HSTS header to proxied answers.
+    let client = client(&ca, &both());
+    let mut s = connect(&client, gw.port, "localhost").unwrap();
+    write!(s, "GET /h HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("strict-transport-security: max-age=600; includeSubDomains\r\n"),
+        "{head}"
+    );
+}

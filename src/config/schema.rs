@@ -496,6 +496,11 @@ pub struct Listener {
     /// TLS termination on this listener (`None`: plain HTTP).
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// The name of a TLS listener: every request on this (plain) listener
+    /// is answered `308 Permanent Redirect` to the same host and target
+    /// over https on that listener's port.
+    #[serde(default)]
+    pub redirect_https: Option<String>,
 }
 
 /// TLS settings of a listener: `Tls(cert: ..., key: ...)` for one
@@ -520,6 +525,43 @@ pub struct ListenerTls {
     /// it is closed at once.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
+    /// `Strict-Transport-Security` on this listener's responses.
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+}
+
+/// The `Strict-Transport-Security` header of a TLS listener.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// How long browsers remember to use https only.
+    #[serde(default = "default_hsts_max_age_s")]
+    pub max_age_s: u64,
+    /// Adds `includeSubDomains`.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Adds `preload`.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header line, CRLF included.
+    pub fn header_line(&self) -> String {
+        let mut v = format!("strict-transport-security: max-age={}", self.max_age_s);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v.push_str("\r\n");
+        v
+    }
+}
+
+fn default_hsts_max_age_s() -> u64 {
+    31_536_000
 }
 
 impl ListenerTls {

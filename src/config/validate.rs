@@ -191,6 +191,21 @@ impl Validator<'_> {
             if let Some(t) = &l.tls {
                 self.listener_tls(i, t, scope);
             }
+            if let Some(name) = &l.redirect_https {
+                let target = g.listeners.iter().find(|t| &t.name == name);
+                let why = match target {
+                    None => Some(format!("unknown listener {name:?}")),
+                    Some(t) if t.tls.is_none() => Some(format!("listener {name:?} has no tls")),
+                    Some(_) if l.tls.is_some() => {
+                        Some("a TLS listener needs no redirect to https".to_string())
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    let at = self.pos.field_value(scope, "redirect_https", name);
+                    self.push(at, format!("listeners[{i}].redirect_https"), why);
+                }
+            }
             for name in l.routes.iter().flatten() {
                 if !route_names.contains(name.as_str()) {
                     self.push(
