@@ -55,6 +55,8 @@ pub struct UpstreamPlan {
     pub max_queued: usize,
     /// Longest wait for a connection when a shard's share is in use.
     pub queue_timeout: Duration,
+    /// TLS towards the targets (`None`: plain).
+    pub tls: Option<crate::tls::UpstreamTlsPlan>,
 }
 
 /// A piece of a rewrite template.
@@ -281,6 +283,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 max_connections: u.max_connections_per_target,
                 max_queued: u.max_queued_per_target,
                 queue_timeout: ms(u.queue_timeout_ms.unwrap_or(u.connect_timeout_ms)),
+                tls: crate::tls::compile_upstream(u)
+                    .map_err(|e| format!("upstream {name:?}: tls: {e}"))?,
             })
         })
         .collect::<Result<_, String>>()?;

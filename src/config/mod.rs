@@ -9,7 +9,9 @@ mod redact;
 mod schema;
 mod validate;
 
-pub use validate::{is_token_byte, path_template_params, resolve, template_params};
+pub use validate::{
+    is_token_byte, path_template_params, resolve, split_scheme, target_host, template_params,
+};
 
 pub use schema::*;
 

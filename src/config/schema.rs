@@ -682,6 +682,29 @@ pub struct Upstream {
     /// timeout when not given.
     #[serde(default)]
     pub queue_timeout_ms: Option<u64>,
+    /// TLS to the targets (also implied by `https://` targets).
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS settings towards an upstream's targets.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CAs the targets' certificates must chain to; the
+    /// bundled Mozilla roots when not given.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate chain (PEM) presented to targets that ask (mTLS).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name sent as SNI and verified in the target's certificate;
+    /// each target's own host when not given.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Load-balancing policy.

@@ -332,6 +332,32 @@ impl Validator<'_> {
                     "at least one target is needed".into(),
                 );
             }
+            let https = u.targets.iter().filter(|t| split_scheme(t).0).count();
+            if https > 0 && https < u.targets.len() {
+                self.push(
+                    self.pos.field(scope, "targets"),
+                    format!("upstreams.{name}.targets"),
+                    "targets are all https:// or none".into(),
+                );
+            }
+            if let Some(t) = &u.tls {
+                if t.cert.is_some() != t.key.is_some() {
+                    self.push(
+                        self.pos.field(scope, "tls"),
+                        format!("upstreams.{name}.tls"),
+                        "cert and key go together".into(),
+                    );
+                }
+            }
+            if u.tls.is_some() || https > 0 {
+                if let Err(e) = crate::tls::client_config(u.tls.as_ref()) {
+                    self.push(
+                        self.pos.field(scope, "tls"),
+                        format!("upstreams.{name}.tls"),
+                        e,
+                    );
+                }
+            }
             for t in &u.targets {
                 if let Err(e) = resolve(t) {
                     self.push(
@@ -852,6 +878,19 @@ impl Validator<'_> {
 
 /// Resolves `host:port` to its first socket address.
 pub fn resolve(target: &str) -> Result<SocketAddr, String> {
+    let schemed = target.contains("://");
+    let (https, target) = split_scheme(target);
+    let with_port;
+    let has_port = match target.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => target.contains(':'),
+    };
+    let target = if schemed && !has_port {
+        with_port = format!("{target}:{}", if https { 443 } else { 80 });
+        with_port.as_str()
+    } else {
+        target
+    };
     if let Ok(a) = target.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -861,6 +900,26 @@ pub fn resolve(target: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{target:?} resolves to no address")),
         Err(e) => Err(format!("{target:?} is not a resolvable host:port ({e})")),
     }
+}
+
+/// A target without its `http://` or `https://` scheme, and whether it
+/// was `https://`.
+pub fn split_scheme(target: &str) -> (bool, &str) {
+    if let Some(rest) = target.strip_prefix("https://") {
+        (true, rest.trim_end_matches('/'))
+    } else {
+        let rest = target.strip_prefix("http://").unwrap_or(target);
+        (false, rest.trim_end_matches('/'))
+    }
+}
+
+/// The host of a `host:port` (or `[v6]:port`, or bare host) target.
+pub fn target_host(target: &str) -> &str {
+    let (_, t) = split_scheme(target);
+    if let Some(rest) = t.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    t.rsplit_once(':').map_or(t, |(h, _)| h)
 }
 
 /// The part of a path pattern before its first `{param}`.

@@ -253,3 +253,92 @@ pub async fn accept(
         }
     }
 }
+
+/// An upstream's TLS settings, compiled: the client config and the server
+/// name of each target (in the order of [`crate::compiled::UpstreamPlan::targets`]).
+#[derive(Clone)]
+pub struct UpstreamTlsPlan {
+    /// Verification roots, client certificate, ALPN, resumption.
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI and verified name, per target.
+    pub names: Vec<rustls_pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for UpstreamTlsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsPlan")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client config towards an upstream: verification against `ca_file`
+/// or the bundled Mozilla roots, and the client certificate for mTLS.
+pub fn client_config(
+    t: Option<&crate::config::UpstreamTls>,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match t.and_then(|t| t.ca_file.as_deref()) {
+        Some(f) => {
+            let certs = CertificateDer::pem_file_iter(f)
+                .map_err(|e| format!("ca_file {f:?}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ca_file {f:?}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("ca_file {f:?} holds no usable certificate"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match t.and_then(|t| t.cert.as_deref().zip(t.key.as_deref())) {
+        Some((cert, key)) => {
+            let ck = load_cert_key(cert, key)?;
+            let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {key:?}: {e}"))?;
+            builder
+                .with_client_auth_cert(ck.cert, der)
+                .map_err(|e| format!("cert {cert:?}: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Compiles an upstream's TLS (`None` for a plain upstream).
+pub fn compile_upstream(u: &crate::config::Upstream) -> Result<Option<UpstreamTlsPlan>, String> {
+    let https = u.targets.iter().any(|t| crate::config::split_scheme(t).0);
+    if u.tls.is_none() && !https {
+        return Ok(None);
+    }
+    let config = Arc::new(client_config(u.tls.as_ref())?);
+    let configured = u.tls.as_ref().and_then(|t| t.server_name.as_deref());
+    let names = u
+        .targets
+        .iter()
+        .map(|t| {
+            let host = configured.unwrap_or_else(|| crate::config::target_host(t));
+            rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| format!("{host:?} is not a usable TLS server name"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(UpstreamTlsPlan { config, names }))
+}
+
+/// Runs the client side of a handshake over `tcp` towards `name`.
+pub async fn connect(
+    plan: &UpstreamTlsPlan,
+    name: rustls_pki_types::ServerName<'static>,
+    tcp: monoio::net::TcpStream,
+) -> Result<TlsStream, std::io::Error> {
+    let session =
+        rustls::ClientConnection::new(plan.config.clone(), name).map_err(std::io::Error::other)?;
+    let mut s = TlsStream::new(tcp, session);
+    s.handshake().await?;
+    Ok(s)
+}
