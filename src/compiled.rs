@@ -383,6 +383,12 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             },
         });
     }
+    let mut client_cas = Vec::new();
+    for a in g.authenticators.values() {
+        if let config::Authenticator::ClientCert(c) = a {
+            client_cas.extend(crate::tls::client_auth::read_cas(&c.ca)?);
+        }
+    }
     let mut listeners = Vec::with_capacity(g.listeners.len());
     for l in &g.listeners {
         let addr: SocketAddr = l
@@ -425,7 +431,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             tls: match &l.tls {
                 None => None,
                 Some(t) => Some(std::sync::Arc::new(
-                    crate::tls::compile_server(t)
+                    crate::tls::compile_server(t, &client_cas)
                         .map_err(|e| format!("listener {:?}: tls: {e}", l.name))?,
                 )),
             },

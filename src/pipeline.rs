@@ -52,7 +52,11 @@ pub async fn handle(
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
-        let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
+        let peer_chain = client
+            .stream
+            .tls()
+            .and_then(|t| t.session().peer_certificates());
+        let identity = match authenticate(&cfg.compiled, allowed, req, peer_chain, Some(shard)) {
             Ok(id) => Ok(id),
             Err(e) => introspect(&cfg.compiled, allowed, req, shard)
                 .await
@@ -138,6 +142,7 @@ pub fn authenticate(
     compiled: &Compiled,
     allowed: &[usize],
     req: &RequestHead,
+    client_cert: Option<&[rustls_pki_types::CertificateDer<'static>]>,
     shard: Option<&Shard>,
 ) -> Result<Identity, GatewayError> {
     let header = |name: &str| req.header(name);
@@ -145,6 +150,7 @@ pub fn authenticate(
         authorization: req.header("authorization"),
         header: &header,
         query: req.query(),
+        client_cert,
     };
     let result = match shard {
         Some(s) => {
@@ -206,6 +212,7 @@ async fn introspect(
         authorization: req.header("authorization"),
         header: &header,
         query: req.query(),
+        client_cert: None,
     };
     let now_s = unix_now();
     let r = compiled

@@ -381,3 +381,60 @@ fn plain_listener_redirects_to_https_and_tls_answers_carry_hsts() {
         "{head}"
     );
 }
+
+#[test]
+fn client_certificates_authenticate_and_forward_the_subject() {
+    let ca = Ca::new("Server CA");
+    let partners = Ca::new("Partners CA");
+    let strangers = Ca::new("Strangers CA");
+    let dir = temp_dir();
+    let (c, k) = ca.leaf("gateway", &["localhost"]).write(&dir, "gw");
+    std::fs::write(dir.join("partners.pem"), partners.pem()).unwrap();
+    let partners_file = dir.join("partners.pem");
+    let backend = Backend::echo("B");
+    let cfg = format!(
+        "Gateway(\n    shards: Count(1),\n    listeners: [Listener(name: \"edge\", bind: \"127.0.0.1:$PORT\", tls: Some(Tls(cert: {c:?}, key: {k:?})))],\n    limits_http: {LIMITS},\n    upstreams: {{\n{}\n    }},\n    authenticators: {{\n        \"partners\": ClientCert(ca: {partners_file:?}, forward_claims: {{ \"subject\": \"X-Client-Subject\", \"san\": \"X-Client-San\" }}),\n    }},\n    routes: [\n        Route(name: \"open\", match: Match(path_prefix: \"/open\"), upstream: \"b\"),\n        Route(name: \"partner\", match: Match(path_prefix: \"/partner\"), upstream: \"b\", auth: Required([\"partners\"])),\n    ],\n)\n",
+        upstream("b", &[&backend.addr()], ""),
+    );
+    let gw = Gateway::start(&cfg);
+
+    // Accepted: the subject and SANs are forwarded; a forged header is not.
+    let leaf = partners.leaf("acme-client", &["client.acme.test"]);
+    let with_cert = client_with_cert(&ca, &leaf);
+    let mut s = connect(&with_cert, gw.port, "localhost").unwrap();
+    write!(
+        s,
+        "GET /partner/x HTTP/1.1\r\nHost: localhost\r\nX-Client-Subject: CN=forged\r\n\r\n"
+    )
+    .unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!((status, body.as_str()), (200, "B GET /partner/x"));
+    let seen = backend.last();
+    assert_eq!(seen.header("x-client-subject"), Some("CN=acme-client"));
+    assert_eq!(seen.header("x-client-san"), Some("client.acme.test"));
+    assert_eq!(seen.headers_named("x-client-subject").len(), 1);
+
+    // Missing: the handshake goes through, the route answers 401, an open
+    // route still serves.
+    let without = client(&ca, &both());
+    let mut s = connect(&without, gw.port, "localhost").unwrap();
+    let (status, body) = get(&mut s, "/partner/y");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("error"), "{body}");
+    assert_eq!(get(&mut s, "/open/z"), (200, "B GET /open/z".into()));
+
+    // Wrong CA: refused at the handshake, or at the latest by the route.
+    let stranger = client_with_cert(&ca, &strangers.leaf("mallory", &["m.test"]));
+    let before = backend.count();
+    match connect(&stranger, gw.port, "localhost") {
+        Err(_) => {}
+        Ok(mut s) => {
+            write!(s, "GET /partner/w HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut buf = Vec::new();
+            let r = s.read_to_end(&mut buf);
+            let text = String::from_utf8_lossy(&buf);
+            assert!(r.is_err() || !text.starts_with("HTTP/1.1 200"), "{text}");
+        }
+    }
+    assert_eq!(backend.count(), before);
+}

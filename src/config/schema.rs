@@ -318,6 +318,21 @@ pub enum Authenticator {
     ApiKey(ApiKeyAuth),
     /// Opaque bearer tokens checked with OAuth 2.0 token introspection (RFC 7662).
     Introspection(IntrospectionAuth),
+    /// Client certificates on TLS listeners (mTLS at the edge).
+    ClientCert(ClientCertAuth),
+}
+
+/// Client-certificate authentication: TLS listeners ask clients for a
+/// certificate, and a request is authenticated by one signed by `ca`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertAuth {
+    /// PEM file of the CA(s) client certificates must chain to.
+    pub ca: String,
+    /// Claims forwarded as headers: `subject` (the subject DN, RFC 4514),
+    /// `cn` (its common name), `san` (the DNS names, comma-separated).
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
 }
 
 /// OAuth 2.0 token introspection settings.

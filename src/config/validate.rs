@@ -707,6 +707,21 @@ impl Validator<'_> {
                     }
                     self.forward_headers(&x.forward_claims, scope, &field("forward_claims"));
                 }
+                Authenticator::ClientCert(c) => {
+                    if let Err(e) = crate::tls::client_auth::read_cas(&c.ca) {
+                        self.push(self.pos.field_value(scope, "ca", &c.ca), field("ca"), e);
+                    }
+                    for claim in c.forward_claims.keys() {
+                        if !["subject", "cn", "san"].contains(&claim.as_str()) {
+                            self.push(
+                                self.pos.after(scope, &format!("{claim:?}")),
+                                field("forward_claims"),
+                                format!("unknown claim {claim:?} (subject, cn or san)"),
+                            );
+                        }
+                    }
+                    self.forward_headers(&c.forward_claims, scope, &field("forward_claims"));
+                }
                 Authenticator::ApiKey(k) => {
                     if k.header.is_none() && k.query.is_none() {
                         self.push(

@@ -2,6 +2,7 @@
 //! tickets shared by all shards, ALPN), over a small adapter of rustls onto
 //! monoio's owned-buffer sockets ([`stream`]).
 
+pub mod client_auth;
 pub mod stream;
 
 pub use stream::{Stream, TlsStream};
@@ -141,18 +142,29 @@ impl ResolvesServerCert for SniCerts {
 }
 
 /// Compiles a listener's `tls` settings: reads every certificate and key.
-pub fn compile_server(t: &ListenerTls) -> Result<ServerTls, String> {
+///
+/// `client_cas`: the CAs of the config's `ClientCert` authenticators; when
+/// there are some, clients are asked for a certificate chaining to one of
+/// them (optional at the handshake; the routes decide).
+pub fn compile_server(
+    t: &ListenerTls,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<ServerTls, String> {
     let mut keys = Vec::new();
     for (cert, key) in t.pairs() {
         keys.push(Arc::new(load_cert_key(cert, key)?));
     }
     let sni = SniCerts::new(keys).ok_or("tls needs a certificate: cert and key, or certs")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(sni));
+        .map_err(|e| e.to_string())?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(client_auth::verifier(client_cas, true)?)
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(sni));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer = ticketer()?;
     // Resumption by ticket only: no server-side session cache (it would be

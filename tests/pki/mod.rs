@@ -136,3 +136,19 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A client config trusting `ca` that presents `leaf` as its certificate.
+pub fn client_with_cert(ca: &Ca, leaf: &Leaf) -> Arc<ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&both())
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    Arc::new(cfg)
+}
