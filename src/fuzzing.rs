@@ -1104,7 +1104,7 @@ fn reaches_outside(g: &Gateway) -> bool {
         },
         Authenticator::ApiKey(_) | Authenticator::ClientCert(_) => false,
         Authenticator::Introspection(x) => {
-            !auth::jwks::split_http_url(&x.url).is_ok_and(|(addr, _, _)| literal(&addr))
+            !auth::jwks::split_url(&x.url).is_ok_and(|(_, addr, _, _)| literal(&addr))
         }
     });
     upstreams || auth

@@ -27,6 +27,16 @@ struct TlsBackend {
 
 impl TlsBackend {
     fn start(name: &'static str, leaf: &Leaf, client_ca: Option<&Ca>) -> TlsBackend {
+        TlsBackend::start_with(name, leaf, client_ca, None)
+    }
+
+    /// As `start`, answering every request with `fixed` (JSON) instead.
+    fn start_with(
+        name: &'static str,
+        leaf: &Leaf,
+        client_ca: Option<&Ca>,
+        fixed: Option<&'static str>,
+    ) -> TlsBackend {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -96,9 +106,12 @@ impl TlsBackend {
                                 break;
                             }
                         }
-                        let body = format!("{name} {path} sni={sni} client={client}");
+                        let body = match fixed {
+                            Some(f) => f.to_string(),
+                            None => format!("{name} {path} sni={sni} client={client}"),
+                        };
                         let out = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if r.get_mut().write_all(out.as_bytes()).is_err() {
@@ -249,4 +262,41 @@ fn mtls_to_an_upstream_that_requires_a_client_certificate() {
     let resp = Client::connect(without.port).get("/n");
     assert!(resp.status == 502, "{} {}", resp.status, resp.text());
     assert!(backend.handshakes_failed.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn introspection_over_https_with_a_ca_file() {
+    let ca = Ca::new("IdP CA");
+    let dir = temp_dir();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let idp = TlsBackend::start_with(
+        "I",
+        &ca.leaf("idp", &["localhost"]),
+        None,
+        Some(r#"{"active":true,"sub":"alice","scope":"read"}"#),
+    );
+    let backend = Backend::echo("B");
+    let ca_file = dir.join("ca.pem");
+    let text = config(
+        1,
+        &upstream("b", &[&backend.addr()], ""),
+        "        Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"b\", auth: Required([\"idp\"])),\n",
+    )
+    .replace(
+        "    routes: [",
+        &format!(
+            "    authenticators: {{ \"idp\": Introspection(url: \"https://localhost:{}/introspect\", client_id: \"c\", client_secret: \"s\", ca_file: Some({ca_file:?}), forward_claims: {{ \"sub\": \"X-User-Id\" }}) }},\n    routes: [",
+            idp.port()
+        ),
+    );
+    let gw = Gateway::start(&text);
+    let resp = Client::connect(gw.port).request(
+        "GET",
+        "/who",
+        &[("Authorization", "Bearer opaque-token")],
+        b"",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(backend.last().header("x-user-id"), Some("alice"));
+    assert_eq!(idp.snis.lock().unwrap().as_slice(), ["localhost"]);
 }

@@ -239,10 +239,27 @@ fn compile_introspection(
     x: &IntrospectionAuth,
 ) -> Result<introspect::Introspector, String> {
     let err = |e: String| format!("authenticators.{name}.url: {e}");
-    let (addr, host, path) = jwks::split_http_url(&x.url).map_err(err)?;
+    let (tls, addr, host, path) = jwks::split_url(&x.url).map_err(err)?;
     let addr = crate::config::resolve(&addr).map_err(err)?;
+    let tls = if tls {
+        let settings = crate::config::UpstreamTls {
+            ca_file: x.ca_file.clone(),
+            ..Default::default()
+        };
+        let config = crate::tls::client_config(Some(&settings)).map_err(err)?;
+        let name = crate::config::target_host(&host).to_string();
+        let name = rustls_pki_types::ServerName::try_from(name)
+            .map_err(|_| err(format!("{host:?} is not a usable TLS server name")))?;
+        Some(crate::tls::UpstreamTlsPlan {
+            config: std::sync::Arc::new(config),
+            names: vec![name],
+        })
+    } else {
+        None
+    };
     Ok(introspect::Introspector {
         addr,
+        tls,
         host,
         path,
         basic: format!(

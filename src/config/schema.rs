@@ -339,7 +339,7 @@ pub struct ClientCertAuth {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionAuth {
-    /// The identity provider's introspection endpoint (`http://` for now).
+    /// The identity provider's introspection endpoint (`http://` or `https://`).
     pub url: String,
     /// Client id for HTTP Basic authentication to the endpoint.
     pub client_id: String,
@@ -362,6 +362,10 @@ pub struct IntrospectionAuth {
     /// The field holding the caller's roles.
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// For an `https://` endpoint: PEM file of the CAs its certificate must
+    /// chain to (the bundled Mozilla roots when not given).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// JWT validation settings.

@@ -702,8 +702,21 @@ impl Validator<'_> {
                     self.forward_headers(&j.forward_claims, scope, &field("forward_claims"));
                 }
                 Authenticator::Introspection(x) => {
-                    if let Err(e) = crate::auth::jwks::split_http_url(&x.url) {
+                    if let Err(e) = crate::auth::jwks::split_url(&x.url) {
                         self.push(self.pos.field(scope, "url"), field("url"), e);
+                    }
+                    if let Some(f) = &x.ca_file {
+                        let settings = super::UpstreamTls {
+                            ca_file: Some(f.clone()),
+                            ..Default::default()
+                        };
+                        if let Err(e) = crate::tls::client_config(Some(&settings)) {
+                            self.push(
+                                self.pos.field_value(scope, "ca_file", f),
+                                field("ca_file"),
+                                e,
+                            );
+                        }
                     }
                     self.forward_headers(&x.forward_claims, scope, &field("forward_claims"));
                 }
