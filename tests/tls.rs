@@ -438,3 +438,27 @@ fn client_certificates_authenticate_and_forward_the_subject() {
     }
     assert_eq!(backend.count(), before);
 }
+
+#[test]
+fn handshakes_past_the_shard_cap_are_closed_at_once() {
+    let ca = Ca::new("Test CA");
+    let dir = temp_dir();
+    let (c, k) = ca.leaf("gateway", &["localhost"]).write(&dir, "gw");
+    let backend = Backend::echo("B");
+    let tls =
+        format!("Tls(cert: {c:?}, key: {k:?}, handshake_timeout_ms: 1500, max_handshakes: 1)");
+    let gw = Gateway::start(&tls_config(&tls, &backend, 1));
+    // A silent client holds the shard's only handshake slot.
+    let _silent = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg = client(&ca, &both());
+    let refused = connect(&cfg, gw.port, "localhost");
+    assert!(
+        refused.is_err(),
+        "a second handshake was served past max_handshakes: 1"
+    );
+    // Once the silent one timed out, the slot is free again.
+    std::thread::sleep(Duration::from_millis(1800));
+    let mut s = connect(&cfg, gw.port, "localhost").unwrap();
+    assert_eq!(get(&mut s, "/ok"), (200, "B GET /ok".into()));
+}
