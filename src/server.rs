@@ -225,10 +225,14 @@ pub async fn serve_connection(
         .and_then(|l| l.tls.clone());
     let mut conn = match tls {
         None => Conn::new(stream, capacity),
-        Some(tls) => match crate::tls::accept(&tls, stream, shard.shutdown.wait()).await {
-            Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
-            Err(_) => return,
-        },
+        // Boxed: the handshake's state (a whole rustls session) would
+        // otherwise be part of every connection's future, plain ones too.
+        Some(tls) => {
+            match Box::pin(crate::tls::accept(&tls, stream, shard.shutdown.wait())).await {
+                Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
+                Err(_) => return,
+            }
+        }
     };
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));

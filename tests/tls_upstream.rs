@@ -300,3 +300,87 @@ fn introspection_over_https_with_a_ca_file() {
     assert_eq!(backend.last().header("x-user-id"), Some("alice"));
     assert_eq!(idp.snis.lock().unwrap().as_slice(), ["localhost"]);
 }
+
+/// A redis-server speaking TLS only (its own CA), killed when dropped.
+struct TlsRedis(std::process::Child, u16);
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tls_redis(ca: &Ca, dir: &std::path::Path) -> TlsRedis {
+    let (c, k) = ca.leaf("redis", &["localhost"]).write(dir, "redis");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let port = free_port();
+    let child = std::process::Command::new("/usr/bin/redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            c.to_str().unwrap(),
+            "--tls-key-file",
+            k.to_str().unwrap(),
+        ])
+        .args(["--tls-ca-cert-file", dir.join("ca.pem").to_str().unwrap()])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (with TLS) is needed for this test");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    TlsRedis(child, port)
+}
+
+#[test]
+fn redis_rate_limit_over_rediss() {
+    let ca = Ca::new("Redis CA");
+    let dir = temp_dir();
+    let redis = tls_redis(&ca, &dir);
+    let backend = Backend::echo("B");
+    let ca_file = dir.join("ca.pem");
+    let text = config(
+        1,
+        &upstream("b", &[&backend.addr()], ""),
+        "        Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"b\", rate_limits: [\"shared\"]),\n",
+    )
+    .replace(
+        "    routes: [",
+        &format!(
+            "    rate_limits: {{ \"shared\": RateLimit(key: Route, algorithm: FixedWindow(limit: 3, window_s: 86400), policy: Redis(url: \"rediss://localhost:{}\", ca_file: Some({ca_file:?}))) }},\n    routes: [",
+            redis.1
+        ),
+    );
+    let gw = Gateway::start(&text);
+    let statuses: Vec<u16> = (0..5)
+        .map(|i| get(gw.port, &format!("/{i}")).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{}", gw.stderr());
+    // A gateway that does not trust the server's CA cannot use it: with
+    // fault_tolerant false that is a 503, not an admission.
+    let strict = text.replace(&format!("ca_file: Some({ca_file:?})"), "ca_file: None");
+    let gw2 = Gateway::start(&strict);
+    assert_eq!(get(gw2.port, "/x").status, 503);
+}

@@ -306,6 +306,10 @@ pub enum LimitPolicy {
         /// After a failure, Redis is not asked again for this long.
         #[serde(default = "default_redis_retry_ms")]
         retry_ms: u64,
+        /// For `rediss://`: PEM file of the CAs the server's certificate must
+        /// chain to (the bundled Mozilla roots when not given).
+        #[serde(default)]
+        ca_file: Option<String>,
     },
 }
 
