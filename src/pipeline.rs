@@ -80,7 +80,13 @@ pub async fn handle(
             Ok(_) => crate::metrics::LimitDecision::Admitted,
             Err(_) => crate::metrics::LimitDecision::Refused,
         });
-        ex.response_headers.push_str(&applied?);
+        let limit_headers = applied?;
+        // The listener's own lines (HSTS) stay in front.
+        if ex.response_headers.is_empty() {
+            ex.response_headers = limit_headers;
+        } else {
+            ex.response_headers.push_str(&limit_headers);
+        }
     }
     ex.drop_authorization = !route.keep_authorization;
     // Everything above runs once per request; a composite fans out from here.
