@@ -525,12 +525,23 @@ impl Validator<'_> {
                 url,
                 lease,
                 timeout_ms,
+                ca_file,
                 ..
             } = &l.policy
             {
                 if let Err(e) = crate::ratelimit::redis::parse_url(url) {
                     let at = self.pos.field_value(scope, "url", url);
                     self.push(at, field("policy.url"), e);
+                }
+                if let Some(f) = ca_file {
+                    let settings = super::UpstreamTls {
+                        ca_file: Some(f.clone()),
+                        ..Default::default()
+                    };
+                    if let Err(e) = crate::tls::client_config(Some(&settings)) {
+                        let at = self.pos.field_value(scope, "ca_file", f);
+                        self.push(at, field("policy.ca_file"), e);
+                    }
                 }
                 if *lease == 0 || *timeout_ms == 0 {
                     let f = if *lease == 0 { "lease" } else { "timeout_ms" };
