@@ -354,3 +354,44 @@ pub async fn connect(
     s.handshake().await?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(names: &[&str]) -> Arc<CertifiedKey> {
+        let made = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let der = PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
+        Arc::new(CertifiedKey::new(
+            vec![made.cert.der().clone()],
+            any_supported_type(&der).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_first() {
+        let api = certified(&["api.example.com"]);
+        let wild = certified(&["*.example.org", "Exact.Example.Org"]);
+        let sni = SniCerts::new(vec![api.clone(), wild.clone()]).unwrap();
+        assert!(Arc::ptr_eq(sni.pick(Some("api.example.com")), &api));
+        assert!(Arc::ptr_eq(sni.pick(Some("API.EXAMPLE.COM")), &api));
+        assert!(Arc::ptr_eq(sni.pick(Some("shop.example.org")), &wild));
+        assert!(Arc::ptr_eq(sni.pick(Some("exact.example.org")), &wild));
+        assert!(Arc::ptr_eq(sni.pick(Some("example.org")), &api));
+        assert!(Arc::ptr_eq(sni.pick(Some("a.b.example.org")), &api));
+        assert!(Arc::ptr_eq(sni.pick(None), &api));
+        assert!(SniCerts::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_name_claimed_twice_goes_to_the_first_listed() {
+        let one = certified(&["same.test"]);
+        let two = certified(&["same.test", "*.test"]);
+        let sni = SniCerts::new(vec![one.clone(), two.clone()]).unwrap();
+        assert!(Arc::ptr_eq(sni.pick(Some("same.test")), &one));
+        assert!(Arc::ptr_eq(sni.pick(Some("other.test")), &two));
+    }
+}
