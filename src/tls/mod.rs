@@ -388,10 +388,10 @@ mod tests {
 
     #[test]
     fn a_name_claimed_twice_goes_to_the_first_listed() {
-        let one = certified(&["same.test"]);
-        let two = certified(&["same.test", "*.test"]);
+        let one = certified(&["same.example.net"]);
+        let two = certified(&["same.example.net", "*.example.net"]);
         let sni = SniCerts::new(vec![one.clone(), two.clone()]).unwrap();
-        assert!(Arc::ptr_eq(sni.pick(Some("same.test")), &one));
-        assert!(Arc::ptr_eq(sni.pick(Some("other.test")), &two));
+        assert!(Arc::ptr_eq(sni.pick(Some("same.example.net")), &one));
+        assert!(Arc::ptr_eq(sni.pick(Some("other.example.net")), &two));
     }
 }
