@@ -75,6 +75,7 @@ fn bench(c: &mut Criterion) {
             authorization: Some(auth.as_bytes()),
             header: &no_header,
             query: None,
+            client_cert: None,
         };
         assert!(
             p.authenticate(&[idx], &creds).is_ok(),
@@ -104,6 +105,7 @@ fn bench(c: &mut Criterion) {
         authorization: None,
         header: &key_header,
         query: None,
+        client_cert: None,
     };
     assert!(p.authenticate(&[idx], &creds).is_ok());
     c.bench_function("api_key/header", |b| {

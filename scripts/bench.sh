@@ -47,6 +47,21 @@
 #           shardgate-reload ÷ shardgate-routes; targets >= 0.95 and <= 1.20.
 #           shardgate-base-routes / shardgate-base-reload: the same with BASE_BIN.
 #           The gateway's log lines "reloaded ... in N ms" are summarised.
+#   tls     the proxy scenario over TLS 1.3, every proxy terminating TLS with
+#           the same ECDSA P-256 certificate (made here with openssl) and
+#           proxying plain HTTP to the upstream. Targets: nginx-tls,
+#           haproxy-tls, shardgate-tls. TLS_MODE picks what is measured:
+#             keepalive  (default) wrk over keep-alive https connections:
+#                        req/s, CPU per request, p99;
+#             handshake  wrk with `Connection: close`: a new connection and a
+#                        full handshake per request (wrk does not resume
+#                        sessions), so req/s is handshakes/s;
+#             resume     `openssl s_time -reuse` (one connection at a time,
+#                        each resuming the first session) instead of wrk:
+#                        connections/s and proxy CPU per connection; no
+#                        latency figures.
+#           Key ratios: shardgate-tls/nginx-tls CPU per request (target <= 1);
+#           with handshake or resume also rps:shardgate-tls/nginx-tls (>= 0.9).
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
@@ -97,7 +112,7 @@ HELPER_DIR="$SCRIPT_DIR/bench"
 
 KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
        PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE
-       ROUTES RELOAD_EVERY)
+       ROUTES RELOAD_EVERY TLS_MODE)
 
 # The command line as given (only the knobs that were set), for the report.
 CMDLINE=""
@@ -131,6 +146,7 @@ JWT_SECRET="${JWT_SECRET:-bench-secret-0123456789abcdef}"
 SG_TOKEN_CACHE="${SG_TOKEN_CACHE:-}"
 ROUTES="${ROUTES:-10000}"
 RELOAD_EVERY="${RELOAD_EVERY:-2}"
+TLS_MODE="${TLS_MODE:-keepalive}"
 
 STARTUP_TIMEOUT=5        # seconds a target gets to answer its first request
 WRK_GRACE=30             # extra seconds before a hung wrk is killed
@@ -326,6 +342,64 @@ SCENARIO_NOTES=()
 
 scenario_proxy() {
     REQ_PATH=/api/v1/items
+}
+
+# The TLS scenario: one ECDSA P-256 certificate for every proxy.
+TLS_CERT="" TLS_KEY="" TLS_PEM=""
+scenario_tls() {
+    REQ_PATH=/api/v1/items
+    command -v openssl >/dev/null || die "openssl is required for SCENARIO=tls"
+    TLS_CERT="$WORK_DIR/tls-cert.pem" TLS_KEY="$WORK_DIR/tls-key.pem" TLS_PEM="$WORK_DIR/tls.pem"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" 2>/dev/null || die "openssl could not make the certificate"
+    cat "$TLS_CERT" "$TLS_KEY" >"$TLS_PEM"
+    CURL_ARGS=(--cacert "$TLS_CERT")
+    DEFAULT_TARGETS="nginx-tls haproxy-tls shardgate-tls"
+    DEFAULT_BASELINE=nginx-tls
+    DEFAULT_KEY_RATIOS="shardgate-tls/nginx-tls<=1 shardgate-tls/haproxy-tls"
+    case "$TLS_MODE" in
+        keepalive) ;;
+        handshake)
+            WRK_ARGS=(-H "Connection: close")
+            DEFAULT_KEY_RATIOS="shardgate-tls/nginx-tls<=1 rps:shardgate-tls/nginx-tls>=0.9"
+            ;;
+        resume)
+            # s_time instead of wrk; the same summary line is appended.
+            run_wrk() {
+                local url=$1 secs=$2 out=$3 hostport n real
+                hostport="${url#https://}"; hostport="${hostport%%/*}"
+                taskset -c "$LOAD_CPUS" timeout -k 5 $((secs + WRK_GRACE)) \
+                    openssl s_time -connect "$hostport" -reuse -tls1_3 -time "$secs" \
+                    -CAfile "$TLS_CERT" -www "$REQ_PATH" >"$out.raw" 2>&1 || true
+                read -r n real < <(awk '/connections in .* real seconds/ {print $1, $4; exit}' "$out.raw")
+                [[ -n "${n:-}" && "${real:-0}" != 0 ]] || { cat "$out.raw" >"$out"; return 1; }
+                { cat "$out.raw"
+                  printf 'BENCH requests=%d duration_us=%d p50_us=0 p90_us=0 p99_us=0 max_us=0 err_connect=0 err_read=0 err_write=0 err_status=0 err_timeout=0\n' \
+                      "$n" "$((real * 1000000))"; } >"$out"
+            }
+            DEFAULT_KEY_RATIOS="shardgate-tls/nginx-tls<=1 rps:shardgate-tls/nginx-tls>=0.9"
+            ;;
+        *) die "unknown TLS_MODE '$TLS_MODE' (keepalive, handshake, resume)" ;;
+    esac
+    SCENARIO_NOTES=(
+        "- TLS 1.3 only, ECDSA P-256 self-signed certificate, session tickets on in every proxy; TLS_MODE=$TLS_MODE"
+        "- the upstream hop is plain HTTP/1.1 keep-alive, as in the proxy scenario"
+    )
+}
+
+# await_tls_target NAME PORT DIR: the TLS target just started must answer
+# 200 over https (curl trusting the bench certificate).
+await_tls_target() {
+    local name=$1 port=$2 dir=$3
+    TARGET_PIDS=$LAST_PID
+    TARGET_URL="https://127.0.0.1:$port$REQ_PATH"
+    wait_http "$TARGET_URL" "$STARTUP_TIMEOUT" "$LAST_PID" || {
+        log "skipping $name: no 200 on $TARGET_URL within ${STARTUP_TIMEOUT}s; its output:"
+        tail -n 20 "$dir/stdout.log" "$dir/error.log" 2>/dev/null | sed 's/^/    /' >&2
+        stop_pid "$LAST_PID"
+        return 1
+    }
 }
 
 # mint_jwt SECRET ISSUER EXP_IN_SECONDS [ALG]: an HS256 JWT (ALG=none gives an
@@ -712,6 +786,85 @@ EOF
 
 start_target_nginx()         { start_nginx "$1" nginx "" "$NGINX_LOCATION_EXTRA"; }
 start_target_nginx-limited() { start_nginx "$1" nginx-limited "$NGINX_LIMIT_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_LIMIT_LOCATION"; }
+
+start_target_nginx-tls() {
+    local port=$1 dir="$WORK_DIR/nginx-tls"
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir" "$WORKERS"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    upstream up {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$port ssl backlog=4096;
+        ssl_certificate $TLS_CERT;
+        ssl_certificate_key $TLS_KEY;
+        ssl_protocols TLSv1.3;
+        ssl_session_tickets on;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+    await_tls_target nginx-tls "$port" "$dir"
+}
+
+start_target_haproxy-tls() {
+    local port=$1 dir="$WORK_DIR/haproxy-tls"
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$port ssl crt $TLS_PEM ssl-min-ver TLSv1.3 alpn http/1.1
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$UP_PORT
+EOF
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg"
+    await_tls_target haproxy-tls "$port" "$dir"
+}
+
+start_target_shardgate-tls() {
+    local port=$1 dir="$WORK_DIR/shardgate-tls"
+    mkdir -p "$dir"
+    [[ -x "$SHARDGATE_BIN" ]] || { log "skipping shardgate-tls: $SHARDGATE_BIN not found"; return 1; }
+    cat >"$dir/gateway.ron" <<EOF
+Gateway(
+    shards: Count($WORKERS),
+    listeners: [ Listener(name: "bench", bind: "127.0.0.1:$port",
+                          tls: Some(Tls(cert: "$TLS_CERT", key: "$TLS_KEY"))) ],
+    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256) },
+    routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
+)
+EOF
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" env SHARDGATE_DRIVER=io_uring \
+        "$SHARDGATE_BIN" --config "$dir/gateway.ron"
+    await_tls_target shardgate-tls "$port" "$dir"
+}
 
 # await_target NAME PORT DIR: the target just started ($LAST_PID) must answer
 # 200 within STARTUP_TIMEOUT, or it is stopped and skipped with its output shown.

@@ -68,6 +68,13 @@ pub fn serve(file: &str) -> ExitCode {
 pub fn demo() -> ExitCode {
     let text = std::fs::read_to_string("config/demo.ron")
         .unwrap_or_else(|_| crate::demo::DEMO_CONFIG.to_string());
+    let text = match crate::demo::with_https_listener(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shardgate: demo https listener left out: {e}");
+            text
+        }
+    };
     if let Err(e) = crate::demo::start_backends() {
         eprintln!("shardgate: demo backends failed to start: {e}");
         return ExitCode::from(1);

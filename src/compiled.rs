@@ -67,6 +67,8 @@ pub struct UpstreamPlan {
     pub outlier: Option<config::OutlierDetection>,
     /// Try every target when none is healthy instead of answering 503.
     pub panic_routing: bool,
+    /// TLS towards the targets (`None`: plain).
+    pub tls: Option<crate::tls::UpstreamTlsPlan>,
 }
 
 /// A piece of a rewrite template.
@@ -141,6 +143,12 @@ pub struct ListenerPlan {
     pub max_connections: Option<usize>,
     /// How new connections are spread over the shards.
     pub balance: config::BalanceConnections,
+    /// TLS termination (`None`: plain HTTP).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// Answer every request with a 308 to https on this port.
+    pub redirect_https: Option<u16>,
+    /// Response header lines added on this listener (HSTS), CRLF-ended.
+    pub response_headers: String,
 }
 
 impl ListenerPlan {
@@ -301,6 +309,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 health_check: u.health_check.clone(),
                 outlier: u.outlier_detection.clone(),
                 panic_routing: u.panic_routing,
+                tls: crate::tls::compile_upstream(u)
+                    .map_err(|e| format!("upstream {name:?}: tls: {e}"))?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -405,6 +415,12 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             },
         });
     }
+    let mut client_cas = Vec::new();
+    for a in g.authenticators.values() {
+        if let config::Authenticator::ClientCert(c) = a {
+            client_cas.extend(crate::tls::client_auth::read_cas(&c.ca)?);
+        }
+    }
     let mut listeners = Vec::with_capacity(g.listeners.len());
     for l in &g.listeners {
         let addr: SocketAddr = l
@@ -444,6 +460,35 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             },
             max_connections: l.max_connections,
             balance: l.balance_connections,
+            tls: match &l.tls {
+                None => None,
+                Some(t) => Some(std::sync::Arc::new(
+                    crate::tls::compile_server(t, &client_cas)
+                        .map_err(|e| format!("listener {:?}: tls: {e}", l.name))?,
+                )),
+            },
+            redirect_https: match &l.redirect_https {
+                None => None,
+                Some(name) => Some(
+                    g.listeners
+                        .iter()
+                        .find(|t| &t.name == name && t.tls.is_some())
+                        .and_then(|t| t.bind.parse::<SocketAddr>().ok())
+                        .map(|a| a.port())
+                        .ok_or_else(|| {
+                            format!(
+                                "listener {:?}: redirect_https: no TLS listener {name:?}",
+                                l.name
+                            )
+                        })?,
+                ),
+            },
+            response_headers: l
+                .tls
+                .as_ref()
+                .and_then(|t| t.hsts.as_ref())
+                .map(config::Hsts::header_line)
+                .unwrap_or_default(),
         });
     }
     let h = &g.limits_http;

@@ -11,6 +11,39 @@ use std::time::Duration;
 /// The demo config, compiled into the binary (same text as `config/demo.ron`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.ron");
 
+/// Where the demo's self-signed certificate was written (set once at start).
+static DEMO_CERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The demo's https listener, added after the `public` one.
+const PUBLIC_LISTENER: &str = r#"Listener(name: "public", bind: "127.0.0.1:8080"),"#;
+
+/// Makes a self-signed certificate for `localhost` and `127.0.0.1` (in a
+/// fresh directory under the system's temporary directory) and adds an
+/// https listener on 127.0.0.1:8443 serving it to the demo config `text`.
+/// A config without the demo's `public` listener is returned unchanged.
+pub fn with_https_listener(text: &str) -> Result<String, String> {
+    if !text.contains(PUBLIC_LISTENER) {
+        return Ok(text.to_string());
+    }
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| format!("demo certificate: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    std::fs::write(&key, made.key_pair.serialize_pem())
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let cert = cert.display().to_string();
+    let listener = format!(
+        "{PUBLIC_LISTENER}\n        Listener(name: \"https\", bind: \"127.0.0.1:8443\",\n                 tls: Some(Tls(cert: {cert:?}, key: {:?}))),",
+        key.display().to_string()
+    );
+    let _ = DEMO_CERT.set(cert);
+    Ok(text.replacen(PUBLIC_LISTENER, &listener, 1))
+}
+
 /// The HS256 secret of the demo config's `jwt` authenticator.
 pub const DEMO_SECRET: &str = "shardgate-demo-secret-do-not-use-in-production";
 
@@ -332,6 +365,11 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
 
 /// Printed once the demo gateway is ready.
 pub fn print_instructions() {
+    let https = DEMO_CERT.get().map_or_else(String::new, |cert| {
+        format!(
+            "TLS (self-signed certificate made at start, trusted with --cacert):\n  curl -i --cacert {cert} https://localhost:8443/api/v1/products\n"
+        )
+    });
     let user = demo_token("1", "user", "users:read");
     let admin = demo_token("2", "admin", "users:read");
     println!(
@@ -366,7 +404,7 @@ Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ 
   for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:8080/api/v1/products; echo; done
                                                                           # trials pass (one shard at a time), it closes: real answers
 
-Operate it (admin listener, private):
+{https}Operate it (admin listener, private):
   open http://127.0.0.1:9900/                                            # live status page
   curl -s http://127.0.0.1:9900/metrics | grep shardgate_requests_total  # Prometheus metrics
   curl -s http://127.0.0.1:9900/ready; curl -s http://127.0.0.1:9900/upstreams   # readiness, upstream state

@@ -1102,9 +1102,9 @@ fn reaches_outside(g: &Gateway) -> bool {
             KeySource::PemFile(p) | KeySource::JwksFile(p) => !KEY_FILES.contains(&p.as_str()),
             KeySource::Jwks { .. } => true,
         },
-        Authenticator::ApiKey(_) => false,
+        Authenticator::ApiKey(_) | Authenticator::ClientCert(_) => false,
         Authenticator::Introspection(x) => {
-            !auth::jwks::split_http_url(&x.url).is_ok_and(|(addr, _, _)| literal(&addr))
+            !auth::jwks::split_url(&x.url).is_ok_and(|(_, addr, _, _)| literal(&addr))
         }
     });
     upstreams || auth
@@ -1321,6 +1321,7 @@ pub fn jwt(data: &[u8]) {
             authorization: Some(authorization.as_bytes()),
             header: &no_header,
             query: None,
+            client_cert: None,
         };
         let view = KeyView {
             sets: Some(&fx.sets),

@@ -4,11 +4,13 @@
 //! SO_REUSEPORT listeners, its own compiled route table and its own upstream
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
-// Three `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
+// Five `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
 // freshly duplicated descriptor), `memory::give_back` (a call into the
-// allocator that takes no arguments) and `shard::background::lower_priority`
-// (sched_setscheduler/setpriority for background threads); everything else
-// is safe code.
+// allocator that takes no arguments), `shard::background::lower_priority`
+// (sched_setscheduler/setpriority for background threads), and two in
+// `tls::stream` (copying decrypted bytes into, and viewing the bytes of,
+// monoio's rent-style buffers, as its own socket reads and writes do);
+// everything else is safe code.
 #![deny(unsafe_code)]
 // No panics reachable from requests, upstream answers or config: no unwrap,
 // expect or panic, and no indexing or slicing that could go out of bounds.
@@ -46,3 +48,4 @@ pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod tls;

@@ -54,7 +54,11 @@ pub async fn handle(
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
-        let identity = match authenticate(&cfg.compiled, allowed, req, Some(shard)) {
+        let peer_chain = client
+            .stream
+            .tls()
+            .and_then(|t| t.session().peer_certificates());
+        let identity = match authenticate(&cfg.compiled, allowed, req, peer_chain, Some(shard)) {
             Ok(id) => Ok(id),
             Err(e) => introspect(&cfg.compiled, allowed, req, shard)
                 .await
@@ -78,7 +82,13 @@ pub async fn handle(
             Ok(_) => crate::metrics::LimitDecision::Admitted,
             Err(_) => crate::metrics::LimitDecision::Refused,
         });
-        ex.response_headers = applied?;
+        let limit_headers = applied?;
+        // The listener's own lines (HSTS) stay in front.
+        if ex.response_headers.is_empty() {
+            ex.response_headers = limit_headers;
+        } else {
+            ex.response_headers.push_str(&limit_headers);
+        }
     }
     ex.drop_authorization = !route.keep_authorization;
     // Everything above runs once per request; a composite fans out from here.
@@ -155,6 +165,7 @@ pub fn authenticate(
     compiled: &Compiled,
     allowed: &[usize],
     req: &RequestHead,
+    client_cert: Option<&[rustls_pki_types::CertificateDer<'static>]>,
     shard: Option<&Shard>,
 ) -> Result<Identity, GatewayError> {
     let header = |name: &str| req.header(name);
@@ -162,6 +173,7 @@ pub fn authenticate(
         authorization: req.header("authorization"),
         header: &header,
         query: req.query(),
+        client_cert,
     };
     let result = match shard {
         Some(s) => {
@@ -223,6 +235,7 @@ async fn introspect(
         authorization: req.header("authorization"),
         header: &header,
         query: req.query(),
+        client_cert: None,
     };
     let now_s = unix_now();
     let r = compiled

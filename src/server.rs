@@ -217,7 +217,23 @@ pub async fn serve_connection(
     let _conn_count = Counted::new(&shard.connections);
     let capacity =
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
-    let mut conn = Conn::new(stream, capacity);
+    let tls = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener)
+        .and_then(|l| l.tls.clone());
+    let mut conn = match tls {
+        None => Conn::new(stream, capacity),
+        // Boxed: the handshake's state (a whole rustls session) would
+        // otherwise be part of every connection's future, plain ones too.
+        Some(tls) => {
+            match Box::pin(crate::tls::accept(&tls, stream, shard.shutdown.wait())).await {
+                Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
+                Err(_) => return,
+            }
+        }
+    };
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
         let Some(quiet_since) = busy.await else {
@@ -225,7 +241,7 @@ pub async fn serve_connection(
         };
         let idle = shard.config().compiled.limits_of(listener).idle_timeout;
         let left = idle.saturating_sub(quiet_since.elapsed());
-        let woken = wait_readable_within(&conn.stream, left, shard.shutdown.wait()).await;
+        let woken = wait_readable_within(conn.stream.tcp(), left, shard.shutdown.wait()).await;
         if woken.is_err() {
             return;
         }
@@ -303,11 +319,24 @@ async fn serve_request(
         drop_authorization: false,
         upgrade: None,
         add_headers: Vec::new(),
-        response_headers: String::new(),
+        response_headers: cfg
+            .compiled
+            .listeners
+            .get(listener)
+            .map(|l| l.response_headers.clone())
+            .unwrap_or_default(),
         seen: Default::default(),
         trace: crate::observe::trace::start(cfg.compiled.tracing.as_ref(), head),
     };
-    let result = pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await;
+    let redirect = cfg
+        .compiled
+        .listeners
+        .get(listener)
+        .and_then(|l| l.redirect_https);
+    let result = match redirect {
+        Some(port) => redirect_https(conn, head, &mut ex, port).await,
+        None => pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await,
+    };
     let disposition = match result {
         Ok(d) => d,
         Err(_) if ex.response_started => Disposition::Close,
@@ -315,6 +344,58 @@ async fn serve_request(
     };
     finished(shard, cfg, listener, head, &ex, started);
     disposition
+}
+
+/// Answers `308 Permanent Redirect` to the same host and target over
+/// https on `port` (the port is left out when it is 443). A request with a
+/// body closes the connection after the answer, the body unread.
+async fn redirect_https(
+    conn: &mut Conn,
+    head: &RequestHead,
+    ex: &mut Exchange<'_>,
+    port: u16,
+) -> Result<Disposition, GatewayError> {
+    let host = head
+        .host()
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(host_without_port)
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(GatewayError::BadRequest("a redirect to https needs a Host"))?;
+    let keep = ex.keep_alive && head.framing == Framing::None;
+    let mut out = Vec::with_capacity(160 + host.len() + head.target().len());
+    out.extend_from_slice(b"HTTP/1.1 308 Permanent Redirect\r\nlocation: https://");
+    out.extend_from_slice(host.as_bytes());
+    if port != 443 {
+        out.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    out.extend_from_slice(head.target().as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\nx-request-id: ");
+    out.extend_from_slice(ex.request_id.as_bytes());
+    out.extend_from_slice(if keep {
+        b"\r\n\r\n".as_slice()
+    } else {
+        b"\r\nconnection: close\r\n\r\n".as_slice()
+    });
+    ex.seen.status = 308;
+    ex.seen.bytes_out = out.len() as u64;
+    ex.response_started = true;
+    let (r, _) = conn.write(out, ex.limits.send_timeout).await;
+    Ok(if keep && r.is_ok() {
+        Disposition::KeepAlive
+    } else {
+        Disposition::Close
+    })
+}
+
+/// `host` without its `:port` (an IPv6 literal keeps its brackets).
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .find(']')
+            .and_then(|end| host.get(..=end))
+            .unwrap_or(host);
+    }
+    host.split_once(':').map_or(host, |(h, _)| h)
 }
 
 /// Accounts for a finished request: metrics, and (when configured) the

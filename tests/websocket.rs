@@ -7,6 +7,7 @@
 //! and the access log's line for a tunnel.
 
 mod common;
+mod pki;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,9 +81,19 @@ impl Drop for EchoServer {
 
 /// Runs the Python client to its end; its one result line.
 fn client(port: u16, path: &str, mode: &str, headers: &[&str]) -> String {
-    let out = Command::new(python())
+    client_at(&format!("ws://127.0.0.1:{port}{path}"), None, mode, headers)
+}
+
+/// Runs the Python client on `url` (trusting the CA file `ca` for `wss://`).
+fn client_at(url: &str, ca: Option<&std::path::Path>, mode: &str, headers: &[&str]) -> String {
+    let mut cmd = Command::new(python());
+    if let Some(ca) = ca {
+        cmd.env("WS_CA", ca);
+    }
+    let path = url;
+    let out = cmd
         .arg(script("client.py"))
-        .arg(format!("ws://127.0.0.1:{port}{path}"))
+        .arg(url)
         .arg(mode)
         .args(headers)
         .output()
@@ -524,4 +535,32 @@ fn shutdown_closes_open_tunnels_within_the_grace() {
         gw.wait_exit(Duration::from_secs(8)).is_some(),
         "the gateway did not exit with a tunnel open"
     );
+}
+
+#[test]
+fn websocket_works_on_a_tls_listener() {
+    let ws = EchoServer::start();
+    let ca = pki::Ca::new("WebSocket test CA");
+    let dir = temp_dir();
+    let (cert, key) = ca.leaf("gateway", &["localhost"]).write(&dir, "gw");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let gw = Gateway::start(&format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "tls", bind: "127.0.0.1:$PORT",
+                         tls: Some(Tls(cert: {cert:?}, key: {key:?})))],
+    limits_http: {LIMITS},
+    upstreams: {{ "ws": Upstream(targets: ["127.0.0.1:{port}"]) }},
+    routes: [
+        Route(name: "echo", match: Match(path_prefix: "/echo"), upstream: "ws",
+              websocket: Some(WebSocket(idle_timeout_ms: 5000))),
+    ],
+)"#,
+        port = ws.port,
+    ));
+    let url = format!("wss://localhost:{}/echo/tls", gw.port);
+    // A 1 MiB message and a ping, encrypted both ways through the tunnel.
+    assert_eq!(client_at(&url, Some(&ca_file), "echo", &[]), "OK");
+    assert_eq!(client_at(&url, Some(&ca_file), "many", &[]), "OK");
 }

@@ -19,6 +19,8 @@ const MAX_ANSWER: usize = 64 * 1024;
 pub struct Introspector {
     /// Resolved endpoint address.
     pub addr: SocketAddr,
+    /// TLS to an `https://` endpoint.
+    pub tls: Option<crate::tls::UpstreamTlsPlan>,
     /// Host header value.
     pub host: String,
     /// Request path.
@@ -115,7 +117,20 @@ pub async fn introspect(x: &Introspector, token: &str) -> Result<Value, Introspe
         Ok(Err(e)) => return Err(unreachable(format!("connect: {e}"))),
         Err(_) => return Err(unreachable("connect timed out")),
     };
-    let mut conn = Conn::new(stream, 16 * 1024);
+    let mut conn = match &x.tls {
+        None => Conn::new(stream, 16 * 1024),
+        Some(tls) => {
+            let Some(name) = tls.names.first().cloned() else {
+                return Err(unreachable("no TLS server name"));
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, crate::tls::connect(tls, name, stream)).await {
+                Ok(Ok(s)) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), 16 * 1024),
+                Ok(Err(e)) => return Err(unreachable(format!("TLS handshake: {e}"))),
+                Err(_) => return Err(unreachable("TLS handshake timed out")),
+            }
+        }
+    };
     let body = format!("token={}&token_type_hint=access_token", form_escape(token));
     let req = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -96,6 +96,7 @@ enum Verifier {
     Jwt(Box<JwtVerifier>),
     ApiKey(ApiKeyVerifier),
     Introspection(Box<introspect::Introspector>),
+    ClientCert(Box<crate::tls::client_auth::ClientCertVerifier>),
 }
 
 /// All authenticators of a config, compiled.
@@ -238,10 +239,27 @@ fn compile_introspection(
     x: &IntrospectionAuth,
 ) -> Result<introspect::Introspector, String> {
     let err = |e: String| format!("authenticators.{name}.url: {e}");
-    let (addr, host, path) = jwks::split_http_url(&x.url).map_err(err)?;
+    let (tls, addr, host, path) = jwks::split_url(&x.url).map_err(err)?;
     let addr = crate::config::resolve(&addr).map_err(err)?;
+    let tls = if tls {
+        let settings = crate::config::UpstreamTls {
+            ca_file: x.ca_file.clone(),
+            ..Default::default()
+        };
+        let config = crate::tls::client_config(Some(&settings)).map_err(err)?;
+        let name = crate::config::target_host(&host).to_string();
+        let name = rustls_pki_types::ServerName::try_from(name)
+            .map_err(|_| err(format!("{host:?} is not a usable TLS server name")))?;
+        Some(crate::tls::UpstreamTlsPlan {
+            config: std::sync::Arc::new(config),
+            names: vec![name],
+        })
+    } else {
+        None
+    };
     Ok(introspect::Introspector {
         addr,
+        tls,
         host,
         path,
         basic: format!(
@@ -281,6 +299,8 @@ pub struct Credentials<'a> {
     pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
     /// The query string.
     pub query: Option<&'a str>,
+    /// The certificate chain the client presented on a TLS listener.
+    pub client_cert: Option<&'a [rustls_pki_types::CertificateDer<'static>]>,
 }
 
 impl AuthPlan {
@@ -303,6 +323,14 @@ impl AuthPlan {
                     identity_headers
                         .extend(x.forward_claims.values().map(|h| h.to_ascii_lowercase()));
                     Verifier::Introspection(Box::new(compile_introspection(name, x)?))
+                }
+                Authenticator::ClientCert(c) => {
+                    identity_headers
+                        .extend(c.forward_claims.values().map(|h| h.to_ascii_lowercase()));
+                    Verifier::ClientCert(Box::new(
+                        crate::tls::client_auth::ClientCertVerifier::compile(c)
+                            .map_err(|e| format!("authenticator {name:?}: {e}"))?,
+                    ))
                 }
             };
             verifiers.push((name.clone(), v));
@@ -390,6 +418,13 @@ impl AuthPlan {
                 }),
                 // Needs the network: done by `introspect_bearer` after this fails.
                 Verifier::Introspection(_) => Err(Denied::Missing),
+                Verifier::ClientCert(c) => match creds.client_cert {
+                    None => Err(Denied::Missing),
+                    Some(chain) => c.verify(chain).map(|mut id| {
+                        id.authenticator = i;
+                        id
+                    }),
+                },
             };
             match outcome {
                 Ok(id) => return Ok(id),
@@ -768,6 +803,7 @@ mod tests {
             authorization: owned.as_deref(),
             header: &lookup,
             query,
+            client_cert: None,
         };
         p.authenticate(&[0, 1], &creds)
     }
@@ -856,6 +892,7 @@ mod tests {
             authorization: Some(auth.as_bytes()),
             header: &lookup,
             query: None,
+            client_cert: None,
         };
         assert!(p
             .authenticate_cached(&[0], &creds, Some(&mut cache), &KeyView::default(), t0)

@@ -10,7 +10,9 @@ mod resilience;
 mod schema;
 mod validate;
 
-pub use validate::{is_token_byte, path_template_params, resolve, template_params};
+pub use validate::{
+    is_token_byte, path_template_params, resolve, split_scheme, target_host, template_params,
+};
 
 pub use resilience::*;
 pub use schema::*;

@@ -306,6 +306,10 @@ pub enum LimitPolicy {
         /// After a failure, Redis is not asked again for this long.
         #[serde(default = "default_redis_retry_ms")]
         retry_ms: u64,
+        /// For `rediss://`: PEM file of the CAs the server's certificate must
+        /// chain to (the bundled Mozilla roots when not given).
+        #[serde(default)]
+        ca_file: Option<String>,
     },
 }
 
@@ -318,13 +322,28 @@ pub enum Authenticator {
     ApiKey(ApiKeyAuth),
     /// Opaque bearer tokens checked with OAuth 2.0 token introspection (RFC 7662).
     Introspection(IntrospectionAuth),
+    /// Client certificates on TLS listeners (mTLS at the edge).
+    ClientCert(ClientCertAuth),
+}
+
+/// Client-certificate authentication: TLS listeners ask clients for a
+/// certificate, and a request is authenticated by one signed by `ca`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertAuth {
+    /// PEM file of the CA(s) client certificates must chain to.
+    pub ca: String,
+    /// Claims forwarded as headers: `subject` (the subject DN, RFC 4514),
+    /// `cn` (its common name), `san` (the DNS names, comma-separated).
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
 }
 
 /// OAuth 2.0 token introspection settings.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionAuth {
-    /// The identity provider's introspection endpoint (`http://` for now).
+    /// The identity provider's introspection endpoint (`http://` or `https://`).
     pub url: String,
     /// Client id for HTTP Basic authentication to the endpoint.
     pub client_id: String,
@@ -347,6 +366,10 @@ pub struct IntrospectionAuth {
     /// The field holding the caller's roles.
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// For an `https://` endpoint: PEM file of the CAs its certificate must
+    /// chain to (the bundled Mozilla roots when not given).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// JWT validation settings.
@@ -493,6 +516,106 @@ pub struct Listener {
     /// reload that changes it is refused).
     #[serde(default)]
     pub balance_connections: BalanceConnections,
+    /// TLS termination on this listener (`None`: plain HTTP).
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// The name of a TLS listener: every request on this (plain) listener
+    /// is answered `308 Permanent Redirect` to the same host and target
+    /// over https on that listener's port.
+    #[serde(default)]
+    pub redirect_https: Option<String>,
+}
+
+/// TLS settings of a listener: `Tls(cert: ..., key: ...)` for one
+/// certificate, or `Tls(certs: [Cert(cert: ..., key: ...), ...])` for
+/// several chosen by SNI (the first is the default).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename = "Tls")]
+pub struct ListenerTls {
+    /// PEM certificate chain (leaf first) of the single certificate.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key (PKCS#8, RSA or EC) of the single certificate.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Several certificates, chosen by the server name the client asks for.
+    #[serde(default)]
+    pub certs: Vec<CertKey>,
+    /// How long a client has to complete its handshake.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most handshakes in progress at once on one shard; a connection past
+    /// it is closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// `Strict-Transport-Security` on this listener's responses.
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+}
+
+/// The `Strict-Transport-Security` header of a TLS listener.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// How long browsers remember to use https only.
+    #[serde(default = "default_hsts_max_age_s")]
+    pub max_age_s: u64,
+    /// Adds `includeSubDomains`.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Adds `preload`.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header line, CRLF included.
+    pub fn header_line(&self) -> String {
+        let mut v = format!("strict-transport-security: max-age={}", self.max_age_s);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v.push_str("\r\n");
+        v
+    }
+}
+
+fn default_hsts_max_age_s() -> u64 {
+    31_536_000
+}
+
+impl ListenerTls {
+    /// Every (cert, key) pair, the single one first.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let single = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            _ => None,
+        };
+        single
+            .into_iter()
+            .chain(self.certs.iter().map(|c| (c.cert.as_str(), c.key.as_str())))
+    }
+}
+
+/// One certificate and its key, in `Tls(certs: [...])`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename = "Cert")]
+pub struct CertKey {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_handshakes() -> usize {
+    1024
 }
 
 /// How a listener's new connections are spread over the shards.
@@ -602,6 +725,9 @@ pub struct Upstream {
     /// (Envoy's panic mode) instead of answering 503.
     #[serde(default)]
     pub panic_routing: bool,
+    /// TLS to the targets (also implied by `https://` targets).
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Active health checking of an upstream's targets: `GET path` every
@@ -655,6 +781,26 @@ pub struct OutlierDetection {
     /// ejected at once.
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+}
+
+/// TLS settings towards an upstream's targets.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CAs the targets' certificates must chain to; the
+    /// bundled Mozilla roots when not given.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Client certificate chain (PEM) presented to targets that ask (mTLS).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name sent as SNI and verified in the target's certificate;
+    /// each target's own host when not given.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Load-balancing policy.

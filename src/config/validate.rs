@@ -189,6 +189,24 @@ impl Validator<'_> {
                 );
             }
             self.max_connections(g, i, l, scope);
+            if let Some(t) = &l.tls {
+                self.listener_tls(i, t, scope);
+            }
+            if let Some(name) = &l.redirect_https {
+                let target = g.listeners.iter().find(|t| &t.name == name);
+                let why = match target {
+                    None => Some(format!("unknown listener {name:?}")),
+                    Some(t) if t.tls.is_none() => Some(format!("listener {name:?} has no tls")),
+                    Some(_) if l.tls.is_some() => {
+                        Some("a TLS listener needs no redirect to https".to_string())
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    let at = self.pos.field_value(scope, "redirect_https", name);
+                    self.push(at, format!("listeners[{i}].redirect_https"), why);
+                }
+            }
             for name in l.routes.iter().flatten() {
                 if !route_names.contains(name.as_str()) {
                     self.push(
@@ -197,6 +215,51 @@ impl Validator<'_> {
                         format!("unknown route {name:?}"),
                     );
                 }
+            }
+        }
+    }
+
+    /// Certificates and keys: present, readable, parseable, matching.
+    fn listener_tls(&mut self, i: usize, t: &super::ListenerTls, scope: Scope) {
+        let field = format!("listeners[{i}].tls");
+        if t.cert.is_some() != t.key.is_some() {
+            let at = self
+                .pos
+                .field(scope, if t.cert.is_some() { "cert" } else { "key" });
+            self.push(at, field.clone(), "cert and key go together".into());
+        }
+        if t.pairs().next().is_none() {
+            let at = self.pos.field(scope, "tls");
+            self.push(
+                at,
+                field.clone(),
+                "needs a certificate: cert and key, or certs: [Cert(cert, key), ...]".into(),
+            );
+        }
+        if t.handshake_timeout_ms == 0 {
+            let at = self.pos.field(scope, "handshake_timeout_ms");
+            self.push(
+                at,
+                format!("{field}.handshake_timeout_ms"),
+                "must be at least 1".into(),
+            );
+        }
+        if t.max_handshakes == 0 {
+            let at = self.pos.field(scope, "max_handshakes");
+            self.push(
+                at,
+                format!("{field}.max_handshakes"),
+                "must be at least 1".into(),
+            );
+        }
+        for (cert, key) in t.pairs() {
+            if let Err(e) = crate::tls::load_cert_key(cert, key) {
+                let at = if e.starts_with("key ") {
+                    self.pos.field_value(scope, "key", key)
+                } else {
+                    self.pos.field_value(scope, "cert", cert)
+                };
+                self.push(at, field.clone(), e);
             }
         }
     }
@@ -349,6 +412,32 @@ impl Validator<'_> {
                     format!("upstreams.{name}.targets"),
                     "at least one target is needed".into(),
                 );
+            }
+            let https = u.targets.iter().filter(|t| split_scheme(t).0).count();
+            if https > 0 && https < u.targets.len() {
+                self.push(
+                    self.pos.field(scope, "targets"),
+                    format!("upstreams.{name}.targets"),
+                    "targets are all https:// or none".into(),
+                );
+            }
+            if let Some(t) = &u.tls {
+                if t.cert.is_some() != t.key.is_some() {
+                    self.push(
+                        self.pos.field(scope, "tls"),
+                        format!("upstreams.{name}.tls"),
+                        "cert and key go together".into(),
+                    );
+                }
+            }
+            if u.tls.is_some() || https > 0 {
+                if let Err(e) = crate::tls::client_config(u.tls.as_ref()) {
+                    self.push(
+                        self.pos.field(scope, "tls"),
+                        format!("upstreams.{name}.tls"),
+                        e,
+                    );
+                }
             }
             for t in &u.targets {
                 if let Err(e) = resolve(t) {
@@ -553,12 +642,23 @@ impl Validator<'_> {
                 url,
                 lease,
                 timeout_ms,
+                ca_file,
                 ..
             } = &l.policy
             {
                 if let Err(e) = crate::ratelimit::redis::parse_url(url) {
                     let at = self.pos.field_value(scope, "url", url);
                     self.push(at, field("policy.url"), e);
+                }
+                if let Some(f) = ca_file {
+                    let settings = super::UpstreamTls {
+                        ca_file: Some(f.clone()),
+                        ..Default::default()
+                    };
+                    if let Err(e) = crate::tls::client_config(Some(&settings)) {
+                        let at = self.pos.field_value(scope, "ca_file", f);
+                        self.push(at, field("policy.ca_file"), e);
+                    }
                 }
                 if *lease == 0 || *timeout_ms == 0 {
                     let f = if *lease == 0 { "lease" } else { "timeout_ms" };
@@ -730,10 +830,38 @@ impl Validator<'_> {
                     self.forward_headers(&j.forward_claims, scope, &field("forward_claims"));
                 }
                 Authenticator::Introspection(x) => {
-                    if let Err(e) = crate::auth::jwks::split_http_url(&x.url) {
+                    if let Err(e) = crate::auth::jwks::split_url(&x.url) {
                         self.push(self.pos.field(scope, "url"), field("url"), e);
                     }
+                    if let Some(f) = &x.ca_file {
+                        let settings = super::UpstreamTls {
+                            ca_file: Some(f.clone()),
+                            ..Default::default()
+                        };
+                        if let Err(e) = crate::tls::client_config(Some(&settings)) {
+                            self.push(
+                                self.pos.field_value(scope, "ca_file", f),
+                                field("ca_file"),
+                                e,
+                            );
+                        }
+                    }
                     self.forward_headers(&x.forward_claims, scope, &field("forward_claims"));
+                }
+                Authenticator::ClientCert(c) => {
+                    if let Err(e) = crate::tls::client_auth::read_cas(&c.ca) {
+                        self.push(self.pos.field_value(scope, "ca", &c.ca), field("ca"), e);
+                    }
+                    for claim in c.forward_claims.keys() {
+                        if !["subject", "cn", "san"].contains(&claim.as_str()) {
+                            self.push(
+                                self.pos.after(scope, &format!("{claim:?}")),
+                                field("forward_claims"),
+                                format!("unknown claim {claim:?} (subject, cn or san)"),
+                            );
+                        }
+                    }
+                    self.forward_headers(&c.forward_claims, scope, &field("forward_claims"));
                 }
                 Authenticator::ApiKey(k) => {
                     if k.header.is_none() && k.query.is_none() {
@@ -906,6 +1034,19 @@ impl Validator<'_> {
 
 /// Resolves `host:port` to its first socket address.
 pub fn resolve(target: &str) -> Result<SocketAddr, String> {
+    let schemed = target.contains("://");
+    let (https, target) = split_scheme(target);
+    let with_port;
+    let has_port = match target.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => target.contains(':'),
+    };
+    let target = if schemed && !has_port {
+        with_port = format!("{target}:{}", if https { 443 } else { 80 });
+        with_port.as_str()
+    } else {
+        target
+    };
     if let Ok(a) = target.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -915,6 +1056,26 @@ pub fn resolve(target: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{target:?} resolves to no address")),
         Err(e) => Err(format!("{target:?} is not a resolvable host:port ({e})")),
     }
+}
+
+/// A target without its `http://` or `https://` scheme, and whether it
+/// was `https://`.
+pub fn split_scheme(target: &str) -> (bool, &str) {
+    if let Some(rest) = target.strip_prefix("https://") {
+        (true, rest.trim_end_matches('/'))
+    } else {
+        let rest = target.strip_prefix("http://").unwrap_or(target);
+        (false, rest.trim_end_matches('/'))
+    }
+}
+
+/// The host of a `host:port` (or `[v6]:port`, or bare host) target.
+pub fn target_host(target: &str) -> &str {
+    let (_, t) = split_scheme(target);
+    if let Some(rest) = t.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    t.rsplit_once(':').map_or(t, |(h, _)| h)
 }
 
 /// The part of a path pattern before its first `{param}`.

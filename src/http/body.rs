@@ -4,8 +4,8 @@
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::conn::Conn;
 use super::head::Framing;
-use super::io::{write_all_within, IoFail};
-use monoio::net::TcpStream;
+use super::io::{write_all_to, IoFail};
+use crate::tls::Stream;
 use std::time::Duration;
 
 /// Pending chunked output is written once it reaches this size.
@@ -77,12 +77,12 @@ impl ChunkOut {
         self.buf.extend_from_slice(b"\r\n");
     }
 
-    async fn flush(&mut self, dst: &mut TcpStream, dur: Duration) -> Result<(), CopyError> {
+    async fn flush(&mut self, dst: &mut Stream, dur: Duration) -> Result<(), CopyError> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.buf);
-        let (res, mut buf) = write_all_within(dst, buf, dur).await;
+        let (res, mut buf) = write_all_to(dst, buf, dur).await;
         buf.clear();
         self.buf = buf;
         res.map_err(CopyError::Write)
@@ -96,7 +96,7 @@ impl ChunkOut {
 pub async fn copy_body(
     src: &mut Conn,
     framing: Framing,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     out: OutFraming,
     lim: CopyLimits,
 ) -> Result<u64, CopyError> {
@@ -115,7 +115,7 @@ pub async fn copy_body(
 async fn copy_framed(
     src: &mut Conn,
     framing: Framing,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     out: OutFraming,
     lim: CopyLimits,
     large: bool,
@@ -190,7 +190,7 @@ async fn copy_framed(
 
 async fn copy_chunked(
     src: &mut Conn,
-    dst: &mut TcpStream,
+    dst: &mut Stream,
     out: OutFraming,
     lim: CopyLimits,
 ) -> Result<u64, CopyError> {

@@ -2,7 +2,8 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{read_within_or, write_all_within, IoFail};
+use super::io::{read_within_or, write_all_to, IoFail};
+use crate::tls::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -53,15 +54,15 @@ fn give_buffer(mut buf: Vec<u8>, capacity: usize) {
     });
 }
 
-/// A TCP stream plus its read buffer (`buf[pos..]` is unread data).
+/// A stream (plain TCP or TLS) plus its read buffer (`buf[pos..]` is unread data).
 ///
 /// The buffer is taken when bytes are about to be read and can be given back
 /// while the connection waits with nothing unread (see
 /// [`Conn::fill_unless_quiet`]),
 /// so an idle connection holds no buffer.
 pub struct Conn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The transport.
+    pub stream: Stream,
     buf: Vec<u8>,
     pos: usize,
     /// The buffer's usual size.
@@ -73,6 +74,11 @@ pub struct Conn {
 impl Conn {
     /// Wraps a stream whose read buffer, once taken, holds `capacity` bytes.
     pub fn new(stream: TcpStream, capacity: usize) -> Conn {
+        Conn::with_stream(Stream::Plain(stream), capacity)
+    }
+
+    /// Wraps a plain or TLS stream.
+    pub fn with_stream(stream: Stream, capacity: usize) -> Conn {
         Conn {
             stream,
             buf: Vec::new(),
@@ -157,8 +163,10 @@ impl Conn {
         let buf = self.read_space();
         let len = buf.len();
         let cap = buf.capacity();
-        let (res, slice) =
-            read_within_or(&mut self.stream, buf.slice_mut(len..cap), dur, stop).await;
+        let (res, slice) = match &mut self.stream {
+            Stream::Plain(s) => read_within_or(s, buf.slice_mut(len..cap), dur, stop).await,
+            Stream::Tls(t) => read_within_or(&mut **t, buf.slice_mut(len..cap), dur, stop).await,
+        };
         self.buf = slice.into_inner();
         res
     }
@@ -190,7 +198,9 @@ impl Conn {
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<Option<usize>, IoFail> {
-        if dur <= grace || self.pos < self.buf.len() {
+        // A TLS session may hold decrypted bytes the socket no longer
+        // shows as readable: it keeps its buffer and reads on.
+        if dur <= grace || self.stream.is_tls() || self.pos < self.buf.len() {
             return self.fill_or(dur, stop).await.map(Some);
         }
         let canceller = self.canceller.take().unwrap_or_default();
@@ -198,9 +208,11 @@ impl Conn {
         let len = buf.len();
         let cap = buf.capacity();
         let (res, slice, stopped, canceller) = {
-            let read = self
-                .stream
-                .cancelable_read(buf.slice_mut(len..cap), canceller.handle());
+            let Stream::Plain(stream) = &mut self.stream else {
+                self.buf = buf;
+                return self.fill_or(dur, stop).await.map(Some);
+            };
+            let read = stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle());
             let mut read = std::pin::pin!(read);
             let stopped = monoio::select! {
                 r = &mut read => {
@@ -257,12 +269,12 @@ impl Conn {
     pub async fn forward_buffered(
         &mut self,
         n: usize,
-        dst: &mut TcpStream,
+        dst: &mut Stream,
         dur: Duration,
     ) -> Result<(), IoFail> {
         let buf = std::mem::take(&mut self.buf);
         let (start, end) = (self.pos, (self.pos + n).min(buf.len()));
-        let (res, slice) = write_all_within(dst, buf.slice(start..end), dur).await;
+        let (res, slice) = write_all_to(dst, buf.slice(start..end), dur).await;
         self.buf = slice.into_inner();
         if res.is_ok() {
             self.consume(end - start);
@@ -283,7 +295,11 @@ impl Conn {
     #[allow(unsafe_code)]
     pub fn watcher(&self) -> std::io::Result<TcpStream> {
         use std::os::fd::{AsRawFd, FromRawFd};
-        let fd = self.stream.as_raw_fd();
+        // Raw bytes of a TLS session are records, not a response.
+        let Stream::Plain(stream) = &self.stream else {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        };
+        let fd = stream.as_raw_fd();
         // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor this connection owns
         // either fails (checked) or returns a new descriptor that nothing else
         // owns; `from_raw_fd` takes sole ownership of it.
@@ -299,6 +315,6 @@ impl Conn {
 
     /// Writes `bytes` to this connection's socket.
     pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
-        write_all_within(&mut self.stream, bytes, dur).await
+        write_all_to(&mut self.stream, bytes, dur).await
     }
 }

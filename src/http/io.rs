@@ -9,7 +9,7 @@
 //! connection whose read or write timed out is always closed afterwards.
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
 use std::future::Future;
@@ -27,8 +27,8 @@ pub enum IoFail {
 }
 
 /// Reads once into `buf`, giving up after `dur`.
-pub async fn read_within<T: IoBufMut + 'static>(
-    stream: &mut TcpStream,
+pub async fn read_within<T: IoBufMut + 'static, R: AsyncReadRent + AsRawFd>(
+    stream: &mut R,
     buf: T,
     dur: Duration,
 ) -> (Result<usize, IoFail>, T) {
@@ -38,12 +38,15 @@ pub async fn read_within<T: IoBufMut + 'static>(
 /// Reads once into `buf`, giving up after `dur` or when `stop` completes
 /// (both reported as [`IoFail::Timeout`]); the socket's read side is shut
 /// down in that case.
-pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>>(
-    stream: &mut TcpStream,
+pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>, R>(
+    stream: &mut R,
     buf: T,
     dur: Duration,
     stop: S,
-) -> (Result<usize, IoFail>, T) {
+) -> (Result<usize, IoFail>, T)
+where
+    R: AsyncReadRent + AsRawFd,
+{
     let fd = stream.as_raw_fd();
     let fut = stream.read(buf);
     let mut fut = std::pin::pin!(fut);
@@ -80,8 +83,8 @@ pub async fn wait_readable_within<S: Future<Output = ()>>(
 
 /// Writes all of `buf`, giving up when it has not completed within `dur`
 /// (the socket's write side is then shut down).
-pub async fn write_all_within<T: IoBuf + 'static>(
-    stream: &mut TcpStream,
+pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent + AsRawFd>(
+    stream: &mut W,
     buf: T,
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
@@ -98,5 +101,19 @@ pub async fn write_all_within<T: IoBuf + 'static>(
         // It finished after all; the write side is closed, so the exchange still ends here.
         Ok(_) => (Err(IoFail::Timeout), buf),
         Err(_) => (Err(IoFail::Timeout), buf),
+    }
+}
+
+/// [`write_all_within`] on a connection's stream, plain or TLS (each
+/// variant runs its own monomorphic write, so the plain path is a
+/// `TcpStream` write as before).
+pub async fn write_all_to<T: IoBuf + 'static>(
+    stream: &mut crate::tls::Stream,
+    buf: T,
+    dur: Duration,
+) -> (Result<(), IoFail>, T) {
+    match stream {
+        crate::tls::Stream::Plain(s) => write_all_within(s, buf, dur).await,
+        crate::tls::Stream::Tls(t) => write_all_within(&mut **t, buf, dur).await,
     }
 }

@@ -545,10 +545,56 @@ pub(crate) async fn connect_within(
     match monoio::time::timeout(wait, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(Conn::new(stream, UPSTREAM_BUF))
+            match &up.tls {
+                None => Ok(Conn::new(stream, UPSTREAM_BUF)),
+                Some(tls) => connect_tls(up, tls, addr, stream, wait).await,
+            }
         }
         Ok(Err(e)) => Err(bad_gateway(up, format!("connect to {addr} failed: {e}"))),
         Err(_) => Err(bad_gateway(up, format!("connect to {addr} timed out"))),
+    }
+}
+
+/// Runs the TLS handshake towards `addr` on a fresh connection, within `wait`.
+async fn connect_tls(
+    up: &UpstreamPlan,
+    tls: &crate::tls::UpstreamTlsPlan,
+    addr: SocketAddr,
+    stream: TcpStream,
+    wait: Duration,
+) -> Result<Conn, GatewayError> {
+    let i = up.targets.iter().position(|a| *a == addr).unwrap_or(0);
+    let Some(name) = tls.names.get(i).or(tls.names.first()).cloned() else {
+        return Err(bad_gateway(up, format!("no TLS server name for {addr}")));
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let hs = crate::tls::connect(tls, name, stream);
+    let mut hs = std::pin::pin!(hs);
+    let done = monoio::select! {
+        r = &mut hs => Some(r),
+        _ = monoio::time::sleep(wait) => None,
+    };
+    let done = match done {
+        Some(r) => r,
+        None => {
+            // Ends the pending socket operation so the handshake returns.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            let _ = hs.await;
+            return Err(bad_gateway(
+                up,
+                format!("TLS handshake with {addr} timed out"),
+            ));
+        }
+    };
+    match done {
+        Ok(s) => Ok(Conn::with_stream(
+            crate::tls::Stream::Tls(Box::new(s)),
+            UPSTREAM_BUF,
+        )),
+        Err(e) => Err(bad_gateway(
+            up,
+            format!("TLS handshake with {addr} failed: {e}"),
+        )),
     }
 }
 

@@ -194,13 +194,11 @@ impl Limiter {
                     target,
                     timeout,
                     retry,
+                    tls,
                     ..
-                } => Some(Rc::new(RedisClient::new(
-                    target.clone(),
-                    *timeout,
-                    *retry,
-                    16,
-                ))),
+                } => Some(Rc::new(
+                    RedisClient::new(target.clone(), *timeout, *retry, 16).with_tls(tls.clone()),
+                )),
             })
             .collect();
         self.redis_logged = vec![0; plan.limits.len()];

@@ -29,6 +29,8 @@ pub enum PolicyPlan {
         timeout: Duration,
         /// Back-off after a failure.
         retry: Duration,
+        /// TLS to a `rediss://` server.
+        tls: Option<crate::tls::UpstreamTlsPlan>,
     },
 }
 
@@ -164,7 +166,10 @@ fn limit_plan(name: &str, l: &RateLimit) -> Result<LimitPlan, String> {
             lease,
             timeout_ms,
             retry_ms,
+            ca_file,
         } => PolicyPlan::Redis {
+            tls: redis_tls(url, ca_file.as_deref())
+                .map_err(|e| format!("rate limit {name:?}: {e}"))?,
             target: parse_url(url).map_err(|e| format!("rate limit {name:?}: {e}"))?,
             fault_tolerant: *fault_tolerant,
             lease: (*lease).max(1),
@@ -247,4 +252,27 @@ fn flatten_key(
         }
     }
     Ok(())
+}
+
+/// The TLS settings of a `rediss://` URL (`None` for `redis://`).
+fn redis_tls(
+    url: &str,
+    ca_file: Option<&str>,
+) -> Result<Option<crate::tls::UpstreamTlsPlan>, String> {
+    let target = parse_url(url)?;
+    if !target.tls {
+        return Ok(None);
+    }
+    let settings = crate::config::UpstreamTls {
+        ca_file: ca_file.map(str::to_string),
+        ..Default::default()
+    };
+    let config = crate::tls::client_config(Some(&settings))?;
+    let host = crate::config::target_host(&target.addr).to_string();
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|_| format!("{host:?} is not a usable TLS server name"))?;
+    Ok(Some(crate::tls::UpstreamTlsPlan {
+        config: std::sync::Arc::new(config),
+        names: vec![name],
+    }))
 }

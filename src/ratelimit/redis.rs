@@ -83,6 +83,8 @@ pub struct RedisTarget {
     pub password: Option<String>,
     /// The database to `SELECT` (0 is the default and needs no command).
     pub db: u32,
+    /// `rediss://`: the connection runs over TLS.
+    pub tls: bool,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -92,18 +94,18 @@ impl fmt::Debug for RedisTarget {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// Parses `redis://[[user]:password@]host[:port][/db]`. The port defaults to
-/// 6379 and the database to 0; user and password may be percent-encoded.
+/// Parses `redis://[[user]:password@]host[:port][/db]` (`rediss://` for
+/// TLS). The port defaults to 6379 and the database to 0; user and password
+/// may be percent-encoded.
 pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("redis") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("rediss") => {
-            return Err(format!("{url:?}: TLS (rediss://) is not supported"))
-        }
+    let (rest, tls) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("redis") => (rest, false),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("rediss") => (rest, true),
         _ => return Err(format!("{url:?}: expected redis://host:port")),
     };
     if rest.contains(['?', '#']) {
@@ -175,6 +177,7 @@ pub fn parse_url(url: &str) -> Result<RedisTarget, String> {
         username,
         password,
         db,
+        tls,
     })
 }
 
@@ -552,6 +555,8 @@ pub struct RedisClient {
     resolved: Cell<Option<SocketAddr>>,
     /// SHA1 of each script as returned by `SCRIPT LOAD`.
     shas: RefCell<[Option<String>; SCRIPTS.len()]>,
+    /// TLS settings of a `rediss://` target.
+    tls: Option<crate::tls::UpstreamTlsPlan>,
 }
 
 /// One connection slot taken from the pool (counted in `open`). Dropped
@@ -617,7 +622,14 @@ impl RedisClient {
             down_until: Cell::new(None),
             resolved: Cell::new(None),
             shas: RefCell::new(Default::default()),
+            tls: None,
         }
+    }
+
+    /// Talks TLS to the target with these settings (for `rediss://`).
+    pub fn with_tls(mut self, tls: Option<crate::tls::UpstreamTlsPlan>) -> RedisClient {
+        self.tls = tls;
+        self
     }
 
     /// The target this client talks to.
@@ -790,9 +802,27 @@ impl RedisClient {
             Err(_) => return Err(RedisError::Timeout),
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = RedisConn {
-            conn: Conn::new(stream, READ_BUF),
+        let conn = match &self.tls {
+            None => Conn::new(stream, READ_BUF),
+            Some(tls) => {
+                let Some(name) = tls.names.first().cloned() else {
+                    return Err(RedisError::Io("no TLS server name".into()));
+                };
+                match monoio::time::timeout(
+                    remaining(deadline)?,
+                    crate::tls::connect(tls, name, stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), READ_BUF),
+                    Ok(Err(e)) => {
+                        return Err(RedisError::Io(format!("TLS handshake with {addr}: {e}")))
+                    }
+                    Err(_) => return Err(RedisError::Timeout),
+                }
+            }
         };
+        let mut conn = RedisConn { conn };
         if let Some(pass) = &self.target.password {
             match &self.target.username {
                 Some(user) => {
@@ -938,6 +968,7 @@ mod tests {
             username: user.map(Into::into),
             password: pass.map(Into::into),
             db,
+            tls: false,
         }
     }
 
@@ -967,10 +998,12 @@ mod tests {
         for (url, want) in ok {
             assert_eq!(parse_url(url), Ok(want), "{url}");
         }
+        let tls = parse_url("rediss://h:1").unwrap();
+        assert!(tls.tls && tls.addr == "h:1");
+        assert!(!parse_url("redis://h:1").unwrap().tls);
         for bad in [
             "",
             "http://h:1",
-            "rediss://h:1",
             "redis://",
             "redis://:1",
             "redis://h:0",

@@ -5,10 +5,12 @@ usage: client.py URL MODE [HEADER=VALUE ...]; prints one result line.
   many   50 small messages echoed: `OK`
   idle   connect, send nothing, wait for the close: `CLOSED <seconds>`
   hold   connect, print `OPEN`, wait for stdin to close, echo once: `OK`
-A refused handshake prints `STATUS <code>`.
+A refused handshake prints `STATUS <code>`. For a `wss://` URL the server's
+certificate is checked against the CA file named by `WS_CA`.
 """
 import asyncio
 import os
+import ssl
 import sys
 import time
 
@@ -17,9 +19,12 @@ import websockets
 
 async def run(url, mode, headers):
     try:
+        tls = None
+        if url.startswith("wss://"):
+            tls = ssl.create_default_context(cafile=os.environ["WS_CA"])
         ws = await websockets.connect(
             url, extra_headers=headers, max_size=None, ping_interval=None,
-            open_timeout=10,
+            open_timeout=10, ssl=tls,
         )
     except websockets.InvalidStatusCode as e:
         print("STATUS", e.status_code, flush=True)
