@@ -78,21 +78,7 @@ pub fn split_url(url: &str) -> Result<(bool, String, String, String), String> {
 }
 
 fn tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(f) => {
-            let certs = CertificateDer::pem_file_iter(f)
-                .map_err(|e| format!("ca_file {f:?}: {e}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("ca_file {f:?}: {e}"))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!("ca_file {f:?} holds no usable certificate"));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let roots = crate::tls::root_store(ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -284,13 +284,11 @@ impl std::fmt::Debug for UpstreamTlsPlan {
     }
 }
 
-/// The client config towards an upstream: verification against `ca_file`
-/// or the bundled Mozilla roots, and the client certificate for mTLS.
-pub fn client_config(
-    t: Option<&crate::config::UpstreamTls>,
-) -> Result<rustls::ClientConfig, String> {
+/// The CAs a TLS client trusts: those in the PEM file `ca_file`, or the
+/// bundled Mozilla roots.
+pub fn root_store(ca_file: Option<&str>) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    match t.and_then(|t| t.ca_file.as_deref()) {
+    match ca_file {
         Some(f) => {
             let certs = CertificateDer::pem_file_iter(f)
                 .map_err(|e| format!("ca_file {f:?}: {e}"))?
@@ -303,6 +301,15 @@ pub fn client_config(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
+    Ok(roots)
+}
+
+/// The client config towards an upstream: verification against `ca_file`
+/// or the bundled Mozilla roots, and the client certificate for mTLS.
+pub fn client_config(
+    t: Option<&crate::config::UpstreamTls>,
+) -> Result<rustls::ClientConfig, String> {
+    let roots = root_store(t.and_then(|t| t.ca_file.as_deref()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
