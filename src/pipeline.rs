@@ -71,7 +71,10 @@ pub async fn handle(
         });
         count_auth(shard, allowed, &identity);
         let identity = identity?;
-        ex.seen.subject = subject(&identity.claims);
+        // Read only by the access log and spans: no copy per request otherwise.
+        if cfg.compiled.access_log.is_some() || cfg.compiled.tracing.is_some() {
+            ex.seen.subject = subject(&identity.claims);
+        }
         ex.add_headers = identity.headers;
         claims = identity.claims;
     }

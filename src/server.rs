@@ -408,20 +408,16 @@ fn finished(
     ex: &Exchange<'_>,
     started: Instant,
 ) {
+    // One clock read for the metrics, the log line and the span.
+    let took = started.elapsed();
     {
         let mut m = shard.metrics.borrow_mut();
         if m.enabled {
             let method = crate::metrics::Method::of(head.method());
-            m.request(
-                listener,
-                ex.seen.route,
-                method,
-                ex.seen.status,
-                started.elapsed(),
-            );
+            m.request(listener, ex.seen.route, method, ex.seen.status, took);
         }
     }
-    crate::observe::finished(shard, cfg, listener, head, ex, started);
+    crate::observe::finished(shard, cfg, listener, head, ex, took);
 }
 
 /// Sends the JSON error, first draining a small unread body so the connection can stay open.

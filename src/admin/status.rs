@@ -883,7 +883,7 @@ mod tests {
             generation: 1,
             connections: 1,
             in_flight: 0,
-            requests: m.requests,
+            requests: m.requests(),
             listeners: Vec::new(),
             pools: Vec::new(),
             ratelimit_keys: 0,

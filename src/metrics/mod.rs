@@ -329,8 +329,6 @@ pub struct ShardMetrics {
     pub all: Box<Latency>,
     /// Responses by status class.
     pub status_mix: StatusMix,
-    /// Requests answered by this shard.
-    pub requests: u64,
     /// Access-log lines dropped because the writer's queue was full.
     pub log_dropped: u64,
     /// Spans dropped because the exporter's queue was full.
@@ -367,7 +365,6 @@ impl Default for ShardMetrics {
             parts: Vec::new(),
             all: Box::new(latency()),
             status_mix: [0; 5],
-            requests: 0,
             log_dropped: 0,
             spans_dropped: 0,
             epoch: 1,
@@ -443,6 +440,11 @@ impl ShardMetrics {
         grow(&mut self.parts, self.part_slots.keys.len());
     }
 
+    /// Requests counted by this shard (every request lands in one status class).
+    pub fn requests(&self) -> u64 {
+        self.status_mix.iter().sum()
+    }
+
     /// Counts one finished request: `route` is its route id (`None`: it
     /// matched none).
     pub fn request(
@@ -456,7 +458,6 @@ impl ShardMetrics {
         if !self.enabled {
             return;
         }
-        self.requests += 1;
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         if let Some(c) = self.status_mix.get_mut(class) {
             *c += 1;
@@ -614,7 +615,7 @@ impl ShardMetrics {
                 .collect(),
             all: (*self.all).clone(),
             status_mix: self.status_mix,
-            requests: self.requests,
+            requests: self.requests(),
             log_dropped: self.log_dropped,
             spans_dropped: self.spans_dropped,
         }

@@ -12,7 +12,7 @@ use crate::compiled::Compiled;
 use crate::config::AccessLog;
 use crate::http::RequestHead;
 use crate::proxy::Exchange;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -138,14 +138,9 @@ static CONTROL: OnceLock<Sender<Control>> = OnceLock::new();
 /// The writer's control queue; the writer starts on first use.
 fn control() -> &'static Sender<Control> {
     CONTROL.get_or_init(|| {
-        let (tx, rx) = unbounded();
-        let started = std::thread::Builder::new()
-            .name("shardgate-log".into())
-            .spawn(move || Writer::default().run(&rx));
-        if let Err(e) = started {
-            eprintln!("shardgate: cannot start the access-log writer: {e}; lines are dropped");
-        }
-        tx
+        super::start_worker("shardgate-log", "the access-log writer", |rx| {
+            Writer::default().run(&rx)
+        })
     })
 }
 

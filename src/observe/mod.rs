@@ -22,7 +22,7 @@ use crate::http::RequestHead;
 use crate::proxy::Exchange;
 use crate::shard::{Shard, ShardConfig};
 use std::cell::Cell;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Hands the access log's and the exporter's settings of `c` to their
 /// threads (starting them when first needed). Called before the shards start
@@ -52,13 +52,12 @@ pub fn finished(
     listener: usize,
     head: &RequestHead,
     ex: &Exchange<'_>,
-    started: Instant,
+    took: Duration,
 ) {
     let compiled = &cfg.compiled;
     if compiled.access_log.is_none() && ex.trace.is_none() {
         return;
     }
-    let took = started.elapsed();
     let now = SystemTime::now();
     if let Some(log) = &compiled.access_log {
         let line = access_log::line(compiled, listener, head, ex, now, took);
@@ -121,6 +120,24 @@ use std::hash::Hash as _;
 pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Starts a background thread `name` that takes commands from the returned
+/// queue; if it cannot start, says so (`what` names it) and the commands go
+/// nowhere: what shards hand it is then dropped and counted, never waited for.
+pub(crate) fn start_worker<C: Send + 'static>(
+    name: &str,
+    what: &str,
+    run: impl FnOnce(crossbeam_channel::Receiver<C>) + Send + 'static,
+) -> crossbeam_channel::Sender<C> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let started = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(rx));
+    if let Err(e) = started {
+        eprintln!("shardgate: cannot start {what}: {e}; what it would take is dropped");
+    }
+    tx
 }
 
 /// Appends `s` as a JSON string (quotes included).

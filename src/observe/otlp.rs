@@ -15,7 +15,7 @@
 
 use super::trace::{Attr, SpanRecord};
 use crate::config::Tracing;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -103,14 +103,9 @@ static CONTROL: OnceLock<Sender<Control>> = OnceLock::new();
 
 fn control() -> &'static Sender<Control> {
     CONTROL.get_or_init(|| {
-        let (tx, rx) = unbounded();
-        let started = std::thread::Builder::new()
-            .name("shardgate-otlp".into())
-            .spawn(move || Exporter::default().run(&rx));
-        if let Err(e) = started {
-            eprintln!("shardgate: cannot start the span exporter: {e}; spans are dropped");
-        }
-        tx
+        super::start_worker("shardgate-otlp", "the span exporter", |rx| {
+            Exporter::default().run(&rx)
+        })
     })
 }
 

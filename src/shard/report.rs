@@ -155,7 +155,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         generation: cfg.compiled.generation,
         connections: shard.connections.get(),
         in_flight: shard.in_flight.get(),
-        requests: metrics.requests,
+        requests: metrics.requests(),
         listeners,
         pools,
         ratelimit_keys,
