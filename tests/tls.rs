@@ -38,33 +38,6 @@ fn get(s: &mut Tls, path: &str) -> (u16, String) {
     read_response(s)
 }
 
-fn read_response(s: &mut impl Read) -> (u16, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).unwrap();
-        assert!(
-            n > 0,
-            "closed within the head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let status: u16 = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// A gateway config with one TLS listener on `$PORT` (`tls` is the RON of
 /// its `Tls(...)`) in front of `backend`.
 fn tls_config(tls: &str, backend: &Backend, shards: usize) -> String {

@@ -152,3 +152,32 @@ pub fn client_with_cert(ca: &Ca, leaf: &Leaf) -> Arc<ClientConfig> {
         .unwrap();
     Arc::new(cfg)
 }
+
+/// Reads one HTTP/1.1 answer (head, then a Content-Length body) from a
+/// plain or TLS stream: (status, body as text).
+pub fn read_response(s: &mut impl std::io::Read) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).unwrap();
+        assert!(
+            n > 0,
+            "closed within the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
