@@ -62,6 +62,8 @@ fn templates(c: &mut Criterion) {
         query: Some("page=2&sort=desc"),
         claims: &claims,
         part: &part,
+        item: None,
+        body: None,
     };
     let mut out = String::with_capacity(128);
     c.bench_function(
@@ -100,7 +102,13 @@ fn shaping(c: &mut Criterion) {
                 &format!("compose/3 parts {merge} {label} (shape+combine+serialize)"),
                 |b| {
                     b.iter_batched(
-                        || vec![Ok(v.clone()), Ok(v.clone()), Ok(v.clone())],
+                        || {
+                            vec![
+                                Ok(v.clone().into()),
+                                Ok(v.clone().into()),
+                                Ok(v.clone().into()),
+                            ]
+                        },
                         |parts| compose(&p, parts).expect("compose").body.len(),
                         BatchSize::SmallInput,
                     )

@@ -1371,25 +1371,51 @@ fn unparse(t: &Template) -> String {
     use template::{Piece, Source};
     let mut s = String::new();
     for p in &t.pieces {
-        match p {
-            Piece::Lit(l) => s.push_str(&l.replace('{', "{{").replace('}', "}}")),
-            Piece::Var(src) => {
-                s.push('{');
-                match src {
-                    Source::Param(i) => s.push_str(TEMPLATE_PARAMS.get(*i).unwrap_or(&"")),
-                    Source::Query(n) => s.push_str(&format!("query.{n}")),
-                    Source::Claim(n) => s.push_str(&format!("claims.{n}")),
-                    Source::Part { part, path } => {
-                        s.push_str(TEMPLATE_PARTS.get(*part).unwrap_or(&""));
-                        for seg in path {
-                            s.push('.');
-                            s.push_str(seg);
-                        }
-                    }
-                }
-                s.push('}');
+        let (src, filter) = match p {
+            Piece::Lit(l) => {
+                s.push_str(&l.replace('{', "{{").replace('}', "}}"));
+                continue;
             }
+            Piece::Var(src) => (src, None),
+            Piece::Filtered(src, f) => (src, Some(f)),
+        };
+        s.push('{');
+        let path = match src {
+            Source::Param(i) => {
+                s.push_str(TEMPLATE_PARAMS.get(*i).unwrap_or(&""));
+                &[][..]
+            }
+            Source::Query(n) => {
+                s.push_str(&format!("query.{n}"));
+                &[][..]
+            }
+            Source::Claim(n) => {
+                s.push_str(&format!("claims.{n}"));
+                &[][..]
+            }
+            Source::Part { part, path } => {
+                s.push_str(TEMPLATE_PARTS.get(*part).unwrap_or(&""));
+                path.as_slice()
+            }
+            Source::Item(path) => {
+                s.push_str("item");
+                path.as_slice()
+            }
+            Source::Body(path) => {
+                s.push_str("body");
+                path.as_slice()
+            }
+        };
+        for seg in path {
+            s.push('.');
+            s.push_str(seg);
         }
+        match filter {
+            None => {}
+            Some(template::Filter::First) => s.push_str("|first"),
+            Some(template::Filter::Join(sep)) => s.push_str(&format!("|join(\"{sep}\")")),
+        }
+        s.push('}');
     }
     s
 }
@@ -1484,10 +1510,12 @@ pub fn template(data: &[u8]) {
         query,
         claims: &claims,
         part: &part,
+        item: orders.as_ref(),
+        body: Some(&profile),
     };
     let lits_clean = t.pieces.iter().all(|p| match p {
         template::Piece::Lit(l) => !has_ctl(l.as_bytes()),
-        template::Piece::Var(_) => true,
+        template::Piece::Var(_) | template::Piece::Filtered(..) => true,
     });
     for esc in [Escape::Url, Escape::Header, Escape::Json] {
         let out = t.expand_to_string(&ctx, esc);
@@ -1504,7 +1532,8 @@ pub fn template(data: &[u8]) {
         }
     }
     for src in t.pieces.iter().filter_map(|p| match p {
-        template::Piece::Var(template::Source::Part { path, .. }) => Some(path),
+        template::Piece::Var(template::Source::Part { path, .. })
+        | template::Piece::Filtered(template::Source::Part { path, .. }, _) => Some(path),
         _ => None,
     }) {
         if let Some(root) = orders.as_ref() {

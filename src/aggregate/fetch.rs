@@ -24,6 +24,8 @@ pub struct PartError {
     pub reason: String,
     /// The part ran out of time (a required part failing this way → 504).
     pub timeout: bool,
+    /// The upstream's status when it answered outside 2xx (0 otherwise).
+    pub status: u16,
 }
 
 impl PartError {
@@ -32,6 +34,16 @@ impl PartError {
         PartError {
             reason: reason.into(),
             timeout: false,
+            status: 0,
+        }
+    }
+
+    /// A failure because the deadline passed.
+    pub fn timed_out(reason: impl Into<String>) -> PartError {
+        PartError {
+            reason: reason.into(),
+            timeout: true,
+            status: 0,
         }
     }
 
@@ -64,6 +76,19 @@ pub struct PartRequest<'a> {
     pub timeout_reason: &'a str,
     /// The status of the answer, once its head is read (0 before).
     pub status: std::cell::Cell<u16>,
+    /// Lower-case names of response headers whose values are kept.
+    pub keep_headers: &'a [String],
+}
+
+/// A part's 2xx answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The parsed JSON body (`null` when empty).
+    pub value: Value,
+    /// Its status.
+    pub status: u16,
+    /// Values of the kept headers: (index in `keep_headers`, value).
+    pub headers: Vec<(usize, String)>,
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -72,10 +97,7 @@ fn left(deadline: Instant) -> Duration {
 
 impl PartRequest<'_> {
     fn timed_out(&self) -> PartError {
-        PartError {
-            reason: self.timeout_reason.to_string(),
-            timeout: true,
-        }
+        PartError::timed_out(self.timeout_reason)
     }
 
     fn io(&self, e: IoFail, what: &str) -> PartError {
@@ -87,12 +109,12 @@ impl PartRequest<'_> {
 }
 
 enum Attempt {
-    Done(Result<Value, PartError>),
+    Done(Result<Answer, PartError>),
     Stale,
 }
 
 /// Sends the request and returns the JSON answer of a 2xx response.
-pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, PartError> {
+pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Answer, PartError> {
     let admitted = crate::resilience::admit_call(shard, req.up).map_err(PartError::new)?;
     let in_flight =
         InFlight::pick(shard, req.up, req.cursor).map_err(|e| PartError::new(e.message()))?;
@@ -106,7 +128,7 @@ pub async fn fetch(shard: &Shard, mut req: PartRequest<'_>) -> Result<Value, Par
 pub async fn fetch_seen(
     shard: &Shard,
     mut req: PartRequest<'_>,
-) -> (Result<Value, PartError>, Option<SocketAddr>, u16) {
+) -> (Result<Answer, PartError>, Option<SocketAddr>, u16) {
     let admitted = match crate::resilience::admit_call(shard, req.up) {
         Ok(a) => a,
         Err(why) => return (Err(PartError::new(why)), None, 0),
@@ -125,7 +147,7 @@ async fn fetch_from(
     shard: &Shard,
     req: &mut PartRequest<'_>,
     addr: SocketAddr,
-) -> Result<Value, PartError> {
+) -> Result<Answer, PartError> {
     let mut bytes = std::mem::take(&mut req.head_and_body);
     let host = format!("host: {addr}\r\n");
     bytes.splice(req.host_at..req.host_at, host.bytes());
@@ -211,7 +233,8 @@ async fn exchange(
     };
     if !(200..300).contains(&resp.status) {
         // The body is not read: the connection is dropped, not pooled.
-        let e = PartError::new(format!("status {}", resp.status));
+        let mut e = PartError::new(format!("status {}", resp.status));
+        e.status = resp.status;
         return (Attempt::Done(Err(e)), bytes);
     }
     let body = match read_body(&mut upc, resp.framing, req).await {
@@ -221,7 +244,21 @@ async fn exchange(
     if resp.keep_alive && upc.buffered().is_empty() {
         lease.pool(upc, req.up.max_idle);
     }
-    (Attempt::Done(parse_json(&body)), bytes)
+    let headers = req
+        .keep_headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            let v = std::str::from_utf8(resp.header(name)?).ok()?;
+            Some((i, v.to_string()))
+        })
+        .collect();
+    let answer = parse_json(&body).map(|value| Answer {
+        value,
+        status: resp.status,
+        headers,
+    });
+    (Attempt::Done(answer), bytes)
 }
 
 /// Parses a part's body; an empty body is `null`.

@@ -4,8 +4,11 @@
 //! Order for one part: `target` (take a sub-value), `allow` (keep only these
 //! dotted paths), `deny` (remove these), `rename`. Arrays are transparent to
 //! `allow`, `deny` and `rename`: a path applies to every element, so
-//! `allow: ["id"]` on a list of orders keeps each order's `id`.
+//! `allow: ["id"]` on a list of orders keeps each order's `id`. A `*`
+//! segment stands for every element of an array or every key of an object
+//! (`items.*.price`). Keys keep the order the backend sent them in.
 
+use crate::config::Collisions;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -34,11 +37,12 @@ impl Keep {
         if self.leaf {
             return Some(v);
         }
+        let star = self.children.get("*");
         match v {
             Value::Object(m) => {
                 let mut out = Map::new();
                 for (k, child) in m {
-                    if let Some(keep) = self.children.get(&k) {
+                    if let Some(keep) = self.children.get(&k).or(star) {
                         if let Some(kept) = keep.apply(child) {
                             out.insert(k, kept);
                         }
@@ -46,9 +50,16 @@ impl Keep {
                 }
                 Some(Value::Object(out))
             }
-            Value::Array(a) => Some(Value::Array(
-                a.into_iter().filter_map(|e| self.apply(e)).collect(),
-            )),
+            // `*` at an array takes its elements; otherwise arrays are transparent.
+            Value::Array(a) => {
+                let each = match star {
+                    Some(s) if self.children.len() == 1 => s,
+                    _ => self,
+                };
+                Some(Value::Array(
+                    a.into_iter().filter_map(|e| each.apply(e)).collect(),
+                ))
+            }
             // A scalar where the allow-list expects an object is dropped.
             _ => None,
         }
@@ -115,12 +126,13 @@ impl Shape {
     }
 }
 
-/// Moves the value at `path` out of `v` (object keys and array indexes).
+/// Moves the value at `path` out of `v` (object keys and array indexes,
+/// `-1` for the last element).
 fn take_at(v: Value, path: &[String]) -> Option<Value> {
     path.iter().try_fold(v, |v, seg| match v {
-        Value::Object(mut m) => m.remove(seg),
+        Value::Object(mut m) => m.shift_remove(seg),
         Value::Array(mut a) => {
-            let i = seg.parse::<usize>().ok().filter(|i| *i < a.len())?;
+            let i = super::template::index_of(a.len(), seg)?;
             Some(a.swap_remove(i))
         }
         _ => None,
@@ -129,11 +141,22 @@ fn take_at(v: Value, path: &[String]) -> Option<Value> {
 
 fn remove(v: &mut Value, path: &[String]) {
     match v {
-        Value::Array(a) => a.iter_mut().for_each(|e| remove(e, path)),
+        Value::Array(a) => {
+            // `*` at an array names its elements; otherwise arrays are transparent.
+            let rest = match path.split_first() {
+                Some((first, rest)) if first == "*" => rest,
+                _ => path,
+            };
+            a.iter_mut().for_each(|e| remove(e, rest));
+        }
         Value::Object(m) => match path {
             [] => {}
+            [last] if last == "*" => m.clear(),
             [last] => {
-                m.remove(last);
+                m.shift_remove(last);
+            }
+            [first, rest @ ..] if first == "*" => {
+                m.values_mut().for_each(|child| remove(child, rest));
             }
             [first, rest @ ..] => {
                 if let Some(child) = m.get_mut(first) {
@@ -151,7 +174,7 @@ fn take_field(v: &mut Value, path: &[String]) -> Option<Value> {
     for seg in parents {
         cur = cur.as_object_mut()?.get_mut(seg)?;
     }
-    cur.as_object_mut()?.remove(last)
+    cur.as_object_mut()?.shift_remove(last)
 }
 
 fn put_field(v: &mut Value, path: &[String], value: Value) {
@@ -182,43 +205,88 @@ fn rename(v: &mut Value, from: &[String], to: &[String]) {
     }
 }
 
-/// Deep-merges `src` into `dst`: objects are merged key by key, recursively;
-/// anything else in `src` (a scalar, an array, or an object meeting a
-/// non-object) replaces what `dst` had. So on a conflict the later wins.
+/// Deep-merges `src` into `dst`: objects are merged key by key, recursively
+/// (new keys after the existing ones); anything else in `src` (a scalar, an
+/// array, or an object meeting a non-object) replaces what `dst` had. So on
+/// a conflict the later wins.
 pub fn deep_merge(dst: &mut Value, src: Value) {
-    match (dst, src) {
-        (Value::Object(d), Value::Object(s)) => {
+    // Overwrite never fails.
+    let _ = merge_with(dst, src, Collisions::Overwrite, &mut Vec::new());
+}
+
+/// Deep-merges `src` into `dst` under `rule`; `path` is where `dst` sits
+/// (for the error). Fails, under `Collisions::Error`, with the dotted path
+/// of a field both set.
+pub fn merge_with(
+    dst: &mut Value,
+    src: Value,
+    rule: Collisions,
+    path: &mut Vec<String>,
+) -> Result<(), String> {
+    match (dst, src, rule) {
+        (Value::Object(d), Value::Object(s), _) => {
             for (k, v) in s {
                 match d.get_mut(&k) {
-                    Some(existing) => deep_merge(existing, v),
+                    Some(existing) => {
+                        path.push(k);
+                        merge_with(existing, v, rule, path)?;
+                        path.pop();
+                    }
                     None => {
                         d.insert(k, v);
                     }
                 }
             }
+            Ok(())
         }
-        (dst, src) => *dst = src,
+        (Value::Array(d), Value::Array(s), Collisions::Concat) => {
+            d.extend(s);
+            Ok(())
+        }
+        (_, _, Collisions::Error) => Err(if path.is_empty() {
+            "two parts answered with values that cannot be merged".into()
+        } else {
+            format!("two parts set the field {}", path.join("."))
+        }),
+        (dst, src, _) => {
+            *dst = src;
+            Ok(())
+        }
     }
 }
 
 /// Places a shaped result into the composite. Under keys, it goes under
-/// `key`; merged, an object result is deep-merged into the root unless the
-/// part has a group key, and any other result goes under `key`.
-pub fn place(root: &mut Map<String, Value>, merged: bool, grouped: bool, key: &str, v: Value) {
+/// `key` (a dotted path); merged, an object result is deep-merged into the
+/// root unless the part has a group key, and any other result goes under
+/// `key`. Fails when `rule` is `Error` and a field is set twice.
+pub fn place(
+    root: &mut Map<String, Value>,
+    merged: bool,
+    grouped: bool,
+    key: &str,
+    v: Value,
+    rule: Collisions,
+) -> Result<(), String> {
     if merged && !grouped && v.is_object() {
         let mut whole = Value::Object(std::mem::take(root));
-        deep_merge(&mut whole, v);
+        let r = merge_with(&mut whole, v, rule, &mut Vec::new());
         if let Value::Object(m) = whole {
             *root = m;
         }
-        return;
+        return r;
     }
-    match root.get_mut(key) {
-        Some(existing) => deep_merge(existing, v),
-        None => {
-            root.insert(key.to_string(), v);
-        }
+    // `a.b.c`: objects `a` and `b` are made where missing.
+    let nested = key.rsplit('.').fold(v, |inner, seg| {
+        let mut m = Map::new();
+        m.insert(seg.to_string(), inner);
+        Value::Object(m)
+    });
+    let mut whole = Value::Object(std::mem::take(root));
+    let r = merge_with(&mut whole, nested, rule, &mut Vec::new());
+    if let Value::Object(m) = whole {
+        *root = m;
     }
+    r
 }
 
 #[cfg(test)]
@@ -306,9 +374,10 @@ mod tests {
 
     #[test]
     fn placing_under_keys_and_merged() {
+        let o = Collisions::Overwrite;
         let mut root = Map::new();
-        place(&mut root, false, false, "profile", json!({"id": 1}));
-        place(&mut root, false, false, "orders", json!([1, 2]));
+        place(&mut root, false, false, "profile", json!({"id": 1}), o).unwrap();
+        place(&mut root, false, false, "orders", json!([1, 2]), o).unwrap();
         assert_eq!(
             Value::Object(root),
             json!({"profile": {"id": 1}, "orders": [1, 2]})
@@ -320,13 +389,90 @@ mod tests {
             false,
             "profile",
             json!({"id": 1, "a": {"b": 1}}),
-        );
-        place(&mut root, true, false, "more", json!({"a": {"c": 2}}));
-        place(&mut root, true, false, "orders", json!([1]));
-        place(&mut root, true, true, "grp", json!({"x": 1}));
+            o,
+        )
+        .unwrap();
+        place(&mut root, true, false, "more", json!({"a": {"c": 2}}), o).unwrap();
+        place(&mut root, true, false, "orders", json!([1]), o).unwrap();
+        place(&mut root, true, true, "grp", json!({"x": 1}), o).unwrap();
         assert_eq!(
             Value::Object(root),
             json!({"id": 1, "a": {"b": 1, "c": 2}, "orders": [1], "grp": {"x": 1}})
+        );
+    }
+
+    #[test]
+    fn wildcards_in_allow_and_deny() {
+        let v = json!({"items": [{"id": 1, "price": 2, "cost": 1}, {"id": 2, "price": 3}], "n": 1});
+        let got = shape(None, &["items.*.price"], &[], &[])
+            .apply(v.clone())
+            .unwrap();
+        assert_eq!(got, json!({"items": [{"price": 2}, {"price": 3}]}));
+        let got = shape(None, &[], &["items.*.price", "n"], &[])
+            .apply(v)
+            .unwrap();
+        assert_eq!(got, json!({"items": [{"id": 1, "cost": 1}, {"id": 2}]}));
+        let m = json!({"by_id": {"a": {"x": 1, "y": 2}, "b": {"x": 3}}});
+        let got = shape(None, &["by_id.*.x"], &[], &[])
+            .apply(m.clone())
+            .unwrap();
+        assert_eq!(got, json!({"by_id": {"a": {"x": 1}, "b": {"x": 3}}}));
+        let got = shape(None, &[], &["by_id.*.x"], &[]).apply(m).unwrap();
+        assert_eq!(got, json!({"by_id": {"a": {"y": 2}, "b": {}}}));
+        let last = shape(Some("items.-1.id"), &[], &[], &[])
+            .apply(json!({"items": [{"id": 1}, {"id": 2}]}))
+            .unwrap();
+        assert_eq!(last, json!(2));
+    }
+
+    #[test]
+    fn key_order_is_kept_through_shaping() {
+        let text = r#"{"z":1,"a":2,"m":{"y":1,"b":2},"k":3}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        let got = shape(None, &[], &["a"], &[]).apply(v).unwrap();
+        assert_eq!(got.to_string(), r#"{"z":1,"m":{"y":1,"b":2},"k":3}"#);
+    }
+
+    #[test]
+    fn collision_rules() {
+        let mut p = Vec::new();
+        let mut a = json!({"list": [1], "u": {"n": 1}});
+        merge_with(
+            &mut a,
+            json!({"list": [2], "u": {"m": 2}}),
+            Collisions::Concat,
+            &mut p,
+        )
+        .unwrap();
+        assert_eq!(a, json!({"list": [1, 2], "u": {"n": 1, "m": 2}}));
+        let mut a = json!({"list": [1], "u": {"n": 1}});
+        merge_with(&mut a, json!({"list": [2]}), Collisions::Overwrite, &mut p).unwrap();
+        assert_eq!(a, json!({"list": [2], "u": {"n": 1}}));
+        let mut a = json!({"u": {"n": 1}});
+        let e = merge_with(&mut a, json!({"u": {"n": 2}}), Collisions::Error, &mut p).unwrap_err();
+        assert!(e.contains("u.n"), "{e}");
+        let mut root = Map::new();
+        place(
+            &mut root,
+            false,
+            true,
+            "customer.profile",
+            json!({"id": 1}),
+            Collisions::Error,
+        )
+        .unwrap();
+        place(
+            &mut root,
+            false,
+            true,
+            "customer.orders",
+            json!([1]),
+            Collisions::Error,
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(root),
+            json!({"customer": {"profile": {"id": 1}, "orders": [1]}})
         );
     }
 }

@@ -1,9 +1,17 @@
 //! Templates of a composite route's parts: `/users/{claims.sub}`,
-//! `/orders/{id}?page={query.page}`, `/users/{orders.0.customer_id}`.
+//! `/orders/{id}?page={query.page}`, `/users/{orders.0.customer_id}`,
+//! `/products?ids={order.items.*.product_id|join(",")}`, `{item.sku}`,
+//! `{body.customer.id}`.
 //!
 //! Parsed once when the config is compiled; expansion is a pure function of
 //! the request's values and the results of earlier parts. `{{` and `}}` stand
 //! for literal braces (useful in JSON body templates).
+//!
+//! Paths below a part, the item or the body: object keys, array indexes
+//! (`-1` is the last element) and `*` (every element of an array). A
+//! reference with `*` yields every value found; they are written joined by
+//! `,` unless a filter says otherwise: `|join("SEP")` joins them with `SEP`
+//! (written as it is), `|first` takes the first.
 
 use serde_json::Value;
 use std::ops::Range;
@@ -21,9 +29,22 @@ pub enum Source {
     Part {
         /// Index of the part in the route's declaration order.
         part: usize,
-        /// Object keys or array indexes below the response's root.
+        /// Object keys, array indexes or `*` below the response's root.
         path: Vec<String>,
     },
+    /// A field of the current element of a `for_each` part: `{item.sku}`.
+    Item(Vec<String>),
+    /// A field of the client's JSON request body: `{body.customer.id}`.
+    Body(Vec<String>),
+}
+
+/// What is done with the values of a reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Every value, joined by the separator.
+    Join(String),
+    /// The first value only.
+    First,
 }
 
 /// A piece of a template.
@@ -33,6 +54,8 @@ pub enum Piece {
     Lit(String),
     /// A value, escaped for where the template is used.
     Var(Source),
+    /// Values passed through a filter.
+    Filtered(Source, Filter),
 }
 
 /// A parsed template.
@@ -66,10 +89,28 @@ pub struct Context<'a> {
     pub claims: &'a [(String, String)],
     /// The response of a completed part, by index.
     pub part: &'a dyn Fn(usize) -> Option<&'a Value>,
+    /// The current element of a `for_each` part.
+    pub item: Option<&'a Value>,
+    /// The client's JSON request body, when the route reads it.
+    pub body: Option<&'a Value>,
 }
 
 /// Words a part may not be named: they start other kinds of references.
-pub const RESERVED: [&str; 2] = ["query", "claims"];
+pub const RESERVED: [&str; 4] = ["query", "claims", "item", "body"];
+
+/// The separator of a wildcard reference written without a filter.
+const DEFAULT_SEPARATOR: &str = ",";
+
+/// What a reference found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found<'a> {
+    /// Nothing: no such field, claim or parameter.
+    Missing,
+    /// Text from the request (param, query parameter, claim).
+    Text(String),
+    /// A JSON value (part result, item, body).
+    Json(&'a Value),
+}
 
 impl Template {
     /// Parses `text`; `params` are the route's path params and `parts` the
@@ -94,7 +135,13 @@ impl Template {
             if !lit.is_empty() {
                 pieces.push(Piece::Lit(std::mem::take(&mut lit)));
             }
-            pieces.push(Piece::Var(parse_reference(reference, params, parts)?));
+            pieces.push(match reference.split_once('|') {
+                None => Piece::Var(parse_reference(reference, params, parts)?),
+                Some((r, filter)) => Piece::Filtered(
+                    parse_reference(r, params, parts)?,
+                    parse_filter(filter).map_err(|e| format!("{{{reference}}}: {e}"))?,
+                ),
+            });
             rest = tail;
         }
         lit.push_str(rest);
@@ -104,19 +151,36 @@ impl Template {
         Ok(Template { pieces })
     }
 
+    /// The references of the template, with their filters.
+    pub fn sources(&self) -> impl Iterator<Item = (&Source, Option<&Filter>)> + '_ {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Lit(_) => None,
+            Piece::Var(s) => Some((s, None)),
+            Piece::Filtered(s, f) => Some((s, Some(f))),
+        })
+    }
+
     /// Indexes of the parts this template reads from.
     pub fn parts_used(&self) -> impl Iterator<Item = usize> + '_ {
-        self.pieces.iter().filter_map(|p| match p {
-            Piece::Var(Source::Part { part, .. }) => Some(*part),
+        self.sources().filter_map(|(s, _)| match s {
+            Source::Part { part, .. } => Some(*part),
             _ => None,
         })
     }
 
     /// True if the template reads a claim.
     pub fn uses_claims(&self) -> bool {
-        self.pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Var(Source::Claim(_))))
+        self.sources().any(|(s, _)| matches!(s, Source::Claim(_)))
+    }
+
+    /// True if the template reads the current `for_each` element.
+    pub fn uses_item(&self) -> bool {
+        self.sources().any(|(s, _)| matches!(s, Source::Item(_)))
+    }
+
+    /// True if the template reads the client's body.
+    pub fn uses_body(&self) -> bool {
+        self.sources().any(|(s, _)| matches!(s, Source::Body(_)))
     }
 
     /// Appends the expansion to `out`; fails with a reason when a value is
@@ -125,10 +189,15 @@ impl Template {
         for piece in &self.pieces {
             match piece {
                 Piece::Lit(s) => out.push_str(s),
-                Piece::Var(src) => {
+                Piece::Var(src) if !has_wildcard(src) => {
                     let value = lookup(ctx, src)?;
                     escape_into(&value, esc, out)?;
                 }
+                Piece::Var(src) => {
+                    let sep = Filter::Join(DEFAULT_SEPARATOR.into());
+                    expand_many(ctx, src, &sep, esc, out)?;
+                }
+                Piece::Filtered(src, filter) => expand_many(ctx, src, filter, esc, out)?,
             }
         }
         Ok(())
@@ -142,6 +211,86 @@ impl Template {
     }
 }
 
+fn has_wildcard(src: &Source) -> bool {
+    match src {
+        Source::Part { path, .. } | Source::Item(path) | Source::Body(path) => {
+            path.iter().any(|s| s == "*")
+        }
+        _ => false,
+    }
+}
+
+fn expand_many(
+    ctx: &Context<'_>,
+    src: &Source,
+    filter: &Filter,
+    esc: Escape,
+    out: &mut String,
+) -> Result<(), String> {
+    let mut values = Vec::new();
+    match (find_root(ctx, src)?, json_path(src)) {
+        (Found::Json(root), Some(path)) => select_all(root, path, &mut values),
+        (Found::Text(t), _) => {
+            return match filter {
+                Filter::First | Filter::Join(_) => escape_into(&t, esc, out),
+            }
+        }
+        _ => {}
+    }
+    let describe = || json_path(src).map(|p| p.join(".")).unwrap_or_default();
+    let text = |v: &Value| {
+        scalar_text(v).ok_or_else(|| {
+            format!(
+                "a value of {} is not a string, number or boolean",
+                describe()
+            )
+        })
+    };
+    match filter {
+        Filter::First => {
+            let v = values
+                .first()
+                .ok_or_else(|| format!("no value at {}", describe()))?;
+            escape_into(&text(v)?, esc, out)
+        }
+        Filter::Join(sep) => {
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                escape_into(&text(v)?, esc, out)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_filter(f: &str) -> Result<Filter, String> {
+    let f = f.trim();
+    if f == "first" {
+        return Ok(Filter::First);
+    }
+    let sep = f
+        .strip_prefix("join(")
+        .and_then(|r| r.strip_suffix(')'))
+        .map(str::trim)
+        .and_then(|q| q.strip_prefix('"'))
+        .and_then(|q| q.strip_suffix('"'))
+        .ok_or_else(|| format!("unknown filter {f:?} (filters: first, join(\"SEP\"))"))?;
+    if sep.contains(['"', '\r', '\n', '\0']) {
+        return Err("the join separator cannot hold '\"', CR, LF or NUL".into());
+    }
+    Ok(Filter::Join(sep.to_string()))
+}
+
+/// True for a path segment: a name, an index (`-1` counts from the end) or `*`.
+fn valid_segment(s: &str) -> bool {
+    s == "*"
+        || (!s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+}
+
 fn parse_reference(r: &str, params: &[String], parts: &[&str]) -> Result<Source, String> {
     let valid = |s: &str| {
         !s.is_empty()
@@ -151,29 +300,39 @@ fn parse_reference(r: &str, params: &[String], parts: &[&str]) -> Result<Source,
     let mut segs = r.split('.');
     let head = segs.next().unwrap_or("");
     let rest: Vec<String> = segs.map(str::to_string).collect();
-    if !valid(head) || rest.iter().any(|s| !valid(s)) {
+    if !valid(head) || rest.iter().any(|s| !valid_segment(s)) {
         return Err(format!(
-            "{{{r}}} is not a valid reference (names of letters, digits, '_' and '-' joined by '.')"
+            "{{{r}}} is not a valid reference (names, indexes or '*' joined by '.')"
         ));
     }
     match (head, rest.as_slice()) {
+        ("query", [name]) | ("claims", [name]) if name == "*" => {
+            Err(format!("{{{r}}}: write {{{head}.NAME}}"))
+        }
         ("query", [name]) => Ok(Source::Query(name.clone())),
         ("claims", [name]) => Ok(Source::Claim(name.clone())),
         ("query" | "claims", _) => Err(format!("{{{r}}}: write {{{head}.NAME}}")),
-        (name, []) => match params.iter().position(|p| p == name) {
-            Some(i) => Ok(Source::Param(i)),
-            None if parts.contains(&name) => Err(format!(
-                "{{{name}}}: name a field of part {name:?}, e.g. {{{name}.id}}"
-            )),
-            None => Err(format!(
-                "{{{name}}} is not a param of the route's path (params: {})",
-                if params.is_empty() {
-                    "none".to_string()
-                } else {
-                    params.join(", ")
-                }
-            )),
-        },
+        (name, []) if params.iter().any(|p| p == name) => Ok(Source::Param(
+            params.iter().position(|p| p == name).unwrap_or_default(),
+        )),
+        ("item", path) => Ok(Source::Item(path.to_vec())),
+        ("body", path) => Ok(Source::Body(path.to_vec())),
+        (name, []) => {
+            if parts.contains(&name) {
+                Err(format!(
+                    "{{{name}}}: name a field of part {name:?}, e.g. {{{name}.id}}"
+                ))
+            } else {
+                Err(format!(
+                    "{{{name}}} is not a param of the route's path (params: {})",
+                    if params.is_empty() {
+                        "none".to_string()
+                    } else {
+                        params.join(", ")
+                    }
+                ))
+            }
+        }
         (name, path) => match parts.iter().position(|p| *p == name) {
             Some(part) => Ok(Source::Part {
                 part,
@@ -187,52 +346,129 @@ fn parse_reference(r: &str, params: &[String], parts: &[&str]) -> Result<Source,
     }
 }
 
-fn lookup(ctx: &Context<'_>, src: &Source) -> Result<String, String> {
+/// The JSON path of a reference into a part, the item or the body.
+fn json_path(src: &Source) -> Option<&[String]> {
     match src {
+        Source::Part { path, .. } | Source::Item(path) | Source::Body(path) => Some(path),
+        _ => None,
+    }
+}
+
+/// The root a reference starts from: the request's text, or the JSON
+/// document its path is looked up in.
+fn find_root<'a>(ctx: &Context<'a>, src: &Source) -> Result<Found<'a>, String> {
+    Ok(match src {
         Source::Param(i) => {
             let raw = ctx
                 .params
                 .get(*i)
                 .and_then(|r| ctx.path.get(r.clone()))
                 .unwrap_or("");
-            Ok(percent_decode(raw, false))
+            Found::Text(percent_decode(raw, false))
         }
         // A parameter the client left out is empty: optional paging and
         // filters are common, and the part's backend decides what empty means.
-        Source::Query(name) => Ok(ctx
-            .query
-            .and_then(|q| query_value(q, name))
-            .map(|v| percent_decode(v, true))
-            .unwrap_or_default()),
+        Source::Query(name) => Found::Text(
+            ctx.query
+                .and_then(|q| query_value(q, name))
+                .map(|v| percent_decode(v, true))
+                .unwrap_or_default(),
+        ),
         Source::Claim(name) => ctx
             .claims
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| format!("the caller has no claim {name:?}")),
-        Source::Part { part, path } => {
-            let root = (ctx.part)(*part).ok_or("an earlier part has no result")?;
-            let value = select(root, path).ok_or_else(|| format!("no field {}", path.join(".")))?;
-            scalar_text(value).ok_or_else(|| {
-                format!(
-                    "field {} is not a string, number or boolean",
-                    path.join(".")
-                )
-            })
+            .map_or(Found::Missing, |(_, v)| Found::Text(v.clone())),
+        Source::Part { part, .. } => {
+            Found::Json((ctx.part)(*part).ok_or("an earlier part has no result")?)
         }
+        Source::Item(_) => Found::Json(ctx.item.ok_or("no current item")?),
+        Source::Body(_) => Found::Json(ctx.body.ok_or("the request has no JSON body")?),
+    })
+}
+
+/// What a reference without wildcards points at (for conditions).
+pub fn find<'a>(ctx: &Context<'a>, src: &Source) -> Result<Found<'a>, String> {
+    Ok(match (find_root(ctx, src)?, json_path(src)) {
+        (Found::Json(root), Some(path)) => select(root, path).map_or(Found::Missing, Found::Json),
+        (found, _) => found,
+    })
+}
+
+fn lookup(ctx: &Context<'_>, src: &Source) -> Result<String, String> {
+    match find(ctx, src)? {
+        Found::Text(t) => Ok(t),
+        Found::Missing => match src {
+            Source::Claim(name) => Err(format!("the caller has no claim {name:?}")),
+            _ => Err(format!(
+                "no field {}",
+                json_path(src).map(|p| p.join(".")).unwrap_or_default()
+            )),
+        },
+        Found::Json(value) => scalar_text(value).ok_or_else(|| {
+            format!(
+                "field {} is not a string, number or boolean",
+                json_path(src).map(|p| p.join(".")).unwrap_or_default()
+            )
+        }),
     }
 }
 
-/// The value at `path` below `root` (object keys, array indexes).
+/// The element of `a` at `seg`: an index, negative counting from the end.
+fn index<'v>(a: &'v [Value], seg: &str) -> Option<&'v Value> {
+    match seg.strip_prefix('-') {
+        Some(back) => {
+            let back = back.parse::<usize>().ok().filter(|b| *b > 0)?;
+            a.get(a.len().checked_sub(back)?)
+        }
+        None => a.get(seg.parse::<usize>().ok()?),
+    }
+}
+
+/// The position in an array of length `len` that `seg` names.
+pub fn index_of(len: usize, seg: &str) -> Option<usize> {
+    let i = match seg.strip_prefix('-') {
+        Some(back) => len.checked_sub(back.parse::<usize>().ok().filter(|b| *b > 0)?)?,
+        None => seg.parse::<usize>().ok()?,
+    };
+    (i < len).then_some(i)
+}
+
+/// The value at `path` below `root` (object keys, array indexes, `-1` for
+/// the last element); `None` when missing or when the path has a `*`.
 pub fn select<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(root, |v, seg| match v {
         Value::Object(m) => m.get(seg),
-        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        Value::Array(a) => index(a, seg),
         _ => None,
     })
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
+/// Every value at `path` below `root`, `*` standing for each element of an
+/// array, in document order; missing fields are skipped.
+pub fn select_all<'v>(root: &'v Value, path: &[String], out: &mut Vec<&'v Value>) {
+    let Some((seg, rest)) = path.split_first() else {
+        out.push(root);
+        return;
+    };
+    match root {
+        Value::Array(a) if seg == "*" => a.iter().for_each(|e| select_all(e, rest, out)),
+        Value::Object(m) => {
+            if let Some(v) = m.get(seg) {
+                select_all(v, rest, out);
+            }
+        }
+        Value::Array(a) => {
+            if let Some(v) = index(a, seg) {
+                select_all(v, rest, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The text of a string, number or boolean.
+pub fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -340,6 +576,8 @@ mod tests {
             query,
             claims,
             part,
+            item: None,
+            body: None,
         }
     }
 
@@ -469,5 +707,74 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c%zz%4", true), "a b c%zz%4");
         assert_eq!(percent_decode("a+b", false), "a+b");
         assert_eq!(percent_decode("%", false), "%");
+    }
+
+    #[test]
+    fn wildcards_filters_and_negative_indexes() {
+        let parts = ["orders"];
+        let orders =
+            json!({"items": [{"pid": "a b", "n": 1}, {"n": 2}, {"pid": 7}], "list": [1, 2, 3]});
+        let part = |i: usize| (i == 0).then_some(&orders);
+        let ctx = ctx_with("/", &[], None, &[], &part);
+        let x = |t: &str, esc| {
+            Template::parse(t, &[], &parts)
+                .unwrap()
+                .expand_to_string(&ctx, esc)
+        };
+        assert_eq!(
+            x("/p?ids={orders.items.*.pid}", Escape::Url).unwrap(),
+            "/p?ids=a%20b,7"
+        );
+        assert_eq!(
+            x("/p?ids={orders.items.*.pid|join(\";\")}", Escape::Url).unwrap(),
+            "/p?ids=a%20b;7"
+        );
+        assert_eq!(x("{orders.items.*.n|first}", Escape::Url).unwrap(), "1");
+        assert_eq!(x("{orders.list.-1}", Escape::Url).unwrap(), "3");
+        assert_eq!(x("{orders.items.-3.n}", Escape::Url).unwrap(), "1");
+        assert!(x("{orders.items.-4.n}", Escape::Url)
+            .unwrap_err()
+            .contains("no field"));
+        assert_eq!(
+            x("{orders.list.*|join(\", \")}", Escape::Json).unwrap(),
+            "1, 2, 3"
+        );
+        assert_eq!(x("[{orders.nothing.*}]", Escape::Url).unwrap(), "[]");
+        assert!(x("{orders.nothing.*|first}", Escape::Url).is_err());
+        assert!(x("{orders.items.*}", Escape::Url)
+            .unwrap_err()
+            .contains("not a string"));
+        let p = |t: &str| Template::parse(t, &[], &parts);
+        assert!(p("{orders.items.*.pid|last}")
+            .unwrap_err()
+            .contains("unknown filter"));
+        assert!(p("{orders.items.*.pid|join(,)}").is_err());
+        assert!(p("{query.*}").is_err());
+    }
+
+    #[test]
+    fn item_and_body_references() {
+        let t = Template::parse(
+            "{{\"o\": \"{item.id}\", \"c\": \"{body.customer.id}\"}}",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(t.uses_item() && t.uses_body());
+        let item = json!({"id": 5});
+        let body = json!({"customer": {"id": "c\"1"}});
+        let none = |_| None;
+        let mut ctx = ctx_with("/", &[], None, &[], &none);
+        ctx.item = Some(&item);
+        ctx.body = Some(&body);
+        assert_eq!(
+            t.expand_to_string(&ctx, Escape::Json).unwrap(),
+            "{\"o\": \"5\", \"c\": \"c\\\"1\"}"
+        );
+        ctx.body = None;
+        assert!(t
+            .expand_to_string(&ctx, Escape::Json)
+            .unwrap_err()
+            .contains("no JSON body"));
     }
 }

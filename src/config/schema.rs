@@ -874,6 +874,10 @@ pub struct Route {
     /// instead of proxying to `upstream` (see [`Aggregate`]).
     #[serde(default)]
     pub aggregate: Option<Aggregate>,
+    /// The route's composite writes (a part with POST, PUT, PATCH or
+    /// DELETE): required for such a composite, which is then never retried.
+    #[serde(default)]
+    pub non_idempotent: bool,
     /// Time allowed for the response head and between body reads, instead
     /// of the upstream's `timeout_ms`.
     #[serde(default)]
@@ -1047,6 +1051,58 @@ pub struct Aggregate {
     /// Field listing the optional parts that failed and why.
     #[serde(default = "default_errors_field")]
     pub errors_field: String,
+    /// What `Merge` (and parts sharing a `group`) do when two results set
+    /// the same field.
+    #[serde(default)]
+    pub collisions: Collisions,
+    /// The part whose upstream status becomes the composite's (200 when not
+    /// given, or when that part is skipped or left out).
+    #[serde(default)]
+    pub status_from: Option<String>,
+    /// Response header names copied from the parts' answers to the
+    /// composite's: `Cache-Control` gets the smallest `max-age` of the
+    /// parts (and `no-store`/`private` if any part has them), any other
+    /// header the first part's value in declaration order.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+/// What happens when two parts' results set the same field.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum Collisions {
+    /// Objects deep-merge; anything else: the later part wins.
+    #[default]
+    Overwrite,
+    /// Objects deep-merge, arrays concatenate; other values: the later part wins.
+    Concat,
+    /// Objects deep-merge; any other field set twice fails the composite (502).
+    Error,
+}
+
+/// How failures of single items of a `for_each` part are handled.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum OnItemError {
+    /// The item gets no answer and the failure is listed in the errors
+    /// field as `part[index]`; the other items keep theirs.
+    #[default]
+    Report,
+    /// The whole part fails (required → the composite fails).
+    FailPart,
+}
+
+/// One call for all items of a `for_each` part, instead of one per item.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Path template of the batch call; it reads the items through a
+    /// wildcard, e.g. `/products?ids={order.items.*.product_id|join(",")}`.
+    pub path: String,
+    /// Field of each answer element matched against the item's field read
+    /// by `path` (`product_id` above).
+    pub key: String,
+    /// Dotted path of the answer's array (the root when not given).
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// How part results are combined into the answer.
@@ -1102,9 +1158,43 @@ pub struct Part {
     /// Dotted path of the sub-value of the response that is used.
     #[serde(default)]
     pub target: Option<String>,
-    /// Key the result is placed under instead of the part's name.
+    /// Key the result is placed under instead of the part's name; a dotted
+    /// path (`customer.profile`) places it below nested objects.
     #[serde(default)]
     pub group: Option<String>,
+    /// Run once per element of an earlier part's array (`order.items`);
+    /// templates read the element as `{item...}` and each answer is placed
+    /// into its element under `into`.
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// Key of each element the item's answer is placed under (the part's
+    /// name when not given).
+    #[serde(default)]
+    pub into: Option<String>,
+    /// Most items of `for_each`; more fails the part.
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Most item calls of this part in flight at once, per request.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// What a failed item does.
+    #[serde(default)]
+    pub on_item_error: OnItemError,
+    /// One call for all items (see [`Batch`]).
+    #[serde(default)]
+    pub batch: Option<Batch>,
+    /// Run the part only when this holds: `claims.role == admin`,
+    /// `order.coupon` (present and not null), `!order.coupon`,
+    /// `query.v != 2`. A skipped part is absent, not an error.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+fn default_max_items() -> usize {
+    100
+}
+fn default_max_concurrency() -> usize {
+    8
 }
 
 fn default_aggregate_timeout_ms() -> u64 {

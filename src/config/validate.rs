@@ -530,6 +530,12 @@ impl Validator<'_> {
             let params = self.route_match(&r.matcher, scope, &field);
             if let Some(a) = &r.aggregate {
                 self.aggregate(g, i, r, a, scope, &params);
+            } else if r.non_idempotent {
+                self.push(
+                    self.pos.field(scope, "non_idempotent"),
+                    field("non_idempotent"),
+                    "applies to composite routes (`aggregate`) only".into(),
+                );
             }
             if let Some(ws) = &r.websocket {
                 let at = self.pos.field(scope, "websocket");
@@ -746,6 +752,24 @@ impl Validator<'_> {
                 }
             };
             self.push(at, format!("routes[{i}].aggregate.{}", p.field), p.message);
+        }
+        // A composite that writes is not a transaction and must not be repeated.
+        for (j, part) in a.parts.iter().enumerate() {
+            if r.non_idempotent || matches!(part.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+                continue;
+            }
+            let at = self
+                .pos
+                .find_field_value(scope, "name", &part.name)
+                .map_or(scope, |at| self.pos.part_from(scope, at));
+            self.push(
+                self.pos.field(at, "method"),
+                format!("routes[{i}].aggregate.parts[{j}].method"),
+                format!(
+                    "part {:?} writes ({}): mark the route `non_idempotent: true`",
+                    part.name, part.method
+                ),
+            );
         }
     }
 
