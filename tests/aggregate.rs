@@ -237,6 +237,7 @@ fn claims_fill_templates_and_identity_goes_to_every_part() {
     }},
     routes: [
         Route(name: "me", match: Match(path: "/me"), auth: Required(["jwt"]), keep_authorization: false,
+            non_idempotent: true,
             aggregate: Aggregate(parts: [
                 Part(name: "profile", upstream: "users", path: "/users/{{claims.sub}}",
                      headers: {{ "X-Tenant": "{{claims.tenant}}" }}),

@@ -121,7 +121,7 @@ fn config_text(app: &str, parts: &str, odd: &str) -> String {
         Route(name: "limited", match: Match(path_prefix: "/limited"), upstream: "app",
             rate_limits: ["never", "tenant"]),
         Route(name: "combo", match: Match(path: "/combo/{{id}}", methods: ["GET", "POST"]),
-            rate_limits: ["never"],
+            rate_limits: ["never"], non_idempotent: true,
             aggregate: Aggregate(timeout_ms: {UPSTREAM_MS}, parts: [
                 Part(name: "a", upstream: "parts", path: "/a/{{id}}", query: {{ "q": "{{query.q}}" }}),
                 Part(name: "b", upstream: "parts", path: "/b/{{a.id}}", headers: {{ "X-Id": "{{id}}" }},
