@@ -305,6 +305,17 @@ thread_local! {
     static PRODUCTS_FAILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The demo catalogue: id, name, price.
+const PRODUCTS: [(&str, &str, u32); 3] = [
+    ("p-1", "keyboard", 49),
+    ("p-2", "mouse", 19),
+    ("p-3", "monitor", 199),
+];
+
+fn product_json((id, name, price): (&str, &str, u32)) -> String {
+    format!("{{\"id\":\"{id}\",\"name\":\"{name}\",\"price\":{price}}}")
+}
+
 fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
     let seen = seen_by_backend(head);
     let path = head.path();
@@ -347,14 +358,29 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
                  \"served_by\":{port},\"seen_by_backend\":{seen}}}"
             ),
         ),
-        (Service::Products, ["products"]) => (
-            200,
-            format!("{{\"products\":[{{\"id\":\"p-1\",\"name\":\"keyboard\",\"price\":49}},{{\"id\":\"p-2\",\"name\":\"mouse\",\"price\":19}}],\"version\":1,\"seen_by_backend\":{seen}}}"),
-        ),
-        (Service::Products, ["products", id]) => (
-            200,
-            format!("{{\"id\":{id:?},\"name\":\"keyboard\",\"price\":49,\"version\":1,\"seen_by_backend\":{seen}}}"),
-        ),
+        // `/products?ids=p-1,p-2` is the batch endpoint: the listed products only.
+        (Service::Products, ["products"]) => {
+            let ids = head
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ids=")));
+            let listed: Vec<String> = PRODUCTS
+                .iter()
+                .filter(|p| ids.is_none_or(|ids| ids.split(',').any(|i| i == p.0)))
+                .map(|p| product_json(*p))
+                .collect();
+            (
+                200,
+                format!("{{\"products\":[{}],\"version\":1,\"seen_by_backend\":{seen}}}", listed.join(",")),
+            )
+        }
+        (Service::Products, ["products", id]) => match PRODUCTS.iter().find(|p| p.0 == *id) {
+            Some(p) => {
+                let body = product_json(*p);
+                let body = body.strip_suffix('}').unwrap_or(&body);
+                (200, format!("{body},\"version\":1,\"seen_by_backend\":{seen}}}"))
+            }
+            None => (404, format!("{{\"error\":\"no such product\",\"seen_by_backend\":{seen}}}")),
+        },
         (Service::ProductsV2, ["products", ..]) => (
             200,
             format!("{{\"items\":[{{\"sku\":\"p-1\",\"title\":\"keyboard\",\"price_cents\":4900}}],\"version\":2,\"seen_by_backend\":{seen}}}"),
@@ -391,6 +417,8 @@ Try:
                                                                           # per-user limit: 5 x 200, then 429 (+1 per 2 s)
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
+  curl -s http://127.0.0.1:8080/api/v1/orders-with-products          # each order with its product (for_each)
+  curl -s http://127.0.0.1:8080/api/v1/orders-with-products/batched  # the same from one batch call
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
 
