@@ -1,11 +1,14 @@
 //! Request aggregation's pure work per composite: template expansion, JSON
 //! parsing of part bodies, shaping (target/allow/deny/rename) and combining
 //! three parts (under keys, deep merge) into the serialized answer, for
-//! typical part payloads of 1 KiB and 64 KiB.
+//! typical part payloads of 1 KiB and 64 KiB; per-item enrichment's pure
+//! work: expanding a wildcard template over an order's items and joining
+//! 100 batch answers back to their items by key.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
 use shardgate::aggregate::fetch::parse_json;
+use shardgate::aggregate::items::join_batch;
 use shardgate::aggregate::shape::Shape;
 use shardgate::aggregate::template::{Context, Escape, Template};
 use shardgate::aggregate::{compose, AggregatePlan};
@@ -118,5 +121,62 @@ fn shaping(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, templates, shaping);
+/// An order of `n` items, each with a product id.
+fn order(n: usize) -> Value {
+    let items: Vec<Value> = (0..n)
+        .map(|i| json!({"line": i + 1, "product_id": format!("p-{i:04}"), "qty": 1}))
+        .collect();
+    json!({"id": "o-1", "items": items})
+}
+
+fn enrichment(c: &mut Criterion) {
+    let t = Template::parse(
+        "/products?ids={order.items.*.product_id|join(\",\")}",
+        &[],
+        &["order"],
+    )
+    .expect("template");
+    for n in [10, 100] {
+        let o = order(n);
+        let part = |i: usize| (i == 0).then_some(&o);
+        let ctx = Context {
+            path: "/d/1",
+            params: &[],
+            query: None,
+            claims: &[],
+            part: &part,
+            item: None,
+            body: None,
+        };
+        let mut out = String::with_capacity(2048);
+        c.bench_function(
+            &format!("template/expand wildcard + join over {n} items"),
+            |b| {
+                b.iter(|| {
+                    out.clear();
+                    black_box(&t)
+                        .expand(black_box(&ctx), Escape::Url, &mut out)
+                        .expect("expand");
+                    black_box(out.len())
+                })
+            },
+        );
+    }
+    // 100 answers in reverse order of the items, as a batch endpoint may send them.
+    let answers: Vec<Value> = (0..100)
+        .rev()
+        .map(|i| json!({"id": format!("p-{i:04}"), "name": format!("widget {i}"), "price": 10 + i}))
+        .collect();
+    let keys: Vec<Option<String>> = (0..100).map(|i| Some(format!("p-{i:04}"))).collect();
+    let key = vec!["id".to_string()];
+    c.bench_function("batch/join 100 answers back by key", |b| {
+        b.iter_batched(
+            || answers.clone(),
+            |list| join_batch(list, black_box(&key), black_box(&keys)).len(),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, templates, shaping, enrichment);
 criterion_main!(benches);

@@ -29,6 +29,12 @@
 #           Key ratio: shardgate-agg/shardgate proxy CPU-µs per request, the
 #           gateway's own work per composite against a single proxied request
 #           (backend CPU is measured separately); target < 3.
+#           AGG_VARIANTS picks the composites measured (default "fanout"):
+#             fanout  shardgate-agg, the three-part composite above;
+#             each    shardgate-each: an order of AGG_ITEMS items, then a
+#                     for_each part, one call per item (AGG_ITEMS + 1 calls);
+#             batch   shardgate-batch: the same order, then one batch call
+#                     joined back by key (2 calls). Key ratio target <= 3.
 #   observe  plain proxying with metrics on (shardgate-metrics), with metrics
 #           and a JSON access log to a file (shardgate-log), against shardgate
 #           with neither and nginx without / with its (buffered) access log.
@@ -77,7 +83,10 @@
 #                                     shardgate-unlimited shardgate"; also available:
 #                                     shardgate-redis1 / shardgate-redis100 (the limit in a
 #                                     redis-server started by the script, lease 1 / 100)
-#                         aggregate: "direct shardgate shardgate-agg"
+#                         aggregate: "direct shardgate" + shardgate-agg / -each / -batch
+#                                    as AGG_VARIANTS says
+#   AGG_VARIANTS=fanout aggregate: any of "fanout each batch"
+#   AGG_ITEMS=10        aggregate: items of the each/batch order (1..100)
 #                         reload: "shardgate-routes shardgate-reload"
 #   BASELINE=           target the "÷" columns are taken to (proxy: nginx, jwt: haproxy)
 #   KEY_RATIOS=         "A/B A/B<=LIMIT A/B<LIMIT ..." pairs reported in their own table as
@@ -112,7 +121,7 @@ HELPER_DIR="$SCRIPT_DIR/bench"
 
 KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
        PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE
-       ROUTES RELOAD_EVERY TLS_MODE)
+       ROUTES RELOAD_EVERY TLS_MODE AGG_VARIANTS AGG_ITEMS)
 
 # The command line as given (only the knobs that were set), for the report.
 CMDLINE=""
@@ -495,13 +504,53 @@ EOF
 
 scenario_aggregate() {
     REQ_PATH=/api/v1/items
-    DEFAULT_TARGETS="direct shardgate shardgate-agg"
+    AGG_VARIANTS="${AGG_VARIANTS:-fanout}"
+    AGG_ITEMS="${AGG_ITEMS:-10}"
+    [[ "$AGG_ITEMS" =~ ^[0-9]+$ && "$AGG_ITEMS" -ge 1 && "$AGG_ITEMS" -le 100 ]] \
+        || die "AGG_ITEMS must be 1..100"
+    DEFAULT_TARGETS="direct shardgate"
     DEFAULT_BASELINE=shardgate
-    DEFAULT_KEY_RATIOS="shardgate-agg/shardgate<3"
-    SCENARIO_NOTES=(
-        "- \`shardgate-agg\`: \`aggregate: Aggregate(parts: [profile GET /users/{id}?n=1, orders GET /orders?user=…, products GET /products])\` on \`path: \"/api/v1/{id}\"\`, all three to the upstream nginx concurrently, results under keys (a ~330-byte JSON answer); \`shardgate\`: the same GET proxied once"
-        "- the upstream CPU column of \`shardgate-agg\` is the cost of the three backend calls; \`direct\` is one call made directly"
+    DEFAULT_KEY_RATIOS=""
+    SCENARIO_NOTES=()
+    local v
+    for v in $AGG_VARIANTS; do
+        case "$v" in
+            fanout)
+                DEFAULT_TARGETS+=" shardgate-agg"
+                DEFAULT_KEY_RATIOS+=" shardgate-agg/shardgate<3"
+                SCENARIO_NOTES+=("- \`shardgate-agg\`: \`aggregate: Aggregate(parts: [profile GET /users/{id}?n=1, orders GET /orders?user=…, products GET /products])\` on \`path: \"/api/v1/{id}\"\`, all three to the upstream nginx concurrently, results under keys (a ~330-byte JSON answer)")
+                ;;
+            each)
+                DEFAULT_TARGETS+=" shardgate-each"
+                DEFAULT_KEY_RATIOS+=" shardgate-each/shardgate"
+                SCENARIO_NOTES+=("- \`shardgate-each\`: an order of $AGG_ITEMS items (\`GET /enrich/order\`), then \`for_each: \"order.items\"\` with \`path: \"/enrich/products/{item.product_id}\"\`, \`max_concurrency: 8\`: $((AGG_ITEMS + 1)) upstream calls, each product placed into its item")
+                ;;
+            batch)
+                DEFAULT_TARGETS+=" shardgate-batch"
+                DEFAULT_KEY_RATIOS+=" shardgate-batch/shardgate<=3"
+                SCENARIO_NOTES+=("- \`shardgate-batch\`: the same order, then \`batch: Some(Batch(path: \"/enrich/batch?ids={order.items.*.product_id|join(...)}\", key: \"id\", target: \"products\"))\`: 2 upstream calls, the $AGG_ITEMS products joined back to the items by id")
+                ;;
+            *) die "unknown AGG_VARIANTS entry '$v' (fanout, each, batch)" ;;
+        esac
+    done
+    DEFAULT_KEY_RATIOS="${DEFAULT_KEY_RATIOS# }"
+    SCENARIO_NOTES+=(
+        "- \`shardgate\`: the same GET proxied once; the upstream CPU column of a composite is the cost of its backend calls; \`direct\` is one call made directly"
     )
+    agg_enrich_bodies
+}
+
+# The each/batch variants' upstream answers: an order of AGG_ITEMS items,
+# one product, and the batch answer listing every product of the order.
+agg_enrich_bodies() {
+    local i items="" products=""
+    for ((i = 0; i < AGG_ITEMS; i++)); do
+        items+="${items:+,}{\"line\":$((i + 1)),\"product_id\":\"p-$i\",\"qty\":1}"
+        products+="${products:+,}{\"id\":\"p-$i\",\"name\":\"widget $i\",\"price\":$((10 + i))}"
+    done
+    AGG_ORDER_BODY="{\"id\":\"o-1\",\"customer\":\"c-1\",\"items\":[$items]}"
+    AGG_BATCH_BODY="{\"products\":[$products]}"
+    AGG_PRODUCT_BODY='{"id":"p-0","name":"widget","price":10}'
 }
 
 # What observability costs: metrics, then metrics plus an access log to a
@@ -628,6 +677,21 @@ SG_AGG_ROUTE='match: Match(path: "/api/v1/{id}"), aggregate: Aggregate(parts: [
         Part(name: "products", upstream: "up", path: "/products", target: "data"),
     ])'
 
+# The aggregate scenario's enrichment composites: an order, then a product per
+# item (one call each, or one batch call joined back by id).
+SG_EACH_ROUTE='match: Match(path: "/api/v1/{id}"), aggregate: Aggregate(parts: [
+        Part(name: "order", upstream: "up", path: "/enrich/order"),
+        Part(name: "products", upstream: "up", path: "/enrich/products/{item.product_id}",
+             for_each: "order.items", into: "product", max_concurrency: 8),
+    ])'
+SG_BATCH_ROUTE='match: Match(path: "/api/v1/{id}"), aggregate: Aggregate(parts: [
+        Part(name: "order", upstream: "up", path: "/enrich/order"),
+        Part(name: "products", upstream: "up", path: "/enrich/products/{item.product_id}",
+             for_each: "order.items", into: "product",
+             batch: Some(Batch(path: "/enrich/batch?ids={order.items.*.product_id|join(\",\")}",
+                               key: "id", target: "products"))),
+    ])'
+
 # expect_status TARGET WHAT CODE URL [CURL ARGS...]
 expect_status() {
     local target=$1 what=$2 want=$3 url=$4 got
@@ -708,6 +772,7 @@ start_upstream() {
             default_type application/json;
             return 200 '$UPSTREAM_BODY';
         }
+$(agg_enrich_locations)
     }
 EOF
         # The resilience scenario's second target: the same answer, or a 500
@@ -731,6 +796,16 @@ EOF
     UP_PID=$LAST_PID
     wait_http "http://127.0.0.1:$UP_PORT$REQ_PATH" 5 "$UP_PID" \
         || { cat "$dir/error.log" "$dir/stdout.log" >&2 2>/dev/null; die "upstream nginx did not start"; }
+}
+
+# The aggregate scenario's enrichment endpoints on the upstream nginx.
+agg_enrich_locations() {
+    [[ -n "${AGG_ORDER_BODY:-}" ]] || return 0
+    cat <<EOF
+        location = /enrich/order { default_type application/json; return 200 '$AGG_ORDER_BODY'; }
+        location = /enrich/batch { default_type application/json; return 200 '$AGG_BATCH_BODY'; }
+        location /enrich/products/ { default_type application/json; return 200 '$AGG_PRODUCT_BODY'; }
+EOF
 }
 
 # ---------------------------------------------------------------------------
@@ -1013,6 +1088,8 @@ start_target_shardgate-noauth() { start_shardgate "$1" shardgate-noauth io_uring
 # "unlimited" is the same gateway without it (likewise for HAProxy's rules).
 start_target_shardgate-unlimited() { start_shardgate "$1" shardgate-unlimited io_uring ""; }
 start_target_shardgate-agg()    { start_shardgate "$1" shardgate-agg io_uring "" "$SG_AGG_ROUTE"; }
+start_target_shardgate-each()   { start_shardgate "$1" shardgate-each io_uring "" "$SG_EACH_ROUTE"; }
+start_target_shardgate-batch()  { start_shardgate "$1" shardgate-batch io_uring "" "$SG_BATCH_ROUTE"; }
 
 # start_shardgate_routes PORT NAME [BINARY]: the reload scenario's generated config.
 start_shardgate_routes() {

@@ -89,6 +89,8 @@ pub struct Answer {
     pub status: u16,
     /// Values of the kept headers: (index in `keep_headers`, value).
     pub headers: Vec<(usize, String)>,
+    /// Length of the body as received.
+    pub bytes: usize,
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -257,6 +259,7 @@ async fn exchange(
         value,
         status: resp.status,
         headers,
+        bytes: body.len(),
     });
     (Attempt::Done(answer), bytes)
 }

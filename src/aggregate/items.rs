@@ -112,7 +112,7 @@ pub(super) async fn run(
                 .collect()
         }
         Work::Each(requests) => {
-            let answers = run_items(call, each.max_concurrency, requests).await;
+            let answers = run_items(call, each.max_concurrency, requests).await?;
             let mut first = true;
             answers
                 .into_iter()
@@ -165,12 +165,17 @@ fn describe(call: &Call<'_>, each: &Each) -> String {
 }
 
 /// Sends the item requests, at most `cap` at once, and returns their
-/// outcomes in item order.
+/// outcomes in item order. The answers' bodies together may not pass the
+/// composite's `max_body_bytes` (they all end up in it): beyond, no more
+/// calls start and the part fails. So a part holds at most that plus `cap`
+/// calls of `max_part_bytes` each.
 async fn run_items(
     call: &Call<'_>,
     cap: usize,
     requests: Vec<Result<Built, PartError>>,
-) -> Vec<Result<Answer, PartError>> {
+) -> Result<Vec<Result<Answer, PartError>>, PartError> {
+    let budget = call.plan.max_body_bytes;
+    let mut total: u64 = 0;
     type Pending<'f> = Pin<Box<dyn Future<Output = Result<Answer, PartError>> + 'f>>;
     let n = requests.len();
     let mut outcomes: Vec<Option<Result<Answer, PartError>>> = (0..n).map(|_| None).collect();
@@ -194,6 +199,9 @@ async fn run_items(
         let before = active.len();
         active.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
             Poll::Ready(r) => {
+                if let Ok(a) = &r {
+                    total = total.saturating_add(a.bytes as u64);
+                }
                 if let Some(o) = outcomes.get_mut(*i) {
                     *o = Some(r);
                 }
@@ -201,6 +209,9 @@ async fn run_items(
             }
             Poll::Pending => true,
         });
+        if total > budget {
+            return Poll::Ready(());
+        }
         if queue_done && active.is_empty() {
             return Poll::Ready(());
         }
@@ -209,10 +220,16 @@ async fn run_items(
         }
     })
     .await;
-    outcomes
+    drop(active);
+    if total > budget {
+        return Err(PartError::new(format!(
+            "the items' answers are larger than {budget} bytes (max_body_bytes)"
+        )));
+    }
+    Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(PartError::new("did not run"))))
-        .collect()
+        .collect())
 }
 
 /// Moves the value at `path` out of `v` (the whole of `v` for an empty path).

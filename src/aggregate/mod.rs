@@ -517,6 +517,9 @@ impl AggregatePlan {
     }
 }
 
+/// Reports a problem: part index, field, text near it, message.
+type Reporter<'a> = dyn FnMut(Option<usize>, String, Option<&str>, String) + 'a;
+
 /// Compiles a part's `for_each`, `into`, `max_items`, `max_concurrency`
 /// and `batch`, reporting problems through `problem`.
 fn compile_each(
@@ -524,7 +527,7 @@ fn compile_each(
     i: usize,
     params: &[String],
     names: &[&str],
-    problem: &mut dyn FnMut(Option<usize>, String, Option<&str>, String),
+    problem: &mut Reporter<'_>,
 ) -> Option<Each> {
     let f = |name: &str| format!("parts[{i}].{name}");
     let here = Some(i);
