@@ -8,8 +8,9 @@
 //! spawned, and the part's `timeout_ms` bounds all of its calls together.
 
 use super::fetch::{Answer, PartError};
+use super::plan::Each;
+use super::run::{build_with_path, context, slot_value, Call, Done, Request, Slot};
 use super::template::{scalar_text, select, Context};
-use super::{build_with_path, context, slot_value, Call, Done, Each, Request, Slot};
 use crate::config::OnItemError;
 use serde_json::Value;
 use std::cell::RefCell;
