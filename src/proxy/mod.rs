@@ -69,6 +69,9 @@ pub struct Exchange<'a> {
     /// The request's consistent-hash key (set by the pipeline when the
     /// upstream balances by `ConsistentHash` and the request carries the key).
     pub balance_key: Option<u64>,
+    /// The request body, read whole by a stage (validation) in the form it
+    /// is forwarded in: sent with the head instead of from the client.
+    pub body: Option<Rc<[u8]>>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -806,7 +809,7 @@ async fn exchange(
     // the head again (retries only happen for requests without a body).
     let mut head = head;
     let head_len = head.len();
-    let body_framing = if let Some(body) = &opts.body {
+    let body_framing = if let Some(body) = opts.body.as_ref().or(ex.body.as_ref()) {
         // Read ahead by the retry loop: it goes with the head, every try.
         head.extend_from_slice(body);
         Framing::None
