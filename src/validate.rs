@@ -139,6 +139,7 @@ impl Violations {
             end -= 1;
         }
         json_string(&mut self.json, message.get(..end).unwrap_or_default());
+        self.json.push('}');
         self.listed += 1;
     }
 
