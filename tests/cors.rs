@@ -34,7 +34,10 @@ const APP_CORS: &str = r#"cors: Some(Cors(allow_origins: ["https://app.example.c
                 expose_headers: ["X-Request-Id", "X-Total"], allow_credentials: true, max_age_s: 600))"#;
 
 fn preflight(port: u16, path: &str, origin: &str, method: &str, headers: Option<&str>) -> Resp {
-    let mut h = vec![("Origin", origin), ("Access-Control-Request-Method", method)];
+    let mut h = vec![
+        ("Origin", origin),
+        ("Access-Control-Request-Method", method),
+    ];
     if let Some(v) = headers {
         h.push(("Access-Control-Request-Headers", v));
     }
@@ -42,9 +45,10 @@ fn preflight(port: u16, path: &str, origin: &str, method: &str, headers: Option<
 }
 
 fn vary_has_origin(r: &Resp) -> bool {
-    r.headers_named("vary")
-        .iter()
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("origin")))
+    r.headers_named("vary").iter().any(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("origin"))
+    })
 }
 
 #[test]
@@ -195,8 +199,11 @@ fn a_wildcard_with_credentials_is_refused_by_check() {
     assert!(err.contains("routes[0].cors.allow_origins"), "{err}");
     assert!(err.contains("allow_credentials"), "{err}");
     assert!(err.contains("gw.ron:6:"), "line of the route's cors: {err}");
-    std::fs::write(&file, text.replace("allow_credentials: true", "allow_credentials: false"))
-        .unwrap();
+    std::fs::write(
+        &file,
+        text.replace("allow_credentials: true", "allow_credentials: false"),
+    )
+    .unwrap();
     let (status, out, err) = run_cli(&["check", file.to_str().unwrap()]);
     assert!(status.success(), "{out}{err}");
 }
@@ -210,11 +217,23 @@ fn any_origin_without_credentials_is_a_star() {
     let r = get_with(gw.port, "/api/x", &[("Origin", "https://anyone.test")]);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert!(!r.has("access-control-allow-credentials"));
-    let r = preflight(gw.port, "/api/x", "https://anyone.test", "POST", Some("x-anything"));
+    let r = preflight(
+        gw.port,
+        "/api/x",
+        "https://anyone.test",
+        "POST",
+        Some("x-anything"),
+    );
     assert_eq!(r.status, 204);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     // `*` in allow_headers never covers Authorization (Fetch).
-    let r = preflight(gw.port, "/api/x", "https://anyone.test", "GET", Some("authorization"));
+    let r = preflight(
+        gw.port,
+        "/api/x",
+        "https://anyone.test",
+        "GET",
+        Some("authorization"),
+    );
     assert_json_error(&r, 403);
 }
 

@@ -63,14 +63,15 @@ impl StaticPlan {
     }
 
     /// Answers `req` with the static response (and `ex.response_headers`).
-    /// An unread request body is not skipped: the connection closes after
-    /// the answer unless the body is small enough to drain.
+    /// An unread request body up to [`DRAIN_MAX`] bytes is read and
+    /// dropped first; after a larger one the connection closes.
     pub async fn answer(
         &self,
         req: &RequestHead,
         client: &mut Conn,
         ex: &mut Exchange<'_>,
     ) -> Result<Disposition, GatewayError> {
+        drain_small_body(req, client, ex).await;
         let keep_alive = ex.keep_alive && (ex.body_consumed || req.framing == Framing::None);
         let mut out = String::with_capacity(self.head.len() + ex.response_headers.len() + 96);
         out.push_str(&self.head);
@@ -99,6 +100,33 @@ impl StaticPlan {
     }
 }
 
+/// Largest unread request body read past so the connection stays open.
+pub const DRAIN_MAX: u64 = 64 * 1024;
+
+/// Reads and drops a small unread `Content-Length` body.
+async fn drain_small_body(req: &RequestHead, client: &mut Conn, ex: &mut Exchange<'_>) {
+    if ex.body_consumed {
+        return;
+    }
+    if let Framing::Length(n) = req.framing {
+        if n <= DRAIN_MAX {
+            let lim = crate::http::body::CopyLimits {
+                read_timeout: ex.limits.body_read_timeout,
+                write_timeout: ex.limits.send_timeout,
+                max_bytes: DRAIN_MAX,
+                trailers: false,
+            };
+            if crate::http::body::discard_body(client, req.framing, lim)
+                .await
+                .is_ok()
+            {
+                ex.body_consumed = true;
+                ex.seen.bytes_in = n;
+            }
+        }
+    }
+}
+
 /// Writes a complete response with no body (`204` for a preflight) and
 /// the given header lines.
 pub async fn answer_empty(
@@ -108,6 +136,7 @@ pub async fn answer_empty(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Disposition {
+    drain_small_body(req, client, ex).await;
     let keep_alive = ex.keep_alive && (ex.body_consumed || req.framing == Framing::None);
     let mut out = String::with_capacity(160 + lines.len() + ex.response_headers.len());
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
