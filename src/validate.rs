@@ -159,6 +159,14 @@ impl Violations {
         }
     }
 
+    /// Parses `data` as JSON and checks it against `schema` (the body check).
+    pub fn check_body(&mut self, schema: &Schema, data: &[u8]) {
+        match serde_json::from_slice::<Value>(data) {
+            Ok(v) => self.check("body", schema, &v),
+            Err(e) => self.push("body", "", "json", &format!("not valid JSON: {e}")),
+        }
+    }
+
     fn into_error(self) -> Result<(), GatewayError> {
         if self.listed == 0 {
             return Ok(());
@@ -256,10 +264,7 @@ pub async fn validate(
     }
     let (forward, data) = read_whole(req, client, ex).await?;
     ex.body = Some(forward);
-    match serde_json::from_slice::<Value>(&data) {
-        Ok(v) => found.check("body", schema, &v),
-        Err(e) => found.push("body", "", "json", &format!("not valid JSON: {e}")),
-    }
+    found.check_body(schema, &data);
     found.into_error()
 }
 

@@ -241,7 +241,7 @@ fn a_route_needs_exactly_one_of_upstream_aggregate_and_static_response() {
     assert!(!ok);
     assert!(out.contains("routes[0].upstream"), "{out}");
     assert!(
-        out.contains("exactly one of `upstream`, `aggregate` or `static_response`"),
+        out.contains("exactly one of `upstream` or `aggregate` (or `static_response`)"),
         "{out}"
     );
     assert!(out.contains("routes[1].static_response"), "{out}");

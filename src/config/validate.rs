@@ -525,7 +525,8 @@ impl Validator<'_> {
                     self.push(
                         self.pos.at(scope),
                         field("upstream"),
-                        "give exactly one of `upstream`, `aggregate` or `static_response`".into(),
+                        "give exactly one of `upstream` or `aggregate` (or `static_response`)"
+                            .into(),
                     );
                     None
                 }
