@@ -310,6 +310,7 @@ async fn serve_request(
     let mut ex = Exchange {
         balance_key: None,
         body: None,
+        cors_owned: false,
         request_id: &request_id,
         client_ip: peer.ip(),
         body_consumed: head.framing == Framing::None,

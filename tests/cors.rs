@@ -280,3 +280,34 @@ fn routes_inherit_the_top_level_default_and_composites_and_static_answers_carry_
     assert_eq!(r.status, 204);
     assert_eq!(backend.count(), before);
 }
+
+#[test]
+fn the_upstreams_own_cors_fields_are_replaced() {
+    let backend = Backend::start(|_| {
+        Response::ok("{}")
+            .header("Access-Control-Allow-Origin", "*")
+            .header("Access-Control-Allow-Credentials", "false")
+            .header("X-Other", "kept")
+    });
+    let routes = format!(
+        r#"        Route(name: "api", match: Match(path_prefix: "/api"), upstream: "app", {APP_CORS}),
+        Route(name: "raw", match: Match(path_prefix: "/raw"), upstream: "app"),"#
+    );
+    let gw = gateway(&backend, "", &routes);
+    let origin = [("Origin", "https://app.example.com")];
+    let r = get_with(gw.port, "/api/x", &origin);
+    assert_eq!(
+        r.headers_named("access-control-allow-origin"),
+        vec!["https://app.example.com"]
+    );
+    assert_eq!(
+        r.headers_named("access-control-allow-credentials"),
+        vec!["true"]
+    );
+    assert_eq!(r.header("x-other"), Some("kept"));
+    let r = get_with(gw.port, "/api/x", &[("Origin", "https://evil.test")]);
+    assert!(!r.has("access-control-allow-origin"), "{:?}", r.headers);
+    // Without a CORS policy the upstream's fields pass untouched.
+    let r = get_with(gw.port, "/raw/x", &origin);
+    assert_eq!(r.headers_named("access-control-allow-origin"), vec!["*"]);
+}

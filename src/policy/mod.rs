@@ -357,6 +357,7 @@ pub async fn cors(
     ex: &mut Exchange<'_>,
 ) -> Result<Option<Disposition>, GatewayError> {
     let Some(method) = preflight_method(req) else {
+        ex.cors_owned = true;
         plan.actual_headers(req.header("origin"), &mut ex.response_headers);
         return Ok(None);
     };
