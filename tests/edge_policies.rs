@@ -164,6 +164,41 @@ fn a_listener_filter_applies_before_routing() {
 }
 
 #[test]
+fn the_route_filter_runs_after_the_preflight_and_before_auth() {
+    let backend = Backend::echo("app");
+    let ups = upstream("app", &[&backend.addr()], "");
+    let routes = r#"
+        Route(name: "private", match: Match(path_prefix: "/private"), upstream: "app",
+              auth: Required(["jwt"]), ip_filter: Some(IpFilter(deny: ["127.0.0.0/8"])),
+              cors: Some(Cors(allow_origins: ["https://app.example.com"], allow_headers: ["Authorization"]))),"#;
+    let gw = gateway(
+        1,
+        &ups,
+        r#"authenticators: { "jwt": Jwt(algorithms: [HS256], key: Secret("edge-policies-test-secret")) },"#,
+        "",
+        routes,
+    );
+    // A denied address without credentials: 403 from the filter, not 401.
+    let r = get(gw.port, "/private/x");
+    assert_json_error(&r, 403);
+    assert!(!r.has("www-authenticate"), "{:?}", r.headers);
+    // The preflight comes first: answered before the filter.
+    let r = request(
+        gw.port,
+        "OPTIONS",
+        "/private/x",
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "authorization"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(backend.count(), 0);
+}
+
+#[test]
 fn bad_ip_filter_entries_are_check_errors() {
     let (ok, out) = check_config(
         r#"Gateway(
