@@ -246,6 +246,7 @@ fn routes_inherit_the_top_level_default_and_composites_and_static_answers_carry_
         Route(name: "both", match: Match(path: "/both", methods: ["GET"]),
               aggregate: Aggregate(parts: [Part(name: "a", upstream: "app", path: "/a"),
                                            Part(name: "b", upstream: "app", path: "/b")])),
+        Route(name: "off", match: Match(path_prefix: "/off"), upstream: "app", cors: Some(Cors(allow_origins: []))),
         Route(name: "down", match: Match(path_prefix: "/down"),
               static_response: Some(StaticResponse(status: 503, body: "{\"error\":\"maintenance\"}"))),"#;
     let gw = gateway(
@@ -274,6 +275,10 @@ fn routes_inherit_the_top_level_default_and_composites_and_static_answers_carry_
         r.header("access-control-allow-origin"),
         Some("https://other.test")
     );
+    // An empty origin list switches CORS off, default included.
+    let r = get_with(gw.port, "/off/x", &origin);
+    assert!(!r.has("access-control-allow-origin"));
+    assert!(!vary_has_origin(&r));
     // A preflight for the composite's GET is answered at the edge.
     let before = backend.count();
     let r = preflight(gw.port, "/both", "https://app.example.com", "GET", None);

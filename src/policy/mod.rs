@@ -48,6 +48,8 @@ pub fn compile_route(
     upstream_index: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<EdgePlan, String> {
     let cors = match &r.cors {
+        // No origin at all: CORS is off on this route (the default too).
+        Some(c) if c.allow_origins.is_empty() => None,
         Some(c) => Some(Arc::new(cors::CorsPlan::compile(c)?)),
         None => default_cors.cloned(),
     };
