@@ -316,3 +316,36 @@ fn the_upstreams_own_cors_fields_are_replaced() {
     let r = get_with(gw.port, "/raw/x", &origin);
     assert_eq!(r.headers_named("access-control-allow-origin"), vec!["*"]);
 }
+
+#[test]
+fn curl_sees_the_preflight_answer() {
+    let Ok(out) = std::process::Command::new("curl").arg("--version").output() else {
+        eprintln!("curl is not installed; skipped");
+        return;
+    };
+    assert!(out.status.success());
+    let backend = Backend::echo("app");
+    let routes = format!(
+        r#"        Route(name: "api", match: Match(path_prefix: "/api"), upstream: "app", {APP_CORS}),"#
+    );
+    let gw = gateway(&backend, "", &routes);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", "-X", "OPTIONS", "--max-time", "10"])
+        .args(["-H", "Origin: https://shop.example.org"])
+        .args(["-H", "Access-Control-Request-Method: DELETE"])
+        .args(["-H", "Access-Control-Request-Headers: Content-Type"])
+        .arg(format!("http://127.0.0.1:{}/api/items/7", gw.port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 204"), "{text}");
+    assert!(
+        text.contains("access-control-allow-origin: https://shop.example.org\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("access-control-allow-headers: content-type\r\n"),
+        "{text}"
+    );
+    assert_eq!(backend.count(), 0);
+}
