@@ -68,6 +68,13 @@ pub fn serve(file: &str) -> ExitCode {
 pub fn demo() -> ExitCode {
     let text = std::fs::read_to_string("config/demo.ron")
         .unwrap_or_else(|_| crate::demo::DEMO_CONFIG.to_string());
+    let text = match crate::demo::with_bundled_schemas(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shardgate: demo schema: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let text = match crate::demo::with_https_listener(&text) {
         Ok(t) => t,
         Err(e) => {

@@ -122,6 +122,8 @@ pub struct RoutePlan {
     /// Upgrades (WebSocket) this route tunnels; `None`: upgrade fields are
     /// removed and the request proxied as a plain one.
     pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
+    /// Edge policies: CORS, IP filter, static response, split, mirror, validation.
+    pub edge: crate::policy::EdgePlan,
 }
 
 /// One listener with its own route table.
@@ -149,6 +151,8 @@ pub struct ListenerPlan {
     pub redirect_https: Option<u16>,
     /// Response header lines added on this listener (HSTS), CRLF-ended.
     pub response_headers: String,
+    /// Client address lists applied before routing.
+    pub ip_filter: Option<crate::policy::ip_filter::IpFilterPlan>,
 }
 
 impl ListenerPlan {
@@ -326,6 +330,12 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         .map(|(i, u)| (u.name.as_str(), i))
         .collect();
     let upstream_index = |name: &str| upstream_ids.get(name).copied();
+    let default_cors = match &g.cors {
+        Some(c) => Some(std::sync::Arc::new(
+            crate::policy::cors::CorsPlan::compile(c).map_err(|e| format!("cors: {e}"))?,
+        )),
+        None => None,
+    };
     for r in &g.routes {
         crate::pace::point();
         let upstream = match &r.upstream {
@@ -396,6 +406,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .websocket
                 .as_ref()
                 .map(crate::proxy::upgrade::UpgradePlan::compile),
+            edge: crate::policy::compile_route(r, default_cors.as_ref(), &upstream_index)
+                .map_err(|e| format!("route {:?}: {e}", r.name))?,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {
@@ -489,6 +501,12 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .and_then(|t| t.hsts.as_ref())
                 .map(config::Hsts::header_line)
                 .unwrap_or_default(),
+            ip_filter: l
+                .ip_filter
+                .as_ref()
+                .map(crate::policy::ip_filter::IpFilterPlan::compile)
+                .transpose()
+                .map_err(|e| format!("listener {:?}: ip_filter: {e}", l.name))?,
         });
     }
     let h = &g.limits_http;

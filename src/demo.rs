@@ -44,6 +44,23 @@ pub fn with_https_listener(text: &str) -> Result<String, String> {
     Ok(text.replacen(PUBLIC_LISTENER, &listener, 1))
 }
 
+/// The demo's order schema (`config/schemas/order.json`), compiled in.
+pub const ORDER_SCHEMA: &str = include_str!("../config/schemas/order.json");
+
+/// Writes the bundled order schema next to the demo's certificate (in a
+/// fresh directory under the system's temporary directory) and points the
+/// demo config `text` at it, so the demo runs from any directory.
+pub fn with_bundled_schemas(text: &str) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("order.json");
+    std::fs::write(&path, ORDER_SCHEMA).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text.replace(
+        "\"schemas/order.json\"",
+        &format!("{:?}", path.display().to_string()),
+    ))
+}
+
 /// The HS256 secret of the demo config's `jwt` authenticator.
 pub const DEMO_SECRET: &str = "shardgate-demo-secret-do-not-use-in-production";
 
@@ -420,6 +437,17 @@ Try:
   curl -s http://127.0.0.1:8080/api/v1/orders-with-products          # each order with its product (for_each)
   curl -s http://127.0.0.1:8080/api/v1/orders-with-products/batched  # the same from one batch call
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
+
+CORS and validation:
+  curl -i -X OPTIONS -H 'Origin: https://app.example.com' -H 'Access-Control-Request-Method: PUT' -H 'Access-Control-Request-Headers: authorization' http://127.0.0.1:8080/api/v1/users/1
+                                                                          # 204 preflight answered at the edge (no token needed)
+  curl -i -H 'Origin: https://app.example.com' http://127.0.0.1:8080/api/v1/products   # Access-Control-Allow-Origin, Vary: Origin
+  curl -i -H 'Origin: https://example.com.evil.com' http://127.0.0.1:8080/api/v1/products  # no CORS fields
+  curl -i -H 'Content-Type: application/json' -d '{{"customer_id":"x","items":[{{"product_id":"p-1","qty":0}}],"gift":true}}' http://127.0.0.1:8080/api/v1/checkout
+                                                                          # 400 listing every violation (path, keyword, message)
+  curl -i -H 'Content-Type: application/json' -d '{{"customer_id":"1","items":[{{"product_id":"p-1","qty":2}}]}}' http://127.0.0.1:8080/api/v1/checkout
+                                                                          # 200: valid, forwarded to the orders backend
+  curl -i -H 'Content-Type: text/plain' -d 'hello' http://127.0.0.1:8080/api/v1/checkout  # 415
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
 
 Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):

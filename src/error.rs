@@ -11,6 +11,18 @@ pub enum GatewayError {
     Unauthorized(Option<String>),
     /// Authenticated but not allowed (403).
     Forbidden(String),
+    /// Refused by an edge policy (403, no challenge): an IP filter, a CORS preflight.
+    Denied(&'static str),
+    /// The request body's media type is not the one the route validates (415).
+    UnsupportedMediaType(&'static str),
+    /// The request does not match the route's JSON Schema (400): the
+    /// violations as JSON array elements, and whether more were left out.
+    Invalid {
+        /// `{"in":..,"instance_path":..,"keyword":..,"message":..},...`
+        violations: String,
+        /// More violations were found than listed.
+        truncated: bool,
+    },
     /// No route matches (404).
     NotFound,
     /// The path matched but the method is not allowed (405 with `Allow`).
@@ -76,6 +88,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => 400,
             GatewayError::Unauthorized(_) => 401,
             GatewayError::Forbidden(_) => 403,
+            GatewayError::Denied(_) => 403,
+            GatewayError::UnsupportedMediaType(_) => 415,
+            GatewayError::Invalid { .. } => 400,
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout => 408,
@@ -103,6 +118,9 @@ impl GatewayError {
             GatewayError::Unauthorized(None) => "authentication required".into(),
             GatewayError::Unauthorized(Some(why)) => format!("invalid credentials: {why}"),
             GatewayError::Forbidden(why) => format!("forbidden: {why}"),
+            GatewayError::Denied(why) => format!("forbidden: {why}"),
+            GatewayError::UnsupportedMediaType(why) => format!("unsupported media type: {why}"),
+            GatewayError::Invalid { .. } => "the request does not match the route's schema".into(),
             GatewayError::NotFound => "no route matches the request".into(),
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route".into(),
             GatewayError::RequestTimeout => "request not received in time".into(),
@@ -168,6 +186,16 @@ impl GatewayError {
                 body.push_str(",\"part\":");
                 json_string(&mut body, part);
             }
+        }
+        if let GatewayError::Invalid {
+            violations,
+            truncated,
+        } = self
+        {
+            body.push_str(",\"violations\":[");
+            body.push_str(violations);
+            body.push_str("],\"violations_truncated\":");
+            body.push_str(if *truncated { "true" } else { "false" });
         }
         if let GatewayError::CircuitOpen { upstream, .. } = self {
             body.push_str(",\"upstream\":");
@@ -261,13 +289,18 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        410 => "Gone",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -3,15 +3,35 @@
 //! first failure short-circuits and the connection loop turns it into the
 //! JSON error response (the one rescue point, in `server.rs`).
 //!
-//! Stages: check repeated singleton fields and the declared body size →
-//! normalise the path → route → strip client
-//! identity headers → authenticate → authorize → rate-limit → (an upgrade the
-//! route accepts: take a tunnel slot) → forward to the upstream (which
-//! streams the response back, or tunnels an upgraded connection after its
-//! `101`), or, on a composite route, run its parts
-//! and answer with the composed JSON. Rate limiting comes after authorization
-//! (keys can use the caller's identity) and before both, so
-//! a composite counts once however many parts it has.
+//! Stages, in order (each skipped when its route or listener does not use it):
+//!
+//! 1. check repeated singleton fields and the declared body size;
+//! 2. normalise the path;
+//! 3. listener IP filter (before routing: 403);
+//! 4. route (a CORS preflight is routed by the method it asks for);
+//! 5. **CORS** — a preflight is answered here (204, or 403), with no auth,
+//!    no rate limit and no upstream call; other requests get their CORS
+//!    header lines added to every answer;
+//! 6. **IP filter** of the route (403);
+//! 7. strip client identity headers → **authenticate** → **authorize**;
+//! 8. **rate limit** (after authorization, so keys can use the caller's
+//!    identity; once per request, however many parts a composite has);
+//! 9. **validation** (JSON Schema of the query and body: 400 or 415; the
+//!    body is then forwarded from memory);
+//! 10. **cache lookup**;
+//! 11. **request transformation**;
+//! 12. **upstream or aggregation**: a static response answers here; a
+//!     composite runs its parts and answers with the composed JSON;
+//!     otherwise the upstream is chosen (the split's weighted or sticky
+//!     choice), the mirror copy is fired, and the request is forwarded —
+//!     under retries, breakers and fallbacks ([`crate::resilience`]) — with
+//!     the response streamed back (or an accepted upgrade tunnelled after
+//!     its `101`);
+//! 13. **response transformation**;
+//! 14. **compression**.
+//!
+//! Stages 13 and 14 (and the cache store) run on the response side in
+//! [`crate::proxy`], as the response head and body pass through.
 
 use crate::aggregate;
 use crate::auth::{self, Credentials, Denied, Identity, KeyView};
@@ -19,6 +39,7 @@ use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
+use crate::policy;
 use crate::proxy::{upgrade, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
@@ -43,13 +64,25 @@ pub async fn handle(
         .ok_or(GatewayError::Unavailable("listener is not configured"))?;
     normalize_path(req, listener.path)?;
     let req = &*req;
-    let (route_id, params) = route(listener, req)?;
+    if let Some(filter) = &listener.ip_filter {
+        policy::filter_ip(&shard.edge, filter, &cfg.compiled, req, ex)?;
+    }
+    let (route_id, params) = route_request(&cfg.compiled, listener, req)?;
     ex.seen.route = Some(route_id);
     let route = cfg
         .compiled
         .routes
         .get(route_id)
         .ok_or(GatewayError::Unavailable("route is not configured"))?;
+    let edge = &route.edge;
+    if let Some(cors) = &edge.cors {
+        if let Some(answered) = policy::cors(&shard.edge, cors, req, client, ex).await? {
+            return Ok(answered);
+        }
+    }
+    if let Some(filter) = &edge.ip_filter {
+        policy::filter_ip(&shard.edge, filter, &cfg.compiled, req, ex)?;
+    }
     // Identity headers from the client are dropped on every route (see
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
@@ -93,7 +126,17 @@ pub async fn handle(
             ex.response_headers.push_str(&limit_headers);
         }
     }
+    if let Some(plan) = &edge.validate {
+        let checked = crate::validate::validate(plan, req, client, ex).await;
+        if checked.is_err() {
+            policy::EdgeCounters::bump(&shard.edge.counters.validation_refused);
+        }
+        checked?;
+    }
     ex.drop_authorization = !route.keep_authorization;
+    if let Some(answer) = &edge.static_response {
+        return answer.answer(req, client, ex).await;
+    }
     // Everything above runs once per request; a composite fans out from here.
     if let Some(plan) = &route.aggregate {
         let inputs = aggregate::Inputs {
@@ -103,9 +146,18 @@ pub async fn handle(
         };
         return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
     }
-    let upstream = route
-        .upstream
-        .ok_or(GatewayError::Unavailable("route has no upstream"))?;
+    let upstream = match &edge.split {
+        Some(split) => {
+            let key = split.sticky.as_ref().and_then(|on| {
+                let ip = policy::client_address(&cfg.compiled, req, ex);
+                crate::resilience::balance::request_key(on, req, ip, &claims)
+            });
+            split.pick(key, shard.edge.random())
+        }
+        None => route
+            .upstream
+            .ok_or(GatewayError::Unavailable("route has no upstream"))?,
+    };
     let stripped;
     let query = match req.query() {
         Some(q) if !route.strip_query.is_empty() => {
@@ -135,6 +187,12 @@ pub async fn handle(
     };
     if let crate::config::Balance::ConsistentHash(on) = &up.balance {
         ex.balance_key = crate::resilience::balance::request_key(on, req, ex.client_ip, &claims);
+    }
+    if let Some(mirror) = &edge.mirror {
+        if let Some(shadow) = cfg.compiled.upstreams.get(mirror.upstream) {
+            let st = &shard.edge;
+            policy::mirror::fire(st, mirror, route_id, shadow, req, &target, client, ex);
+        }
     }
     crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await
 }
@@ -273,14 +331,44 @@ pub fn check_declared_length(req: &RequestHead, max_body_bytes: u64) -> Result<(
     }
 }
 
+/// Finds the route for a request; a CORS preflight goes to the route of
+/// the method it asks for when that route has CORS.
+fn route_request(
+    compiled: &Compiled,
+    listener: &ListenerPlan,
+    req: &RequestHead,
+) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
+    if let Some(method) = policy::preflight_method(req) {
+        if let Ok((id, params)) = route_as(listener, req, method) {
+            if compiled
+                .routes
+                .get(id)
+                .is_some_and(|r| r.edge.cors.is_some())
+            {
+                return Ok((id, params));
+            }
+        }
+    }
+    route(listener, req)
+}
+
 /// Finds the route for a request on a listener.
 pub fn route(
     listener: &ListenerPlan,
     req: &RequestHead,
 ) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
+    route_as(listener, req, req.method())
+}
+
+/// Finds the route a request would take with `method`.
+fn route_as(
+    listener: &ListenerPlan,
+    req: &RequestHead,
+    method: &str,
+) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
     let host = req.host().and_then(|h| std::str::from_utf8(h).ok());
     let facts = RequestFacts {
-        method: req.method(),
+        method,
         path: req.path(),
         host,
         header: |name: &str| req.header(name),

@@ -309,6 +309,8 @@ async fn serve_request(
     }
     let mut ex = Exchange {
         balance_key: None,
+        body: None,
+        cors_owned: false,
         request_id: &request_id,
         client_ip: peer.ip(),
         body_consumed: head.framing == Framing::None,
@@ -453,13 +455,20 @@ async fn respond_error(
         };
     }
     let trace_id = ex.trace.as_ref().map(|t| t.trace_id_hex());
-    let answer = error_answer(
+    let mut answer = error_answer(
         e,
         ex.request_id,
         trace_id.as_deref(),
         keep,
         head.method() == "HEAD",
     );
+    // The listener's and the stages' lines (HSTS, CORS) go on errors too.
+    if !ex.response_headers.is_empty() {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let at = end + 2;
+            answer.splice(at..at, ex.response_headers.bytes());
+        }
+    }
     ex.seen.status = e.status();
     ex.seen.bytes_out = answer.len() as u64;
     let (r, _) = conn.write(answer, limits.send_timeout).await;

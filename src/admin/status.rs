@@ -895,6 +895,7 @@ mod tests {
             resilience: Vec::new(),
             websocket_tunnels: 0,
             websocket_tunnels_total: 0,
+            edge: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! `config/` knows nothing of sockets or shards: it turns text into a
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
+mod edge;
 mod position;
 mod redact;
 mod resilience;
@@ -14,6 +15,7 @@ pub use validate::{
     is_token_byte, path_template_params, resolve, split_scheme, target_host, template_params,
 };
 
+pub use edge::*;
 pub use resilience::*;
 pub use schema::*;
 
@@ -81,10 +83,11 @@ pub fn parse(file: &str, text: &str) -> Result<Gateway, ConfigError> {
         ron::extensions::Extensions::IMPLICIT_SOME
             | ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES,
     );
-    let gateway: Gateway = options.from_str(text).map_err(|e| ConfigError {
+    let mut gateway: Gateway = options.from_str(text).map_err(|e| ConfigError {
         file: file.to_string(),
         problems: vec![syntax_problem(&e)],
     })?;
+    crate::validate::resolve_schema_paths(&mut gateway, Path::new(file));
     let problems = validate::validate(&gateway, text);
     if problems.is_empty() {
         Ok(gateway)

@@ -94,6 +94,9 @@ pub struct Gateway {
     /// W3C trace context and OTLP span export; none by default.
     #[serde(default)]
     pub tracing: Option<Tracing>,
+    /// CORS for every route that has no `cors` of its own.
+    #[serde(default)]
+    pub cors: Option<super::Cors>,
 }
 
 /// The admin listener: `/metrics`, `/health`, `/ready`, `/config`,
@@ -524,6 +527,9 @@ pub struct Listener {
     /// over https on that listener's port.
     #[serde(default)]
     pub redirect_https: Option<String>,
+    /// Client address allow/deny lists, applied before routing.
+    #[serde(default)]
+    pub ip_filter: Option<super::IpFilter>,
 }
 
 /// TLS settings of a listener: `Tls(cert: ..., key: ...)` for one
@@ -843,7 +849,8 @@ pub struct Route {
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: Match,
-    /// The upstream that serves it (exactly one of `upstream` and `aggregate`).
+    /// The upstream that serves it (exactly one of `upstream`, `aggregate`
+    /// and `static_response`).
     #[serde(default)]
     pub upstream: Option<String>,
     /// A leading path prefix removed before forwarding.
@@ -900,6 +907,25 @@ pub struct Route {
     /// request is proxied as a plain request, its upgrade fields removed.
     #[serde(default)]
     pub websocket: Option<WebSocket>,
+    /// CORS for this route, instead of the top-level `cors`.
+    #[serde(default)]
+    pub cors: Option<super::Cors>,
+    /// Client address allow/deny lists for this route.
+    #[serde(default)]
+    pub ip_filter: Option<super::IpFilter>,
+    /// Answer with this fixed response, without an upstream (exactly one
+    /// of `upstream`, `aggregate` and `static_response`).
+    #[serde(default)]
+    pub static_response: Option<super::StaticResponse>,
+    /// Weighted choice among several upstreams instead of `upstream` alone.
+    #[serde(default)]
+    pub split: Option<super::Split>,
+    /// Copies of the route's requests sent to a shadow upstream.
+    #[serde(default)]
+    pub mirror: Option<super::Mirror>,
+    /// JSON Schema validation of the request body and query.
+    #[serde(default)]
+    pub validate: Option<super::Validate>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching

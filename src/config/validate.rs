@@ -29,6 +29,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.limits(g);
     v.upstreams(g);
     v.resilience(g);
+    v.edge(g);
     v.routes(g);
     v.authenticators(g);
     v.rate_limits(g);
@@ -486,6 +487,24 @@ impl Validator<'_> {
         }
     }
 
+    /// CORS, IP filters, static responses, splits, mirrors and schemas
+    /// (see [`crate::policy::check`]).
+    fn edge(&mut self, g: &Gateway) {
+        use crate::policy::Anchor;
+        for (anchor, field, message) in crate::policy::check(g) {
+            let at = match &anchor {
+                Anchor::Top(key) => self.pos.field(self.pos.whole(), key),
+                Anchor::Listener(i, key) => {
+                    let name = g.listeners.get(*i).map_or("", |l| l.name.as_str());
+                    let scope = self.pos.list_item("listeners", *i, g.listeners.len(), name);
+                    self.pos.field(scope, key)
+                }
+                Anchor::Route(i, key) => self.pos.field(self.route_scope(*i), key),
+            };
+            self.push(at, field, message);
+        }
+    }
+
     fn routes(&mut self, g: &Gateway) {
         let mut seen = HashSet::new();
         for (i, r) in g.routes.iter().enumerate() {
@@ -499,14 +518,15 @@ impl Validator<'_> {
                     format!("duplicate route name {:?}", r.name),
                 );
             }
-            let upstream = match (&r.upstream, &r.aggregate) {
-                (Some(u), None) => Some(u),
-                (None, Some(_)) => None,
+            let upstream = match (&r.upstream, &r.aggregate, &r.static_response) {
+                (Some(u), None, None) => Some(u),
+                (None, Some(_), None) | (None, None, Some(_)) => None,
                 _ => {
                     self.push(
                         self.pos.at(scope),
                         field("upstream"),
-                        "give exactly one of `upstream` or `aggregate`".into(),
+                        "give exactly one of `upstream` or `aggregate` (or `static_response`)"
+                            .into(),
                     );
                     None
                 }

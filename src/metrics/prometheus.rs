@@ -393,6 +393,44 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", r.id, f(r));
         }
     }
+    header(o, "shardgate_mirror_requests_total", "counter", "Mirrored request copies by outcome (sent, answered, timeout, failed) and requests not mirrored (skipped_busy: max_concurrency reached; skipped_body: body too large or not in memory), per shard.");
+    for r in reports {
+        for (outcome, n) in r.edge.mirror {
+            let _ = writeln!(
+                o,
+                "shardgate_mirror_requests_total{{shard=\"{}\",outcome=\"{outcome}\"}} {n}",
+                r.id
+            );
+        }
+    }
+    header(
+        o,
+        "shardgate_edge_refused_total",
+        "counter",
+        "Requests refused by an edge policy (ip_filter, cors_preflight, validation), per shard.",
+    );
+    for r in reports {
+        for (policy, n) in r.edge.refused {
+            let _ = writeln!(
+                o,
+                "shardgate_edge_refused_total{{shard=\"{}\",policy=\"{policy}\"}} {n}",
+                r.id
+            );
+        }
+    }
+    header(
+        o,
+        "shardgate_cors_preflights_total",
+        "counter",
+        "CORS preflights answered 204 at the edge, per shard.",
+    );
+    for r in reports {
+        let _ = writeln!(
+            o,
+            "shardgate_cors_preflights_total{{shard=\"{}\"}} {}",
+            r.id, r.edge.preflights
+        );
+    }
     header(o, "shardgate_listener_connections_total", "counter", "Client connections by listener, shard and result (admitted, refused over max_connections, accept_error).");
     for r in reports {
         for l in &r.listeners {

@@ -69,6 +69,12 @@ pub struct Exchange<'a> {
     /// The request's consistent-hash key (set by the pipeline when the
     /// upstream balances by `ConsistentHash` and the request carries the key).
     pub balance_key: Option<u64>,
+    /// The request body, read whole by a stage (validation) in the form it
+    /// is forwarded in: sent with the head instead of from the client.
+    pub body: Option<Rc<[u8]>>,
+    /// The route answers CORS itself (set by the pipeline): the upstream's
+    /// own `Access-Control-*` fields are dropped, so a browser never sees two.
+    pub cors_owned: bool,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -245,6 +251,9 @@ fn client_head(
         if name.eq_ignore_ascii_case(b"content-length") && !bodyless {
             continue;
         }
+        if ex.cors_owned && is_cors_field(name) {
+            continue;
+        }
         has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -274,6 +283,12 @@ fn client_head(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// True for an `Access-Control-*` response field.
+fn is_cors_field(name: &[u8]) -> bool {
+    name.get(..15)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"access-control-"))
 }
 
 /// Marks a request in flight to a target for least-outstanding balancing.
@@ -806,7 +821,7 @@ async fn exchange(
     // the head again (retries only happen for requests without a body).
     let mut head = head;
     let head_len = head.len();
-    let body_framing = if let Some(body) = &opts.body {
+    let body_framing = if let Some(body) = opts.body.as_ref().or(ex.body.as_ref()) {
         // Read ahead by the retry loop: it goes with the head, every try.
         head.extend_from_slice(body);
         Framing::None

@@ -278,9 +278,11 @@ pub async fn forward(
         }
         _ => None,
     };
-    let body = match read_ahead {
-        Some(n) => Some(fallback::read_body(client, req, n, ex).await?),
-        None => None,
+    let body = match (ex.body.clone(), read_ahead) {
+        // Already read whole (validation).
+        (Some(b), _) => Some(b),
+        (None, Some(n)) => Some(fallback::read_body(client, req, n, ex).await?),
+        (None, None) => None,
     };
     let max_attempts = match retry {
         Some(r) if may_retry && (req.framing == Framing::None || body.is_some()) => r.max_attempts,

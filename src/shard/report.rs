@@ -65,6 +65,8 @@ pub struct ShardReport {
     pub breakers: Vec<crate::resilience::breaker::BreakerReport>,
     /// Retries and fallbacks per upstream name (upstreams that had any).
     pub resilience: Vec<(String, crate::resilience::retry::UpstreamStats)>,
+    /// Edge-policy counters (mirror copies, refusals, preflights).
+    pub edge: crate::policy::EdgeReport,
 }
 
 /// Accept-side counters of one listener on one shard.
@@ -186,5 +188,6 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
             .collect(),
         websocket_tunnels: tunnels.open(),
         websocket_tunnels_total: tunnels.opened_total,
+        edge: shard.edge.counters.report(),
     }
 }

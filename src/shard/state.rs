@@ -90,6 +90,8 @@ pub struct Shard {
     pub test_panic: bool,
     /// Test hook: the gossip loop panics at its next tick.
     pub panic_next_tick: Cell<bool>,
+    /// Edge-policy state: random draws, mirror copies in flight, counters.
+    pub edge: crate::policy::ShardEdge,
     id_seed: u64,
     id_seq: Cell<u64>,
 }
@@ -135,6 +137,7 @@ impl Shard {
             tunnels: RefCell::default(),
             test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
             panic_next_tick: Cell::new(false),
+            edge: crate::policy::ShardEdge::new(id),
             id_seed: random_seed() ^ ((id as u64) << 56),
             id_seq: Cell::new(0),
         }
