@@ -122,6 +122,8 @@ pub struct RoutePlan {
     /// Upgrades (WebSocket) this route tunnels; `None`: upgrade fields are
     /// removed and the request proxied as a plain one.
     pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
+    /// The response cache of the route.
+    pub cache: Option<crate::cache::CachePlan>,
 }
 
 /// One listener with its own route table.
@@ -396,6 +398,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .websocket
                 .as_ref()
                 .map(crate::proxy::upgrade::UpgradePlan::compile),
+            cache: r.cache.as_ref().map(crate::cache::CachePlan::compile),
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

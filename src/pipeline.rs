@@ -103,6 +103,15 @@ pub async fn handle(
         };
         return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
     }
+    // Cache lookup: a stored answer ends the request here.
+    if let Some(plan) = &route.cache {
+        let authenticated = route.auth.is_some();
+        let found =
+            crate::cache::lookup(shard, &route.name, plan, authenticated, &claims, req, client, ex);
+        if let crate::cache::Lookup::Served(d) = found.await? {
+            return Ok(d);
+        }
+    }
     let upstream = route
         .upstream
         .ok_or(GatewayError::Unavailable("route has no upstream"))?;
@@ -136,7 +145,12 @@ pub async fn handle(
     if let crate::config::Balance::ConsistentHash(on) = &up.balance {
         ex.balance_key = crate::resilience::balance::request_key(on, req, ex.client_ip, &claims);
     }
-    crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await
+    let result =
+        crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await;
+    match &route.cache {
+        Some(plan) => crate::cache::finish(shard, &route.name, plan, req, result, client, ex).await,
+        None => result,
+    }
 }
 
 /// Refuses a request that repeats a field the config makes decisions on

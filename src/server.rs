@@ -309,6 +309,7 @@ async fn serve_request(
     }
     let mut ex = Exchange {
         balance_key: None,
+        cache: None,
         request_id: &request_id,
         client_ip: peer.ip(),
         body_consumed: head.framing == Framing::None,

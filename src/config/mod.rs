@@ -4,6 +4,7 @@
 //! `config/` knows nothing of sockets or shards: it turns text into a
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
+mod cache;
 mod position;
 mod redact;
 mod resilience;
@@ -14,6 +15,7 @@ pub use validate::{
     is_token_byte, path_template_params, resolve, split_scheme, target_host, template_params,
 };
 
+pub use cache::*;
 pub use resilience::*;
 pub use schema::*;
 

@@ -896,6 +896,10 @@ pub struct Route {
     /// request is proxied as a plain request, its upgrade fields removed.
     #[serde(default)]
     pub websocket: Option<WebSocket>,
+    /// Keep `GET`/`HEAD` answers in memory and serve them without an
+    /// upstream call while fresh (see [`super::Cache`]).
+    #[serde(default)]
+    pub cache: Option<super::Cache>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching
