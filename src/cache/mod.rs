@@ -89,6 +89,36 @@ impl CachePlan {
     }
 }
 
+/// Problems of a route's `cache` field: (field searched for the position,
+/// field path under the route, why).
+pub fn check(c: &Cache, composite: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    if composite {
+        out.push(("cache", "cache", "a composite route cannot be cached (give it an `upstream`)"));
+    }
+    if c.ttl_s.is_empty() || c.ttl_s.keys().any(|s| !(200..=599).contains(s)) {
+        out.push(("ttl_s", "cache.ttl_s", "list at least one status between 200 and 599"));
+    }
+    if c.max_bytes == 0 || c.max_object_bytes == 0 || c.max_object_bytes > c.max_bytes {
+        out.push((
+            "max_object_bytes",
+            "cache.max_object_bytes",
+            "max_bytes and max_object_bytes must be at least 1, and max_object_bytes at most max_bytes",
+        ));
+    }
+    let token = |h: &String| !h.is_empty() && h.bytes().all(crate::config::is_token_byte);
+    if !c.key.headers.iter().all(token) {
+        out.push(("headers", "cache.key.headers", "header names must be tokens"));
+    }
+    if matches!(&c.key.query, CacheQuery::Only(names) if names.is_empty()) {
+        out.push(("query", "cache.key.query", "Only needs at least one parameter name (or use Ignore)"));
+    }
+    if c.coalesce_wait_ms == 0 {
+        out.push(("coalesce_wait_ms", "cache.coalesce_wait_ms", "must be at least 1"));
+    }
+    out
+}
+
 /// What `X-Cache-Status` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
