@@ -392,6 +392,9 @@ Try:
   curl -s http://127.0.0.1:8080/api/v1/orders; curl -s http://127.0.0.1:8080/api/v1/orders  # two targets
   curl -s -H "Authorization: Bearer $USER" http://127.0.0.1:8080/api/v1/dashboard  # 4 backend calls, 1 JSON answer
   curl -i http://127.0.0.1:8080/nope                                     # 404 as JSON
+  curl -si http://127.0.0.1:8080/api/v1/catalogue http://127.0.0.1:8080/api/v1/catalogue | grep -i -E '^(x-cache-status|age):'
+                                                                          # response cache: MISS, then HIT with Age (one connection, so one shard)
+  curl -s -X POST 'http://127.0.0.1:9900/cache/purge?prefix=/api/v1/catalogue'; echo   # purge it: the next call is a MISS
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
 
 Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):
