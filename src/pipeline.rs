@@ -105,9 +105,7 @@ pub async fn handle(
     }
     // Cache lookup: a stored answer ends the request here.
     if let Some(plan) = &route.cache {
-        let authenticated = route.auth.is_some();
-        let found =
-            crate::cache::lookup(shard, &route.name, plan, authenticated, &claims, req, client, ex);
+        let found = crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
         if let crate::cache::Lookup::Served(d) = found.await? {
             return Ok(d);
         }

@@ -15,24 +15,31 @@
 //! Request coalescing: the first miss of a key on a shard fetches; other
 //! misses of that key wait (at most `coalesce_wait_ms`) and are then served
 //! from the store, or go upstream themselves when the answer was not
-//! stored. While an entry within its `stale-while-revalidate` window is
-//! being refreshed by one request, the others are answered `STALE` at once.
+//! stored.
+//!
+//! `stale-while-revalidate`: the first request that finds an entry stale
+//! within the window is answered `STALE` at once and then, on its own task
+//! and without a client, fetches the entry again ([`refresh`]); while that
+//! fetch runs, other requests for the key are answered `STALE` too.
 
 pub mod control;
 pub mod key;
+mod refresh;
 pub mod store;
 
+use crate::compiled::RoutePlan;
 use crate::config::{Cache, CacheQuery};
 use crate::error::{reason_phrase, GatewayError};
 use crate::http::head::{is_hop_by_hop, ConnectionNames};
 use crate::http::{Conn, Framing, RequestHead, ResponseHead};
 use crate::proxy::{Disposition, Exchange};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardConfig};
 use control::Directives;
 use key::KeyPlan;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::ops::Range;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -620,14 +627,17 @@ pub enum Lookup {
 #[allow(clippy::too_many_arguments)]
 pub async fn lookup(
     shard: &Shard,
-    route: &str,
+    cfg: &ShardConfig,
+    route_plan: &RoutePlan,
     plan: &CachePlan,
-    authenticated: bool,
+    params: &[Range<usize>],
     claims: &[(String, String)],
     req: &RequestHead,
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Lookup, GatewayError> {
+    let route = route_plan.name.as_str();
+    let authenticated = route_plan.auth.is_some();
     let identity = if authenticated && !plan.shared {
         claims
             .iter()
@@ -658,8 +668,14 @@ pub async fn lookup(
             let flight = rc.flight(&primary);
             match (found, flight) {
                 (Some((a, _)), _) if a.stale_for(now).is_none() => Step::Serve(a, Status::Hit),
-                (Some((a, _)), Some(_)) if a.stale_for(now).is_some_and(|s| s < a.swr_s) => {
-                    Step::Serve(a, Status::Stale)
+                (Some((a, _)), flight) if a.stale_for(now).is_some_and(|s| s < a.swr_s) => {
+                    match flight {
+                        Some(_) => Step::Serve(a, Status::Stale),
+                        None => {
+                            let f = rc.take_off(&primary);
+                            Step::Revalidate(a, f)
+                        }
+                    }
                 }
                 (_, Some(f)) if !waited => Step::Wait(f),
                 (found, _) => {
@@ -683,6 +699,14 @@ pub async fn lookup(
                 let d = write_answer(shard, req, client, ex, &a, status).await;
                 return Ok(Lookup::Served(d));
             }
+            Step::Revalidate(a, flight) => {
+                count(shard, route, plan, Status::Stale);
+                let d = write_answer(shard, req, client, ex, &a, Status::Stale).await;
+                let mut tap = new_tap(plan, primary, resource, Status::Expired, None, Some(flight));
+                let ok = refresh::fetch(shard, cfg, route_plan, params, req, ex, &mut tap).await;
+                settle(shard, route, plan, &mut tap, ok, false, req);
+                return Ok(Lookup::Served(d));
+            }
             Step::Wait(f) => {
                 // Another request is fetching this key: wait for it, then look again.
                 let landed = std::future::poll_fn(|cx| {
@@ -698,33 +722,46 @@ pub async fn lookup(
             }
             Step::Fetch(status, stale, flight) => {
                 mark(ex, status);
-                ex.cache = Some(Tap {
-                    key: primary,
-                    resource,
-                    status,
-                    stale,
-                    flight,
-                    max_object: plan.max_object_bytes.min(usize::MAX as u64) as usize,
-                    plan: TapPlan {
-                        ttl_s: plan.ttl_s.clone(),
-                        swr_s: plan.stale_while_revalidate_s,
-                        sie_s: plan.stale_if_error_s,
-                        set_cookie: plan.cache_set_cookie,
-                    },
-                    pending: None,
-                    body: Vec::new(),
-                    over: false,
-                    complete: false,
-                });
+                ex.cache = Some(new_tap(plan, primary, resource, status, stale, flight));
                 return Ok(Lookup::Forward);
             }
         }
     }
 }
 
+fn new_tap(
+    plan: &CachePlan,
+    key: String,
+    resource: String,
+    status: Status,
+    stale: Option<Rc<Answer>>,
+    flight: Option<Rc<Flight>>,
+) -> Tap {
+    Tap {
+        key,
+        resource,
+        status,
+        stale,
+        flight,
+        max_object: plan.max_object_bytes.min(usize::MAX as u64) as usize,
+        plan: TapPlan {
+            ttl_s: plan.ttl_s.clone(),
+            swr_s: plan.stale_while_revalidate_s,
+            sie_s: plan.stale_if_error_s,
+            set_cookie: plan.cache_set_cookie,
+        },
+        pending: None,
+        body: Vec::new(),
+        over: false,
+        complete: false,
+    }
+}
+
 /// What one look at the store decided.
 enum Step {
     Serve(Rc<Answer>, Status),
+    /// Serve the stale answer, then refresh it (this request's flight).
+    Revalidate(Rc<Answer>, Rc<Flight>),
     Wait(Rc<Flight>),
     Fetch(Status, Option<Rc<Answer>>, Option<Rc<Flight>>),
 }
@@ -745,23 +782,8 @@ pub async fn finish(
         return result;
     };
     let now = Instant::now();
-    {
-        let mut stores = shard.cache.borrow_mut();
-        let rc = stores.route(route, plan, shard.shards);
-        match tap.take_answer(now) {
-            Some((answer, vary)) if result.is_ok() => rc.put(&tap, answer, vary, req),
-            // A fresh answer that may not be kept replaces the stale one.
-            _ if result.is_ok() && tap.status == Status::Expired && ex.response_started => {
-                rc.store.remove(&tap.key);
-            }
-            _ => {}
-        }
-        if let Some(f) = &tap.flight {
-            if rc.flights.get(&tap.key).is_some_and(|g| Rc::ptr_eq(f, g)) {
-                rc.flights.remove(&tap.key);
-            }
-        }
-    }
+    let answered = result.is_ok() && ex.response_started;
+    settle(shard, route, plan, &mut tap, result.is_ok(), answered, req);
     if result.is_err() && !ex.response_started {
         if let Some(stale) = tap.stale_usable(now).cloned() {
             drop(tap);
@@ -772,6 +794,35 @@ pub async fn finish(
         }
     }
     result
+}
+
+/// Stores what the tap holds when `ok`; drops a stale entry the upstream
+/// `answered` for with something not storable; ends the tap's flight.
+fn settle(
+    shard: &Shard,
+    route: &str,
+    plan: &CachePlan,
+    tap: &mut Tap,
+    ok: bool,
+    answered: bool,
+    req: &RequestHead,
+) {
+    let now = Instant::now();
+    let mut stores = shard.cache.borrow_mut();
+    let rc = stores.route(route, plan, shard.shards);
+    match tap.take_answer(now) {
+        Some((answer, vary)) if ok => rc.put(tap, answer, vary, req),
+        // A fresh answer that may not be kept replaces the stale one.
+        _ if answered && tap.status == Status::Expired => {
+            rc.store.remove(&tap.key);
+        }
+        _ => {}
+    }
+    if let Some(f) = &tap.flight {
+        if rc.flights.get(&tap.key).is_some_and(|g| Rc::ptr_eq(f, g)) {
+            rc.flights.remove(&tap.key);
+        }
+    }
 }
 
 fn mark(ex: &mut Exchange<'_>, status: Status) {
