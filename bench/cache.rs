@@ -133,7 +133,11 @@ fn lookup(c: &mut Criterion) {
         })
     });
     g.bench_function("store read, 100k entries, miss", |b| {
-        b.iter(|| store.get(black_box("shop.example.com/api/v1/none")).is_some())
+        b.iter(|| {
+            store
+                .get(black_box("shop.example.com/api/v1/none"))
+                .is_some()
+        })
     });
     g.finish();
 }

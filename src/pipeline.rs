@@ -105,7 +105,8 @@ pub async fn handle(
     }
     // Cache lookup: a stored answer ends the request here.
     if let Some(plan) = &route.cache {
-        let found = crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
+        let found =
+            crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
         if let crate::cache::Lookup::Served(d) = found.await? {
             return Ok(d);
         }

@@ -66,7 +66,10 @@ fn counting_backend(
             *n
         };
         let body = format!("{{\"path\":\"{}\",\"call\":{n}}}", r.target);
-        extra(r, Response::ok(body).header("Content-Type", "application/json"))
+        extra(
+            r,
+            Response::ok(body).header("Content-Type", "application/json"),
+        )
     })
 }
 
@@ -135,8 +138,14 @@ fn a_second_get_is_a_hit_with_age_and_the_same_body() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     // Hits and misses are counted.
     let m = scrape(&gw);
-    assert_eq!(sum_of(&m, "shardgate_cache_requests_total", "status=\"hit\""), 4.0);
-    assert_eq!(sum_of(&m, "shardgate_cache_requests_total", "status=\"miss\""), 1.0);
+    assert_eq!(
+        sum_of(&m, "shardgate_cache_requests_total", "status=\"hit\""),
+        4.0
+    );
+    assert_eq!(
+        sum_of(&m, "shardgate_cache_requests_total", "status=\"miss\""),
+        1.0
+    );
     assert!(sum_of(&m, "shardgate_cache_bytes", "route=\"c\"") > 0.0);
 }
 
@@ -175,8 +184,14 @@ fn the_query_is_keyed_sorted_and_by_the_listed_subset() {
     // A listed header is part of the key.
     let t1 = get_with(gw.port, "/s/t", &[("X-Tenant", "one")]);
     assert_eq!(status(&t1), "MISS");
-    assert_eq!(status(&get_with(gw.port, "/s/t", &[("X-Tenant", "one")])), "HIT");
-    assert_eq!(status(&get_with(gw.port, "/s/t", &[("X-Tenant", "two")])), "MISS");
+    assert_eq!(
+        status(&get_with(gw.port, "/s/t", &[("X-Tenant", "one")])),
+        "HIT"
+    );
+    assert_eq!(
+        status(&get_with(gw.port, "/s/t", &[("X-Tenant", "two")])),
+        "MISS"
+    );
 }
 
 #[test]
@@ -419,7 +434,12 @@ fn stale_if_error_answers_stale_when_the_upstream_fails() {
             assert_eq!(r.text(), "kept");
             break;
         }
-        assert!(Instant::now() < deadline, "no STALE answer: {} {}", r.status, status(&r));
+        assert!(
+            Instant::now() < deadline,
+            "no STALE answer: {} {}",
+            r.status,
+            status(&r)
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -550,11 +570,7 @@ fn bodies_over_max_object_bytes_stream_through_uncached() {
 fn memory_stays_bounded_under_100k_distinct_keys() {
     let b = Backend::start(|r| Response::ok(format!("{{\"item\":\"{}\"}}", r.target)));
     let max = 2 * 1024 * 1024;
-    let gw = Gateway::start(&config(
-        &b,
-        1,
-        &route(&format!("max_bytes: {max}"), ""),
-    ));
+    let gw = Gateway::start(&config(&b, 1, &route(&format!("max_bytes: {max}"), "")));
     let port = gw.port;
     let next = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..8)
@@ -595,7 +611,10 @@ fn a_bad_cache_config_is_refused_with_its_position() {
     let text = config(
         &b,
         1,
-        &route("max_bytes: 1000, max_object_bytes: 5000, ttl_s: {99: 5}", ""),
+        &route(
+            "max_bytes: 1000, max_object_bytes: 5000, ttl_s: {99: 5}",
+            "",
+        ),
     );
     let dir = temp_dir();
     let path = dir.join("bad.ron");
@@ -606,4 +625,29 @@ fn a_bad_cache_config_is_refused_with_its_position() {
     assert!(err.contains("routes[0].cache.ttl_s"), "{err}");
     assert!(err.contains("bad.ron:"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_reload_that_removes_the_cache_frees_its_store() {
+    let b = counting_backend(|_, r| r);
+    let text = config(&b, 1, &route("", ""));
+    let gw = Gateway::start(&text);
+    assert_eq!(status(&get(gw.port, "/c/r")), "MISS");
+    assert_eq!(status(&get(gw.port, "/c/r")), "HIT");
+    assert!(sum_of(&scrape(&gw), "shardgate_cache_bytes", "route=\"c\"") > 0.0);
+    gw.rewrite_config(&text.replace(", cache: Some(Cache())", ""));
+    gw.send_signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&gw)
+        .keys()
+        .any(|k| k.starts_with("shardgate_cache_bytes"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the store outlived its route's cache"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let r = get(gw.port, "/c/r");
+    assert_eq!((r.status, r.has("x-cache-status")), (200, false));
 }

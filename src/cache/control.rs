@@ -90,7 +90,8 @@ mod tests {
 
     #[test]
     fn reads_the_directives() {
-        let d = p("public, max-age=60, s-maxage=\"120\", stale-while-revalidate=5, stale-if-error=30");
+        let d =
+            p("public, max-age=60, s-maxage=\"120\", stale-while-revalidate=5, stale-if-error=30");
         assert_eq!(d.lifetime(), Some(120));
         assert_eq!(d.stale_while_revalidate, Some(5));
         assert_eq!(d.stale_if_error, Some(30));

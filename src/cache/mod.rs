@@ -83,7 +83,12 @@ impl CachePlan {
                 method: c.key.method,
                 host: c.key.host,
                 query: c.key.query.clone(),
-                headers: c.key.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                headers: c
+                    .key
+                    .headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             },
             client_bypass: c.client_no_cache_bypass,
             stale_while_revalidate_s: c.stale_while_revalidate_s,
@@ -101,10 +106,18 @@ impl CachePlan {
 pub fn check(c: &Cache, composite: bool) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out = Vec::new();
     if composite {
-        out.push(("cache", "cache", "a composite route cannot be cached (give it an `upstream`)"));
+        out.push((
+            "cache",
+            "cache",
+            "a composite route cannot be cached (give it an `upstream`)",
+        ));
     }
     if c.ttl_s.is_empty() || c.ttl_s.keys().any(|s| !(200..=599).contains(s)) {
-        out.push(("ttl_s", "cache.ttl_s", "list at least one status between 200 and 599"));
+        out.push((
+            "ttl_s",
+            "cache.ttl_s",
+            "list at least one status between 200 and 599",
+        ));
     }
     if c.max_bytes == 0 || c.max_object_bytes == 0 || c.max_object_bytes > c.max_bytes {
         out.push((
@@ -115,13 +128,25 @@ pub fn check(c: &Cache, composite: bool) -> Vec<(&'static str, &'static str, &'s
     }
     let token = |h: &String| !h.is_empty() && h.bytes().all(crate::config::is_token_byte);
     if !c.key.headers.iter().all(token) {
-        out.push(("headers", "cache.key.headers", "header names must be tokens"));
+        out.push((
+            "headers",
+            "cache.key.headers",
+            "header names must be tokens",
+        ));
     }
     if matches!(&c.key.query, CacheQuery::Only(names) if names.is_empty()) {
-        out.push(("query", "cache.key.query", "Only needs at least one parameter name (or use Ignore)"));
+        out.push((
+            "query",
+            "cache.key.query",
+            "Only needs at least one parameter name (or use Ignore)",
+        ));
     }
     if c.coalesce_wait_ms == 0 {
-        out.push(("coalesce_wait_ms", "cache.coalesce_wait_ms", "must be at least 1"));
+        out.push((
+            "coalesce_wait_ms",
+            "cache.coalesce_wait_ms",
+            "must be at least 1",
+        ));
     }
     out
 }
@@ -207,8 +232,14 @@ impl Answer {
 /// One store entry: an answer, or the field names the answers under this
 /// key vary on (the answers are then under [`key::variant`] keys).
 enum Stored {
-    Answer { answer: Rc<Answer>, resource: Box<str> },
-    Vary { names: Vec<String>, resource: Box<str> },
+    Answer {
+        answer: Rc<Answer>,
+        resource: Box<str>,
+    },
+    Vary {
+        names: Vec<String>,
+        resource: Box<str>,
+    },
 }
 
 impl Stored {
@@ -288,7 +319,8 @@ impl RouteCache {
         let answer = Rc::new(answer);
         let resource: Box<str> = t.resource.as_str().into();
         if vary.is_empty() {
-            self.store.insert(&t.key, Stored::Answer { answer, resource }, size);
+            self.store
+                .insert(&t.key, Stored::Answer { answer, resource }, size);
             return;
         }
         let k = key::variant(&t.key, &vary, req);
@@ -298,7 +330,8 @@ impl RouteCache {
             resource: resource.clone(),
         };
         self.store.insert(&t.key, marker, names_bytes);
-        self.store.insert(&k, Stored::Answer { answer, resource }, size);
+        self.store
+            .insert(&k, Stored::Answer { answer, resource }, size);
     }
 }
 
@@ -327,6 +360,17 @@ impl Stores {
                 flights: HashMap::new(),
                 counts: Counts::default(),
             })
+    }
+
+    /// Drops the caches of routes that are no longer cached in `compiled`
+    /// (after a reload), and their memory with them.
+    pub fn keep_routes_of(&mut self, compiled: &crate::compiled::Compiled) {
+        self.routes.retain(|name, _| {
+            compiled
+                .routes
+                .iter()
+                .any(|r| r.cache.is_some() && r.name == *name)
+        });
     }
 
     /// Removes the entries a purge names; returns how many.
@@ -578,10 +622,13 @@ impl Tap {
             return None;
         }
         let p = self.pending.take()?;
+        let mut body = std::mem::take(&mut self.body);
+        // What is kept is what is counted.
+        body.shrink_to_fit();
         let answer = Answer {
             status: p.status,
             head: p.head,
-            body: std::mem::take(&mut self.body),
+            body,
             stored_at: now,
             age_at_store: p.age,
             fresh_s: p.fresh_s,
@@ -647,7 +694,7 @@ pub async fn lookup(
         None
     };
     let bypass = !matches!(req.method(), "GET" | "HEAD")
-        || req.framing != Framing::None
+        || !matches!(req.framing, Framing::None | Framing::Length(0))
         || (authenticated && !plan.shared && identity.is_none())
         || (!plan.cache_authorized && req.header("authorization").is_some())
         || (plan.client_bypass
@@ -850,12 +897,7 @@ pub async fn write_answer(
     let head_only = req.method() == "HEAD";
     let body_len = if head_only { 0 } else { a.body.len() };
     let mut out = Vec::with_capacity(a.head.len() + body_len + 160 + ex.response_headers.len());
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        a.status,
-        reason_phrase(a.status)
-    );
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", a.status, reason_phrase(a.status));
     out.extend_from_slice(&a.head);
     let _ = write!(
         out,
@@ -885,4 +927,3 @@ pub async fn write_answer(
         Disposition::KeepAlive
     }
 }
-

@@ -10,9 +10,7 @@ use crate::compiled::{upstream_target, RoutePlan};
 use crate::http::body::BodyTap;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::{Conn, Framing, RequestHead};
-use crate::proxy::{
-    connect_within, read_response_head, upstream_head, Exchange, InFlight, Lease,
-};
+use crate::proxy::{connect_within, read_response_head, upstream_head, Exchange, InFlight, Lease};
 use crate::shard::{Shard, ShardConfig};
 use std::ops::Range;
 use std::time::Instant;
@@ -121,8 +119,7 @@ async fn read_body(
         Framing::Length(n) => {
             let mut left = n;
             while left > 0 {
-                if upc.buffered().is_empty() && !matches!(upc.fill(timeout).await, Ok(k) if k > 0)
-                {
+                if upc.buffered().is_empty() && !matches!(upc.fill(timeout).await, Ok(k) if k > 0) {
                     return false;
                 }
                 let take = (upc.buffered().len() as u64).min(left) as usize;
@@ -151,8 +148,7 @@ async fn read_body(
                 if !tap.capturing() {
                     return false;
                 }
-                if upc.buffered().is_empty() && !matches!(upc.fill(timeout).await, Ok(k) if k > 0)
-                {
+                if upc.buffered().is_empty() && !matches!(upc.fill(timeout).await, Ok(k) if k > 0) {
                     return false;
                 }
             }

@@ -285,9 +285,7 @@ impl<V> Store<V> {
             return;
         }
         let slots = &self.slots;
-        let live = |&(i, gen): &(usize, u32), main: bool| {
-            matches!(slots.get(i), Some(Some(s)) if s.gen == gen && s.main == main)
-        };
+        let live = |&(i, gen): &(usize, u32), main: bool| matches!(slots.get(i), Some(Some(s)) if s.gen == gen && s.main == main);
         self.small.retain(|it| live(it, false));
         self.main.retain(|it| live(it, true));
     }

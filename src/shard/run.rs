@@ -722,6 +722,7 @@ async fn control_loop(
             match msg {
                 Control::Reload(c) => {
                     LATEST.with(|l| *l.borrow_mut() = Some(c.clone()));
+                    shard.cache.borrow_mut().keep_routes_of(&c);
                     shard.swap_config(c)
                 }
                 Control::Keys {
