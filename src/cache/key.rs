@@ -66,8 +66,12 @@ pub fn primary(plan: &KeyPlan, req: &RequestHead, identity: Option<&str>) -> (St
         key.push(' ');
     }
     if plan.host {
-        let host = req.host().unwrap_or_default();
-        key.push_str(&String::from_utf8_lossy(host).to_ascii_lowercase());
+        let host = String::from_utf8_lossy(req.host().unwrap_or_default());
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            key.push_str(&host.to_ascii_lowercase());
+        } else {
+            key.push_str(&host);
+        }
     }
     key.push_str(&res);
     for name in &plan.headers {

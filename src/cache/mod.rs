@@ -302,14 +302,14 @@ impl RouteCache {
     }
 
     /// The answer for `primary` that fits `req` (resolving `Vary`).
-    fn find(&mut self, primary: &str, req: &RequestHead) -> Option<(Rc<Answer>, String)> {
+    fn find(&mut self, primary: &str, req: &RequestHead) -> Option<Rc<Answer>> {
         let names = match self.store.get(primary)? {
-            Stored::Answer { answer, .. } => return Some((answer.clone(), primary.to_string())),
+            Stored::Answer { answer, .. } => return Some(answer.clone()),
             Stored::Vary { names, .. } => names.clone(),
         };
         let k = key::variant(primary, &names, req);
         match self.store.get(&k)? {
-            Stored::Answer { answer, .. } => Some((answer.clone(), k)),
+            Stored::Answer { answer, .. } => Some(answer.clone()),
             Stored::Vary { .. } => None,
         }
     }
@@ -712,10 +712,19 @@ pub async fn lookup(
             let mut stores = shard.cache.borrow_mut();
             let rc = stores.route(route, plan, shard.shards);
             let found = rc.find(&primary, req);
-            let flight = rc.flight(&primary);
+            let stale_for = found.as_ref().map(|a| a.stale_for(now));
+            // Only a stale or missing entry needs to know of a fetch under way.
+            let flight = match stale_for {
+                Some(None) => None,
+                _ => rc.flight(&primary),
+            };
             match (found, flight) {
-                (Some((a, _)), _) if a.stale_for(now).is_none() => Step::Serve(a, Status::Hit),
-                (Some((a, _)), flight) if a.stale_for(now).is_some_and(|s| s < a.swr_s) => {
+                (Some(a), _) if stale_for == Some(None) => {
+                    rc.counts.add(Status::Hit);
+                    Step::Serve(a, Status::Hit)
+                }
+                (Some(a), flight) if stale_for.flatten().is_some_and(|s| s < a.swr_s) => {
+                    rc.counts.add(Status::Stale);
                     match flight {
                         Some(_) => Step::Serve(a, Status::Stale),
                         None => {
@@ -730,7 +739,7 @@ pub async fn lookup(
                     // that was not stored, it goes on its own, not as a new
                     // fetch others wait for.
                     let flight = (!waited).then(|| rc.take_off(&primary));
-                    let stale = found.map(|(a, _)| a);
+                    let stale = found;
                     let status = match stale {
                         Some(_) => Status::Expired,
                         None => Status::Miss,
@@ -742,12 +751,10 @@ pub async fn lookup(
         };
         match step {
             Step::Serve(a, status) => {
-                count(shard, route, plan, status);
                 let d = write_answer(shard, req, client, ex, &a, status).await;
                 return Ok(Lookup::Served(d));
             }
             Step::Revalidate(a, flight) => {
-                count(shard, route, plan, Status::Stale);
                 let d = write_answer(shard, req, client, ex, &a, Status::Stale).await;
                 let mut tap = new_tap(plan, primary, resource, Status::Expired, None, Some(flight));
                 let ok = refresh::fetch(shard, cfg, route_plan, params, req, ex, &mut tap).await;
