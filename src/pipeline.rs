@@ -5,7 +5,9 @@
 //!
 //! Stages: check repeated singleton fields and the declared body size →
 //! normalise the path → route → strip client
-//! identity headers → authenticate → authorize → rate-limit → (an upgrade the
+//! identity headers → authenticate → authorize → rate-limit → cache lookup
+//! (a route with `cache`: a stored answer ends the request here, see
+//! [`crate::cache`]) → (an upgrade the
 //! route accepts: take a tunnel slot) → forward to the upstream (which
 //! streams the response back, or tunnels an upgraded connection after its
 //! `101`), or, on a composite route, run its parts
