@@ -651,3 +651,30 @@ fn a_reload_that_removes_the_cache_frees_its_store() {
     let r = get(gw.port, "/c/r");
     assert_eq!((r.status, r.has("x-cache-status")), (200, false));
 }
+
+#[test]
+fn curl_sees_a_miss_then_a_hit_on_one_connection() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl not installed: skipped");
+        return;
+    }
+    let b = counting_backend(|_, r| r);
+    let gw = Gateway::start(&config(&b, 2, &route("", "")));
+    let url = format!("http://127.0.0.1:{}/c/curl", gw.port);
+    let out = std::process::Command::new("curl")
+        .args(["-si", "--max-time", "5", &url, &url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-cache-status: "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(statuses, ["miss", "hit"], "{text}");
+    assert!(text.contains("\nage: "), "{text}");
+}
