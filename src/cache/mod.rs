@@ -695,6 +695,7 @@ pub async fn lookup(
     };
     let bypass = !matches!(req.method(), "GET" | "HEAD")
         || !matches!(req.framing, Framing::None | Framing::Length(0))
+        || req.header("upgrade").is_some()
         || (authenticated && !plan.shared && identity.is_none())
         || (!plan.cache_authorized && req.header("authorization").is_some())
         || (plan.client_bypass
