@@ -5,6 +5,7 @@
 # Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr)
 #         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
 #         SCENARIO=aggregate scripts/bench.sh  (a three-part composite vs one proxied call)
+#         SCENARIO=cache scripts/bench.sh  (cache hits: shardgate vs nginx proxy_cache)
 #         scripts/bench.sh reload           (same as SCENARIO=reload: a large config, SIGHUP under load)
 #
 # Scenarios:
@@ -53,6 +54,14 @@
 #           shardgate-reload ÷ shardgate-routes; targets >= 0.95 and <= 1.20.
 #           shardgate-base-routes / shardgate-base-reload: the same with BASE_BIN.
 #           The gateway's log lines "reloaded ... in N ms" are summarised.
+#   cache   the same small JSON GET answered from a response cache: shardgate
+#           with `cache: Some(Cache(ttl_s: {200: 3600}))` on its route
+#           (shardgate-cache) vs nginx with proxy_cache (nginx-cache, cache on
+#           disk in the run's temp dir, its page cache in memory), next to
+#           shardgate and nginx proxying without a cache. Every measured
+#           request is a hit (both targets are checked for a HIT header
+#           first). Key ratios: shardgate-cache/nginx-cache CPU per request
+#           (target <= 1) and req/s.
 #   tls     the proxy scenario over TLS 1.3, every proxy terminating TLS with
 #           the same ECDSA P-256 certificate (made here with openssl) and
 #           proxying plain HTTP to the upstream. Targets: nginx-tls,
@@ -502,6 +511,42 @@ EOF
     )
 }
 
+# Response-cache hits: shardgate's store vs nginx proxy_cache on the same
+# small JSON answer; the upstream is called once per target (then hits only).
+NGINX_CACHE_HTTP=""
+NGINX_CACHE_LOCATION=""
+scenario_cache() {
+    REQ_PATH=/api/v1/items
+    NGINX_CACHE_HTTP="    proxy_cache_path $WORK_DIR/nginx-cache/store levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h use_temp_path=off;"
+    NGINX_CACHE_LOCATION="$(cat <<'EOF'
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
+EOF
+)"
+    DEFAULT_TARGETS="direct nginx nginx-cache shardgate shardgate-cache"
+    DEFAULT_BASELINE=nginx-cache
+    DEFAULT_KEY_RATIOS="shardgate-cache/nginx-cache<=1 rps:shardgate-cache/nginx-cache>=1 shardgate-cache/shardgate nginx-cache/nginx"
+    SCENARIO_NOTES=(
+        "- \`shardgate-cache\`: the route has \`cache: Some(Cache(ttl_s: {200: 3600}))\` (64 MiB default budget, S3-FIFO store per shard); every measured request is a HIT written from memory"
+        "- \`nginx-cache\`: \`proxy_cache_path ... keys_zone=bench:10m max_size=64m\` (entries on disk in the run's temp dir, read through the page cache), \`proxy_cache_valid 200 1h\`, \`proxy_cache_lock on\`, \`add_header X-Cache-Status \$upstream_cache_status\`"
+        "- before measuring, each cached target must answer \`X-Cache-Status: HIT\` on a second request"
+    )
+}
+
+# The cached targets must serve hits before they are measured.
+check_target_cache() {
+    local t=$1 url=$2 status
+    case "$t" in
+        nginx-cache | shardgate-cache) ;;
+        *) return 0 ;;
+    esac
+    curl -s -o /dev/null --max-time 2 "$url" || return 1
+    status="$(curl -s -D - -o /dev/null --max-time 2 "$url" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache-status" { print $2 }')"
+    [[ "$status" == HIT ]] || { log "$t: second request not a HIT (X-Cache-Status: '$status')"; return 1; }
+}
+
 scenario_aggregate() {
     REQ_PATH=/api/v1/items
     AGG_VARIANTS="${AGG_VARIANTS:-fanout}"
@@ -860,6 +905,7 @@ EOF
 }
 
 start_target_nginx()         { start_nginx "$1" nginx "" "$NGINX_LOCATION_EXTRA"; }
+start_target_nginx-cache()   { mkdir -p "$WORK_DIR/nginx-cache/store"; start_nginx "$1" nginx-cache "$NGINX_CACHE_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_CACHE_LOCATION"; }
 start_target_nginx-limited() { start_nginx "$1" nginx-limited "$NGINX_LIMIT_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_LIMIT_LOCATION"; }
 
 start_target_nginx-tls() {
@@ -1043,6 +1089,7 @@ EOF
 
 start_target_shardgate()        { start_shardgate "$1" shardgate io_uring "$SG_ROUTE_AUTH"; }
 start_target_shardgate-epoll()  { start_shardgate "$1" shardgate-epoll epoll "$SG_ROUTE_AUTH"; }
+start_target_shardgate-cache()  { start_shardgate "$1" shardgate-cache io_uring "$SG_ROUTE_AUTH, cache: Some(Cache(ttl_s: { 200: 3600 }))"; }
 # Other builds of shardgate side by side with this one (opt-in through
 # TARGETS): BASE_BIN, a build of an earlier commit; ABORT_BIN, this code
 # built with panic = "abort" (CARGO_PROFILE_RELEASE_PANIC=abort), to price

@@ -124,6 +124,8 @@ pub struct RoutePlan {
     pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
     /// Edge policies: CORS, IP filter, static response, split, mirror, validation.
     pub edge: crate::policy::EdgePlan,
+    /// The response cache of the route.
+    pub cache: Option<crate::cache::CachePlan>,
 }
 
 /// One listener with its own route table.
@@ -408,6 +410,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map(crate::proxy::upgrade::UpgradePlan::compile),
             edge: crate::policy::compile_route(r, default_cors.as_ref(), &upstream_index)
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
+            cache: r.cache.as_ref().map(crate::cache::CachePlan::compile),
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

@@ -448,6 +448,9 @@ CORS and validation:
   curl -i -H 'Content-Type: application/json' -d '{{"customer_id":"1","items":[{{"product_id":"p-1","qty":2}}]}}' http://127.0.0.1:8080/api/v1/checkout
                                                                           # 200: valid, forwarded to the orders backend
   curl -i -H 'Content-Type: text/plain' -d 'hello' http://127.0.0.1:8080/api/v1/checkout  # 415
+  curl -si http://127.0.0.1:8080/api/v1/catalogue http://127.0.0.1:8080/api/v1/catalogue | grep -i -E '^(x-cache-status|age):'
+                                                                          # response cache: MISS, then HIT with Age (one connection, so one shard)
+  curl -s -X POST 'http://127.0.0.1:9900/cache/purge?prefix=/api/v1/catalogue'; echo   # purge it: the next call is a MISS
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
 
 Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):

@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod compiled;
 pub mod config;

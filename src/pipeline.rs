@@ -146,6 +146,14 @@ pub async fn handle(
         };
         return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
     }
+    // Cache lookup: a stored answer ends the request here.
+    if let Some(plan) = &route.cache {
+        let found =
+            crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
+        if let crate::cache::Lookup::Served(d) = found.await? {
+            return Ok(d);
+        }
+    }
     let upstream = match &edge.split {
         Some(split) => {
             let key = split.sticky.as_ref().and_then(|on| {
@@ -194,7 +202,12 @@ pub async fn handle(
             policy::mirror::fire(st, mirror, route_id, shadow, req, &target, client, ex);
         }
     }
-    crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await
+    let result =
+        crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await;
+    match &route.cache {
+        Some(plan) => crate::cache::finish(shard, &route.name, plan, req, result, client, ex).await,
+        None => result,
+    }
 }
 
 /// Refuses a request that repeats a field the config makes decisions on

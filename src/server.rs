@@ -311,6 +311,7 @@ async fn serve_request(
         balance_key: None,
         body: None,
         cors_owned: false,
+        cache: None,
         request_id: &request_id,
         client_ip: peer.ip(),
         body_consumed: head.framing == Framing::None,

@@ -1,5 +1,5 @@
 //! The admin listener's HTTP/1.1: one thread per connection (a few at a
-//! time), `GET`/`HEAD` only, one request per connection.
+//! time), `GET`/`HEAD` (and `POST /cache/purge`), one request per connection.
 
 use super::{route, Answer, Hub};
 use std::io::{Read, Write};
@@ -59,6 +59,7 @@ fn handle(mut stream: TcpStream, hub: &Hub) {
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let answer = match method {
         "GET" | "HEAD" => route(hub, target),
+        "POST" if target.split('?').next() == Some("/cache/purge") => super::purge(hub, target),
         _ => Answer::text(
             405,
             "application/json",

@@ -5,7 +5,8 @@
 //! requests, so a slow scrape never holds a shard up.
 //!
 //! Routes: `/metrics`, `/health`, `/ready`, `/config`, `/upstreams`,
-//! `/shards`, `/ratelimits`, and the status page (`/`, `/api/status`).
+//! `/shards`, `/ratelimits`, and the status page (`/`, `/api/status`);
+//! `POST /cache/purge?key=..|prefix=..[&route=..]` removes response-cache entries.
 
 mod http;
 pub mod status;
@@ -263,6 +264,45 @@ pub fn route(hub: &Hub, path: &str) -> Answer {
             &json!({"error": "no such admin endpoint", "endpoints": ["/metrics", "/health", "/ready", "/config", "/upstreams", "/shards", "/ratelimits", "/", "/api/status"]}),
         ),
     }
+}
+
+/// `POST /cache/purge?key=/path%3Fq%3D1` or `?prefix=/path/` (percent-encoded),
+/// optionally `&route=name`: every shard removes the matching entries at its
+/// next control tick; the answer counts them.
+pub fn purge(hub: &Hub, target: &str) -> Answer {
+    use crate::cache::{Purge, PurgeTarget};
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let (mut route, mut key, mut prefix) = (None, None, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = crate::aggregate::template::percent_decode(value, true);
+        match name {
+            "route" => route = Some(value),
+            "key" => key = Some(value),
+            "prefix" => prefix = Some(value),
+            _ => {}
+        }
+    }
+    let target = match (key, prefix) {
+        (Some(k), None) if k.starts_with('/') => PurgeTarget::Key(k),
+        (None, Some(p)) if p.starts_with('/') => PurgeTarget::Prefix(p),
+        _ => {
+            return Answer::json(
+                400,
+                &json!({"error": "give one of key or prefix, a path starting with '/' (percent-encoded)"}),
+            )
+        }
+    };
+    let Some(asker) = hub.asker.get() else {
+        return Answer::json(503, &json!({"error": "the shards are not running"}));
+    };
+    let purge = Purge { route, target };
+    let (answered, removed) = asker.purge_cache(&purge, ASK_WAIT);
+    let status = if answered == asker.shards() { 200 } else { 504 };
+    Answer::json(
+        status,
+        &json!({"purged": removed, "shards": answered, "shards_total": asker.shards()}),
+    )
 }
 
 fn ready(hub: &Hub) -> Answer {

@@ -893,6 +893,7 @@ mod tests {
             metrics: Some(std::sync::Arc::new(m.snapshot())),
             breakers: Vec::new(),
             resilience: Vec::new(),
+            cache: Vec::new(),
             websocket_tunnels: 0,
             websocket_tunnels_total: 0,
             edge: Default::default(),

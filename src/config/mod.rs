@@ -5,6 +5,7 @@
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
 mod edge;
+mod cache;
 mod position;
 mod redact;
 mod resilience;
@@ -16,6 +17,7 @@ pub use validate::{
 };
 
 pub use edge::*;
+pub use cache::*;
 pub use resilience::*;
 pub use schema::*;
 

@@ -926,6 +926,10 @@ pub struct Route {
     /// JSON Schema validation of the request body and query.
     #[serde(default)]
     pub validate: Option<super::Validate>,
+    /// Keep `GET`/`HEAD` answers in memory and serve them without an
+    /// upstream call while fresh (see [`super::Cache`]).
+    #[serde(default)]
+    pub cache: Option<super::Cache>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching

@@ -577,6 +577,12 @@ impl Validator<'_> {
                     self.push(at, field("websocket.upgrades"), why.into());
                 }
             }
+            if let Some(c) = &r.cache {
+                for (at, f, why) in crate::cache::check(c, r.aggregate.is_some()) {
+                    let at = self.pos.field(scope, at);
+                    self.push(at, field(f), why.into());
+                }
+            }
             if let Some(prefix) = &r.strip_prefix {
                 let pattern = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref());
                 let ok = prefix.starts_with('/')

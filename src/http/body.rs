@@ -89,6 +89,17 @@ impl ChunkOut {
     }
 }
 
+/// Sees the body bytes of a copy as they pass (the response cache keeps them).
+pub trait BodyTap {
+    /// The next body bytes (payload only, no chunk framing).
+    fn feed(&mut self, data: &[u8]);
+}
+
+impl BodyTap for () {
+    #[inline(always)]
+    fn feed(&mut self, _: &[u8]) {}
+}
+
 /// Copies a body framed as `framing` from `src` to `dst`, returning its length.
 ///
 /// On success the body's bytes (and, for chunked input, its terminator) are
@@ -100,12 +111,24 @@ pub async fn copy_body(
     out: OutFraming,
     lim: CopyLimits,
 ) -> Result<u64, CopyError> {
+    copy_body_tapped(src, framing, dst, out, lim, &mut ()).await
+}
+
+/// [`copy_body`], showing the body's bytes to `tap` as they pass.
+pub async fn copy_body_tapped(
+    src: &mut Conn,
+    framing: Framing,
+    dst: &mut Stream,
+    out: OutFraming,
+    lim: CopyLimits,
+    tap: &mut dyn BodyTap,
+) -> Result<u64, CopyError> {
     let large = match framing {
         Framing::Length(n) => n > src.buffered().len() as u64 + 16 * 1024,
         Framing::Chunked | Framing::UntilClose => true,
         Framing::None => false,
     };
-    let result = copy_framed(src, framing, dst, out, lim, large).await;
+    let result = copy_framed(src, framing, dst, out, lim, large, tap).await;
     if large {
         src.shrink_to(STREAM_BUF / 4);
     }
@@ -119,6 +142,7 @@ async fn copy_framed(
     out: OutFraming,
     lim: CopyLimits,
     large: bool,
+    tap: &mut dyn BodyTap,
 ) -> Result<u64, CopyError> {
     if large {
         src.reserve_total(STREAM_BUF);
@@ -143,6 +167,7 @@ async fn copy_framed(
                     fill(src, lim.read_timeout).await?;
                 }
                 let take = (src.buffered().len() as u64).min(left) as usize;
+                tap.feed(src.buffered().get(..take).unwrap_or_default());
                 src.forward_buffered(take, dst, lim.write_timeout)
                     .await
                     .map_err(CopyError::Write)?;
@@ -150,7 +175,7 @@ async fn copy_framed(
             }
             Ok(n)
         }
-        Framing::Chunked => copy_chunked(src, dst, out, lim).await,
+        Framing::Chunked => copy_chunked(src, dst, out, lim, tap).await,
         Framing::UntilClose => {
             let mut total = 0u64;
             let mut o = ChunkOut { buf: Vec::new() };
@@ -167,6 +192,7 @@ async fn copy_framed(
                 if total > lim.max_bytes {
                     return Err(CopyError::TooLarge);
                 }
+                tap.feed(src.buffered());
                 match out {
                     OutFraming::Raw => src
                         .forward_buffered(n, dst, lim.write_timeout)
@@ -193,6 +219,7 @@ async fn copy_chunked(
     dst: &mut Stream,
     out: OutFraming,
     lim: CopyLimits,
+    tap: &mut dyn BodyTap,
 ) -> Result<u64, CopyError> {
     let mut dec = if lim.trailers && out == OutFraming::Chunked {
         ChunkedDecoder::keeping_trailers()
@@ -208,6 +235,7 @@ async fn copy_chunked(
             if total > lim.max_bytes {
                 return Err(CopyError::TooLarge);
             }
+            tap.feed(src.buffered().get(range.clone()).unwrap_or_default());
             match out {
                 OutFraming::Chunked => {
                     o.push(src.buffered().get(range).unwrap_or_default());

@@ -181,6 +181,7 @@ pub fn render(
         let _ = writeln!(o, "shardgate_process_open_fds {}", p.open_fds);
     }
     shards(o, reports);
+    cache(o, reports);
     if let Some(m) = merged {
         requests(o, m, p, bounds_s);
         upstreams(o, m, reports, bounds_s);
@@ -327,6 +328,59 @@ fn breakers(o: &mut String, reports: &[ShardReport]) {
                 "shardgate_circuit_breaker_transitions_total{{upstream=\"{}\",to=\"{to}\"}} {n}",
                 label(&b.upstream)
             );
+        }
+    }
+}
+
+/// Response-cache gauges and counters, per route and shard (routes that
+/// were requested on the shard).
+fn cache(o: &mut String, reports: &[ShardReport]) {
+    if reports.iter().all(|r| r.cache.is_empty()) {
+        return;
+    }
+    let gauges: [Family<crate::cache::CacheReport, u64>; 3] = [
+        (
+            "shardgate_cache_bytes",
+            "Bytes held by the response cache, per route and shard.",
+            |c| c.bytes,
+        ),
+        (
+            "shardgate_cache_entries",
+            "Entries held by the response cache, per route and shard.",
+            |c| c.entries,
+        ),
+        (
+            "shardgate_cache_capacity_bytes",
+            "The response cache's byte budget, per route and shard.",
+            |c| c.capacity,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        header(o, name, "gauge", help);
+        for r in reports {
+            for c in &r.cache {
+                let route = label(&c.route);
+                let _ = writeln!(o, "{name}{{route=\"{route}\",shard=\"{}\"}} {}", r.id, f(c));
+            }
+        }
+    }
+    header(
+        o,
+        "shardgate_cache_requests_total",
+        "counter",
+        "Requests on cached routes by X-Cache-Status (hit, miss, bypass, expired, stale), per route and shard.",
+    );
+    for r in reports {
+        for c in &r.cache {
+            let route = label(&c.route);
+            for (s, n) in crate::cache::Status::ALL.iter().zip(c.counts) {
+                let status = s.label().to_ascii_lowercase();
+                let _ = writeln!(
+                    o,
+                    "shardgate_cache_requests_total{{route=\"{route}\",shard=\"{}\",status=\"{status}\"}} {n}",
+                    r.id
+                );
+            }
         }
     }
 }

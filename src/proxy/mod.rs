@@ -14,7 +14,9 @@ pub mod upgrade;
 
 use crate::compiled::UpstreamPlan;
 use crate::error::{reason_phrase, GatewayError};
-use crate::http::body::{append_buffered, copy_body, CopyError, CopyLimits, OutFraming};
+use crate::http::body::{
+    append_buffered, copy_body, copy_body_tapped, BodyTap, CopyError, CopyLimits, OutFraming,
+};
 use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
@@ -75,6 +77,10 @@ pub struct Exchange<'a> {
     /// The route answers CORS itself (set by the pipeline): the upstream's
     /// own `Access-Control-*` fields are dropped, so a browser never sees two.
     pub cors_owned: bool,
+    /// The response cache's part in this request (set by the cache stage
+    /// when the answer may be stored): reads the response head and keeps
+    /// the body as it streams.
+    pub cache: Option<crate::cache::Tap>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -939,7 +945,8 @@ async fn exchange(
             }
         }
     };
-    if opts.hold.contains(resp.status) {
+    let cache_holds = ex.cache.as_mut().is_some_and(|t| t.on_head(&resp, req));
+    if opts.hold.contains(resp.status) || cache_holds {
         // The connection closes with this answer unread; its slot is given back.
         return (Attempt::Held(resp.status), head);
     }
@@ -956,7 +963,11 @@ async fn exchange(
         out_framing == Some(OutFraming::Raw) && !matches!(resp.framing, Framing::Length(_));
     let client_keep_alive = ex.keep_alive && !shard.shutdown.is_fired() && !close_delimited;
     let mut bytes = client_head(&resp, out_framing, ex, client_keep_alive, req.version == 0);
+    let body_at = bytes.len();
     let rest = append_buffered(&mut upc, resp.framing, &mut bytes);
+    if let Some(tap) = ex.cache.as_mut() {
+        tap.feed(bytes.get(body_at..).unwrap_or_default());
+    }
     // The head and the body bytes moved into its write; `copy_body` counts the rest.
     ex.seen.status = resp.status;
     ex.seen.bytes_out = bytes.len() as u64;
@@ -971,10 +982,16 @@ async fn exchange(
         max_bytes: u64::MAX,
         trailers: accepts_trailers(req.header("te")),
     };
-    let result = match out_framing {
-        None => Ok(0),
-        Some(out) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
+    let result = match (out_framing, ex.cache.as_mut().filter(|t| t.capturing())) {
+        (None, _) => Ok(0),
+        (Some(out), None) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
+        (Some(out), Some(tap)) => {
+            copy_body_tapped(&mut upc, rest, &mut client.stream, out, lim, tap).await
+        }
     };
+    if let (Ok(_), Some(tap)) = (&result, ex.cache.as_mut()) {
+        tap.complete();
+    }
     if let Ok(n) = result {
         ex.seen.bytes_out += n;
     }

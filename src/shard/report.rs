@@ -63,6 +63,8 @@ pub struct ShardReport {
     pub metrics: Option<std::sync::Arc<Snapshot>>,
     /// Circuit breakers as this shard sees them.
     pub breakers: Vec<crate::resilience::breaker::BreakerReport>,
+    /// Response caches per route (routes that were requested on this shard).
+    pub cache: Vec<crate::cache::CacheReport>,
     /// Retries and fallbacks per upstream name (upstreams that had any).
     pub resilience: Vec<(String, crate::resilience::retry::UpstreamStats)>,
     /// Edge-policy counters (mirror copies, refusals, preflights).
@@ -177,6 +179,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
             .breakers
             .borrow()
             .report(crate::ratelimit::limiter::now_ns()),
+        cache: shard.cache.borrow().report(),
         resilience: shard
             .retry_budgets
             .borrow()

@@ -45,6 +45,13 @@ pub enum Control {
     },
     /// The control side's latest view of target health and ejections.
     Health(Arc<crate::resilience::health::HealthView>),
+    /// Remove response-cache entries; answered with how many were removed.
+    CachePurge {
+        /// Which entries.
+        purge: crate::cache::Purge,
+        /// Where the count goes.
+        to: Sender<u64>,
+    },
 }
 
 /// The I/O driver a shard runs.
@@ -162,6 +169,35 @@ impl Asker {
         wait: Duration,
     ) -> Vec<super::report::ShardReport> {
         self.ask_each(|_| detail, wait)
+    }
+
+    /// Sends a response-cache purge to every shard and waits up to `wait`
+    /// for their answers: (shards that answered, entries removed).
+    pub fn purge_cache(&self, purge: &crate::cache::Purge, wait: Duration) -> (usize, u64) {
+        let (tx, rx) = crossbeam_channel::bounded(self.senders.len());
+        let mut asked = 0;
+        for s in &self.senders {
+            let msg = Control::CachePurge {
+                purge: purge.clone(),
+                to: tx.clone(),
+            };
+            if s.send(msg).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + wait;
+        let (mut answered, mut removed) = (0, 0);
+        while answered < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(n) => {
+                    answered += 1;
+                    removed += n;
+                }
+                Err(_) => break,
+            }
+        }
+        (answered, removed)
     }
 
     /// As [`Asker::ask`], with what to ask of each shard (by shard id).
@@ -686,6 +722,7 @@ async fn control_loop(
             match msg {
                 Control::Reload(c) => {
                     LATEST.with(|l| *l.borrow_mut() = Some(c.clone()));
+                    shard.cache.borrow_mut().keep_routes_of(&c);
                     shard.swap_config(c)
                 }
                 Control::Keys {
@@ -696,6 +733,9 @@ async fn control_loop(
                 Control::Health(view) => {
                     LATEST_HEALTH.with(|l| *l.borrow_mut() = Some(view.clone()));
                     shard.targets.borrow_mut().update(view)
+                }
+                Control::CachePurge { purge, to } => {
+                    let _ = to.send(shard.cache.borrow_mut().purge(&purge));
                 }
                 Control::Report { detail, to } => {
                     let _ = to.send(super::report::report(shard, core, driver, detail));

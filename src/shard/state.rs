@@ -77,6 +77,8 @@ pub struct Shard {
     /// Target health (the control side's view), latency estimates and
     /// failure streaks: what target picking reads.
     pub targets: RefCell<crate::resilience::targets::TargetTable>,
+    /// Response caches of this shard, per route.
+    pub cache: RefCell<crate::cache::Stores>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
     /// Requests being handled right now.
@@ -131,6 +133,7 @@ impl Shard {
             jwks: RefCell::default(),
             config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
             pools: RefCell::default(),
+            cache: RefCell::default(),
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
