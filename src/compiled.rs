@@ -122,6 +122,8 @@ pub struct RoutePlan {
     /// Upgrades (WebSocket) this route tunnels; `None`: upgrade fields are
     /// removed and the request proxied as a plain one.
     pub websocket: Option<crate::proxy::upgrade::UpgradePlan>,
+    /// Transformation and compression (`None`: the route has neither).
+    pub body: Option<Box<crate::transform::Plan>>,
 }
 
 /// One listener with its own route table.
@@ -396,6 +398,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .websocket
                 .as_ref()
                 .map(crate::proxy::upgrade::UpgradePlan::compile),
+            body: crate::transform::compile_route(r, &params)
+                .map_err(|e| format!("route {:?}: {e}", r.name))?,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

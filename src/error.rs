@@ -19,6 +19,8 @@ pub enum GatewayError {
     RequestTimeout,
     /// The request body is larger than allowed (413).
     PayloadTooLarge,
+    /// The request body's media type or coding is not one the route takes (415).
+    UnsupportedMediaType(&'static str),
     /// The request head is too large or has too many fields (431).
     HeadersTooLarge,
     /// A transfer coding the gateway does not implement (501).
@@ -80,6 +82,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTimeout => 408,
             GatewayError::PayloadTooLarge => 413,
+            GatewayError::UnsupportedMediaType(_) => 415,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::TooManyRequests { .. } => 429,
             GatewayError::NotImplemented(_) => 501,
@@ -107,6 +110,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method not allowed on this route".into(),
             GatewayError::RequestTimeout => "request not received in time".into(),
             GatewayError::PayloadTooLarge => "request body too large".into(),
+            GatewayError::UnsupportedMediaType(why) => format!("unsupported media type: {why}"),
             GatewayError::HeadersTooLarge => "request header fields too large".into(),
             GatewayError::NotImplemented(what) => format!("not implemented: {what}"),
             GatewayError::VersionNotSupported => {
@@ -268,6 +272,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

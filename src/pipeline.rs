@@ -6,10 +6,13 @@
 //! Stages: check repeated singleton fields and the declared body size →
 //! normalise the path → route → strip client
 //! identity headers → authenticate → authorize → rate-limit → (an upgrade the
-//! route accepts: take a tunnel slot) → forward to the upstream (which
+//! route accepts: take a tunnel slot) → request transformation (headers,
+//! query, JSON body; request decompression) → forward to the upstream (which
 //! streams the response back, or tunnels an upgraded connection after its
 //! `101`), or, on a composite route, run its parts
-//! and answer with the composed JSON. Rate limiting comes after authorization
+//! and answer with the composed JSON. On the way back: response
+//! transformation, then compression (both in the proxy's response side,
+//! [`crate::transform::respond`]). Rate limiting comes after authorization
 //! (keys can use the caller's identity) and before both, so
 //! a composite counts once however many parts it has.
 
@@ -26,13 +29,13 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 /// Handles one request whose head has been read from `client`.
-pub async fn handle(
+pub async fn handle<'c>(
     shard: &Shard,
-    cfg: &ShardConfig,
+    cfg: &'c ShardConfig,
     listener: usize,
     req: &mut RequestHead,
     client: &mut Conn,
-    ex: &mut Exchange<'_>,
+    ex: &mut Exchange<'c>,
 ) -> Result<Disposition, GatewayError> {
     check_singletons(req, &cfg.compiled.singleton_headers)?;
     check_declared_length(req, ex.limits.max_body_bytes)?;
@@ -42,7 +45,6 @@ pub async fn handle(
         .get(listener)
         .ok_or(GatewayError::Unavailable("listener is not configured"))?;
     normalize_path(req, listener.path)?;
-    let req = &*req;
     let (route_id, params) = route(listener, req)?;
     ex.seen.route = Some(route_id);
     let route = cfg
@@ -94,6 +96,15 @@ pub async fn handle(
         }
     }
     ex.drop_authorization = !route.keep_authorization;
+    // Request transformation; the edited head replaces the request's.
+    if let Some(plan) = &route.body {
+        if let Some(edited) =
+            crate::transform::request(plan, req, &params, &claims, client, ex).await?
+        {
+            *req = edited;
+        }
+    }
+    let req = &*req;
     // Everything above runs once per request; a composite fans out from here.
     if let Some(plan) = &route.aggregate {
         let inputs = aggregate::Inputs {

@@ -896,6 +896,14 @@ pub struct Route {
     /// request is proxied as a plain request, its upgrade fields removed.
     #[serde(default)]
     pub websocket: Option<WebSocket>,
+    /// Request and response transformation: header, query and JSON body
+    /// operations (see [`crate::transform::Transform`]).
+    #[serde(default)]
+    pub transform: Option<crate::transform::Transform>,
+    /// Response compression and request decompression (see
+    /// [`crate::compress::Compression`]).
+    #[serde(default)]
+    pub compression: Option<crate::compress::Compression>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching

@@ -69,6 +69,9 @@ pub struct Exchange<'a> {
     /// The request's consistent-hash key (set by the pipeline when the
     /// upstream balances by `ConsistentHash` and the request carries the key).
     pub balance_key: Option<u64>,
+    /// The route's response transformation and compression for this
+    /// request (set by the request transformation stage).
+    pub body_edit: Option<Box<crate::transform::ResponseEdit<'a>>>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -218,7 +221,7 @@ pub fn upstream_head(
 }
 
 /// Builds the client response head from the upstream's.
-fn client_head(
+pub(crate) fn client_head(
     resp: &ResponseHead,
     out_framing: Option<OutFraming>,
     ex: &Exchange<'_>,
@@ -927,6 +930,32 @@ async fn exchange(
     if opts.hold.contains(resp.status) {
         // The connection closes with this answer unread; its slot is given back.
         return (Attempt::Held(resp.status), head);
+    }
+    // Response transformation and compression, when the route has them.
+    if let Some(edit) = ex.body_edit.take() {
+        let keep = ex.keep_alive && !shard.shutdown.is_fired();
+        let done = crate::transform::respond(
+            &edit,
+            &resp,
+            &mut upc,
+            client,
+            ex,
+            req.version,
+            timeout,
+            keep,
+            &up.name,
+        )
+        .await;
+        return match done {
+            Ok(f) => {
+                if f.upstream_done && resp.keep_alive && !early_answer && upc.buffered().is_empty()
+                {
+                    lease.pool(upc, up.max_idle);
+                }
+                (Attempt::Done(Ok(f.disposition)), head)
+            }
+            Err(e) => (Attempt::Done(Err(e)), head),
+        };
     }
     // Response to the client.
     let client_http11 = req.version == 1;
