@@ -763,6 +763,60 @@ pub(crate) async fn copy_compressed(
     Ok(written)
 }
 
+/// The fields a decision changes on a response head: names to drop and
+/// fields to add (`Vary`, `Content-Encoding`, a weakened `ETag`).
+pub fn head_changes(
+    decision: Decision,
+    resp: &ResponseHead,
+) -> (Vec<&'static str>, Vec<(&'static str, String)>) {
+    let mut drop = Vec::new();
+    let mut extra = Vec::new();
+    if decision.vary {
+        if let Some(v) = vary_value(resp.header("vary")) {
+            drop.push("vary");
+            extra.push(("vary", v));
+        }
+    }
+    if let Some((alg, _)) = decision.encode {
+        drop.push("content-encoding");
+        extra.push(("content-encoding", alg.token().to_string()));
+        if let Some(tag) = resp.header("etag").and_then(weak_etag) {
+            drop.push("etag");
+            extra.push(("etag", tag));
+        }
+    }
+    (drop, extra)
+}
+
+/// [`write_buffered`] for a request: the coding is negotiated from its
+/// `Accept-Encoding` (for an answer made without the proxy, e.g. a stored
+/// one); `plan` is the route's compression, if any.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_response(
+    plan: Option<&CompressPlan>,
+    req: &crate::http::RequestHead,
+    resp: &ResponseHead,
+    body: &[u8],
+    client: &mut Conn,
+    ex: &mut crate::proxy::Exchange<'_>,
+    keep_alive: bool,
+) -> crate::proxy::Disposition {
+    let chosen = plan.and_then(|p| negotiate(&p.algorithms, req.header("accept-encoding")));
+    let head_request = req.method() == "HEAD";
+    write_buffered(
+        plan,
+        chosen,
+        resp,
+        body,
+        client,
+        ex,
+        keep_alive,
+        req.version == 0,
+        head_request,
+    )
+    .await
+}
+
 /// Writes a complete response held in memory — `resp` for its status and
 /// fields (its framing fields are replaced), `body` for its body — to the
 /// client, compressed when `plan` and the client's coding (`chosen`, from
@@ -786,34 +840,29 @@ pub async fn write_buffered(
         Some(p) => decide(p, chosen, resp, Some(body.len() as u64), head_request),
         None => Decision::default(),
     };
-    let mut extra = Vec::new();
-    let mut drop: Vec<&str> = Vec::new();
-    if decision.vary {
-        if let Some(v) = vary_value(resp.header("vary")) {
-            drop.push("vary");
-            extra.push(("vary", v));
-        }
-    }
     let packed = match decision.encode {
-        Some((alg, level)) => compress_all(alg, level, body).ok().map(|b| (alg, b)),
+        Some((alg, level)) => compress_all(alg, level, body).ok(),
         None => None,
     };
-    if let Some((alg, _)) = &packed {
-        drop.push("content-encoding");
-        extra.push(("content-encoding", alg.token().to_string()));
-        if let Some(tag) = resp.header("etag").and_then(weak_etag) {
-            drop.push("etag");
-            extra.push(("etag", tag));
-        }
-    }
-    let out_body: &[u8] = packed.as_ref().map_or(body, |(_, b)| b);
-    let framing = NewFraming::Length(out_body.len());
+    let decision = Decision {
+        encode: decision.encode.filter(|_| packed.is_some()),
+        ..decision
+    };
+    let (drop, extra) = head_changes(decision, resp);
+    let out_body: &[u8] = packed.as_deref().unwrap_or(body);
+    // A status without a body keeps its fields as they are (no length).
+    let bodyless = matches!(resp.status, 100..=199 | 204 | 304);
+    let framing = if bodyless {
+        NewFraming::Keep
+    } else {
+        NewFraming::Length(out_body.len())
+    };
     let Some(out) = head::response(resp, None, &drop, &extra, framing, false) else {
         return Disposition::Close;
     };
-    let mut bytes =
-        crate::proxy::client_head(&out, Some(OutFraming::Raw), ex, keep_alive, http10_client);
-    if !head_request {
+    let out_framing = (!bodyless).then_some(OutFraming::Raw);
+    let mut bytes = crate::proxy::client_head(&out, out_framing, ex, keep_alive, http10_client);
+    if !head_request && !bodyless {
         bytes.extend_from_slice(out_body);
     }
     ex.seen.status = resp.status;

@@ -914,50 +914,38 @@ pub async fn respond(
             upstream_done: true,
         });
     }
-    // Streamed: header operations, then compression as the body passes.
-    let length = match resp.framing {
+    // Streamed. The head's transformation first: `base` is the response as
+    // it goes to a client that takes no compression.
+    let transformed = match &headers {
+        Some(h) => Some(
+            head::response(resp, Some(h), &[], &[], NewFraming::Keep, edit.head_request)
+                .ok_or_else(|| bad("the transformed response head is not valid"))?,
+        ),
+        None => None,
+    };
+    let base = transformed.as_ref().unwrap_or(resp);
+    // Then compression, as the body passes.
+    let length = match base.framing {
         Framing::Length(n) => Some(n),
         _ => None,
     };
     let decision = match &edit.plan.compression {
-        Some(c) => compress::decide(c, edit.encoding, resp, length, edit.head_request),
+        Some(c) => compress::decide(c, edit.encoding, base, length, edit.head_request),
         None => compress::Decision::default(),
     };
-    let mut extra = Vec::new();
-    let mut drop: Vec<&str> = Vec::new();
-    if decision.vary {
-        if let Some(v) = compress::vary_value(resp.header("vary")) {
-            drop.push("vary");
-            extra.push(("vary", v));
-        }
-    }
-    if let Some((alg, _)) = decision.encode {
-        drop.push("content-encoding");
-        extra.push(("content-encoding", alg.token().to_string()));
-        if let Some(tag) = resp.header("etag").and_then(compress::weak_etag) {
-            drop.push("etag");
-            extra.push(("etag", tag));
-        }
-    }
+    let (drop, extra) = compress::head_changes(decision, base);
     let framing = if decision.encode.is_some() {
         NewFraming::Chunked
     } else {
         NewFraming::Keep
     };
-    let rebuilt;
-    let out_resp = if headers.is_some() || !extra.is_empty() {
-        rebuilt = head::response(
-            resp,
-            headers.as_ref(),
-            &drop,
-            &extra,
-            framing,
-            edit.head_request,
-        )
-        .ok_or_else(|| bad("the transformed response head is not valid"))?;
-        &rebuilt
+    let compressed;
+    let out_resp = if extra.is_empty() {
+        base
     } else {
-        resp
+        compressed = head::response(base, None, &drop, &extra, framing, edit.head_request)
+            .ok_or_else(|| bad("the compressed response head is not valid"))?;
+        &compressed
     };
     let client_http11 = client_version == 1;
     let out_framing = match out_resp.framing {
