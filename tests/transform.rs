@@ -415,3 +415,58 @@ fn check_reports_bad_operations_with_their_position() {
         );
     }
 }
+
+#[test]
+fn transformation_composes_with_compression_and_request_decompression() {
+    let backend = Backend::start(|r| {
+        let mut doc = serde_json::from_slice::<Value>(&r.body).unwrap_or(json!({}));
+        doc["internal"] = json!("x".repeat(3000));
+        doc["seen_encoding"] = json!(r.header("content-encoding").unwrap_or("none"));
+        Response::ok(serde_json::to_vec(&doc).unwrap()).header("Content-Type", "application/json")
+    });
+    let gw = gateway(
+        &backend,
+        r#"transform: Some(Transform(
+              request: Some(TransformOps(body: Some(JsonOps(rename: { "a": "b" })))),
+              response: Some(TransformOps(body: Some(JsonOps(remove: ["internal"], add: { "pad": "{id}" })))))),
+          compression: Some(Compression(algorithms: [Gzip], min_bytes: 10, decompress_requests: true))"#,
+    );
+    let auth = alice();
+    let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut packed, br#"{"a": 1, "keep": "yes"}"#).unwrap();
+    let packed = packed.finish().unwrap();
+    let resp = request(
+        gw.port,
+        "POST",
+        "/users/3",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("Accept-Encoding", "gzip"),
+        ],
+        &packed,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // Inflated, then transformed, on the way in.
+    let seen: Value = serde_json::from_slice(&backend.last().body).unwrap();
+    assert_eq!(seen, json!({"b": 1, "keep": "yes"}));
+    // Transformed, then compressed whole, on the way out.
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(
+        resp.header("content-length"),
+        Some(resp.body.len().to_string().as_str())
+    );
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&resp.body[..]),
+        &mut plain,
+    )
+    .unwrap();
+    let got: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(
+        got,
+        json!({"b": 1, "keep": "yes", "seen_encoding": "none", "pad": "3"})
+    );
+}
