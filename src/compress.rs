@@ -456,6 +456,9 @@ pub enum Encoder {
 const BROTLI_LGWIN: u32 = 18;
 /// zstd's window log: 2^20 bytes, for the same reason.
 const ZSTD_WINDOW_LOG: u32 = 20;
+/// zstd's chain and hash table logs at levels 8 and up: 2^20 entries each
+/// (about 8 MiB per encoder at most).
+const ZSTD_TABLE_LOG: u32 = 20;
 
 impl Encoder {
     /// An encoder for `alg` at `level`.
@@ -475,6 +478,12 @@ impl Encoder {
                 let level = i32::try_from(level.min(19)).unwrap_or(3);
                 let mut e = zstd::stream::write::Encoder::new(Vec::new(), level)?;
                 e.window_log(ZSTD_WINDOW_LOG)?;
+                if level >= 8 {
+                    // The high levels' match tables (up to 2^24 entries)
+                    // would cost tens of MiB per response.
+                    e.set_parameter(zstd::zstd_safe::CParameter::ChainLog(ZSTD_TABLE_LOG))?;
+                    e.set_parameter(zstd::zstd_safe::CParameter::HashLog(ZSTD_TABLE_LOG))?;
+                }
                 Encoder::Zstd(e)
             }
         })
