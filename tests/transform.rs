@@ -470,3 +470,39 @@ fn transformation_composes_with_compression_and_request_decompression() {
         json!({"b": 1, "keep": "yes", "seen_encoding": "none", "pad": "3"})
     );
 }
+
+#[test]
+fn a_fallback_answer_is_transformed_too() {
+    let primary = Backend::start(|_| {
+        Response::ok(format!("{{\"internal\":\"{}\"}}", "s".repeat(5000)))
+            .header("Content-Type", "application/json")
+    });
+    let alternate = Backend::start(|_| {
+        Response::ok(r#"{"internal":"secret","name":"alt"}"#)
+            .header("Content-Type", "application/json")
+    });
+    let text = format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "app": Upstream(targets: ["{p}"]), "alt": Upstream(targets: ["{a}"]) }},
+    routes: [
+        Route(name: "t", match: Match(path_prefix: "/"), upstream: "app",
+              fallback: Some(Alternate(upstream: "alt")),
+              transform: Some(Transform(max_body_bytes: 1000, response: Some(TransformOps(
+                  body: Some(JsonOps(remove: ["internal"]))))))),
+    ],
+)"#,
+        p = primary.addr(),
+        a = alternate.addr()
+    );
+    let gw = Gateway::start(&text);
+    let resp = get(gw.port, "/x");
+    assert_eq!(primary.count(), 1);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-fallback"), Some("upstream-error"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&resp.body).unwrap(),
+        json!({"name": "alt"})
+    );
+}

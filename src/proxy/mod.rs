@@ -946,6 +946,8 @@ async fn exchange(
             &up.name,
         )
         .await;
+        // Kept for a fallback's exchange, should this one fail.
+        ex.body_edit = Some(edit);
         return match done {
             Ok(f) => {
                 if f.upstream_done && resp.keep_alive && !early_answer && upc.buffered().is_empty()
