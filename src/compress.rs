@@ -732,11 +732,34 @@ pub(crate) async fn copy_compressed(
     framing: Framing,
     dst: &mut Stream,
     out: OutFraming,
-    mut enc: Encoder,
+    enc: Encoder,
     lim: CopyLimits,
     mut tap: Option<Tap<'_>>,
 ) -> Result<u64, CopyError> {
-    let io = |e: std::io::Error| CopyError::Write(crate::http::io::IoFail::Io(e));
+    // Larger reads: fewer flushes, so a better ratio, when the upstream is fast.
+    src.reserve_total(STREAM_READ);
+    let result = copy_compressed_with(src, framing, dst, out, enc, lim, &mut tap).await;
+    src.shrink_to(STREAM_READ / 4);
+    result
+}
+
+fn io(e: std::io::Error) -> CopyError {
+    CopyError::Write(crate::http::io::IoFail::Io(e))
+}
+
+/// Read buffer while compressing a stream (given back after).
+const STREAM_READ: usize = 128 * 1024;
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_compressed_with(
+    src: &mut Conn,
+    framing: Framing,
+    dst: &mut Stream,
+    out: OutFraming,
+    mut enc: Encoder,
+    lim: CopyLimits,
+    tap: &mut Option<Tap<'_>>,
+) -> Result<u64, CopyError> {
     let mut source = BodySource::new(framing);
     let mut plain = Vec::new();
     let mut packed = Vec::new();
