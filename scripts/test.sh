@@ -29,6 +29,11 @@ export SHARDGATE_BROWSER_REQUIRED=1
 if ! python3 -c 'import websockets' 2>/dev/null && ! /usr/bin/python3 -c 'import websockets' 2>/dev/null; then
     apt_install python3-websockets || echo "test.sh: could not install python3-websockets; the WebSocket tests will fail" >&2
 fi
+# python3-brotli + python3-zstandard: tests/compression.rs decodes the gateway's
+# brotli and zstd responses (and compresses request bodies) with real Python clients.
+if ! python3 -c 'import brotli, zstandard' 2>/dev/null && ! /usr/bin/python3 -c 'import brotli, zstandard' 2>/dev/null; then
+    apt_install python3-brotli python3-zstandard || echo "test.sh: could not install python3-brotli/python3-zstandard; the Python compression test will fail" >&2
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

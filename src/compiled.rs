@@ -126,6 +126,8 @@ pub struct RoutePlan {
     pub edge: crate::policy::EdgePlan,
     /// The response cache of the route.
     pub cache: Option<crate::cache::CachePlan>,
+    /// Transformation and compression (`None`: the route has neither).
+    pub body: Option<Box<crate::transform::Plan>>,
 }
 
 /// One listener with its own route table.
@@ -411,6 +413,8 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             edge: crate::policy::compile_route(r, default_cors.as_ref(), &upstream_index)
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
             cache: r.cache.as_ref().map(crate::cache::CachePlan::compile),
+            body: crate::transform::compile_route(r, &params)
+                .map_err(|e| format!("route {:?}: {e}", r.name))?,
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

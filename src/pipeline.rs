@@ -47,13 +47,13 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 /// Handles one request whose head has been read from `client`.
-pub async fn handle(
+pub async fn handle<'c>(
     shard: &Shard,
-    cfg: &ShardConfig,
+    cfg: &'c ShardConfig,
     listener: usize,
     req: &mut RequestHead,
     client: &mut Conn,
-    ex: &mut Exchange<'_>,
+    ex: &mut Exchange<'c>,
 ) -> Result<Disposition, GatewayError> {
     check_singletons(req, &cfg.compiled.singleton_headers)?;
     check_declared_length(req, ex.limits.max_body_bytes)?;
@@ -63,7 +63,6 @@ pub async fn handle(
         .get(listener)
         .ok_or(GatewayError::Unavailable("listener is not configured"))?;
     normalize_path(req, listener.path)?;
-    let req = &*req;
     if let Some(filter) = &listener.ip_filter {
         policy::filter_ip(&shard.edge, filter, &cfg.compiled, req, ex)?;
     }
@@ -133,10 +132,27 @@ pub async fn handle(
         }
         checked?;
     }
+    // Cache lookup: a stored answer ends the request here.
+    if let Some(plan) = &route.cache {
+        let found =
+            crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
+        if let crate::cache::Lookup::Served(d) = found.await? {
+            return Ok(d);
+        }
+    }
     ex.drop_authorization = !route.keep_authorization;
     if let Some(answer) = &edge.static_response {
         return answer.answer(req, client, ex).await;
     }
+    // Request transformation; the edited head replaces the request's.
+    if let Some(plan) = &route.body {
+        if let Some(edited) =
+            crate::transform::request(plan, req, &params, &claims, client, ex).await?
+        {
+            *req = edited;
+        }
+    }
+    let req = &*req;
     // Everything above runs once per request; a composite fans out from here.
     if let Some(plan) = &route.aggregate {
         let inputs = aggregate::Inputs {
@@ -145,14 +161,6 @@ pub async fn handle(
             claims: &claims,
         };
         return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
-    }
-    // Cache lookup: a stored answer ends the request here.
-    if let Some(plan) = &route.cache {
-        let found =
-            crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
-        if let crate::cache::Lookup::Served(d) = found.await? {
-            return Ok(d);
-        }
     }
     let upstream = match &edge.split {
         Some(split) => {

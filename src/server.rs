@@ -330,6 +330,7 @@ async fn serve_request(
             .unwrap_or_default(),
         seen: Default::default(),
         trace: crate::observe::trace::start(cfg.compiled.tracing.as_ref(), head),
+        body_edit: None,
     };
     let redirect = cfg
         .compiled

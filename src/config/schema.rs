@@ -930,6 +930,14 @@ pub struct Route {
     /// upstream call while fresh (see [`super::Cache`]).
     #[serde(default)]
     pub cache: Option<super::Cache>,
+    /// Request and response transformation: header, query and JSON body
+    /// operations (see [`crate::transform::Transform`]).
+    #[serde(default)]
+    pub transform: Option<crate::transform::Transform>,
+    /// Response compression and request decompression (see
+    /// [`crate::compress::Compression`]).
+    #[serde(default)]
+    pub compression: Option<crate::compress::Compression>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching

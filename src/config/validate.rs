@@ -548,6 +548,9 @@ impl Validator<'_> {
                 );
             }
             let params = self.route_match(&r.matcher, scope, &field);
+            for (f, message, near) in crate::transform::check_route(r, &params) {
+                self.push(self.pos.after(scope, &near), field(&f), message);
+            }
             if let Some(a) = &r.aggregate {
                 self.aggregate(g, i, r, a, scope, &params);
             } else if r.non_idempotent {

@@ -81,6 +81,9 @@ pub struct Exchange<'a> {
     /// when the answer may be stored): reads the response head and keeps
     /// the body as it streams.
     pub cache: Option<crate::cache::Tap>,
+    /// The route's response transformation and compression for this
+    /// request (set by the request transformation stage).
+    pub body_edit: Option<Box<crate::transform::ResponseEdit<'a>>>,
 }
 
 /// What the stages learn of one request, for metrics, the access log and
@@ -230,7 +233,7 @@ pub fn upstream_head(
 }
 
 /// Builds the client response head from the upstream's.
-fn client_head(
+pub(crate) fn client_head(
     resp: &ResponseHead,
     out_framing: Option<OutFraming>,
     ex: &Exchange<'_>,
@@ -949,6 +952,34 @@ async fn exchange(
     if opts.hold.contains(resp.status) || cache_holds {
         // The connection closes with this answer unread; its slot is given back.
         return (Attempt::Held(resp.status), head);
+    }
+    // Response transformation and compression, when the route has them.
+    if let Some(edit) = ex.body_edit.take() {
+        let keep = ex.keep_alive && !shard.shutdown.is_fired();
+        let done = crate::transform::respond(
+            &edit,
+            &resp,
+            &mut upc,
+            client,
+            ex,
+            req.version,
+            timeout,
+            keep,
+            &up.name,
+        )
+        .await;
+        // Kept for a fallback's exchange, should this one fail.
+        ex.body_edit = Some(edit);
+        return match done {
+            Ok(f) => {
+                if f.upstream_done && resp.keep_alive && !early_answer && upc.buffered().is_empty()
+                {
+                    lease.pool(upc, up.max_idle);
+                }
+                (Attempt::Done(Ok(f.disposition)), head)
+            }
+            Err(e) => (Attempt::Done(Err(e)), head),
+        };
     }
     // Response to the client.
     let client_http11 = req.version == 1;
