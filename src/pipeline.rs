@@ -213,7 +213,7 @@ pub async fn handle<'c>(
     let result =
         crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await;
     match &route.cache {
-        Some(plan) => crate::cache::finish(shard, &route.name, plan, req, result, client, ex).await,
+        Some(plan) => crate::cache::finish(shard, route, plan, req, result, client, ex).await,
         None => result,
     }
 }

@@ -28,10 +28,11 @@ mod refresh;
 pub mod store;
 
 use crate::compiled::RoutePlan;
+use crate::compress::CompressPlan;
 use crate::config::{Cache, CacheQuery};
 use crate::error::{reason_phrase, GatewayError};
 use crate::http::head::{is_hop_by_hop, ConnectionNames};
-use crate::http::{Conn, Framing, RequestHead, ResponseHead};
+use crate::http::{Conn, Framing, Parsed, RequestHead, ResponseHead};
 use crate::proxy::{Disposition, Exchange};
 use crate::shard::{Shard, ShardConfig};
 use control::Directives;
@@ -684,6 +685,7 @@ pub async fn lookup(
     ex: &mut Exchange<'_>,
 ) -> Result<Lookup, GatewayError> {
     let route = route_plan.name.as_str();
+    let compress = compression_of(route_plan);
     let authenticated = route_plan.auth.is_some();
     let identity = if authenticated && !plan.shared {
         claims
@@ -706,6 +708,15 @@ pub async fn lookup(
         return Ok(Lookup::Forward);
     }
     let (primary, resource) = key::primary(&plan.key, req, identity);
+    // A refresh behind a stale answer fetches the route's one upstream as
+    // the request came; a route that transforms or splits its requests
+    // fetches in line instead (as EXPIRED), so what is stored is always what
+    // its clients get.
+    let background_refresh = route_plan.edge.split.is_none()
+        && route_plan
+            .body
+            .as_ref()
+            .is_none_or(|b| b.request.is_none() && b.response.is_none());
     let mut waited = false;
     loop {
         let now = Instant::now();
@@ -724,7 +735,9 @@ pub async fn lookup(
                     rc.counts.add(Status::Hit);
                     Step::Serve(a, Status::Hit)
                 }
-                (Some(a), flight) if stale_for.flatten().is_some_and(|s| s < a.swr_s) => {
+                (Some(a), flight)
+                    if background_refresh && stale_for.flatten().is_some_and(|s| s < a.swr_s) =>
+                {
                     rc.counts.add(Status::Stale);
                     match flight {
                         Some(_) => Step::Serve(a, Status::Stale),
@@ -752,11 +765,11 @@ pub async fn lookup(
         };
         match step {
             Step::Serve(a, status) => {
-                let d = write_answer(shard, req, client, ex, &a, status).await;
+                let d = write_answer(shard, req, client, ex, &a, status, compress).await;
                 return Ok(Lookup::Served(d));
             }
             Step::Revalidate(a, flight) => {
-                let d = write_answer(shard, req, client, ex, &a, Status::Stale).await;
+                let d = write_answer(shard, req, client, ex, &a, Status::Stale, compress).await;
                 let mut tap = new_tap(plan, primary, resource, Status::Expired, None, Some(flight));
                 let ok = refresh::fetch(shard, cfg, route_plan, params, req, ex, &mut tap).await;
                 settle(shard, route, plan, &mut tap, ok, false, req);
@@ -826,7 +839,7 @@ enum Step {
 /// allows, and lets waiting requests go on.
 pub async fn finish(
     shard: &Shard,
-    route: &str,
+    route_plan: &RoutePlan,
     plan: &CachePlan,
     req: &RequestHead,
     result: Result<Disposition, GatewayError>,
@@ -836,6 +849,7 @@ pub async fn finish(
     let Some(mut tap) = ex.cache.take() else {
         return result;
     };
+    let route = route_plan.name.as_str();
     let now = Instant::now();
     let answered = result.is_ok() && ex.response_started;
     settle(shard, route, plan, &mut tap, result.is_ok(), answered, req);
@@ -845,7 +859,9 @@ pub async fn finish(
             count(shard, route, plan, Status::Stale);
             let line = format!("x-cache-status: {}\r\n", Status::Expired.label());
             ex.response_headers = ex.response_headers.replacen(&line, "", 1);
-            return Ok(write_answer(shard, req, client, ex, &stale, Status::Stale).await);
+            let compress = compression_of(route_plan);
+            let d = write_answer(shard, req, client, ex, &stale, Status::Stale, compress).await;
+            return Ok(d);
         }
     }
     result
@@ -900,8 +916,14 @@ pub async fn write_answer(
     ex: &mut Exchange<'_>,
     a: &Answer,
     status: Status,
+    compress: Option<&CompressPlan>,
 ) -> Disposition {
     let keep_alive = ex.keep_alive && !shard.shutdown.is_fired();
+    // A route that compresses: the stored (uncompressed) answer goes out
+    // through compression, negotiated with this client.
+    if let Some(c) = compress {
+        return write_compressed(c, req, client, ex, a, status, keep_alive).await;
+    }
     let head_only = req.method() == "HEAD";
     let body_len = if head_only { 0 } else { a.body.len() };
     let mut out = Vec::with_capacity(a.head.len() + body_len + 160 + ex.response_headers.len());
@@ -934,4 +956,43 @@ pub async fn write_answer(
     } else {
         Disposition::KeepAlive
     }
+}
+
+/// The route's response compression: stored answers are kept uncompressed
+/// and compressed for each client that accepts it.
+fn compression_of(route: &RoutePlan) -> Option<&CompressPlan> {
+    route.body.as_ref().and_then(|b| b.compression.as_ref())
+}
+
+/// [`write_answer`] on a route with compression: the stored head and body
+/// go out through [`crate::compress::write_response`], which negotiates
+/// the coding with this client and sets `Vary`.
+async fn write_compressed(
+    plan: &CompressPlan,
+    req: &RequestHead,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    a: &Answer,
+    status: Status,
+    keep_alive: bool,
+) -> Disposition {
+    let mut raw = Vec::with_capacity(a.head.len() + 64);
+    let _ = write!(raw, "HTTP/1.1 {} {}\r\n", a.status, reason_phrase(a.status));
+    raw.extend_from_slice(&a.head);
+    let _ = write!(raw, "content-length: {}\r\n\r\n", a.body.len());
+    let Ok(Parsed::Complete(head, _)) =
+        ResponseHead::parse(&raw, crate::proxy::MAX_RESPONSE_HEAD, false)
+    else {
+        return Disposition::Close;
+    };
+    let age = a.age(Instant::now()).to_string();
+    for (name, value) in [
+        ("age: ", age.as_str()),
+        ("x-cache-status: ", status.label()),
+    ] {
+        ex.response_headers.push_str(name);
+        ex.response_headers.push_str(value);
+        ex.response_headers.push_str("\r\n");
+    }
+    crate::compress::write_response(Some(plan), req, &head, &a.body, client, ex, keep_alive).await
 }

@@ -4,8 +4,8 @@
 //! `config/` knows nothing of sockets or shards: it turns text into a
 //! [`Gateway`] value that is known to be consistent, or into a
 //! [`ConfigError`] naming every problem with file, line, column and field.
-mod edge;
 mod cache;
+mod edge;
 mod position;
 mod redact;
 mod resilience;
@@ -16,8 +16,8 @@ pub use validate::{
     is_token_byte, path_template_params, resolve, split_scheme, target_host, template_params,
 };
 
-pub use edge::*;
 pub use cache::*;
+pub use edge::*;
 pub use resilience::*;
 pub use schema::*;
 

@@ -957,15 +957,7 @@ async fn exchange(
     if let Some(edit) = ex.body_edit.take() {
         let keep = ex.keep_alive && !shard.shutdown.is_fired();
         let done = crate::transform::respond(
-            &edit,
-            &resp,
-            &mut upc,
-            client,
-            ex,
-            req.version,
-            timeout,
-            keep,
-            &up.name,
+            &edit, &resp, &mut upc, client, ex, req, timeout, keep, &up.name,
         )
         .await;
         // Kept for a fallback's exchange, should this one fail.

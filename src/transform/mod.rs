@@ -32,7 +32,7 @@ pub mod json;
 use crate::aggregate::template::{self, Context, Escape, Piece, Source, Template};
 use crate::compress::{self, CompressPlan};
 use crate::error::GatewayError;
-use crate::http::body::{copy_body, CopyError, CopyLimits, OutFraming};
+use crate::http::body::{copy_body, copy_body_tapped, BodyTap, CopyError, CopyLimits, OutFraming};
 use crate::http::{Conn, Framing, RequestHead, ResponseHead};
 use crate::proxy::{Disposition, Exchange};
 use head::{HeaderEdit, NewFraming, RequestChanges};
@@ -846,6 +846,10 @@ pub struct Finished {
 /// The response side: writes `resp` (whose body is in `upc`) to the client
 /// with the route's response operations and compression. An error means
 /// nothing was sent.
+///
+/// A response cache's tap in `ex` sees the answer as it leaves the
+/// transformation and before compression: the transformed head, and the
+/// body uncompressed.
 #[allow(clippy::too_many_arguments)]
 pub async fn respond(
     edit: &ResponseEdit<'_>,
@@ -853,11 +857,43 @@ pub async fn respond(
     upc: &mut Conn,
     client: &mut Conn,
     ex: &mut Exchange<'_>,
-    client_version: u8,
+    req: &RequestHead,
     timeout: std::time::Duration,
     keep_alive: bool,
     upstream: &str,
 ) -> Result<Finished, GatewayError> {
+    let mut tap = ex.cache.take();
+    let done = respond_tapped(
+        edit,
+        resp,
+        upc,
+        client,
+        ex,
+        req,
+        timeout,
+        keep_alive,
+        upstream,
+        tap.as_mut(),
+    )
+    .await;
+    ex.cache = tap;
+    done
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond_tapped(
+    edit: &ResponseEdit<'_>,
+    resp: &ResponseHead,
+    upc: &mut Conn,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    req: &RequestHead,
+    timeout: std::time::Duration,
+    keep_alive: bool,
+    upstream: &str,
+    mut tap: Option<&mut crate::cache::Tap>,
+) -> Result<Finished, GatewayError> {
+    let client_version = req.version;
     let bad = |reason: &str| GatewayError::BadGateway {
         upstream: upstream.to_string(),
         reason: reason.to_string(),
@@ -907,6 +943,11 @@ pub async fn respond(
             edit.head_request,
         )
         .ok_or_else(|| bad("the transformed response head is not valid"))?;
+        if let Some(t) = tap {
+            t.on_head(&edited, req);
+            t.feed(&body);
+            t.complete();
+        }
         let disposition = compress::write_buffered(
             edit.plan.compression.as_ref(),
             edit.encoding,
@@ -934,6 +975,10 @@ pub async fn respond(
         None => None,
     };
     let base = transformed.as_ref().unwrap_or(resp);
+    if let Some(t) = tap.as_deref_mut() {
+        t.on_head(base, req);
+    }
+    let mut tap = tap.filter(|t| t.capturing());
     // Then compression, as the body passes.
     let length = match base.framing {
         Framing::Length(n) => Some(n),
@@ -990,6 +1035,11 @@ pub async fn respond(
         (None, _) => Ok(0),
         (Some(out), Some((alg, level))) => match compress::Encoder::new(alg, level) {
             Ok(enc) => {
+                let mut feed = |d: &[u8]| {
+                    if let Some(t) = tap.as_deref_mut() {
+                        t.feed(d);
+                    }
+                };
                 compress::copy_compressed(
                     upc,
                     resp.framing,
@@ -997,16 +1047,22 @@ pub async fn respond(
                     out,
                     enc,
                     lim,
-                    None,
+                    Some(&mut feed),
                 )
                 .await
             }
             Err(_) => return Ok(closed),
         },
-        (Some(out), None) => copy_body(upc, resp.framing, &mut client.stream, out, lim).await,
+        (Some(out), None) => match tap.as_deref_mut() {
+            Some(t) => copy_body_tapped(upc, resp.framing, &mut client.stream, out, lim, t).await,
+            None => copy_body(upc, resp.framing, &mut client.stream, out, lim).await,
+        },
     };
     match result {
         Ok(n) => {
+            if let Some(t) = tap {
+                t.complete();
+            }
             ex.seen.bytes_out += n;
             Ok(Finished {
                 disposition: if keep_alive {
