@@ -4,7 +4,8 @@
 //!   transformed, uncompressed answer and compresses hits per client;
 //! - a validated route with a request body transformation validates the
 //!   client's body and forwards the transformed one;
-//! - a CORS preflight is answered before the IP filter, auth and the cache.
+//! - a CORS preflight is answered before the IP filter, auth and the cache;
+//! - validation runs before the cache lookup.
 
 mod common;
 
@@ -22,7 +23,10 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
 
 fn gateway(backend: &Backend, dir: &std::path::Path, routes: &str) -> Gateway {
     let schema = dir.join("order.json").display().to_string();
-    let routes = routes.replace("$SCHEMA", &format!("{schema:?}"));
+    let query = dir.join("query.json").display().to_string();
+    let routes = routes
+        .replace("$SCHEMA", &format!("{schema:?}"))
+        .replace("$QUERY", &format!("{query:?}"));
     Gateway::start(&format!(
         r#"Gateway(
     shards: Count(1),
@@ -44,6 +48,11 @@ fn schema_dir() -> std::path::PathBuf {
         dir.join("order.json"),
         r#"{"type": "object", "required": ["userId", "qty"],
             "properties": {"userId": {"type": "integer"}, "qty": {"type": "integer", "minimum": 1}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("query.json"),
+        r#"{"type": "object", "properties": {"limit": {"type": "string", "pattern": "^[0-9]+$"}}}"#,
     )
     .unwrap();
     dir
@@ -180,4 +189,28 @@ fn a_preflight_is_answered_before_the_ip_filter_auth_and_the_cache() {
     let real = get_with(gw.port, "/api/x", &[("Origin", "https://app.example.com")]);
     assert_eq!(real.status, 403, "{}", real.text());
     assert_eq!(backend.count(), 0);
+}
+
+#[test]
+fn validation_runs_before_the_cache_lookup() {
+    let backend = Backend::start(|_| Response::ok("{}").header("Content-Type", "application/json"));
+    let dir = schema_dir();
+    let gw = gateway(
+        &backend,
+        &dir,
+        r#"        Route(name: "list", match: Match(path: "/list"), upstream: "app",
+              validate: Some(Validate(query_schema: $QUERY)),
+              cache: Some(Cache(key: CacheKey(query: Ignore)))),"#,
+    );
+    let mut c = Client::connect(gw.port);
+    assert_eq!(
+        c.get("/list?limit=5").header("x-cache-status"),
+        Some("MISS")
+    );
+    assert_eq!(c.get("/list?limit=7").header("x-cache-status"), Some("HIT"));
+    // Same cache key (the query is not part of it), but refused first.
+    let bad = c.get("/list?limit=abc");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(bad.header("x-cache-status"), None);
+    assert_eq!(backend.count(), 1);
 }
