@@ -905,7 +905,14 @@ EOF
 }
 
 start_target_nginx()         { start_nginx "$1" nginx "" "$NGINX_LOCATION_EXTRA"; }
-start_target_nginx-cache()   { mkdir -p "$WORK_DIR/nginx-cache/store"; start_nginx "$1" nginx-cache "$NGINX_CACHE_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_CACHE_LOCATION"; }
+# nginx's workers (user nobody when the master runs as root) write the cache
+# store: the run's directory must be traversable and the store writable.
+start_target_nginx-cache() {
+    mkdir -p "$WORK_DIR/nginx-cache/store"
+    chmod 711 "$WORK_DIR" "$WORK_DIR/nginx-cache"
+    chmod 777 "$WORK_DIR/nginx-cache/store"
+    start_nginx "$1" nginx-cache "$NGINX_CACHE_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_CACHE_LOCATION"
+}
 start_target_nginx-limited() { start_nginx "$1" nginx-limited "$NGINX_LIMIT_HTTP" "$NGINX_LOCATION_EXTRA$NGINX_LIMIT_LOCATION"; }
 
 start_target_nginx-tls() {

@@ -21,6 +21,16 @@
 //! within the window is answered `STALE` at once and then, on its own task
 //! and without a client, fetches the entry again ([`refresh`]); while that
 //! fetch runs, other requests for the key are answered `STALE` too.
+//!
+//! Memory: `max_bytes` is a route's budget for the whole gateway; each shard
+//! keeps its own store of `max_bytes / shards` for the route (no sharing,
+//! no lock), so the bound holds however many keys arrive.
+//!
+//! Composition with other response stages: a hit leaves through one
+//! function, [`write_answer`]; a miss is kept by the [`Tap`], a
+//! [`crate::http::body::BodyTap`] any copy loop can feed chunk by chunk
+//! (the store keeps the answer as a client that accepts no compression
+//! would receive it).
 
 pub mod control;
 pub mod key;
