@@ -26,11 +26,15 @@
 //! keeps its own store of `max_bytes / shards` for the route (no sharing,
 //! no lock), so the bound holds however many keys arrive.
 //!
-//! Composition with other response stages: a hit leaves through one
-//! function, [`write_answer`]; a miss is kept by the [`Tap`], a
-//! [`crate::http::body::BodyTap`] any copy loop can feed chunk by chunk
-//! (the store keeps the answer as a client that accepts no compression
-//! would receive it).
+//! Composition with other response stages: the store keeps the answer as
+//! a client that accepts no compression receives it. On a route with
+//! response transformation or compression the [`Tap`] is fed by
+//! [`crate::transform::respond`] with the transformed head and the body
+//! before compression; a hit leaves through one function, [`write_answer`],
+//! which compresses it for the client when the route has `compression`.
+//! A stale entry on a route that transforms or splits its requests is
+//! fetched again in line (`EXPIRED`), not behind the stale answer, so what
+//! is stored is always what the route's clients get.
 
 pub mod control;
 pub mod key;
