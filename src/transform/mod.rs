@@ -653,6 +653,8 @@ pub struct ResponseEdit<'c> {
     /// The coding negotiated from the request's `Accept-Encoding`.
     pub encoding: Option<(compress::Algorithm, u32)>,
     head_request: bool,
+    /// The client takes trailer fields (`TE: trailers`).
+    trailers: bool,
 }
 
 impl ResponseEdit<'_> {
@@ -742,6 +744,7 @@ pub async fn request<'c>(
             json_adds,
             encoding,
             head_request: req.method() == "HEAD",
+            trailers: crate::http::head::accepts_trailers(req.header("te")),
         }));
     }
     let has_body = req.framing != Framing::None;
@@ -974,7 +977,8 @@ pub async fn respond(
         read_timeout: timeout,
         write_timeout: ex.limits.send_timeout,
         max_bytes: u64::MAX,
-        trailers: false,
+        // Passed on when the body passes as it is (dropped when compressed).
+        trailers: edit.trailers,
     };
     let result = match (out_framing, decision.encode) {
         (None, _) => Ok(0),
