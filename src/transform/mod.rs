@@ -161,7 +161,11 @@ impl Text {
     pub fn parse(s: &str, params: &[String]) -> Result<Text, String> {
         let mut names = params.to_vec();
         names.push("request_id".into());
-        let t = Template::parse(s, &names, &[])?;
+        let t = Template::parse(s, &names, &[]).map_err(|e| {
+            // `request_id` is offered beside the params, not as one of them.
+            e.replace("(params: request_id)", "(params: none; also {request_id})")
+                .replace(", request_id)", "; also {request_id})")
+        })?;
         let mut segs = Vec::new();
         let mut run = Vec::new();
         for p in t.pieces {
@@ -518,7 +522,12 @@ pub fn compile(
     }
     if let Some(c) = compression {
         for (field, message) in compress::check(c) {
-            problems.push((format!("compression.{field}"), message, field));
+            let near = field
+                .rsplit('.')
+                .next()
+                .unwrap_or("compression")
+                .to_string();
+            problems.push((format!("compression.{field}"), message, near));
         }
     }
     let mut plan = Plan {
