@@ -934,7 +934,8 @@ async fn exchange(
     // Response transformation and compression, when the route has them.
     if let Some(edit) = ex.body_edit.take() {
         let keep = ex.keep_alive && !shard.shutdown.is_fired();
-        let done = crate::transform::respond(
+        // Boxed: its state stays out of every connection's future.
+        let done = Box::pin(crate::transform::respond(
             &edit,
             &resp,
             &mut upc,
@@ -944,7 +945,7 @@ async fn exchange(
             timeout,
             keep,
             &up.name,
-        )
+        ))
         .await;
         // Kept for a fallback's exchange, should this one fail.
         ex.body_edit = Some(edit);
