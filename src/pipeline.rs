@@ -145,10 +145,10 @@ pub async fn handle<'c>(
         return answer.answer(req, client, ex).await;
     }
     // Request transformation; the edited head replaces the request's.
+    // Boxed: its state stays out of every connection's future.
     if let Some(plan) = &route.body {
-        if let Some(edited) =
-            crate::transform::request(plan, req, &params, &claims, client, ex).await?
-        {
+        let stage = crate::transform::request(plan, req, &params, &claims, client, ex);
+        if let Some(edited) = Box::pin(stage).await? {
             *req = edited;
         }
     }

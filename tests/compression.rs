@@ -507,7 +507,8 @@ fn check_reports_bad_compression_settings() {
     upstreams: { "a": Upstream(targets: ["127.0.0.1:9"]) },
     routes: [
         Route(name: "r", match: Match(path: "/r"), upstream: "a",
-              compression: Some(Compression(algorithms: [Gzip, Gzip], content_types: ["json"],
+              compression: Some(Compression(algorithms: [Gzip, Gzip],
+                                            content_types: ["json"],
                                             level: Some(Each(brotli: 12))))),
     ],
 )
@@ -518,16 +519,30 @@ fn check_reports_bad_compression_settings() {
     let (status, _, stderr) = run_cli(&["check", path.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(status.code(), Some(2), "{stderr}");
-    for (field, words) in [
-        ("routes[0].compression.algorithms", "listed twice"),
-        ("routes[0].compression.content_types", "not a media type"),
-        ("routes[0].compression.level.brotli", "outside"),
+    let line_of = |needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
+    for (needle, field, words) in [
+        (
+            "algorithms",
+            "routes[0].compression.algorithms",
+            "listed twice",
+        ),
+        (
+            "content_types",
+            "routes[0].compression.content_types",
+            "not a media type",
+        ),
+        (
+            "brotli: 12",
+            "routes[0].compression.level.brotli",
+            "outside",
+        ),
     ] {
+        let line = line_of(needle);
         assert!(
-            stderr
-                .lines()
-                .any(|l| l.contains(field) && l.contains(words)),
-            "{field}: {stderr}"
+            stderr.lines().any(|l| l.contains(&format!(":{line}:"))
+                && l.contains(field)
+                && l.contains(words)),
+            "{field} at line {line}: {stderr}"
         );
     }
 }

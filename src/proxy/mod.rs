@@ -956,9 +956,10 @@ async fn exchange(
     // Response transformation and compression, when the route has them.
     if let Some(edit) = ex.body_edit.take() {
         let keep = ex.keep_alive && !shard.shutdown.is_fired();
-        let done = crate::transform::respond(
+        // Boxed: its state stays out of every connection's future.
+        let done = Box::pin(crate::transform::respond(
             &edit, &resp, &mut upc, client, ex, req, timeout, keep, &up.name,
-        )
+        ))
         .await;
         // Kept for a fallback's exchange, should this one fail.
         ex.body_edit = Some(edit);

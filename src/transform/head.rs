@@ -202,3 +202,79 @@ pub fn response(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::{HeaderPlan, Text};
+
+    fn req(raw: &str) -> RequestHead {
+        match RequestHead::parse(raw.as_bytes(), 8192, 64) {
+            Ok(Parsed::Complete(h, _)) => h,
+            _ => panic!("bad request head"),
+        }
+    }
+
+    #[test]
+    fn request_fields_are_edited_in_order_and_the_body_reframed() {
+        let r = req("POST /a?x=1 HTTP/1.1\r\nHost: h\r\nX-Drop: 1\r\nX-Old: v\r\nX-Set: client\r\nX-Set: again\r\nExpect: 100-continue\r\nContent-Encoding: gzip\r\nAccept-Encoding: br\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let plan = HeaderPlan {
+            remove: vec!["x-drop".into()],
+            rename: vec![("x-old".into(), "X-New".into())],
+            set: vec![("X-Set".into(), Text::default())],
+            add: vec![("X-Add".into(), Text::default())],
+        };
+        let set = [Some("gw".to_string())];
+        let add = [Some("one".to_string())];
+        let c = RequestChanges {
+            headers: Some(HeaderEdit {
+                plan: &plan,
+                set: &set,
+                add: &add,
+            }),
+            query: Some("y=2".into()),
+            body_len: Some(5),
+            decoded: true,
+            identity_response: true,
+        };
+        let h = request(&r, &c).unwrap();
+        assert_eq!(h.target(), "/a?y=2");
+        assert_eq!(h.framing, crate::http::Framing::Length(5));
+        assert!(!h.expect_continue);
+        let fields: Vec<(String, String)> = h
+            .headers()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["Host", "X-New", "X-Set", "X-Add", "content-length"],
+            "{fields:?}"
+        );
+        assert_eq!(h.header("x-set"), Some(&b"gw"[..]));
+        assert_eq!(h.header("x-new"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn response_framing_is_replaced_and_fields_added() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nVary: Origin\r\n\r\n";
+        let resp = match ResponseHead::parse(raw.as_bytes(), 4096, false) {
+            Ok(Parsed::Complete(h, _)) => h,
+            _ => panic!("bad response head"),
+        };
+        let extra = [("vary", "Origin, Accept-Encoding".to_string())];
+        let out = response(&resp, None, &["vary"], &extra, NewFraming::Chunked, false).unwrap();
+        assert_eq!(out.framing, crate::http::Framing::Chunked);
+        assert_eq!(out.header("content-length"), None);
+        assert_eq!(out.header("vary"), Some(&b"Origin, Accept-Encoding"[..]));
+        let kept = response(&resp, None, &[], &[], NewFraming::Keep, false).unwrap();
+        assert_eq!(kept.framing, crate::http::Framing::Length(10));
+        let head = response(&resp, None, &[], &[], NewFraming::Length(3), true).unwrap();
+        assert_eq!(head.framing, crate::http::Framing::None);
+    }
+}

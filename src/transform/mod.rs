@@ -161,7 +161,11 @@ impl Text {
     pub fn parse(s: &str, params: &[String]) -> Result<Text, String> {
         let mut names = params.to_vec();
         names.push("request_id".into());
-        let t = Template::parse(s, &names, &[])?;
+        let t = Template::parse(s, &names, &[]).map_err(|e| {
+            // `request_id` is offered beside the params, not as one of them.
+            e.replace("(params: request_id)", "(params: none; also {request_id})")
+                .replace(", request_id)", "; also {request_id})")
+        })?;
         let mut segs = Vec::new();
         let mut run = Vec::new();
         for p in t.pieces {
@@ -520,7 +524,12 @@ pub fn compile(
     }
     if let Some(c) = compression {
         for (field, message) in compress::check(c) {
-            problems.push((format!("compression.{field}"), message, field));
+            let near = field
+                .rsplit('.')
+                .next()
+                .unwrap_or("compression")
+                .to_string();
+            problems.push((format!("compression.{field}"), message, near));
         }
     }
     let mut plan = Plan {
@@ -655,6 +664,8 @@ pub struct ResponseEdit<'c> {
     /// The coding negotiated from the request's `Accept-Encoding`.
     pub encoding: Option<(compress::Algorithm, u32)>,
     head_request: bool,
+    /// The client takes trailer fields (`TE: trailers`).
+    trailers: bool,
 }
 
 impl ResponseEdit<'_> {
@@ -752,6 +763,7 @@ pub async fn request<'c>(
             json_adds,
             encoding,
             head_request: req.method() == "HEAD",
+            trailers: crate::http::head::accepts_trailers(req.header("te")),
         }));
     }
     let has_body = req.framing != Framing::None;
@@ -1029,7 +1041,8 @@ async fn respond_tapped(
         read_timeout: timeout,
         write_timeout: ex.limits.send_timeout,
         max_bytes: u64::MAX,
-        trailers: false,
+        // Passed on when the body passes as it is (dropped when compressed).
+        trailers: edit.trailers,
     };
     let result = match (out_framing, decision.encode) {
         (None, _) => Ok(0),
