@@ -105,6 +105,15 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The JSON parse alone, to tell it from the schema walk.
+    let body = order(16);
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("parse_only_16KiB", |b| {
+        b.iter(|| {
+            let v: Result<serde_json::Value, _> = serde_json::from_slice(black_box(&body));
+            black_box(v.is_ok())
+        })
+    });
     // One violation per item: the cost of listing (capped at 20).
     let bad = String::from_utf8(order(16))
         .expect("utf-8")

@@ -16,7 +16,10 @@
 //!   (where, instance path, keyword, message), at most [`MAX_VIOLATIONS`].
 //!
 //! Schemas must be self-contained: `$ref` within the document works,
-//! references to other files or URLs are not fetched.
+//! references to other files or URLs are not fetched. `pattern` and
+//! `patternProperties` use the linear-time `regex` engine (look-around and
+//! backreferences are refused when the schema is loaded), so no request
+//! can make a pattern backtrack.
 
 use crate::error::{json_string, GatewayError};
 use crate::http::chunked::ChunkedDecoder;
@@ -68,7 +71,12 @@ pub fn load_schema(path: &str) -> Result<Schema, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read schema {path:?}: {e}"))?;
     let value: Value =
         serde_json::from_slice(&text).map_err(|e| format!("schema {path:?} is not JSON: {e}"))?;
-    let validator = jsonschema::validator_for(&value)
+    // Patterns run on the linear-time `regex` engine: client input is never
+    // matched by a backtracking engine (no look-around, no backreferences;
+    // a schema using them is refused here).
+    let validator = jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(&value)
         .map_err(|e| format!("schema {path:?} is not a valid JSON Schema: {e}"))?;
     Ok(Schema {
         path: path.to_string(),

@@ -552,3 +552,47 @@ fn a_mirror_that_times_out_frees_its_slot() {
         .copied();
     assert!(timeouts >= Some(1.0), "{timeouts:?}");
 }
+
+#[test]
+fn bodies_still_on_the_wire_are_not_mirrored_unless_validation_read_them() {
+    let main = Backend::start(|r| Response::ok(format!("main {}", r.body_len)));
+    let shadow = Backend::start(|_| Response::ok("s"));
+    let dir = temp_dir();
+    let schema = dir.join("any.json");
+    std::fs::write(&schema, r#"{"type": "object"}"#).unwrap();
+    let ups = format!(
+        "{}{}",
+        upstream("app", &[&main.addr()], ""),
+        upstream("shadow", &[&shadow.addr()], "")
+    );
+    let routes = format!(
+        r#"        Route(name: "plain", match: Match(path_prefix: "/plain"), upstream: "app",
+              mirror: Some(Mirror(upstream: "shadow"))),
+        Route(name: "checked", match: Match(path_prefix: "/checked"), upstream: "app",
+              mirror: Some(Mirror(upstream: "shadow")), validate: Some(Validate(schema: {:?}))),"#,
+        schema.display().to_string()
+    );
+    let gw = gateway(1, &ups, "", "", &routes);
+    let chunked = b"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+    let send = |path: &str| {
+        let text = String::from_utf8_lossy(chunked).replace("{path}", path);
+        let mut c = Client::connect(gw.port);
+        c.send(text.as_bytes());
+        c.read_response()
+    };
+    // A chunked body is streamed to the upstream: not copied.
+    assert_eq!(send("/plain/x").text(), "main 7");
+    // Validation read it whole: the copy carries it.
+    assert_eq!(send("/checked/x").text(), "main 7");
+    assert!(shadow.wait_for(1, Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = shadow.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/checked/x");
+    assert_eq!(seen[0].body, b"{\"a\":1}".to_vec());
+    let m = scrape(&gw);
+    assert_eq!(
+        m.get("shardgate_mirror_requests_total{shard=\"0\",outcome=\"skipped_body\"}"),
+        Some(&1.0)
+    );
+}

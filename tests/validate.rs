@@ -294,6 +294,11 @@ fn schema_files_are_checked_relative_to_the_config_file() {
     )
     .unwrap();
     std::fs::write(dir.join("schemas/truncated.json"), r#"{"type": "#).unwrap();
+    std::fs::write(
+        dir.join("schemas/backtracking.json"),
+        r#"{"type": "string", "pattern": "^(a+)\\1$"}"#,
+    )
+    .unwrap();
     // Relative to the config file, whatever the working directory.
     let (ok, out) = check_file(&dir, "schemas/order.json");
     assert!(ok, "{out}");
@@ -301,6 +306,7 @@ fn schema_files_are_checked_relative_to_the_config_file() {
         ("schemas/broken.json", "not a valid JSON Schema"),
         ("schemas/truncated.json", "not JSON"),
         ("schemas/missing.json", "cannot read schema"),
+        ("schemas/backtracking.json", "not a valid JSON Schema"),
     ] {
         let (ok, out) = check_file(&dir, name);
         assert!(!ok, "{name}: {out}");

@@ -831,7 +831,8 @@ async fn exchange(
     let mut head = head;
     let head_len = head.len();
     let body_framing = if let Some(body) = opts.body.as_ref().or(ex.body.as_ref()) {
-        // Read ahead by the retry loop: it goes with the head, every try.
+        // Read ahead by the retry loop or by validation: it goes with the
+        // head, every try.
         head.extend_from_slice(body);
         Framing::None
     } else if req.expect_continue {
