@@ -238,8 +238,8 @@ fn expand_many(
         _ => {}
     }
     let describe = || json_path(src).map(|p| p.join(".")).unwrap_or_default();
-    let text = |v: &Value| {
-        scalar_text(v).ok_or_else(|| {
+    let text = |v| {
+        scalar_str(v).ok_or_else(|| {
             format!(
                 "a value of {} is not a string, number or boolean",
                 describe()
@@ -469,10 +469,17 @@ pub fn select_all<'v>(root: &'v Value, path: &[String], out: &mut Vec<&'v Value>
 
 /// The text of a string, number or boolean.
 pub fn scalar_text(v: &Value) -> Option<String> {
+    scalar_str(v).map(std::borrow::Cow::into_owned)
+}
+
+/// The text of a string, number or boolean, borrowed when it is a string.
+pub fn scalar_str(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(true) => Some(Cow::Borrowed("true")),
+        Value::Bool(false) => Some(Cow::Borrowed("false")),
         _ => None,
     }
 }
