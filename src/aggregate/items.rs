@@ -381,4 +381,32 @@ mod tests {
             json!({"items": [{"pid": 1, "product": {"n": "a"}}, {"pid": 2}, {"n": "c"}]})
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Every item gets the element whose key is its own, whatever
+            /// the answer's order, repeats or gaps.
+            #[test]
+            fn each_item_gets_its_own_element(
+                answer_ids in proptest::collection::vec(0u8..12, 0..20),
+                item_ids in proptest::collection::vec(0u8..12, 0..20),
+            ) {
+                let list: Vec<Value> = answer_ids.iter().enumerate()
+                    .map(|(pos, id)| json!({"id": format!("p{id}"), "pos": pos}))
+                    .collect();
+                let keys: Vec<Option<String>> = item_ids.iter().map(|id| Some(format!("p{id}"))).collect();
+                let got = join_batch(list, &["id".to_string()], &keys);
+                prop_assert_eq!(got.len(), item_ids.len());
+                for (id, r) in item_ids.iter().zip(&got) {
+                    match answer_ids.iter().position(|a| a == id) {
+                        Some(first) => prop_assert_eq!(r, &Ok(json!({"id": format!("p{id}"), "pos": first}))),
+                        None => prop_assert!(r.is_err()),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -784,4 +784,31 @@ mod tests {
             .unwrap_err()
             .contains("no JSON body"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A wildcard join writes every element's value, escaped, in
+            /// order, and decodes back to the values; `|first` is the first
+            /// and `-1` the last.
+            #[test]
+            fn wildcard_join_is_every_value_in_order(
+                values in proptest::collection::vec("[a-zA-Z0-9 ,;/%.-]{0,8}", 1..20),
+            ) {
+                let items: Vec<Value> = values.iter().map(|v| json!({"v": v})).collect();
+                let doc = json!({"items": items});
+                let part = |i: usize| (i == 0).then_some(&doc);
+                let ctx = ctx_with("/", &[], None, &[], &part);
+                let parts = ["o"];
+                let x = |t: &str| Template::parse(t, &[], &parts).unwrap().expand_to_string(&ctx, Escape::Url).unwrap();
+                let joined = x("{o.items.*.v|join(\"|\")}");
+                let back: Vec<String> = joined.split('|').map(|p| percent_decode(p, false)).collect();
+                prop_assert_eq!(&back, &values);
+                prop_assert_eq!(percent_decode(&x("{o.items.*.v|first}"), false), values[0].clone());
+                prop_assert_eq!(percent_decode(&x("{o.items.-1.v}"), false), values[values.len() - 1].clone());
+            }
+        }
+    }
 }
