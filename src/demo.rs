@@ -497,4 +497,34 @@ mod tests {
         let big = frame(0x82, &[7u8; 70_000]);
         assert_eq!(big.get(..2), Some(&[0x82, 127][..]));
     }
+
+    fn products(target: &str) -> (u16, serde_json::Value) {
+        let raw = format!("GET {target} HTTP/1.1\r\nhost: x\r\n\r\n");
+        let Ok(crate::http::Parsed::Complete(head, _)) =
+            RequestHead::parse(raw.as_bytes(), 8192, 10)
+        else {
+            panic!("head");
+        };
+        let (status, body) = answer(Service::Products, &head);
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    #[test]
+    fn products_answer_by_id_and_in_batches() {
+        let (status, v) = products("/products/p-2");
+        assert_eq!((status, v["name"].as_str()), (200, Some("mouse")));
+        let (status, v) = products("/products/p-1");
+        assert_eq!((status, v["name"].as_str()), (200, Some("keyboard")));
+        assert_eq!(products("/products/p-404").0, 404);
+        let (_, v) = products("/products?ids=p-3,p-1");
+        let ids: Vec<&str> = v["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["p-1", "p-3"]);
+        let (_, v) = products("/products");
+        assert_eq!(v["products"].as_array().unwrap().len(), 3);
+    }
 }

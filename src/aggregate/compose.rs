@@ -189,13 +189,16 @@ fn forwarded_headers(plan: &AggregatePlan, results: &[Result<Done, PartError>]) 
 }
 
 /// Combines `Cache-Control` values of several answers: `no-store` if any
-/// has it; else `private` if any is, `no-cache` if any says so, and the
-/// smallest `max-age` given. `None` when nothing is left to say.
+/// has it; else `private` if any is (`public` if all are), `no-cache` if
+/// any says so, and the smallest `max-age` given. `None` when nothing is
+/// left to say.
 pub fn combine_cache_control<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let (mut no_store, mut private, mut no_cache, mut any) = (false, false, false, false);
+    let mut all_public = true;
     let mut max_age: Option<u64> = None;
     for v in values {
         any = true;
+        let mut public = false;
         for d in v.split(',').map(|d| d.trim().to_ascii_lowercase()) {
             match d.split_once('=') {
                 Some(("max-age", n)) => {
@@ -206,9 +209,11 @@ pub fn combine_cache_control<'a>(values: impl IntoIterator<Item = &'a str>) -> O
                 None if d == "no-store" => no_store = true,
                 None if d == "private" => private = true,
                 None if d == "no-cache" => no_cache = true,
+                None if d == "public" => public = true,
                 _ => {}
             }
         }
+        all_public &= public;
     }
     if !any {
         return None;
@@ -219,6 +224,8 @@ pub fn combine_cache_control<'a>(values: impl IntoIterator<Item = &'a str>) -> O
     let mut parts = Vec::new();
     if private {
         parts.push("private".to_string());
+    } else if all_public {
+        parts.push("public".to_string());
     }
     if no_cache {
         parts.push("no-cache".to_string());
@@ -262,4 +269,32 @@ pub(super) fn response(
         out.extend_from_slice(&c.body);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combine_cache_control as cc;
+
+    #[test]
+    fn cache_control_takes_the_most_restrictive() {
+        assert_eq!(
+            cc(["public, max-age=60", "max-age=30, private"]).as_deref(),
+            Some("private, max-age=30")
+        );
+        assert_eq!(cc(["max-age=60", "no-store"]).as_deref(), Some("no-store"));
+        assert_eq!(
+            cc(["no-cache", "max-age=\"5\""]).as_deref(),
+            Some("no-cache, max-age=5")
+        );
+        assert_eq!(
+            cc(["public, max-age=60", "max-age=10, public"]).as_deref(),
+            Some("public, max-age=10")
+        );
+        assert_eq!(
+            cc(["public, max-age=60", "max-age=10"]).as_deref(),
+            Some("max-age=10")
+        );
+        assert_eq!(cc(["must-revalidate"]), None);
+        assert_eq!(cc(std::iter::empty()), None);
+    }
 }

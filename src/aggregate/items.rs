@@ -10,9 +10,10 @@
 use super::fetch::{Answer, PartError};
 use super::plan::Each;
 use super::run::{build_with_path, context, slot_value, Call, Done, Request, Slot};
-use super::template::{scalar_text, select, Context};
+use super::template::{scalar_str, scalar_text, select, Context};
 use crate::config::OnItemError;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -254,23 +255,29 @@ pub fn join_batch(
     key: &[String],
     item_keys: &[Option<String>],
 ) -> Vec<Result<Value, String>> {
-    let mut by_key: HashMap<String, usize> = HashMap::with_capacity(list.len());
-    for (i, e) in list.iter().enumerate() {
-        if let Some(k) = select(e, key).and_then(scalar_text) {
-            by_key.entry(k).or_insert(i);
+    // Which element each item gets, found while the keys are borrowed.
+    let found: Vec<Option<usize>> = {
+        let mut by_key: HashMap<Cow<'_, str>, usize> = HashMap::with_capacity(list.len());
+        for (i, e) in list.iter().enumerate() {
+            if let Some(k) = select(e, key).and_then(scalar_str) {
+                by_key.entry(k).or_insert(i);
+            }
         }
-    }
+        item_keys
+            .iter()
+            .map(|k| k.as_deref().and_then(|k| by_key.get(k).copied()))
+            .collect()
+    };
     let mut elements: Vec<Option<Value>> = list.into_iter().map(Some).collect();
     // Where an element went, for a second item with the same key.
     let mut given_to: Vec<Option<usize>> = vec![None; elements.len()];
     let mut out: Vec<Result<Value, String>> = Vec::with_capacity(item_keys.len());
-    for (i, k) in item_keys.iter().enumerate() {
-        let Some(k) = k else {
-            out.push(Err("the item has no key".into()));
-            continue;
-        };
-        let Some(&at) = by_key.get(k) else {
-            out.push(Err(format!("the batch answer has no element for {k:?}")));
+    for (i, (k, at)) in item_keys.iter().zip(found).enumerate() {
+        let (Some(_), Some(at)) = (k, at) else {
+            out.push(Err(match k {
+                None => "the item has no key".into(),
+                Some(k) => format!("the batch answer has no element for {k:?}"),
+            }));
             continue;
         };
         let earlier = given_to.get(at).copied().flatten();
@@ -373,5 +380,33 @@ mod tests {
             order,
             json!({"items": [{"pid": 1, "product": {"n": "a"}}, {"pid": 2}, {"n": "c"}]})
         );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Every item gets the element whose key is its own, whatever
+            /// the answer's order, repeats or gaps.
+            #[test]
+            fn each_item_gets_its_own_element(
+                answer_ids in proptest::collection::vec(0u8..12, 0..20),
+                item_ids in proptest::collection::vec(0u8..12, 0..20),
+            ) {
+                let list: Vec<Value> = answer_ids.iter().enumerate()
+                    .map(|(pos, id)| json!({"id": format!("p{id}"), "pos": pos}))
+                    .collect();
+                let keys: Vec<Option<String>> = item_ids.iter().map(|id| Some(format!("p{id}"))).collect();
+                let got = join_batch(list, &["id".to_string()], &keys);
+                prop_assert_eq!(got.len(), item_ids.len());
+                for (id, r) in item_ids.iter().zip(&got) {
+                    match answer_ids.iter().position(|a| a == id) {
+                        Some(first) => prop_assert_eq!(r, &Ok(json!({"id": format!("p{id}"), "pos": first}))),
+                        None => prop_assert!(r.is_err()),
+                    }
+                }
+            }
+        }
     }
 }

@@ -238,8 +238,8 @@ fn expand_many(
         _ => {}
     }
     let describe = || json_path(src).map(|p| p.join(".")).unwrap_or_default();
-    let text = |v: &Value| {
-        scalar_text(v).ok_or_else(|| {
+    let text = |v| {
+        scalar_str(v).ok_or_else(|| {
             format!(
                 "a value of {} is not a string, number or boolean",
                 describe()
@@ -469,10 +469,17 @@ pub fn select_all<'v>(root: &'v Value, path: &[String], out: &mut Vec<&'v Value>
 
 /// The text of a string, number or boolean.
 pub fn scalar_text(v: &Value) -> Option<String> {
+    scalar_str(v).map(std::borrow::Cow::into_owned)
+}
+
+/// The text of a string, number or boolean, borrowed when it is a string.
+pub fn scalar_str(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(true) => Some(Cow::Borrowed("true")),
+        Value::Bool(false) => Some(Cow::Borrowed("false")),
         _ => None,
     }
 }
@@ -776,5 +783,32 @@ mod tests {
             .expand_to_string(&ctx, Escape::Json)
             .unwrap_err()
             .contains("no JSON body"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A wildcard join writes every element's value, escaped, in
+            /// order, and decodes back to the values; `|first` is the first
+            /// and `-1` the last.
+            #[test]
+            fn wildcard_join_is_every_value_in_order(
+                values in proptest::collection::vec("[a-zA-Z0-9 ,;/%.-]{0,8}", 1..20),
+            ) {
+                let items: Vec<Value> = values.iter().map(|v| json!({"v": v})).collect();
+                let doc = json!({"items": items});
+                let part = |i: usize| (i == 0).then_some(&doc);
+                let ctx = ctx_with("/", &[], None, &[], &part);
+                let parts = ["o"];
+                let x = |t: &str| Template::parse(t, &[], &parts).unwrap().expand_to_string(&ctx, Escape::Url).unwrap();
+                let joined = x("{o.items.*.v|join(\"|\")}");
+                let back: Vec<String> = joined.split('|').map(|p| percent_decode(p, false)).collect();
+                prop_assert_eq!(&back, &values);
+                prop_assert_eq!(percent_decode(&x("{o.items.*.v|first}"), false), values[0].clone());
+                prop_assert_eq!(percent_decode(&x("{o.items.-1.v}"), false), values[values.len() - 1].clone());
+            }
+        }
     }
 }
