@@ -5,7 +5,8 @@
 //! - a validated route with a request body transformation validates the
 //!   client's body and forwards the transformed one;
 //! - a CORS preflight is answered before the IP filter, auth and the cache;
-//! - validation runs before the cache lookup.
+//! - validation runs before the cache lookup;
+//! - a composite answer goes out through the route's compression.
 
 mod common;
 
@@ -213,4 +214,42 @@ fn validation_runs_before_the_cache_lookup() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_eq!(bad.header("x-cache-status"), None);
     assert_eq!(backend.count(), 1);
+}
+
+#[test]
+fn a_composite_answer_is_compressed_for_clients_that_take_it() {
+    let backend = Backend::start(|r| {
+        let items: Vec<Value> = (0..100)
+            .map(|i| json!({"id": i, "part": r.target}))
+            .collect();
+        Response::ok(serde_json::to_vec(&json!({ "items": items })).unwrap())
+            .header("Content-Type", "application/json")
+    });
+    let dir = schema_dir();
+    let gw = gateway(
+        &backend,
+        &dir,
+        r#"        Route(name: "both", match: Match(path: "/both"),
+              aggregate: Aggregate(parts: [Part(name: "a", upstream: "app", path: "/a"),
+                                           Part(name: "b", upstream: "app", path: "/b")]),
+              compression: Some(Compression(algorithms: [Gzip], min_bytes: 100))),"#,
+    );
+    let plain = get(gw.port, "/both");
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(plain.header("content-encoding"), None);
+    let doc: Value = serde_json::from_slice(&plain.body).expect("JSON composite");
+    assert_eq!(doc["a"]["items"].as_array().map(Vec::len), Some(100));
+    assert_eq!(doc["b"]["items"][0]["part"], "/b");
+    let packed = get_with(gw.port, "/both", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(packed.status, 200);
+    assert_eq!(packed.header("content-encoding"), Some("gzip"));
+    assert_eq!(packed.header("content-type"), Some("application/json"));
+    let vary = packed
+        .header("vary")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(vary.contains("accept-encoding"), "vary: {vary}");
+    assert!(packed.body.len() < plain.body.len());
+    let unpacked: Value = serde_json::from_slice(&gunzip(&packed.body)).unwrap();
+    assert_eq!(unpacked, doc);
 }

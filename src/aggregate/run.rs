@@ -124,6 +124,15 @@ pub async fn serve(
     }
     let composite = compose(plan, results)?;
     let keep_alive = ex.keep_alive && !shard.shutdown.is_fired();
+    let compression = ex
+        .seen
+        .route
+        .and_then(|id| cfg.compiled.routes.get(id))
+        .and_then(|r| r.body.as_ref())
+        .and_then(|b| b.compression.as_ref());
+    if let Some(c) = compression {
+        return Ok(compressed(c, &composite, req, client, ex, keep_alive).await);
+    }
     let bytes = response(&composite, req, ex, keep_alive);
     ex.seen.status = composite.status;
     ex.seen.bytes_out = bytes.len() as u64;
@@ -572,4 +581,35 @@ pub(super) fn build_with_path(
         None => out.push_str("\r\n"),
     }
     Ok((out.into_bytes(), host_at))
+}
+
+/// Writes the composite through the route's compression, negotiated with
+/// the client (`Vary: Accept-Encoding` included).
+async fn compressed(
+    plan: &crate::compress::CompressPlan,
+    composite: &super::compose::Composite,
+    req: &RequestHead,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    keep_alive: bool,
+) -> Disposition {
+    // The head as composed, without the lines the writer adds itself.
+    let added = std::mem::take(&mut ex.response_headers);
+    let bytes = response(composite, req, ex, true);
+    ex.response_headers = added;
+    match crate::http::ResponseHead::parse(&bytes, crate::proxy::MAX_RESPONSE_HEAD, false) {
+        Ok(crate::http::Parsed::Complete(head, _)) => {
+            crate::compress::write_response(
+                Some(plan),
+                req,
+                &head,
+                &composite.body,
+                client,
+                ex,
+                keep_alive,
+            )
+            .await
+        }
+        _ => Disposition::Close,
+    }
 }

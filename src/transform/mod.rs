@@ -510,16 +510,13 @@ pub fn compile(
     if transform.is_none() && compression.is_none() {
         return (None, problems);
     }
-    if aggregate {
-        let which = if transform.is_some() {
-            "transform"
-        } else {
-            "compression"
-        };
+    // A composite's answer is composed by the gateway: it can be
+    // compressed, not transformed.
+    if aggregate && transform.is_some() {
         problems.push((
-            which.into(),
+            "transform".into(),
             "not available on a composite route (its answer is composed by the gateway)".into(),
-            which.into(),
+            "transform".into(),
         ));
     }
     if let Some(c) = compression {
