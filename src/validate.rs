@@ -22,7 +22,7 @@
 //! can make a pattern backtrack.
 
 use crate::error::{json_string, GatewayError};
-use crate::http::chunked::ChunkedDecoder;
+use crate::http::body::read_request_body;
 use crate::http::{Conn, Framing, RequestHead};
 use crate::proxy::Exchange;
 use serde_json::Value;
@@ -293,41 +293,8 @@ async fn read_whole(
             Ok((body.clone(), body))
         }
         Framing::Chunked => {
-            if req.expect_continue {
-                let (r, _) = client
-                    .write(
-                        b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                        ex.limits.send_timeout,
-                    )
-                    .await;
-                if r.is_err() {
-                    return Err(GatewayError::BadRequest("client went away"));
-                }
-            }
-            let mut dec = ChunkedDecoder::default();
-            let mut data = Vec::new();
-            loop {
-                let step = dec
-                    .step(client.buffered())
-                    .map_err(|_| GatewayError::BadRequest("malformed chunked body"))?;
-                if let Some(r) = step.data {
-                    if (data.len() + r.len()) as u64 > max {
-                        return Err(GatewayError::PayloadTooLarge);
-                    }
-                    data.extend_from_slice(client.buffered().get(r).unwrap_or_default());
-                }
-                client.consume(step.consumed);
-                if dec.is_done() {
-                    break;
-                }
-                if step.consumed == 0 || client.buffered().is_empty() {
-                    match client.fill(ex.limits.body_read_timeout).await {
-                        Ok(0) => return Err(GatewayError::BadRequest("request body ended early")),
-                        Ok(_) => {}
-                        Err(_) => return Err(GatewayError::RequestTimeout),
-                    }
-                }
-            }
+            let data =
+                read_request_body(client, req.framing, req.expect_continue, max, ex.limits).await?;
             ex.body_consumed = true;
             ex.seen.bytes_in = data.len() as u64;
             let mut forward = Vec::with_capacity(data.len() + 24);

@@ -193,65 +193,10 @@ async fn read_client_body(
     req: &RequestHead,
     limits: &Limits,
 ) -> Result<Value, GatewayError> {
-    use crate::http::chunked::ChunkedDecoder;
-    use crate::http::Framing;
-    if req.expect_continue {
-        let (r, _) = client
-            .write(
-                b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                limits.send_timeout,
-            )
-            .await;
-        r.map_err(|_| GatewayError::RequestTimeout)?;
-    }
     let max = limits.max_body_bytes;
-    let mut body = Vec::new();
-    match req.framing {
-        Framing::None => {}
-        Framing::Length(n) => {
-            if n > max {
-                return Err(GatewayError::PayloadTooLarge);
-            }
-            let mut left = n;
-            while left > 0 {
-                if client.buffered().is_empty() {
-                    match client.fill(limits.body_read_timeout).await {
-                        Ok(0) | Err(_) => return Err(GatewayError::RequestTimeout),
-                        Ok(_) => {}
-                    }
-                }
-                let take = (client.buffered().len() as u64).min(left) as usize;
-                body.extend_from_slice(client.buffered().get(..take).unwrap_or_default());
-                client.consume(take);
-                left -= take as u64;
-            }
-        }
-        Framing::Chunked => {
-            let mut dec = ChunkedDecoder::default();
-            loop {
-                let step = dec
-                    .step(client.buffered())
-                    .map_err(|_| GatewayError::BadRequest("malformed request body"))?;
-                if let Some(r) = step.data {
-                    if (body.len() + r.len()) as u64 > max {
-                        return Err(GatewayError::PayloadTooLarge);
-                    }
-                    body.extend_from_slice(client.buffered().get(r).unwrap_or_default());
-                }
-                client.consume(step.consumed);
-                if dec.is_done() {
-                    break;
-                }
-                if client.buffered().is_empty() {
-                    match client.fill(limits.body_read_timeout).await {
-                        Ok(0) | Err(_) => return Err(GatewayError::RequestTimeout),
-                        Ok(_) => {}
-                    }
-                }
-            }
-        }
-        Framing::UntilClose => return Err(GatewayError::BadRequest("malformed request body")),
-    }
+    let body =
+        crate::http::body::read_request_body(client, req.framing, req.expect_continue, max, limits)
+            .await?;
     fetch::parse_json(&body)
         .map_err(|_| GatewayError::BadRequest("the request body is not valid JSON"))
 }

@@ -335,3 +335,46 @@ pub async fn discard_body(
         Framing::UntilClose => Err(CopyError::SourceClosed),
     }
 }
+
+/// Reads a request body whole, its framing removed, at most `max` bytes:
+/// 413 beyond (a declared length before a byte is read), 408 when the
+/// client stalls, 400 for a malformed chunked body or one that ends early.
+/// Sends `100 Continue` first when `send_continue` (the client waits for
+/// it). The stages that need the body as a whole (validation,
+/// transformation, composites that read it) read it here.
+pub async fn read_request_body(
+    client: &mut Conn,
+    framing: Framing,
+    send_continue: bool,
+    max: u64,
+    limits: &crate::compiled::Limits,
+) -> Result<Vec<u8>, crate::error::GatewayError> {
+    use crate::error::GatewayError;
+    if let Framing::Length(n) = framing {
+        if n > max {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+    if send_continue
+        && send_100_continue(client, limits.send_timeout)
+            .await
+            .is_err()
+    {
+        return Err(GatewayError::BadRequest("client went away"));
+    }
+    match crate::compress::read_all(client, framing, max, limits.body_read_timeout).await {
+        Ok(b) => Ok(b),
+        Err(CopyError::TooLarge) => Err(GatewayError::PayloadTooLarge),
+        Err(CopyError::ReadTimeout) => Err(GatewayError::RequestTimeout),
+        Err(CopyError::BadChunk(_)) => Err(GatewayError::BadRequest("malformed chunked body")),
+        Err(_) => Err(GatewayError::BadRequest("request body ended early")),
+    }
+}
+
+/// Tells a client that waits for it (`Expect: 100-continue`) to send its body.
+pub async fn send_100_continue(client: &mut Conn, timeout: Duration) -> Result<(), IoFail> {
+    let (r, _) = client
+        .write(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), timeout)
+        .await;
+    r
+}

@@ -33,27 +33,10 @@ impl StaticPlan {
             s.status,
             reason_phrase(s.status)
         );
-        let mut typed = false;
-        for (name, value) in &s.headers {
-            if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
-                return Err(format!("header name {name:?} is not a token"));
-            }
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!("header {name:?} has a line break"));
-            }
-            let lower = name.to_ascii_lowercase();
-            if matches!(
-                lower.as_str(),
-                "content-length" | "transfer-encoding" | "connection" | "x-request-id"
-            ) {
-                return Err(format!("header {name:?} is set by the gateway"));
-            }
-            typed |= lower == "content-type";
-            let _ = write!(head, "{name}: {value}\r\n");
-        }
-        if !typed {
-            head.push_str("content-type: application/json\r\n");
-        }
+        head.push_str(&crate::resilience::fallback::fixed_header_lines(
+            &s.headers,
+            "x-request-id",
+        )?);
         let _ = write!(head, "content-length: {}\r\n", s.body.len());
         Ok(StaticPlan {
             status: s.status,

@@ -856,16 +856,12 @@ async fn exchange(
     // Request body, sent while the response head is already awaited.
     let mut early_answer = false;
     if body_framing != Framing::None {
-        if req.expect_continue {
-            let (r, _) = client
-                .write(
-                    b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                    ex.limits.send_timeout,
-                )
-                .await;
-            if r.is_err() {
-                return (Attempt::Done(Ok(Disposition::Close)), head);
-            }
+        if req.expect_continue
+            && crate::http::body::send_100_continue(client, ex.limits.send_timeout)
+                .await
+                .is_err()
+        {
+            return (Attempt::Done(Ok(Disposition::Close)), head);
         }
         let out = if req.framing == Framing::Chunked {
             OutFraming::Chunked

@@ -40,34 +40,48 @@ impl FallbackPlan {
         if !(200..600).contains(&status) {
             return Err(format!("fallback status {status} must be within 200..599"));
         }
-        let mut header_lines = String::new();
-        let mut typed = false;
-        for (name, value) in headers {
-            if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
-                return Err(format!("fallback header name {name:?} is not a token"));
-            }
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!("fallback header {name:?} has a line break"));
-            }
-            let lower = name.to_ascii_lowercase();
-            if matches!(
-                lower.as_str(),
-                "content-length" | "transfer-encoding" | "connection" | "x-fallback"
-            ) {
-                return Err(format!("fallback header {name:?} is set by the gateway"));
-            }
-            typed |= lower == "content-type";
-            let _ = write!(header_lines, "{name}: {value}\r\n");
-        }
-        if !typed {
-            header_lines.push_str("content-type: application/json\r\n");
-        }
+        let header_lines =
+            fixed_header_lines(headers, "x-fallback").map_err(|e| format!("fallback {e}"))?;
         Ok(FallbackPlan::Static(StaticAnswer {
             status,
             header_lines,
             body: body.as_bytes().to_vec(),
         }))
     }
+}
+
+/// The `name: value\r\n` lines of a fixed answer configured by hand (a
+/// static fallback or a static response), with a JSON content type unless
+/// one is given. Names must be tokens and values single lines; the framing
+/// fields and `also_owned` are the gateway's.
+pub(crate) fn fixed_header_lines(
+    headers: &BTreeMap<String, String>,
+    also_owned: &str,
+) -> Result<String, String> {
+    let mut lines = String::new();
+    let mut typed = false;
+    for (name, value) in headers {
+        if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
+            return Err(format!("header name {name:?} is not a token"));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(format!("header {name:?} has a line break"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) || lower == also_owned
+        {
+            return Err(format!("header {name:?} is set by the gateway"));
+        }
+        typed |= lower == "content-type";
+        let _ = write!(lines, "{name}: {value}\r\n");
+    }
+    if !typed {
+        lines.push_str("content-type: application/json\r\n");
+    }
+    Ok(lines)
 }
 
 /// Why the fallback answered (the `X-Fallback` value).
@@ -125,16 +139,13 @@ pub async fn read_body(
     ex: &mut Exchange<'_>,
 ) -> Result<Rc<[u8]>, GatewayError> {
     let n = usize::try_from(n).map_err(|_| GatewayError::PayloadTooLarge)?;
-    if req.expect_continue && client.buffered().len() < n {
-        let (r, _) = client
-            .write(
-                b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                ex.limits.send_timeout,
-            )
-            .await;
-        if r.is_err() {
-            return Err(GatewayError::BadRequest("client went away"));
-        }
+    if req.expect_continue
+        && client.buffered().len() < n
+        && crate::http::body::send_100_continue(client, ex.limits.send_timeout)
+            .await
+            .is_err()
+    {
+        return Err(GatewayError::BadRequest("client went away"));
     }
     client.reserve_total(n);
     while client.buffered().len() < n {

@@ -32,7 +32,10 @@ pub mod json;
 use crate::aggregate::template::{self, Context, Escape, Piece, Source, Template};
 use crate::compress::{self, CompressPlan};
 use crate::error::GatewayError;
-use crate::http::body::{copy_body, copy_body_tapped, BodyTap, CopyError, CopyLimits, OutFraming};
+use crate::http::body::{
+    copy_body, copy_body_tapped, read_request_body as read_body, BodyTap, CopyError, CopyLimits,
+    OutFraming,
+};
 use crate::http::{Conn, Framing, RequestHead, ResponseHead};
 use crate::proxy::{Disposition, Exchange};
 use head::{HeaderEdit, NewFraming, RequestChanges};
@@ -685,40 +688,20 @@ async fn read_request_body(
     cap: u64,
     ex: &mut Exchange<'_>,
 ) -> Result<Vec<u8>, GatewayError> {
-    if let Framing::Length(n) = req.framing {
-        if n > cap {
-            return Err(GatewayError::PayloadTooLarge);
-        }
-    }
     // A body read whole by an earlier stage (validation) is read again from
-    // memory, in the framing its head names.
+    // memory, in the framing its head names (its 100 Continue was sent).
+    let mut send_continue = req.expect_continue;
     if let Some(read) = ex.body.take() {
         let rest = client.buffered().to_vec();
         client.consume(rest.len());
         client.push_buffered(&read);
         client.push_buffered(&rest);
         ex.body_consumed = false;
-    } else if req.expect_continue {
-        let (r, _) = client
-            .write(
-                b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                ex.limits.send_timeout,
-            )
-            .await;
-        if r.is_err() {
-            return Err(GatewayError::BadRequest("client went away"));
-        }
+        send_continue = false;
     }
-    match compress::read_all(client, req.framing, cap, ex.limits.body_read_timeout).await {
-        Ok(b) => {
-            ex.body_consumed = true;
-            Ok(b)
-        }
-        Err(CopyError::TooLarge) => Err(GatewayError::PayloadTooLarge),
-        Err(CopyError::ReadTimeout) => Err(GatewayError::RequestTimeout),
-        Err(CopyError::BadChunk(_)) => Err(GatewayError::BadRequest("malformed chunked body")),
-        Err(_) => Err(GatewayError::BadRequest("request body ended early")),
-    }
+    let b = read_body(client, req.framing, send_continue, cap, ex.limits).await?;
+    ex.body_consumed = true;
+    Ok(b)
 }
 
 /// The request stage: applies the route's request operations (and request
