@@ -36,6 +36,7 @@ pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod grpc;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
