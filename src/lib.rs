@@ -36,9 +36,9 @@ pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod grpc;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod http;
 pub mod memory;
 pub mod metrics;

@@ -252,12 +252,18 @@ mod tests {
             decode_all(&[1, 0, 0, 0, 1, 9], 10),
             Err(FrameError::Compressed)
         );
-        assert_eq!(decode_all(&[0x80, 0, 0, 0, 0], 10), Err(FrameError::BadFlags(0x80)));
+        assert_eq!(
+            decode_all(&[0x80, 0, 0, 0, 0], 10),
+            Err(FrameError::BadFlags(0x80))
+        );
         assert_eq!(
             decode_all(&[0, 0, 0, 1, 0], 10),
             Err(FrameError::TooLarge { len: 256, max: 10 })
         );
-        assert_eq!(decode_all(&[0, 0, 0, 0, 3, 1], 10), Err(FrameError::Truncated));
+        assert_eq!(
+            decode_all(&[0, 0, 0, 0, 3, 1], 10),
+            Err(FrameError::Truncated)
+        );
         assert_eq!(decode_all(&[0, 0], 10), Err(FrameError::Truncated));
         assert!(FrameError::Compressed.to_string().contains("compress"));
     }
@@ -291,7 +297,10 @@ mod tests {
         dec.push(&[0, 0, 1, 0, 0]);
         assert_eq!(
             dec.next_message(),
-            Err(FrameError::TooLarge { len: 65536, max: 100 })
+            Err(FrameError::TooLarge {
+                len: 65536,
+                max: 100
+            })
         );
         let mut dec = FrameDecoder::new(100);
         dec.push(&[0, 0, 0, 0, 4, 1]);

@@ -100,9 +100,9 @@ impl PathTemplate {
                     None => (inner, "*"),
                 };
                 if field.is_empty()
-                    || !field
-                        .split('.')
-                        .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                    || !field.split('.').all(|s| {
+                        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    })
                 {
                     return Err(bad(&format!("bad field path `{field}`")));
                 }
@@ -261,12 +261,19 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
-        Some(p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+        Some(
+            p.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
     fn simple_variable() {
-        assert_eq!(m("/v1/inventory/{sku}", "/v1/inventory/A-1"), pairs(&[("sku", "A-1")]));
+        assert_eq!(
+            m("/v1/inventory/{sku}", "/v1/inventory/A-1"),
+            pairs(&[("sku", "A-1")])
+        );
         assert_eq!(m("/v1/inventory/{sku}", "/v1/inventory/"), None);
         assert_eq!(m("/v1/inventory/{sku}", "/v1/inventory/a/b"), None);
         assert_eq!(m("/v1/inventory/{sku}", "/v1/inventor/a"), None);
@@ -288,7 +295,10 @@ mod tests {
             m("/v1/{name=shelves/*/books/*}", "/v1/shelves/3/books/9"),
             pairs(&[("name", "shelves/3/books/9")])
         );
-        assert_eq!(m("/v1/{name=shelves/*/books/*}", "/v1/shelves/3/tapes/9"), None);
+        assert_eq!(
+            m("/v1/{name=shelves/*/books/*}", "/v1/shelves/3/tapes/9"),
+            None
+        );
         assert_eq!(
             m("/v1/files/{path=**}", "/v1/files/a/b/c.txt"),
             pairs(&[("path", "a/b/c.txt")])

@@ -55,7 +55,7 @@ pub fn parse(value: &str) -> Result<Duration, String> {
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
     for (unit, len) in UNITS {
-        if nanos % len == 0 && nanos / len <= u128::from(MAX_VALUE) {
+        if nanos.is_multiple_of(len) && nanos / len <= u128::from(MAX_VALUE) {
             return format!("{}{unit}", nanos / len);
         }
     }
