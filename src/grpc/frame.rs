@@ -54,18 +54,15 @@ pub fn encode(message: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
 /// Reads the frame at the start of `buf`: `Ok(Some((message, used)))`,
 /// `Ok(None)` when `buf` holds only part of it.
 pub fn decode_one(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
-    let Some(header) = buf.get(..HEADER_LEN) else {
+    let Some(&[flags, l0, l1, l2, l3]) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
     };
-    let mut len_bytes = [0u8; 4];
-    len_bytes.copy_from_slice(header.get(1..HEADER_LEN).unwrap_or(&[0; 4]));
-    let flags = header.first().copied().unwrap_or(0);
     match flags {
         0 => {}
         1 => return Err(FrameError::Compressed),
         other => return Err(FrameError::BadFlags(other)),
     }
-    let len = u32::from_be_bytes(len_bytes) as usize;
+    let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }

@@ -67,7 +67,8 @@ pub struct JsonOptions {
     pub proto_names: bool,
     /// Server-streaming answers: a JSON array or NDJSON.
     pub stream: StreamMode,
-    /// Cap on one message, request or response, in bytes.
+    /// Cap on one message, request or response, in protobuf bytes. A JSON
+    /// request body over eight times the cap is refused before parsing.
     pub max_message: usize,
 }
 
