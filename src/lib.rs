@@ -38,6 +38,7 @@ pub mod demo;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod h2;
 pub mod http;
 pub mod memory;
 pub mod metrics;

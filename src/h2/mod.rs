@@ -1,0 +1,118 @@
+//! HTTP/2 on monoio: the connection layer, server (h2c with prior knowledge)
+//! and client pool, on the `h2` crate.
+//!
+//! `h2` is written against tokio's `AsyncRead`/`AsyncWrite`; monoio's
+//! sockets are adapted by `monoio_compat::StreamWrapper` (safe, one owned
+//! read and one owned write buffer per connection). `h2` never spawns: a
+//! connection is a future driven by the task that owns it, and every stream
+//! of it runs as a `monoio::spawn`ed task on the same shard, so nothing of a
+//! connection leaves its thread.
+//!
+//! - [`server::serve_h2c`]: one downstream connection, with [`H2Limits`].
+//! - [`pool::H2Pool`]: multiplexed upstream connections per target.
+//! - [`body`]: the stream halves shared by both sides ([`RecvBody`],
+//!   [`SendBody`]), with flow control.
+//!
+//! Not yet wired into the request pipeline; see the design notes in the
+//! README ("HTTP/2").
+
+pub mod body;
+pub mod io;
+pub mod pool;
+pub mod server;
+
+use std::time::Duration;
+
+pub use body::{RecvBody, SendBody};
+pub use io::Prefixed;
+pub use pool::{H2Pool, PoolLimits};
+pub use server::{serve_h2c, Responder, Shutdown};
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a plain connection say about its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    /// The bytes so far are a prefix of the h2 preface: read more.
+    NeedMore,
+    /// The whole preface is there: an h2c prior-knowledge connection.
+    H2,
+    /// Anything else (HTTP/1.1).
+    Http1,
+}
+
+/// Classifies already-buffered bytes of a new plain connection, so one
+/// listener can take both HTTP/1.1 and h2c with prior knowledge.
+pub fn sniff(buffered: &[u8]) -> Sniff {
+    let n = buffered.len().min(PREFACE.len());
+    if buffered.get(..n) != PREFACE.get(..n) {
+        Sniff::Http1
+    } else if n == PREFACE.len() {
+        Sniff::H2
+    } else {
+        Sniff::NeedMore
+    }
+}
+
+/// Limits of one downstream HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct H2Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams over it are refused
+    /// (RST_STREAM REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the decoded header list cap (also
+    /// what bounds CONTINUATION floods and HPACK bombs); over it the stream
+    /// is answered 431 and reset.
+    pub max_header_list_size: u32,
+    /// SETTINGS_MAX_FRAME_SIZE (16 KiB ..= 16 MiB - 1).
+    pub max_frame_size: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE for each stream.
+    pub initial_stream_window: u32,
+    /// The connection-level receive window.
+    pub initial_connection_window: u32,
+    /// Bytes buffered for sending per stream before the writer waits.
+    pub max_send_buffer: usize,
+    /// Resets caused by the peer counted per connection: past it, GOAWAY
+    /// ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487). Also the cap on
+    /// streams reset before they were accepted.
+    pub max_resets: usize,
+    /// The interval over which `max_resets` counts.
+    pub reset_interval: Duration,
+    /// A stream whose send window stays at zero this long is reset, and a
+    /// connection with no stream this long is closed with GOAWAY.
+    pub idle_timeout: Duration,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            max_frame_size: 16 * 1024,
+            initial_stream_window: 256 * 1024,
+            initial_connection_window: 1024 * 1024,
+            max_send_buffer: 64 * 1024,
+            max_resets: 100,
+            reset_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_preface() {
+        assert_eq!(sniff(b""), Sniff::NeedMore);
+        assert_eq!(sniff(b"PRI * HT"), Sniff::NeedMore);
+        assert_eq!(sniff(PREFACE), Sniff::H2);
+        let mut more = PREFACE.to_vec();
+        more.extend_from_slice(b"\0\0\0\x04");
+        assert_eq!(sniff(&more), Sniff::H2);
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http1);
+        assert_eq!(sniff(b"PRI * HTTP/1.1"), Sniff::Http1);
+    }
+}
