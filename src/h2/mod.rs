@@ -21,6 +21,10 @@ pub mod io;
 pub mod pool;
 pub mod server;
 
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 pub use body::{RecvBody, SendBody};
@@ -52,6 +56,48 @@ pub fn sniff(buffered: &[u8]) -> Sniff {
         Sniff::H2
     } else {
         Sniff::NeedMore
+    }
+}
+
+/// A shard-local one-shot signal: fired once, awaited by any number of tasks.
+#[derive(Default)]
+pub struct Signal {
+    fired: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    /// A signal not yet fired.
+    pub fn new() -> Rc<Self> {
+        Rc::new(Signal::default())
+    }
+
+    /// Fires the signal, waking every waiter.
+    pub fn fire(&self) {
+        self.fired.set(true);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Whether it was fired.
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Resolves once fired.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -13,7 +13,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use http::{response, HeaderMap, Request};
 
 use super::body::{CollectError, SendError};
-use super::{Prefixed, RecvBody, SendBody};
+use super::{Prefixed, RecvBody, SendBody, Signal};
 
 /// Limits of an [`H2Pool`].
 #[derive(Debug, Clone)]
@@ -93,10 +93,36 @@ impl Drop for Slot {
     }
 }
 
+/// The connections to one target, and the connect under way, if any (one
+/// at a time: requests arriving meanwhile wait for it instead of each
+/// opening their own).
+#[derive(Default)]
+struct Target {
+    conns: Vec<Rc<Pooled>>,
+    connecting: Option<Rc<Signal>>,
+}
+
+/// A connect under way; on drop the target's mark is cleared and the
+/// requests waiting for it look again.
+struct Connecting<'a> {
+    pool: &'a H2Pool,
+    target: SocketAddr,
+    signal: Rc<Signal>,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.pool.targets.borrow_mut().get_mut(&self.target) {
+            entry.connecting = None;
+        }
+        self.signal.fire();
+    }
+}
+
 /// HTTP/2 upstream connections of one shard.
 pub struct H2Pool {
     limits: PoolLimits,
-    targets: RefCell<HashMap<SocketAddr, Vec<Rc<Pooled>>>>,
+    targets: RefCell<HashMap<SocketAddr, Target>>,
     opened: Cell<u64>,
 }
 
@@ -138,7 +164,7 @@ impl H2Pool {
         self.targets
             .borrow()
             .get(&target)
-            .map_or(0, |conns| conns.iter().filter(|c| !c.dead.get()).count())
+            .map_or(0, |t| t.conns.iter().filter(|c| !c.dead.get()).count())
     }
 
     /// Starts a request: sends its head (ending the stream if
@@ -213,25 +239,48 @@ impl H2Pool {
     }
 
     async fn pick(&self, target: SocketAddr) -> Result<Rc<Pooled>, PoolError> {
-        {
-            let mut targets = self.targets.borrow_mut();
-            let conns = targets.entry(target).or_default();
-            conns.retain(|c| !c.dead.get());
-            let best = conns
-                .iter()
-                .filter(|c| c.streams.get() < self.limits.max_streams_per_connection)
-                .min_by_key(|c| c.streams.get());
-            if let Some(best) = best {
-                return Ok(best.clone());
+        loop {
+            // Decided under the borrow, acted on after it.
+            let (signal, mine) = {
+                let mut targets = self.targets.borrow_mut();
+                let entry = targets.entry(target).or_default();
+                entry.conns.retain(|c| !c.dead.get());
+                let best = entry
+                    .conns
+                    .iter()
+                    .filter(|c| c.streams.get() < self.limits.max_streams_per_connection)
+                    .min_by_key(|c| c.streams.get());
+                if let Some(best) = best {
+                    return Ok(best.clone());
+                }
+                if let Some(connecting) = &entry.connecting {
+                    (connecting.clone(), false)
+                } else if entry.conns.len() >= self.limits.max_connections_per_target {
+                    return Err(PoolError::Saturated);
+                } else {
+                    let signal = Signal::new();
+                    entry.connecting = Some(signal.clone());
+                    (signal, true)
+                }
+            };
+            if !mine {
+                signal.wait().await;
+                continue;
             }
-            if conns.len() >= self.limits.max_connections_per_target {
-                return Err(PoolError::Saturated);
+            // Clears the mark and wakes the waiters even if this request is
+            // dropped while connecting.
+            let _connecting = Connecting {
+                pool: self,
+                target,
+                signal,
+            };
+            let result = self.connect(target).await;
+            if let Ok(conn) = &result {
+                let mut targets = self.targets.borrow_mut();
+                targets.entry(target).or_default().conns.push(conn.clone());
             }
+            return result;
         }
-        let conn = self.connect(target).await?;
-        let mut targets = self.targets.borrow_mut();
-        targets.entry(target).or_default().push(conn.clone());
-        Ok(conn)
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Rc<Pooled>, PoolError> {

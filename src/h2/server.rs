@@ -1,10 +1,9 @@
 //! The downstream side: one HTTP/2 connection with prior knowledge (h2c),
 //! every stream handed to a handler on its own task on the shard.
 
-use std::cell::{Cell, RefCell};
-use std::future::{poll_fn, Future};
+use std::cell::Cell;
+use std::future::Future;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,50 +13,11 @@ use http::{HeaderMap, Request, Response};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::body::{Resets, SendError};
-use super::{H2Limits, Prefixed, RecvBody, SendBody};
+use super::{H2Limits, Prefixed, RecvBody, SendBody, Signal};
 
 /// A shard-local shutdown signal: once fired, every connection serving with
 /// it sends GOAWAY, finishes its open streams and closes.
-#[derive(Default)]
-pub struct Shutdown {
-    fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-impl Shutdown {
-    /// A signal not yet fired.
-    pub fn new() -> Rc<Self> {
-        Rc::new(Shutdown::default())
-    }
-
-    /// Fires the signal.
-    pub fn fire(&self) {
-        self.fired.set(true);
-        for waker in self.waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
-    }
-
-    /// Whether it was fired.
-    pub fn is_fired(&self) -> bool {
-        self.fired.get()
-    }
-
-    /// Resolves once fired.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.fired.get() {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
+pub type Shutdown = Signal;
 
 /// How a handler answers its stream.
 pub struct Responder {
