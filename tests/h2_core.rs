@@ -478,3 +478,75 @@ fn a_rapid_reset_flood_gets_goaway() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
 }
+
+#[test]
+fn a_zero_window_stall_resets_the_stream() {
+    let server = start_server(H2Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..H2Limits::default()
+    });
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(shardgate::h2::PREFACE).unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may not send DATA.
+    s.write_all(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .unwrap();
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, REQUEST_BLOCK))
+        .unwrap();
+    s.write_all(&frame(DATA, END_STREAM, 1, b"abc")).unwrap();
+    let started = Instant::now();
+    let mut reset = None;
+    while let Some(f) = read_frame(&mut s) {
+        if f.kind == SETTINGS && f.flags & 1 == 0 {
+            s.write_all(&frame(SETTINGS, 1, 0, &[])).unwrap();
+        }
+        if f.kind == DATA && f.stream == 1 && !f.payload.is_empty() {
+            panic!("DATA sent into a zero window");
+        }
+        if f.kind == RST_STREAM && f.stream == 1 {
+            reset = Some(f.payload);
+            break;
+        }
+    }
+    assert_eq!(
+        reset.as_deref(),
+        Some(&[0u8, 0, 0, 8][..]),
+        "RST_STREAM CANCEL"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[test]
+fn a_continuation_flood_is_cut_off() {
+    const CONTINUATION: u8 = 9;
+    let server = start_server(H2Limits {
+        max_header_list_size: 4096,
+        ..H2Limits::default()
+    });
+    let mut s = raw_connect(server.addr);
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(&frame(HEADERS, 0, 1, REQUEST_BLOCK)).unwrap();
+    // Literal fields without indexing ("x: vvv…"), never END_HEADERS:
+    // up to 16 MiB of header block.
+    let mut field = vec![0x00, 0x01, b'x', 0x7f, 0xd1, 0x0e];
+    field.extend(std::iter::repeat_n(b'v', 2000));
+    let mut payload = Vec::new();
+    while payload.len() + field.len() <= 16 * 1024 {
+        payload.extend_from_slice(&field);
+    }
+    let continuation = frame(CONTINUATION, 0, 1, &payload);
+    let mut sent = 0usize;
+    for _ in 0..1024 {
+        if s.write_all(&continuation).is_err() {
+            break;
+        }
+        sent += continuation.len();
+    }
+    let frames = frames_until_quiet(&mut s, Duration::from_secs(2));
+    let goaway = frames.iter().any(|f| f.kind == GOAWAY);
+    assert!(
+        goaway || sent < 1024 * continuation.len(),
+        "the server took {sent} bytes of one header block"
+    );
+    assert_eq!(server.calls.load(Ordering::SeqCst), 0, "handler ran");
+}
