@@ -43,6 +43,9 @@ async fn echo(
     shutdown: Rc<Shutdown>,
 ) {
     calls.fetch_add(1, Ordering::SeqCst);
+    if req.uri().path() == "/panic" {
+        panic!("echo handler asked to panic");
+    }
     if req.uri().path() == "/shutdown" {
         shutdown.fire();
     }
@@ -263,6 +266,24 @@ fn graceful_goaway_on_shutdown_and_pool_drops_the_dead_connection() {
         assert_eq!(pool.opened(), 2);
     });
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_panicking_handler_resets_only_its_stream() {
+    let server = start_server(H2Limits::default());
+    let addr = server.addr;
+    block_on(async move {
+        let pool = H2Pool::new(PoolLimits::default());
+        let req = post(addr, "/panic").body(Bytes::new()).unwrap();
+        assert!(pool.send(addr, req, None, 16).await.is_err());
+        let req = post(addr, "/echo")
+            .body(Bytes::from_static(b"still"))
+            .unwrap();
+        let (_, got, _) = pool.send(addr, req, None, 16).await.unwrap();
+        assert_eq!(&got[..], b"still");
+        assert_eq!(pool.opened(), 1);
+    });
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
 #[test]

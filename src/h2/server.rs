@@ -187,7 +187,12 @@ where
                 let guard = Open::new(&open);
                 let task = handler(request, responder);
                 monoio::spawn(async move {
-                    task.await;
+                    // A panic ends this stream only (its responder is
+                    // dropped: the stream is reset), like a panic in an
+                    // HTTP/1.1 connection task.
+                    if let Err(why) = crate::server::contain(task).await {
+                        eprintln!("shardgate: h2 stream handler panicked: {why}");
+                    }
                     drop(guard);
                 });
             }
