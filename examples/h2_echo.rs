@@ -2,13 +2,14 @@
 //! measuring the HTTP/2 layer alone (bench/RESULTS.md, "HTTP/2 on monoio"):
 //! `cargo run --release --example h2_echo -- 127.0.0.1:8082`.
 //! A request without a body is answered with a 13-byte body; one with a
-//! body gets it back. Both end with a trailer.
+//! body gets it back. Both end with a trailer. `H2_ECHO_IO=unsafe` uses
+//! monoio-compat's unsafe `TcpStreamCompat` instead of the safe wrapper.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use shardgate::h2::{serve_h2c, H2Limits, RecvBody, Responder, Shutdown};
+use shardgate::h2::{serve_h2, serve_h2c, H2Limits, RecvBody, Responder, Shutdown};
 
 async fn echo(req: Request<RecvBody>, res: Responder) {
     let mut body = req.into_body();
@@ -42,6 +43,9 @@ fn main() {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8082".to_string());
+    // H2_ECHO_IO=unsafe: monoio-compat's unsafe TcpStreamCompat instead of
+    // the safe StreamWrapper, for comparing the two adapters.
+    let unsafe_io = std::env::var("H2_ECHO_IO").is_ok_and(|v| v == "unsafe");
     let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
@@ -71,7 +75,19 @@ fn main() {
             let _ = stream.set_nodelay(true);
             let (limits, shutdown, handler) = (limits.clone(), shutdown.clone(), handler.clone());
             monoio::spawn(async move {
-                let _ = serve_h2c(stream, Bytes::new(), &limits, shutdown, handler).await;
+                if unsafe_io {
+                    // SAFETY (for this measurement only): the adapter needs
+                    // the caller to pass the same buffer slice to every poll
+                    // until it is ready. h2's codec does not promise that
+                    // (its write buffer can grow between polls), so the
+                    // gateway uses the safe wrapper; this path exists to
+                    // measure what the copies of the safe one cost.
+                    #[allow(unsafe_code)]
+                    let io = unsafe { monoio_compat::TcpStreamCompatUnsafe::new(stream) };
+                    let _ = serve_h2(io, &limits, shutdown, handler).await;
+                } else {
+                    let _ = serve_h2c(stream, Bytes::new(), &limits, shutdown, handler).await;
+                }
             });
         }
     });

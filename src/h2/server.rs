@@ -127,7 +127,22 @@ where
     H: Fn(Request<RecvBody>, Responder) -> F + 'static,
     F: Future<Output = ()> + 'static,
 {
-    let io = Prefixed::new(stream, buffered);
+    serve_h2(Prefixed::new(stream, buffered), limits, shutdown, handler).await
+}
+
+/// Serves one HTTP/2 connection over any tokio-style IO (the socket adapter
+/// of [`serve_h2c`], or a TLS stream once ALPN chose h2).
+pub async fn serve_h2<T, H, F>(
+    io: T,
+    limits: &H2Limits,
+    shutdown: Rc<Shutdown>,
+    handler: Rc<H>,
+) -> Result<(), ServeError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    H: Fn(Request<RecvBody>, Responder) -> F + 'static,
+    F: Future<Output = ()> + 'static,
+{
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(limits.max_concurrent_streams)
