@@ -2,7 +2,8 @@
 # HTTP/2 layer figures (bench/RESULTS.md, "HTTP/2 on monoio"): h2load against
 # the bare h2c echo server (examples/h2_echo.rs, one monoio thread) and
 # against nginx (one worker, h2c, `return 200`), same client, same shape.
-# Prints req/s and server CPU per request (utime+stime from /proc).
+# Servers on CPU 0, h2load on CPU 1. Prints req/s and server CPU per request
+# (utime+stime from /proc). H2_ECHO_IO=unsafe: the unsafe socket adapter.
 # Usage: scripts/h2_bench.sh [requests] [connections] [streams]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run() { # name pid url
     local name=$1 pid=$2 url=$3 before after out rps
-    h2load -n 2000 -c "$C" -m "$M" "$url" >/dev/null # warm-up
+    taskset -c 1 h2load -n 2000 -c "$C" -m "$M" "$url" >/dev/null # warm-up
     before=$(cpu_ticks "$pid")
-    out=$(h2load -n "$N" -c "$C" -m "$M" "$url")
+    out=$(taskset -c 1 h2load -n "$N" -c "$C" -m "$M" "$url")
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     echo "$out" | grep -E "^requests:|^status codes:" | sed "s/^/$name: /"
@@ -25,7 +26,7 @@ run() { # name pid url
         'BEGIN { printf "%s: %s req/s, server CPU %.2f us/request\n", name, r, t / hz * 1e6 / n }'
 }
 
-"$BIN" 127.0.0.1:18082 >/dev/null &
+taskset -c 0 "$BIN" 127.0.0.1:18082 >/dev/null &
 ECHO=$!
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
@@ -34,6 +35,7 @@ error_log $WORK/error.log;
 events { worker_connections 1024; }
 http {
     access_log off;
+    keepalive_requests 100000000;
     client_body_temp_path $WORK;
     server {
         listen 127.0.0.1:18083 http2;
@@ -41,7 +43,7 @@ http {
     }
 }
 NGINX
-nginx -c "$WORK/nginx.conf" -p "$WORK"
+taskset -c 0 nginx -c "$WORK/nginx.conf" -p "$WORK"
 sleep 0.5
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 for round in 1 2 3; do
