@@ -22,7 +22,6 @@ pub mod pool;
 pub mod server;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -60,10 +59,16 @@ pub fn sniff(buffered: &[u8]) -> Sniff {
 }
 
 /// A shard-local one-shot signal: fired once, awaited by any number of tasks.
+///
+/// Each [`Wait`] owns one slot, registered on its first poll and updated in
+/// place after that (monoio hands out a fresh waker per poll, so wakers
+/// cannot be deduplicated); slots of dropped waits are pruned. A long-lived
+/// waiter (a connection's accept loop) should keep one `Wait` pinned rather
+/// than make one per iteration.
 #[derive(Default)]
 pub struct Signal {
     fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Vec<Rc<RefCell<Option<Waker>>>>>,
 }
 
 impl Signal {
@@ -75,8 +80,10 @@ impl Signal {
     /// Fires the signal, waking every waiter.
     pub fn fire(&self) {
         self.fired.set(true);
-        for waker in self.waiters.borrow_mut().drain(..) {
-            waker.wake();
+        for slot in self.waiters.borrow_mut().drain(..) {
+            if let Some(waker) = slot.borrow_mut().take() {
+                waker.wake();
+            }
         }
     }
 
@@ -85,19 +92,41 @@ impl Signal {
         self.fired.get()
     }
 
-    /// Resolves once fired.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.fired.get() {
-                return Poll::Ready(());
+    /// A future that resolves once the signal is fired.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            signal: self,
+            slot: None,
+        }
+    }
+}
+
+/// Waiting for a [`Signal`].
+pub struct Wait<'a> {
+    signal: &'a Signal,
+    slot: Option<Rc<RefCell<Option<Waker>>>>,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.signal.fired.get() {
+            return Poll::Ready(());
+        }
+        match &self.slot {
+            Some(slot) => *slot.borrow_mut() = Some(cx.waker().clone()),
+            None => {
+                let slot = Rc::new(RefCell::new(Some(cx.waker().clone())));
+                let mut waiters = self.signal.waiters.borrow_mut();
+                // Slots whose `Wait` is gone hold the only reference.
+                waiters.retain(|w| Rc::strong_count(w) > 1);
+                waiters.push(slot.clone());
+                drop(waiters);
+                self.slot = Some(slot);
             }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 }
 
@@ -149,6 +178,31 @@ impl Default for H2Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_keeps_one_slot_per_wait() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let signal = Signal::new();
+        let mut wait = std::pin::pin!(signal.wait());
+        for _ in 0..1000 {
+            // A fresh waker on every poll, as monoio gives.
+            let waker = Waker::noop().clone();
+            let mut cx = Context::from_waker(&waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(signal.waiters.borrow().len(), 1);
+        for _ in 0..10 {
+            let mut other = std::pin::pin!(signal.wait());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(other.as_mut().poll(&mut cx).is_pending());
+        }
+        // Dropped waits are pruned at the next registration.
+        assert!(signal.waiters.borrow().len() <= 2);
+        signal.fire();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+    }
 
     #[test]
     fn sniff_preface() {

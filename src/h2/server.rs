@@ -161,6 +161,8 @@ where
     let resets = Rc::new(Resets::default());
     let open = Rc::new(Cell::new(0usize));
     let mut draining = false;
+    // One registration with the signal for the connection's life.
+    let mut stop = std::pin::pin!(shutdown.wait());
     loop {
         let idle = if open.get() == 0 && !draining {
             limits.idle_timeout
@@ -176,7 +178,7 @@ where
                 Ok(Some(Err(err))) => Step::Failed(err),
                 Ok(Some(Ok(stream))) => Step::Stream(stream),
             },
-            _ = shutdown.wait(), if !draining => Step::Shutdown,
+            _ = &mut stop, if !draining => Step::Shutdown,
         };
         match step {
             Step::Closed => return Ok(()),
