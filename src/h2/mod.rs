@@ -61,8 +61,10 @@ pub fn sniff(buffered: &[u8]) -> Sniff {
 /// A shard-local one-shot signal: fired once, awaited by any number of tasks.
 ///
 /// Each [`Wait`] owns one slot, registered on its first poll and updated in
-/// place after that (monoio hands out a fresh waker per poll, so wakers
-/// cannot be deduplicated); slots of dropped waits are pruned. A long-lived
+/// place after that; slots of dropped waits are pruned. (Deduplicating by
+/// `Waker::will_wake` is not enough: it is best-effort, and in an optimised
+/// build it did not match a clone of the same task's waker, so the list
+/// grew by one per poll.) A long-lived
 /// waiter (a connection's accept loop) should keep one `Wait` pinned rather
 /// than make one per iteration.
 #[derive(Default)]
@@ -186,7 +188,7 @@ mod tests {
         let signal = Signal::new();
         let mut wait = std::pin::pin!(signal.wait());
         for _ in 0..1000 {
-            // A fresh waker on every poll, as monoio gives.
+            // A new waker on every poll (`will_wake` may not match a clone).
             let waker = Waker::noop().clone();
             let mut cx = Context::from_waker(&waker);
             assert!(wait.as_mut().poll(&mut cx).is_pending());
