@@ -35,6 +35,12 @@ if ! python3 -c 'import brotli, zstandard' 2>/dev/null && ! /usr/bin/python3 -c 
     apt_install python3-brotli python3-zstandard || echo "test.sh: could not install python3-brotli/python3-zstandard; the Python compression test will fail" >&2
 fi
 
+# nghttp2-client (nghttp, h2load): tests/h2_core.rs drives the HTTP/2 server with
+# independent clients; scripts/bench has h2load figures.
+if ! have nghttp || ! have h2load; then
+    apt_install nghttp2-client || echo "test.sh: could not install nghttp2-client; the nghttp/h2load HTTP/2 tests will fail" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

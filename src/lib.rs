@@ -39,6 +39,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod h2;
 pub mod http;
 pub mod memory;
 pub mod metrics;

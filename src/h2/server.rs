@@ -1,0 +1,218 @@
+//! The downstream side: one HTTP/2 connection with prior knowledge (h2c),
+//! every stream handed to a handler on its own task on the shard.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::Reason;
+use http::{HeaderMap, Request, Response};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use super::body::{Resets, SendError};
+use super::{H2Limits, Prefixed, RecvBody, SendBody, Signal};
+
+/// A shard-local shutdown signal: once fired, every connection serving with
+/// it sends GOAWAY, finishes its open streams and closes.
+pub type Shutdown = Signal;
+
+/// How a handler answers its stream.
+pub struct Responder {
+    inner: SendResponse<Bytes>,
+    stall: Duration,
+    resets: Rc<Resets>,
+}
+
+impl Responder {
+    /// Sends the response head. With `end_of_stream` the response has no
+    /// body (`None`); otherwise the body follows through the [`SendBody`].
+    pub fn send_head(
+        mut self,
+        head: Response<()>,
+        end_of_stream: bool,
+    ) -> Result<Option<SendBody>, SendError> {
+        match self.inner.send_response(head, end_of_stream) {
+            Ok(stream) if end_of_stream => {
+                drop(stream);
+                Ok(None)
+            }
+            Ok(stream) => Ok(Some(SendBody::new(
+                stream,
+                self.stall,
+                Some(self.resets.clone()),
+            ))),
+            Err(err) => {
+                self.resets.note_if_remote(&err);
+                Err(SendError::H2(err))
+            }
+        }
+    }
+
+    /// Sends a whole response: head, body, then trailers if any.
+    pub async fn send_full(
+        self,
+        head: Response<()>,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+    ) -> Result<(), SendError> {
+        if body.is_empty() && trailers.is_none() {
+            self.send_head(head, true)?;
+            return Ok(());
+        }
+        let Some(mut send) = self.send_head(head, false)? else {
+            return Ok(());
+        };
+        send.send(body).await?;
+        match trailers {
+            Some(trailers) => send.trailers(trailers),
+            None => send.finish(),
+        }
+    }
+
+    /// Resets the stream instead of answering.
+    pub fn reset(mut self, reason: Reason) {
+        self.inner.send_reset(reason);
+    }
+}
+
+/// Counts a stream task as open while alive.
+struct Open(Rc<Cell<usize>>);
+
+impl Open {
+    fn new(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get().saturating_add(1));
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug)]
+pub enum ServeError {
+    /// No (complete) preface and SETTINGS within the idle timeout.
+    HandshakeTimeout,
+    /// The connection failed (I/O or a protocol error, GOAWAY sent).
+    H2(h2::Error),
+}
+
+/// What the accept loop saw happen.
+enum Step<T> {
+    Stream(T),
+    Closed,
+    Failed(h2::Error),
+    Shutdown,
+    Idle,
+}
+
+/// Serves one h2c (prior knowledge) connection until it closes: `buffered`
+/// are bytes already read from `stream` (the preface, as the sniffer saw
+/// it). Each stream runs `handler` on its own task on this shard.
+pub async fn serve_h2c<S, H, F>(
+    stream: S,
+    buffered: Bytes,
+    limits: &H2Limits,
+    shutdown: Rc<Shutdown>,
+    handler: Rc<H>,
+) -> Result<(), ServeError>
+where
+    S: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
+    H: Fn(Request<RecvBody>, Responder) -> F + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    serve_h2(Prefixed::new(stream, buffered), limits, shutdown, handler).await
+}
+
+/// Serves one HTTP/2 connection over any tokio-style IO (the socket adapter
+/// of [`serve_h2c`], or a TLS stream once ALPN chose h2).
+pub async fn serve_h2<T, H, F>(
+    io: T,
+    limits: &H2Limits,
+    shutdown: Rc<Shutdown>,
+    handler: Rc<H>,
+) -> Result<(), ServeError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    H: Fn(Request<RecvBody>, Responder) -> F + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_frame_size(limits.max_frame_size)
+        .initial_window_size(limits.initial_stream_window)
+        .initial_connection_window_size(limits.initial_connection_window)
+        .max_send_buffer_size(limits.max_send_buffer)
+        .max_pending_accept_reset_streams(limits.max_resets)
+        .max_local_error_reset_streams(Some(limits.max_resets));
+    let mut conn = match monoio::time::timeout(limits.idle_timeout, builder.handshake(io)).await {
+        Err(_elapsed) => return Err(ServeError::HandshakeTimeout),
+        Ok(Err(err)) => return Err(ServeError::H2(err)),
+        Ok(Ok(conn)) => conn,
+    };
+    let resets = Rc::new(Resets::default());
+    let open = Rc::new(Cell::new(0usize));
+    let mut draining = false;
+    // One registration with the signal for the connection's life.
+    let mut stop = std::pin::pin!(shutdown.wait());
+    loop {
+        let idle = if open.get() == 0 && !draining {
+            limits.idle_timeout
+        } else {
+            // Streams are open (or the connection is closing): the stream
+            // tasks bound their own stalls.
+            Duration::from_secs(24 * 3600)
+        };
+        let step = monoio::select! {
+            next = monoio::time::timeout(idle, conn.accept()) => match next {
+                Err(_elapsed) => Step::Idle,
+                Ok(None) => Step::Closed,
+                Ok(Some(Err(err))) => Step::Failed(err),
+                Ok(Some(Ok(stream))) => Step::Stream(stream),
+            },
+            _ = &mut stop, if !draining => Step::Shutdown,
+        };
+        match step {
+            Step::Closed => return Ok(()),
+            Step::Failed(err) => return Err(ServeError::H2(err)),
+            Step::Shutdown | Step::Idle => {
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            Step::Stream((request, respond)) => {
+                if resets.over(limits.max_resets, limits.reset_interval) {
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    draining = true;
+                    continue;
+                }
+                let (head, body) = request.into_parts();
+                let request =
+                    Request::from_parts(head, RecvBody::new(body, Some(resets.clone()), None));
+                let responder = Responder {
+                    inner: respond,
+                    stall: limits.idle_timeout,
+                    resets: resets.clone(),
+                };
+                let guard = Open::new(&open);
+                let task = handler(request, responder);
+                monoio::spawn(async move {
+                    // A panic ends this stream only (its responder is
+                    // dropped: the stream is reset), like a panic in an
+                    // HTTP/1.1 connection task.
+                    if let Err(why) = crate::server::contain(task).await {
+                        eprintln!("shardgate: h2 stream handler panicked: {why}");
+                    }
+                    drop(guard);
+                });
+            }
+        }
+    }
+}
