@@ -92,7 +92,7 @@ pub(super) async fn run(
                 .ok_or_else(|| PartError::new("no batch"))?;
             done.status = answer.status;
             done.headers = answer.headers;
-            let list = match take_path(answer.value, &b.target) {
+            let list = match super::shape::take_at(answer.value, &b.target) {
                 Some(Value::Array(list)) => list,
                 _ => {
                     return Err(PartError::new(format!(
@@ -232,18 +232,6 @@ async fn run_items(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(PartError::new("did not run"))))
         .collect())
-}
-
-/// Moves the value at `path` out of `v` (the whole of `v` for an empty path).
-fn take_path(v: Value, path: &[String]) -> Option<Value> {
-    path.iter().try_fold(v, |v, seg| match v {
-        Value::Object(mut m) => m.shift_remove(seg),
-        Value::Array(mut a) => {
-            let i = super::template::index_of(a.len(), seg)?;
-            Some(a.swap_remove(i))
-        }
-        _ => None,
-    })
 }
 
 /// Joins a batch answer's elements back to the items: item `i` gets the

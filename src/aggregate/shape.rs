@@ -127,8 +127,8 @@ impl Shape {
 }
 
 /// Moves the value at `path` out of `v` (object keys and array indexes,
-/// `-1` for the last element).
-fn take_at(v: Value, path: &[String]) -> Option<Value> {
+/// `-1` for the last element; the whole of `v` for an empty path).
+pub(super) fn take_at(v: Value, path: &[String]) -> Option<Value> {
     path.iter().try_fold(v, |v, seg| match v {
         Value::Object(mut m) => m.shift_remove(seg),
         Value::Array(mut a) => {

@@ -61,25 +61,17 @@ impl StaticPlan {
         out.push_str("x-request-id: ");
         out.push_str(ex.request_id);
         out.push_str("\r\n");
-        out.push_str(&ex.response_headers);
-        out.push_str(if keep_alive {
-            "connection: keep-alive\r\n\r\n"
-        } else {
-            "connection: close\r\n\r\n"
-        });
-        let mut bytes = out.into_bytes();
-        if req.method() != "HEAD" {
-            bytes.extend_from_slice(&self.body);
-        }
-        ex.seen.status = self.status;
-        ex.seen.bytes_out = bytes.len() as u64;
-        ex.response_started = true;
-        let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
-        Ok(if r.is_ok() && keep_alive {
-            Disposition::KeepAlive
-        } else {
-            Disposition::Close
-        })
+        let d = crate::resilience::fallback::send_fixed(
+            out,
+            self.status,
+            &self.body,
+            req,
+            client,
+            ex,
+            keep_alive,
+        )
+        .await;
+        Ok(d)
     }
 }
 

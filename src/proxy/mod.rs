@@ -232,6 +232,17 @@ pub fn upstream_head(
     out
 }
 
+/// Appends the status line of `resp` (its reason phrase, or the standard one).
+pub(crate) fn status_line(resp: &ResponseHead, out: &mut Vec<u8>) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    if resp.reason().is_empty() {
+        out.extend_from_slice(reason_phrase(resp.status).as_bytes());
+    } else {
+        out.extend_from_slice(resp.reason());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Builds the client response head from the upstream's.
 pub(crate) fn client_head(
     resp: &ResponseHead,
@@ -241,13 +252,7 @@ pub(crate) fn client_head(
     http10_client: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
-    if resp.reason().is_empty() {
-        out.extend_from_slice(reason_phrase(resp.status).as_bytes());
-    } else {
-        out.extend_from_slice(resp.reason());
-    }
-    out.extend_from_slice(b"\r\n");
+    status_line(resp, &mut out);
     let connection = ConnectionNames::of(resp.headers());
     let mut has_request_id = false;
     let bodyless = resp.framing == Framing::None;

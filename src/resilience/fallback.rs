@@ -172,7 +172,7 @@ pub async fn answer(
 ) -> Result<Disposition, GatewayError> {
     // A body still unread on the connection cannot be skipped reliably: close.
     let keep_alive = ex.keep_alive && (ex.body_consumed || req.framing == Framing::None);
-    let mut out = String::with_capacity(160 + s.header_lines.len());
+    let mut out = String::with_capacity(160 + s.header_lines.len() + ex.response_headers.len());
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\n{}content-length: {}\r\nx-request-id: {}\r\nx-fallback: {}\r\n",
@@ -183,6 +183,23 @@ pub async fn answer(
         ex.request_id,
         reason.label()
     );
+    Ok(send_fixed(out, s.status, &s.body, req, client, ex, keep_alive).await)
+}
+
+/// Writes a fixed answer held in memory: `head` (status line and fields
+/// up to the request id), then the exchange's own lines, the connection
+/// field and, unless the request is a `HEAD`, `body`. Static fallbacks and
+/// static responses leave through it.
+pub(crate) async fn send_fixed(
+    head: String,
+    status: u16,
+    body: &[u8],
+    req: &RequestHead,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+    keep_alive: bool,
+) -> Disposition {
+    let mut out = head;
     out.push_str(&ex.response_headers);
     out.push_str(if keep_alive {
         "connection: keep-alive\r\n\r\n"
@@ -191,16 +208,16 @@ pub async fn answer(
     });
     let mut bytes = out.into_bytes();
     if req.method() != "HEAD" {
-        bytes.extend_from_slice(&s.body);
+        bytes.extend_from_slice(body);
     }
-    ex.seen.status = s.status;
+    ex.seen.status = status;
     ex.seen.bytes_out = bytes.len() as u64;
     ex.response_started = true;
     let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     if r.is_err() || !keep_alive {
-        return Ok(Disposition::Close);
+        return Disposition::Close;
     }
-    Ok(Disposition::KeepAlive)
+    Disposition::KeepAlive
 }
 
 #[cfg(test)]

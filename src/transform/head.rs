@@ -3,7 +3,7 @@
 //! exactly as it would read one received from the wire.
 
 use super::HeaderPlan;
-use crate::error::{reason_phrase, GatewayError};
+use crate::error::GatewayError;
 use crate::http::{Parsed, RequestHead, ResponseHead};
 use std::io::Write as _;
 
@@ -172,13 +172,7 @@ pub fn response(
     head_request: bool,
 ) -> Option<ResponseHead> {
     let mut out = Vec::with_capacity(512);
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
-    if resp.reason().is_empty() {
-        out.extend_from_slice(reason_phrase(resp.status).as_bytes());
-    } else {
-        out.extend_from_slice(resp.reason());
-    }
-    out.extend_from_slice(b"\r\n");
+    crate::proxy::status_line(resp, &mut out);
     let reframed = framing != NewFraming::Keep;
     let skip = |name: &[u8]| {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
