@@ -69,6 +69,8 @@ pub struct UpstreamPlan {
     pub panic_routing: bool,
     /// TLS towards the targets (`None`: plain).
     pub tls: Option<crate::tls::UpstreamTlsPlan>,
+    /// HTTP/1.1 or HTTP/2 to the targets.
+    pub protocol: config::UpstreamProtocol,
 }
 
 /// A piece of a rewrite template.
@@ -317,6 +319,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 health_check: u.health_check.clone(),
                 outlier: u.outlier_detection.clone(),
                 panic_routing: u.panic_routing,
+                protocol: u.protocol,
                 tls: crate::tls::compile_upstream(u)
                     .map_err(|e| format!("upstream {name:?}: tls: {e}"))?,
             })

@@ -734,6 +734,20 @@ pub struct Upstream {
     /// TLS to the targets (also implied by `https://` targets).
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// The protocol spoken to the targets: `Http1` (default) or `Http2`
+    /// (h2c, or h2 over TLS with `tls`).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to an upstream's targets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2: streams multiplexed over a few connections per shard and target.
+    Http2,
 }
 
 /// Active health checking of an upstream's targets: `GET path` every

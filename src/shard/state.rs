@@ -62,6 +62,9 @@ pub struct Shard {
     config: RefCell<Rc<ShardConfig>>,
     /// Upstream connection pools, per target address.
     pub pools: RefCell<Pools>,
+    /// HTTP/2 upstream connections (`protocol: Http2`), per target address:
+    /// streams multiplexed over a few connections each.
+    pub h2: crate::h2::H2Pool,
     /// JWKS key sets fetched since the config was compiled, per authenticator.
     pub jwks: RefCell<std::collections::HashMap<usize, KeySet>>,
     /// Successful JWT verifications of this shard.
@@ -133,6 +136,7 @@ impl Shard {
             jwks: RefCell::default(),
             config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
             pools: RefCell::default(),
+            h2: crate::h2::H2Pool::new(crate::h2::PoolLimits::default()),
             cache: RefCell::default(),
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
