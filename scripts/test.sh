@@ -40,6 +40,12 @@ fi
 if ! have nghttp || ! have h2load; then
     apt_install nghttp2-client || echo "test.sh: could not install nghttp2-client; the nghttp/h2load HTTP/2 tests will fail" >&2
 fi
+# python3-grpcio + python3-protobuf + python3-h2: the gRPC tests run a real gRPC
+# server and client (grpcio, messages by the bundled descriptor set), and the
+# HTTP/2 attack and conformance tests build frames with the h2 package.
+if ! python3 -c 'import grpc, google.protobuf, h2' 2>/dev/null && ! /usr/bin/python3 -c 'import grpc, google.protobuf, h2' 2>/dev/null; then
+    apt_install python3-grpcio python3-protobuf python3-h2 || echo "test.sh: could not install python3-grpcio/python3-protobuf/python3-h2; the gRPC and HTTP/2 wire tests will fail" >&2
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
