@@ -159,6 +159,8 @@ pub struct ListenerPlan {
     pub response_headers: String,
     /// Client address lists applied before routing.
     pub ip_filter: Option<crate::policy::ip_filter::IpFilterPlan>,
+    /// HTTP/2 on this listener (h2c by preface, h2 by ALPN) and its limits.
+    pub http2: Option<crate::h2::H2Limits>,
 }
 
 impl ListenerPlan {
@@ -485,7 +487,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             tls: match &l.tls {
                 None => None,
                 Some(t) => Some(std::sync::Arc::new(
-                    crate::tls::compile_server(t, &client_cas)
+                    crate::tls::compile_server(t, &client_cas, l.http2)
                         .map_err(|e| format!("listener {:?}: tls: {e}", l.name))?,
                 )),
             },
@@ -517,6 +519,9 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 .map(crate::policy::ip_filter::IpFilterPlan::compile)
                 .transpose()
                 .map_err(|e| format!("listener {:?}: ip_filter: {e}", l.name))?,
+            http2: l
+                .http2
+                .then(|| crate::h2::H2Limits::from_config(&l.http2_limits)),
         });
     }
     let h = &g.limits_http;

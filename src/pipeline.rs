@@ -86,10 +86,7 @@ pub async fn handle<'c>(
     // Exchange::identity_headers); those of the established caller are added.
     let mut claims = Vec::new();
     if let Some(allowed) = &route.auth {
-        let peer_chain = client
-            .stream
-            .tls()
-            .and_then(|t| t.session().peer_certificates());
+        let peer_chain = client.stream.peer_certificates();
         let identity = match authenticate(&cfg.compiled, allowed, req, peer_chain, Some(shard)) {
             Ok(id) => Ok(id),
             Err(e) => introspect(&cfg.compiled, allowed, req, shard)

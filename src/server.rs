@@ -180,6 +180,8 @@ enum HeadRead {
     Quiet(Instant),
     Closed,
     Refused(GatewayError),
+    /// The HTTP/2 connection preface (on a listener that speaks h2c).
+    H2,
 }
 
 /// Serves one connection with its panics contained: a bug met while serving
@@ -223,12 +225,23 @@ pub async fn serve_connection(
         .listeners
         .get(listener)
         .and_then(|l| l.tls.clone());
+    let h2 = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener)
+        .is_some_and(|l| l.http2.is_some());
     let mut conn = match tls {
         None => Conn::new(stream, capacity),
         // Boxed: the handshake's state (a whole rustls session) would
         // otherwise be part of every connection's future, plain ones too.
         Some(tls) => {
             match Box::pin(crate::tls::accept(&tls, stream, shard.shutdown.wait())).await {
+                Ok(s) if h2 && s.session().alpn_protocol() == Some(b"h2") => {
+                    let stream = crate::tls::Stream::Tls(Box::new(s));
+                    let serve = serve_h2(&shard, listener, peer, stream, Vec::new());
+                    return Box::pin(serve).await;
+                }
                 Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
                 Err(_) => return,
             }
@@ -236,35 +249,119 @@ pub async fn serve_connection(
     };
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
-        let Some(quiet_since) = busy.await else {
-            return;
+        let quiet_since = match busy.await {
+            Busy::Quiet(since) => since,
+            Busy::Closed => return,
+            Busy::H2 => {
+                let (stream, buffered) = conn.into_parts();
+                let serve = serve_h2(&shard, listener, peer, stream, buffered);
+                return Box::pin(serve).await;
+            }
         };
         let idle = shard.config().compiled.limits_of(listener).idle_timeout;
         let left = idle.saturating_sub(quiet_since.elapsed());
-        let woken = wait_readable_within(conn.stream.tcp(), left, shard.shutdown.wait()).await;
+        let Some(tcp) = conn.stream.tcp() else {
+            return;
+        };
+        let woken = wait_readable_within(tcp, left, shard.shutdown.wait()).await;
         if woken.is_err() {
             return;
         }
     }
 }
 
-/// Reads and serves requests on `conn` until it closes (`None`) or goes
-/// quiet (`Some`: when it started waiting); the read buffer is given back then.
+/// Serves an HTTP/2 connection (h2c after its preface was seen, with
+/// `buffered` the bytes read so far, or h2 chosen by ALPN): each stream runs
+/// the pipeline as one HTTP/1.1 exchange ([`crate::h2::bridge`]) on its own
+/// task on this shard, with the listener's HTTP/2 limits. The connection
+/// drains (GOAWAY) on reload and shutdown.
+async fn serve_h2(
+    shard: &Rc<Shard>,
+    listener: usize,
+    peer: SocketAddr,
+    stream: crate::tls::Stream,
+    buffered: Vec<u8>,
+) {
+    let Some(limits) = shard
+        .config()
+        .compiled
+        .listeners
+        .get(listener)
+        .and_then(|l| l.http2.clone())
+    else {
+        return;
+    };
+    let certs: Option<crate::h2::bridge::PeerCerts> =
+        stream.peer_certificates().map(|c| c.to_vec().into());
+    let drain = shard.h2_drain();
+    let for_streams = shard.clone();
+    let handler = Rc::new(move |request, responder| {
+        let shard = for_streams.clone();
+        let certs = certs.clone();
+        async move {
+            serve_h2_stream(shard, listener, peer, request, responder, certs).await;
+        }
+    });
+    let buffered = bytes::Bytes::from(buffered);
+    let _ = crate::h2::serve_h2c(stream, buffered, &limits, drain, handler).await;
+}
+
+/// Serves one HTTP/2 stream through the pipeline, as an HTTP/1.1 exchange.
+async fn serve_h2_stream(
+    shard: Rc<Shard>,
+    listener: usize,
+    peer: SocketAddr,
+    request: http::Request<crate::h2::RecvBody>,
+    responder: crate::h2::Responder,
+    certs: Option<crate::h2::bridge::PeerCerts>,
+) {
+    let Some(stream) = crate::h2::bridge::H2Stream::new(request, responder, certs) else {
+        return;
+    };
+    let capacity =
+        (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
+    let mut conn = Conn::with_stream(crate::tls::Stream::H2(Box::new(stream)), capacity);
+    let current = RefCell::new(String::new());
+    let _ = serve_busy(&shard, listener, peer, &mut conn, &current).await;
+    if let Some(s) = conn.stream.h2() {
+        s.close();
+    }
+}
+
+/// How a connection's busy phase ended.
+enum Busy {
+    /// No request came for a while (since then): the read buffer was given back.
+    Quiet(Instant),
+    /// The connection is done.
+    Closed,
+    /// The client sent the HTTP/2 preface, on a listener with `http2`.
+    H2,
+}
+
+/// Reads and serves requests on `conn` until it closes, goes quiet, or
+/// turns out to be HTTP/2.
 async fn serve_busy(
     shard: &Rc<Shard>,
     listener: usize,
     peer: SocketAddr,
     conn: &mut Conn,
     current: &RefCell<String>,
-) -> Option<Instant> {
+) -> Busy {
     loop {
         // Copied, so that a connection waiting for its next request holds
         // no config: the one current when the head arrives serves it.
         let limits = shard.config().compiled.limits_of(listener).clone();
-        let mut head = match read_head(shard, conn, &limits).await {
+        let h2c = shard
+            .config()
+            .compiled
+            .listeners
+            .get(listener)
+            .is_some_and(|l| l.http2.is_some() && l.tls.is_none());
+        let mut head = match read_head(shard, conn, &limits, h2c).await {
             HeadRead::Head(h) => h,
-            HeadRead::Quiet(since) => return Some(since),
-            HeadRead::Closed => return None,
+            HeadRead::Quiet(since) => return Busy::Quiet(since),
+            HeadRead::Closed => return Busy::Closed,
+            HeadRead::H2 => return Busy::H2,
             HeadRead::Refused(e) => {
                 let id = shard.next_request_id();
                 // The head did not parse, but a HEAD request still gets no content.
@@ -272,7 +369,7 @@ async fn serve_busy(
                 let answer = error_answer(&e, &id, None, false, head_request);
                 let _ = conn.write(answer, limits.send_timeout).await;
                 conn.linger(LINGER, LINGER_BYTES).await;
-                return None;
+                return Busy::Closed;
             }
         };
         let cfg = shard.config();
@@ -280,7 +377,7 @@ async fn serve_busy(
             serve_request(shard, listener, &cfg, peer, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
             conn.linger(LINGER, LINGER_BYTES).await;
-            return None;
+            return Busy::Closed;
         }
     }
 }
@@ -531,12 +628,20 @@ fn is_h2_preface(buf: &[u8]) -> bool {
         && PREFACE.starts_with(buf.get(..PREFACE.len().min(buf.len())).unwrap_or_default())
 }
 
-async fn read_head(shard: &Shard, conn: &mut Conn, limits: &crate::compiled::Limits) -> HeadRead {
+async fn read_head(
+    shard: &Shard,
+    conn: &mut Conn,
+    limits: &crate::compiled::Limits,
+    h2c: bool,
+) -> HeadRead {
     let mut deadline: Option<Instant> = None;
     loop {
         if !conn.buffered().is_empty() {
             if is_h2_preface(conn.buffered()) {
-                return HeadRead::Refused(GatewayError::VersionNotSupported);
+                return match h2c {
+                    true => HeadRead::H2,
+                    false => HeadRead::Refused(GatewayError::VersionNotSupported),
+                };
             }
             match RequestHead::parse(conn.buffered(), limits.max_header_bytes, limits.max_headers) {
                 Ok(Parsed::Complete(h, n)) => {

@@ -530,6 +530,54 @@ pub struct Listener {
     /// Client address allow/deny lists, applied before routing.
     #[serde(default)]
     pub ip_filter: Option<super::IpFilter>,
+    /// Speak HTTP/2 as well as HTTP/1.1: h2c with prior knowledge on a plain
+    /// listener (the connection preface tells), h2 by ALPN on a TLS one.
+    #[serde(default)]
+    pub http2: bool,
+    /// Limits of each HTTP/2 connection (with `http2: true`).
+    #[serde(default)]
+    pub http2_limits: Http2Limits,
+}
+
+/// Limits of one downstream HTTP/2 connection.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: more streams are refused
+    /// (RST_STREAM REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the decoded header list cap, which
+    /// also bounds HPACK bombs and CONTINUATION floods (431 over it).
+    pub max_header_list_bytes: u32,
+    /// SETTINGS_MAX_FRAME_SIZE (16384 to 16777215).
+    pub max_frame_bytes: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE of each stream.
+    pub stream_window_bytes: u32,
+    /// The connection's receive window.
+    pub connection_window_bytes: u32,
+    /// Resets caused by the client per `reset_interval_s` before the
+    /// connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset).
+    pub max_resets: usize,
+    /// The interval `max_resets` counts over.
+    pub reset_interval_s: u64,
+    /// A connection with no open stream this long gets GOAWAY, and a
+    /// stream whose send window stays at zero this long is reset.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 128,
+            max_header_list_bytes: 16 * 1024,
+            max_frame_bytes: 16 * 1024,
+            stream_window_bytes: 256 * 1024,
+            connection_window_bytes: 1024 * 1024,
+            max_resets: 100,
+            reset_interval_s: 10,
+            idle_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// TLS settings of a listener: `Tls(cert: ..., key: ...)` for one

@@ -190,6 +190,7 @@ impl Validator<'_> {
                 );
             }
             self.max_connections(g, i, l, scope);
+            self.http2_limits(i, &l.http2_limits, scope);
             if let Some(t) = &l.tls {
                 self.listener_tls(i, t, scope);
             }
@@ -287,6 +288,50 @@ impl Validator<'_> {
         if let Some(rule) = rule {
             let at = self.pos.field(scope, "max_connections");
             self.push(at, format!("listeners[{i}].max_connections"), rule);
+        }
+    }
+
+    /// HTTP/2 settings within the ranges RFC 9113 allows.
+    fn http2_limits(&mut self, i: usize, h: &super::Http2Limits, scope: Scope) {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        let rules: [(&str, Option<&str>); 6] = [
+            (
+                "max_concurrent_streams",
+                (h.max_concurrent_streams == 0).then_some("must be at least 1"),
+            ),
+            (
+                "max_frame_bytes",
+                (!(16_384..=16_777_215).contains(&h.max_frame_bytes))
+                    .then_some("must be from 16384 to 16777215 (RFC 9113 §6.5.2)"),
+            ),
+            (
+                "stream_window_bytes",
+                (h.stream_window_bytes > MAX_WINDOW).then_some("must be at most 2^31 - 1"),
+            ),
+            (
+                "connection_window_bytes",
+                (h.connection_window_bytes > MAX_WINDOW || h.connection_window_bytes < 65_535)
+                    .then_some("must be from 65535 to 2^31 - 1"),
+            ),
+            (
+                "max_header_list_bytes",
+                (h.max_header_list_bytes < 1024).then_some("must be at least 1024"),
+            ),
+            (
+                "idle_timeout_ms",
+                (h.idle_timeout_ms == 0 || h.reset_interval_s == 0)
+                    .then_some("idle_timeout_ms and reset_interval_s must be above 0"),
+            ),
+        ];
+        for (field, why) in rules {
+            if let Some(why) = why {
+                let at = self.pos.field(scope, "http2_limits");
+                self.push(
+                    at,
+                    format!("listeners[{i}].http2_limits.{field}"),
+                    why.into(),
+                );
+            }
         }
     }
 

@@ -218,6 +218,25 @@ impl SendBody {
         })
     }
 
+    /// Ends the stream, with trailers when given, keeping the handle (a
+    /// server can still reset a request body it no longer wants with
+    /// NO_ERROR, RFC 9113 §8.1).
+    pub fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), SendError> {
+        match trailers {
+            Some(t) => self.stream.send_trailers(t),
+            None => self.stream.send_data(Bytes::new(), true),
+        }
+        .map_err(|err| {
+            self.note(&err);
+            SendError::H2(err)
+        })
+    }
+
+    /// Resets the stream, keeping the handle.
+    pub fn reset_in_place(&mut self, reason: Reason) {
+        self.stream.send_reset(reason);
+    }
+
     /// Resets the stream (e.g. the source of the body failed).
     pub fn reset(mut self, reason: Reason) {
         self.stream.send_reset(reason);

@@ -17,6 +17,7 @@
 //! README ("HTTP/2").
 
 pub mod body;
+pub mod bridge;
 pub mod io;
 pub mod pool;
 pub mod server;
@@ -159,6 +160,23 @@ pub struct H2Limits {
     /// A stream whose send window stays at zero this long is reset, and a
     /// connection with no stream this long is closed with GOAWAY.
     pub idle_timeout: Duration,
+}
+
+impl H2Limits {
+    /// The limits a listener's `http2_limits` set.
+    pub fn from_config(c: &crate::config::Http2Limits) -> Self {
+        H2Limits {
+            max_concurrent_streams: c.max_concurrent_streams,
+            max_header_list_size: c.max_header_list_bytes,
+            max_frame_size: c.max_frame_bytes,
+            initial_stream_window: c.stream_window_bytes,
+            initial_connection_window: c.connection_window_bytes,
+            max_send_buffer: H2Limits::default().max_send_buffer,
+            max_resets: c.max_resets,
+            reset_interval: Duration::from_secs(c.reset_interval_s),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+        }
+    }
 }
 
 impl Default for H2Limits {

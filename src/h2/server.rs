@@ -51,6 +51,22 @@ impl Responder {
         }
     }
 
+    /// Sends the response head and returns the stream's sending half even
+    /// when `end_of_stream` ended it (to reset an unwanted request body).
+    pub fn send_head_keep(
+        mut self,
+        head: Response<()>,
+        end_of_stream: bool,
+    ) -> Result<SendBody, SendError> {
+        match self.inner.send_response(head, end_of_stream) {
+            Ok(stream) => Ok(SendBody::new(stream, self.stall, Some(self.resets.clone()))),
+            Err(err) => {
+                self.resets.note_if_remote(&err);
+                Err(SendError::H2(err))
+            }
+        }
+    }
+
     /// Sends a whole response: head, body, then trailers if any.
     pub async fn send_full(
         self,

@@ -88,6 +88,13 @@ impl Conn {
         }
     }
 
+    /// The stream and the bytes read from it but not consumed.
+    pub fn into_parts(mut self) -> (Stream, Vec<u8>) {
+        let unread = self.buffered().to_vec();
+        give_buffer(std::mem::take(&mut self.buf), self.capacity);
+        (self.stream, unread)
+    }
+
     /// Bytes of buffer memory this connection holds.
     pub fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
@@ -160,12 +167,17 @@ impl Conn {
         dur: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<usize, IoFail> {
-        let buf = self.read_space();
+        let mut buf = self.read_space();
         let len = buf.len();
         let cap = buf.capacity();
         let (res, slice) = match &mut self.stream {
             Stream::Plain(s) => read_within_or(s, buf.slice_mut(len..cap), dur, stop).await,
             Stream::Tls(t) => read_within_or(&mut **t, buf.slice_mut(len..cap), dur, stop).await,
+            Stream::H2(s) => {
+                let res = s.read_within(&mut buf, dur, stop).await;
+                self.buf = buf;
+                return res;
+            }
         };
         self.buf = slice.into_inner();
         res

@@ -115,5 +115,11 @@ pub async fn write_all_to<T: IoBuf + 'static>(
     match stream {
         crate::tls::Stream::Plain(s) => write_all_within(s, buf, dur).await,
         crate::tls::Stream::Tls(t) => write_all_within(&mut **t, buf, dur).await,
+        crate::tls::Stream::H2(s) => {
+            let res = s
+                .write_within(crate::tls::stream::as_bytes(&buf), dur)
+                .await;
+            (res, buf)
+        }
     }
 }

@@ -743,6 +743,7 @@ async fn control_loop(
                 Control::Shutdown => {
                     let grace = shard.config().compiled.shutdown_grace;
                     shard.shutdown.fire();
+                    shard.drain_h2();
                     let deadline = Instant::now() + grace;
                     while shard.connections.get() > 0 && Instant::now() < deadline {
                         monoio::time::sleep(Duration::from_millis(10)).await;

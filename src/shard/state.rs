@@ -65,6 +65,10 @@ pub struct Shard {
     /// HTTP/2 upstream connections (`protocol: Http2`), per target address:
     /// streams multiplexed over a few connections each.
     pub h2: crate::h2::H2Pool,
+    /// Fired (and replaced) on reload and on shutdown: every downstream
+    /// HTTP/2 connection open then sends a graceful GOAWAY, finishes its
+    /// open streams and closes.
+    h2_drain: RefCell<Rc<crate::h2::Signal>>,
     /// JWKS key sets fetched since the config was compiled, per authenticator.
     pub jwks: RefCell<std::collections::HashMap<usize, KeySet>>,
     /// Successful JWT verifications of this shard.
@@ -137,6 +141,7 @@ impl Shard {
             config: RefCell::new(Rc::new(Self::shard_config(id, compiled))),
             pools: RefCell::default(),
             h2: crate::h2::H2Pool::new(crate::h2::PoolLimits::default()),
+            h2_drain: RefCell::new(crate::h2::Signal::new()),
             cache: RefCell::default(),
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
@@ -154,6 +159,18 @@ impl Shard {
         // Start each shard's cursors at a different target so shards spread out.
         let cursors = compiled.upstreams.iter().map(|_| Cell::new(id)).collect();
         ShardConfig { compiled, cursors }
+    }
+
+    /// The signal a new downstream HTTP/2 connection drains on.
+    pub fn h2_drain(&self) -> Rc<crate::h2::Signal> {
+        self.h2_drain.borrow().clone()
+    }
+
+    /// Sends GOAWAY to the downstream HTTP/2 connections open now: they
+    /// finish their streams and close (clients reconnect to the new config).
+    pub fn drain_h2(&self) {
+        let old = std::mem::replace(&mut *self.h2_drain.borrow_mut(), crate::h2::Signal::new());
+        old.fire();
     }
 
     /// The config to use for one request (a cheap shard-local clone).
@@ -176,6 +193,7 @@ impl Shard {
         self.retry_budgets.borrow_mut().clear();
         self.targets.borrow_mut().configure(&compiled);
         *self.config.borrow_mut() = Rc::new(Self::shard_config(self.id, compiled));
+        self.drain_h2();
     }
 
     /// Installs a refreshed JWKS key set, if it belongs to the running config.

@@ -149,6 +149,7 @@ impl ResolvesServerCert for SniCerts {
 pub fn compile_server(
     t: &ListenerTls,
     client_cas: &[CertificateDer<'static>],
+    http2: bool,
 ) -> Result<ServerTls, String> {
     let mut keys = Vec::new();
     for (cert, key) in t.pairs() {
@@ -165,7 +166,11 @@ pub fn compile_server(
         builder.with_client_cert_verifier(client_auth::verifier(client_cas, true)?)
     };
     let mut config = builder.with_cert_resolver(Arc::new(sni));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // With HTTP/2 on, h2 is preferred when the client offers both.
+    config.alpn_protocols = match http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     config.ticketer = ticketer()?;
     // Resumption by ticket only: no server-side session cache (it would be
     // a lock shared by the shards).

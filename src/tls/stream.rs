@@ -222,37 +222,59 @@ fn copy_into<T: IoBufMut>(buf: &mut T, src: &[u8]) -> usize {
 
 /// The initialised bytes of a rent-style buffer.
 #[allow(unsafe_code)]
-fn as_bytes<T: IoBuf>(buf: &T) -> &[u8] {
+pub(crate) fn as_bytes<T: IoBuf>(buf: &T) -> &[u8] {
     // SAFETY: monoio's `IoBuf` contract: `read_ptr` points at `bytes_init()`
     // initialised bytes that live as long as `buf` and are not mutated
     // while it is borrowed.
     unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
 }
 
-/// A connection's transport: a plain socket, or TLS over one. The plain
-/// variant is the socket itself (no box, no indirection); a TLS session is
-/// boxed, as it is large.
+/// A connection's transport: a plain socket, TLS over one, or one stream
+/// of an HTTP/2 connection seen as an HTTP/1.1 exchange
+/// ([`crate::h2::bridge`]). The plain variant is the socket itself (no box,
+/// no indirection); the others are boxed, as they are large.
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream>),
+    /// An HTTP/2 stream.
+    H2(Box<crate::h2::bridge::H2Stream>),
 }
 
 impl Stream {
-    /// The socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket underneath (`None` for an HTTP/2 stream).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(t) => t.tcp(),
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(t) => Some(t.tcp()),
+            Stream::H2(_) => None,
         }
     }
 
     /// The TLS session, when there is one.
     pub fn tls(&self) -> Option<&TlsStream> {
         match self {
-            Stream::Plain(_) => None,
+            Stream::Plain(_) | Stream::H2(_) => None,
             Stream::Tls(t) => Some(t),
+        }
+    }
+
+    /// The client's certificate chain, when it presented one over TLS
+    /// (directly, or for the HTTP/2 connection a stream belongs to).
+    pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.session().peer_certificates(),
+            Stream::H2(s) => s.peer_certificates(),
+        }
+    }
+
+    /// The HTTP/2 stream, when this is one.
+    pub fn h2(&mut self) -> Option<&mut crate::h2::bridge::H2Stream> {
+        match self {
+            Stream::H2(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -263,8 +285,9 @@ impl Stream {
 }
 
 impl AsRawFd for Stream {
+    /// The socket's descriptor; -1 (no descriptor) for an HTTP/2 stream.
     fn as_raw_fd(&self) -> RawFd {
-        self.tcp().as_raw_fd()
+        self.tcp().map_or(-1, AsRawFd::as_raw_fd)
     }
 }
 
@@ -323,6 +346,7 @@ impl CancelableAsyncReadRent for Stream {
         match self {
             Stream::Plain(s) => s.cancelable_read(buf, c).await,
             Stream::Tls(t) => t.cancelable_read(buf, c).await,
+            Stream::H2(_) => self.read(buf).await,
         }
     }
 
@@ -334,6 +358,7 @@ impl CancelableAsyncReadRent for Stream {
         match self {
             Stream::Plain(s) => s.cancelable_readv(buf, c).await,
             Stream::Tls(t) => t.cancelable_readv(buf, c).await,
+            Stream::H2(_) => self.readv(buf).await,
         }
     }
 }
@@ -367,6 +392,11 @@ impl AsyncReadRent for Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(t) => t.read_plain(buf).await,
+            Stream::H2(s) => {
+                let mut buf = buf;
+                let res = s.read_with(|src| copy_into(&mut buf, src)).await;
+                (res, buf)
+            }
         }
     }
 
@@ -374,6 +404,13 @@ impl AsyncReadRent for Stream {
         match self {
             Stream::Plain(s) => s.readv(buf).await,
             Stream::Tls(t) => t.readv(buf).await,
+            Stream::H2(_) => match IoVecWrapperMut::new(buf) {
+                Ok(first) => {
+                    let (res, first) = self.read(first).await;
+                    (res, first.into_inner())
+                }
+                Err(buf) => (Ok(0), buf),
+            },
         }
     }
 }
@@ -383,6 +420,13 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.write(buf).await,
             Stream::Tls(t) => t.write_plain(buf).await,
+            Stream::H2(s) => {
+                let n = buf.bytes_init();
+                match s.write_bytes(as_bytes(&buf)).await {
+                    Ok(()) => (Ok(n), buf),
+                    Err(e) => (Err(e), buf),
+                }
+            }
         }
     }
 
@@ -390,6 +434,13 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.writev(buf).await,
             Stream::Tls(t) => t.writev(buf).await,
+            Stream::H2(_) => match IoVecWrapper::new(buf) {
+                Ok(first) => {
+                    let (res, first) = self.write(first).await;
+                    (res, first.into_inner())
+                }
+                Err(buf) => (Ok(0), buf),
+            },
         }
     }
 
@@ -397,6 +448,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.flush().await,
             Stream::Tls(t) => t.flush_tls().await,
+            Stream::H2(_) => Ok(()),
         }
     }
 
@@ -404,6 +456,10 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.shutdown().await,
             Stream::Tls(t) => t.close().await,
+            Stream::H2(s) => {
+                s.close();
+                Ok(())
+            }
         }
     }
 }
