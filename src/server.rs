@@ -237,26 +237,24 @@ pub async fn serve_connection(
         // otherwise be part of every connection's future, plain ones too.
         Some(tls) => {
             match Box::pin(crate::tls::accept(&tls, stream, shard.shutdown.wait())).await {
-                Ok(s) if h2 && s.session().alpn_protocol() == Some(b"h2") => {
-                    let stream = crate::tls::Stream::Tls(Box::new(s));
-                    let serve = serve_h2(&shard, listener, peer, stream, Vec::new());
-                    return Box::pin(serve).await;
-                }
                 Ok(s) => Conn::with_stream(crate::tls::Stream::Tls(Box::new(s)), capacity),
                 Err(_) => return,
             }
         }
     };
+    let alpn_h2 = |c: &Conn| {
+        let tls = c.stream.tls();
+        tls.is_some_and(|t| t.session().alpn_protocol() == Some(b"h2"))
+    };
+    if h2 && alpn_h2(&conn) {
+        return serve_h2(&shard, listener, peer, conn).await;
+    }
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
         let quiet_since = match busy.await {
             Busy::Quiet(since) => since,
             Busy::Closed => return,
-            Busy::H2 => {
-                let (stream, buffered) = conn.into_parts();
-                let serve = serve_h2(&shard, listener, peer, stream, buffered);
-                return Box::pin(serve).await;
-            }
+            Busy::H2 => return serve_h2(&shard, listener, peer, conn).await,
         };
         let idle = shard.config().compiled.limits_of(listener).idle_timeout;
         let left = idle.saturating_sub(quiet_since.elapsed());
@@ -275,7 +273,18 @@ pub async fn serve_connection(
 /// the pipeline as one HTTP/1.1 exchange ([`crate::h2::bridge`]) on its own
 /// task on this shard, with the listener's HTTP/2 limits. The connection
 /// drains (GOAWAY) on reload and shutdown.
-async fn serve_h2(
+/// Boxed: its state stays out of every connection's future.
+fn serve_h2<'a>(
+    shard: &'a Rc<Shard>,
+    listener: usize,
+    peer: SocketAddr,
+    conn: Conn,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>> {
+    let (stream, buffered) = conn.into_parts();
+    Box::pin(serve_h2_connection(shard, listener, peer, stream, buffered))
+}
+
+async fn serve_h2_connection(
     shard: &Rc<Shard>,
     listener: usize,
     peer: SocketAddr,

@@ -275,7 +275,7 @@ impl H2Stream {
             return Ok(0);
         };
         let n = copy(piece);
-        let _ = bytes::Buf::advance(piece, n.min(piece.len()));
+        bytes::Buf::advance(piece, n.min(piece.len()));
         Ok(n)
     }
 
