@@ -204,6 +204,19 @@ impl H2Stream {
         Some((self.body.take(), responder))
     }
 
+    /// Gives back a responder taken by [`H2Stream::take_native`] when the
+    /// relay ended before answering, so the gateway answers its error the
+    /// usual way (a gRPC status for a gRPC client).
+    pub fn restore(&mut self, responder: Responder) {
+        self.responder = Some(responder);
+        self.out = Out::Head;
+    }
+
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// The client certificate chain of the stream's connection.
     pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
         self.certs.as_deref()

@@ -20,6 +20,7 @@ pub mod body;
 pub mod bridge;
 pub mod io;
 pub mod pool;
+pub mod relay;
 pub mod server;
 
 use std::cell::{Cell, RefCell};
