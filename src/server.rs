@@ -300,6 +300,7 @@ async fn serve_h2_connection(
     else {
         return;
     };
+    let _open = Counted::new(&shard.h2_connections);
     let certs: Option<crate::h2::bridge::PeerCerts> =
         stream.peer_certificates().map(|c| c.to_vec().into());
     let drain = shard.h2_drain();
@@ -324,6 +325,7 @@ async fn serve_h2_stream(
     responder: crate::h2::Responder,
     certs: Option<crate::h2::bridge::PeerCerts>,
 ) {
+    shard.h2_streams.set(shard.h2_streams.get() + 1);
     let Some(stream) = crate::h2::bridge::H2Stream::new(request, responder, certs) else {
         return;
     };

@@ -364,6 +364,8 @@ fn shards(hub: &Hub) -> Answer {
                 "driver": r.driver.to_string(),
                 "config_generation": r.generation,
                 "connections": r.connections,
+                "http2_connections": r.http2_connections,
+                "http2_streams_total": r.http2_streams_total,
                 "in_flight": r.in_flight,
                 "requests": r.requests,
                 "free_buffers": r.free_buffers,

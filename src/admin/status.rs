@@ -895,6 +895,8 @@ mod tests {
             resilience: Vec::new(),
             cache: Vec::new(),
             websocket_tunnels: 0,
+            http2_connections: 0,
+            http2_streams_total: 0,
             websocket_tunnels_total: 0,
             edge: Default::default(),
         }

@@ -93,7 +93,12 @@ pub async fn relay(
     let end = down.is_end_stream();
     let mut send = match responder.send_head_keep(response, end) {
         Ok(send) => send,
-        Err(_) => return Outcome::Answered(Relayed { status, bytes_out: 0 }),
+        Err(_) => {
+            return Outcome::Answered(Relayed {
+                status,
+                bytes_out: 0,
+            })
+        }
     };
     let mut relayed = Relayed {
         status,
@@ -175,7 +180,9 @@ async fn download(
     limits: RelayLimits,
 ) -> Result<(), Cut> {
     loop {
-        let wait = limits.read_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let wait = limits
+            .read_timeout
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
         let next = within(wait, limits.deadline, down.chunk()).await;
         match next {
             None => return Err(Cut::Timeout),
@@ -219,7 +226,13 @@ fn fail_after_head(send: &mut SendBody, grpc: bool, why: Cut) {
 
 /// Fields of one HTTP/1.1 connection never sent on a stream.
 fn strip_connection_fields(h: &mut HeaderMap) {
-    for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         h.remove(name);
     }
 }

@@ -386,7 +386,7 @@ fn cache(o: &mut String, reports: &[ShardReport]) {
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [Family<ShardReport, u64>; 5] = [
+    let gauges: [Family<ShardReport, u64>; 6] = [
         (
             "shardgate_shard_connections",
             "Client connections open, per shard.",
@@ -412,6 +412,11 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             "Upgraded connections (WebSocket tunnels) open, per shard.",
             |r| r.websocket_tunnels as u64,
         ),
+        (
+            "shardgate_http2_connections",
+            "HTTP/2 client connections open, per shard.",
+            |r| r.http2_connections as u64,
+        ),
     ];
     for (name, help, f) in gauges {
         header(o, name, "gauge", help);
@@ -419,11 +424,16 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             let _ = writeln!(o, "{name}{{shard=\"{}\"}} {}", r.id, f(r));
         }
     }
-    let counters: [Family<ShardReport, u64>; 4] = [
+    let counters: [Family<ShardReport, u64>; 5] = [
         (
             "shardgate_shard_requests_total",
             "Requests answered, per shard.",
             |r| r.requests,
+        ),
+        (
+            "shardgate_http2_streams_total",
+            "HTTP/2 streams served, per shard.",
+            |r| r.http2_streams_total,
         ),
         (
             "shardgate_websocket_tunnels_total",

@@ -39,6 +39,10 @@ pub struct ShardReport {
     pub generation: u64,
     /// Client connections open.
     pub connections: usize,
+    /// HTTP/2 client connections open (counted in `connections` too).
+    pub http2_connections: usize,
+    /// HTTP/2 streams served since the shard started.
+    pub http2_streams_total: u64,
     /// Requests being handled.
     pub in_flight: usize,
     /// Requests answered since the shard started (with metrics on).
@@ -158,6 +162,8 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         driver,
         generation: cfg.compiled.generation,
         connections: shard.connections.get(),
+        http2_connections: shard.h2_connections.get(),
+        http2_streams_total: shard.h2_streams.get(),
         in_flight: shard.in_flight.get(),
         requests: metrics.requests(),
         listeners,

@@ -92,6 +92,10 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Client connections open right now.
     pub connections: Cell<usize>,
+    /// Of those, HTTP/2 connections.
+    pub h2_connections: Cell<usize>,
+    /// HTTP/2 streams served since the shard started.
+    pub h2_streams: Cell<u64>,
     /// Upgraded connections (WebSocket tunnels) open per route, and opened in all.
     pub tunnels: RefCell<crate::proxy::upgrade::Tunnels>,
     /// `SHARDGATE_TEST_PANIC=1` at start: the `x-shardgate-test-panic`
@@ -146,6 +150,8 @@ impl Shard {
             shutdown: Notify::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            h2_connections: Cell::new(0),
+            h2_streams: Cell::new(0),
             tunnels: RefCell::default(),
             test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
             panic_next_tick: Cell::new(false),
