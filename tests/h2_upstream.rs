@@ -426,14 +426,15 @@ fn health_checks_probe_over_h2() {
 fn http2_settings_are_checked() {
     let dir = temp_dir();
     let path = dir.join("bad.ron");
+    let upstreams = upstream(
+        "h2",
+        &["127.0.0.1:1"],
+        "protocol: Http2, http2: Some(Http2Upstream(max_streams_per_connection: 0))",
+    ) + &upstream("h1", &["127.0.0.1:2"], "");
     let text = config(
         1,
-        &upstream(
-            "h2",
-            &["127.0.0.1:1"],
-            "protocol: Http2, http2: Some(Http2Upstream(max_streams_per_connection: 0))",
-        ),
-        "        Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"h2\", compression: Some(Compression())),\n",
+        &upstreams,
+        "        Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"h2\", compression: Some(Compression())),\n        Route(name: \"m\", match: Match(path_prefix: \"/m\"), upstream: \"h1\", mirror: Some(Mirror(upstream: \"h2\"))),\n",
     );
     std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
@@ -448,5 +449,7 @@ fn http2_settings_are_checked() {
         "{err}"
     );
     assert!(err.contains("compression"), "{err}");
+    assert!(err.contains("routes[1].mirror"), "{err}");
+    assert!(err.contains("speaks HTTP/1.1"), "{err}");
     assert!(err.contains("Http2"), "{err}");
 }

@@ -620,6 +620,31 @@ impl Validator<'_> {
                     );
                 }
             }
+            // Mirrors and composite parts speak HTTP/1.1 to their upstreams.
+            let is_h2 = |name: &str| {
+                g.upstreams
+                    .get(name)
+                    .is_some_and(|u| u.protocol == crate::config::UpstreamProtocol::Http2)
+            };
+            let http1_only = r
+                .mirror
+                .iter()
+                .filter(|m| is_h2(&m.upstream))
+                .map(|_| "mirror")
+                .chain(
+                    r.aggregate
+                        .iter()
+                        .flat_map(|a| a.parts.iter())
+                        .filter(|p| is_h2(&p.upstream))
+                        .map(|_| "aggregate"),
+                );
+            for stage in http1_only.collect::<Vec<_>>() {
+                self.push(
+                    self.pos.field(scope, stage),
+                    field(stage),
+                    "cannot send to a `protocol: Http2` upstream (it speaks HTTP/1.1)".into(),
+                );
+            }
             if let Some(c) = &r.cache {
                 for (at, f, why) in crate::cache::check(c, r.aggregate.is_some()) {
                     let at = self.pos.field(scope, at);
