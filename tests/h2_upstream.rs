@@ -197,7 +197,11 @@ fn h2_gateway(target: &str, extra: &str) -> Gateway {
     };
     // Request bodies up to 16 MiB (the shared test limits say 1 MiB).
     let text = config(1, &upstream("h2", &[target], &extra), &catch_all("h2"))
-        .replace("max_body_bytes: 1048576", "max_body_bytes: 16777216");
+        .replace("max_body_bytes: 1048576", "max_body_bytes: 16777216")
+        .replace(
+            "    upstreams:",
+            "    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    upstreams:",
+        );
     Gateway::start(&text)
 }
 
@@ -328,15 +332,30 @@ fn concurrent_requests_share_few_upstream_connections() {
     // 32 clients at once, multiplexed: at most the connection bound (4).
     let n = server.accepted.load(Ordering::SeqCst);
     assert!((1..=4).contains(&n), "{n} upstream connections");
+    // The gateway's metrics say the same: n new, the rest reused.
+    let m = get(gw.port2, "/metrics").text();
+    let count = |kind: &str| -> u64 {
+        let name = format!(
+            "shardgate_upstream_connections_total{{upstream=\"h2\",target=\"{}\",kind=\"{kind}\"}} ",
+            server.addr
+        );
+        m.lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {m}"))
+    };
+    assert_eq!(count("new"), n as u64, "{m}");
+    assert_eq!(count("reused"), 128 - n as u64, "{m}");
 }
 
 #[test]
-fn stream_limit_and_connection_bound_answer_503_beyond() {
+fn stream_limit_and_connection_bound_queue_then_answer_503() {
     let server = start_server(None);
-    // One connection with one stream: a second request at once is refused.
+    // One connection with one stream: a second request at once waits up
+    // to the queue timeout for the stream, then is refused.
+    let limits = "max_connections_per_target: Some(1), http2: Some(Http2Upstream(max_streams_per_connection: 1))";
     let gw = h2_gateway(
         &server.addr.to_string(),
-        "max_connections_per_target: Some(1), http2: Some(Http2Upstream(max_streams_per_connection: 1))",
+        &format!("{limits}, queue_timeout_ms: Some(300)"),
     );
     let port = gw.port;
     let slow = std::thread::spawn(move || get(port, "/slow"));
@@ -345,6 +364,18 @@ fn stream_limit_and_connection_bound_answer_503_beyond() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(slow.join().unwrap().status, 200);
     assert_eq!(get(gw.port, "/echo").status, 200);
+    // With a longer queue timeout it gets the stream once the first ends.
+    let gw = h2_gateway(
+        &server.addr.to_string(),
+        &format!("{limits}, queue_timeout_ms: Some(10000)"),
+    );
+    let port = gw.port;
+    let slow = std::thread::spawn(move || get(port, "/slow"));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get(gw.port, "/len");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"hello");
+    assert_eq!(slow.join().unwrap().status, 200);
 }
 
 #[test]

@@ -117,6 +117,9 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// A request body send whose window stays at zero this long is reset.
     pub stall_timeout: Duration,
+    /// How long a request waits for a stream when every connection is at
+    /// its stream cap and no other may open (zero: refused at once).
+    pub queue_timeout: Duration,
 }
 
 impl Endpoint {
@@ -130,6 +133,7 @@ impl Endpoint {
             max_connections: limits.max_connections_per_target,
             connect_timeout: limits.connect_timeout,
             stall_timeout: limits.stall_timeout,
+            queue_timeout: Duration::ZERO,
         }
     }
 }
@@ -150,6 +154,28 @@ struct Pooled {
     send: SendRequest<Bytes>,
     streams: Cell<usize>,
     dead: Rc<Cell<bool>>,
+    /// The target's "room was freed" signal.
+    freed: Freed,
+}
+
+/// Wakes the requests waiting for a stream of a saturated target: fired
+/// (and replaced) when a stream ends or a connection dies.
+#[derive(Clone, Default)]
+struct Freed(Rc<RefCell<Rc<Signal>>>);
+
+impl Freed {
+    fn current(&self) -> Rc<Signal> {
+        self.0.borrow().clone()
+    }
+
+    fn fire(&self) {
+        // Nobody waits (the common case): nothing to wake, nothing to renew.
+        if self.0.borrow().waiters.borrow().is_empty() {
+            return;
+        }
+        let fired = std::mem::replace(&mut *self.0.borrow_mut(), Signal::new());
+        fired.fire();
+    }
 }
 
 /// One open stream's claim on its connection; released on drop.
@@ -165,6 +191,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.streams.set(self.0.streams.get().saturating_sub(1));
+        self.0.freed.fire();
     }
 }
 
@@ -175,6 +202,7 @@ impl Drop for Slot {
 struct Target {
     conns: Vec<Rc<Pooled>>,
     connecting: Option<Rc<Signal>>,
+    freed: Freed,
 }
 
 /// A connect under way; on drop the target's mark is cleared and the
@@ -192,6 +220,16 @@ impl Drop for Connecting<'_> {
         }
         self.signal.fire();
     }
+}
+
+/// What a request does when no connection has room for its stream.
+enum Next {
+    /// Wait for the connect under way.
+    Wait(Rc<Signal>),
+    /// Every connection is open and full: wait for room.
+    Queue(Rc<Signal>),
+    /// Open a connection (this request's connect).
+    Connect(Rc<Signal>, Freed),
 }
 
 /// HTTP/2 upstream connections of one shard.
@@ -332,9 +370,10 @@ impl H2Pool {
     /// A connection with room for a stream, and whether it was opened for it.
     async fn pick(&self, endpoint: &Endpoint) -> Result<(Rc<Pooled>, bool), PoolError> {
         let target = (endpoint.addr, endpoint.key);
+        let give_up = std::time::Instant::now() + endpoint.queue_timeout;
         loop {
             // Decided under the borrow, acted on after it.
-            let (signal, mine) = {
+            let next = {
                 let mut targets = self.targets.borrow_mut();
                 let entry = targets.entry(target).or_default();
                 entry.conns.retain(|c| !c.dead.get());
@@ -347,19 +386,30 @@ impl H2Pool {
                     return Ok((best.clone(), false));
                 }
                 if let Some(connecting) = &entry.connecting {
-                    (connecting.clone(), false)
+                    Next::Wait(connecting.clone())
                 } else if entry.conns.len() >= endpoint.max_connections {
-                    return Err(PoolError::Saturated);
+                    Next::Queue(entry.freed.current())
                 } else {
                     let signal = Signal::new();
                     entry.connecting = Some(signal.clone());
-                    (signal, true)
+                    Next::Connect(signal, entry.freed.clone())
                 }
             };
-            if !mine {
-                signal.wait().await;
-                continue;
-            }
+            let (signal, freed) = match next {
+                Next::Wait(signal) => {
+                    signal.wait().await;
+                    continue;
+                }
+                Next::Queue(freed) => {
+                    // A stream ending or a connection dying makes room.
+                    let left = give_up.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() || monoio::time::timeout(left, freed.wait()).await.is_err() {
+                        return Err(PoolError::Saturated);
+                    }
+                    continue;
+                }
+                Next::Connect(signal, freed) => (signal, freed),
+            };
             // Clears the mark and wakes the waiters even if this request is
             // dropped while connecting.
             let _connecting = Connecting {
@@ -367,14 +417,14 @@ impl H2Pool {
                 target,
                 signal,
             };
-            let conn = self.connect(endpoint).await?;
+            let conn = self.connect(endpoint, freed).await?;
             let mut targets = self.targets.borrow_mut();
             targets.entry(target).or_default().conns.push(conn.clone());
             return Ok((conn, true));
         }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Rc<Pooled>, PoolError> {
+    async fn connect(&self, endpoint: &Endpoint, freed: Freed) -> Result<Rc<Pooled>, PoolError> {
         let limits = &self.limits;
         let target = endpoint.addr;
         let builder = || {
@@ -438,6 +488,7 @@ impl H2Pool {
             };
         let dead = Rc::new(Cell::new(false));
         let flag = dead.clone();
+        let on_death = freed.clone();
         // The connection is driven on this shard by its own task; when it
         // ends (closed, GOAWAY done, error) the pool drops it.
         monoio::spawn(async move {
@@ -450,12 +501,14 @@ impl H2Pool {
                 }
             }
             flag.set(true);
+            on_death.fire();
         });
         self.opened.set(self.opened.get().saturating_add(1));
         Ok(Rc::new(Pooled {
             send,
             streams: Cell::new(0),
             dead,
+            freed,
         }))
     }
 }

@@ -275,6 +275,7 @@ fn endpoint(
         max_connections,
         connect_timeout,
         stall_timeout: stall,
+        queue_timeout: up.queue_timeout,
     })
 }
 
@@ -507,24 +508,28 @@ pub(crate) async fn forward_to(
         || matches!(framing, Framing::Length(n) if n > 0)
         || framing == Framing::Chunked;
     let start = shard.h2.start_at(&endpoint, head, !has_body);
-    let mut call =
-        match monoio::time::timeout(within(deadline, connect_timeout + timeout), start).await {
-            Ok(Ok(call)) => call,
-            Ok(Err(err)) => {
-                let (e, how) = pool_error(up, addr, err);
-                *early = how;
-                if how == Early::Connect {
-                    note_connection(shard, up, addr, false);
-                }
-                return Err(e);
+    let mut call = match monoio::time::timeout(
+        within(deadline, connect_timeout + up.queue_timeout + timeout),
+        start,
+    )
+    .await
+    {
+        Ok(Ok(call)) => call,
+        Ok(Err(err)) => {
+            let (e, how) = pool_error(up, addr, err);
+            *early = how;
+            if how == Early::Connect {
+                note_connection(shard, up, addr, false);
             }
-            Err(_) => {
-                *early = Early::Timeout;
-                return Err(GatewayError::GatewayTimeout {
-                    upstream: up.name.clone(),
-                });
-            }
-        };
+            return Err(e);
+        }
+        Err(_) => {
+            *early = Early::Timeout;
+            return Err(GatewayError::GatewayTimeout {
+                upstream: up.name.clone(),
+            });
+        }
+    };
     note_connection(shard, up, addr, !call.opened);
     let send = call.body.take();
     let response = call.response();

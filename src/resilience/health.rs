@@ -515,6 +515,7 @@ pub fn probe_h2(target: SocketAddr, hc: &HealthCheck, tls: Option<crate::h2::End
             max_connections: 1,
             connect_timeout: timeout,
             stall_timeout: timeout,
+            queue_timeout: Duration::ZERO,
         };
         let exchange = async {
             let call = pool.start_at(&endpoint, request, true).await.ok()?;
