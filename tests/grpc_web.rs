@@ -291,3 +291,30 @@ fn grpc_web_cors_preflight_is_answered_by_the_route() {
     let out = web_call(gw.port, "/test.Echo/Unary", "x", "binary", false);
     assert_eq!(out["trailers"]["grpc-status"], "0", "{out}");
 }
+
+#[test]
+fn grpc_web_text_is_retried_on_another_target_with_its_body() {
+    let server = GrpcServer::start();
+    // The first target refuses connections; retries go to the second
+    // with the body read ahead (decoded from base64 each time).
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = free.local_addr().unwrap().to_string();
+    drop(free);
+    let live = format!("127.0.0.1:{}", server.port);
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("grpc", &[&down, &live], "protocol: Http2"),
+        "        Route(name: \"web\", match: Match(path_prefix: \"/\"), upstream: \"grpc\", retry_non_idempotent: true, retry: Some(Retry(max_attempts: 2, backoff_base_ms: 1, backoff_max_ms: 2))),\n",
+    ));
+    for i in 0..4 {
+        let payload = format!("try {i}");
+        let out = web_call(gw.port, "/test.Echo/Unary", &payload, "text", false);
+        assert_eq!(out["status"], 200, "{out}");
+        assert_eq!(
+            out["messages"],
+            serde_json::json!([format!("echo:{payload}")]),
+            "{out}"
+        );
+        assert_eq!(out["trailers"]["grpc-status"], "0", "{out}");
+    }
+}

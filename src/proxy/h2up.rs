@@ -495,10 +495,29 @@ pub(crate) async fn forward_to(
         .connect_timeout
         .map_or(up.connect_timeout, |t| t.min(up.connect_timeout));
     let raw = upstream_head(req, target, ex, addr);
-    let head = h2_request(&raw, up.tls.is_some(), addr, web, grpc_timeout)
+    let mut head = h2_request(&raw, up.tls.is_some(), addr, web, grpc_timeout)
         .map_err(GatewayError::BadRequest)?;
     let endpoint = endpoint(shard, up, addr, within(deadline, connect_timeout), timeout)?;
-    let buffered = opts.body.as_ref().or(ex.body.as_ref()).cloned();
+    // A body read ahead (for retries, or by validation) goes as it is, or
+    // decoded for gRPC-Web text, with its own length.
+    let buffered = match opts.body.as_ref().or(ex.body.as_ref()) {
+        None => None,
+        Some(b) if web == Some(Web::Text) => {
+            let mut dec = TextDecoder::default();
+            let decoded = dec
+                .push(b)
+                .ok()
+                .filter(|_| !dec.has_rest())
+                .ok_or(GatewayError::BadRequest("malformed grpc-web-text body"))?;
+            Some(Bytes::from(decoded))
+        }
+        Some(b) => Some(Bytes::copy_from_slice(b)),
+    };
+    if let Some(b) = &buffered {
+        ex.seen.bytes_in = b.len() as u64;
+        head.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+    }
     let framing = if buffered.is_some() {
         Framing::None
     } else {
@@ -551,12 +570,12 @@ pub(crate) async fn forward_to(
     if let Some(mut send) = send {
         let body = async {
             if let Some(b) = &buffered {
-                send.send(Bytes::copy_from_slice(b))
+                send.send(b.clone())
                     .await
                     .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
                 send.finish()
                     .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
-                return Ok(0);
+                return Ok(b.len() as u64);
             }
             if req.expect_continue
                 && crate::http::body::send_100_continue(client, ex.limits.send_timeout)
@@ -749,6 +768,9 @@ async fn respond(
 ) -> Result<Disposition, GatewayError> {
     let head_request = req.method() == "HEAD";
     let grpc = is_grpc(&parts.headers);
+    // An answer that is not gRPC (an error page of a proxy in front of the
+    // server) goes back as it is.
+    let web = web.filter(|_| grpc);
     let length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
