@@ -125,6 +125,12 @@ async fn handle(req: Request<RecvBody>, res: Responder, paths: Arc<Mutex<Vec<Str
 /// Starts the h2 server on its own monoio thread; with `tls`, h2 over TLS
 /// (ALPN list `alpn`).
 fn start_server(tls: Option<(Leaf, Vec<Vec<u8>>)>) -> H2Server {
+    start_server_at("127.0.0.1:0", tls)
+}
+
+/// As `start_server`, on `bind`.
+fn start_server_at(bind: &str, tls: Option<(Leaf, Vec<Vec<u8>>)>) -> H2Server {
+    let bind = bind.to_string();
     let (tx, rx) = mpsc::channel();
     let accepted = Arc::new(AtomicUsize::new(0));
     let paths = Arc::new(Mutex::new(Vec::new()));
@@ -149,7 +155,7 @@ fn start_server(tls: Option<(Leaf, Vec<Vec<u8>>)>) -> H2Server {
             .build()
             .unwrap()
             .block_on(async move {
-                let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let listener = monoio::net::TcpListener::bind(bind.as_str()).unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let limits = Rc::new(H2Limits::default());
                 loop {
@@ -428,29 +434,51 @@ fn h2_over_tls_upstream_with_alpn() {
 
 #[test]
 fn health_checks_probe_over_h2() {
-    let server = start_server(None);
+    // The target is down at first: marked unhealthy.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
     let gw = h2_gateway(
-        &server.addr.to_string(),
-        "health_check: Some(HealthCheck(path: \"/healthz\", interval_ms: 50, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 1))",
+        &addr,
+        "health_check: Some(HealthCheck(path: \"/healthz\", interval_ms: 50, timeout_ms: 500, healthy_threshold: 2, unhealthy_threshold: 1))",
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server
+    let wait_for = |status: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(gw.port, "/len");
+            if r.status == status {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {} {}",
+                r.status,
+                r.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let r = wait_for(503);
+    assert!(r.text().contains("healthy"), "{}", r.text());
+    // An HTTP/2-only server comes up there: the h2 probes pass and the
+    // target is healthy again.
+    let server = start_server_at(&addr, None);
+    let r = wait_for(200);
+    assert_eq!(r.body, b"hello");
+    let probes = server
         .paths
         .lock()
         .unwrap()
         .iter()
         .filter(|p| *p == "/healthz")
-        .count()
-        < 3
-    {
-        assert!(std::time::Instant::now() < deadline, "no h2 probes");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Probed over HTTP/2 and found healthy: traffic still flows.
-    let r = get(gw.port, "/echo");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let r = get(gw.port, "/len");
-    assert_eq!(r.body, b"hello");
+        .count();
+    assert!(probes >= 2, "{probes} probes over h2");
+    let upstreams = get(gw.port2, "/upstreams").text();
+    let v: serde_json::Value = serde_json::from_str(&upstreams).unwrap();
+    assert_eq!(
+        v["upstreams"][0]["targets"][0]["health"], "healthy",
+        "{upstreams}"
+    );
 }
 
 #[test]
