@@ -32,8 +32,17 @@ fn pattern(len: usize) -> Vec<u8> {
 /// The handler: `/big` answers 2 MiB (+ trailer), `/echo` streams the body
 /// back with what it saw as headers and the request's trailers (or
 /// `x-bytes`), `/slow` answers after 3 s, `/len` answers with a length.
-async fn handle(req: Request<RecvBody>, res: Responder, paths: Arc<Mutex<Vec<String>>>) {
+async fn handle(
+    req: Request<RecvBody>,
+    res: Responder,
+    paths: Arc<Mutex<Vec<String>>>,
+    shutdown: Rc<Shutdown>,
+) {
     let (head, mut body) = req.into_parts();
+    if head.uri.path() == "/goaway" {
+        // GOAWAY: the connection ends after this answer.
+        shutdown.fire();
+    }
     paths.lock().unwrap().push(head.uri.path().to_string());
     let seen = |name: &str| {
         head.headers
@@ -165,8 +174,10 @@ fn start_server_at(bind: &str, tls: Option<(Leaf, Vec<Vec<u8>>)>) -> H2Server {
                     acc.fetch_add(1, Ordering::SeqCst);
                     let (limits, seen, config) = (limits.clone(), seen.clone(), config.clone());
                     monoio::spawn(async move {
-                        let handler = Rc::new(move |req, res| handle(req, res, seen.clone()));
                         let shutdown = Shutdown::new();
+                        let sd = shutdown.clone();
+                        let handler =
+                            Rc::new(move |req, res| handle(req, res, seen.clone(), sd.clone()));
                         match config {
                             None => {
                                 let _ = serve_h2c(stream, Bytes::new(), &limits, shutdown, handler)
@@ -287,6 +298,21 @@ fn get_and_post_large_bodies_over_h2c() {
     assert_eq!(header(&r, "content-length"), Some("5"));
     // All of it on one upstream connection.
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_connection_closed_by_the_upstream_is_replaced() {
+    let server = start_server(None);
+    let gw = h2_gateway(&server.addr.to_string(), "");
+    let mut c = Client::connect(gw.port);
+    assert_eq!(c.get("/len").status, 200);
+    assert_eq!(c.get("/goaway").status, 200);
+    for _ in 0..5 {
+        let r = c.get("/len");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.body, b"hello");
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 
 #[test]

@@ -304,16 +304,23 @@ impl H2Pool {
         head: Request<()>,
         end_of_stream: bool,
     ) -> Result<Call, PoolError> {
-        let (conn, opened) = self.pick(endpoint).await?;
-        let slot = Slot::take(&conn);
-        let send = match conn.send.clone().ready().await {
-            Ok(send) => send,
-            Err(err) => {
-                conn.dead.set(true);
-                return Err(err.into());
+        let mut tries = 0;
+        let (conn, opened, slot, mut send) = loop {
+            tries += 1;
+            let (conn, opened) = self.pick(endpoint).await?;
+            let slot = Slot::take(&conn);
+            match conn.send.clone().ready().await {
+                Ok(send) => break (conn, opened, slot, send),
+                Err(err) => {
+                    conn.dead.set(true);
+                    // A pooled connection that went away (closed, GOAWAY)
+                    // before this request was sent: once more, on another.
+                    if opened || tries > 1 {
+                        return Err(err.into());
+                    }
+                }
             }
         };
-        let mut send = send;
         let (response, stream) = match send.send_request(head, end_of_stream) {
             Ok(pair) => pair,
             Err(err) => {
