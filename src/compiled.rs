@@ -71,6 +71,35 @@ pub struct UpstreamPlan {
     pub tls: Option<crate::tls::UpstreamTlsPlan>,
     /// HTTP/1.1 or HTTP/2 to the targets.
     pub protocol: config::UpstreamProtocol,
+    /// HTTP/2 connection settings (used with `protocol: Http2`).
+    pub http2: Http2Plan,
+}
+
+/// An upstream's HTTP/2 connection settings, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Http2Plan {
+    /// Streams open at once on one connection.
+    pub max_streams_per_connection: usize,
+    /// Tells this upstream's connections apart from another upstream's to
+    /// the same address (a digest of the settings that shape a connection:
+    /// name, TLS, limits), so a reload that keeps them keeps the connections.
+    pub key: u64,
+}
+
+impl Http2Plan {
+    fn compile(name: &str, u: &config::Upstream) -> Http2Plan {
+        use std::hash::{Hash, Hasher};
+        let h2 = u.http2.clone().unwrap_or_default();
+        let mut digest = std::collections::hash_map::DefaultHasher::new();
+        let tls = format!("{:?}", u.tls);
+        (name, tls, &u.targets, h2.max_streams_per_connection).hash(&mut digest);
+        u.max_connections_per_target.hash(&mut digest);
+        Http2Plan {
+            max_streams_per_connection: h2.max_streams_per_connection,
+            // 0 is the pool's own key for endpoints without an upstream.
+            key: digest.finish().max(1),
+        }
+    }
 }
 
 /// A piece of a rewrite template.
@@ -322,8 +351,21 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
                 outlier: u.outlier_detection.clone(),
                 panic_routing: u.panic_routing,
                 protocol: u.protocol,
+                http2: Http2Plan::compile(name, u),
                 tls: crate::tls::compile_upstream(u)
-                    .map_err(|e| format!("upstream {name:?}: tls: {e}"))?,
+                    .map_err(|e| format!("upstream {name:?}: tls: {e}"))?
+                    .map(|tls| match u.protocol {
+                        config::UpstreamProtocol::Http1 => tls,
+                        // HTTP/2 over TLS is negotiated by ALPN: only h2 is offered.
+                        config::UpstreamProtocol::Http2 => {
+                            let mut config = (*tls.config).clone();
+                            config.alpn_protocols = vec![b"h2".to_vec()];
+                            crate::tls::UpstreamTlsPlan {
+                                config: std::sync::Arc::new(config),
+                                ..tls
+                            }
+                        }
+                    }),
             })
         })
         .collect::<Result<_, String>>()?;

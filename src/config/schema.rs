@@ -786,6 +786,36 @@ pub struct Upstream {
     /// (h2c, or h2 over TLS with `tls`).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// HTTP/2 connection settings (with `protocol: Http2`; defaults when
+    /// not given).
+    #[serde(default)]
+    pub http2: Option<Http2Upstream>,
+}
+
+/// HTTP/2 settings of an upstream. Connections per target and shard are
+/// the shard's share of `max_connections_per_target` (at least one), or 4
+/// when that is not set.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Upstream {
+    /// Streams open at once on one connection (1 to 10000; the target's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS can lower it). A request finding
+    /// every connection at this cap opens another, up to the connection
+    /// bound; beyond that it is answered 503.
+    #[serde(default = "default_h2_max_streams")]
+    pub max_streams_per_connection: usize,
+}
+
+impl Default for Http2Upstream {
+    fn default() -> Self {
+        Http2Upstream {
+            max_streams_per_connection: default_h2_max_streams(),
+        }
+    }
+}
+
+fn default_h2_max_streams() -> usize {
+    100
 }
 
 /// The HTTP version spoken to an upstream's targets.

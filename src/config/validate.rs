@@ -415,6 +415,20 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(h2) = &u.http2 {
+            let at = self.pos.field(scope, "http2");
+            if u.protocol != crate::config::UpstreamProtocol::Http2 {
+                let why = "applies to `protocol: Http2` upstreams only";
+                self.push(at, format!("upstreams.{name}.http2"), why.into());
+            } else if !(1..=10_000).contains(&h2.max_streams_per_connection) {
+                let why = "max_streams_per_connection must be 1 to 10000";
+                self.push(
+                    at,
+                    format!("upstreams.{name}.http2.max_streams_per_connection"),
+                    why.into(),
+                );
+            }
+        }
         if let Some(od) = &u.outlier_detection {
             let mut bad = Vec::new();
             if od.consecutive_5xx == 0 && od.consecutive_connect_failures == 0 {
@@ -624,6 +638,57 @@ impl Validator<'_> {
                     let why = "upgrades must list protocol names (tokens such as \"websocket\")";
                     self.push(at, field("websocket.upgrades"), why.into());
                 }
+            }
+            let http2 = upstream
+                .and_then(|u| g.upstreams.get(u.as_str()))
+                .is_some_and(|u| u.protocol == crate::config::UpstreamProtocol::Http2);
+            if http2 {
+                // The HTTP/2 response path streams DATA frames as they come;
+                // the stages that read or rewrite the HTTP/1.1 response body
+                // are not on it.
+                let response_stages = [
+                    ("cache", r.cache.is_some()),
+                    (
+                        "transform",
+                        r.transform.as_ref().is_some_and(|t| t.response.is_some()),
+                    ),
+                    ("compression", r.compression.is_some()),
+                    ("websocket", r.websocket.is_some()),
+                ];
+                for (stage, _) in response_stages.iter().filter(|(_, on)| *on) {
+                    self.push(
+                        self.pos.field(scope, stage),
+                        field(stage),
+                        "not available on a route to a `protocol: Http2` upstream \
+                         (its response streams as HTTP/2 DATA)"
+                            .into(),
+                    );
+                }
+            }
+            // Mirrors and composite parts speak HTTP/1.1 to their upstreams.
+            let is_h2 = |name: &str| {
+                g.upstreams
+                    .get(name)
+                    .is_some_and(|u| u.protocol == crate::config::UpstreamProtocol::Http2)
+            };
+            let http1_only = r
+                .mirror
+                .iter()
+                .filter(|m| is_h2(&m.upstream))
+                .map(|_| "mirror")
+                .chain(
+                    r.aggregate
+                        .iter()
+                        .flat_map(|a| a.parts.iter())
+                        .filter(|p| is_h2(&p.upstream))
+                        .map(|_| "aggregate"),
+                );
+            for stage in http1_only.collect::<Vec<_>>() {
+                self.push(
+                    self.pos.field(scope, stage),
+                    field(stage),
+                    "cannot send to a `protocol: Http2` upstream (it speaks HTTP/1.1)".into(),
+                );
             }
             if let Some(c) = &r.cache {
                 for (at, f, why) in crate::cache::check(c, r.aggregate.is_some()) {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub use body::{RecvBody, SendBody};
 pub use io::Prefixed;
-pub use pool::{H2Pool, PoolLimits};
+pub use pool::{Endpoint, EndpointTls, H2Pool, PoolError, PoolLimits};
 pub use server::{serve_h2, serve_h2c, Responder, Shutdown};
 
 /// The client connection preface (RFC 9113 §3.4).

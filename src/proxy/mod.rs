@@ -9,6 +9,7 @@
 //! An upgrade request the route accepts keeps its `Upgrade` fields, and the
 //! upstream's `101` opens a tunnel ([`upgrade`]); that connection is never pooled.
 
+pub mod h2up;
 pub mod pool;
 pub mod upgrade;
 
@@ -744,6 +745,12 @@ async fn forward_to(
     early: &mut Early,
     opts: &TryOptions,
 ) -> Result<Disposition, GatewayError> {
+    if up.protocol == crate::config::UpstreamProtocol::Http2 {
+        return Box::pin(h2up::forward_to(
+            shard, up, addr, req, target, client, ex, early, opts,
+        ))
+        .await;
+    }
     let head = upstream_head(req, target, ex, addr);
     let mut head = Some(head);
     let mut lease = Lease::new(shard, addr);

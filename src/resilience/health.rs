@@ -357,6 +357,8 @@ struct Due {
     target: SocketAddr,
     check: HealthCheck,
     next: Instant,
+    /// Probe over HTTP/2 (`protocol: Http2`), with TLS when the upstream has it.
+    h2: Option<Option<crate::h2::EndpointTls>>,
 }
 
 fn schedule(c: &Compiled, before: &[Due], now: Instant) -> Vec<Due> {
@@ -369,11 +371,21 @@ fn schedule(c: &Compiled, before: &[Due], now: Instant) -> Vec<Due> {
                 .iter()
                 .find(|d| d.upstream == u.name && d.target == t && d.check == *hc)
                 .map_or(now, |d| d.next);
+            let h2 = (u.protocol == crate::config::UpstreamProtocol::Http2).then(|| {
+                let tls = u.tls.as_ref()?;
+                let i = u.targets.iter().position(|a| *a == t).unwrap_or(0);
+                let name = tls.names.get(i).or(tls.names.first())?.clone();
+                Some(crate::h2::EndpointTls {
+                    config: tls.config.clone(),
+                    name,
+                })
+            });
             out.push(Due {
                 upstream: u.name.clone(),
                 target: t,
                 check: hc.clone(),
                 next,
+                h2,
             });
         }
     }
@@ -408,8 +420,11 @@ fn prober(compiled: Arc<Compiled>, configs: Receiver<Arc<Compiled>>, results: Se
             let handles: Vec<_> = ready
                 .iter()
                 .map(|d| {
-                    let (t, hc) = (d.target, &d.check);
-                    s.spawn(move || probe(t, hc))
+                    let (t, hc, h2) = (d.target, &d.check, &d.h2);
+                    s.spawn(move || match h2 {
+                        None => probe(t, hc),
+                        Some(tls) => probe_h2(t, hc, tls.clone()),
+                    })
                 })
                 .collect();
             handles
@@ -467,6 +482,52 @@ pub fn probe(target: SocketAddr, hc: &HealthCheck) -> bool {
         }
     }
     status_of(buf.get(..got).unwrap_or_default()).is_some_and(|st| {
+        hc.expect_status
+            .map_or((200..300).contains(&st), |e| e == st)
+    })
+}
+
+/// One probe of an HTTP/2 target: an h2 `GET path` (h2c with prior
+/// knowledge, or h2 over TLS by ALPN) on a fresh connection, answered within
+/// the check's timeout with the expected status (any 2xx when not set).
+pub fn probe_h2(target: SocketAddr, hc: &HealthCheck, tls: Option<crate::h2::EndpointTls>) -> bool {
+    let timeout = Duration::from_millis(hc.timeout_ms.max(1));
+    let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    else {
+        return false;
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let request = http::Request::get(format!("{scheme}://{target}{}", hc.path))
+        .header("user-agent", "shardgate-health")
+        .body(());
+    let Ok(request) = request else {
+        return false;
+    };
+    let status = rt.block_on(async move {
+        let pool = crate::h2::H2Pool::new(crate::h2::PoolLimits::default());
+        let endpoint = crate::h2::Endpoint {
+            addr: target,
+            key: 0,
+            tls,
+            max_streams_per_connection: 1,
+            max_connections: 1,
+            connect_timeout: timeout,
+            stall_timeout: timeout,
+            queue_timeout: Duration::ZERO,
+        };
+        let exchange = async {
+            let call = pool.start_at(&endpoint, request, true).await.ok()?;
+            let (head, _body) = call.response().await.ok()?;
+            Some(head.status.as_u16())
+        };
+        monoio::time::timeout(timeout, exchange)
+            .await
+            .ok()
+            .flatten()
+    });
+    status.is_some_and(|st| {
         hc.expect_status
             .map_or((200..300).contains(&st), |e| e == st)
     })
