@@ -64,6 +64,7 @@ pub async fn relay(
     body: Option<RecvBody>,
     responder: Responder,
     limits: RelayLimits,
+    extra: HeaderMap,
 ) -> Outcome {
     let upload = upload(body, call.body.take());
     let mut upload = std::pin::pin!(upload);
@@ -90,6 +91,12 @@ pub async fn relay(
     let status = parts.status.as_u16();
     let mut response = Response::from_parts(parts, ());
     strip_connection_fields(response.headers_mut());
+    for name in extra.keys() {
+        response.headers_mut().remove(name);
+    }
+    for (name, value) in &extra {
+        response.headers_mut().append(name.clone(), value.clone());
+    }
     let end = down.is_end_stream();
     let mut send = match responder.send_head_keep(response, end) {
         Ok(send) => send,

@@ -398,7 +398,11 @@ fn header_map(raw: &[u8]) -> HeaderMap {
 
 /// Maps a pool failure before any response byte to the gateway's error and
 /// how the try failed.
-fn pool_error(up: &UpstreamPlan, addr: SocketAddr, err: PoolError) -> (GatewayError, Early) {
+pub(super) fn pool_error(
+    up: &UpstreamPlan,
+    addr: SocketAddr,
+    err: PoolError,
+) -> (GatewayError, Early) {
     match err {
         PoolError::Saturated => (
             GatewayError::UpstreamBusy {
@@ -550,6 +554,18 @@ pub(crate) async fn forward_to(
         }
     };
     note_connection(shard, up, addr, !call.opened);
+    // An HTTP/2 client whose stream nothing has read yet is relayed end to
+    // end: both directions at once, trailers untouched (gRPC streaming).
+    if buffered.is_none() && web.is_none() {
+        if let Some(native) = client.stream.h2().and_then(|s| s.take_native()) {
+            let relay =
+                super::h2native::relay(up, addr, call, native, deadline, timeout, client, ex);
+            return Box::pin(relay).await.map_err(|(e, how)| {
+                *early = how;
+                e
+            });
+        }
+    }
     let send = call.body.take();
     let response = call.response();
     let mut response = std::pin::pin!(response);

@@ -9,6 +9,7 @@
 //! An upgrade request the route accepts keeps its `Upgrade` fields, and the
 //! upstream's `101` opens a tunnel ([`upgrade`]); that connection is never pooled.
 
+pub mod h2native;
 pub mod h2up;
 pub mod pool;
 pub mod upgrade;
