@@ -63,11 +63,19 @@ fn gateway_config(target: &str) -> String {
                 methods: [GrpcMethod(method: "ReserveItem", http_method: "POST", path: "/v1/inventory/{{sku}}:reserve", body: Some("*"))]{extra}))"#
         )
     };
+    let schema = temp_dir().join("create.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["item"], "properties": {"item": {"type": "object", "required": ["sku"]}}}"#,
+    )
+    .unwrap();
     format!(
         r#"Gateway(
     shards: Count(2),
     listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    admin: Some(Admin(bind: "127.0.0.1:$PORT2")),
     limits_http: {LIMITS},
+    rate_limits: {{ "two": RateLimit(key: Route, algorithm: FixedWindow(limit: 2, window_s: 3600)) }},
     upstreams: {{ "inventory": Upstream(targets: ["{target}"], protocol: Http2, timeout_ms: 3000) }},
     authenticators: {{ "hs": Jwt(algorithms: [HS256], key: Secret("{SECRET}"), forward_claims: {{ "sub": "X-User-Id" }}) }},
     cors: Some(Cors(allow_origins: ["https://app.example.com"])),
@@ -78,10 +86,18 @@ fn gateway_config(target: &str) -> String {
               strip_prefix: "/nd", {b}),
         Route(name: "secure", match: Match(path_prefix: "/auth/v1/inventory"), upstream: "inventory",
               strip_prefix: "/auth", auth: Required(["hs"]), keep_authorization: false, {a}),
+        Route(name: "limited", match: Match(path_prefix: "/limited/v1/inventory"), upstream: "inventory",
+              strip_prefix: "/limited", rate_limits: ["two"], {a}),
+        Route(name: "quick", match: Match(path_prefix: "/quick/v1/inventory"), upstream: "inventory",
+              strip_prefix: "/quick", timeout_ms: 300, {a}),
+        Route(name: "checked", match: Match(path_prefix: "/checked/v1/inventory", methods: ["POST"]),
+              upstream: "inventory", strip_prefix: "/checked",
+              validate: Some(Validate(schema: "{schema}")), {a}),
     ],
 )"#,
         a = transcode(""),
         b = transcode(", stream: Ndjson, proto_field_names: true, emit_defaults: true"),
+        schema = schema.display(),
     )
 }
 
@@ -379,6 +395,106 @@ fn authentication_applies_before_any_grpc_call_and_identity_is_passed_on() {
         v["attributes"].get("md.authorization").is_none(),
         "authorization dropped"
     );
+}
+
+#[test]
+fn rate_limits_apply_before_any_grpc_call() {
+    let srv = GrpcServer::start();
+    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let calls = |gw: &Gateway| {
+        let v = json_of(&get(gw.port, "/api/v1/inventory/__calls"));
+        v["quantity"].as_str().unwrap().parse::<u64>().unwrap()
+    };
+    let before = calls(&gw);
+    assert_eq!(get(gw.port, "/limited/v1/inventory/a").status, 200);
+    assert_eq!(get(gw.port, "/limited/v1/inventory/b").status, 200);
+    let resp = get(gw.port, "/limited/v1/inventory/c");
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    // Two limited calls and the second count reached the server.
+    assert_eq!(calls(&gw), before + 3);
+}
+
+#[test]
+fn a_validated_body_is_transcoded_and_an_invalid_one_is_not_sent() {
+    let srv = GrpcServer::start();
+    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let resp = request(
+        gw.port,
+        "POST",
+        "/checked/v1/inventory",
+        &[("content-type", "application/json")],
+        br#"{"item": {"sku": "v-1", "quantity": 5}}"#,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(json_of(&resp)["quantity"], "5");
+    let resp = request(
+        gw.port,
+        "POST",
+        "/checked/v1/inventory",
+        &[("content-type", "application/json")],
+        br#"{"item": {"name": "no sku"}}"#,
+    );
+    assert_eq!(resp.status, 400, "{}", resp.text());
+}
+
+#[test]
+fn a_call_over_the_route_timeout_is_a_json_504_and_calls_are_counted() {
+    let srv = GrpcServer::start();
+    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let started = Instant::now();
+    let resp = get(gw.port, "/quick/v1/inventory/slow");
+    assert_grpc_error(&resp, 504, 4, "DEADLINE_EXCEEDED");
+    assert!(started.elapsed() < Duration::from_millis(1800));
+    assert_eq!(get(gw.port, "/api/v1/inventory/a").status, 200);
+    // The calls show in the upstream metrics like proxied ones.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = get(gw.port2, "/metrics").text();
+        let ok = m.lines().any(|l| {
+            l.starts_with("shardgate_upstream_requests_total{upstream=\"inventory\"")
+                && l.contains("outcome=\"ok\"")
+                && !l.ends_with(" 0")
+        });
+        let timed_out = m.lines().any(|l| {
+            l.starts_with("shardgate_upstream_requests_total{upstream=\"inventory\"")
+                && l.contains("outcome=\"timeout\"")
+                && !l.ends_with(" 0")
+        });
+        if ok && timed_out {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no inventory calls in metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_body_over_the_message_cap_is_refused_unread() {
+    let srv = GrpcServer::start();
+    let cfg = gateway_config(&format!("127.0.0.1:{}", srv.port))
+        .replace("stream: Ndjson,", "stream: Ndjson, max_message_bytes: 64,");
+    let gw = Gateway::start(&cfg);
+    let big = format!(r#"{{"item": {{"name": "{}"}}}}"#, "x".repeat(1000));
+    let resp = request(
+        gw.port,
+        "POST",
+        "/nd/v1/inventory",
+        &[("content-type", "application/json")],
+        big.as_bytes(),
+    );
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    // Under the body bound but over the message cap once encoded: 400.
+    let resp = request(
+        gw.port,
+        "POST",
+        "/nd/v1/inventory",
+        &[("content-type", "application/json")],
+        format!(r#"{{"item": {{"name": "{}"}}}}"#, "x".repeat(100)).as_bytes(),
+    );
+    assert_grpc_error(&resp, 400, 3, "INVALID_ARGUMENT");
 }
 
 #[test]

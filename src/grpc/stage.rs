@@ -15,8 +15,8 @@
 //!   gRPC call on the shard's HTTP/2 pool with `content-type:
 //!   application/grpc`, `te: trailers`, a `grpc-timeout` (the route's
 //!   `deadline_ms`, else its `timeout_ms`, else the upstream's), the
-//!   client's headers as metadata (hop-by-hop, framing, `grpc-*` and
-//!   client identity headers dropped, `authorization` dropped unless the
+//!   client's headers as metadata (hop-by-hop and `Connection`-named
+//!   fields, framing, `grpc-*` and client identity headers dropped, `authorization` dropped unless the
 //!   route keeps it, the identity headers of the established caller,
 //!   `x-request-id` and `x-forwarded-for` added);
 //! - a unary answer becomes one JSON document; a server-streaming one a
@@ -47,7 +47,7 @@ use crate::compiled::{RoutePlan, UpstreamPlan};
 use crate::config::{self, Gateway, Grpc, GrpcStream, UpstreamProtocol};
 use crate::error::{reason_phrase, GatewayError};
 use crate::h2::pool::PoolError;
-use crate::http::head::is_hop_by_hop;
+use crate::http::head::{is_hop_by_hop, ConnectionNames};
 use crate::http::{Conn, Framing, RequestHead};
 use crate::metrics::UpstreamOutcome;
 use crate::proxy::{Disposition, Exchange, InFlight, UpstreamCall};
@@ -474,8 +474,9 @@ fn grpc_head(
     let uri = format!("http://{addr}{}", binding.grpc_path);
     let mut builder = Request::builder().method("POST").uri(uri);
     let mut headers = HeaderMap::new();
+    let connection = ConnectionNames::of(req.headers());
     for (name, value) in req.headers() {
-        if !forwarded_metadata(name, ex) {
+        if connection.contains(name) || !forwarded_metadata(name, ex) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
@@ -837,9 +838,12 @@ fn pool_reason(e: &PoolError) -> String {
     }
 }
 
-/// The metrics outcome of a finished call: server-side faults count as 5xx.
+/// The metrics outcome of a finished call: the upstream giving up at the
+/// deadline counts as a timeout, server-side faults as 5xx.
 fn outcome_of(s: &Status) -> UpstreamOutcome {
-    if s.code.http_status() >= 500 {
+    if s.code == Code::DeadlineExceeded {
+        UpstreamOutcome::Timeout
+    } else if s.code.http_status() >= 500 {
         UpstreamOutcome::ServerError
     } else {
         UpstreamOutcome::Ok

@@ -5,7 +5,7 @@ pool and a message factory; no generated code. Prints `PORT <n>` once it
 listens on 127.0.0.1, then serves until killed.
 
 Behaviour:
-- GetItem: sku `missing` -> NOT_FOUND with a google.rpc.Status detail (the
+- GetItem: sku `slow` -> answers after 2 s; `missing` -> NOT_FOUND with a google.rpc.Status detail (the
   request echoed as an Any); `bad` -> INVALID_ARGUMENT; `__calls` -> an item
   whose quantity is the number of calls so far; otherwise a full item whose
   `attributes` echo the request's view and the metadata seen.
@@ -112,6 +112,8 @@ def get_item(req, ctx):
                             req.SerializeToString())
         ctx.set_trailing_metadata((("grpc-status-details-bin", detail),))
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no item with sku missing")
+    if req.sku == "slow":
+        time.sleep(2)
     if req.sku == "bad":
         ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku bad is not a valid sku")
     it = full_item(req.sku)
