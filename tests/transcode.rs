@@ -101,6 +101,19 @@ fn gateway_config(target: &str) -> String {
     )
 }
 
+/// The Python gRPC server and a gateway in front of it.
+fn start() -> (GrpcServer, Gateway) {
+    let srv = GrpcServer::start();
+    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    (srv, gw)
+}
+
+/// How many calls the Python server has taken (this one included).
+fn server_calls(gw: &Gateway) -> u64 {
+    let v = json_of(&get(gw.port, "/api/v1/inventory/__calls"));
+    v["quantity"].as_str().unwrap().parse::<u64>().unwrap()
+}
+
 fn json_of(resp: &Resp) -> Value {
     serde_json::from_slice(&resp.body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", resp.text()))
@@ -121,8 +134,7 @@ fn assert_grpc_error(resp: &Resp, status: u16, code: i64, name: &str) -> Value {
 
 #[test]
 fn get_maps_path_and_query_and_answers_every_field_kind_as_json() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let resp = get_with(
         gw.port,
         "/api/v1/inventory/w-1?view=full",
@@ -158,8 +170,7 @@ fn get_maps_path_and_query_and_answers_every_field_kind_as_json() {
 
 #[test]
 fn post_patch_and_an_explicit_mapping_fill_the_message_from_the_body() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let item = json!({
         "item": {
             "sku": "c-9", "name": "clamp", "kind": "KIND_PART",
@@ -226,8 +237,7 @@ fn post_patch_and_an_explicit_mapping_fill_the_message_from_the_body() {
 
 #[test]
 fn bad_requests_and_grpc_errors_become_json_with_mapped_statuses() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     // Unknown JSON field: 400 before any call.
     let resp = request(
         gw.port,
@@ -275,8 +285,7 @@ fn bad_requests_and_grpc_errors_become_json_with_mapped_statuses() {
 
 #[test]
 fn server_streaming_answers_as_a_json_array_and_as_ndjson() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let resp = get(
         gw.port,
         "/api/v1/inventory?page_size=4&filter.kind=KIND_PART&tags=a&tags=b&kinds=KIND_TOOL&kinds=2&updated_after=2024-05-01T00:00:00Z&in_stock=true",
@@ -327,8 +336,7 @@ fn server_streaming_answers_as_a_json_array_and_as_ndjson() {
 
 #[test]
 fn streamed_messages_reach_the_client_as_they_arrive() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
@@ -362,13 +370,8 @@ fn streamed_messages_reach_the_client_as_they_arrive() {
 
 #[test]
 fn authentication_applies_before_any_grpc_call_and_identity_is_passed_on() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
-    let calls = |gw: &Gateway| {
-        let v = json_of(&get(gw.port, "/api/v1/inventory/__calls"));
-        v["quantity"].as_str().unwrap().parse::<u64>().unwrap()
-    };
-    let before = calls(&gw);
+    let (_srv, gw) = start();
+    let before = server_calls(&gw);
     let resp = get(gw.port, "/auth/v1/inventory/w-1");
     assert_eq!(resp.status, 401, "{}", resp.text());
     let resp = get_with(
@@ -378,7 +381,7 @@ fn authentication_applies_before_any_grpc_call_and_identity_is_passed_on() {
     );
     assert_eq!(resp.status, 401);
     // Only the two counting calls reached the server.
-    assert_eq!(calls(&gw), before + 1);
+    assert_eq!(server_calls(&gw), before + 1);
     let token = hs256_token(&json!({"sub": "u-42", "exp": unix_now() + 600}), SECRET);
     let resp = get_with(
         gw.port,
@@ -399,25 +402,19 @@ fn authentication_applies_before_any_grpc_call_and_identity_is_passed_on() {
 
 #[test]
 fn rate_limits_apply_before_any_grpc_call() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
-    let calls = |gw: &Gateway| {
-        let v = json_of(&get(gw.port, "/api/v1/inventory/__calls"));
-        v["quantity"].as_str().unwrap().parse::<u64>().unwrap()
-    };
-    let before = calls(&gw);
+    let (_srv, gw) = start();
+    let before = server_calls(&gw);
     assert_eq!(get(gw.port, "/limited/v1/inventory/a").status, 200);
     assert_eq!(get(gw.port, "/limited/v1/inventory/b").status, 200);
     let resp = get(gw.port, "/limited/v1/inventory/c");
     assert_eq!(resp.status, 429, "{}", resp.text());
     // Two limited calls and the second count reached the server.
-    assert_eq!(calls(&gw), before + 3);
+    assert_eq!(server_calls(&gw), before + 3);
 }
 
 #[test]
 fn a_validated_body_is_transcoded_and_an_invalid_one_is_not_sent() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let resp = request(
         gw.port,
         "POST",
@@ -439,8 +436,7 @@ fn a_validated_body_is_transcoded_and_an_invalid_one_is_not_sent() {
 
 #[test]
 fn a_call_over_the_route_timeout_is_a_json_504_and_calls_are_counted() {
-    let srv = GrpcServer::start();
-    let gw = Gateway::start(&gateway_config(&format!("127.0.0.1:{}", srv.port)));
+    let (_srv, gw) = start();
     let started = Instant::now();
     let resp = get(gw.port, "/quick/v1/inventory/slow");
     assert_grpc_error(&resp, 504, 4, "DEADLINE_EXCEEDED");
