@@ -144,6 +144,12 @@ fn get_maps_path_and_query_and_answers_every_field_kind_as_json() {
     assert_eq!(resp.header("content-type"), Some("application/json"));
     assert!(resp.header("x-request-id").is_some());
     assert_eq!(
+        resp.header("x-served-by"),
+        Some("python-grpc"),
+        "response metadata as header fields"
+    );
+    assert!(resp.header("grpc-status").is_none());
+    assert_eq!(
         resp.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );

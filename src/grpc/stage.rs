@@ -18,7 +18,10 @@
 //!   client's headers as metadata (hop-by-hop and `Connection`-named
 //!   fields, framing, `grpc-*` and client identity headers dropped, `authorization` dropped unless the
 //!   route keeps it, the identity headers of the established caller,
-//!   `x-request-id` and `x-forwarded-for` added);
+//!   `x-request-id`, `x-forwarded-for` and, when tracing, `traceparent`
+//!   added);
+//! - the upstream's response metadata (but the gRPC protocol's own
+//!   fields) is passed on as header fields;
 //! - a unary answer becomes one JSON document; a server-streaming one a
 //!   JSON array or NDJSON written chunk by chunk as messages arrive; a
 //!   non-OK `grpc-status` becomes the google.rpc JSON error with the
@@ -453,6 +456,9 @@ pub async fn serve(
     };
     crate::proxy::note_call(shard, call.up, upstream_call);
     ex.seen.upstream = Some(upstream_call);
+    if let Some(t) = &ex.trace {
+        t.upstream_call(&upstream_call, status, None);
+    }
     let failed = matches!(
         outcome,
         UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout | UpstreamOutcome::Reset
@@ -501,6 +507,12 @@ fn grpc_head(
     for (name, value) in fixed {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    if let Some(t) = &ex.trace {
+        // The call is the request's call 0, as a proxied one.
+        if let Ok(v) = HeaderValue::from_str(&t.traceparent(0)) {
+            headers.insert(HeaderName::from_static("traceparent"), v);
         }
     }
     if let Some(h) = builder.headers_mut() {
@@ -667,6 +679,8 @@ async fn exchange(
         };
         return (answer_failure(f, req, client, ex).await, outcome, s);
     }
+    // The upstream's initial metadata goes on the answer as header fields.
+    pass_metadata(&parts.headers, ex);
     // Trailers-only: the status is in the head and there is no message.
     if let Some(s) = status_of(&parts.headers).filter(|_| body.is_end_stream()) {
         return finish_without_messages(s, binding, tc, req, client, ex).await;
@@ -825,6 +839,31 @@ async fn exchange(
             UpstreamOutcome::Ok,
             502,
         ),
+    }
+}
+
+/// Adds the upstream's response metadata to the answer's lines: every
+/// field but the gRPC protocol's own (`content-type`, `grpc-*`), framing,
+/// hop-by-hop fields, `x-request-id` and, when the route answers CORS
+/// itself, `access-control-*`.
+fn pass_metadata(fields: &HeaderMap, ex: &mut Exchange<'_>) {
+    for (name, value) in fields {
+        let n = name.as_str();
+        let cors = n.starts_with("access-control-") && ex.cors_owned;
+        if n.starts_with("grpc-")
+            || matches!(n, "content-type" | "content-length" | "x-request-id")
+            || is_hop_by_hop(n.as_bytes())
+            || cors
+        {
+            continue;
+        }
+        let Ok(v) = value.to_str() else {
+            continue;
+        };
+        ex.response_headers.push_str(n);
+        ex.response_headers.push_str(": ");
+        ex.response_headers.push_str(v);
+        ex.response_headers.push_str("\r\n");
     }
 }
 

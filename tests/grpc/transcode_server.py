@@ -8,7 +8,8 @@ Behaviour:
 - GetItem: sku `slow` -> answers after 2 s; `missing` -> NOT_FOUND with a google.rpc.Status detail (the
   request echoed as an Any); `bad` -> INVALID_ARGUMENT; `__calls` -> an item
   whose quantity is the number of calls so far; otherwise a full item whose
-  `attributes` echo the request's view and the metadata seen.
+  `attributes` echo the request's view and the metadata seen, with the
+  initial metadata `x-served-by: python-grpc`.
 - ListItems: page_size items (default 3); the first one's note holds the
   request as JSON; filter.warehouse `fail-mid` -> two items then UNAVAILABLE,
   `fail-first` -> NOT_FOUND before any item, `slow` -> 0.3 s between items.
@@ -116,6 +117,7 @@ def get_item(req, ctx):
         time.sleep(2)
     if req.sku == "bad":
         ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku bad is not a valid sku")
+    ctx.send_initial_metadata((("x-served-by", "python-grpc"),))
     it = full_item(req.sku)
     if req.sku == "__calls":
         it.quantity = n
