@@ -60,7 +60,8 @@ fn gateway_config(target: &str) -> String {
     let transcode = |extra: &str| {
         format!(
             r#"grpc: Some(Transcode(descriptor_set: "{DESCRIPTORS}", service: "inventory.v1.Inventory",
-                methods: [GrpcMethod(method: "ReserveItem", http_method: "POST", path: "/v1/inventory/{{sku}}:reserve", body: Some("*"))]{extra}))"#
+                methods: [GrpcMethod(method: "ReserveItem", http_method: "POST", path: "/v1/inventory/{{sku}}:reserve", body: Some("*")),
+                          GrpcMethod(method: "GetItem", http_method: "GET", path: "/v1/inventory/{{sku}}/name", response_body: Some("name"))]{extra}))"#
         )
     };
     let schema = temp_dir().join("create.json");
@@ -239,6 +240,11 @@ fn post_patch_and_an_explicit_mapping_fill_the_message_from_the_body() {
     assert_eq!(v["sku"], "r-2");
     assert_eq!(v["quantity"], "3");
     assert_eq!(v["expiresAt"], "2024-01-01T01:00:00.250Z");
+
+    // A mapping answering with one field of the response.
+    let resp = get(gw.port, "/api/v1/inventory/w-3/name");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(json_of(&resp), json!("torque wrench"));
 }
 
 #[test]
@@ -372,6 +378,26 @@ fn streamed_messages_reach_the_client_as_they_arrive() {
         total >= first + Duration::from_millis(600),
         "first item after {first:?}, end after {total:?}"
     );
+}
+
+#[test]
+fn an_http_1_0_client_gets_a_stream_delimited_by_the_close() {
+    let (_srv, gw) = start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/v1/inventory?page_size=2 HTTP/1.0\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
 }
 
 #[test]
@@ -535,7 +561,23 @@ fn check_reports_transcoding_problems_with_their_position() {
     let (good, out) = check(&route_config(", protocol: Http2", &ok));
     assert!(good, "{out}");
 
-    // A missing file, relative to the config file's directory.
+    // A relative path is read from the config file's directory.
+    let dir = temp_dir();
+    std::fs::create_dir_all(dir.join("protos")).unwrap();
+    std::fs::copy(DESCRIPTORS, dir.join("protos/inventory.pb")).unwrap();
+    let file = dir.join("gateway.ron");
+    std::fs::write(
+        &file,
+        route_config(
+            ", protocol: Http2",
+            r#"descriptor_set: "protos/inventory.pb", service: "inventory.v1.Inventory""#,
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run_cli(&["check", file.to_str().unwrap()]);
+    assert!(status.success(), "{out}{err}");
+
+    // A missing file.
     let (good, out) = check(&route_config(
         ", protocol: Http2",
         r#"descriptor_set: "protos/none.pb", service: "inventory.v1.Inventory""#,
