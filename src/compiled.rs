@@ -159,6 +159,8 @@ pub struct RoutePlan {
     pub cache: Option<crate::cache::CachePlan>,
     /// Transformation and compression (`None`: the route has neither).
     pub body: Option<Box<crate::transform::Plan>>,
+    /// HTTP/JSON → gRPC transcoding instead of forwarding.
+    pub grpc: Option<std::sync::Arc<crate::grpc::Transcoder>>,
 }
 
 /// One listener with its own route table.
@@ -462,6 +464,13 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
             cache: r.cache.as_ref().map(crate::cache::CachePlan::compile),
             body: crate::transform::compile_route(r, &params)
                 .map_err(|e| format!("route {:?}: {e}", r.name))?,
+            grpc: match &r.grpc {
+                Some(config::Grpc::Transcode(t)) => Some(
+                    crate::grpc::stage::compile(t)
+                        .map_err(|e| format!("route {:?}: grpc: {e}", r.name))?,
+                ),
+                None => None,
+            },
         });
         let m = &r.matcher;
         specs.push(RouteSpec {

@@ -1,12 +1,20 @@
-//! Built-in demo backends (users, orders, products, a WebSocket echo) for
-//! `cargo run --release`. They run on one extra thread with their own monoio
-//! runtime and speak HTTP/1.1 through the gateway's own codec; the echo
-//! speaks the minimal RFC 6455 server side (handshake, frames, ping, close).
+//! Built-in demo backends (users, orders, products, a WebSocket echo, a
+//! gRPC inventory service) for `cargo run --release`. They run on one extra
+//! thread with their own monoio runtime and speak HTTP/1.1 through the
+//! gateway's own codec; the echo speaks the minimal RFC 6455 server side
+//! (handshake, frames, ping, close). The gRPC inventory backend
+//! ([`inventory`]) runs on a thread of its own on the gateway's HTTP/2 server.
 use crate::error::json_string;
 use crate::http::body::{discard_body, CopyLimits};
 use crate::http::{Conn, Parsed, RequestHead};
 use monoio::net::TcpListener;
 use std::time::Duration;
+
+pub mod inventory;
+pub use inventory::start as start_inventory;
+
+/// Where the demo's gRPC inventory backend listens.
+pub const INVENTORY_ADDR: &str = "127.0.0.1:9006";
 
 /// The demo config, compiled into the binary (same text as `config/demo.ron`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.ron");
@@ -47,18 +55,26 @@ pub fn with_https_listener(text: &str) -> Result<String, String> {
 /// The demo's order schema (`config/schemas/order.json`), compiled in.
 pub const ORDER_SCHEMA: &str = include_str!("../config/schemas/order.json");
 
-/// Writes the bundled order schema next to the demo's certificate (in a
-/// fresh directory under the system's temporary directory) and points the
-/// demo config `text` at it, so the demo runs from any directory.
+/// Writes the bundled order schema and the inventory descriptor set next
+/// to the demo's certificate (in a fresh directory under the system's
+/// temporary directory) and points the demo config `text` at them, so the
+/// demo runs from any directory.
 pub fn with_bundled_schemas(text: &str) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("order.json");
     std::fs::write(&path, ORDER_SCHEMA).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(text.replace(
-        "\"schemas/order.json\"",
-        &format!("{:?}", path.display().to_string()),
-    ))
+    let pb = dir.join("inventory.pb");
+    std::fs::write(&pb, inventory::DESCRIPTORS).map_err(|e| format!("{}: {e}", pb.display()))?;
+    Ok(text
+        .replace(
+            "\"schemas/order.json\"",
+            &format!("{:?}", path.display().to_string()),
+        )
+        .replace(
+            "\"../protos/inventory.pb\"",
+            &format!("{:?}", pb.display().to_string()),
+        ))
 }
 
 /// The HS256 secret of the demo config's `jwt` authenticator.
@@ -109,6 +125,7 @@ pub fn start_backends() -> Result<(), String> {
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         std_listeners.push((l, svc));
     }
+    start_inventory(INVENTORY_ADDR)?;
     std::thread::Builder::new()
         .name("shardgate-demo".into())
         .spawn(move || {
@@ -417,7 +434,7 @@ pub fn print_instructions() {
     let admin = demo_token("2", "admin", "users:read");
     println!(
         r#"
-shardgate demo is running: gateway on http://127.0.0.1:8080, demo backends on 127.0.0.1:9001-9005,9012.
+shardgate demo is running: gateway on http://127.0.0.1:8080, demo backends on 127.0.0.1:9001-9006,9012.
 Demo tokens (HS256, valid 24 h):
   USER={user}
   ADMIN={admin}
@@ -452,6 +469,20 @@ CORS and validation:
                                                                           # response cache: MISS, then HIT with Age (one connection, so one shard)
   curl -s -X POST 'http://127.0.0.1:9900/cache/purge?prefix=/api/v1/catalogue'; echo   # purge it: the next call is a MISS
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
+
+REST/JSON -> gRPC (the inventory.v1.Inventory backend on 127.0.0.1:9006 speaks gRPC over h2c):
+  curl -i http://127.0.0.1:8080/api/v1/inventory/sku-1001               # GetItem as JSON: enums, int64, Timestamp, Duration, wrappers
+  curl -i http://127.0.0.1:8080/api/v1/inventory/sku-9999               # gRPC NOT_FOUND -> 404 JSON {{"code":5,"status":"NOT_FOUND",..}}
+  curl -s 'http://127.0.0.1:8080/api/v1/inventory?filter.include_discontinued=true'   # ListItems (server streaming) as a JSON array
+  curl -s -H 'Content-Type: application/json' -d '{{"item":{{"sku":"sku-2001","name":"drill","kind":"KIND_TOOL","quantity":"5"}}}}' http://127.0.0.1:8080/api/v1/inventory
+                                                                          # CreateItem (body: "*")
+  curl -s -X PATCH -H 'Content-Type: application/json' -d '{{"quantity":"7"}}' http://127.0.0.1:8080/api/v1/inventory/sku-2001    # UpdateItem (body: "item")
+  curl -s -H 'Content-Type: application/json' -d '{{"quantity":"2","holdFor":"600s"}}' http://127.0.0.1:8080/api/v1/inventory/sku-1001:reserve
+                                                                          # ReserveItem: no annotation, bound in the config
+  curl -i -H 'Content-Type: application/json' -d '{{"item":{{"sku":"x","colour":"red"}}}}' http://127.0.0.1:8080/api/v1/inventory   # unknown field: 400 JSON
+  printf '\x00\x00\x00\x00\x0a\x0a\x08sku-1001' | curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- http://127.0.0.1:8080/inventory.v1.Inventory/GetItem | od -c | head -5
+                                                                          # raw gRPC (GetItem sku-1001) through the gateway's pass-through route
+                                                                          # (the same to http://127.0.0.1:9006/... reaches the backend directly)
 
 Circuit breaker and fallback (products: the breaker opens at 60% failures of 3+ calls on a shard, for 5 s):
   curl -X POST http://127.0.0.1:9003/admin/fail; echo                    # the products backend now answers 500

@@ -26,7 +26,10 @@
 //!     choice), the mirror copy is fired, and the request is forwarded —
 //!     under retries, breakers and fallbacks ([`crate::resilience`]) — with
 //!     the response streamed back (or an accepted upgrade tunnelled after
-//!     its `101`);
+//!     its `101`); a transcoded route (`grpc: Some(Transcode(..))`) instead
+//!     builds a gRPC request message from the path, query and JSON body,
+//!     calls its HTTP/2 upstream and answers JSON (or a JSON array / NDJSON
+//!     stream), see [`crate::grpc::stage`];
 //! 13. **response transformation**;
 //! 14. **compression**.
 //!
@@ -200,6 +203,16 @@ pub async fn handle<'c>(
     };
     if let crate::config::Balance::ConsistentHash(on) = &up.balance {
         ex.balance_key = crate::resilience::balance::request_key(on, req, ex.client_ip, &claims);
+    }
+    if let Some(transcoder) = &route.grpc {
+        let call = crate::grpc::stage::Call {
+            route,
+            transcoder,
+            up,
+            cursor,
+            target: &target,
+        };
+        return crate::grpc::stage::serve(shard, call, req, client, ex).await;
     }
     if let Some(mirror) = &edge.mirror {
         if let Some(shadow) = cfg.compiled.upstreams.get(mirror.upstream) {

@@ -6,6 +6,7 @@
 //! [`ConfigError`] naming every problem with file, line, column and field.
 mod cache;
 mod edge;
+mod grpc;
 mod position;
 mod redact;
 mod resilience;
@@ -18,6 +19,7 @@ pub use validate::{
 
 pub use cache::*;
 pub use edge::*;
+pub use grpc::*;
 pub use resilience::*;
 pub use schema::*;
 
@@ -90,6 +92,7 @@ pub fn parse(file: &str, text: &str) -> Result<Gateway, ConfigError> {
         problems: vec![syntax_problem(&e)],
     })?;
     crate::validate::resolve_schema_paths(&mut gateway, Path::new(file));
+    crate::grpc::stage::resolve_paths(&mut gateway, Path::new(file));
     let problems = validate::validate(&gateway, text);
     if problems.is_empty() {
         Ok(gateway)

@@ -1030,6 +1030,11 @@ pub struct Route {
     /// [`crate::compress::Compression`]).
     #[serde(default)]
     pub compression: Option<crate::compress::Compression>,
+    /// gRPC on this route: `Transcode(..)` answers REST/JSON calls by
+    /// calling a gRPC service on the route's HTTP/2 upstream (see
+    /// [`super::Transcode`]).
+    #[serde(default)]
+    pub grpc: Option<super::Grpc>,
 }
 
 /// Upgraded connections on a route: after the upstream's `101 Switching

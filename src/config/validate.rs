@@ -31,6 +31,7 @@ pub(super) fn validate(g: &Gateway, text: &str) -> Vec<Problem> {
     v.resilience(g);
     v.edge(g);
     v.routes(g);
+    v.grpc(g);
     v.authenticators(g);
     v.rate_limits(g);
     v.observability(g);
@@ -561,6 +562,19 @@ impl Validator<'_> {
                 Anchor::Route(i, key) => self.pos.field(self.route_scope(*i), key),
             };
             self.push(at, field, message);
+        }
+    }
+
+    /// Transcoded routes: descriptor sets, services, methods and fields
+    /// (see [`crate::grpc::stage::check`]).
+    fn grpc(&mut self, g: &Gateway) {
+        for p in crate::grpc::stage::check(g) {
+            let scope = self.route_scope(p.route);
+            let at = match &p.value {
+                Some(v) => self.pos.field_value(scope, p.key, v),
+                None => self.pos.field(scope, p.key),
+            };
+            self.push(at, format!("routes[{}].{}", p.route, p.field), p.message);
         }
     }
 

@@ -17,10 +17,13 @@
 //!   with the decoded `grpc-status-details-bin` details.
 //! - [`timeout`]: the `grpc-timeout` header to and from a `Duration`.
 //!
-//! Nothing here does I/O; the request path uses it once HTTP/2 upstreams
-//! exist (see the module docs of [`transcode`] for what that step does).
+//! - [`stage`]: the request stage of a route with `grpc: Some(Transcode(..))`
+//!   (config checks, the call over the shard's HTTP/2 pool, the JSON answer).
+//!
+//! Everything but [`stage`] is free of I/O.
 
 pub mod frame;
+pub mod stage;
 pub mod status;
 pub mod template;
 pub mod timeout;

@@ -21,9 +21,9 @@
 //!   (`response_body` picks one field); server-streaming answers go
 //!   through [`crate::grpc::StreamWriter`].
 //!
-//! The wiring step (a route's `grpc: Some(Transcode(..))`) builds the
-//! transcoder at config time (errors become `check` errors with the
-//! field's position), and per request: `find`, `request_frame` as the body
+//! A route's `grpc: Some(Transcode(..))` builds the transcoder at config
+//! time (errors become `check` errors with the field's position), and per
+//! request [`crate::grpc::stage`] does: `find`, `request_frame` as the body
 //! of an HTTP/2 POST to `grpc_path` with `content-type: application/grpc`
 //! and `te: trailers`, then `response_json` on the answer's one message or
 //! `StreamWriter` over its messages, and [`crate::grpc::status`] for a
