@@ -641,7 +641,7 @@ async fn exchange(
                         &format!(
                             "upstream {:?} broke the call: {}",
                             up.name,
-                            pool_reason(other)
+                            other.to_string()
                         ),
                     ),
                     UpstreamOutcome::Reset,
@@ -864,16 +864,6 @@ fn pass_metadata(fields: &HeaderMap, ex: &mut Exchange<'_>) {
         ex.response_headers.push_str(": ");
         ex.response_headers.push_str(v);
         ex.response_headers.push_str("\r\n");
-    }
-}
-
-fn pool_reason(e: &PoolError) -> String {
-    match e {
-        PoolError::Connect(e) => e.to_string(),
-        PoolError::Saturated => "connections saturated".into(),
-        PoolError::H2(e) => e.to_string(),
-        PoolError::Send(_) => "sending the request failed".into(),
-        PoolError::TooLarge => "answer too large".into(),
     }
 }
 
