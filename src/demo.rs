@@ -23,7 +23,7 @@ pub const DEMO_CONFIG: &str = include_str!("../config/demo.ron");
 static DEMO_CERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The demo's https listener, added after the `public` one.
-const PUBLIC_LISTENER: &str = r#"Listener(name: "public", bind: "127.0.0.1:8080"),"#;
+const PUBLIC_LISTENER: &str = r#"Listener(name: "public", bind: "127.0.0.1:8080", http2: true),"#;
 
 /// Makes a self-signed certificate for `localhost` and `127.0.0.1` (in a
 /// fresh directory under the system's temporary directory) and adds an
@@ -45,7 +45,7 @@ pub fn with_https_listener(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", key.display()))?;
     let cert = cert.display().to_string();
     let listener = format!(
-        "{PUBLIC_LISTENER}\n        Listener(name: \"https\", bind: \"127.0.0.1:8443\",\n                 tls: Some(Tls(cert: {cert:?}, key: {:?}))),",
+        "{PUBLIC_LISTENER}\n        Listener(name: \"https\", bind: \"127.0.0.1:8443\", http2: true,\n                 tls: Some(Tls(cert: {cert:?}, key: {:?}))),",
         key.display().to_string()
     );
     let _ = DEMO_CERT.set(cert);
@@ -427,7 +427,7 @@ fn answer(svc: Service, head: &RequestHead) -> (u16, String) {
 pub fn print_instructions() {
     let https = DEMO_CERT.get().map_or_else(String::new, |cert| {
         format!(
-            "TLS (self-signed certificate made at start, trusted with --cacert):\n  curl -i --cacert {cert} https://localhost:8443/api/v1/products\n"
+            "TLS (self-signed certificate made at start, trusted with --cacert):\n  curl -i --cacert {cert} https://localhost:8443/api/v1/products\n  curl -i --http2 --cacert {cert} https://localhost:8443/api/v1/products    # HTTP/2 by ALPN\n"
         )
     });
     let user = demo_token("1", "user", "users:read");
@@ -469,6 +469,10 @@ CORS and validation:
                                                                           # response cache: MISS, then HIT with Age (one connection, so one shard)
   curl -s -X POST 'http://127.0.0.1:9900/cache/purge?prefix=/api/v1/catalogue'; echo   # purge it: the next call is a MISS
   python3 -m websockets ws://127.0.0.1:8080/ws/echo                      # WebSocket echo through the gateway (pip install websockets; or: websocat ws://127.0.0.1:8080/ws/echo)
+
+HTTP/2 (the same pipeline for every stream):
+  curl -i --http2-prior-knowledge http://127.0.0.1:8080/api/v1/products  # h2c with prior knowledge, beside HTTP/1.1 on the same port
+  nghttp -nv http://127.0.0.1:8080/api/v1/products http://127.0.0.1:8080/api/v1/orders   # two streams on one connection (apt install nghttp2-client)
 
 REST/JSON -> gRPC (the inventory.v1.Inventory backend on 127.0.0.1:9006 speaks gRPC over h2c):
   curl -i http://127.0.0.1:8080/api/v1/inventory/sku-1001               # GetItem as JSON: enums, int64, Timestamp, Duration, wrappers
