@@ -4,6 +4,7 @@
 //! server.
 
 mod common;
+mod pki;
 
 use common::*;
 use serde_json::{json, Value};
@@ -26,9 +27,15 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start() -> GrpcServer {
+        GrpcServer::start_with(&[])
+    }
+
+    /// With `[cert, key]`: the server speaks gRPC over TLS.
+    fn start_with(tls: &[&std::path::Path]) -> GrpcServer {
         let mut child = Command::new("/usr/bin/python3")
             .arg(SERVER)
             .arg(DESCRIPTORS)
+            .args(tls)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -669,4 +676,30 @@ fn the_demo_inventory_server_answers_transcoded_calls() {
     let resp = get(gw.port, "/nd/v1/inventory");
     assert_eq!(resp.status, 200);
     assert!(resp.text().lines().count() >= 2, "{}", resp.text());
+}
+
+#[test]
+fn transcoded_calls_go_over_tls_with_alpn_h2() {
+    let ca = pki::Ca::new("transcode test CA");
+    let leaf = ca.leaf("localhost", &["localhost"]);
+    let dir = temp_dir();
+    let (cert, key) = leaf.write(&dir, "grpc");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let server = GrpcServer::start_with(&[&cert, &key]);
+    let gw = Gateway::start(&format!(
+        r#"Gateway(
+    shards: Count(1),
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$PORT")],
+    upstreams: {{ "inventory": Upstream(targets: ["127.0.0.1:{port}"], protocol: Http2,
+        tls: Some(UpstreamTls(ca_file: Some({ca_file:?}), server_name: Some("localhost")))) }},
+    routes: [Route(name: "inv", match: Match(path_prefix: "/v1/inventory"), upstream: "inventory",
+        grpc: Some(Transcode(descriptor_set: "{DESCRIPTORS}", service: "inventory.v1.Inventory")))],
+)"#,
+        port = server.port
+    ));
+    let r = get(gw.port, "/v1/inventory/sku-1");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["sku"], "sku-1", "{v}");
 }

@@ -196,14 +196,6 @@ pub fn check(g: &Gateway) -> Vec<Problem> {
                         ),
                     );
                 }
-                if u.tls.is_some() {
-                    push(
-                        "upstream",
-                        Some(name),
-                        "upstream",
-                        format!("upstream {name:?}: transcoded calls go over h2c; TLS to a gRPC upstream is not supported yet"),
-                    );
-                }
             }
             // An unknown upstream is reported by the route checks.
             Some((_, None)) => {}
@@ -443,9 +435,14 @@ pub async fn serve(
         .or(policy.timeout)
         .unwrap_or(call.up.timeout);
     let started = Instant::now();
-    let head = grpc_head(binding, addr, limit, req, ex);
+    let endpoint =
+        match crate::proxy::h2up::endpoint(shard, call.up, addr, call.up.connect_timeout, limit) {
+            Ok(e) => e,
+            Err(e) => return Ok(answer_failure(Failure::gateway(&e), req, client, ex).await),
+        };
+    let head = grpc_head(binding, addr, call.up.tls.is_some(), limit, req, ex);
     let (result, outcome, status) = exchange(
-        shard, call.up, binding, tc, addr, head, frame, limit, req, client, ex,
+        shard, call.up, binding, tc, &endpoint, head, frame, limit, req, client, ex,
     )
     .await;
     let upstream_call = UpstreamCall {
@@ -473,11 +470,13 @@ pub async fn serve(
 fn grpc_head(
     binding: &Binding,
     addr: SocketAddr,
+    tls: bool,
     limit: Duration,
     req: &RequestHead,
     ex: &Exchange<'_>,
 ) -> Request<()> {
-    let uri = format!("http://{addr}{}", binding.grpc_path);
+    let scheme = if tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{addr}{}", binding.grpc_path);
     let mut builder = Request::builder().method("POST").uri(uri);
     let mut headers = HeaderMap::new();
     let connection = ConnectionNames::of(req.headers());
@@ -592,7 +591,7 @@ async fn exchange(
     up: &UpstreamPlan,
     binding: &Binding,
     tc: &Transcoder,
-    addr: SocketAddr,
+    endpoint: &crate::h2::pool::Endpoint,
     head: Request<()>,
     frame: Vec<u8>,
     limit: Duration,
@@ -601,8 +600,9 @@ async fn exchange(
     ex: &mut Exchange<'_>,
 ) -> (Disposition, UpstreamOutcome, u16) {
     let deadline = Instant::now() + limit;
+    let addr = endpoint.addr;
     let opened = async {
-        let mut call = shard.h2.start(addr, head, false).await?;
+        let mut call = shard.h2.start_at(endpoint, head, false).await?;
         if let Some(mut send) = call.body.take() {
             send.send(Bytes::from(frame))
                 .await

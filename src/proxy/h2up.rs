@@ -241,7 +241,7 @@ fn h2_request(
 }
 
 /// Where the target is reached: its address, TLS, and the upstream's limits.
-fn endpoint(
+pub(crate) fn endpoint(
     shard: &Shard,
     up: &UpstreamPlan,
     addr: SocketAddr,

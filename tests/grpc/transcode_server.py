@@ -195,7 +195,13 @@ handlers = {
 
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inventory.v1.Inventory", handlers),))
-port = server.add_insecure_port("127.0.0.1:0")
+if len(sys.argv) > 3:
+    # TLS: certificate and key files (PEM) after the descriptor set.
+    creds = grpc.ssl_server_credentials(
+        [(open(sys.argv[3], "rb").read(), open(sys.argv[2], "rb").read())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print("PORT %d" % port, flush=True)
 server.wait_for_termination()
