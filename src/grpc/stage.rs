@@ -638,11 +638,7 @@ async fn exchange(
                     Failure::with_status(
                         502,
                         Code::Unavailable,
-                        &format!(
-                            "upstream {:?} broke the call: {}",
-                            up.name,
-                            other.to_string()
-                        ),
+                        &format!("upstream {:?} broke the call: {}", up.name, other),
                     ),
                     UpstreamOutcome::Reset,
                 ),
