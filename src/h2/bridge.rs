@@ -217,13 +217,17 @@ impl H2Stream {
     /// The next request bytes, pulling a DATA chunk when none are ready;
     /// `None` at the end of the request.
     async fn next_piece(&mut self) -> io::Result<Option<&mut Bytes>> {
-        while self.pending.front().is_some_and(Bytes::is_empty) {
-            self.pending.pop_front();
-        }
-        if self.pending.is_empty() {
+        loop {
+            while self.pending.front().is_some_and(Bytes::is_empty) {
+                self.pending.pop_front();
+            }
+            if !self.pending.is_empty() || self.body.is_none() {
+                return Ok(self.pending.front_mut());
+            }
+            // An empty DATA frame (often the one that ends the stream)
+            // frames nothing: pull on, up to the body's end.
             self.pull().await?;
         }
-        Ok(self.pending.front_mut())
     }
 
     /// Frames the next DATA chunk (or the body's end) into `pending`.
