@@ -556,11 +556,13 @@ impl H2Stream {
         let Out::GrpcError { code, body, .. } = std::mem::replace(&mut self.out, Out::Done) else {
             return Ok(());
         };
+        // The gateway's own errors are `{"error": "..."}`; upstream JSON
+        // errors may say `message` or `error.message`.
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
                 v.get("message")
-                    .or_else(|| v.get("error").and_then(|e| e.get("message")))
+                    .or_else(|| v.get("error").map(|e| e.get("message").unwrap_or(e)))
                     .and_then(|m| m.as_str().map(str::to_string))
             })
             .unwrap_or_else(|| code.name().to_string());
