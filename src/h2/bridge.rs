@@ -140,6 +140,20 @@ impl H2Stream {
             );
             return None;
         };
+        // A field value may not start or end with whitespace (RFC 9113
+        // §8.2.1): the request is malformed.
+        let padded = parts.headers.values().any(|v| {
+            let v = v.as_bytes();
+            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+        });
+        if padded {
+            refuse(
+                responder,
+                StatusCode::BAD_REQUEST,
+                "a field value starts or ends with whitespace",
+            );
+            return None;
+        }
         let end = body.is_end_stream();
         let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
         let mut head = Vec::with_capacity(256);
