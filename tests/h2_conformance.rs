@@ -190,6 +190,25 @@ fn malformed(ctx: &Ctx, c: &mut H2, stream: u32) -> Outcome {
     verdict
 }
 
+/// A new connection that sends `bytes` gets the connection error `code`.
+fn refused(ctx: &Ctx, bytes: &[u8], code: u32) -> Outcome {
+    let mut c = ctx.connect();
+    c.send(bytes);
+    conn_error(&mut c, code)
+}
+
+/// A request of these fields (with END_STREAM) is malformed.
+fn malformed_request(ctx: &Ctx, headers: &[(&str, &str)]) -> Outcome {
+    let mut c = ctx.connect();
+    send_block(&mut c, 1, END_HEADERS | END_STREAM, headers);
+    malformed(ctx, &mut c, 1)
+}
+
+/// A GET with `extra` fields after the pseudo-header fields is malformed.
+fn malformed_get(ctx: &Ctx, extra: &[(&str, &str)]) -> Outcome {
+    malformed_request(ctx, &with(extra))
+}
+
 /// The connection still works: a PING gets its ACK.
 fn alive(c: &mut H2) -> Outcome {
     let data = *b"alive?!!";
@@ -225,6 +244,13 @@ fn answered(c: &mut H2, stream: u32) -> Outcome {
 fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut h = get_headers("/c");
     h.extend_from_slice(extra);
+    h
+}
+
+/// GET request headers without the field `name`.
+fn without(name: &str) -> Vec<(&'static str, &str)> {
+    let mut h = get_headers("/c");
+    h.retain(|(n, _)| *n != name);
     h
 }
 
@@ -369,29 +395,20 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 5.1 Stream states
         ("5.1", "DATA on an idle stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(DATA, END_STREAM, 1, b"x"));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &frame(DATA, END_STREAM, 1, b"x"), PROTOCOL_ERROR)
         }),
         ("5.1", "RST_STREAM on an idle stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&rst_stream(1, CANCEL));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &rst_stream(1, CANCEL), PROTOCOL_ERROR)
         }),
         ("5.1", "WINDOW_UPDATE on an idle stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&window_update(1, 100));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &window_update(1, 100), PROTOCOL_ERROR)
         }),
         ("5.1", "CONTINUATION on an idle stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(
-                CONTINUATION,
-                END_HEADERS,
-                1,
-                &block(&get_headers("/c")),
-            ));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(
+                ctx,
+                &frame(CONTINUATION, END_HEADERS, 1, &block(&get_headers("/c"))),
+                PROTOCOL_ERROR,
+            )
         }),
         ("5.1", "DATA on a half-closed (remote) stream", |ctx| {
             let mut c = ctx.connect();
@@ -506,9 +523,7 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 6.1 DATA
         ("6.1", "DATA on stream 0", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(DATA, 0, 0, b"x"));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &frame(DATA, 0, 0, b"x"), PROTOCOL_ERROR)
         }),
         ("6.1", "DATA with padding as long as the payload", |ctx| {
             let mut c = ctx.connect();
@@ -569,9 +584,11 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         ),
         // -- 6.3 PRIORITY
         ("6.3", "PRIORITY on stream 0", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(PRIORITY, 0, 0, &[0, 0, 0, 3, 16]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(
+                ctx,
+                &frame(PRIORITY, 0, 0, &[0, 0, 0, 3, 16]),
+                PROTOCOL_ERROR,
+            )
         }),
         ("6.3", "PRIORITY of the wrong length", |ctx| {
             let mut c = ctx.connect();
@@ -580,9 +597,7 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 6.4 RST_STREAM
         ("6.4", "RST_STREAM on stream 0", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&rst_stream(0, CANCEL));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &rst_stream(0, CANCEL), PROTOCOL_ERROR)
         }),
         ("6.4", "RST_STREAM of the wrong length", |ctx| {
             let mut c = ctx.connect();
@@ -605,39 +620,45 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
             }
         }),
         ("6.5", "SETTINGS ACK with a payload", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(SETTINGS, ACK, 0, &[0, 4, 0, 0, 0, 1]));
-            conn_error(&mut c, FRAME_SIZE_ERROR)
+            refused(
+                ctx,
+                &frame(SETTINGS, ACK, 0, &[0, 4, 0, 0, 0, 1]),
+                FRAME_SIZE_ERROR,
+            )
         }),
         ("6.5", "SETTINGS on a stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(SETTINGS, 0, 1, &[]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &frame(SETTINGS, 0, 1, &[]), PROTOCOL_ERROR)
         }),
         ("6.5", "SETTINGS length not a multiple of 6", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0]));
-            conn_error(&mut c, FRAME_SIZE_ERROR)
+            refused(
+                ctx,
+                &frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0]),
+                FRAME_SIZE_ERROR,
+            )
         }),
         ("6.5.2", "SETTINGS_ENABLE_PUSH other than 0 or 1", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&settings(&[(SETTINGS_ENABLE_PUSH, 2)]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &settings(&[(SETTINGS_ENABLE_PUSH, 2)]), PROTOCOL_ERROR)
         }),
         ("6.5.2", "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 1 << 31)]));
-            conn_error(&mut c, FLOW_CONTROL_ERROR)
+            refused(
+                ctx,
+                &settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 1 << 31)]),
+                FLOW_CONTROL_ERROR,
+            )
         }),
         ("6.5.2", "SETTINGS_MAX_FRAME_SIZE under 16384", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&settings(&[(SETTINGS_MAX_FRAME_SIZE, 16383)]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(
+                ctx,
+                &settings(&[(SETTINGS_MAX_FRAME_SIZE, 16383)]),
+                PROTOCOL_ERROR,
+            )
         }),
         ("6.5.2", "SETTINGS_MAX_FRAME_SIZE over 2^24-1", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&settings(&[(SETTINGS_MAX_FRAME_SIZE, 1 << 24)]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(
+                ctx,
+                &settings(&[(SETTINGS_MAX_FRAME_SIZE, 1 << 24)]),
+                PROTOCOL_ERROR,
+            )
         }),
         ("6.5.2", "unknown setting is ignored", |ctx| {
             let mut c = ctx.connect();
@@ -686,14 +707,10 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
             }
         }),
         ("6.7", "PING on a stream", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(PING, 0, 1, &[0; 8]));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &frame(PING, 0, 1, &[0; 8]), PROTOCOL_ERROR)
         }),
         ("6.7", "PING of the wrong length", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(PING, 0, 0, &[0; 6]));
-            conn_error(&mut c, FRAME_SIZE_ERROR)
+            refused(ctx, &frame(PING, 0, 0, &[0; 6]), FRAME_SIZE_ERROR)
         }),
         // -- 6.8 GOAWAY
         ("6.8", "GOAWAY on a stream", |ctx| {
@@ -705,9 +722,7 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 6.9 WINDOW_UPDATE
         ("6.9", "WINDOW_UPDATE of 0 on the connection", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&window_update(0, 0));
-            conn_error(&mut c, PROTOCOL_ERROR)
+            refused(ctx, &window_update(0, 0), PROTOCOL_ERROR)
         }),
         ("6.9", "WINDOW_UPDATE of 0 on a stream", |ctx| {
             let mut c = ctx.connect();
@@ -716,15 +731,15 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
             stream_error(&mut c, 1, PROTOCOL_ERROR)
         }),
         ("6.9", "WINDOW_UPDATE of the wrong length", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1]));
-            conn_error(&mut c, FRAME_SIZE_ERROR)
+            refused(
+                ctx,
+                &frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1]),
+                FRAME_SIZE_ERROR,
+            )
         }),
         ("6.9.1", "connection window over 2^31-1", |ctx| {
-            let mut c = ctx.connect();
-            c.send(&window_update(0, 0x7fff_ffff));
-            c.send(&window_update(0, 0x7fff_ffff));
-            conn_error(&mut c, FLOW_CONTROL_ERROR)
+            let twice = window_update(0, 0x7fff_ffff).repeat(2);
+            refused(ctx, &twice, FLOW_CONTROL_ERROR)
         }),
         ("6.9.1", "stream window over 2^31-1", |ctx| {
             let mut c = ctx.connect();
@@ -829,69 +844,25 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 8.2 Header fields
         ("8.2", "uppercase header field name", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("X-Upper", "a")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("X-Upper", "a")])
         }),
         ("8.2.1", "header name with a space", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("x bad", "a")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("x bad", "a")])
         }),
         ("8.2.1", "header value with a newline", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("x-a", "b\r\nx-b: c")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("x-a", "b\r\nx-b: c")])
         }),
         ("8.2.1", "header value with leading whitespace", |ctx| {
-            let mut c = ctx.connect();
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &with(&[("x-a", " b")]));
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("x-a", " b")])
         }),
         ("8.2.1", "header value with trailing whitespace", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("x-a", "b\t")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("x-a", "b\t")])
         }),
         ("8.2.1", "header value with NUL", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("x-a", "b\0c")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("x-a", "b\0c")])
         }),
         ("8.2.2", "connection-specific header (connection)", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("connection", "keep-alive")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("connection", "keep-alive")])
         }),
         (
             "8.2.2",
@@ -908,14 +879,7 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
             },
         ),
         ("8.2.2", "TE other than trailers", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[("te", "gzip")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[("te", "gzip")])
         }),
         ("8.2.2", "TE: trailers is taken", |ctx| {
             let mut c = ctx.connect();
@@ -929,27 +893,12 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
         }),
         // -- 8.3 Pseudo-header fields
         ("8.3", "unknown pseudo-header", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[(":foo", "bar")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[(":foo", "bar")])
         }),
         ("8.3", "response pseudo-header in a request", |ctx| {
-            let mut c = ctx.connect();
-            send_block(
-                &mut c,
-                1,
-                END_HEADERS | END_STREAM,
-                &with(&[(":status", "200")]),
-            );
-            malformed(ctx, &mut c, 1)
+            malformed_get(ctx, &[(":status", "200")])
         }),
         ("8.3", "pseudo-header after a regular field", |ctx| {
-            let mut c = ctx.connect();
             let h = [
                 (":method", "GET"),
                 (":scheme", "http"),
@@ -957,8 +906,7 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
                 (":path", "/c"),
                 (":authority", "localhost"),
             ];
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &h)
         }),
         ("8.3", "pseudo-header in trailers", |ctx| {
             let mut c = ctx.connect();
@@ -968,59 +916,26 @@ fn cases() -> Vec<(&'static str, &'static str, CaseFn)> {
             malformed(ctx, &mut c, 1)
         }),
         ("8.3.1", "duplicate :method", |ctx| {
-            let mut c = ctx.connect();
             let mut h = get_headers("/c");
             h.insert(1, (":method", "POST"));
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &h)
         }),
         ("8.3.1", "missing :method", |ctx| {
-            let mut c = ctx.connect();
-            let h = [
-                (":scheme", "http"),
-                (":authority", "localhost"),
-                (":path", "/c"),
-            ];
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &without(":method"))
         }),
         ("8.3.1", "missing :scheme", |ctx| {
-            let mut c = ctx.connect();
-            let h = [
-                (":method", "GET"),
-                (":authority", "localhost"),
-                (":path", "/c"),
-            ];
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &without(":scheme"))
         }),
         ("8.3.1", "missing :path", |ctx| {
-            let mut c = ctx.connect();
-            let h = [
-                (":method", "GET"),
-                (":scheme", "http"),
-                (":authority", "localhost"),
-            ];
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &without(":path"))
         }),
         ("8.3.1", "empty :path", |ctx| {
-            let mut c = ctx.connect();
-            let h = [
-                (":method", "GET"),
-                (":scheme", "http"),
-                (":authority", "localhost"),
-                (":path", ""),
-            ];
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &get_headers(""))
         }),
         ("8.3.1", "duplicate :path", |ctx| {
-            let mut c = ctx.connect();
             let mut h = get_headers("/c");
             h.push((":path", "/d"));
-            send_block(&mut c, 1, END_HEADERS | END_STREAM, &h);
-            malformed(ctx, &mut c, 1)
+            malformed_request(ctx, &h)
         }),
         ("8.3.1", "host without :authority routes by host", |ctx| {
             let mut c = ctx.connect();

@@ -185,10 +185,14 @@ fn h2_over_tls_by_alpn_and_http1_on_the_same_listener() {
     assert_eq!(pki::read_response(&mut s), (200, "B GET /rustls".into()));
 }
 
-/// Runs h2load; returns its output.
-fn h2load(args: &[&str]) -> String {
+/// Runs h2load for `n` requests on one connection, 100 streams at once,
+/// with `extra` arguments; returns its output.
+fn h2load(n: usize, extra: &[&str], url: &str) -> String {
+    let n = n.to_string();
     let out = Command::new("h2load")
-        .args(args)
+        .args(["-n", &n, "-c", "1", "-m", "100"])
+        .args(extra)
+        .arg(url)
         .output()
         .expect("h2load runs (Debian nghttp2-client)");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -202,15 +206,7 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
         Route(name: "public", match: Match(path_prefix: "/public"), upstream: "b"),"#;
     let gw = gateway(&upstream("b", &[&backend.addr()], ""), routes);
 
-    let text = h2load(&[
-        "-n",
-        "2000",
-        "-c",
-        "1",
-        "-m",
-        "100",
-        &url(gw.port, "/public/p"),
-    ]);
+    let text = h2load(2000, &[], &url(gw.port, "/public/p"));
     assert!(
         text.contains("2000 succeeded, 0 failed, 0 errored"),
         "h2load: {text}"
@@ -219,27 +215,10 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
     assert_eq!(backend.count(), 2000);
 
     // 100 streams at once, each authenticated on its own.
-    let text = h2load(&[
-        "-n",
-        "500",
-        "-c",
-        "1",
-        "-m",
-        "100",
-        "-H",
-        "x-api-key: secret-1",
-        &url(gw.port, "/private/p"),
-    ]);
+    let key = ["-H", "x-api-key: secret-1"];
+    let text = h2load(500, &key, &url(gw.port, "/private/p"));
     assert!(text.contains("status codes: 500 2xx"), "h2load: {text}");
-    let text = h2load(&[
-        "-n",
-        "500",
-        "-c",
-        "1",
-        "-m",
-        "100",
-        &url(gw.port, "/private/p"),
-    ]);
+    let text = h2load(500, &[], &url(gw.port, "/private/p"));
     // h2load counts 4xx answers as failed requests.
     assert!(
         text.contains("status codes: 0 2xx, 0 3xx, 500 4xx"),
@@ -540,16 +519,12 @@ fn slow_request_in_flight(gw: &Gateway, backend: &Backend) -> H2 {
     c
 }
 
-fn slow_backend() -> Backend {
-    Backend::start(|r| {
+/// A backend answering `/slow` after 1.5 s, and a gateway in front of it.
+fn slow_site() -> (Backend, Gateway) {
+    let backend = Backend::start(|r| {
         let delay = if r.target == "/slow" { 1500 } else { 0 };
         Response::ok(format!("done {}", r.target)).delay(Duration::from_millis(delay))
-    })
-}
-
-#[test]
-fn reload_sends_goaway_and_the_request_in_flight_completes() {
-    let backend = slow_backend();
+    });
     let text = h2_config(
         "",
         LIMITS,
@@ -558,6 +533,12 @@ fn reload_sends_goaway_and_the_request_in_flight_completes() {
         &catch_all("b"),
     );
     let gw = Gateway::start(&text);
+    (backend, gw)
+}
+
+#[test]
+fn reload_sends_goaway_and_the_request_in_flight_completes() {
+    let (backend, gw) = slow_site();
     let mut c = slow_request_in_flight(&gw, &backend);
     gw.send_signal("HUP");
     let started = Instant::now();
@@ -585,15 +566,7 @@ fn reload_sends_goaway_and_the_request_in_flight_completes() {
 
 #[test]
 fn shutdown_sends_goaway_and_the_request_in_flight_completes() {
-    let backend = slow_backend();
-    let text = h2_config(
-        "",
-        LIMITS,
-        "",
-        &upstream("b", &[&backend.addr()], ""),
-        &catch_all("b"),
-    );
-    let mut gw = Gateway::start(&text);
+    let (backend, mut gw) = slow_site();
     let mut c = slow_request_in_flight(&gw, &backend);
     gw.send_signal("TERM");
     let a = c.answer(1, Duration::from_secs(10));

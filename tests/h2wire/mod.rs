@@ -309,28 +309,12 @@ impl H2 {
         match f.kind {
             HEADERS => {
                 let fragment = header_fragment(f);
-                if f.flags & END_HEADERS != 0 {
-                    f.headers = Some(
-                        self.decoder
-                            .decode(&fragment)
-                            .expect("HPACK from the server"),
-                    );
-                } else {
-                    self.fragment = Some(fragment);
-                }
+                self.header_block(f, fragment);
             }
             CONTINUATION => {
                 let mut fragment = self.fragment.take().unwrap_or_default();
                 fragment.extend_from_slice(&f.payload);
-                if f.flags & END_HEADERS != 0 {
-                    f.headers = Some(
-                        self.decoder
-                            .decode(&fragment)
-                            .expect("HPACK from the server"),
-                    );
-                } else {
-                    self.fragment = Some(fragment);
-                }
+                self.header_block(f, fragment);
             }
             SETTINGS if f.flags & ACK == 0 => {
                 if self.server_settings.is_empty() {
@@ -367,6 +351,17 @@ impl H2 {
             GOAWAY => self.goaways.push(f.clone()),
             _ => {}
         }
+    }
+
+    /// Decodes a header block that `f` ends, or keeps it for the
+    /// CONTINUATION to come.
+    fn header_block(&mut self, f: &mut Frame, fragment: Vec<u8>) {
+        if f.flags & END_HEADERS == 0 {
+            self.fragment = Some(fragment);
+            return;
+        }
+        let headers = self.decoder.decode(&fragment);
+        f.headers = Some(headers.expect("HPACK from the server"));
     }
 
     /// Frames until the connection closes or stays quiet for `wait`.
