@@ -604,3 +604,39 @@ fn an_idle_h2_connection_gets_goaway_after_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(c.goaway_code(), Some(NO_ERROR));
 }
+
+#[test]
+fn the_listeners_http2_limits_are_announced() {
+    let backend = Backend::echo("B");
+    let gw = Gateway::start(&h2_config(
+        "max_concurrent_streams: 33, max_header_list_bytes: 20000, max_frame_bytes: 32768, \
+         stream_window_bytes: 100000, connection_window_bytes: 2000000",
+        LIMITS,
+        "",
+        &upstream("b", &[&backend.addr()], ""),
+        &catch_all("b"),
+    ));
+    let mut c = H2::connect(gw.port);
+    for want in [
+        (SETTINGS_MAX_CONCURRENT_STREAMS, 33),
+        (SETTINGS_INITIAL_WINDOW_SIZE, 100_000),
+        (SETTINGS_MAX_FRAME_SIZE, 32768),
+        (SETTINGS_MAX_HEADER_LIST_SIZE, 20000),
+    ] {
+        assert!(
+            c.server_settings.contains(&want),
+            "{want:?} not in {:?}",
+            c.server_settings
+        );
+    }
+    // The connection window is opened past the protocol's 65,535 bytes.
+    let frames = c.drain(Duration::from_millis(300));
+    let opened: u32 = frames
+        .iter()
+        .filter(|f| f.kind == WINDOW_UPDATE && f.stream == 0)
+        .map(|f| u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]))
+        .sum();
+    assert_eq!(opened, 2_000_000 - 65_535);
+    c.get(1, "/x");
+    assert_eq!(c.answer(1, Duration::from_secs(5)).status(), Some(200));
+}
