@@ -117,15 +117,17 @@ fn a_listener_without_http2_answers_the_preface_with_505() {
 }
 
 #[test]
-fn h2_over_tls_by_alpn_and_http1_on_the_same_listener() {
+fn h2_over_tls_by_alpn_and_http1_on_the_same_listener_and_grpc_over_tls() {
     let ca = pki::Ca::new("Test CA");
     let dir = temp_dir();
     let (cert, key) = ca.leaf("gateway", &["localhost"]).write(&dir, "gw");
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let backend = Backend::start(|r| Response::ok(format!("B {} {}", r.method, r.target)));
+    let private = r#"        Route(name: "private", match: Match(path_prefix: "/private.v1.Svc/"), upstream: "b", auth: Required(["keys"])),"#;
     let text = format!(
-        "Gateway(\n    shards: Count(1),\n    listeners: [Listener(name: \"tls\", bind: \"127.0.0.1:$PORT\", http2: true, tls: Some(Tls(cert: {cert:?}, key: {key:?})))],\n    limits_http: {LIMITS},\n    upstreams: {{\n{}\n    }},\n    routes: [\n{}\n    ],\n)\n",
+        "Gateway(\n    shards: Count(1),\n    listeners: [Listener(name: \"tls\", bind: \"127.0.0.1:$PORT\", http2: true, tls: Some(Tls(cert: {cert:?}, key: {key:?})))],\n    limits_http: {LIMITS},\n    authenticators: {{ \"keys\": ApiKey(header: \"X-Api-Key\", consumers: {{ \"app\": \"{}\" }}) }},\n    upstreams: {{\n{}\n    }},\n    routes: [\n{private}\n{}\n    ],\n)\n",
+        key_hash("secret-1"),
         upstream("b", &[&backend.addr()], ""),
         catch_all("b")
     );
@@ -183,6 +185,12 @@ fn h2_over_tls_by_alpn_and_http1_on_the_same_listener() {
     s.flush().unwrap();
     assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(pki::read_response(&mut s), (200, "B GET /rustls".into()));
+
+    // A gRPC client over TLS (h2 by ALPN) gets the gateway's 401 as a status.
+    let env = [("H2TESTS_GRPC_CA", ca_arg)];
+    let got = grpc_calls_env(gw.port, "/private.v1.Svc/Get", 1, &[], &env);
+    assert_eq!(got[0].0, "UNAUTHENTICATED", "{got:?}");
+    assert_eq!(got[0].1, "authentication required");
 }
 
 /// Runs h2load for `n` requests on one connection, 100 streams at once,
@@ -416,8 +424,20 @@ fn the_request_pipeline_applies_to_each_stream() {
 /// Runs the grpcio client: `calls` unary calls of `method`; the status
 /// name and details of each.
 fn grpc_calls(port: u16, method: &str, calls: usize, metadata: &[&str]) -> Vec<(String, String)> {
+    grpc_calls_env(port, method, calls, metadata, &[])
+}
+
+/// [`grpc_calls`] with environment variables for the client.
+fn grpc_calls_env(
+    port: u16,
+    method: &str,
+    calls: usize,
+    metadata: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let script = format!("{}/tests/h2tests_grpc.py", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("/usr/bin/python3")
+        .envs(env.iter().copied())
         .arg(script)
         .arg(format!("127.0.0.1:{port}"))
         .arg(method)
