@@ -172,7 +172,9 @@ impl Answer {
 /// A raw HTTP/2 client connection.
 pub struct H2 {
     pub sock: TcpStream,
+    /// Bytes read, from `at` on not yet taken as frames.
     buf: Vec<u8>,
+    at: usize,
     decoder: Decoder,
     /// A header block being continued.
     fragment: Option<Vec<u8>>,
@@ -197,6 +199,7 @@ impl H2 {
         H2 {
             sock,
             buf: Vec::new(),
+            at: 0,
             decoder: Decoder::new(4096),
             fragment: None,
             auto_window: true,
@@ -284,21 +287,27 @@ impl H2 {
     }
 
     fn pop(&mut self) -> Option<Frame> {
-        if self.buf.len() < 9 {
+        let buf = self.buf.get(self.at..)?;
+        if buf.len() < 9 {
             return None;
         }
-        let len = (self.buf[0] as usize) << 16 | (self.buf[1] as usize) << 8 | self.buf[2] as usize;
-        if self.buf.len() < 9 + len {
+        let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+        if buf.len() < 9 + len {
             return None;
         }
-        let raw: Vec<u8> = self.buf.drain(..9 + len).collect();
         let mut f = Frame {
-            kind: raw[3],
-            flags: raw[4],
-            stream: u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]) & 0x7fff_ffff,
-            payload: raw[9..].to_vec(),
+            kind: buf[3],
+            flags: buf[4],
+            stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+            payload: buf[9..9 + len].to_vec(),
             headers: None,
         };
+        // Consumed bytes are dropped in bulk, not per frame.
+        self.at += 9 + len;
+        if self.at > 1 << 20 || self.at == self.buf.len() {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
         self.react(&mut f);
         Some(f)
     }
