@@ -140,6 +140,20 @@ impl H2Stream {
             );
             return None;
         };
+        // A field value may not start or end with whitespace (RFC 9113
+        // §8.2.1): the request is malformed.
+        let padded = parts.headers.values().any(|v| {
+            let v = v.as_bytes();
+            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+        });
+        if padded {
+            refuse(
+                responder,
+                StatusCode::BAD_REQUEST,
+                "a field value starts or ends with whitespace",
+            );
+            return None;
+        }
         let end = body.is_end_stream();
         let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
         let mut head = Vec::with_capacity(256);
@@ -230,13 +244,17 @@ impl H2Stream {
     /// The next request bytes, pulling a DATA chunk when none are ready;
     /// `None` at the end of the request.
     async fn next_piece(&mut self) -> io::Result<Option<&mut Bytes>> {
-        while self.pending.front().is_some_and(Bytes::is_empty) {
-            self.pending.pop_front();
-        }
-        if self.pending.is_empty() {
+        loop {
+            while self.pending.front().is_some_and(Bytes::is_empty) {
+                self.pending.pop_front();
+            }
+            if !self.pending.is_empty() || self.body.is_none() {
+                return Ok(self.pending.front_mut());
+            }
+            // An empty DATA frame (often the one that ends the stream)
+            // frames nothing: pull on, up to the body's end.
             self.pull().await?;
         }
-        Ok(self.pending.front_mut())
     }
 
     /// Frames the next DATA chunk (or the body's end) into `pending`.
@@ -565,11 +583,13 @@ impl H2Stream {
         let Out::GrpcError { code, body, .. } = std::mem::replace(&mut self.out, Out::Done) else {
             return Ok(());
         };
+        // The gateway's own errors are `{"error": "..."}`; upstream JSON
+        // errors may say `message` or `error.message`.
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
                 v.get("message")
-                    .or_else(|| v.get("error").and_then(|e| e.get("message")))
+                    .or_else(|| v.get("error").map(|e| e.get("message").unwrap_or(e)))
                     .and_then(|m| m.as_str().map(str::to_string))
             })
             .unwrap_or_else(|| code.name().to_string());

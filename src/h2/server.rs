@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -94,19 +94,46 @@ impl Responder {
     }
 }
 
+/// A connection's stream tasks: how many are open, and since when none is.
+struct Activity {
+    open: Cell<usize>,
+    quiet_since: Cell<Instant>,
+}
+
+impl Activity {
+    fn new() -> Rc<Self> {
+        Rc::new(Activity {
+            open: Cell::new(0),
+            quiet_since: Cell::new(Instant::now()),
+        })
+    }
+
+    /// How long the connection has had no open stream (zero while one is).
+    fn quiet_for(&self) -> Duration {
+        match self.open.get() {
+            0 => self.quiet_since.get().elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
 /// Counts a stream task as open while alive.
-struct Open(Rc<Cell<usize>>);
+struct Open(Rc<Activity>);
 
 impl Open {
-    fn new(count: &Rc<Cell<usize>>) -> Self {
-        count.set(count.get().saturating_add(1));
-        Open(count.clone())
+    fn new(activity: &Rc<Activity>) -> Self {
+        activity.open.set(activity.open.get().saturating_add(1));
+        Open(activity.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let open = self.0.open.get().saturating_sub(1);
+        self.0.open.set(open);
+        if open == 0 {
+            self.0.quiet_since.set(Instant::now());
+        }
     }
 }
 
@@ -126,6 +153,8 @@ enum Step<T> {
     Failed(h2::Error),
     Shutdown,
     Idle,
+    /// The idle clock was looked at; the connection is not idle.
+    Tick,
 }
 
 /// Serves one h2c (prior knowledge) connection until it closes: `buffered`
@@ -175,21 +204,26 @@ where
         Ok(Ok(conn)) => conn,
     };
     let resets = Rc::new(Resets::default());
-    let open = Rc::new(Cell::new(0usize));
+    let activity = Activity::new();
     let mut draining = false;
     // One registration with the signal for the connection's life.
     let mut stop = std::pin::pin!(shutdown.wait());
     loop {
-        let idle = if open.get() == 0 && !draining {
-            limits.idle_timeout
-        } else {
-            // Streams are open (or the connection is closing): the stream
-            // tasks bound their own stalls.
+        // The idle clock runs from the end of the last stream; while
+        // streams are open it is looked at again every idle timeout (the
+        // stream tasks bound their own stalls). A closing connection waits
+        // for its streams.
+        let idle = if draining {
             Duration::from_secs(24 * 3600)
+        } else {
+            limits.idle_timeout.saturating_sub(activity.quiet_for())
         };
         let step = monoio::select! {
             next = monoio::time::timeout(idle, conn.accept()) => match next {
-                Err(_elapsed) => Step::Idle,
+                Err(_elapsed) if !draining && activity.quiet_for() >= limits.idle_timeout => {
+                    Step::Idle
+                }
+                Err(_elapsed) => Step::Tick,
                 Ok(None) => Step::Closed,
                 Ok(Some(Err(err))) => Step::Failed(err),
                 Ok(Some(Ok(stream))) => Step::Stream(stream),
@@ -198,6 +232,7 @@ where
         };
         match step {
             Step::Closed => return Ok(()),
+            Step::Tick => {}
             Step::Failed(err) => return Err(ServeError::H2(err)),
             Step::Shutdown | Step::Idle => {
                 conn.graceful_shutdown();
@@ -217,7 +252,7 @@ where
                     stall: limits.idle_timeout,
                     resets: resets.clone(),
                 };
-                let guard = Open::new(&open);
+                let guard = Open::new(&activity);
                 let task = handler(request, responder);
                 monoio::spawn(async move {
                     // A panic ends this stream only (its responder is
