@@ -16,6 +16,8 @@
 #   TAG    names the output files: cg-TAG-N.out (callgrind), client-TAG-N.txt
 #   TOP    (environment) top-level fields added to the config, e.g.
 #          'admin: Some(Admin(bind: "127.0.0.1:18463")),' (default none)
+#   H2=1   (environment) the listener has `http2: true` and the client is
+#          h2load (h2c, CONNS connections, one stream at a time each)
 # Then scripts/callgrind-proxy/linesum.py cg-TAG-N.out src/proxy/pool.rs 1-100000
 # sums the instructions spent on those source lines.
 set -euo pipefail
@@ -26,7 +28,7 @@ cat > "gw-$TAG.ron" <<R
 Gateway(
     shards: Count(1),
     driver: Epoll,
-    listeners: [Listener(name: "main", bind: "127.0.0.1:$GP")],
+    listeners: [Listener(name: "main", bind: "127.0.0.1:$GP"${H2:+, http2: true})],
     upstreams: { "app": Upstream(targets: ["127.0.0.1:$BP"]$EXTRA) },
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "app") ],
     ${TOP:-}
@@ -38,7 +40,12 @@ sleep 0.3
 valgrind --tool=callgrind ${VGX:-} --callgrind-out-file="cg-$TAG-$N.out" "$BIN" --config "gw-$TAG.ron" \
     2> "vg-$TAG-$N.log" & GPID=$!
 for _ in $(seq 100); do grep -q "ready" "vg-$TAG-$N.log" && break; sleep 0.2; done
-timeout 600 python3 "$HERE/client.py" "$GP" "$N" "${CONNS:-4}" > "client-$TAG-$N.txt"
+if [ -n "${H2:-}" ]; then
+    timeout 600 h2load -n "$N" -c "${CONNS:-4}" -m 1 "http://127.0.0.1:$GP/x" |
+        awk '/^status codes:/ {print $3}' > "client-$TAG-$N.txt"
+else
+    timeout 600 python3 "$HERE/client.py" "$GP" "$N" "${CONNS:-4}" > "client-$TAG-$N.txt"
+fi
 kill -TERM "$GPID"; wait "$GPID" || true
 kill "$BPID"; wait "$BPID" 2>/dev/null || true
 echo "$TAG N=$N ok=$(cat "client-$TAG-$N.txt") Ir=$(grep -m1 '^summary:' "cg-$TAG-$N.out" | awk '{print $2}')"

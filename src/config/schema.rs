@@ -558,8 +558,12 @@ pub struct Http2Limits {
     /// Resets caused by the client per `reset_interval_s` before the
     /// connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset).
     pub max_resets: usize,
-    /// The interval `max_resets` counts over.
+    /// The interval `max_resets` and `max_control_frames` count over.
     pub reset_interval_s: u64,
+    /// SETTINGS and PING frames (not acknowledgements) from a client per
+    /// `reset_interval_s` before its connection is closed (settings and
+    /// ping floods).
+    pub max_control_frames: usize,
     /// A connection with no open stream this long gets GOAWAY, and a
     /// stream whose send window stays at zero this long is reset.
     pub idle_timeout_ms: u64,
@@ -575,6 +579,7 @@ impl Default for Http2Limits {
             connection_window_bytes: 1024 * 1024,
             max_resets: 100,
             reset_interval_s: 10,
+            max_control_frames: 1000,
             idle_timeout_ms: 60_000,
         }
     }

@@ -295,7 +295,13 @@ impl Validator<'_> {
     /// HTTP/2 settings within the ranges RFC 9113 allows.
     fn http2_limits(&mut self, i: usize, h: &super::Http2Limits, scope: Scope) {
         const MAX_WINDOW: u32 = (1 << 31) - 1;
-        let rules: [(&str, Option<&str>); 6] = [
+        let rules: [(&str, Option<&str>); 7] = [
+            (
+                "max_control_frames",
+                (h.max_control_frames < 10).then_some(
+                    "must be at least 10 (clients send SETTINGS and PING in normal use)",
+                ),
+            ),
             (
                 "max_concurrent_streams",
                 (h.max_concurrent_streams == 0).then_some("must be at least 1"),

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Prefixed<S> {
     prefix: Bytes,
     inner: StreamWrapper<S>,
+    guard: Option<ControlGuard>,
 }
 
 impl<S> Prefixed<S> {
@@ -22,7 +23,98 @@ impl<S> Prefixed<S> {
         Prefixed {
             prefix,
             inner: StreamWrapper::new(stream),
+            guard: None,
         }
+    }
+
+    /// Like [`Prefixed::new`], for a server: the client's SETTINGS and PING
+    /// frames are counted as they are read, and reading fails (the
+    /// connection ends) past `guard`'s limit.
+    pub fn guarded(stream: S, prefix: Bytes, guard: ControlGuard) -> Self {
+        Prefixed {
+            guard: Some(guard),
+            ..Prefixed::new(stream, prefix)
+        }
+    }
+}
+
+/// Counts a client's SETTINGS and PING frames (ACKs aside) from the raw
+/// bytes of its connection: `h2` answers each of them and has no limit of
+/// its own, so a flood would cost the gateway a write per frame for as long
+/// as it lasts. Past `max` such frames within `interval` the connection is
+/// ended (as Envoy's limit on queued control frames does).
+#[derive(Debug, Clone)]
+pub struct ControlGuard {
+    max: usize,
+    interval: std::time::Duration,
+    count: usize,
+    since: std::time::Instant,
+    /// Bytes of the client preface still to pass.
+    preface: usize,
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+}
+
+impl ControlGuard {
+    /// At most `max` SETTINGS and PING frames per `interval`.
+    pub fn new(max: usize, interval: std::time::Duration) -> Self {
+        ControlGuard {
+            max,
+            interval,
+            count: 0,
+            since: std::time::Instant::now(),
+            preface: super::PREFACE.len(),
+            header: [0; 9],
+            have: 0,
+            skip: 0,
+        }
+    }
+
+    /// Follows the frames in `bytes`; false once the limit is passed.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let n = if self.preface > 0 {
+                let n = self.preface.min(bytes.len());
+                self.preface -= n;
+                n
+            } else if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                n
+            } else {
+                let n = (9 - self.have).min(bytes.len());
+                if let (Some(dst), Some(src)) = (
+                    self.header.get_mut(self.have..self.have + n),
+                    bytes.get(..n),
+                ) {
+                    dst.copy_from_slice(src);
+                }
+                self.have += n;
+                if self.have == 9 {
+                    self.have = 0;
+                    let [l0, l1, l2, kind, flags, ..] = self.header;
+                    self.skip = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                    // SETTINGS (4) and PING (6) without the ACK flag.
+                    if (kind == 4 || kind == 6) && flags & 1 == 0 && !self.note() {
+                        return false;
+                    }
+                }
+                n
+            };
+            bytes = bytes.get(n..).unwrap_or_default();
+        }
+        true
+    }
+
+    fn note(&mut self) -> bool {
+        if self.since.elapsed() > self.interval {
+            self.since = std::time::Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= self.max
     }
 }
 
@@ -33,12 +125,24 @@ impl<S: AsyncReadRent + Unpin + 'static> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         if this.prefix.has_remaining() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
+        } else {
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        if let Some(guard) = &mut this.guard {
+            if !guard.feed(buf.filled().get(before..).unwrap_or_default()) {
+                return Poll::Ready(Err(io::Error::other(
+                    "too many SETTINGS and PING frames from the client",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -57,5 +161,43 @@ impl<S: AsyncWriteRent + Unpin + 'static> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let mut f = vec![
+            0,
+            (payload >> 8) as u8,
+            payload as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            0,
+        ];
+        f.resize(9 + payload, 7);
+        f
+    }
+
+    #[test]
+    fn control_frames_are_counted_across_reads() {
+        let mut g = ControlGuard::new(3, Duration::from_secs(60));
+        let mut wire = crate::h2::PREFACE.to_vec();
+        wire.extend(frame(4, 0, 6)); // SETTINGS
+        wire.extend(frame(4, 1, 0)); // SETTINGS ACK: not counted
+        wire.extend(frame(0, 0, 300)); // DATA
+        wire.extend(frame(6, 0, 8)); // PING
+        wire.extend(frame(6, 1, 8)); // PING ACK: not counted
+        wire.extend(frame(6, 0, 8)); // PING: the third
+        for piece in wire.chunks(5) {
+            assert!(g.feed(piece));
+        }
+        assert!(!g.feed(&frame(4, 0, 0)), "the fourth is over the limit");
     }
 }

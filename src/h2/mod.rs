@@ -156,8 +156,11 @@ pub struct H2Limits {
     /// ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487). Also the cap on
     /// streams reset before they were accepted.
     pub max_resets: usize,
-    /// The interval over which `max_resets` counts.
+    /// The interval over which `max_resets` and `max_control_frames` count.
     pub reset_interval: Duration,
+    /// SETTINGS and PING frames from the client per interval before the
+    /// connection is ended (settings and ping floods).
+    pub max_control_frames: usize,
     /// A stream whose send window stays at zero this long is reset, and a
     /// connection with no stream this long is closed with GOAWAY.
     pub idle_timeout: Duration,
@@ -175,6 +178,7 @@ impl H2Limits {
             max_send_buffer: H2Limits::default().max_send_buffer,
             max_resets: c.max_resets,
             reset_interval: Duration::from_secs(c.reset_interval_s),
+            max_control_frames: c.max_control_frames,
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
         }
     }
@@ -191,6 +195,7 @@ impl Default for H2Limits {
             max_send_buffer: 64 * 1024,
             max_resets: 100,
             reset_interval: Duration::from_secs(10),
+            max_control_frames: 1000,
             idle_timeout: Duration::from_secs(60),
         }
     }

@@ -172,7 +172,9 @@ where
     H: Fn(Request<RecvBody>, Responder) -> F + 'static,
     F: Future<Output = ()> + 'static,
 {
-    serve_h2(Prefixed::new(stream, buffered), limits, shutdown, handler).await
+    let guard = super::io::ControlGuard::new(limits.max_control_frames, limits.reset_interval);
+    let io = Prefixed::guarded(stream, buffered, guard);
+    serve_h2(io, limits, shutdown, handler).await
 }
 
 /// Serves one HTTP/2 connection over any tokio-style IO (the socket adapter
