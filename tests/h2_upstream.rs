@@ -301,6 +301,44 @@ fn get_and_post_large_bodies_over_h2c() {
 }
 
 #[test]
+fn an_upstream_answering_as_it_reads_streams_both_ways_at_once() {
+    let server = start_server(None);
+    let gw = h2_gateway(&server.addr.to_string(), "");
+    // 6 MiB echoed as it is read: far beyond the windows and the socket
+    // buffers, so the answer must flow while the body still goes up.
+    let body = pattern(6 * 1024 * 1024);
+    let s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let up = body.clone();
+    let writer = std::thread::spawn(move || {
+        let head = format!(
+            "POST /stream-echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            up.len()
+        );
+        w.write_all(head.as_bytes()).unwrap();
+        for piece in up.chunks(64 * 1024) {
+            w.write_all(piece).unwrap();
+        }
+    });
+    let mut c = Conn::new(s);
+    let raw = c.read_head(64 * 1024).unwrap().unwrap();
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut sum = Checksum::new();
+    c.read_chunked_to(&mut |b| sum.update(b)).unwrap();
+    writer.join().unwrap();
+    assert_eq!(sum.len(), body.len() as u64);
+    assert_eq!(sum.finish(), checksum(&body));
+    // The connection goes on with the next request.
+    c.stream
+        .write_all(b"GET /len HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let raw = c.read_head(64 * 1024).unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
 fn a_connection_closed_by_the_upstream_is_replaced() {
     let server = start_server(None);
     let gw = h2_gateway(&server.addr.to_string(), "");
