@@ -22,6 +22,9 @@ use http::{response, HeaderMap, Request};
 use super::body::{CollectError, SendError};
 use super::{Prefixed, RecvBody, SendBody, Signal};
 
+/// The largest flow-control window HTTP/2 allows (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// Limits of an [`H2Pool`].
 #[derive(Debug, Clone)]
 pub struct PoolLimits {
@@ -38,7 +41,8 @@ pub struct PoolLimits {
     pub max_header_list_size: u32,
     /// SETTINGS_INITIAL_WINDOW_SIZE for each stream.
     pub initial_stream_window: u32,
-    /// The connection-level receive window.
+    /// The connection-level receive window (at least; raised to cover
+    /// every stream's window of a connection).
     pub initial_connection_window: u32,
 }
 
@@ -434,11 +438,19 @@ impl H2Pool {
     async fn connect(&self, endpoint: &Endpoint, freed: Freed) -> Result<Rc<Pooled>, PoolError> {
         let limits = &self.limits;
         let target = endpoint.addr;
+        // The connection window covers every stream's window, so streams
+        // whose clients read slowly cannot hold up the others.
+        let streams = u32::try_from(endpoint.max_streams_per_connection).unwrap_or(u32::MAX);
+        let connection_window = limits
+            .initial_stream_window
+            .saturating_mul(streams)
+            .max(limits.initial_connection_window)
+            .min(MAX_WINDOW);
         let builder = || {
             let mut b = h2::client::Builder::new();
             b.max_header_list_size(limits.max_header_list_size)
                 .initial_window_size(limits.initial_stream_window)
-                .initial_connection_window_size(limits.initial_connection_window)
+                .initial_connection_window_size(connection_window)
                 .enable_push(false);
             b
         };
