@@ -240,8 +240,12 @@ fn h2_request(
         .map_err(|_| "request head could not be carried over HTTP/2")
 }
 
-/// Where the target is reached: its address, TLS, and the upstream's limits.
-fn endpoint(
+/// How the shard's [`crate::h2::H2Pool`] reaches `addr` of the HTTP/2
+/// upstream `up`: TLS (ALPN h2) when the upstream has it, the upstream's
+/// stream and connection limits, and its own connections (not shared with
+/// another upstream at the same address). For any caller that opens
+/// streams to an upstream's targets with [`crate::h2::H2Pool::start_at`].
+pub fn endpoint(
     shard: &Shard,
     up: &UpstreamPlan,
     addr: SocketAddr,
