@@ -222,6 +222,17 @@ fn h2_gateway(target: &str, extra: &str) -> Gateway {
     Gateway::start(&text)
 }
 
+/// `shardgate_upstream_connections_total` of upstream `h2` for `kind`.
+fn connections(metrics: &str, target: SocketAddr, kind: &str) -> u64 {
+    let name = format!(
+        "shardgate_upstream_connections_total{{upstream=\"h2\",target=\"{target}\",kind=\"{kind}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+}
+
 fn header<'a>(r: &'a Resp, name: &str) -> Option<&'a str> {
     r.headers
         .iter()
@@ -404,17 +415,12 @@ fn concurrent_requests_share_few_upstream_connections() {
     assert!((1..=4).contains(&n), "{n} upstream connections");
     // The gateway's metrics say the same: n new, the rest reused.
     let m = get(gw.port2, "/metrics").text();
-    let count = |kind: &str| -> u64 {
-        let name = format!(
-            "shardgate_upstream_connections_total{{upstream=\"h2\",target=\"{}\",kind=\"{kind}\"}} ",
-            server.addr
-        );
-        m.lines()
-            .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in {m}"))
-    };
-    assert_eq!(count("new"), n as u64, "{m}");
-    assert_eq!(count("reused"), 128 - n as u64, "{m}");
+    assert_eq!(connections(&m, server.addr, "new"), n as u64, "{m}");
+    assert_eq!(
+        connections(&m, server.addr, "reused"),
+        128 - n as u64,
+        "{m}"
+    );
 }
 
 #[test]
@@ -475,7 +481,17 @@ fn h2_over_tls_upstream_with_alpn() {
     let tls = format!(
         "tls: Some(UpstreamTls(ca_file: Some({ca_file:?}), server_name: Some(\"localhost\")))"
     );
-    let gw = h2_gateway(&server.addr.to_string(), &tls);
+    // Health probes go over h2 with TLS too.
+    let check = "health_check: Some(HealthCheck(path: \"/healthz\", interval_ms: 50, timeout_ms: 1000, healthy_threshold: 1, unhealthy_threshold: 1))";
+    let gw = h2_gateway(&server.addr.to_string(), &format!("{tls}, {check}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.paths.lock().unwrap().iter().any(|p| p == "/healthz") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe over h2 and TLS"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut c = Client::connect(gw.port);
     for _ in 0..3 {
         let r = c.request("POST", "/echo", &[], b"over tls");
@@ -484,7 +500,10 @@ fn h2_over_tls_upstream_with_alpn() {
     }
     let r = c.get("/big");
     assert_eq!(r.body_len, 2 * 1024 * 1024);
-    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    // The requests shared one connection (probes open their own).
+    let m = get(gw.port2, "/metrics").text();
+    assert_eq!(connections(&m, server.addr, "new"), 1, "{m}");
+    assert_eq!(connections(&m, server.addr, "reused"), 3, "{m}");
     // Servers that do not select h2 by ALPN (one refuses the offer, one
     // takes no ALPN at all): a clear 502.
     for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
