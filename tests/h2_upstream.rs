@@ -365,6 +365,18 @@ fn a_connection_closed_by_the_upstream_is_replaced() {
 }
 
 #[test]
+fn an_idle_connection_is_let_go_after_the_idle_timeout() {
+    let server = start_server(None);
+    let gw = h2_gateway(&server.addr.to_string(), "idle_timeout_ms: 300");
+    assert_eq!(get(gw.port, "/len").status, 200);
+    assert_eq!(get(gw.port, "/len").status, 200);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(get(gw.port, "/len").status, 200);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn trailers_reach_an_http11_client_as_chunked_trailers() {
     let server = start_server(None);
     let gw = h2_gateway(&server.addr.to_string(), "");

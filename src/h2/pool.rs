@@ -124,6 +124,9 @@ pub struct Endpoint {
     /// How long a request waits for a stream when every connection is at
     /// its stream cap and no other may open (zero: refused at once).
     pub queue_timeout: Duration,
+    /// A connection without streams this long is closed when the target is
+    /// next used.
+    pub idle_timeout: Duration,
 }
 
 impl Endpoint {
@@ -138,6 +141,7 @@ impl Endpoint {
             connect_timeout: limits.connect_timeout,
             stall_timeout: limits.stall_timeout,
             queue_timeout: Duration::ZERO,
+            idle_timeout: Duration::MAX,
         }
     }
 }
@@ -160,6 +164,16 @@ struct Pooled {
     dead: Rc<Cell<bool>>,
     /// The target's "room was freed" signal.
     freed: Freed,
+    /// When its last stream ended (or it opened).
+    idle_since: Cell<std::time::Instant>,
+}
+
+impl Pooled {
+    /// Whether it carries no stream and has not for `idle` (it is then
+    /// let go: the connection ends with GOAWAY once no handle is left).
+    fn idle_for(&self, idle: Duration, now: std::time::Instant) -> bool {
+        self.streams.get() == 0 && now.saturating_duration_since(self.idle_since.get()) > idle
+    }
 }
 
 /// Wakes the requests waiting for a stream of a saturated target: fired
@@ -194,7 +208,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.streams.set(self.0.streams.get().saturating_sub(1));
+        let left = self.0.streams.get().saturating_sub(1);
+        self.0.streams.set(left);
+        if left == 0 {
+            self.0.idle_since.set(std::time::Instant::now());
+        }
         self.0.freed.fire();
     }
 }
@@ -387,7 +405,11 @@ impl H2Pool {
             let next = {
                 let mut targets = self.targets.borrow_mut();
                 let entry = targets.entry(target).or_default();
-                entry.conns.retain(|c| !c.dead.get());
+                let now = std::time::Instant::now();
+                let idle = endpoint.idle_timeout;
+                entry
+                    .conns
+                    .retain(|c| !c.dead.get() && !c.idle_for(idle, now));
                 let best = entry
                     .conns
                     .iter()
@@ -528,6 +550,7 @@ impl H2Pool {
             streams: Cell::new(0),
             dead,
             freed,
+            idle_since: Cell::new(std::time::Instant::now()),
         }))
     }
 }

@@ -280,6 +280,7 @@ pub fn endpoint(
         connect_timeout,
         stall_timeout: stall,
         queue_timeout: up.queue_timeout,
+        idle_timeout: up.idle_timeout,
     })
 }
 
