@@ -86,6 +86,17 @@ async fn handle(
                 .send_full(reply.body(()).unwrap(), Bytes::from_static(b"late"), None)
                 .await;
         }
+        "/grpc-reset" => {
+            // A gRPC answer whose stream fails after one message.
+            let head = reply
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let mut send = res.send_head(head, false).unwrap().unwrap();
+            let _ = send.send(Bytes::from_static(b"\0\0\0\0\x02hi")).await;
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            send.reset(h2::Reason::INTERNAL_ERROR);
+        }
         "/healthz" => {
             let _ = res.send_head(reply.body(()).unwrap(), true);
         }
@@ -389,6 +400,14 @@ fn trailers_reach_an_http11_client_as_chunked_trailers() {
     assert!(tail.contains("grpc-status: 7\r\n"), "{text}");
     assert!(tail.contains("x-note: kept\r\n"), "{text}");
     assert!(text.contains("x-seen-te: trailers"), "{text}");
+    // A gRPC answer whose upstream stream fails still ends with a status.
+    let text = raw_exchange(
+        gw.port,
+        b"POST /grpc-reset HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.contains("\0\0\0\0\x02hi"), "{text}");
+    let tail = &text[text.find("\r\n0\r\n").unwrap()..];
+    assert!(tail.contains("grpc-status: 14\r\n"), "{text}");
     // Without request trailers, the upstream's own.
     let text = raw_exchange(
         gw.port,

@@ -1047,20 +1047,20 @@ async fn respond(
         }
         other => Err(other),
     };
-    // A gRPC answer cut short by the call's deadline still ends with a
-    // status the client can read: DEADLINE_EXCEEDED.
+    // A gRPC answer cut short still ends with a status the client can
+    // read (as gRPC-Web clients need): DEADLINE_EXCEEDED once the call's
+    // deadline has passed, UNAVAILABLE when the upstream stream failed.
     let deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
+    let cut_short = |status: &'static str, message: &'static str| {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(status));
+        t.insert("grpc-message", HeaderValue::from_static(message));
+        Some(t)
+    };
     let trailers = match trailers {
         Ok(t) => t,
-        Err(Ended::Timeout) if (grpc || web.is_some()) && deadline_passed => {
-            let mut t = HeaderMap::new();
-            t.insert("grpc-status", HeaderValue::from_static("4"));
-            t.insert(
-                "grpc-message",
-                HeaderValue::from_static("deadline exceeded at the gateway"),
-            );
-            Some(t)
-        }
+        Err(_) if grpc && deadline_passed => cut_short("4", "deadline exceeded at the gateway"),
+        Err(Ended::Broken) if grpc => cut_short("14", "the upstream stream failed"),
         // The head is out: the only honest signal left is closing the connection.
         Err(_) => {
             ex.seen.bytes_out += sent;
