@@ -210,6 +210,25 @@ fn grpc_timeout_bounds_the_call_and_reaches_the_upstream() {
 }
 
 #[test]
+fn a_deadline_passing_mid_stream_ends_it_with_deadline_exceeded() {
+    let server = GrpcServer::start();
+    let gw = gateway(&server, "");
+    // The server sends one message, then waits (for a release that never
+    // comes) past the call's deadline.
+    let mut s = grpc_call(gw.port, "Stream", b"3", "grpc-timeout: 500m\r\n");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, |_| false);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(contains(&got, &message(b"message 0")), "{text}");
+    let tail = &text[text.find("\r\n0\r\n").expect("the body ended")..];
+    assert!(tail.contains("grpc-status: 4\r\n"), "{text}");
+    // Let the server's handler go.
+    let mut r = grpc_call(gw.port, "Release", b"", "");
+    read_until(&mut r, &mut Vec::new(), |_| false);
+}
+
+#[test]
 fn grpc_web_unary_binary_and_text() {
     let server = GrpcServer::start();
     let gw = gateway(&server, "");

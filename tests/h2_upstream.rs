@@ -86,6 +86,17 @@ async fn handle(
                 .send_full(reply.body(()).unwrap(), Bytes::from_static(b"late"), None)
                 .await;
         }
+        "/grpc-reset" => {
+            // A gRPC answer whose stream fails after one message.
+            let head = reply
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let mut send = res.send_head(head, false).unwrap().unwrap();
+            let _ = send.send(Bytes::from_static(b"\0\0\0\0\x02hi")).await;
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            send.reset(h2::Reason::INTERNAL_ERROR);
+        }
         "/healthz" => {
             let _ = res.send_head(reply.body(()).unwrap(), true);
         }
@@ -222,6 +233,17 @@ fn h2_gateway(target: &str, extra: &str) -> Gateway {
     Gateway::start(&text)
 }
 
+/// `shardgate_upstream_connections_total` of upstream `h2` for `kind`.
+fn connections(metrics: &str, target: SocketAddr, kind: &str) -> u64 {
+    let name = format!(
+        "shardgate_upstream_connections_total{{upstream=\"h2\",target=\"{target}\",kind=\"{kind}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+}
+
 fn header<'a>(r: &'a Resp, name: &str) -> Option<&'a str> {
     r.headers
         .iter()
@@ -301,6 +323,44 @@ fn get_and_post_large_bodies_over_h2c() {
 }
 
 #[test]
+fn an_upstream_answering_as_it_reads_streams_both_ways_at_once() {
+    let server = start_server(None);
+    let gw = h2_gateway(&server.addr.to_string(), "");
+    // 6 MiB echoed as it is read: far beyond the windows and the socket
+    // buffers, so the answer must flow while the body still goes up.
+    let body = pattern(6 * 1024 * 1024);
+    let s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let up = body.clone();
+    let writer = std::thread::spawn(move || {
+        let head = format!(
+            "POST /stream-echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            up.len()
+        );
+        w.write_all(head.as_bytes()).unwrap();
+        for piece in up.chunks(64 * 1024) {
+            w.write_all(piece).unwrap();
+        }
+    });
+    let mut c = Conn::new(s);
+    let raw = c.read_head(64 * 1024).unwrap().unwrap();
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut sum = Checksum::new();
+    c.read_chunked_to(&mut |b| sum.update(b)).unwrap();
+    writer.join().unwrap();
+    assert_eq!(sum.len(), body.len() as u64);
+    assert_eq!(sum.finish(), checksum(&body));
+    // The connection goes on with the next request.
+    c.stream
+        .write_all(b"GET /len HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let raw = c.read_head(64 * 1024).unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
 fn a_connection_closed_by_the_upstream_is_replaced() {
     let server = start_server(None);
     let gw = h2_gateway(&server.addr.to_string(), "");
@@ -312,6 +372,18 @@ fn a_connection_closed_by_the_upstream_is_replaced() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.body, b"hello");
     }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_idle_connection_is_let_go_after_the_idle_timeout() {
+    let server = start_server(None);
+    let gw = h2_gateway(&server.addr.to_string(), "idle_timeout_ms: 300");
+    assert_eq!(get(gw.port, "/len").status, 200);
+    assert_eq!(get(gw.port, "/len").status, 200);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(get(gw.port, "/len").status, 200);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 
@@ -328,6 +400,14 @@ fn trailers_reach_an_http11_client_as_chunked_trailers() {
     assert!(tail.contains("grpc-status: 7\r\n"), "{text}");
     assert!(tail.contains("x-note: kept\r\n"), "{text}");
     assert!(text.contains("x-seen-te: trailers"), "{text}");
+    // A gRPC answer whose upstream stream fails still ends with a status.
+    let text = raw_exchange(
+        gw.port,
+        b"POST /grpc-reset HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.contains("\0\0\0\0\x02hi"), "{text}");
+    let tail = &text[text.find("\r\n0\r\n").unwrap()..];
+    assert!(tail.contains("grpc-status: 14\r\n"), "{text}");
     // Without request trailers, the upstream's own.
     let text = raw_exchange(
         gw.port,
@@ -366,17 +446,12 @@ fn concurrent_requests_share_few_upstream_connections() {
     assert!((1..=4).contains(&n), "{n} upstream connections");
     // The gateway's metrics say the same: n new, the rest reused.
     let m = get(gw.port2, "/metrics").text();
-    let count = |kind: &str| -> u64 {
-        let name = format!(
-            "shardgate_upstream_connections_total{{upstream=\"h2\",target=\"{}\",kind=\"{kind}\"}} ",
-            server.addr
-        );
-        m.lines()
-            .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in {m}"))
-    };
-    assert_eq!(count("new"), n as u64, "{m}");
-    assert_eq!(count("reused"), 128 - n as u64, "{m}");
+    assert_eq!(connections(&m, server.addr, "new"), n as u64, "{m}");
+    assert_eq!(
+        connections(&m, server.addr, "reused"),
+        128 - n as u64,
+        "{m}"
+    );
 }
 
 #[test]
@@ -437,7 +512,17 @@ fn h2_over_tls_upstream_with_alpn() {
     let tls = format!(
         "tls: Some(UpstreamTls(ca_file: Some({ca_file:?}), server_name: Some(\"localhost\")))"
     );
-    let gw = h2_gateway(&server.addr.to_string(), &tls);
+    // Health probes go over h2 with TLS too.
+    let check = "health_check: Some(HealthCheck(path: \"/healthz\", interval_ms: 50, timeout_ms: 1000, healthy_threshold: 1, unhealthy_threshold: 1))";
+    let gw = h2_gateway(&server.addr.to_string(), &format!("{tls}, {check}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.paths.lock().unwrap().iter().any(|p| p == "/healthz") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe over h2 and TLS"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut c = Client::connect(gw.port);
     for _ in 0..3 {
         let r = c.request("POST", "/echo", &[], b"over tls");
@@ -446,7 +531,10 @@ fn h2_over_tls_upstream_with_alpn() {
     }
     let r = c.get("/big");
     assert_eq!(r.body_len, 2 * 1024 * 1024);
-    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    // The requests shared one connection (probes open their own).
+    let m = get(gw.port2, "/metrics").text();
+    assert_eq!(connections(&m, server.addr, "new"), 1, "{m}");
+    assert_eq!(connections(&m, server.addr, "reused"), 3, "{m}");
     // Servers that do not select h2 by ALPN (one refuses the offer, one
     // takes no ALPN at all): a clear 502.
     for alpn in [vec![b"http/1.1".to_vec()], vec![]] {

@@ -22,6 +22,9 @@ use http::{response, HeaderMap, Request};
 use super::body::{CollectError, SendError};
 use super::{Prefixed, RecvBody, SendBody, Signal};
 
+/// The largest flow-control window HTTP/2 allows (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// Limits of an [`H2Pool`].
 #[derive(Debug, Clone)]
 pub struct PoolLimits {
@@ -38,7 +41,8 @@ pub struct PoolLimits {
     pub max_header_list_size: u32,
     /// SETTINGS_INITIAL_WINDOW_SIZE for each stream.
     pub initial_stream_window: u32,
-    /// The connection-level receive window.
+    /// The connection-level receive window (at least; raised to cover
+    /// every stream's window of a connection).
     pub initial_connection_window: u32,
 }
 
@@ -120,6 +124,9 @@ pub struct Endpoint {
     /// How long a request waits for a stream when every connection is at
     /// its stream cap and no other may open (zero: refused at once).
     pub queue_timeout: Duration,
+    /// A connection without streams this long is closed when the target is
+    /// next used.
+    pub idle_timeout: Duration,
 }
 
 impl Endpoint {
@@ -134,6 +141,7 @@ impl Endpoint {
             connect_timeout: limits.connect_timeout,
             stall_timeout: limits.stall_timeout,
             queue_timeout: Duration::ZERO,
+            idle_timeout: Duration::MAX,
         }
     }
 }
@@ -156,6 +164,16 @@ struct Pooled {
     dead: Rc<Cell<bool>>,
     /// The target's "room was freed" signal.
     freed: Freed,
+    /// When its last stream ended (or it opened).
+    idle_since: Cell<std::time::Instant>,
+}
+
+impl Pooled {
+    /// Whether it carries no stream and has not for `idle` (it is then
+    /// let go: the connection ends with GOAWAY once no handle is left).
+    fn idle_for(&self, idle: Duration, now: std::time::Instant) -> bool {
+        self.streams.get() == 0 && now.saturating_duration_since(self.idle_since.get()) > idle
+    }
 }
 
 /// Wakes the requests waiting for a stream of a saturated target: fired
@@ -190,7 +208,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.streams.set(self.0.streams.get().saturating_sub(1));
+        let left = self.0.streams.get().saturating_sub(1);
+        self.0.streams.set(left);
+        if left == 0 {
+            self.0.idle_since.set(std::time::Instant::now());
+        }
         self.0.freed.fire();
     }
 }
@@ -383,7 +405,11 @@ impl H2Pool {
             let next = {
                 let mut targets = self.targets.borrow_mut();
                 let entry = targets.entry(target).or_default();
-                entry.conns.retain(|c| !c.dead.get());
+                let now = std::time::Instant::now();
+                let idle = endpoint.idle_timeout;
+                entry
+                    .conns
+                    .retain(|c| !c.dead.get() && !c.idle_for(idle, now));
                 let best = entry
                     .conns
                     .iter()
@@ -434,11 +460,19 @@ impl H2Pool {
     async fn connect(&self, endpoint: &Endpoint, freed: Freed) -> Result<Rc<Pooled>, PoolError> {
         let limits = &self.limits;
         let target = endpoint.addr;
+        // The connection window covers every stream's window, so streams
+        // whose clients read slowly cannot hold up the others.
+        let streams = u32::try_from(endpoint.max_streams_per_connection).unwrap_or(u32::MAX);
+        let connection_window = limits
+            .initial_stream_window
+            .saturating_mul(streams)
+            .max(limits.initial_connection_window)
+            .min(MAX_WINDOW);
         let builder = || {
             let mut b = h2::client::Builder::new();
             b.max_header_list_size(limits.max_header_list_size)
                 .initial_window_size(limits.initial_stream_window)
-                .initial_connection_window_size(limits.initial_connection_window)
+                .initial_connection_window_size(connection_window)
                 .enable_push(false);
             b
         };
@@ -516,6 +550,7 @@ impl H2Pool {
             streams: Cell::new(0),
             dead,
             freed,
+            idle_since: Cell::new(std::time::Instant::now()),
         }))
     }
 }

@@ -240,8 +240,12 @@ fn h2_request(
         .map_err(|_| "request head could not be carried over HTTP/2")
 }
 
-/// Where the target is reached: its address, TLS, and the upstream's limits.
-pub(crate) fn endpoint(
+/// How the shard's [`crate::h2::H2Pool`] reaches `addr` of the HTTP/2
+/// upstream `up`: TLS (ALPN h2) when the upstream has it, the upstream's
+/// stream and connection limits, and its own connections (not shared with
+/// another upstream at the same address). For any caller that opens
+/// streams to an upstream's targets with [`crate::h2::H2Pool::start_at`].
+pub fn endpoint(
     shard: &Shard,
     up: &UpstreamPlan,
     addr: SocketAddr,
@@ -276,6 +280,7 @@ pub(crate) fn endpoint(
         connect_timeout,
         stall_timeout: stall,
         queue_timeout: up.queue_timeout,
+        idle_timeout: up.idle_timeout,
     })
 }
 
@@ -583,99 +588,61 @@ pub(crate) async fn forward_to(
     // may answer before it has read the whole body.
     let mut head = None;
     let mut early_data = EarlyData::default();
-    if let Some(mut send) = send {
-        let body = async {
-            if let Some(b) = &buffered {
-                send.send(b.clone())
-                    .await
-                    .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
-                send.finish()
-                    .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
-                return Ok(b.len() as u64);
-            }
-            if req.expect_continue
-                && crate::http::body::send_100_continue(client, ex.limits.send_timeout)
-                    .await
-                    .is_err()
-            {
-                return Err(BodyFail::ClientGone);
-            }
-            pump_body(
-                client,
-                framing,
-                send,
-                web,
-                ex.limits.body_read_timeout,
-                ex.limits.max_body_bytes,
-            )
-            .await
+    if let Some(send) = send {
+        let upload = Upload {
+            up,
+            req,
+            framing,
+            buffered: buffered.as_ref(),
+            web,
+            deadline,
+            timeout,
+            read_timeout: ex.limits.body_read_timeout,
+            send_timeout: ex.limits.send_timeout,
+            max_bytes: ex.limits.max_body_bytes,
+            hold: &opts.hold,
         };
-        let mut body = std::pin::pin!(body);
-        let sent = monoio::select! {
-            r = &mut body => Some(r),
-            h = &mut response => { head = Some(h); None }
-            _ = &mut deadline_sleep => {
-                *early = Early::Timeout;
-                return Err(timed_out());
-            }
+        let response = response.as_mut();
+        let sleep = deadline_sleep.as_mut();
+        // A plain client's body is read through a second handle on its
+        // socket, so the answer can be written while the body still comes
+        // (full duplex); a TLS client's through its connection.
+        let watcher = match buffered {
+            None => client.watcher().ok(),
+            Some(_) => None,
         };
-        let sent = match sent {
-            Some(r) => Some(r),
-            None => {
-                // The upstream answered first: an answer that ends the
-                // stream or refuses the request does not need the rest of
-                // the body; any other gets it all.
-                let refused = matches!(&head, Some(Ok((parts, recv)))
-                    if recv.is_end_stream() || parts.status.as_u16() >= 400);
-                match head.as_mut() {
-                    _ if refused => None,
-                    // The response body is taken in meanwhile (up to a
-                    // bound), so an upstream that answers as it reads is not
-                    // stopped by its own flow control.
-                    Some(Ok((_, recv))) => {
-                        let bound = EARLY_RESPONSE_BYTES;
-                        let r = loop {
-                            monoio::select! {
-                                r = &mut body => break r,
-                                c = recv.chunk(), if early_data.open() && early_data.len < bound => {
-                                    early_data.push(c);
-                                }
-                                _ = &mut deadline_sleep => {
-                                    *early = Early::Timeout;
-                                    return Err(timed_out());
-                                }
-                            }
-                        };
-                        Some(r)
-                    }
-                    _ => Some(body.as_mut().await),
-                }
+        let phase = match watcher {
+            Some(w) => {
+                let mut src = Conn::new(w, 16 * 1024);
+                src.push_buffered(client.buffered());
+                let n = client.buffered().len();
+                client.consume(n);
+                let phase = upload
+                    .run(
+                        &mut src,
+                        Some((shard, &mut *client)),
+                        ex,
+                        send,
+                        response,
+                        sleep,
+                    )
+                    .await;
+                // Bytes after the body (a pipelined request) go back.
+                client.push_buffered(src.buffered());
+                phase
             }
+            None => upload.run(client, None, ex, send, response, sleep).await,
         };
-        match sent {
-            None => {
-                ex.body_consumed = false;
-                ex.keep_alive = false;
-            }
-            Some(Ok(n)) => {
-                ex.body_consumed = true;
-                ex.seen.bytes_in = n;
-            }
-            Some(Err(BodyFail::ClientGone)) => return Ok(Disposition::Close),
-            Some(Err(BodyFail::ClientTimeout)) => return Err(GatewayError::RequestTimeout),
-            Some(Err(BodyFail::Bad(why))) => return Err(GatewayError::BadRequest(why)),
-            Some(Err(BodyFail::TooLarge)) => return Err(GatewayError::PayloadTooLarge),
-            // The upstream may still have answered (and said why).
-            Some(Err(BodyFail::Upstream(why))) => {
-                ex.keep_alive = false;
-                if head.is_none() {
-                    let wait = within(deadline, timeout);
-                    head = monoio::time::timeout(wait, &mut response).await.ok();
+        match phase {
+            Phase::Finished(r, how) => {
+                if let Some(how) = how {
+                    *early = how;
                 }
-                if !matches!(head, Some(Ok(_))) {
-                    *early = Early::Reset;
-                    return Err(bad_gateway(up, why));
-                }
+                return r;
+            }
+            Phase::Head(h, data) => {
+                head = h;
+                early_data = data;
             }
         }
     } else {
@@ -720,6 +687,235 @@ pub(crate) async fn forward_to(
         shard, up, req, client, ex, parts, body, web, deadline, timeout,
     )
     .await
+}
+
+/// How the request body goes up while the response head is awaited.
+struct Upload<'u> {
+    up: &'u UpstreamPlan,
+    req: &'u RequestHead,
+    framing: Framing,
+    buffered: Option<&'u Bytes>,
+    web: Option<Web>,
+    deadline: Option<Instant>,
+    timeout: Duration,
+    read_timeout: Duration,
+    send_timeout: Duration,
+    max_bytes: u64,
+    /// Statuses held back for the retry loop (never streamed early).
+    hold: &'u crate::resilience::breaker::StatusSet,
+}
+
+/// Where the upload phase left the exchange.
+enum Phase {
+    /// The exchange is over (with how the try failed early, if it did).
+    Finished(Result<Disposition, GatewayError>, Option<Early>),
+    /// The body is sent (or given up on); the response head, if it came,
+    /// and response DATA taken in meanwhile.
+    Head(Option<HeadResult>, EarlyData),
+}
+
+/// The response head and body, or why the stream failed.
+type HeadResult = Result<(http::response::Parts, RecvBody), PoolError>;
+
+impl Upload<'_> {
+    /// Sends the body from `src` while awaiting the head. With `duplex`
+    /// (the client connection, when `src` is a second handle on it), an
+    /// answer that comes first is written to the client while the body
+    /// still goes up.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        src: &mut Conn,
+        duplex: Option<(&Shard, &mut Conn)>,
+        ex: &mut Exchange<'_>,
+        mut send: SendBody,
+        mut response: std::pin::Pin<&mut impl std::future::Future<Output = HeadResult>>,
+        mut deadline_sleep: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Phase {
+        let up = self.up;
+        let timed_out = || {
+            Phase::Finished(
+                Err(GatewayError::GatewayTimeout {
+                    upstream: up.name.clone(),
+                }),
+                Some(Early::Timeout),
+            )
+        };
+        let body = async {
+            if let Some(b) = self.buffered {
+                send.send(b.clone())
+                    .await
+                    .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
+                send.finish()
+                    .map_err(|e| BodyFail::Upstream(PoolError::Send(e).to_string()))?;
+                return Ok(b.len() as u64);
+            }
+            if self.req.expect_continue
+                && crate::http::body::send_100_continue(src, self.send_timeout)
+                    .await
+                    .is_err()
+            {
+                return Err(BodyFail::ClientGone);
+            }
+            pump_body(
+                src,
+                self.framing,
+                send,
+                self.web,
+                self.read_timeout,
+                self.max_bytes,
+            )
+            .await
+        };
+        let mut body = std::pin::pin!(body);
+        let mut head = None;
+        let mut early_data = EarlyData::default();
+        let sent = monoio::select! {
+            r = &mut body => Some(r),
+            h = &mut response => { head = Some(h); None }
+            _ = &mut deadline_sleep => return timed_out(),
+        };
+        let sent = match sent {
+            Some(r) => Some(r),
+            None => {
+                // The upstream answered first: an answer that ends the
+                // stream or refuses the request does not need the rest of
+                // the body; any other gets it all.
+                let refused = matches!(&head, Some(Ok((parts, recv)))
+                    if recv.is_end_stream()
+                        || parts.status.as_u16() >= 400
+                        || self.hold.contains(parts.status.as_u16()));
+                match (head.take(), duplex) {
+                    (h, _) if refused => {
+                        head = h;
+                        None
+                    }
+                    // Full duplex: the answer streams to the client while
+                    // the body still comes.
+                    (Some(Ok((parts, recv))), Some((shard, client))) => {
+                        let received = Received {
+                            early: EarlyData::default(),
+                            body: recv,
+                        };
+                        return self
+                            .duplex(shard, client, ex, parts, received, body.as_mut())
+                            .await;
+                    }
+                    // Otherwise the response body is taken in meanwhile
+                    // (up to a bound), so an upstream that answers as it
+                    // reads is not stopped by its own flow control.
+                    (Some(Ok((parts, mut recv))), None) => {
+                        let bound = EARLY_RESPONSE_BYTES;
+                        let r = loop {
+                            monoio::select! {
+                                r = &mut body => break r,
+                                c = recv.chunk(), if early_data.open() && early_data.len < bound => {
+                                    early_data.push(c);
+                                }
+                                _ = &mut deadline_sleep => return timed_out(),
+                            }
+                        };
+                        head = Some(Ok((parts, recv)));
+                        Some(r)
+                    }
+                    (h, _) => {
+                        head = h;
+                        Some(body.as_mut().await)
+                    }
+                }
+            }
+        };
+        match sent {
+            None => {
+                ex.body_consumed = false;
+                ex.keep_alive = false;
+            }
+            Some(Ok(n)) => {
+                ex.body_consumed = true;
+                ex.seen.bytes_in = n;
+            }
+            Some(Err(e @ BodyFail::Upstream(_))) => {
+                // The upstream may still have answered (and said why).
+                ex.keep_alive = false;
+                if head.is_none() {
+                    let wait = within(self.deadline, self.timeout);
+                    head = monoio::time::timeout(wait, &mut response).await.ok();
+                }
+                if !matches!(head, Some(Ok(_))) {
+                    let why = match e {
+                        BodyFail::Upstream(why) => why,
+                        _ => String::new(),
+                    };
+                    return Phase::Finished(Err(bad_gateway(up, why)), Some(Early::Reset));
+                }
+            }
+            Some(Err(e)) => return Phase::Finished(e.client_error(up), None),
+        }
+        Phase::Head(head, early_data)
+    }
+
+    /// Writes the answer to the client while the body still goes up; the
+    /// exchange ends when both are done.
+    async fn duplex(
+        &self,
+        shard: &Shard,
+        client: &mut Conn,
+        ex: &mut Exchange<'_>,
+        parts: http::response::Parts,
+        received: Received,
+        mut body: std::pin::Pin<&mut impl std::future::Future<Output = Result<u64, BodyFail>>>,
+    ) -> Phase {
+        let mut sent = None;
+        let answered = {
+            let answer = respond(
+                shard,
+                self.up,
+                self.req,
+                client,
+                ex,
+                parts,
+                received,
+                self.web,
+                self.deadline,
+                self.timeout,
+            );
+            let mut answer = std::pin::pin!(answer);
+            loop {
+                monoio::select! {
+                    r = &mut answer => break r,
+                    r = &mut body, if sent.is_none() => sent = Some(r),
+                }
+            }
+        };
+        let sent = match sent {
+            Some(r) => r,
+            // The answer is complete; the rest of the body still goes up.
+            None => body.await,
+        };
+        if let Ok(n) = sent {
+            ex.seen.bytes_in = n;
+        }
+        ex.body_consumed = sent.is_ok();
+        match (answered, sent) {
+            (Ok(d), Ok(_)) => Phase::Finished(Ok(d), None),
+            // The answer is out: closing is the only signal left.
+            (Ok(_), Err(_)) => Phase::Finished(Ok(Disposition::Close), None),
+            (Err(e), _) => Phase::Finished(Err(e), None),
+        }
+    }
+}
+
+impl BodyFail {
+    /// The answer for a body the client failed to send well.
+    fn client_error(self, up: &UpstreamPlan) -> Result<Disposition, GatewayError> {
+        match self {
+            BodyFail::ClientGone => Ok(Disposition::Close),
+            BodyFail::ClientTimeout => Err(GatewayError::RequestTimeout),
+            BodyFail::Bad(why) => Err(GatewayError::BadRequest(why)),
+            BodyFail::TooLarge => Err(GatewayError::PayloadTooLarge),
+            BodyFail::Upstream(why) => Err(bad_gateway(up, why)),
+        }
+    }
 }
 
 /// Response DATA taken in before the request body was all sent.
@@ -867,20 +1063,20 @@ async fn respond(
         }
         other => Err(other),
     };
-    // A gRPC answer cut short by the call's deadline still ends with a
-    // status the client can read: DEADLINE_EXCEEDED.
+    // A gRPC answer cut short still ends with a status the client can
+    // read (as gRPC-Web clients need): DEADLINE_EXCEEDED once the call's
+    // deadline has passed, UNAVAILABLE when the upstream stream failed.
     let deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
+    let cut_short = |status: &'static str, message: &'static str| {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(status));
+        t.insert("grpc-message", HeaderValue::from_static(message));
+        Some(t)
+    };
     let trailers = match trailers {
         Ok(t) => t,
-        Err(Ended::Timeout) if (grpc || web.is_some()) && deadline_passed => {
-            let mut t = HeaderMap::new();
-            t.insert("grpc-status", HeaderValue::from_static("4"));
-            t.insert(
-                "grpc-message",
-                HeaderValue::from_static("deadline exceeded at the gateway"),
-            );
-            Some(t)
-        }
+        Err(_) if grpc && deadline_passed => cut_short("4", "deadline exceeded at the gateway"),
+        Err(Ended::Broken) if grpc => cut_short("14", "the upstream stream failed"),
         // The head is out: the only honest signal left is closing the connection.
         Err(_) => {
             ex.seen.bytes_out += sent;

@@ -516,6 +516,7 @@ pub fn probe_h2(target: SocketAddr, hc: &HealthCheck, tls: Option<crate::h2::End
             connect_timeout: timeout,
             stall_timeout: timeout,
             queue_timeout: Duration::ZERO,
+            idle_timeout: Duration::MAX,
         };
         let exchange = async {
             let call = pool.start_at(&endpoint, request, true).await.ok()?;
