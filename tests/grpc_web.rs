@@ -15,20 +15,8 @@ fn script(name: &str) -> String {
     format!("{}/tests/grpc/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A Python interpreter that has `grpc`: `python3` on the path, or the
-/// system's (where Debian's python3-grpcio installs it).
 fn python() -> String {
-    for py in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(py)
-            .args(["-c", "import grpc"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return py.to_string();
-        }
-    }
-    panic!("no python3 with the `grpc` package (scripts/test.sh installs python3-grpcio)");
+    python_with("grpc")
 }
 
 /// The grpcio server; stopped (stdin closed, killed) when dropped.

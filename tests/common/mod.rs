@@ -1370,3 +1370,19 @@ pub fn rate_limited_config(
         "Gateway(\n    shards: Count({shards}),\n    listeners: [Listener(name: \"main\", bind: \"127.0.0.1:$PORT\")],\n    limits_http: {LIMITS},\n    upstreams: {{ \"app\": Upstream(targets: [\"{app_addr}\"]) }},\n    {extra}\n    rate_limiting: RateLimiting({settings}),\n    rate_limits: {{ {limits} }},\n    routes: [ {routes} ],\n)\n"
     )
 }
+
+/// A Python interpreter that can import `module`: `python3` on the path,
+/// or the system's (where Debian's python3-* packages install it).
+pub fn python_with(module: &str) -> String {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py.to_string();
+        }
+    }
+    panic!("no python3 with the `{module}` package (scripts/test.sh installs it)");
+}
