@@ -265,11 +265,10 @@ fn large_bodies_both_ways_with_flow_control() {
         Response::generated(DOWN, chunked).header("x-got", &r.body_len.to_string())
     });
     // Windows far below the bodies: 64 KiB per stream, 128 KiB in all.
-    let top = "";
     let gw = Gateway::start(&h2_config(
         "stream_window_bytes: 65536, connection_window_bytes: 131072",
         BIG_LIMITS,
-        top,
+        "",
         &upstream("b", &[&backend.addr()], ""),
         &catch_all("b"),
     ));
@@ -338,6 +337,16 @@ fn large_bodies_both_ways_with_flow_control() {
     assert!(got
         .header("transfer-encoding")
         .is_some_and(|v| v.contains("chunked")));
+
+    // Down through a client's small windows (16 KiB per stream, the
+    // connection's 65,535 bytes), opened again frame by frame.
+    let mut c = H2::connect_with(gw.port, &[(SETTINGS_INITIAL_WINDOW_SIZE, 16384)]);
+    c.get(1, "/big/chunked");
+    let a = c.answer(1, Duration::from_secs(60));
+    assert_eq!(a.status(), Some(200), "{a:?}");
+    assert!(a.ended);
+    assert_eq!(a.body.len() as u64, DOWN);
+    assert_eq!(checksum(&a.body), want_down, "downloaded body differs");
 }
 
 #[test]
