@@ -194,7 +194,7 @@ fn h2_over_tls_by_alpn_and_http1_on_the_same_listener_and_grpc_over_tls() {
 }
 
 /// Runs h2load for `n` requests on one connection, 100 streams at once,
-/// with `extra` arguments; returns its output.
+/// with `extra` arguments (a later `-c`/`-m` wins); returns its output.
 fn h2load(n: usize, extra: &[&str], url: &str) -> String {
     let n = n.to_string();
     let out = Command::new("h2load")
@@ -221,6 +221,10 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
     );
     assert!(text.contains("status codes: 2000 2xx"), "h2load: {text}");
     assert_eq!(backend.count(), 2000);
+    // 16 connections x 20 streams.
+    let text = h2load(2000, &["-c", "16", "-m", "20"], &url(gw.port, "/public/q"));
+    assert!(text.contains("status codes: 2000 2xx"), "h2load: {text}");
+    assert_eq!(backend.count(), 4000);
 
     // 100 streams at once, each authenticated on its own.
     let key = ["-H", "x-api-key: secret-1"];
@@ -238,7 +242,7 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
     );
     assert_eq!(
         backend.count(),
-        2500,
+        4500,
         "unauthenticated streams reached the upstream"
     );
 
