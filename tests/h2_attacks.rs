@@ -458,13 +458,19 @@ fn empty_data_frame_flood_gets_goaway() {
     assert_responsive(gw.port, "/after");
 }
 
-#[test]
-fn ping_flood_with_reading_does_not_starve_other_connections() {
-    // The offender reads every ACK, so backpressure never stops it: the
-    // gateway answers as fast as it can, and must still serve others on
-    // the same shard.
+/// A PING flood whose ACKs the offender reads, so backpressure never stops
+/// it: the gateway answers as fast as it can on the given driver, and must
+/// still serve others on the same shard.
+fn ping_flood_with_reading(driver: &str) {
     let b = backend();
-    let gw = gateway(&b, "");
+    let config = h2_config(
+        "",
+        LIMITS,
+        "",
+        &upstream("b", &[&b.addr()], ""),
+        &catch_all("b"),
+    );
+    let gw = Gateway::start_with_env(&config, &[("SHARDGATE_DRIVER", driver)]);
     let port = gw.port;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooder = {
@@ -493,15 +499,34 @@ fn ping_flood_with_reading_does_not_starve_other_connections() {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..3 {
-        assert_responsive(port, "/during");
-    }
+    // Stop the flood whatever the checks find.
+    let checks = std::panic::catch_unwind(|| {
+        for _ in 0..3 {
+            assert_responsive(port, "/during");
+        }
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, read) = flooder.join().unwrap();
     eprintln!(
-        "PING flood, read: {sent} PINGs sent, {} ACKs read",
+        "PING flood ({driver}), read: {sent} PINGs sent, {} ACKs read",
         read / 17
     );
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
     assert!(read > 0, "no ACK came back");
     assert_responsive(port, "/after");
+}
+
+#[test]
+fn ping_flood_with_reading_does_not_starve_other_connections() {
+    ping_flood_with_reading("io_uring");
+}
+
+#[test]
+#[ignore = "epoll driver: while one h2 connection is kept busy by a PING flood whose ACKs are read, \
+            the shard takes no new connection (a new connection's accept waits until the flood \
+            stops); see the h2tests notes"]
+fn ping_flood_with_reading_does_not_starve_other_connections_on_epoll() {
+    ping_flood_with_reading("epoll");
 }
