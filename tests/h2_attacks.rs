@@ -524,9 +524,6 @@ fn ping_flood_with_reading_does_not_starve_other_connections() {
 }
 
 #[test]
-#[ignore = "epoll driver: while one h2 connection is kept busy by a PING flood whose ACKs are read, \
-            the shard takes no new connection (a new connection's accept waits until the flood \
-            stops); see the h2tests notes"]
 fn ping_flood_with_reading_does_not_starve_other_connections_on_epoll() {
     ping_flood_with_reading("epoll");
 }
