@@ -457,3 +457,73 @@ fn empty_data_frame_flood_gets_goaway() {
     assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
     assert_responsive(gw.port, "/after");
 }
+
+/// A PING flood whose ACKs the offender reads, so backpressure never stops
+/// it: the gateway answers as fast as it can on the given driver, and must
+/// still serve others on the same shard.
+fn ping_flood_with_reading(driver: &str) {
+    let b = backend();
+    let config = h2_config(
+        "",
+        LIMITS,
+        "",
+        &upstream("b", &[&b.addr()], ""),
+        &catch_all("b"),
+    );
+    let gw = Gateway::start_with_env(&config, &[("SHARDGATE_DRIVER", driver)]);
+    let port = gw.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = H2::connect(port);
+            let mut reader = c.sock.try_clone().unwrap();
+            let drain = std::thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                let mut total = 0usize;
+                while let Ok(n) = std::io::Read::read(&mut reader, &mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            });
+            let batch = ping(0, *b"pingpong").repeat(1000);
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && c.try_send(&batch) {
+                sent += 1000;
+            }
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            (sent, drain.join().unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Stop the flood whatever the checks find.
+    let checks = std::panic::catch_unwind(|| {
+        for _ in 0..3 {
+            assert_responsive(port, "/during");
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, read) = flooder.join().unwrap();
+    eprintln!(
+        "PING flood ({driver}), read: {sent} PINGs sent, {} ACKs read",
+        read / 17
+    );
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(read > 0, "no ACK came back");
+    assert_responsive(port, "/after");
+}
+
+#[test]
+fn ping_flood_with_reading_does_not_starve_other_connections() {
+    ping_flood_with_reading("io_uring");
+}
+
+#[test]
+fn ping_flood_with_reading_does_not_starve_other_connections_on_epoll() {
+    ping_flood_with_reading("epoll");
+}

@@ -194,7 +194,7 @@ fn h2_over_tls_by_alpn_and_http1_on_the_same_listener_and_grpc_over_tls() {
 }
 
 /// Runs h2load for `n` requests on one connection, 100 streams at once,
-/// with `extra` arguments; returns its output.
+/// with `extra` arguments (a later `-c`/`-m` wins); returns its output.
 fn h2load(n: usize, extra: &[&str], url: &str) -> String {
     let n = n.to_string();
     let out = Command::new("h2load")
@@ -221,6 +221,11 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
     );
     assert!(text.contains("status codes: 2000 2xx"), "h2load: {text}");
     assert_eq!(backend.count(), 2000);
+    // 16 connections x 6 streams (96 at once: the test backend's listen
+    // backlog is 128, and each stream is an upstream connection).
+    let text = h2load(2000, &["-c", "16", "-m", "6"], &url(gw.port, "/public/q"));
+    assert!(text.contains("status codes: 2000 2xx"), "h2load: {text}");
+    assert_eq!(backend.count(), 4000);
 
     // 100 streams at once, each authenticated on its own.
     let key = ["-H", "x-api-key: secret-1"];
@@ -238,7 +243,7 @@ fn many_concurrent_streams_on_one_connection_each_authenticated() {
     );
     assert_eq!(
         backend.count(),
-        2500,
+        4500,
         "unauthenticated streams reached the upstream"
     );
 
@@ -265,11 +270,10 @@ fn large_bodies_both_ways_with_flow_control() {
         Response::generated(DOWN, chunked).header("x-got", &r.body_len.to_string())
     });
     // Windows far below the bodies: 64 KiB per stream, 128 KiB in all.
-    let top = "";
     let gw = Gateway::start(&h2_config(
         "stream_window_bytes: 65536, connection_window_bytes: 131072",
         BIG_LIMITS,
-        top,
+        "",
         &upstream("b", &[&backend.addr()], ""),
         &catch_all("b"),
     ));
@@ -338,6 +342,16 @@ fn large_bodies_both_ways_with_flow_control() {
     assert!(got
         .header("transfer-encoding")
         .is_some_and(|v| v.contains("chunked")));
+
+    // Down through a client's small windows (16 KiB per stream, the
+    // connection's 65,535 bytes), opened again frame by frame.
+    let mut c = H2::connect_with(gw.port, &[(SETTINGS_INITIAL_WINDOW_SIZE, 16384)]);
+    c.get(1, "/big/chunked");
+    let a = c.answer(1, Duration::from_secs(60));
+    assert_eq!(a.status(), Some(200), "{a:?}");
+    assert!(a.ended);
+    assert_eq!(a.body.len() as u64, DOWN);
+    assert_eq!(checksum(&a.body), want_down, "downloaded body differs");
 }
 
 #[test]

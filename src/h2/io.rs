@@ -10,11 +10,22 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio_compat::StreamWrapper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Reads in a row that find data at once before the connection's task
+/// yields to the shard's other tasks. `h2` reads, answers and reads again
+/// for as long as the socket has data; on the epoll driver every such read
+/// completes at once, so a peer that keeps sending (a PING flood whose
+/// answers it reads) held the shard: new connections were not even
+/// accepted until it stopped. With io_uring a read usually waits for its
+/// completion, which yields anyway.
+const READ_BUDGET: u32 = 8;
+
 /// A monoio stream as tokio IO, replaying `prefix` before reading the socket.
 pub struct Prefixed<S> {
     prefix: Bytes,
     inner: StreamWrapper<S>,
     guard: Option<ControlGuard>,
+    /// Reads in a row that were ready at once.
+    ready_reads: u32,
 }
 
 impl<S> Prefixed<S> {
@@ -24,6 +35,7 @@ impl<S> Prefixed<S> {
             prefix,
             inner: StreamWrapper::new(stream),
             guard: None,
+            ready_reads: 0,
         }
     }
 
@@ -130,9 +142,22 @@ impl<S: AsyncReadRent + Unpin + 'static> AsyncRead for Prefixed<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
         } else {
+            if this.ready_reads >= READ_BUDGET {
+                // Yield. A task that wakes itself while it runs is put back
+                // at the front of monoio's queue, so the wake comes from a
+                // small task of its own, queued behind the shard's ready tasks.
+                this.ready_reads = 0;
+                let waker = cx.waker().clone();
+                monoio::spawn(async move { waker.wake() });
+                return Poll::Pending;
+            }
             match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
+                Poll::Ready(Ok(())) => this.ready_reads = this.ready_reads.saturating_add(1),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    this.ready_reads = 0;
+                    return Poll::Pending;
+                }
             }
         }
         if let Some(guard) = &mut this.guard {
