@@ -333,7 +333,10 @@ async fn serve_h2_stream(
         (shard.config().compiled.limits_of(listener).max_header_bytes + 1024).max(16 * 1024);
     let mut conn = Conn::with_stream(crate::tls::Stream::H2(Box::new(stream)), capacity);
     let current = RefCell::new(String::new());
-    let _ = serve_busy(&shard, listener, peer, &mut conn, &current).await;
+    // Boxed: the stream's task future stays small, so spawning it moves a
+    // few hundred bytes, not the whole pipeline's state.
+    let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, &current));
+    let _ = busy.await;
     if let Some(s) = conn.stream.h2() {
         s.close();
     }
