@@ -170,25 +170,28 @@ impl SendBody {
     pub async fn send(&mut self, mut data: Bytes) -> Result<(), SendError> {
         while !data.is_empty() {
             self.stream.reserve_capacity(data.len());
-            let granted = match monoio::time::timeout(
-                self.stall,
-                poll_fn(|cx| self.stream.poll_capacity(cx)),
-            )
-            .await
-            {
-                Err(_elapsed) => {
-                    self.stream.send_reset(Reason::CANCEL);
-                    return Err(SendError::Stalled);
+            // Window already assigned (the usual case): no wait, no timer.
+            let ready = self.stream.capacity();
+            let granted = if ready > 0 {
+                ready
+            } else {
+                match monoio::time::timeout(self.stall, poll_fn(|cx| self.stream.poll_capacity(cx)))
+                    .await
+                {
+                    Err(_elapsed) => {
+                        self.stream.send_reset(Reason::CANCEL);
+                        return Err(SendError::Stalled);
+                    }
+                    Ok(None) => {
+                        let err = self.reset_error().await;
+                        return Err(err);
+                    }
+                    Ok(Some(Err(err))) => {
+                        self.note(&err);
+                        return Err(err.into());
+                    }
+                    Ok(Some(Ok(n))) => n,
                 }
-                Ok(None) => {
-                    let err = self.reset_error().await;
-                    return Err(err);
-                }
-                Ok(Some(Err(err))) => {
-                    self.note(&err);
-                    return Err(err.into());
-                }
-                Ok(Some(Ok(n))) => n,
             };
             if granted == 0 {
                 continue;

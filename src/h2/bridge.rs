@@ -310,25 +310,18 @@ impl H2Stream {
         Ok(n)
     }
 
-    /// [`H2Stream::write_bytes`] within `dur` (then the stream is reset:
-    /// [`crate::http::io::IoFail::Timeout`]).
+    /// [`H2Stream::write_bytes`] for the pipeline's timed writes. A write
+    /// waits only for the client's flow-control window, which
+    /// [`SendBody::send`] already bounds by the stall timeout (the stream is
+    /// then reset), so no timer of its own is set here.
     pub async fn write_within(
         &mut self,
         data: &[u8],
-        dur: std::time::Duration,
+        _dur: std::time::Duration,
     ) -> Result<(), crate::http::io::IoFail> {
-        use crate::http::io::IoFail;
-        let done = monoio::select! {
-            r = self.write_bytes(data) => Some(r),
-            _ = monoio::time::sleep(dur) => None,
-        };
-        match done {
-            Some(r) => r.map_err(IoFail::Io),
-            None => {
-                self.abandon(Reason::CANCEL);
-                Err(IoFail::Timeout)
-            }
-        }
+        self.write_bytes(data)
+            .await
+            .map_err(crate::http::io::IoFail::Io)
     }
 
     /// [`H2Stream::read_with`] within `dur`, or until `stop`
@@ -347,6 +340,10 @@ impl H2Stream {
             buf.extend_from_slice(src.get(..n).unwrap_or_default());
             n
         };
+        // Bytes ready (the head, a framed chunk): no wait, no timer.
+        if self.pending.iter().any(|p| !p.is_empty()) || self.body.is_none() {
+            return self.read_with(copy).await.map_err(IoFail::Io);
+        }
         monoio::select! {
             r = self.read_with(copy) => r.map_err(IoFail::Io),
             _ = monoio::time::sleep(dur) => Err(IoFail::Timeout),

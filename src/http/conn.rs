@@ -261,6 +261,11 @@ impl Conn {
     pub async fn linger(&mut self, dur: Duration, max_bytes: usize) {
         use monoio::io::AsyncWriteRent;
         let _ = self.stream.shutdown().await;
+        // An HTTP/2 stream needs no draining: what the client still sends
+        // is refused by a reset once the answer is out, without harm to it.
+        if matches!(self.stream, Stream::H2(_)) {
+            return;
+        }
         let deadline = std::time::Instant::now() + dur;
         let mut seen = 0;
         while seen < max_bytes {
