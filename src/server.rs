@@ -308,9 +308,10 @@ async fn serve_h2_connection(
     let handler = Rc::new(move |request, responder| {
         let shard = for_streams.clone();
         let certs = certs.clone();
-        async move {
-            serve_h2_stream(shard, listener, peer, request, responder, certs).await;
-        }
+        // Boxed once here: the stream's task is then moved as a pointer.
+        Box::pin(serve_h2_stream(
+            shard, listener, peer, request, responder, certs,
+        ))
     });
     let buffered = bytes::Bytes::from(buffered);
     let _ = crate::h2::serve_h2c(stream, buffered, &limits, drain, handler).await;

@@ -392,30 +392,40 @@ impl H2Stream {
 
     /// Accumulates and parses the response head; returns what follows it.
     async fn head_bytes<'d>(&mut self, data: &'d [u8]) -> io::Result<&'d [u8]> {
-        let before = self.head_buf.len();
-        self.head_buf.extend_from_slice(data);
-        let Some(end) = self.head_buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            if self.head_buf.len() > MAX_RESPONSE_HEAD {
-                self.abandon(Reason::INTERNAL_ERROR);
-                return Err(io::Error::other("response head too large"));
-            }
-            return Ok(&[]);
-        };
-        let head_len = end + 4;
-        let rest = data
-            .get(head_len.saturating_sub(before)..)
-            .unwrap_or_default();
-        let head = std::mem::take(&mut self.head_buf);
-        let head = head.get(..head_len).unwrap_or_default();
+        // The usual case: the whole head in one write, parsed where it is.
+        let whole = self.head_buf.is_empty();
+        if !whole {
+            self.head_buf.extend_from_slice(data);
+        }
         let mut fields = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Response::new(&mut fields);
-        let status = match parsed.parse(head) {
-            Ok(httparse::Status::Complete(_)) => parsed.code.unwrap_or(502),
-            _ => {
+        let held = std::mem::take(&mut self.head_buf);
+        let source = if whole { data } else { held.as_slice() };
+        let head_len = match parsed.parse(source) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if source.len() > MAX_RESPONSE_HEAD {
+                    self.abandon(Reason::INTERNAL_ERROR);
+                    return Err(io::Error::other("response head too large"));
+                }
+                if whole {
+                    self.head_buf.extend_from_slice(data);
+                } else {
+                    self.head_buf = held;
+                }
+                return Ok(&[]);
+            }
+            Err(_) => {
                 self.abandon(Reason::INTERNAL_ERROR);
                 return Err(io::Error::other("unparsable response head"));
             }
         };
+        // What follows the head in this write.
+        let before = if whole { 0 } else { held.len() - data.len() };
+        let rest = data
+            .get(head_len.saturating_sub(before)..)
+            .unwrap_or_default();
+        let status = parsed.code.unwrap_or(502);
         if (100..200).contains(&status) {
             // Interim answers (100 Continue) are not passed on.
             return Ok(rest);
@@ -423,7 +433,10 @@ impl H2Stream {
         let mut length = None;
         let mut chunked = false;
         let mut grpc_answer = false;
-        let mut out = Response::builder().status(status);
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let headers = response.headers_mut();
+        headers.reserve(parsed.headers.len());
         for f in parsed.headers.iter() {
             let name = f.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -438,18 +451,13 @@ impl H2Stream {
             if connection_specific(name) {
                 continue;
             }
-            let (Ok(n), Ok(v)) = (
+            if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name),
                 HeaderValue::from_bytes(f.value),
-            ) else {
-                continue;
-            };
-            out = out.header(n, v);
+            ) {
+                headers.append(n, v);
+            }
         }
-        let Ok(mut response) = out.body(()) else {
-            self.abandon(Reason::INTERNAL_ERROR);
-            return Err(io::Error::other("response head not valid for HTTP/2"));
-        };
         let no_body = self.head_request || status == 204 || status == 304;
         if self.grpc && !grpc_answer {
             let left = match (no_body, chunked, length) {
