@@ -35,6 +35,10 @@ impl Resets {
     /// Whether more than `max` resets came within the current `interval`;
     /// starts a new interval when the current one is over.
     pub fn over(&self, max: usize, interval: Duration) -> bool {
+        // No reset yet (the usual case): nothing to look at, no clock read.
+        if self.count.get() == 0 {
+            return false;
+        }
         let now = Instant::now();
         let start = *self.since.get().get_or_insert(now);
         if now.duration_since(start) > interval {

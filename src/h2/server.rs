@@ -210,25 +210,30 @@ where
     let mut draining = false;
     // One registration with the signal for the connection's life.
     let mut stop = std::pin::pin!(shutdown.wait());
+    // The idle clock runs from the end of the last stream; while streams
+    // are open it is looked at again every idle timeout (the stream tasks
+    // bound their own stalls). A closing connection waits for its streams.
+    // One timer for the connection, moved only when it fires.
+    let mut tick = std::pin::pin!(monoio::time::sleep(limits.idle_timeout));
     loop {
-        // The idle clock runs from the end of the last stream; while
-        // streams are open it is looked at again every idle timeout (the
-        // stream tasks bound their own stalls). A closing connection waits
-        // for its streams.
-        let idle = if draining {
-            Duration::from_secs(24 * 3600)
-        } else {
-            limits.idle_timeout.saturating_sub(activity.quiet_for())
-        };
         let step = monoio::select! {
-            next = monoio::time::timeout(idle, conn.accept()) => match next {
-                Err(_elapsed) if !draining && activity.quiet_for() >= limits.idle_timeout => {
+            next = conn.accept() => match next {
+                None => Step::Closed,
+                Some(Err(err)) => Step::Failed(err),
+                Some(Ok(stream)) => Step::Stream(stream),
+            },
+            _ = &mut tick => {
+                let quiet = activity.quiet_for();
+                if !draining && quiet >= limits.idle_timeout {
                     Step::Idle
+                } else {
+                    let next = match draining {
+                        true => Duration::from_secs(24 * 3600),
+                        false => limits.idle_timeout.saturating_sub(quiet),
+                    };
+                    tick.as_mut().reset(monoio::time::Instant::now() + next);
+                    Step::Tick
                 }
-                Err(_elapsed) => Step::Tick,
-                Ok(None) => Step::Closed,
-                Ok(Some(Err(err))) => Step::Failed(err),
-                Ok(Some(Ok(stream))) => Step::Stream(stream),
             },
             _ = &mut stop, if !draining => Step::Shutdown,
         };
@@ -239,6 +244,8 @@ where
             Step::Shutdown | Step::Idle => {
                 conn.graceful_shutdown();
                 draining = true;
+                let later = monoio::time::Instant::now() + Duration::from_secs(24 * 3600);
+                tick.as_mut().reset(later);
             }
             Step::Stream((request, respond)) => {
                 if resets.over(limits.max_resets, limits.reset_interval) {
