@@ -451,10 +451,15 @@ impl H2Stream {
             if connection_specific(name) {
                 continue;
             }
-            if let (Ok(n), Ok(v)) = (
+            if let (Ok(n), Ok(mut v)) = (
                 HeaderName::from_bytes(name),
                 HeaderValue::from_bytes(f.value),
             ) {
+                // A value new on every answer is sent without indexing, so
+                // it does not churn the HPACK tables on both sides.
+                if name.eq_ignore_ascii_case(b"x-request-id") {
+                    v.set_sensitive(true);
+                }
                 headers.append(n, v);
             }
         }

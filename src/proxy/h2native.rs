@@ -80,7 +80,9 @@ pub async fn relay(
 /// answer (`name: value\r\n` each).
 fn added_fields(ex: &Exchange<'_>) -> HeaderMap {
     let mut map = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(ex.request_id) {
+    if let Ok(mut v) = HeaderValue::from_str(ex.request_id) {
+        // New on every answer: not indexed (no HPACK table churn).
+        v.set_sensitive(true);
         map.insert("x-request-id", v);
     }
     for line in ex.response_headers.split("\r\n") {
