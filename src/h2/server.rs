@@ -155,6 +155,8 @@ enum Step<T> {
     Idle,
     /// The idle clock was looked at; the connection is not idle.
     Tick,
+    /// Closing, no stream left, and still not closed after an idle timeout.
+    Stuck,
 }
 
 /// Serves one h2c (prior knowledge) connection until it closes: `buffered`
@@ -206,23 +208,26 @@ where
     let resets = Rc::new(Resets::default());
     let activity = Activity::new();
     let mut draining = false;
+    let mut drained_at = Instant::now();
     // One registration with the signal for the connection's life.
     let mut stop = std::pin::pin!(shutdown.wait());
     loop {
         // The idle clock runs from the end of the last stream; while
         // streams are open it is looked at again every idle timeout (the
         // stream tasks bound their own stalls). A closing connection waits
-        // for its streams.
-        let idle = if draining {
-            Duration::from_secs(24 * 3600)
-        } else {
-            limits.idle_timeout.saturating_sub(activity.quiet_for())
+        // for its streams, then at most one idle timeout more for its close
+        // (a peer that reads nothing never lets the GOAWAY out).
+        let quiet = || match draining {
+            true => activity.quiet_for().min(drained_at.elapsed()),
+            false => activity.quiet_for(),
         };
+        let idle = limits.idle_timeout.saturating_sub(quiet());
         let step = monoio::select! {
             next = monoio::time::timeout(idle, conn.accept()) => match next {
-                Err(_elapsed) if !draining && activity.quiet_for() >= limits.idle_timeout => {
-                    Step::Idle
-                }
+                Err(_elapsed) if quiet() >= limits.idle_timeout => match draining {
+                    true => Step::Stuck,
+                    false => Step::Idle,
+                },
                 Err(_elapsed) => Step::Tick,
                 Ok(None) => Step::Closed,
                 Ok(Some(Err(err))) => Step::Failed(err),
@@ -231,17 +236,19 @@ where
             _ = &mut stop, if !draining => Step::Shutdown,
         };
         match step {
-            Step::Closed => return Ok(()),
+            Step::Closed | Step::Stuck => return Ok(()),
             Step::Tick => {}
             Step::Failed(err) => return Err(ServeError::H2(err)),
             Step::Shutdown | Step::Idle => {
                 conn.graceful_shutdown();
                 draining = true;
+                drained_at = Instant::now();
             }
             Step::Stream((request, respond)) => {
                 if resets.over(limits.max_resets, limits.reset_interval) {
                     conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     draining = true;
+                    drained_at = Instant::now();
                     continue;
                 }
                 let (head, body) = request.into_parts();
