@@ -527,3 +527,28 @@ fn ping_flood_with_reading_does_not_starve_other_connections() {
 fn ping_flood_with_reading_does_not_starve_other_connections_on_epoll() {
     ping_flood_with_reading("epoll");
 }
+
+#[test]
+fn a_peer_that_never_reads_is_closed_after_the_idle_timeout() {
+    // SETTINGS until the gateway's writes block (its ACKs are never read):
+    // the connection has no stream, so it idles out, and its GOAWAY cannot
+    // be written either; it must still be closed.
+    let b = backend();
+    let gw = gateway(&b, "idle_timeout_ms: 1000");
+    let mut c = H2::connect(gw.port);
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let batch = settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65535)]).repeat(1000);
+    let mut written = 0;
+    while written < 4_000_000 && c.try_send(&batch) {
+        written += 1000;
+    }
+    assert!(written < 4_000_000, "the gateway's writes never blocked");
+    std::thread::sleep(Duration::from_secs(4));
+    // Everything the gateway wrote, then the close.
+    c.auto_ack = false;
+    let closed = c.wait_closed(Duration::from_secs(10));
+    assert!(closed, "the connection is still open");
+    assert_responsive(gw.port, "/after");
+}
