@@ -552,3 +552,47 @@ fn a_peer_that_never_reads_is_closed_after_the_idle_timeout() {
     assert!(closed, "the connection is still open");
     assert_responsive(gw.port, "/after");
 }
+
+#[test]
+fn a_request_body_that_never_comes_is_timed_out() {
+    // Slowloris on a stream: HEADERS announcing a body, then nothing. The
+    // pipeline's body read timeout (2 s in LIMITS) answers it.
+    let b = backend();
+    let gw = gateway(&b, "");
+    let mut c = H2::connect(gw.port);
+    let mut h = open_post("/slow-body");
+    h.push(("content-length", "10"));
+    c.request(1, &h, false);
+    c.send(&frame(DATA, 0, 1, b"abc"));
+    let started = Instant::now();
+    let a = c.answer(1, Duration::from_secs(10));
+    let waited = started.elapsed();
+    eprintln!(
+        "body never came: status {:?}, reset {:?} after {waited:?}",
+        a.status(),
+        a.reset
+    );
+    assert!(
+        a.status() == Some(408) || a.reset.is_some(),
+        "not timed out: {a:?}"
+    );
+    assert!(waited >= Duration::from_millis(1500), "after {waited:?}");
+    assert!(waited < Duration::from_secs(8), "after {waited:?}");
+    assert_eq!(b.count(), 0, "an incomplete body reached the upstream");
+    assert_responsive(gw.port, "/after");
+}
+
+#[test]
+fn a_header_block_that_never_ends_is_closed() {
+    // HEADERS without END_HEADERS, then nothing: no stream is ever
+    // accepted, so the connection idles out and is closed.
+    let b = backend();
+    let gw = gateway(&b, "idle_timeout_ms: 1000");
+    let mut c = H2::connect(gw.port);
+    c.send(&frame(HEADERS, 0, 1, &block(&get_headers("/never"))));
+    let started = Instant::now();
+    assert!(c.wait_closed(Duration::from_secs(10)), "still open");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(b.count(), 0);
+    assert_responsive(gw.port, "/after");
+}
