@@ -527,3 +527,72 @@ fn ping_flood_with_reading_does_not_starve_other_connections() {
 fn ping_flood_with_reading_does_not_starve_other_connections_on_epoll() {
     ping_flood_with_reading("epoll");
 }
+
+#[test]
+fn a_peer_that_never_reads_is_closed_after_the_idle_timeout() {
+    // SETTINGS until the gateway's writes block (its ACKs are never read):
+    // the connection has no stream, so it idles out, and its GOAWAY cannot
+    // be written either; it must still be closed.
+    let b = backend();
+    let gw = gateway(&b, "idle_timeout_ms: 1000");
+    let mut c = H2::connect(gw.port);
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let batch = settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65535)]).repeat(1000);
+    let mut written = 0;
+    while written < 4_000_000 && c.try_send(&batch) {
+        written += 1000;
+    }
+    assert!(written < 4_000_000, "the gateway's writes never blocked");
+    std::thread::sleep(Duration::from_secs(4));
+    // Everything the gateway wrote, then the close.
+    c.auto_ack = false;
+    let closed = c.wait_closed(Duration::from_secs(10));
+    assert!(closed, "the connection is still open");
+    assert_responsive(gw.port, "/after");
+}
+
+#[test]
+fn a_request_body_that_never_comes_is_timed_out() {
+    // Slowloris on a stream: HEADERS announcing a body, then nothing. The
+    // pipeline's body read timeout (2 s in LIMITS) answers it.
+    let b = backend();
+    let gw = gateway(&b, "");
+    let mut c = H2::connect(gw.port);
+    let mut h = open_post("/slow-body");
+    h.push(("content-length", "10"));
+    c.request(1, &h, false);
+    c.send(&frame(DATA, 0, 1, b"abc"));
+    let started = Instant::now();
+    let a = c.answer(1, Duration::from_secs(10));
+    let waited = started.elapsed();
+    eprintln!(
+        "body never came: status {:?}, reset {:?} after {waited:?}",
+        a.status(),
+        a.reset
+    );
+    assert!(
+        a.status() == Some(408) || a.reset.is_some(),
+        "not timed out: {a:?}"
+    );
+    assert!(waited >= Duration::from_millis(1500), "after {waited:?}");
+    assert!(waited < Duration::from_secs(8), "after {waited:?}");
+    assert_eq!(b.count(), 0, "an incomplete body reached the upstream");
+    assert_responsive(gw.port, "/after");
+}
+
+#[test]
+fn a_header_block_that_never_ends_is_closed() {
+    // HEADERS without END_HEADERS, then nothing: no stream is ever
+    // accepted, so the connection idles out and is closed.
+    let b = backend();
+    let gw = gateway(&b, "idle_timeout_ms: 1000");
+    let mut c = H2::connect(gw.port);
+    c.send(&frame(HEADERS, 0, 1, &block(&get_headers("/never"))));
+    let started = Instant::now();
+    assert!(c.wait_closed(Duration::from_secs(10)), "still open");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(b.count(), 0);
+    assert_responsive(gw.port, "/after");
+}

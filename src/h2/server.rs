@@ -155,6 +155,8 @@ enum Step<T> {
     Idle,
     /// The idle clock was looked at; the connection is not idle.
     Tick,
+    /// Closing, no stream left, and still not closed after an idle timeout.
+    Stuck,
 }
 
 /// Serves one h2c (prior knowledge) connection until it closes: `buffered`
@@ -208,6 +210,7 @@ where
     let resets = Rc::new(Resets::default());
     let activity = Activity::new();
     let mut draining = false;
+    let mut drained_at = Instant::now();
     // One registration with the signal for the connection's life.
     let mut stop = std::pin::pin!(shutdown.wait());
     // The idle clock runs from the end of the last stream; while streams
@@ -216,6 +219,13 @@ where
     // One timer for the connection, moved only when it fires.
     let mut tick = std::pin::pin!(monoio::time::sleep(limits.idle_timeout));
     loop {
+        // A closing connection waits for its streams, then at most one idle
+        // timeout more for its close (a peer that reads nothing never lets
+        // the GOAWAY out).
+        let quiet = |draining: bool| match draining {
+            true => activity.quiet_for().min(drained_at.elapsed()),
+            false => activity.quiet_for(),
+        };
         let step = monoio::select! {
             next = conn.accept() => match next {
                 None => Step::Closed,
@@ -223,14 +233,14 @@ where
                 Some(Ok(stream)) => Step::Stream(stream),
             },
             _ = &mut tick => {
-                let quiet = activity.quiet_for();
-                if !draining && quiet >= limits.idle_timeout {
-                    Step::Idle
+                let quiet = quiet(draining);
+                if quiet >= limits.idle_timeout {
+                    match draining {
+                        true => Step::Stuck,
+                        false => Step::Idle,
+                    }
                 } else {
-                    let next = match draining {
-                        true => Duration::from_secs(24 * 3600),
-                        false => limits.idle_timeout.saturating_sub(quiet),
-                    };
+                    let next = limits.idle_timeout.saturating_sub(quiet);
                     tick.as_mut().reset(monoio::time::Instant::now() + next);
                     Step::Tick
                 }
@@ -238,19 +248,21 @@ where
             _ = &mut stop, if !draining => Step::Shutdown,
         };
         match step {
-            Step::Closed => return Ok(()),
+            Step::Closed | Step::Stuck => return Ok(()),
             Step::Tick => {}
             Step::Failed(err) => return Err(ServeError::H2(err)),
             Step::Shutdown | Step::Idle => {
                 conn.graceful_shutdown();
                 draining = true;
-                let later = monoio::time::Instant::now() + Duration::from_secs(24 * 3600);
-                tick.as_mut().reset(later);
+                drained_at = Instant::now();
+                tick.as_mut()
+                    .reset(monoio::time::Instant::now() + limits.idle_timeout);
             }
             Step::Stream((request, respond)) => {
                 if resets.over(limits.max_resets, limits.reset_interval) {
                     conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     draining = true;
+                    drained_at = Instant::now();
                     continue;
                 }
                 let (head, body) = request.into_parts();
