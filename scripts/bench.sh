@@ -183,7 +183,8 @@ done
     || { echo "bench: ROUNDS, DURATION, CONNS, WORKERS and RELOAD_EVERY must be >= 1" >&2; exit 2; }
 
 log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/bench/lib.sh"
 
 # ---------------------------------------------------------------------------
 # Process bookkeeping and cleanup
@@ -246,19 +247,6 @@ ensure_tools() {
 }
 
 # N free TCP ports on 127.0.0.1, one per line.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
-    s.close()
-EOF
-}
 
 # Wait until URL answers 200, at most $2 seconds, while pid $3 is alive.
 wait_http() {
@@ -275,13 +263,6 @@ wait_http() {
 
 # Start a command in the background, pinned with taskset; prints nothing,
 # sets LAST_PID. Output goes to $1.
-start_bg() {
-    local logfile=$1 cpus=$2
-    shift 2
-    taskset -c "$cpus" "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    STARTED_PIDS+=("$LAST_PID")
-}
 
 stop_pid() {
     local pid=$1 i
@@ -310,16 +291,6 @@ stat_ticks() {
     echo $(( ${12} + ${13} ))      # fields 14 (utime) and 15 (stime)
 }
 
-cpu_ticks() {
-    local total=0 pid child
-    for pid in "$@"; do
-        total=$((total + $(stat_ticks "$pid")))
-        for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
-            total=$((total + $(stat_ticks "$child")))
-        done
-    done
-    echo "$total"
-}
 
 # ---------------------------------------------------------------------------
 # Scenarios. Each sets what is requested and what every target must do for it:

@@ -48,7 +48,8 @@ UPSTREAM_BODY='{"items":[{"id":1,"name":"widget","price":9.5},{"id":2,"name":"ga
 CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SHAPES=\"$SHAPES\" TARGETS=\"$TARGETS\" WORKERS=$WORKERS SKIP_BUILD=$SKIP_BUILD scripts/h2-bench.sh"
 
 log() { printf '[h2-bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/bench/lib.sh"
 
 STARTED_PIDS=()
 WORK_DIR=""
@@ -99,19 +100,6 @@ ensure_tools() {
     done
 }
 
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
-    s.close()
-EOF
-}
 
 # Waits until URL answers 200 (curl with CURL_OPTS), at most $2 s, while pid $3 lives.
 wait_http() {
@@ -126,13 +114,6 @@ wait_http() {
     return 1
 }
 
-start_bg() {
-    local logfile=$1 cpus=$2
-    shift 2
-    taskset -c "$cpus" "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    STARTED_PIDS+=("$LAST_PID")
-}
 
 CLK_TCK="$(getconf CLK_TCK)"
 stat_ticks() {
@@ -142,16 +123,6 @@ stat_ticks() {
     # shellcheck disable=SC2086
     set -- $rest
     echo $((${12} + ${13}))
-}
-cpu_ticks() {
-    local total=0 pid child
-    for pid in "$@"; do
-        total=$((total + $(stat_ticks "$pid")))
-        for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
-            total=$((total + $(stat_ticks "$child")))
-        done
-    done
-    echo "$total"
 }
 
 nginx_common() {

@@ -62,7 +62,16 @@ fn idle_connections_hold_no_read_buffer() {
     // Past the grace during which a quiet connection keeps its buffer, and
     // past the shard's next hand-back of freed memory.
     thread::sleep(Duration::from_millis(3_500));
-    let after = rss_kib(gw.pid());
+    let mut after = rss_kib(gw.pid());
+    // On a loaded machine the shard may hand freed memory back a little
+    // later: look again for a few seconds before judging.
+    for _ in 0..3 {
+        if after.saturating_sub(before) * 1024 / (N as u64) < 4 * 1024 {
+            break;
+        }
+        thread::sleep(Duration::from_secs(2));
+        after = after.min(rss_kib(gw.pid()));
+    }
     let per_conn = after.saturating_sub(before) * 1024 / N as u64;
     eprintln!("RSS {before} kB -> {after} kB with {N} idle connections: {per_conn} B each");
     assert!(

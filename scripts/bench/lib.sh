@@ -1,0 +1,37 @@
+# Helpers shared by the load scripts (scripts/bench.sh, scripts/h2-bench.sh).
+# Sourced; each script defines its own `log`.
+
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+    s.close()
+EOF
+}
+
+start_bg() {
+    local logfile=$1 cpus=$2
+    shift 2
+    taskset -c "$cpus" "$@" >"$logfile" 2>&1 &
+    LAST_PID=$!
+    STARTED_PIDS+=("$LAST_PID")
+}
+
+cpu_ticks() {
+    local total=0 pid child
+    for pid in "$@"; do
+        total=$((total + $(stat_ticks "$pid")))
+        for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+            total=$((total + $(stat_ticks "$child")))
+        done
+    done
+    echo "$total"
+}
+
+die() { log "error: $*"; exit 1; }
