@@ -12,9 +12,12 @@
 //! - [`pool::H2Pool`]: multiplexed upstream connections per target.
 //! - [`body`]: the stream halves shared by both sides ([`RecvBody`],
 //!   [`SendBody`]), with flow control.
+//! - [`bridge`]: a downstream stream as one HTTP/1.1 exchange, so it runs
+//!   the request pipeline (`Stream::H2` under the connection's `Conn`).
+//! - [`relay`]: a downstream stream and an upstream stream relayed both
+//!   ways at once (gRPC streaming), used by `proxy::h2native`.
 //!
-//! Not yet wired into the request pipeline; see the design notes in the
-//! README ("HTTP/2").
+//! See the README's "HTTP/2 and gRPC" sections (use and design).
 
 pub mod body;
 pub mod bridge;
