@@ -25,7 +25,7 @@ use h2::Reason;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 
-use super::{RecvBody, Responder, SendBody};
+use super::{connection_specific, RecvBody, Responder, SendBody};
 use crate::grpc::status::{encode_grpc_message, Code};
 
 /// Longest response head the write side parses.
@@ -33,20 +33,6 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Most bytes of a non-gRPC error body read for its message.
 const MAX_ERROR_BODY: u64 = 16 * 1024;
-
-/// Fields that belong to one HTTP/1.1 connection, never sent on a stream
-/// (RFC 9113 §8.2.2).
-fn connection_specific(name: &[u8]) -> bool {
-    [
-        b"connection".as_slice(),
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
 
 /// Whether a content type is gRPC over HTTP/2 (not gRPC-Web).
 pub fn is_grpc(content_type: Option<&HeaderValue>) -> bool {
@@ -653,9 +639,10 @@ fn broken() -> io::Error {
     io::ErrorKind::BrokenPipe.into()
 }
 
-/// The fields of a chunked trailer section (ending in its empty line);
-/// lines that are not valid fields are skipped.
-fn parse_trailers(section: &[u8]) -> HeaderMap {
+/// The fields of a chunked trailer section (`name: value` lines, ending in
+/// its empty line); lines that are not valid fields, and connection-specific
+/// ones, are skipped.
+pub(crate) fn parse_trailers(section: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for line in section.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);

@@ -36,6 +36,23 @@ pub use io::Prefixed;
 pub use pool::{Endpoint, EndpointTls, H2Pool, PoolError, PoolLimits};
 pub use server::{serve_h2, serve_h2c, Responder, Shutdown};
 
+/// Fields that belong to one HTTP/1.1 connection and are never sent on an
+/// HTTP/2 stream (RFC 9113 §8.2.2).
+pub const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is one of [`CONNECTION_SPECIFIC`] (any case).
+pub fn connection_specific(name: &[u8]) -> bool {
+    CONNECTION_SPECIFIC
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -233,13 +233,7 @@ fn fail_after_head(send: &mut SendBody, grpc: bool, why: Cut) {
 
 /// Fields of one HTTP/1.1 connection never sent on a stream.
 fn strip_connection_fields(h: &mut HeaderMap) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in super::CONNECTION_SPECIFIC {
         h.remove(name);
     }
 }

@@ -145,16 +145,9 @@ fn field_lines(fields: &HeaderMap, out: &mut Vec<u8>) {
 /// Fields HTTP/2 forbids in a request (connection-specific), beyond those
 /// [`upstream_head`] already removed.
 fn forbidden_in_h2(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
-        b"host",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-    ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+    name.eq_ignore_ascii_case(b"host")
+        || name.eq_ignore_ascii_case(b"http2-settings")
+        || crate::h2::connection_specific(name)
 }
 
 /// Turns the HTTP/1.1 upstream head into an HTTP/2 request head.
@@ -387,18 +380,7 @@ async fn pump_body(
 fn header_map(raw: &[u8]) -> HeaderMap {
     let mut clean = Vec::new();
     trailer_section(raw, &mut clean);
-    let mut map = HeaderMap::new();
-    // Clean lines, each `name: value\r\n`.
-    let text = String::from_utf8_lossy(&clean);
-    for (name, value) in text.lines().filter_map(|l| l.split_once(": ")) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
+    crate::h2::bridge::parse_trailers(&clean)
 }
 
 /// Maps a pool failure before any response byte to the gateway's error and
