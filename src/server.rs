@@ -366,13 +366,7 @@ async fn serve_busy(
         // Copied, so that a connection waiting for its next request holds
         // no config: the one current when the head arrives serves it.
         let limits = shard.config().compiled.limits_of(listener).clone();
-        let h2c = shard
-            .config()
-            .compiled
-            .listeners
-            .get(listener)
-            .is_some_and(|l| l.http2.is_some() && l.tls.is_none());
-        let mut head = match read_head(shard, conn, &limits, h2c).await {
+        let mut head = match read_head(shard, conn, &limits, listener).await {
             HeadRead::Head(h) => h,
             HeadRead::Quiet(since) => return Busy::Quiet(since),
             HeadRead::Closed => return Busy::Closed,
@@ -647,12 +641,16 @@ async fn read_head(
     shard: &Shard,
     conn: &mut Conn,
     limits: &crate::compiled::Limits,
-    h2c: bool,
+    listener: usize,
 ) -> HeadRead {
     let mut deadline: Option<Instant> = None;
     loop {
         if !conn.buffered().is_empty() {
             if is_h2_preface(conn.buffered()) {
+                // Looked up only when the preface came: h2c on this listener?
+                let cfg = shard.config();
+                let listener = cfg.compiled.listeners.get(listener);
+                let h2c = listener.is_some_and(|l| l.http2.is_some() && l.tls.is_none());
                 return match h2c {
                     true => HeadRead::H2,
                     false => HeadRead::Refused(GatewayError::VersionNotSupported),
