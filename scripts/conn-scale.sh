@@ -13,6 +13,12 @@
 #         ACTIVE=10000  DURATION=10  ROUNDS=2  SKIP_BUILD=0
 #         SETTLE=5 (seconds between the last answer and the RSS reading)
 #         SHARDGATE_BIN=target/release/shardgate
+#         BASE_BIN=<another build>, for the target shardgate-base
+# Upstream connections: shardgate and HAProxy hold at most 256 to the
+# upstream and queue the requests beyond (`max_connections_per_target: 256`,
+# `server ... maxconn 256`); nginx keeps 256 idle and opens more as needed.
+# Unbounded, 10,000 clients need up to 10,000 upstream sockets besides
+# their own, past a 20,000 open-file limit.
 # Counts above the process's RLIMIT_NOFILE (raised to the hard limit) are
 # reported as not run. Every run is bounded in time.
 set -euo pipefail
@@ -94,17 +100,20 @@ start_target() {
     local dir=$WORK_DIR/$1
     mkdir -p "$dir"
     case $1 in
-        shardgate)
+        shardgate|shardgate-base)
+            local bin=$SHARDGATE_BIN
+            [[ $1 == shardgate-base ]] && bin=${BASE_BIN:?shardgate-base needs BASE_BIN}
             cat >"$dir/gateway.ron" <<RON
 Gateway(
     shards: Count(1),
     listeners: [ Listener(name: "scale", bind: "127.0.0.1:$PORT") ],
     limits_http: HttpLimits(idle_timeout_ms: 600000),
-    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256) },
+    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256,
+        max_connections_per_target: 256, max_queued_per_target: 20000, queue_timeout_ms: 10000) },
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
 )
 RON
-            taskset -c 0 "$SHARDGATE_BIN" --config "$dir/gateway.ron" >"$dir/stdout" 2>"$dir/stderr" &
+            taskset -c 0 "$bin" --config "$dir/gateway.ron" >"$dir/stdout" 2>"$dir/stderr" &
             ;;
         nginx)
             nginx_conf "$dir" "$PORT" "    upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; }
@@ -154,6 +163,12 @@ stop_target() {
     sleep 0.5
 }
 
+# The kernel's count of connections dropped because a listen queue was full
+# (TcpExt ListenOverflows, host-wide; only one listener is busy at a time).
+listen_overflows() {
+    awk '/^TcpExt:/ { if (!n) { for (i = 1; i <= NF; i++) col[$i] = i; n = 1 } else print $col["ListenOverflows"] }' /proc/net/netstat
+}
+
 # RSS in kB of a process and its children (nginx: master and worker).
 tree_rss() {
     local total=0 p
@@ -181,8 +196,8 @@ start_upstream
 sleep 0.5
 echo "## Idle connections and accept rate ($(date -u +%F), $(nproc) cores, one core per proxy)"
 echo
-echo "| target | connections | held | RSS before (kB) | RSS after (kB) | per connection (B) | accept rate (conn/s) |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| target | connections | held | RSS before (kB) | RSS after (kB) | open when read | per connection (B) | accept rate (conn/s) | listen overflows |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $COUNTS; do
     if (( n + 500 > FD_LIMIT )); then
         echo "| (all) | $n | – | – | – | – | not run: RLIMIT_NOFILE is $FD_LIMIT here |"
@@ -193,14 +208,20 @@ for n in $COUNTS; do
         start_target "$t"
         hold 200 >/dev/null; release
         before=$(tree_rss "$TPID")
-        line=$(hold "$n")
+        ov0=$(listen_overflows)
+        # Not `line=$(hold ...)`: a command substitution's subshell would
+        # close the holder's stdin on return, and the connections with it.
+        hold "$n" >"$WORK_DIR/ready.line"
+        line=$(<"$WORK_DIR/ready.line")
+        ov=$(( $(listen_overflows) - ov0 ))
         sleep "${SETTLE:-5}"
         after=$(tree_rss "$TPID")
+        open=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
         held=$(awk '{print $2}' <<<"$line")
         cs=$(sed -E 's/.*connect_s=([0-9.]+).*/\1/' <<<"$line")
         per=$(( (after - before) * 1024 / (held > 0 ? held : 1) ))
         rate=$(awk -v n="$held" -v s="$cs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
-        echo "| $t | $n | $held | $before | $after | $per | $rate |"
+        echo "| $t | $n | $held | $before | $after | $open | $per | $rate | $ov |"
         release
         stop_target
     done
@@ -208,17 +229,20 @@ done
 echo
 echo "## $ACTIVE active connections: wrk -t2 -c$ACTIVE -d${DURATION}s, interleaved rounds"
 echo
-echo "| round | target | req/s | p50 | p99 |"
-echo "|---:|---|---:|---:|---:|"
+echo "| round | target | req/s | p50 | p99 | errors (non-2xx, timeouts) | listen overflows |"
+echo "|---:|---|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
         start_target "$t"
+        ov0=$(listen_overflows)
         out=$(taskset -c 1 timeout $((DURATION + 60)) wrk -t2 -c"$ACTIVE" -d"${DURATION}s" --latency \
             "http://127.0.0.1:$PORT/api/v1/items" 2>&1 || true)
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
         p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-        echo "| $r | $t | ${rps:-?} | ${p50:-?} | ${p99:-?} |"
+        non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+        tmo=$(sed -nE 's/.*timeout ([0-9]+).*/\1/p' <<<"$out")
+        echo "| $r | $t | ${rps:-?} | ${p50:-?} | ${p99:-?} | ${non2xx:-0}, ${tmo:-0} | $(( $(listen_overflows) - ov0 )) |"
         stop_target
     done
 done

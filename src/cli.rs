@@ -115,6 +115,7 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
     // Before the shards start: every connection is a descriptor.
     let nofile = shard::raise_nofile_limit();
     eprintln!("shardgate: {nofile}");
+    eprintln!("shardgate: {}", crate::memory::keep_huge_pages_out());
     let most: usize = compiled
         .listeners
         .iter()
