@@ -201,7 +201,7 @@ impl Conn {
     /// exchange, with nothing unread, holding a read buffer for `grace`
     /// only: a connection still quiet then gives its buffer back and gets
     /// `Ok(None)`, to wait for readability without one
-    /// ([`super::io::wait_readable_within`]). A busy keep-alive connection,
+    /// ([`super::io::wait_readable_until`]). A busy keep-alive connection,
     /// whose next request comes within the grace, reads as
     /// [`Conn::fill_or`] does.
     pub async fn fill_unless_quiet(
@@ -250,6 +250,8 @@ impl Conn {
             Err(_) if stopped => Err(IoFail::Timeout),
             Err(_) => {
                 self.release_buffer();
+                // Nothing to cancel while idle; made again on the next read.
+                self.canceller = None;
                 Ok(None)
             }
         }

@@ -61,11 +61,11 @@ where
 }
 
 /// Waits until the socket is readable (bytes or end-of-file), giving up
-/// after `dur` or when `stop` completes ([`IoFail::Timeout`]; the socket's
+/// when `deadline` or `stop` completes ([`IoFail::Timeout`]; the socket's
 /// read side is then shut down, which also ends the kernel's wait).
-pub async fn wait_readable_within<S: Future<Output = ()>>(
+pub async fn wait_readable_until<D: Future<Output = ()>, S: Future<Output = ()>>(
     stream: &TcpStream,
-    dur: Duration,
+    deadline: D,
     stop: S,
 ) -> Result<(), IoFail> {
     let fd = stream.as_raw_fd();
@@ -73,7 +73,7 @@ pub async fn wait_readable_within<S: Future<Output = ()>>(
     let mut fut = std::pin::pin!(fut);
     monoio::select! {
         r = &mut fut => return r.map_err(IoFail::Io),
-        _ = monoio::time::sleep(dur) => {},
+        _ = deadline => {},
         _ = stop => {},
     }
     let _ = shutdown(fd, Shutdown::Read);
