@@ -429,3 +429,56 @@ fn aggregation_parts_are_counted_by_outcome() {
     assert_eq!(part("after_broken", "skipped"), 2.0);
     assert_eq!(part("good", "failed"), 0.0);
 }
+
+/// The idle client connections of every shard: (sum in `/shards`, sum of
+/// the `shardgate_idle_connections` samples).
+fn idle_connections(gw: &Gateway) -> (u64, f64) {
+    let (_, shards) = admin(gw, "/shards");
+    let v: serde_json::Value = serde_json::from_str(&shards).unwrap();
+    let listed = v["shards"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["idle_connections"].as_u64()).sum())
+        .unwrap_or(0);
+    let scraped = scrape(gw)
+        .iter()
+        .filter(|(k, _)| k.starts_with("shardgate_idle_connections{"))
+        .map(|(_, v)| v)
+        .sum();
+    (listed, scraped)
+}
+
+/// Waits up to 3 s for both idle counts to equal `want`.
+fn await_idle(gw: &Gateway, want: u64) -> (u64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = idle_connections(gw);
+        if (got.0 == want && got.1 == want as f64) || Instant::now() > deadline {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_connections_are_counted_per_shard() {
+    let backend = Backend::echo("app");
+    let gw = Gateway::start(&gateway_config(&backend, ""));
+    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(gw.port)).collect();
+    for c in clients.iter_mut() {
+        c.send(b"GET /api/one HTTP/1.1\r\nHost: idle.test\r\n\r\n");
+        assert_eq!(c.read_response().status, 200);
+    }
+    // Quiet past the 250 ms grace (and short of the 2 s idle timeout).
+    assert_eq!(await_idle(&gw, 10), (10, 10.0), "after going quiet");
+    // Four get a request: busy again (then quiet for less than the grace).
+    for c in clients.iter_mut().take(4) {
+        c.send(b"GET /api/two HTTP/1.1\r\nHost: idle.test\r\n\r\n");
+        assert_eq!(c.read_response().status, 200);
+    }
+    assert_eq!(await_idle(&gw, 10), (10, 10.0), "quiet again");
+    // Five close: they leave the count.
+    clients.truncate(5);
+    assert_eq!(await_idle(&gw, 5), (5, 5.0), "after five closed");
+    // The idle timeout ends the rest.
+    assert_eq!(await_idle(&gw, 0), (0, 0.0), "after the idle timeout");
+}

@@ -365,6 +365,7 @@ fn shards(hub: &Hub) -> Answer {
                 "config_generation": r.generation,
                 "connections": r.connections,
                 "http2_connections": r.http2_connections,
+                "idle_connections": r.idle_connections,
                 "http2_streams_total": r.http2_streams_total,
                 "in_flight": r.in_flight,
                 "requests": r.requests,

@@ -896,6 +896,7 @@ mod tests {
             cache: Vec::new(),
             websocket_tunnels: 0,
             http2_connections: 0,
+            idle_connections: 0,
             http2_streams_total: 0,
             websocket_tunnels_total: 0,
             edge: Default::default(),

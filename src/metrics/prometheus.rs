@@ -417,6 +417,11 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             "HTTP/2 client connections open, per shard.",
             |r| r.http2_connections as u64,
         ),
+        (
+            "shardgate_idle_connections",
+            "HTTP/1.1 client connections waiting for their next request without a read buffer, per shard.",
+            |r| r.idle_connections as u64,
+        ),
     ];
     for (name, help, f) in gauges {
         header(o, name, "gauge", help);

@@ -41,6 +41,9 @@ pub struct ShardReport {
     pub connections: usize,
     /// HTTP/2 client connections open (counted in `connections` too).
     pub http2_connections: usize,
+    /// HTTP/1.1 client connections waiting for their next request without a
+    /// read buffer (quiet past the grace; counted in `connections` too).
+    pub idle_connections: usize,
     /// HTTP/2 streams served since the shard started.
     pub http2_streams_total: u64,
     /// Requests being handled.
@@ -163,6 +166,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         generation: cfg.compiled.generation,
         connections: shard.connections.get(),
         http2_connections: shard.h2_connections.get(),
+        idle_connections: shard.deadlines.waiting(),
         http2_streams_total: shard.h2_streams.get(),
         in_flight: shard.in_flight.get(),
         requests: metrics.requests(),
