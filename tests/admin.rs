@@ -437,7 +437,11 @@ fn idle_connections(gw: &Gateway) -> (u64, f64) {
     let v: serde_json::Value = serde_json::from_str(&shards).unwrap();
     let listed = v["shards"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s["idle_connections"].as_u64()).sum())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["idle_connections"].as_u64())
+                .sum()
+        })
         .unwrap_or(0);
     let scraped = scrape(gw)
         .iter()

@@ -595,10 +595,23 @@ fn open_same_tuple(port: u16, n: usize) {
     let from: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     for i in 0..n {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        socket.set_reuse_address(true).expect("SO_REUSEADDR");
-        socket.bind(&from.into()).expect("bind the client port");
-        socket.connect(&to.into()).expect("connect");
+        // The previous connection of this 4-tuple was reset; should the
+        // kernel still hold it for a moment, connect says EADDRNOTAVAIL:
+        // try again shortly.
+        let mut tries = 0;
+        let socket = loop {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            socket.set_reuse_address(true).expect("SO_REUSEADDR");
+            socket.bind(&from.into()).expect("bind the client port");
+            match socket.connect(&to.into()) {
+                Ok(()) => break socket,
+                Err(e) if e.raw_os_error() == Some(99) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("connect: {e:?}"),
+            }
+        };
         socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
         let stream: std::net::TcpStream = socket.into();
         stream

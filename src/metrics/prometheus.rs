@@ -386,7 +386,7 @@ fn cache(o: &mut String, reports: &[ShardReport]) {
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [Family<ShardReport, u64>; 6] = [
+    let gauges: [Family<ShardReport, u64>; 7] = [
         (
             "shardgate_shard_connections",
             "Client connections open, per shard.",
