@@ -23,13 +23,15 @@ use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
+// Integers and addresses are appended by hand: `core::fmt` cost about 2,300
+// instructions per proxied request here (bench/RESULTS.md §27).
+use crate::observe::{push_addr, push_ip, push_u64};
 use crate::resilience::targets::NoTarget;
 use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
 use pool::{Full, Grant, Waiter};
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -185,16 +187,14 @@ pub fn upstream_head(
     out.extend_from_slice(b"host: ");
     match host {
         Some(h) => out.extend_from_slice(h),
-        None => {
-            let _ = write!(out, "{upstream_addr}");
-        }
+        None => push_addr(&mut out, upstream_addr),
     }
     out.extend_from_slice(b"\r\nx-forwarded-for: ");
     if let Some(prev) = req.header("x-forwarded-for").filter(|v| !v.is_empty()) {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}", ex.client_ip);
+    push_ip(&mut out, ex.client_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(h) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
@@ -225,7 +225,9 @@ pub fn upstream_head(
     }
     match req.framing {
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_u64(&mut out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
@@ -236,7 +238,9 @@ pub fn upstream_head(
 
 /// Appends the status line of `resp` (its reason phrase, or the standard one).
 pub(crate) fn status_line(resp: &ResponseHead, out: &mut Vec<u8>) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(resp.status));
+    out.push(b' ');
     if resp.reason().is_empty() {
         out.extend_from_slice(reason_phrase(resp.status).as_bytes());
     } else {
@@ -278,7 +282,9 @@ pub(crate) fn client_head(
     }
     match (resp.framing, out_framing) {
         (Framing::Length(n), _) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_u64(&mut out, n);
+            out.extend_from_slice(b"\r\n");
         }
         (Framing::Chunked | Framing::UntilClose, Some(OutFraming::Chunked)) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")

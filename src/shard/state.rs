@@ -270,7 +270,7 @@ impl Shard {
     pub fn next_request_id(&self) -> String {
         let n = self.id_seq.get().wrapping_add(1);
         self.id_seq.set(n);
-        format!("{:016x}{:08x}", self.id_seed, n as u32)
+        request_id(self.id_seed, n as u32)
     }
 
     /// Closes idle upstream connections past their upstream's idle timeout,
@@ -310,4 +310,34 @@ fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// A request id: the shard's seed and a sequence number in lowercase hex,
+/// as `format!("{seed:016x}{n:08x}")` writes them, without `core::fmt`
+/// (several hundred instructions less per request).
+fn request_id(seed: u64, n: u32) -> String {
+    let mut id = String::with_capacity(24);
+    for (v, digits) in [(seed, 16u32), (u64::from(n), 8)] {
+        for i in (0..digits).rev() {
+            let nibble = ((v >> (i * 4)) & 0xf) as u32;
+            id.push(char::from_digit(nibble, 16).unwrap_or('0'));
+        }
+    }
+    id
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    #[test]
+    fn request_ids_are_written_as_format_would() {
+        for (seed, n) in [
+            (0u64, 0u32),
+            (1, 1),
+            (0x0123_4567_89ab_cdef, 0xdead_beef),
+            (u64::MAX, u32::MAX),
+            (0xf, 0x10),
+        ] {
+            assert_eq!(super::request_id(seed, n), format!("{seed:016x}{n:08x}"));
+        }
+    }
 }
