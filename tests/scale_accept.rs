@@ -605,7 +605,7 @@ fn open_same_tuple(port: u16, n: usize) {
             socket.bind(&from.into()).expect("bind the client port");
             match socket.connect(&to.into()) {
                 Ok(()) => break socket,
-                Err(e) if e.raw_os_error() == Some(99) && tries < 50 => {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && tries < 50 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }

@@ -144,7 +144,6 @@ impl Future for Deadline<'_> {
                     None => {
                         drop(table);
                         self.key = None;
-                        self.when = Instant::now();
                         Poll::Ready(())
                     }
                 }
@@ -167,6 +166,14 @@ mod tests {
     use std::rc::Rc;
     use std::time::Duration;
 
+    /// A table with its sweeper running (inside a runtime).
+    fn swept() -> Rc<Deadlines> {
+        let d = Rc::new(Deadlines::default());
+        let sweeper = d.clone();
+        monoio::spawn(async move { sweeper.sweep().await });
+        d
+    }
+
     fn run<F: Future>(f: F) -> F::Output {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
@@ -178,9 +185,7 @@ mod tests {
     #[test]
     fn waiters_complete_in_deadline_order_and_leave_the_table() {
         run(async {
-            let d = Rc::new(Deadlines::default());
-            let sweeper = d.clone();
-            monoio::spawn(async move { sweeper.sweep().await });
+            let d = swept();
             let start = Instant::now();
             let order = Rc::new(RefCell::new(Vec::new()));
             let mut tasks = Vec::new();
@@ -210,9 +215,7 @@ mod tests {
     #[test]
     fn a_dropped_wait_leaves_the_table_and_a_passed_deadline_is_ready_at_once() {
         run(async {
-            let d = Rc::new(Deadlines::default());
-            let sweeper = d.clone();
-            monoio::spawn(async move { sweeper.sweep().await });
+            let d = swept();
             let far = d.at(Instant::now() + Duration::from_secs(60));
             let mut far = Box::pin(far);
             let woke = std::future::poll_fn(|cx| Poll::Ready(far.as_mut().poll(cx))).await;

@@ -317,12 +317,8 @@ fn random_seed() -> u64 {
 /// (several hundred instructions less per request).
 fn request_id(seed: u64, n: u32) -> String {
     let mut id = String::with_capacity(24);
-    for (v, digits) in [(seed, 16u32), (u64::from(n), 8)] {
-        for i in (0..digits).rev() {
-            let nibble = ((v >> (i * 4)) & 0xf) as u32;
-            id.push(char::from_digit(nibble, 16).unwrap_or('0'));
-        }
-    }
+    crate::observe::push_hex(&mut id, &seed.to_be_bytes());
+    crate::observe::push_hex(&mut id, &n.to_be_bytes());
     id
 }
 
