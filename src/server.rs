@@ -3,6 +3,7 @@
 
 use crate::error::GatewayError;
 use crate::http::io::{wait_readable_until, IoFail};
+use crate::http::timer::coarse_now;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
 use crate::pipeline;
 use crate::proxy::{Disposition, Exchange};
@@ -679,12 +680,12 @@ async fn read_head(
                 }
             }
             if deadline.is_none() {
-                deadline = Some(Instant::now() + limits.header_read_timeout);
+                deadline = Some(coarse_now() + limits.header_read_timeout);
             }
         }
         let started = !conn.buffered().is_empty();
         let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
+            Some(d) => d.saturating_duration_since(coarse_now()),
             None => limits.idle_timeout,
         };
         if wait.is_zero() {
@@ -693,13 +694,16 @@ async fn read_head(
         let res = if started {
             conn.fill(wait).await
         } else {
-            let since = Instant::now();
             match conn
                 .fill_unless_quiet(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
                 .await
             {
                 Ok(Some(n)) => Ok(n),
-                Ok(None) => return HeadRead::Quiet(since),
+                // Quiet since the grace began (to the timer's resolution).
+                Ok(None) => {
+                    let now = Instant::now();
+                    return HeadRead::Quiet(now.checked_sub(IDLE_BUFFER_GRACE).unwrap_or(now));
+                }
                 Err(e) => Err(e),
             }
         };

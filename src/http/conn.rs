@@ -3,6 +3,7 @@
 //! head are kept for the next reader.
 
 use super::io::{read_within_or, write_all_to, IoFail};
+use super::timer::{timed, Ended};
 use crate::tls::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
@@ -226,15 +227,14 @@ impl Conn {
             };
             let read = stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle());
             let mut read = std::pin::pin!(read);
-            let stopped = monoio::select! {
-                r = &mut read => {
-                    let (res, slice) = r;
+            let stopped = match timed(&mut read, grace, std::pin::pin!(stop)).await {
+                Ended::Done((res, slice)) => {
                     self.buf = slice.into_inner();
                     self.canceller = Some(canceller);
                     return res.map(Some).map_err(IoFail::Io);
                 }
-                _ = monoio::time::sleep(grace) => false,
-                _ = stop => true,
+                Ended::TimedOut => false,
+                Ended::Stopped => true,
             };
             // Cancelled, the read completes at once: with ECANCELED, or
             // with bytes that arrived meanwhile.

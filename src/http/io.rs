@@ -17,6 +17,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use super::timer::{timed, Ended};
+
 /// Why a timed I/O call failed.
 #[derive(Debug)]
 pub enum IoFail {
@@ -50,10 +52,8 @@ where
     let fd = stream.as_raw_fd();
     let fut = stream.read(buf);
     let mut fut = std::pin::pin!(fut);
-    monoio::select! {
-        r = &mut fut => return (r.0.map_err(IoFail::Io), r.1),
-        _ = monoio::time::sleep(dur) => {},
-        _ = stop => {},
+    if let Ended::Done(r) = timed(&mut fut, dur, std::pin::pin!(stop)).await {
+        return (r.0.map_err(IoFail::Io), r.1);
     }
     let _ = shutdown(fd, Shutdown::Read);
     let (_, buf) = fut.await;
@@ -91,9 +91,8 @@ pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent + AsRawFd>(
     let fd = stream.as_raw_fd();
     let fut = stream.write_all(buf);
     let mut fut = std::pin::pin!(fut);
-    monoio::select! {
-        r = &mut fut => return (r.0.map(|_| ()).map_err(IoFail::Io), r.1),
-        _ = monoio::time::sleep(dur) => {},
+    if let Ended::Done(r) = timed(&mut fut, dur, std::future::pending()).await {
+        return (r.0.map(|_| ()).map_err(IoFail::Io), r.1);
     }
     let _ = shutdown(fd, Shutdown::Write);
     let (res, buf) = fut.await;

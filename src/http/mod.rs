@@ -7,6 +7,7 @@ pub mod conn;
 pub mod head;
 pub mod io;
 pub mod path;
+pub mod timer;
 
 pub use conn::Conn;
 pub use head::{Framing, HeadError, Parsed, RequestHead, ResponseHead};

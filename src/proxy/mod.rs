@@ -21,6 +21,7 @@ use crate::http::body::{
 };
 use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
 use crate::http::io::IoFail;
+use crate::http::timer::coarse_now;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
 // Integers and addresses are appended by hand: `core::fmt` cost about 2,300
@@ -404,12 +405,11 @@ impl<'a> Lease<'a> {
         let limit = up
             .max_connections
             .map(|m| pool::share(m, self.shard.shards, self.shard.id));
-        let got = self.shard.pools.borrow_mut().acquire(
-            self.addr,
-            limit,
-            up.idle_timeout,
-            Instant::now(),
-        );
+        let got =
+            self.shard
+                .pools
+                .borrow_mut()
+                .acquire(self.addr, limit, up.idle_timeout, coarse_now());
         self.held = got.is_ok();
         got
     }
@@ -456,7 +456,7 @@ impl<'a> Lease<'a> {
             self.shard
                 .pools
                 .borrow_mut()
-                .put(self.addr, conn, max_idle, Instant::now());
+                .put(self.addr, conn, max_idle, coarse_now());
         }
     }
 }
@@ -924,7 +924,7 @@ async fn exchange(
         ex.keep_alive = false;
     }
     // Response head, skipping interim 1xx answers.
-    let deadline = Instant::now() + timeout;
+    let deadline = coarse_now() + timeout;
     let resp = loop {
         match read_response_head(&mut upc, deadline, req.method() == "HEAD").await {
             Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
@@ -1194,7 +1194,7 @@ pub(crate) async fn read_response_head(
                 Err(_) => return Err(ReadHeadError::Invalid("malformed response head")),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(coarse_now());
         if left == Duration::ZERO {
             return Err(ReadHeadError::Timeout);
         }
