@@ -305,11 +305,21 @@ fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldF
     (fields, f, repeated)
 }
 
+/// `method` as a constant when it is one of the methods RFC 9110 defines.
+fn known_method(method: &str) -> Option<&'static str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN.into_iter().find(|k| *k == method)
+}
+
 /// A parsed request head.
 #[derive(Debug, Default, Clone)]
 pub struct RequestHead {
     raw: Vec<u8>,
     method: Range<usize>,
+    /// The method when it is one of RFC 9110's, without re-reading `raw`.
+    known_method: Option<&'static str>,
     /// The origin-form part of the target (path and query); for an
     /// absolute-form target, what follows the authority.
     target: Range<usize>,
@@ -414,6 +424,7 @@ impl RequestHead {
         Ok(Parsed::Complete(
             RequestHead {
                 method: offset(head, method.as_bytes()),
+                known_method: known_method(method),
                 target,
                 path_len,
                 authority,
@@ -436,7 +447,10 @@ impl RequestHead {
 
     /// The method.
     pub fn method(&self) -> &str {
-        self.raw_str(self.method.clone())
+        match self.known_method {
+            Some(m) => m,
+            None => self.raw_str(self.method.clone()),
+        }
     }
 
     fn raw_str(&self, r: Range<usize>) -> &str {
@@ -877,6 +891,14 @@ mod tests {
         assert_eq!(h.header("x-a"), Some(&b"1"[..]));
         assert!(h.keep_alive);
         assert_eq!(h.framing, Framing::None);
+    }
+
+    #[test]
+    fn any_method_reads_back_as_sent() {
+        for m in ["PATCH", "OPTIONS", "PURGE", "get", "M-SEARCH"] {
+            let h = req(&format!("{m} / HTTP/1.1\r\nHost: h\r\n\r\n")).unwrap();
+            assert_eq!(h.method(), m);
+        }
     }
 
     #[test]

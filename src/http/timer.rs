@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// The wheel's resolution.
 pub const TICK: Duration = Duration::from_millis(10);
+const TICK_NS: u64 = 10_000_000;
+const TICKS_PER_S: u64 = 1_000_000_000 / TICK_NS;
 /// Buckets in one turn of the wheel (2.56 s); a later deadline waits in its
 /// bucket for as many turns as it needs.
 const SLOTS: usize = 256;
@@ -83,8 +85,11 @@ impl Wheel {
 
     fn tick_of(&mut self, at: Instant) -> u64 {
         let origin = *self.origin.get_or_insert(at);
-        let ticks = at.saturating_duration_since(origin).as_nanos() / TICK.as_nanos();
-        u64::try_from(ticks).unwrap_or(u64::MAX)
+        let since = at.saturating_duration_since(origin);
+        since
+            .as_secs()
+            .saturating_mul(TICKS_PER_S)
+            .saturating_add(u64::from(since.subsec_nanos()) / TICK_NS)
     }
 
     /// Arms an entry firing `dur` from now. The current tick may be up to a
@@ -100,8 +105,11 @@ impl Wheel {
                 w.wake();
             }
         }
-        let ticks = dur.as_nanos().div_ceil(TICK.as_nanos());
-        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX / 2);
+        // In 64-bit arithmetic: a 128-bit division costs more than the rest.
+        let ticks = dur
+            .as_secs()
+            .saturating_mul(TICKS_PER_S)
+            .saturating_add(u64::from(dur.subsec_nanos()).div_ceil(TICK_NS));
         let entry = Entry {
             due: self.now.saturating_add(ticks).saturating_add(1),
             prev: NIL,
@@ -371,7 +379,7 @@ pub async fn sleep(dur: Duration) {
 pub fn coarse_now() -> Instant {
     WHEEL.with_borrow(|w| match w.origin {
         Some(origin) if w.linked > 0 => {
-            origin + Duration::from_nanos(w.now.saturating_mul(TICK.as_nanos() as u64))
+            origin + Duration::from_nanos(w.now.saturating_mul(TICK_NS))
         }
         _ => Instant::now(),
     })
