@@ -9,7 +9,7 @@
 # while `perf record -e cpu-clock -F 10000` samples the proxy. Prints, per
 # target and round, CPU-µs per request in the kernel and in user space, the
 # user-space part split by where it runs (the gateway's code, monoio, libc,
-# mimalloc, the clock, httparse), then the io_uring operations and system
+# mimalloc, the clock, httparse; `program` is the relay's own code), then the io_uring operations and system
 # calls per request (`perf stat` on io_uring and raw_syscalls tracepoints,
 # separate runs of the same length).
 #
@@ -138,6 +138,8 @@ for line in sys.stdin:
         c = "httparse"
     elif "shardgate" in sym:
         c = "gateway"
+    elif not dso.startswith(("lib", "[")):
+        c = "program"  # the relay's own code
     else:
         c = "other"
     cat[c] = cat.get(c, 0.0) + us
