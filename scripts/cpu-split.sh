@@ -139,7 +139,7 @@ for line in sys.stdin:
     elif "shardgate" in sym:
         c = "gateway"
     elif not dso.startswith(("lib", "[")):
-        c = "program"  # the relay's own code
+        c = "program"  # the code of the relay itself
     else:
         c = "other"
     cat[c] = cat.get(c, 0.0) + us
