@@ -15,6 +15,12 @@
 //! two ticks (more if the thread is too busy to run the sweeper on time).
 //! The wheel is per thread because a shard is one thread: no entry is ever
 //! touched by two threads.
+//!
+//! A thread is expected to run one monoio runtime at a time. When a runtime
+//! ends, monoio leaks (does not drop) the tasks still waiting, this wheel's
+//! sweeper among them, so a thread that starts another runtime afterwards
+//! calls [`reset_thread`] first: the waits of the old runtime are forgotten
+//! and the new runtime gets its own sweeper.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -60,6 +66,9 @@ struct Wheel {
     sweeper: Option<Waker>,
     /// A sweeper task is alive on this thread.
     sweeping: bool,
+    /// Bumped by [`reset_thread`]: entries and sweepers of an older
+    /// generation are ignored.
+    generation: u64,
     /// Wakers of fired entries, woken once the wheel is released.
     due: Vec<Waker>,
 }
@@ -79,6 +88,7 @@ impl Wheel {
             now: 0,
             sweeper: None,
             sweeping: false,
+            generation: 0,
             due: Vec::new(),
         }
     }
@@ -222,27 +232,32 @@ fn bucket_of(due: u64) -> usize {
     (due % SLOTS as u64) as usize
 }
 
-/// Advances the thread's wheel every tick while it holds entries.
-async fn sweep() {
-    struct Alive;
+/// Advances the thread's wheel every tick while it holds entries, until the
+/// wheel is reset to another generation.
+async fn sweep(generation: u64) {
+    struct Alive(u64);
     impl Drop for Alive {
-        // The runtime dropped this task: a later runtime on the thread spawns anew.
+        // The runtime dropped this task: the next wait spawns another.
         fn drop(&mut self) {
             let _ = WHEEL.try_with(|w| {
                 if let Ok(mut w) = w.try_borrow_mut() {
-                    w.sweeping = false;
-                    w.sweeper = None;
+                    if w.generation == self.0 {
+                        w.sweeping = false;
+                        w.sweeper = None;
+                    }
                 }
             });
         }
     }
-    let _alive = Alive;
+    let _alive = Alive(generation);
     let mut woken = Vec::new();
     loop {
-        std::future::poll_fn(|cx| {
+        let current = std::future::poll_fn(|cx| {
             WHEEL.with_borrow_mut(|w| {
-                if w.linked > 0 {
-                    Poll::Ready(())
+                if w.generation != generation {
+                    Poll::Ready(false)
+                } else if w.linked > 0 {
+                    Poll::Ready(true)
                 } else {
                     w.sweeper = Some(cx.waker().clone());
                     Poll::Pending
@@ -250,11 +265,16 @@ async fn sweep() {
             })
         })
         .await;
+        if !current {
+            return;
+        }
         monoio::time::sleep(TICK).await;
         let now = Instant::now();
         WHEEL.with_borrow_mut(|w| {
-            w.advance(now);
-            std::mem::swap(&mut w.due, &mut woken);
+            if w.generation == generation {
+                w.advance(now);
+                std::mem::swap(&mut w.due, &mut woken);
+            }
         });
         for waker in woken.drain(..) {
             waker.wake();
@@ -262,26 +282,30 @@ async fn sweep() {
     }
 }
 
-/// A timer entry owned by one wait; disarmed when dropped.
-struct Armed(u32);
+/// A timer entry owned by one wait (its index and the wheel's generation);
+/// disarmed when dropped.
+struct Armed(u32, u64);
 
 impl Armed {
     fn new(dur: Duration, cx: &Context<'_>) -> Armed {
-        let (at, spawn) = WHEEL.with_borrow_mut(|w| {
+        let (at, generation, spawn) = WHEEL.with_borrow_mut(|w| {
             let at = w.arm(dur, cx.waker().clone());
             let spawn = !w.sweeping;
             w.sweeping = true;
-            (at, spawn)
+            (at, w.generation, spawn)
         });
         if spawn {
-            monoio::spawn(sweep());
+            monoio::spawn(sweep(generation));
         }
-        Armed(at)
+        Armed(at, generation)
     }
 
     /// Whether the timeout passed; otherwise keeps the wait's latest waker.
     fn fired(&self, cx: &Context<'_>) -> bool {
         WHEEL.with_borrow_mut(|w| {
+            if w.generation != self.1 {
+                return true;
+            }
             let Some(e) = w.entries.get_mut(self.0 as usize) else {
                 return true;
             };
@@ -300,7 +324,9 @@ impl Drop for Armed {
     fn drop(&mut self) {
         let _ = WHEEL.try_with(|w| {
             if let Ok(mut w) = w.try_borrow_mut() {
-                w.release(self.0);
+                if w.generation == self.1 {
+                    w.release(self.0);
+                }
             }
         });
     }
@@ -383,6 +409,18 @@ pub fn coarse_now() -> Instant {
         }
         _ => Instant::now(),
     })
+}
+
+/// Forgets this thread's waits and sweeper, for a new runtime on a thread
+/// whose previous runtime ended with waits pending (see the module notes).
+/// Waits of the old runtime, should they ever be polled or dropped, are
+/// then ignored.
+pub fn reset_thread() {
+    WHEEL.with_borrow_mut(|w| {
+        let generation = w.generation.wrapping_add(1);
+        *w = Wheel::new();
+        w.generation = generation;
+    });
 }
 
 /// Entries linked in this thread's wheel (for tests and reports).
@@ -496,6 +534,25 @@ mod tests {
         w.release(near);
         w.release(far);
         assert_eq!(w.free, far);
+    }
+
+    #[test]
+    fn a_later_runtime_on_the_same_thread_gets_its_own_sweeper() {
+        // The first runtime ends with a wait still armed and its sweeper parked.
+        rt().block_on(async {
+            monoio::spawn(sleep(Duration::from_secs(30)));
+            sleep(Duration::from_millis(15)).await;
+        });
+        reset_thread();
+        rt().block_on(async {
+            let r = timed(
+                std::future::pending::<()>(),
+                Duration::from_millis(20),
+                std::future::pending(),
+            )
+            .await;
+            assert_eq!(r, Ended::TimedOut);
+        });
     }
 
     #[test]

@@ -492,6 +492,9 @@ pub fn probe(target: SocketAddr, hc: &HealthCheck) -> bool {
 /// the check's timeout with the expected status (any 2xx when not set).
 pub fn probe_h2(target: SocketAddr, hc: &HealthCheck, tls: Option<crate::h2::EndpointTls>) -> bool {
     let timeout = Duration::from_millis(hc.timeout_ms.max(1));
+    // Each probe is a new runtime on the prober's thread; the last one may
+    // have ended with waits pending.
+    crate::http::timer::reset_thread();
     let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
