@@ -22,7 +22,7 @@ fn config_with(backend: &Backend, access_log: &str, extra: &str) -> String {
     limits_http: {LIMITS},
     upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
     authenticators: {{ "hs": Jwt(algorithms: [HS256], key: Secret("{SECRET}")) }},
-    rate_limits: {{ "one": RateLimit(key: Route, algorithm: FixedWindow(limit: 4, window_s: 3600)) }},
+    rate_limits: {{ "one": RateLimit(key: Route, algorithm: SlidingLog(limit: 4, window_s: 3600)) }},
     routes: [
         Route(name: "public", match: Match(path_prefix: "/pub"), upstream: "app"),
         Route(name: "limited", match: Match(path_prefix: "/limited"), upstream: "app", rate_limits: ["one"]),

@@ -32,7 +32,7 @@ fn gateway_config(backend: &Backend, extra_top: &str) -> String {
         "keys": ApiKey(header: "X-Api-Key", consumers: {{ "mobile": "sha256:4bd2a1c1a1e07e8ab8bd0ad5d2a5c7b9a7a6d7f4e5c3b2a1f0e9d8c7b6a59483" }}),
     }},
     rate_limits: {{
-        "tiny": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 1, window_s: 60)),
+        "tiny": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 1, window_s: 60)),
     }},
     {extra_top}
     routes: [

@@ -32,7 +32,7 @@ fn config(backend: &Backend, shards: usize, routes: &str) -> String {
         "keys": ApiKey(header: "X-Api-Key", consumers: {{ "a": "{a}", "b": "{b}" }}),
     }},
     rate_limits: {{
-        "one": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 1, window_s: 60)),
+        "one": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 1, window_s: 60)),
     }},
     routes: [
 {routes}

@@ -19,7 +19,7 @@ fn gateway(backend: &Backend, top: &str, routes: &str) -> Gateway {
     limits_http: {LIMITS},
     upstreams: {{ "app": Upstream(targets: ["{addr}"]) }},
     authenticators: {{ "jwt": Jwt(algorithms: [HS256], key: Secret("{SECRET}")) }},
-    rate_limits: {{ "one": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 1, window_s: 3600)) }},
+    rate_limits: {{ "one": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 1, window_s: 3600)) }},
     {top}
     routes: [
 {routes}

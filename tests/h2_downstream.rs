@@ -30,7 +30,7 @@ fn key_hash(key: &str) -> String {
 fn gateway(upstreams: &str, routes: &str) -> Gateway {
     let top = format!(
         r#"authenticators: {{ "keys": ApiKey(header: "X-Api-Key", consumers: {{ "app": "{}" }}) }},
-    rate_limits: {{ "one": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 1, window_s: 3600)) }},"#,
+    rate_limits: {{ "one": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 1, window_s: 3600)) }},"#,
         key_hash("secret-1")
     );
     Gateway::start(&h2_config("", BIG_LIMITS, &top, upstreams, routes))

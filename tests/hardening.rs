@@ -392,7 +392,7 @@ fn client_ip_limit_reads_all_forwarded_for_lines() {
         1,
         "",
         "trusted_proxies: [\"127.0.0.1/32\"]",
-        "\"per-ip\": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 2, window_s: 86400)),",
+        "\"per-ip\": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 2, window_s: 86400)),",
         "Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"app\", rate_limits: [\"per-ip\"]),",
     ));
     let mut statuses = Vec::new();

@@ -168,7 +168,7 @@ fn gateway(ws: &EchoServer, plain: &Backend, log: &std::path::Path) -> Gateway {
         "keys": ApiKey(header: "X-Api-Key", consumers: {{ "chat-app": "{hash}" }}, forward_as: "X-Consumer"),
     }},
     rate_limits: {{
-        "three": RateLimit(key: ClientIp, algorithm: FixedWindow(limit: 3, window_s: 3600)),
+        "three": RateLimit(key: ClientIp, algorithm: SlidingLog(limit: 3, window_s: 3600)),
     }},
     routes: [
         Route(name: "echo", match: Match(path_prefix: "/echo"), upstream: "ws",
@@ -417,7 +417,9 @@ fn the_tunnel_bound_refuses_one_more_and_frees_on_close() {
 #[test]
 fn the_rate_limit_counts_each_upgrade_once_and_not_its_messages() {
     let s = setup();
-    // Three upgrades per hour; each tunnel carries 50 messages.
+    // Three upgrades per hour; each tunnel carries 50 messages. (A sliding
+    // log: a fixed window, aligned to the hour, could reset between the
+    // third upgrade and the fourth.)
     for i in 0..3 {
         assert_eq!(
             client(s.gw.port, &format!("/limited/{i}"), "many", &[]),
