@@ -11,8 +11,11 @@
 //! from the wheel, not the clock. One sweeper task per thread advances the
 //! wheel every tick while it holds entries and sleeps while it is empty.
 //!
-//! A timeout of `d` fires after at least `d` and at most `d` plus about
-//! two ticks (more if the thread is too busy to run the sweeper on time).
+//! A timeout of `d` fires after at least `d` and usually by `d` plus three
+//! ticks. The wheel's tick lags the clock by up to a tick between two runs
+//! of the sweeper, and arming adds two ticks for that and for rounding; a
+//! shard too busy to run its sweeper on time can move both bounds by that
+//! delay.
 //! The wheel is per thread because a shard is one thread: no entry is ever
 //! touched by two threads.
 //!
@@ -103,7 +106,8 @@ impl Wheel {
     }
 
     /// Arms an entry firing `dur` from now. The current tick may be up to a
-    /// tick old, hence the extra tick.
+    /// tick behind the clock, and the clock up to a tick past the start of
+    /// the current tick, hence the two extra ticks.
     fn arm(&mut self, dur: Duration, waker: Waker) -> u32 {
         if self.heads.is_empty() {
             self.heads = vec![NIL; SLOTS];
@@ -121,7 +125,7 @@ impl Wheel {
             .saturating_mul(TICKS_PER_S)
             .saturating_add(u64::from(dur.subsec_nanos()).div_ceil(TICK_NS));
         let entry = Entry {
-            due: self.now.saturating_add(ticks).saturating_add(1),
+            due: self.now.saturating_add(ticks).saturating_add(2),
             prev: NIL,
             next: NIL,
             waker: Some(waker),
@@ -534,6 +538,34 @@ mod tests {
         w.release(near);
         w.release(far);
         assert_eq!(w.free, far);
+    }
+
+    #[test]
+    fn no_timeout_fires_early_while_the_tick_lags_the_clock() {
+        // The sweeper last advanced at tick 0; it runs again a tick later, so
+        // a wait may be armed until almost two ticks past tick 0's start.
+        let origin = Instant::now();
+        for lag_ms in [0u64, 5, 9, 10, 15, 19] {
+            for d_ms in [1u64, 10, 25, 100] {
+                let mut w = Wheel::new();
+                w.origin = Some(origin);
+                w.linked = 1; // not empty: arming trusts the wheel's tick
+                w.heads = vec![NIL; SLOTS];
+                let at = w.arm(Duration::from_millis(d_ms), Waker::noop().clone());
+                let armed_at = origin + Duration::from_millis(lag_ms);
+                let just_before = armed_at + Duration::from_millis(d_ms) - Duration::from_micros(1);
+                w.advance(just_before);
+                assert!(
+                    !w.entries[at as usize].fired,
+                    "{d_ms} ms armed {lag_ms} ms into a stale tick fired early"
+                );
+                w.advance(armed_at + Duration::from_millis(d_ms) + 3 * TICK);
+                assert!(
+                    w.entries[at as usize].fired,
+                    "{d_ms} ms armed {lag_ms} ms late"
+                );
+            }
+        }
     }
 
     #[test]
