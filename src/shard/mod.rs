@@ -1,14 +1,12 @@
 //! Shards: pinned threads, each running its own monoio runtime with its own
 //! listeners, route tables and pools, steered by control messages.
 mod background;
-mod deadline;
 mod nofile;
 mod notify;
 mod report;
 mod run;
 mod state;
 
-pub use deadline::{Deadline, Deadlines};
 pub use nofile::{nofile_target, raise_nofile_limit, NofileOutcome};
 pub use notify::Notify;
 pub use report::{Detail, ListenerReport, PoolReport, ShardReport};

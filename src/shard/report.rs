@@ -166,7 +166,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         generation: cfg.compiled.generation,
         connections: shard.connections.get(),
         http2_connections: shard.h2_connections.get(),
-        idle_connections: shard.deadlines.waiting(),
+        idle_connections: shard.idle_connections.get(),
         http2_streams_total: shard.h2_streams.get(),
         in_flight: shard.in_flight.get(),
         requests: metrics.requests(),

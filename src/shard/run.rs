@@ -667,8 +667,6 @@ async fn shard_main(args: ShardArgs, driver: Driver) {
             eprintln!("shardgate: shard {id}: gossip loop panicked: {why}; restarted");
         }
     });
-    let sweeper = shard.clone();
-    monoio::spawn(async move { sweeper.deadlines.sweep().await });
     for (i, tl) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(shard.clone(), i, tl));
     }

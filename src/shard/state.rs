@@ -88,8 +88,8 @@ pub struct Shard {
     pub cache: RefCell<crate::cache::Stores>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
-    /// Deadlines of idle keep-alive connections, served by one timer.
-    pub deadlines: super::Deadlines,
+    /// Keep-alive connections waiting for their next request without a read buffer.
+    pub idle_connections: Cell<usize>,
     /// Requests being handled right now.
     pub in_flight: Cell<usize>,
     /// Client connections open right now.
@@ -150,7 +150,7 @@ impl Shard {
             h2_drain: RefCell::new(crate::h2::Signal::new()),
             cache: RefCell::default(),
             shutdown: Notify::default(),
-            deadlines: super::Deadlines::default(),
+            idle_connections: Cell::new(0),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             h2_connections: Cell::new(0),
