@@ -177,8 +177,8 @@ impl Drop for Counted<'_> {
 
 enum HeadRead {
     Head(RequestHead),
-    /// No byte came within the grace; waiting since then.
-    Quiet(Instant),
+    /// No byte came within the grace ([`IDLE_BUFFER_GRACE`]).
+    Quiet,
     Closed,
     Refused(GatewayError),
     /// The HTTP/2 connection preface (on a listener that speaks h2c).
@@ -252,11 +252,11 @@ pub async fn serve_connection(
     }
     loop {
         let busy = Box::pin(serve_busy(&shard, listener, peer, &mut conn, current));
-        let quiet_since = match busy.await {
-            Busy::Quiet(since) => since,
+        match busy.await {
+            Busy::Quiet => {}
             Busy::Closed => return,
             Busy::H2 => return serve_h2(&shard, listener, peer, conn).await,
-        };
+        }
         let idle = shard.config().compiled.limits_of(listener).idle_timeout;
         let Some(tcp) = conn.stream.tcp() else {
             return;
@@ -264,7 +264,8 @@ pub async fn serve_connection(
         let _idle = Counted::new(&shard.idle_connections);
         // One wheel entry (about 40 bytes) rather than a runtime `Sleep`
         // (640) in every idle connection's task.
-        let left = idle.saturating_sub(quiet_since.elapsed());
+        // The grace was the first part of the idle timeout.
+        let left = idle.saturating_sub(IDLE_BUFFER_GRACE);
         let woken = wait_readable_until(tcp, timer::sleep(left), shard.shutdown.wait()).await;
         if woken.is_err() {
             return;
@@ -349,8 +350,8 @@ async fn serve_h2_stream(
 
 /// How a connection's busy phase ended.
 enum Busy {
-    /// No request came for a while (since then): the read buffer was given back.
-    Quiet(Instant),
+    /// No request came within the grace: the read buffer was given back.
+    Quiet,
     /// The connection is done.
     Closed,
     /// The client sent the HTTP/2 preface, on a listener with `http2`.
@@ -372,7 +373,7 @@ async fn serve_busy(
         let limits = shard.config().compiled.limits_of(listener).clone();
         let mut head = match read_head(shard, conn, &limits, listener).await {
             HeadRead::Head(h) => h,
-            HeadRead::Quiet(since) => return Busy::Quiet(since),
+            HeadRead::Quiet => return Busy::Quiet,
             HeadRead::Closed => return Busy::Closed,
             HeadRead::H2 => return Busy::H2,
             HeadRead::Refused(e) => {
@@ -698,11 +699,7 @@ async fn read_head(
                 .await
             {
                 Ok(Some(n)) => Ok(n),
-                // Quiet since the grace began (to the timer's resolution).
-                Ok(None) => {
-                    let now = Instant::now();
-                    return HeadRead::Quiet(now.checked_sub(IDLE_BUFFER_GRACE).unwrap_or(now));
-                }
+                Ok(None) => return HeadRead::Quiet,
                 Err(e) => Err(e),
             }
         };
