@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             t,
             Duration::from_micros(500 + 50 * i as u64),
             UpstreamOutcome::Ok,
+            shardgate::ratelimit::limiter::now_ns(),
         );
     }
     c.bench_function("balance/table_pick_peak_ewma_10", |b| {
@@ -79,6 +80,7 @@ fn bench(c: &mut Criterion) {
                 t3,
                 Duration::from_micros(700),
                 UpstreamOutcome::Ok,
+                shardgate::ratelimit::limiter::now_ns(),
             )
         })
     });

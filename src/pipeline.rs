@@ -60,22 +60,19 @@ pub async fn handle<'c>(
 ) -> Result<Disposition, GatewayError> {
     check_singletons(req, &cfg.compiled.singleton_headers)?;
     check_declared_length(req, ex.limits.max_body_bytes)?;
-    let listener = cfg
-        .compiled
-        .listeners
-        .get(listener)
-        .ok_or(GatewayError::Unavailable("listener is not configured"))?;
+    // `let … else`: an `ok_or` would build (and drop) the error every time.
+    let Some(listener) = cfg.compiled.listeners.get(listener) else {
+        return Err(GatewayError::Unavailable("listener is not configured"));
+    };
     normalize_path(req, listener.path)?;
     if let Some(filter) = &listener.ip_filter {
         policy::filter_ip(&shard.edge, filter, &cfg.compiled, req, ex)?;
     }
     let (route_id, params) = route_request(&cfg.compiled, listener, req)?;
     ex.seen.route = Some(route_id);
-    let route = cfg
-        .compiled
-        .routes
-        .get(route_id)
-        .ok_or(GatewayError::Unavailable("route is not configured"))?;
+    let Some(route) = cfg.compiled.routes.get(route_id) else {
+        return Err(GatewayError::Unavailable("route is not configured"));
+    };
     let edge = &route.edge;
     if let Some(cors) = &edge.cors {
         if let Some(answered) = policy::cors(&shard.edge, cors, req, client, ex).await? {
@@ -170,9 +167,10 @@ pub async fn handle<'c>(
             });
             split.pick(key, shard.edge.random())
         }
-        None => route
-            .upstream
-            .ok_or(GatewayError::Unavailable("route has no upstream"))?,
+        None => match route.upstream {
+            Some(up) => up,
+            None => return Err(GatewayError::Unavailable("route has no upstream")),
+        },
     };
     let stripped;
     let query = match req.query() {
@@ -405,11 +403,10 @@ fn route_as(
         header: |name: &str| req.header(name),
     };
     match listener.router.lookup(&facts) {
-        Lookup::Found { route, params } => listener
-            .route_ids
-            .get(route)
-            .map(|&id| (id, params))
-            .ok_or(GatewayError::NotFound),
+        Lookup::Found { route, params } => match listener.route_ids.get(route) {
+            Some(&id) => Ok((id, params)),
+            None => Err(GatewayError::NotFound),
+        },
         Lookup::MethodNotAllowed { allow } => Err(GatewayError::MethodNotAllowed(allow)),
         Lookup::NotFound => Err(GatewayError::NotFound),
     }

@@ -12,7 +12,7 @@ use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use std::cell::RefCell;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::Poll;
@@ -358,6 +358,24 @@ enum Busy {
     H2,
 }
 
+/// The client's address, and its text as every forwarded head carries it
+/// (made once per busy phase, not per request).
+struct Client {
+    ip: IpAddr,
+    ip_text: Vec<u8>,
+}
+
+impl Client {
+    fn of(peer: SocketAddr) -> Client {
+        let mut ip_text = Vec::new();
+        crate::observe::push_ip(&mut ip_text, peer.ip());
+        Client {
+            ip: peer.ip(),
+            ip_text,
+        }
+    }
+}
+
 /// Reads and serves requests on `conn` until it closes, goes quiet, or
 /// turns out to be HTTP/2.
 async fn serve_busy(
@@ -367,6 +385,7 @@ async fn serve_busy(
     conn: &mut Conn,
     current: &RefCell<String>,
 ) -> Busy {
+    let client = Client::of(peer);
     loop {
         // Copied, so that a connection waiting for its next request holds
         // no config: the one current when the head arrives serves it.
@@ -388,7 +407,7 @@ async fn serve_busy(
         };
         let cfg = shard.config();
         let disposition =
-            serve_request(shard, listener, &cfg, peer, &mut head, conn, current).await;
+            serve_request(shard, listener, &cfg, &client, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
             conn.linger(LINGER, LINGER_BYTES).await;
             return Busy::Closed;
@@ -398,11 +417,16 @@ async fn serve_busy(
 
 /// Serves one request whose head was read: runs the pipeline and answers
 /// its error, if any; says whether the connection can be kept.
+///
+/// The request id stays borrowed from `current` across the request's
+/// awaits: `current` is this connection's alone, written only here before
+/// the borrow, and read by the panic log only once this future is gone.
+#[allow(clippy::await_holding_refcell_ref)]
 async fn serve_request(
     shard: &Rc<Shard>,
     listener: usize,
     cfg: &crate::shard::ShardConfig,
-    peer: SocketAddr,
+    client: &Client,
     head: &mut RequestHead,
     conn: &mut Conn,
     current: &RefCell<String>,
@@ -410,11 +434,17 @@ async fn serve_request(
     let limits = cfg.compiled.limits_of(listener);
     let started = Instant::now();
     let _in_flight = Counted::new(&shard.in_flight);
-    let request_id = match head.header("x-request-id").filter(|v| valid_request_id(v)) {
-        Some(v) => String::from_utf8_lossy(v).into_owned(),
-        None => shard.next_request_id(),
-    };
-    current.borrow_mut().clone_from(&request_id);
+    // The id is written where the panic log finds it, and borrowed from
+    // there for the request (nothing else writes it until the next one).
+    {
+        let mut id = current.borrow_mut();
+        id.clear();
+        match head.header("x-request-id").filter(|v| valid_request_id(v)) {
+            Some(v) => id.push_str(&String::from_utf8_lossy(v)),
+            None => shard.push_request_id(&mut id),
+        }
+    }
+    let request_id = current.borrow();
     if shard.test_panic && head.header("x-shardgate-test-panic").is_some() {
         test_panic(shard, head);
     }
@@ -424,7 +454,8 @@ async fn serve_request(
         cors_owned: false,
         cache: None,
         request_id: &request_id,
-        client_ip: peer.ip(),
+        client_ip: client.ip,
+        client_ip_text: &client.ip_text,
         body_consumed: head.framing == Framing::None,
         response_started: false,
         limits,

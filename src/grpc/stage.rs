@@ -445,13 +445,14 @@ pub async fn serve(
         shard, call.up, binding, tc, &endpoint, head, frame, limit, req, client, ex,
     )
     .await;
+    let ended = Instant::now();
     let upstream_call = UpstreamCall {
         upstream: call.up.id,
         target: addr,
-        took: started.elapsed(),
+        took: ended.saturating_duration_since(started),
         outcome,
     };
-    crate::proxy::note_call(shard, call.up, upstream_call);
+    crate::proxy::note_call(shard, call.up, upstream_call, ended);
     ex.seen.upstream = Some(upstream_call);
     if let Some(t) = &ex.trace {
         t.upstream_call(&upstream_call, status, None);

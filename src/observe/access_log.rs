@@ -59,7 +59,7 @@ pub fn line(
         None => s.extend_from_slice(b"null"),
     }
     s.extend_from_slice(b",\"client\":\"");
-    super::push_ip(&mut s, ex.client_ip);
+    s.extend_from_slice(ex.client_ip_text);
     s.extend_from_slice(b"\",\"listener\":");
     json_opt(
         &mut s,

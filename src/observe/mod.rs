@@ -284,9 +284,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 /// Lower-case hex of `bytes`, appended to `out`.
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        for nibble in [b >> 4, b & 0xf] {
+            let digit = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+            out.push(char::from(digit));
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
 // Integers and addresses are appended by hand: `core::fmt` cost about 2,300
 // instructions per proxied request here (bench/RESULTS.md §27).
-use crate::observe::{push_addr, push_ip, push_u64};
+use crate::observe::{push_addr, push_u64};
 use crate::resilience::targets::NoTarget;
 use crate::shard::Shard;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
@@ -49,6 +49,8 @@ pub struct Exchange<'a> {
     pub request_id: &'a str,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The client's address as text (as `Display` writes it).
+    pub client_ip_text: &'a [u8],
     /// The client's request body has been fully read (set by the proxy).
     pub body_consumed: bool,
     /// The response head has been written to the client (set by the proxy).
@@ -195,7 +197,7 @@ pub fn upstream_head(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    push_ip(&mut out, ex.client_ip);
+    out.extend_from_slice(ex.client_ip_text);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     if let Some(h) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
@@ -694,13 +696,14 @@ pub async fn forward_try(
         _ if ex.seen.status >= 500 => UpstreamOutcome::ServerError,
         _ => UpstreamOutcome::Ok,
     };
+    let ended = Instant::now();
     let call = UpstreamCall {
         upstream: up.id,
         target: addr,
-        took: started.elapsed(),
+        took: ended.saturating_duration_since(started),
         outcome,
     };
-    note_call(shard, up, call);
+    note_call(shard, up, call, ended);
     ex.seen.upstream = Some(call);
     if let Some(t) = &ex.trace {
         t.upstream_call(
@@ -717,11 +720,12 @@ pub async fn forward_try(
 }
 
 /// Counts an upstream call in the shard's metrics.
-pub(crate) fn note_call(shard: &Shard, up: &UpstreamPlan, call: UpstreamCall) {
+pub(crate) fn note_call(shard: &Shard, up: &UpstreamPlan, call: UpstreamCall, ended: Instant) {
+    let now = crate::ratelimit::limiter::ns_at(ended);
     shard
         .targets
         .borrow_mut()
-        .observe(up, call.target, call.took, call.outcome);
+        .observe(up, call.target, call.took, call.outcome, now);
     let mut m = shard.metrics.borrow_mut();
     if m.enabled {
         if let Some(t) = up.targets.iter().position(|&a| a == call.target) {

@@ -105,14 +105,19 @@ pub enum Outcome {
 /// Nanoseconds on a monotonic clock aligned to Unix time (windows line up
 /// with wall-clock minutes and hours, and all shards agree).
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` on the clock of [`now_ns`] (for an instant already read).
+pub fn ns_at(at: Instant) -> u64 {
     static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (at, unix) = BASE.get_or_init(|| {
+    let (base, unix) = BASE.get_or_init(|| {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, nanos);
         (Instant::now(), unix)
     });
-    unix.saturating_add(nanos(at.elapsed()))
+    unix.saturating_add(nanos(at.saturating_duration_since(*base)))
 }
 
 /// A duration in nanoseconds, saturating (durations come from config and

@@ -169,6 +169,10 @@ impl TargetTable {
         if !any_healthy && !up.panic_routing {
             return Err(NoTarget::NoneHealthy);
         }
+        // One target: whatever the policy, it is the pick.
+        if let [only] = up.targets.as_slice() {
+            return Ok(*only);
+        }
         // Every target may be picked: no check per candidate.
         let free = all_healthy && avoid.is_none();
         let not_avoided = |i: usize| avoid.is_none_or(|a| up.targets.get(i) != Some(&a));
@@ -226,13 +230,15 @@ impl TargetTable {
     /// peak EWMA (a failed connection or a timeout counts as the upstream's
     /// whole timeout, so a dead target does not look fast) and its place in
     /// the target's failure streak. A streak that calls for an ejection is
-    /// reported to the control side.
+    /// reported to the control side. `now` is when the call ended, on the
+    /// clock of [`crate::ratelimit::limiter::now_ns`].
     pub fn observe(
         &mut self,
         up: &UpstreamPlan,
         addr: SocketAddr,
         took: Duration,
         outcome: UpstreamOutcome,
+        now: u64,
     ) {
         let Some(u) = self
             .ups
@@ -251,8 +257,7 @@ impl TargetTable {
             _ => took,
         };
         let rtt_ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
-        slot.ewma
-            .observe(rtt_ns, crate::ratelimit::limiter::now_ns());
+        slot.ewma.observe(rtt_ns, now);
         let Some(od) = &up.outlier else { return };
         if slot.streak.record(outcome, od) && slot.health != TargetHealth::Ejected {
             if let Some(k) = &self.keeper {
@@ -286,6 +291,7 @@ fn fresh(addr: SocketAddr, now: u64) -> Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::limiter::now_ns;
     use crate::resilience::health::TargetView;
 
     fn compiled(extra: &str) -> Compiled {
@@ -390,9 +396,9 @@ mod tests {
         let mut t = TargetTable::new(&c, Some(tx), 1);
         let a = up.targets[1];
         let ms = Duration::from_millis(1);
-        t.observe(up, a, ms, UpstreamOutcome::ServerError);
+        t.observe(up, a, ms, UpstreamOutcome::ServerError, now_ns());
         assert!(rx.try_recv().is_err());
-        t.observe(up, a, ms, UpstreamOutcome::ServerError);
+        t.observe(up, a, ms, UpstreamOutcome::ServerError, now_ns());
         assert!(matches!(
             rx.try_recv(),
             Ok(Report::Outlier { upstream, target }) if upstream == "app" && target == a
@@ -401,8 +407,8 @@ mod tests {
         t.configure(&c);
         assert_eq!(t.health(up, a), (TargetHealth::Ejected, 1));
         // While ejected, a shard does not report it again.
-        t.observe(up, a, ms, UpstreamOutcome::ConnectError);
-        t.observe(up, a, ms, UpstreamOutcome::ConnectError);
+        t.observe(up, a, ms, UpstreamOutcome::ConnectError, now_ns());
+        t.observe(up, a, ms, UpstreamOutcome::ConnectError, now_ns());
         assert!(rx.try_recv().is_err());
     }
 

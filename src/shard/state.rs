@@ -107,7 +107,8 @@ pub struct Shard {
     pub panic_next_tick: Cell<bool>,
     /// Edge-policy state: random draws, mirror copies in flight, counters.
     pub edge: crate::policy::ShardEdge,
-    id_seed: u64,
+    /// The first 16 hex digits of every request id this shard makes.
+    id_prefix: String,
     id_seq: Cell<u64>,
 }
 
@@ -159,7 +160,7 @@ impl Shard {
             test_panic: std::env::var_os("SHARDGATE_TEST_PANIC").is_some_and(|v| v == "1"),
             panic_next_tick: Cell::new(false),
             edge: crate::policy::ShardEdge::new(id),
-            id_seed: random_seed() ^ ((id as u64) << 56),
+            id_prefix: id_prefix(random_seed() ^ ((id as u64) << 56)),
             id_seq: Cell::new(0),
         }
     }
@@ -268,9 +269,17 @@ impl Shard {
 
     /// A new request id: unique per process run, 24 hex digits.
     pub fn next_request_id(&self) -> String {
+        let mut id = String::with_capacity(24);
+        self.push_request_id(&mut id);
+        id
+    }
+
+    /// Appends a new request id to `out`: the shard's 16 digits, made once,
+    /// then the request's sequence number in 8.
+    pub fn push_request_id(&self, out: &mut String) {
         let n = self.id_seq.get().wrapping_add(1);
         self.id_seq.set(n);
-        request_id(self.id_seed, n as u32)
+        push_request_id(out, &self.id_prefix, n as u32);
     }
 
     /// Closes idle upstream connections past their upstream's idle timeout,
@@ -315,11 +324,26 @@ fn random_seed() -> u64 {
 /// A request id: the shard's seed and a sequence number in lowercase hex,
 /// as `format!("{seed:016x}{n:08x}")` writes them, without `core::fmt`
 /// (several hundred instructions less per request).
-fn request_id(seed: u64, n: u32) -> String {
-    let mut id = String::with_capacity(24);
-    crate::observe::push_hex(&mut id, &seed.to_be_bytes());
-    crate::observe::push_hex(&mut id, &n.to_be_bytes());
-    id
+/// The first 16 digits of a shard's request ids: its seed in hex.
+fn id_prefix(seed: u64) -> String {
+    let mut prefix = String::with_capacity(16);
+    crate::observe::push_hex(&mut prefix, &seed.to_be_bytes());
+    prefix
+}
+
+/// Appends the request id numbered `n` after `prefix`: 8 hex digits.
+fn push_request_id(out: &mut String, prefix: &str, n: u32) {
+    let mut digits = [b'0'; 8];
+    let mut rest = n;
+    for d in digits.iter_mut().rev() {
+        *d = b"0123456789abcdef"
+            .get((rest & 0xf) as usize)
+            .copied()
+            .unwrap_or(b'0');
+        rest >>= 4;
+    }
+    out.push_str(prefix);
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -333,7 +357,9 @@ mod request_id_tests {
             (u64::MAX, u32::MAX),
             (0xf, 0x10),
         ] {
-            assert_eq!(super::request_id(seed, n), format!("{seed:016x}{n:08x}"));
+            let mut id = String::from("kept:");
+            super::push_request_id(&mut id, &super::id_prefix(seed), n);
+            assert_eq!(id, format!("kept:{seed:016x}{n:08x}"));
         }
     }
 }
