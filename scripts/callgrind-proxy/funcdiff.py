@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Per-request instruction change by function between two builds.
+
+usage: funcdiff.py A-1000.out A-3000.out B-1000.out B-3000.out [ROWS]
+
+Each pair is one build's callgrind output from run.sh at N=1000 and N=3000;
+a function's per-request cost is its self cost difference ÷ 2000. Prints
+B − A, A and B per function, largest changes first. Totals of whole runs
+move by ±1,000 instructions per request between identical runs (how many
+event-loop turns a request takes depends on timing); the gateway's own
+functions do not, so compare those.
+"""
+import collections
+import re
+import subprocess
+import sys
+
+
+def load(path):
+    text = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", "--auto=no", path],
+        capture_output=True, text=True, check=True).stdout
+    cost = collections.Counter()
+    started = False
+    for line in text.split("\n"):
+        if "file:function" in line:
+            started = True
+            continue
+        m = started and re.match(r"^\s*([0-9,]+) \(\s*[0-9.]+%\)\s+(\S.*)$", line)
+        if not m:
+            continue
+        name = m.group(2).split(":", 1)[-1]
+        cost[re.sub(r" \[.*\]$", "", name)] += int(m.group(1).replace(",", ""))
+    return cost
+
+
+a1, a3, b1, b3 = (load(p) for p in sys.argv[1:5])
+rows = []
+for f in set(a3) | set(b3):
+    a, b = (a3[f] - a1[f]) / 2000, (b3[f] - b1[f]) / 2000
+    rows.append((b - a, a, b, f))
+rows.sort(key=lambda r: -abs(r[0]))
+for d, a, b, f in rows[: int(sys.argv[5]) if len(sys.argv) > 5 else 30]:
+    print(f"{d:+7.0f} {a:7.0f} {b:7.0f}  {f[:130]}")
