@@ -5,10 +5,12 @@ usage: funcdiff.py A-1000.out A-3000.out B-1000.out B-3000.out [ROWS]
 
 Each pair is one build's callgrind output from run.sh at N=1000 and N=3000;
 a function's per-request cost is its self cost difference ÷ 2000. Prints
-B − A, A and B per function, largest changes first. Totals of whole runs
-move by ±1,000 instructions per request between identical runs (how many
-event-loop turns a request takes depends on timing); the gateway's own
-functions do not, so compare those.
+B − A, A and B per function, largest changes first, then the sums over
+the gateway's own functions (but the timer wheel's): all of them, and those
+outside async bodies. Totals of whole runs move by ±1,000 instructions per
+request between identical runs, and so does the code of async bodies (how
+many event-loop turns, and so polls, a request takes depends on timing);
+functions outside async bodies do not, so compare those.
 """
 import collections
 import re
@@ -42,3 +44,8 @@ for f in set(a3) | set(b3):
 rows.sort(key=lambda r: -abs(r[0]))
 for d, a, b, f in rows[: int(sys.argv[5]) if len(sys.argv) > 5 else 30]:
     print(f"{d:+7.0f} {a:7.0f} {b:7.0f}  {f[:130]}")
+own = [r for r in rows if "shardgate" in r[3] and "timer" not in r[3]]
+plain = [r for r in own if "{{closure}}" not in r[3]]
+for label, part in (("gateway, all", own), ("gateway, outside async bodies", plain)):
+    a, b = sum(r[1] for r in part), sum(r[2] for r in part)
+    print(f"{b - a:+7.0f} {a:7.0f} {b:7.0f}  = {label}")
