@@ -282,14 +282,19 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-/// Lower-case hex of `bytes`, appended to `out`.
+/// Lower-case hex of `bytes`, appended to `out` (up to 16 bytes at a time
+/// made on the stack and appended at once, not a `char` per digit).
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        for nibble in [b >> 4, b & 0xf] {
-            let digit = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
-            out.push(char::from(digit));
+    for chunk in bytes.chunks(16) {
+        let mut text = [b'0'; 32];
+        for (pair, b) in text.chunks_exact_mut(2).zip(chunk) {
+            for (d, nibble) in pair.iter_mut().zip([b >> 4, b & 0xf]) {
+                *d = DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+            }
         }
+        let text = text.get(..chunk.len() * 2).unwrap_or_default();
+        out.push_str(std::str::from_utf8(text).unwrap_or_default());
     }
 }
 

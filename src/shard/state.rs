@@ -321,10 +321,9 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-/// A request id: the shard's seed and a sequence number in lowercase hex,
-/// as `format!("{seed:016x}{n:08x}")` writes them, without `core::fmt`
-/// (several hundred instructions less per request).
-/// The first 16 digits of a shard's request ids: its seed in hex.
+/// The first 16 digits of a shard's request ids: its seed in lowercase hex.
+/// Ids are written as `format!("{seed:016x}{n:08x}")` would write them,
+/// without `core::fmt` (several hundred instructions less per request).
 fn id_prefix(seed: u64) -> String {
     let mut prefix = String::with_capacity(16);
     crate::observe::push_hex(&mut prefix, &seed.to_be_bytes());
@@ -333,17 +332,8 @@ fn id_prefix(seed: u64) -> String {
 
 /// Appends the request id numbered `n` after `prefix`: 8 hex digits.
 fn push_request_id(out: &mut String, prefix: &str, n: u32) {
-    let mut digits = [b'0'; 8];
-    let mut rest = n;
-    for d in digits.iter_mut().rev() {
-        *d = b"0123456789abcdef"
-            .get((rest & 0xf) as usize)
-            .copied()
-            .unwrap_or(b'0');
-        rest >>= 4;
-    }
     out.push_str(prefix);
-    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    crate::observe::push_hex(out, &n.to_be_bytes());
 }
 
 #[cfg(test)]
