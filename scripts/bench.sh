@@ -86,7 +86,9 @@
 #   CONNS=32            wrk connections (wrk always uses -t1)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
 #   TARGETS=            default per scenario:
-#                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll"
+#                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll";
+#                                also available: monoio-relay / monoio-http, the floors of
+#                                a proxy on the gateway's runtime (bench/floor_proxy.rs)
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
 #                                     shardgate-unlimited shardgate"; also available:
@@ -116,6 +118,8 @@
 #   SKIP_BUILD=0        1 = don't run `cargo build --release`
 #   SHARDGATE_BIN=target/release/shardgate
 #   BASE_BIN=, ABORT_BIN=   binaries for the shardgate-base / shardgate-abort targets
+#   FLOOR_BIN=          bench/floor_proxy's binary for the monoio-relay / monoio-http
+#                       targets (default: built with `cargo bench --no-run`)
 #   RESULTS_DIR=        if set, raw runs (runs.tsv) and the report (report.md) are copied there
 #
 # The machine's speed drifts between seconds, so targets are interleaved in
@@ -129,7 +133,7 @@ REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 HELPER_DIR="$SCRIPT_DIR/bench"
 
 KNOBS=(SCENARIO ROUNDS DURATION WARMUP CONNS WORKERS TARGETS BASELINE KEY_RATIOS
-       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE
+       PROXY_CPUS LOAD_CPUS SKIP_BUILD SHARDGATE_BIN FLOOR_BIN BASE_BIN ABORT_BIN RESULTS_DIR JWT_SECRET SG_TOKEN_CACHE
        ROUTES RELOAD_EVERY TLS_MODE AGG_VARIANTS AGG_ITEMS)
 
 # The command line as given (only the knobs that were set), for the report.
@@ -159,6 +163,7 @@ PROXY_CPUS="${PROXY_CPUS:-0}"
 LOAD_CPUS="${LOAD_CPUS:-1}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 SHARDGATE_BIN="${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}"
+FLOOR_BIN="${FLOOR_BIN:-}"
 RESULTS_DIR="${RESULTS_DIR:-}"
 JWT_SECRET="${JWT_SECRET:-bench-secret-0123456789abcdef}"
 SG_TOKEN_CACHE="${SG_TOKEN_CACHE:-}"
@@ -1038,6 +1043,36 @@ EOF
     start_bg "$dir/stdout.log" "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg"
     await_target haproxy-tcp "$port" "$dir"
 }
+# The floors on monoio (bench/floor_proxy.rs): the same TCP relay on the
+# gateway's runtime, and an HTTP proxy that does only what framing needs.
+# Built with `cargo bench --no-run` unless FLOOR_BIN names the binary.
+start_floor() {
+    local port=$1 name=$2 mode=$3 dir="$WORK_DIR/$2"
+    mkdir -p "$dir"
+    if [[ -z "$FLOOR_BIN" || ! -x "$FLOOR_BIN" ]]; then
+        log "skipping $name: floor_proxy not built"
+        return 1
+    fi
+    start_bg "$dir/stdout.log" "$PROXY_CPUS" "$FLOOR_BIN" "$mode" "127.0.0.1:$port" "127.0.0.1:$UP_PORT"
+    await_target "$name" "$port" "$dir"
+}
+start_target_monoio-relay() { start_floor "$1" monoio-relay relay; }
+start_target_monoio-http()  { start_floor "$1" monoio-http http; }
+start_target_monoio-duplex() { start_floor "$1" monoio-duplex duplex; }
+start_target_monoio-duplex-up() { start_floor "$1" monoio-duplex-up duplex-up; }
+start_target_monoio-duplex-client() { start_floor "$1" monoio-duplex-client duplex-client; }
+
+build_floor() {
+    [[ " $TARGETS " == *" monoio-"* && -z "$FLOOR_BIN" ]] || return 0
+    log "cargo bench --bench floor_proxy --no-run"
+    FLOOR_BIN="$(cd "$REPO_DIR" && cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor_proxy" and m.get("executable"):
+        print(m["executable"])')" || FLOOR_BIN=""
+}
+
 start_target_haproxy-noauth() { start_haproxy "$1" haproxy-noauth ""; }
 start_target_haproxy-unlimited() { start_haproxy "$1" haproxy-unlimited ""; }
 
@@ -1219,6 +1254,7 @@ read -r -a KEY_RATIO_LIST <<<"$KEY_RATIOS"
 
 [[ -f "$LUA" ]] || die "missing $LUA"
 build_shardgate
+build_floor
 
 read -r -a TARGET_LIST <<<"$TARGETS"
 mapfile -t PORTS < <(free_ports $((${#TARGET_LIST[@]} + 1)))

@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use super::timer::{timed, Ended};
@@ -34,22 +34,20 @@ pub async fn read_within<T: IoBufMut + 'static, R: AsyncReadRent + AsRawFd>(
     buf: T,
     dur: Duration,
 ) -> (Result<usize, IoFail>, T) {
-    read_within_or(stream, buf, dur, std::future::pending::<()>()).await
+    let fd = stream.as_raw_fd();
+    read_within_or(stream, fd, buf, dur, std::future::pending::<()>()).await
 }
 
 /// Reads once into `buf`, giving up after `dur` or when `stop` completes
-/// (both reported as [`IoFail::Timeout`]); the socket's read side is shut
-/// down in that case.
-pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>, R>(
+/// (both reported as [`IoFail::Timeout`]); the read side of `fd`, the
+/// stream's socket, is shut down in that case.
+pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>, R: AsyncReadRent>(
     stream: &mut R,
+    fd: RawFd,
     buf: T,
     dur: Duration,
     stop: S,
-) -> (Result<usize, IoFail>, T)
-where
-    R: AsyncReadRent + AsRawFd,
-{
-    let fd = stream.as_raw_fd();
+) -> (Result<usize, IoFail>, T) {
     let fut = stream.read(buf);
     let mut fut = std::pin::pin!(fut);
     if let Ended::Done(r) = timed(&mut fut, dur, std::pin::pin!(stop)).await {
@@ -82,13 +80,13 @@ pub async fn wait_readable_until<D: Future<Output = ()>, S: Future<Output = ()>>
 }
 
 /// Writes all of `buf`, giving up when it has not completed within `dur`
-/// (the socket's write side is then shut down).
-pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent + AsRawFd>(
+/// (the write side of `fd`, the stream's socket, is then shut down).
+pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent>(
     stream: &mut W,
+    fd: RawFd,
     buf: T,
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
-    let fd = stream.as_raw_fd();
     let fut = stream.write_all(buf);
     let mut fut = std::pin::pin!(fut);
     if let Ended::Done(r) = timed(&mut fut, dur, std::future::pending()).await {
@@ -112,8 +110,14 @@ pub async fn write_all_to<T: IoBuf + 'static>(
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
     match stream {
-        crate::tls::Stream::Plain(s) => write_all_within(s, buf, dur).await,
-        crate::tls::Stream::Tls(t) => write_all_within(&mut **t, buf, dur).await,
+        crate::tls::Stream::Plain(s) => {
+            let fd = s.as_raw_fd();
+            write_all_within(s, fd, buf, dur).await
+        }
+        crate::tls::Stream::Tls(t) => {
+            let fd = t.as_raw_fd();
+            write_all_within(&mut **t, fd, buf, dur).await
+        }
         crate::tls::Stream::H2(s) => {
             let res = s
                 .write_within(crate::tls::stream::as_bytes(&buf), dur)
