@@ -72,8 +72,6 @@ pub struct Conn {
     capacity: usize,
     /// Cancels a read that waited too long with a buffer (made on first use).
     canceller: Option<Canceller>,
-    /// The end of an answer kept by [`Conn::write_later`], and its write timeout.
-    pending: Option<(Vec<u8>, Duration)>,
 }
 
 impl Conn {
@@ -90,7 +88,6 @@ impl Conn {
             pos: 0,
             capacity,
             canceller: None,
-            pending: None,
         }
     }
 
@@ -173,9 +170,6 @@ impl Conn {
         dur: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<usize, IoFail> {
-        if self.pending.is_some() {
-            self.flush().await?;
-        }
         let mut buf = self.read_space();
         let len = buf.len();
         let cap = buf.capacity();
@@ -192,10 +186,6 @@ impl Conn {
                 let res = s.read_within(&mut buf, dur, stop).await;
                 self.buf = buf;
                 return res;
-            }
-            Stream::Detached => {
-                self.buf = buf;
-                return Err(IoFail::Io(std::io::ErrorKind::NotConnected.into()));
             }
         };
         self.buf = slice.into_inner();
@@ -233,9 +223,6 @@ impl Conn {
         // shows as readable: it keeps its buffer and reads on.
         if dur <= grace || self.stream.is_tls() || self.pos < self.buf.len() {
             return self.fill_or(dur, stop).await.map(Some);
-        }
-        if let Some((bytes, write_dur)) = self.pending.take() {
-            return self.write_and_wait(bytes, write_dur, grace, stop).await;
         }
         let canceller = self.canceller.take().unwrap_or_default();
         let buf = self.read_space();
@@ -283,9 +270,6 @@ impl Conn {
     /// does not turn the close into a reset that destroys the response.
     pub async fn linger(&mut self, dur: Duration, max_bytes: usize) {
         use monoio::io::AsyncWriteRent;
-        if self.flush().await.is_err() {
-            return;
-        }
         let _ = self.stream.shutdown().await;
         // An HTTP/2 stream needs no draining: what the client still sends
         // is refused by a reset once the answer is out, without harm to it.
@@ -358,115 +342,7 @@ impl Conn {
 
     /// Writes `bytes` to this connection's socket.
     pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
-        if let Err(e) = self.flush().await {
-            return (Err(e), bytes);
-        }
         write_all_to(&mut self.stream, bytes, dur).await
-    }
-
-    /// Keeps `bytes`, the end of an answer after which the client sends its
-    /// next request, to be written together with the read for that request:
-    /// [`Conn::fill_unless_quiet`] posts both at once (bench/RESULTS.md
-    /// §30). Every other use of the connection writes them first. Plain TCP
-    /// with nothing unread only; otherwise the bytes are handed back, to be
-    /// written now.
-    pub fn write_later(&mut self, bytes: Vec<u8>, dur: Duration) -> Result<(), Vec<u8>> {
-        if self.pending.is_some()
-            || !matches!(self.stream, Stream::Plain(_))
-            || !self.buffered().is_empty()
-        {
-            return Err(bytes);
-        }
-        self.pending = Some((bytes, dur));
-        Ok(())
-    }
-
-    /// Writes what [`Conn::write_later`] kept, if anything.
-    pub async fn flush(&mut self) -> Result<(), IoFail> {
-        match self.pending.take() {
-            None => Ok(()),
-            Some((bytes, dur)) => write_all_to(&mut self.stream, bytes, dur).await.0,
-        }
-    }
-
-    /// [`Conn::fill_unless_quiet`] with a kept answer: writes it and reads
-    /// the next request with both operations in flight (the plain socket
-    /// split into its halves, as in [`Conn::write_then_read`]). The read
-    /// holds the buffer for `grace` at most, as there; a failed write cancels
-    /// it and ends the connection.
-    async fn write_and_wait(
-        &mut self,
-        bytes: Vec<u8>,
-        write_dur: Duration,
-        grace: Duration,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<Option<usize>, IoFail> {
-        let tcp = match std::mem::replace(&mut self.stream, Stream::Detached) {
-            Stream::Plain(tcp) => tcp,
-            other => {
-                self.stream = other;
-                let (res, _) = write_all_to(&mut self.stream, bytes, write_dur).await;
-                res?;
-                return self.fill_or(grace, stop).await.map(Some);
-            }
-        };
-        let fd = tcp.as_raw_fd();
-        let (mut input, mut output) = tcp.into_split();
-        let canceller = self.canceller.take().unwrap_or_default();
-        let buf = self.read_space();
-        let len = buf.len();
-        let cap = buf.capacity();
-        let failed = Cell::new(false);
-        let write = async {
-            let (res, _) = write_all_within(&mut output, fd, bytes, write_dur).await;
-            failed.set(res.is_err());
-            res
-        };
-        let read = async {
-            let failed_write = std::future::poll_fn(|_| match failed.get() {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            });
-            let stop = async {
-                let stop = std::pin::pin!(stop);
-                let failed_write = std::pin::pin!(failed_write);
-                monoio::select! {
-                    _ = stop => {},
-                    _ = failed_write => {},
-                }
-            };
-            let read = input.cancelable_read(buf.slice_mut(len..cap), canceller.handle());
-            let mut read = std::pin::pin!(read);
-            match timed(&mut read, grace, std::pin::pin!(stop)).await {
-                Ended::Done((res, slice)) => (res, slice, false, canceller),
-                ended => {
-                    // Cancelled, the read completes at once: with ECANCELED,
-                    // or with bytes that arrived meanwhile.
-                    let canceller = canceller.cancel();
-                    let (res, slice) = read.await;
-                    (res, slice, matches!(ended, Ended::Stopped), canceller)
-                }
-            }
-        };
-        // Polled in this order: a failed write is seen by the read in the
-        // same poll.
-        let (written, (res, slice, stopped, canceller)) = monoio::join!(write, read);
-        self.buf = slice.into_inner();
-        self.canceller = Some(canceller);
-        if let Ok(tcp) = input.reunite(output) {
-            self.stream = Stream::Plain(tcp);
-        }
-        written?;
-        match res {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.raw_os_error() != Some(ECANCELED) => Err(IoFail::Io(e)),
-            Err(_) if stopped => Err(IoFail::Timeout),
-            Err(_) => {
-                self.release_buffer();
-                self.canceller = None;
-                Ok(None)
-            }
-        }
     }
 
     /// Writes `bytes` (a request) and reads the first bytes of the answer,
@@ -486,10 +362,7 @@ impl Conn {
         write_dur: Duration,
         read_dur: Duration,
     ) -> Result<(Conn, WriteRead), Vec<u8>> {
-        if !matches!(self.stream, Stream::Plain(_))
-            || !self.buffered().is_empty()
-            || self.pending.is_some()
-        {
+        if !matches!(self.stream, Stream::Plain(_)) || !self.buffered().is_empty() {
             let (write, bytes) = self.write(bytes, write_dur).await;
             let done = WriteRead {
                 write,
@@ -515,7 +388,6 @@ impl Conn {
                     pos,
                     capacity,
                     canceller,
-                    pending: None,
                 };
                 let (write, bytes) = conn.write(bytes, write_dur).await;
                 let done = WriteRead {
@@ -554,7 +426,6 @@ impl Conn {
             pos,
             capacity,
             canceller,
-            pending: None,
         };
         let read = match read {
             Ok(n) if n > 0 => None,

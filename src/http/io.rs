@@ -124,9 +124,5 @@ pub async fn write_all_to<T: IoBuf + 'static>(
                 .await;
             (res, buf)
         }
-        crate::tls::Stream::Detached => {
-            let gone = io::Error::from(io::ErrorKind::NotConnected);
-            (Err(IoFail::Io(gone)), buf)
-        }
     }
 }

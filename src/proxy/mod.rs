@@ -1035,17 +1035,7 @@ async fn exchange(
     // The head and the body bytes moved into its write; `copy_body` counts the rest.
     ex.seen.status = resp.status;
     ex.seen.bytes_out = bytes.len() as u64;
-    // A whole answer on a kept connection is written together with the read
-    // for the client's next request (`Conn::write_later`).
-    let whole = out_framing.is_none() || rest == Framing::None;
-    let kept = match whole && client_keep_alive {
-        true => client.write_later(bytes, ex.limits.send_timeout),
-        false => Err(bytes),
-    };
-    let r = match kept {
-        Ok(()) => Ok(()),
-        Err(bytes) => client.write(bytes, ex.limits.send_timeout).await.0,
-    };
+    let (r, _) = client.write(bytes, ex.limits.send_timeout).await;
     ex.response_started = true;
     if r.is_err() {
         return (Attempt::Done(Ok(Disposition::Close)), head);

@@ -240,14 +240,6 @@ pub enum Stream {
     Tls(Box<TlsStream>),
     /// An HTTP/2 stream.
     H2(Box<crate::h2::bridge::H2Stream>),
-    /// No transport: a plain socket lent out while it is split for two
-    /// operations at once ([`crate::http::Conn::fill_unless_quiet`]), or
-    /// lost when its halves could not rejoin. I/O fails (not connected).
-    Detached,
-}
-
-fn detached() -> io::Error {
-    io::ErrorKind::NotConnected.into()
 }
 
 impl Stream {
@@ -256,14 +248,14 @@ impl Stream {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(t) => Some(t.tcp()),
-            Stream::H2(_) | Stream::Detached => None,
+            Stream::H2(_) => None,
         }
     }
 
     /// The TLS session, when there is one.
     pub fn tls(&self) -> Option<&TlsStream> {
         match self {
-            Stream::Plain(_) | Stream::H2(_) | Stream::Detached => None,
+            Stream::Plain(_) | Stream::H2(_) => None,
             Stream::Tls(t) => Some(t),
         }
     }
@@ -272,7 +264,7 @@ impl Stream {
     /// (directly, or for the HTTP/2 connection a stream belongs to).
     pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
         match self {
-            Stream::Plain(_) | Stream::Detached => None,
+            Stream::Plain(_) => None,
             Stream::Tls(t) => t.session().peer_certificates(),
             Stream::H2(s) => s.peer_certificates(),
         }
@@ -355,7 +347,6 @@ impl CancelableAsyncReadRent for Stream {
             Stream::Plain(s) => s.cancelable_read(buf, c).await,
             Stream::Tls(t) => t.cancelable_read(buf, c).await,
             Stream::H2(_) => self.read(buf).await,
-            Stream::Detached => (Err(detached()), buf),
         }
     }
 
@@ -368,7 +359,6 @@ impl CancelableAsyncReadRent for Stream {
             Stream::Plain(s) => s.cancelable_readv(buf, c).await,
             Stream::Tls(t) => t.cancelable_readv(buf, c).await,
             Stream::H2(_) => self.readv(buf).await,
-            Stream::Detached => (Err(detached()), buf),
         }
     }
 }
@@ -407,7 +397,6 @@ impl AsyncReadRent for Stream {
                 let res = s.read_with(|src| copy_into(&mut buf, src)).await;
                 (res, buf)
             }
-            Stream::Detached => (Err(detached()), buf),
         }
     }
 
@@ -415,7 +404,6 @@ impl AsyncReadRent for Stream {
         match self {
             Stream::Plain(s) => s.readv(buf).await,
             Stream::Tls(t) => t.readv(buf).await,
-            Stream::Detached => (Err(detached()), buf),
             Stream::H2(_) => match IoVecWrapperMut::new(buf) {
                 Ok(first) => {
                     let (res, first) = self.read(first).await;
@@ -439,7 +427,6 @@ impl AsyncWriteRent for Stream {
                     Err(e) => (Err(e), buf),
                 }
             }
-            Stream::Detached => (Err(detached()), buf),
         }
     }
 
@@ -447,7 +434,6 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.writev(buf).await,
             Stream::Tls(t) => t.writev(buf).await,
-            Stream::Detached => (Err(detached()), buf),
             Stream::H2(_) => match IoVecWrapper::new(buf) {
                 Ok(first) => {
                     let (res, first) = self.write(first).await;
@@ -462,7 +448,7 @@ impl AsyncWriteRent for Stream {
         match self {
             Stream::Plain(s) => s.flush().await,
             Stream::Tls(t) => t.flush_tls().await,
-            Stream::H2(_) | Stream::Detached => Ok(()),
+            Stream::H2(_) => Ok(()),
         }
     }
 
@@ -474,7 +460,6 @@ impl AsyncWriteRent for Stream {
                 s.close();
                 Ok(())
             }
-            Stream::Detached => Ok(()),
         }
     }
 }
