@@ -14,16 +14,19 @@
 //! - `duplex`: the same HTTP work, but each read is posted with the write
 //!   before it: the upstream's answer is read while the request is still
 //!   being written, the client's next request while the answer is (whole
-//!   messages only; for comparing the order of operations).
+//!   messages only; for comparing the order of operations);
+//!   `duplex-up` and `duplex-client` overlap one side only, and
+//!   `duplex-cancel` is `duplex` with the client's read registered with a
+//!   monoio `Canceller`, as the gateway's idle-aware read is.
 //!
-//! Both run one thread with the runtime the gateway's shards use (io_uring,
+//! All run one thread with the runtime the gateway's shards use (io_uring,
 //! SINGLE_ISSUER + DEFER_TASKRUN, 1,024 entries). Subtracting the rows of
 //! one run tells what the runtime costs (`monoio-relay` against
 //! `haproxy-tcp`), what the least HTTP work costs (`monoio-http` against
 //! `monoio-relay`) and what the gateway's own work costs (`shardgate`
 //! against `monoio-http`).
 //!
-//! Usage: `floor_proxy relay|http|duplex|duplex-up|duplex-client LISTEN_ADDR UPSTREAM_ADDR` (under
+//! Usage: `floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel LISTEN_ADDR UPSTREAM_ADDR` (under
 //! `cargo bench` without arguments it prints this and exits).
 
 use std::net::SocketAddr;
@@ -40,7 +43,7 @@ fn main() {
         .collect();
     let (Some(mode), Some(listen), Some(upstream)) = (args.first(), args.get(1), args.get(2))
     else {
-        eprintln!("usage: floor_proxy relay|http|duplex|duplex-up|duplex-client LISTEN_ADDR UPSTREAM_ADDR");
+        eprintln!("usage: floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel LISTEN_ADDR UPSTREAM_ADDR");
         return;
     };
     let (Ok(listen), Ok(upstream)) = (listen.parse::<SocketAddr>(), upstream.parse()) else {
@@ -53,6 +56,7 @@ fn main() {
         "duplex" => 2,
         "duplex-up" => 3,
         "duplex-client" => 4,
+        "duplex-cancel" => 5,
         other => {
             eprintln!("floor_proxy: unknown mode {other:?}");
             std::process::exit(2);
@@ -88,7 +92,8 @@ fn main() {
                 1 => drop(monoio::spawn(proxy_http(client, upstream))),
                 2 => drop(monoio::spawn(proxy_duplex(client, upstream, true, true))),
                 3 => drop(monoio::spawn(proxy_duplex(client, upstream, true, false))),
-                _ => drop(monoio::spawn(proxy_duplex(client, upstream, false, true))),
+                4 => drop(monoio::spawn(proxy_duplex(client, upstream, false, true))),
+                _ => drop(monoio::spawn(proxy_duplex_cancelable(client, upstream))),
             }
         }
     });
@@ -316,6 +321,57 @@ async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, up_early: bool, c
             if sent.is_err() {
                 return;
             }
+        }
+        from_up.drain(..m);
+    }
+}
+
+/// `proxy_duplex` with both sides overlapped and the client's read
+/// registered with a canceller (never cancelled), to price that.
+async fn proxy_duplex_cancelable(client: TcpStream, upstream: SocketAddr) {
+    use monoio::io::CancelableAsyncReadRent;
+    let Ok(up) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let canceller = monoio::io::Canceller::new();
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut up_in, mut up_out) = up.into_split();
+    let mut from_client = Vec::with_capacity(BUF);
+    let mut from_up: Vec<u8> = Vec::with_capacity(BUF);
+    loop {
+        let Some(n) = whole_message(&mut client_in, &mut from_client, true).await else {
+            return;
+        };
+        let request = monoio::buf::IoBuf::slice(from_client, 0..n);
+        let ((sent, out), (_, back)) = monoio::join!(
+            up_out.write_all(request),
+            read_into(&mut up_in, std::mem::take(&mut from_up))
+        );
+        from_client = out.into_inner();
+        from_up = back;
+        from_client.drain(..n);
+        if sent.is_err() || !from_client.is_empty() {
+            return;
+        }
+        let Some(m) = whole_message(&mut up_in, &mut from_up, false).await else {
+            return;
+        };
+        let answer = monoio::buf::IoBuf::slice(std::mem::take(&mut from_up), 0..m);
+        let mut next = std::mem::take(&mut from_client);
+        if next.capacity() < 4096 {
+            next.reserve(BUF);
+        }
+        let cap = next.capacity();
+        let read = client_in.cancelable_read(
+            monoio::buf::IoBufMut::slice_mut(next, 0..cap),
+            canceller.handle(),
+        );
+        let ((sent, out), (got, slice)) = monoio::join!(client_out.write_all(answer), read);
+        from_up = out.into_inner();
+        from_client = slice.into_inner();
+        if sent.is_err() || !matches!(got, Ok(n) if n > 0) {
+            return;
         }
         from_up.drain(..m);
     }

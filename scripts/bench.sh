@@ -1061,6 +1061,7 @@ start_target_monoio-http()  { start_floor "$1" monoio-http http; }
 start_target_monoio-duplex() { start_floor "$1" monoio-duplex duplex; }
 start_target_monoio-duplex-up() { start_floor "$1" monoio-duplex-up duplex-up; }
 start_target_monoio-duplex-client() { start_floor "$1" monoio-duplex-client duplex-client; }
+start_target_monoio-duplex-cancel() { start_floor "$1" monoio-duplex-cancel duplex-cancel; }
 
 build_floor() {
     [[ " $TARGETS " == *" monoio-"* && -z "$FLOOR_BIN" ]] || return 0
