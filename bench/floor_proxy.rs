@@ -31,7 +31,10 @@
 
 use std::net::SocketAddr;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller, Splitable,
+};
 use monoio::net::{TcpListener, TcpStream};
 
 const BUF: usize = 16 * 1024;
@@ -90,10 +93,14 @@ fn main() {
             match kind {
                 0 => drop(monoio::spawn(relay(client, upstream))),
                 1 => drop(monoio::spawn(proxy_http(client, upstream))),
-                2 => drop(monoio::spawn(proxy_duplex(client, upstream, true, true))),
-                3 => drop(monoio::spawn(proxy_duplex(client, upstream, true, false))),
-                4 => drop(monoio::spawn(proxy_duplex(client, upstream, false, true))),
-                _ => drop(monoio::spawn(proxy_duplex_cancelable(client, upstream))),
+                _ => {
+                    let early = Early {
+                        up: kind != 4,
+                        client: kind != 3,
+                        cancelable: kind == 5,
+                    };
+                    drop(monoio::spawn(proxy_duplex(client, upstream, early)))
+                }
             }
         }
     });
@@ -235,22 +242,29 @@ async fn proxy_http(client: TcpStream, upstream: SocketAddr) {
     }
 }
 
-/// Reads more into `buf` (from its end); false at end of stream or on an error.
-async fn read_into<R: AsyncReadRent>(src: &mut R, mut buf: Vec<u8>) -> (bool, Vec<u8>) {
+/// Reads more into `buf` (from its end), registered with `cancel` when
+/// given; false at end of stream or on an error.
+async fn read_into<R: CancelableAsyncReadRent>(
+    src: &mut R,
+    mut buf: Vec<u8>,
+    cancel: Option<CancelHandle>,
+) -> (bool, Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(BUF);
     }
     let len = buf.len();
     let cap = buf.capacity();
-    let (res, slice) = src
-        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-        .await;
+    let space = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
+    let (res, slice) = match cancel {
+        Some(c) => src.cancelable_read(space, c).await,
+        None => src.read(space).await,
+    };
     (matches!(res, Ok(n) if n > 0), slice.into_inner())
 }
 
 /// The length of the whole message (head and `Content-Length` body) at the
 /// start of `buf`, reading until it is all there.
-async fn whole_message<R: AsyncReadRent>(
+async fn whole_message<R: CancelableAsyncReadRent>(
     src: &mut R,
     buf: &mut Vec<u8>,
     request: bool,
@@ -259,7 +273,7 @@ async fn whole_message<R: AsyncReadRent>(
         match head(buf, request) {
             Ok(Some((n, body))) if buf.len() >= n + body => return Some(n + body),
             Ok(_) => {
-                let (ok, b) = read_into(src, std::mem::take(buf)).await;
+                let (ok, b) = read_into(src, std::mem::take(buf), None).await;
                 *buf = b;
                 if !ok {
                     return None;
@@ -270,10 +284,20 @@ async fn whole_message<R: AsyncReadRent>(
     }
 }
 
-async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, up_early: bool, client_early: bool) {
+/// Which reads `proxy_duplex` posts with the write before them.
+#[derive(Clone, Copy)]
+struct Early {
+    up: bool,
+    client: bool,
+    /// The client's read is registered with a canceller (never cancelled).
+    cancelable: bool,
+}
+
+async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, early: Early) {
     let Ok(up) = TcpStream::connect(upstream).await else {
         return;
     };
+    let canceller = Canceller::new();
     let _ = up.set_nodelay(true);
     let (mut client_in, mut client_out) = client.into_split();
     let (mut up_in, mut up_out) = up.into_split();
@@ -284,10 +308,10 @@ async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, up_early: bool, c
             return;
         };
         let request = monoio::buf::IoBuf::slice(from_client, 0..n);
-        let sent = if up_early {
+        let sent = if early.up {
             let ((sent, out), (_, back)) = monoio::join!(
                 up_out.write_all(request),
-                read_into(&mut up_in, std::mem::take(&mut from_up))
+                read_into(&mut up_in, std::mem::take(&mut from_up), None)
             );
             from_client = out.into_inner();
             from_up = back;
@@ -305,10 +329,11 @@ async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, up_early: bool, c
             return;
         };
         let answer = monoio::buf::IoBuf::slice(std::mem::take(&mut from_up), 0..m);
-        if client_early && from_client.is_empty() {
+        if early.client && from_client.is_empty() {
+            let cancel = early.cancelable.then(|| canceller.handle());
             let ((sent, out), (more, next)) = monoio::join!(
                 client_out.write_all(answer),
-                read_into(&mut client_in, std::mem::take(&mut from_client))
+                read_into(&mut client_in, std::mem::take(&mut from_client), cancel)
             );
             from_up = out.into_inner();
             from_client = next;
@@ -321,57 +346,6 @@ async fn proxy_duplex(client: TcpStream, upstream: SocketAddr, up_early: bool, c
             if sent.is_err() {
                 return;
             }
-        }
-        from_up.drain(..m);
-    }
-}
-
-/// `proxy_duplex` with both sides overlapped and the client's read
-/// registered with a canceller (never cancelled), to price that.
-async fn proxy_duplex_cancelable(client: TcpStream, upstream: SocketAddr) {
-    use monoio::io::CancelableAsyncReadRent;
-    let Ok(up) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    let _ = up.set_nodelay(true);
-    let canceller = monoio::io::Canceller::new();
-    let (mut client_in, mut client_out) = client.into_split();
-    let (mut up_in, mut up_out) = up.into_split();
-    let mut from_client = Vec::with_capacity(BUF);
-    let mut from_up: Vec<u8> = Vec::with_capacity(BUF);
-    loop {
-        let Some(n) = whole_message(&mut client_in, &mut from_client, true).await else {
-            return;
-        };
-        let request = monoio::buf::IoBuf::slice(from_client, 0..n);
-        let ((sent, out), (_, back)) = monoio::join!(
-            up_out.write_all(request),
-            read_into(&mut up_in, std::mem::take(&mut from_up))
-        );
-        from_client = out.into_inner();
-        from_up = back;
-        from_client.drain(..n);
-        if sent.is_err() || !from_client.is_empty() {
-            return;
-        }
-        let Some(m) = whole_message(&mut up_in, &mut from_up, false).await else {
-            return;
-        };
-        let answer = monoio::buf::IoBuf::slice(std::mem::take(&mut from_up), 0..m);
-        let mut next = std::mem::take(&mut from_client);
-        if next.capacity() < 4096 {
-            next.reserve(BUF);
-        }
-        let cap = next.capacity();
-        let read = client_in.cancelable_read(
-            monoio::buf::IoBufMut::slice_mut(next, 0..cap),
-            canceller.handle(),
-        );
-        let ((sent, out), (got, slice)) = monoio::join!(client_out.write_all(answer), read);
-        from_up = out.into_inner();
-        from_client = slice.into_inner();
-        if sent.is_err() || !matches!(got, Ok(n) if n > 0) {
-            return;
         }
         from_up.drain(..m);
     }

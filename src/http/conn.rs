@@ -347,8 +347,8 @@ impl Conn {
 
     /// Writes `bytes` (a request) and reads the first bytes of the answer,
     /// with the read posted together with the write rather than after the
-    /// write completes: the answer is read as soon as it comes, and the
-    /// exchange takes one event-loop turn less (bench/RESULTS.md §30).
+    /// write completes, so the answer is read as soon as it comes
+    /// (bench/RESULTS.md §30).
     ///
     /// Plain TCP with nothing unread only: the socket is split into its two
     /// halves for the two operations and joined again. Otherwise this is
@@ -362,14 +362,8 @@ impl Conn {
         write_dur: Duration,
         read_dur: Duration,
     ) -> Result<(Conn, WriteRead), Vec<u8>> {
-        if !matches!(self.stream, Stream::Plain(_)) || !self.buffered().is_empty() {
-            let (write, bytes) = self.write(bytes, write_dur).await;
-            let done = WriteRead {
-                write,
-                bytes,
-                read: None,
-            };
-            return Ok((self, done));
+        if !self.buffered().is_empty() {
+            return Ok(self.write_only(bytes, write_dur).await);
         }
         let mut buf = self.read_space();
         let Conn {
@@ -382,20 +376,14 @@ impl Conn {
         let tcp = match stream {
             Stream::Plain(tcp) => tcp,
             other => {
-                let mut conn = Conn {
+                let conn = Conn {
                     stream: other,
                     buf,
                     pos,
                     capacity,
                     canceller,
                 };
-                let (write, bytes) = conn.write(bytes, write_dur).await;
-                let done = WriteRead {
-                    write,
-                    bytes,
-                    read: None,
-                };
-                return Ok((conn, done));
+                return Ok(conn.write_only(bytes, write_dur).await);
             }
         };
         let fd = tcp.as_raw_fd();
@@ -432,6 +420,17 @@ impl Conn {
             other => Some(other),
         };
         Ok((conn, WriteRead { write, bytes, read }))
+    }
+
+    /// [`Conn::write_then_read`] without the read.
+    async fn write_only(mut self, bytes: Vec<u8>, dur: Duration) -> (Conn, WriteRead) {
+        let (write, bytes) = self.write(bytes, dur).await;
+        let done = WriteRead {
+            write,
+            bytes,
+            read: None,
+        };
+        (self, done)
     }
 }
 
