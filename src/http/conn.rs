@@ -2,15 +2,14 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{read_within_or, write_all_to, write_all_within, IoFail};
+use super::io::{read_within_or, write_all_to, IoFail};
 use super::timer::{timed, Ended};
 use crate::tls::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{CancelableAsyncReadRent, Canceller, Splitable};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::os::fd::AsRawFd;
-use std::task::Poll;
 use std::time::Duration;
 
 /// The errno of a cancelled io_uring operation.
@@ -344,104 +343,4 @@ impl Conn {
     pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
         write_all_to(&mut self.stream, bytes, dur).await
     }
-
-    /// Writes `bytes` (a request) and reads the first bytes of the answer,
-    /// with the read posted together with the write rather than after the
-    /// write completes, so the answer is read as soon as it comes
-    /// (bench/RESULTS.md §30).
-    ///
-    /// Plain TCP with nothing unread only: the socket is split into its two
-    /// halves for the two operations and joined again. Otherwise this is
-    /// [`Conn::write`]. A failed write stops the read (its socket side is
-    /// shut down). `Err` hands the bytes back should the halves not rejoin,
-    /// which cannot happen (both come from one split); the connection is
-    /// gone then.
-    pub async fn write_then_read(
-        mut self,
-        bytes: Vec<u8>,
-        write_dur: Duration,
-        read_dur: Duration,
-    ) -> Result<(Conn, WriteRead), Vec<u8>> {
-        if !self.buffered().is_empty() {
-            return Ok(self.write_only(bytes, write_dur).await);
-        }
-        let mut buf = self.read_space();
-        let Conn {
-            stream,
-            pos,
-            capacity,
-            canceller,
-            ..
-        } = self;
-        let tcp = match stream {
-            Stream::Plain(tcp) => tcp,
-            other => {
-                let conn = Conn {
-                    stream: other,
-                    buf,
-                    pos,
-                    capacity,
-                    canceller,
-                };
-                return Ok(conn.write_only(bytes, write_dur).await);
-            }
-        };
-        let fd = tcp.as_raw_fd();
-        let (mut input, mut output) = tcp.into_split();
-        let failed = Cell::new(false);
-        let write = async {
-            let (res, bytes) = write_all_within(&mut output, fd, bytes, write_dur).await;
-            failed.set(res.is_err());
-            (res, bytes)
-        };
-        let stop = std::future::poll_fn(|_| match failed.get() {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
-        });
-        let len = buf.len();
-        let cap = buf.capacity();
-        let read = read_within_or(&mut input, fd, buf.slice_mut(len..cap), read_dur, stop);
-        // Polled in this order: a failed write is seen by the read's stop
-        // in the same poll.
-        let ((write, bytes), (read, slice)) = monoio::join!(write, read);
-        buf = slice.into_inner();
-        let Ok(tcp) = input.reunite(output) else {
-            return Err(bytes);
-        };
-        let conn = Conn {
-            stream: Stream::Plain(tcp),
-            buf,
-            pos,
-            capacity,
-            canceller,
-        };
-        let read = match read {
-            Ok(n) if n > 0 => None,
-            other => Some(other),
-        };
-        Ok((conn, WriteRead { write, bytes, read }))
-    }
-
-    /// [`Conn::write_then_read`] without the read.
-    async fn write_only(mut self, bytes: Vec<u8>, dur: Duration) -> (Conn, WriteRead) {
-        let (write, bytes) = self.write(bytes, dur).await;
-        let done = WriteRead {
-            write,
-            bytes,
-            read: None,
-        };
-        (self, done)
-    }
-}
-
-/// What [`Conn::write_then_read`] did.
-pub struct WriteRead {
-    /// The write's result.
-    pub write: Result<(), IoFail>,
-    /// The written bytes, handed back.
-    pub bytes: Vec<u8>,
-    /// How the read ended when it brought no bytes (the peer closed, an
-    /// error, the deadline), for the next reader to take instead of
-    /// reading; `None` when its bytes are buffered, or no read was posted.
-    pub read: Option<Result<usize, IoFail>>,
 }

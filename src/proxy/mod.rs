@@ -864,26 +864,7 @@ async fn exchange(
         append_buffered(client, req.framing, &mut head)
     };
     ex.seen.bytes_in = head.len().saturating_sub(head_len) as u64;
-    // With nothing more to send, the answer's first read goes out with the
-    // request's write.
-    let (res, mut head, mut first_read) = if body_framing == Framing::None {
-        match upc.write_then_read(head, timeout, timeout).await {
-            Ok((conn, done)) => {
-                upc = conn;
-                (done.write, done.bytes, done.read)
-            }
-            Err(mut head) => {
-                head.truncate(head_len);
-                return (
-                    Attempt::Early(bad_gateway(up, "write to upstream failed")),
-                    head,
-                );
-            }
-        }
-    } else {
-        let (res, head) = upc.write(head, timeout).await;
-        (res, head, None)
-    };
+    let (res, mut head) = upc.write(head, timeout).await;
     head.truncate(head_len);
     if res.is_err() {
         if retry_ok {
@@ -949,8 +930,7 @@ async fn exchange(
     // Response head, skipping interim 1xx answers.
     let deadline = coarse_now() + timeout;
     let resp = loop {
-        let first = first_read.take();
-        match read_response_head_after(&mut upc, deadline, req.method() == "HEAD", first).await {
+        match read_response_head(&mut upc, deadline, req.method() == "HEAD").await {
             Ok(r) if (100..200).contains(&r.status) && r.status != 101 => continue,
             Ok(r) if r.status == 101 => {
                 let why = match ex.upgrade {
@@ -1201,17 +1181,6 @@ pub(crate) async fn read_response_head(
     deadline: Instant,
     head_request: bool,
 ) -> Result<ResponseHead, ReadHeadError> {
-    read_response_head_after(upc, deadline, head_request, None).await
-}
-
-/// [`read_response_head`], where a read already made ended as `first` (see
-/// [`Conn::write_then_read`]): that outcome stands for the first read.
-async fn read_response_head_after(
-    upc: &mut Conn,
-    deadline: Instant,
-    head_request: bool,
-    mut first: Option<Result<usize, IoFail>>,
-) -> Result<ResponseHead, ReadHeadError> {
     loop {
         if !upc.buffered().is_empty() {
             match ResponseHead::parse(upc.buffered(), MAX_RESPONSE_HEAD, head_request) {
@@ -1234,11 +1203,7 @@ async fn read_response_head_after(
             return Err(ReadHeadError::Timeout);
         }
         let had = upc.buffered().len();
-        let got = match first.take() {
-            Some(got) => got,
-            None => upc.fill(left).await,
-        };
-        match got {
+        match upc.fill(left).await {
             Ok(0) if had == 0 => return Err(ReadHeadError::ClosedEarly),
             Ok(0) => {
                 return Err(ReadHeadError::Invalid(
