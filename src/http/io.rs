@@ -118,6 +118,70 @@ pub fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     send(fd, bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).unwrap_or(0)
 }
 
+thread_local! {
+    /// Whether this thread's reads wait for readability before reading
+    /// ([`set_poll_first`]).
+    static POLL_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this thread's plain-socket reads that usually find nothing
+/// (an upstream's answer right after its request, a client's next request)
+/// wait for readability first and then read with `recv(2)`, instead of
+/// posting a read that the kernel first tries, finds empty and then turns
+/// into a readiness wait. That is what `IORING_RECVSEND_POLL_FIRST` does
+/// inside one operation; monoio does not let an operation's flags be set,
+/// so the wait is monoio's `readable` (an io_uring `POLL_ADD`) and the read
+/// a plain system call. No read buffer is held while waiting.
+///
+/// On for io_uring shards; the epoll driver's reads already wait for
+/// readiness only after a failed attempt. `SHARDGATE_POLL_FIRST=0` turns it
+/// off (for comparison).
+pub fn set_poll_first(on: bool) {
+    let on = on && std::env::var("SHARDGATE_POLL_FIRST").map_or(true, |v| v != "0");
+    POLL_FIRST.with(|p| p.set(on));
+}
+
+/// See [`set_poll_first`].
+pub fn poll_first() -> bool {
+    POLL_FIRST.with(|p| p.get())
+}
+
+/// Reads what the socket holds now into `buf`'s spare capacity, without
+/// waiting (`recv(2)` with `MSG_DONTWAIT`); `buf` grows by the bytes read.
+#[allow(unsafe_code)]
+pub fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let len = buf.len();
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the vector's
+    // unused capacity (which `spare` borrows exclusively) and reports how
+    // many; only those, initialised by the kernel, are added to the length.
+    unsafe {
+        let n = nix::libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            nix::libc::MSG_DONTWAIT,
+        );
+        let Ok(n) = usize::try_from(n) else {
+            return Err(io::Error::last_os_error());
+        };
+        buf.set_len(len + n);
+        Ok(n)
+    }
+}
+
+/// Waits until `stream` is readable (bytes, end of file or an error),
+/// giving up after `dur` or when `stop` completes. A readiness wait holds
+/// no buffer; dropped unfinished, monoio cancels it.
+pub async fn readable_within<S: Future<Output = ()>>(
+    stream: &TcpStream,
+    dur: Duration,
+    stop: S,
+) -> Ended<io::Result<()>> {
+    let ready = stream.readable(false);
+    timed(std::pin::pin!(ready), dur, std::pin::pin!(stop)).await
+}
+
 /// [`write_all_within`] on a plain socket, sending at once what the
 /// socket takes ([`send_now`]) and waiting only for the rest.
 pub async fn write_all_plain<T: IoBuf + 'static>(
