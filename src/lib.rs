@@ -4,9 +4,8 @@
 //! SO_REUSEPORT listeners, its own compiled route table and its own upstream
 //! connection pools. The request path never leaves the shard; shards hear
 //! from the control thread (reload, shutdown) through channel messages.
-// Six `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
-// freshly duplicated descriptor), `http::io::recv_now` (`recv(2)` into a
-// vector's spare capacity), `memory::give_back` (a call into the
+// Five `unsafe` blocks exist: `http::conn::Conn::watcher` (adopting a
+// freshly duplicated descriptor), `memory::give_back` (a call into the
 // allocator that takes no arguments), `shard::background::lower_priority`
 // (sched_setscheduler/setpriority for background threads), and two in
 // `tls::stream` (copying decrypted bytes into, and viewing the bytes of,

@@ -2,15 +2,14 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{poll_first, read_within_or, readable_within, recv_now, write_all_to, IoFail};
+use super::io::{read_within_or, write_all_to, IoFail};
 use super::timer::{timed, Ended};
 use crate::tls::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use nix::sys::socket::{shutdown, Shutdown};
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// The errno of a cancelled io_uring operation.
@@ -192,41 +191,6 @@ impl Conn {
         res
     }
 
-    /// Like [`Conn::fill`], for a read that usually finds nothing yet (an
-    /// upstream's answer): on io_uring shards it waits for readability,
-    /// then reads without waiting ([`super::io::set_poll_first`]).
-    pub async fn fill_polled(&mut self, dur: Duration) -> Result<usize, IoFail> {
-        let fd = match &self.stream {
-            Stream::Plain(s) if poll_first() => {
-                let fd = s.as_raw_fd();
-                match readable_within(s, dur, std::future::pending()).await {
-                    Ended::Done(Ok(())) => {}
-                    Ended::Done(Err(e)) => return Err(IoFail::Io(e)),
-                    Ended::TimedOut | Ended::Stopped => {
-                        // As for a timed-out read: the connection is done.
-                        let _ = shutdown(fd, Shutdown::Read);
-                        return Err(IoFail::Timeout);
-                    }
-                }
-                fd
-            }
-            _ => return self.fill(dur).await,
-        };
-        match self.recv_now(fd) {
-            // Readable yet empty: read the usual way.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.fill(dur).await,
-            other => other.map_err(IoFail::Io),
-        }
-    }
-
-    /// Reads what the socket holds now into the buffer ([`recv_now`]).
-    fn recv_now(&mut self, fd: RawFd) -> std::io::Result<usize> {
-        let mut buf = self.read_space();
-        let res = recv_now(fd, &mut buf);
-        self.buf = buf;
-        res
-    }
-
     /// The buffer, taken out for a read, with room for at least [`MIN_READ`] bytes.
     fn read_space(&mut self) -> Vec<u8> {
         if self.buf.capacity() == 0 {
@@ -258,27 +222,6 @@ impl Conn {
         // shows as readable: it keeps its buffer and reads on.
         if dur <= grace || self.stream.is_tls() || self.pos < self.buf.len() {
             return self.fill_or(dur, stop).await.map(Some);
-        }
-        if let (Stream::Plain(s), true) = (&self.stream, poll_first()) {
-            let fd = s.as_raw_fd();
-            // No buffer while waiting; the wait is cancelled if quiet.
-            return match readable_within(s, grace, stop).await {
-                Ended::Done(Ok(())) => match self.recv_now(fd) {
-                    Ok(n) => Ok(Some(n)),
-                    // Readable yet empty: quiet after all.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.release_buffer();
-                        Ok(None)
-                    }
-                    Err(e) => Err(IoFail::Io(e)),
-                },
-                Ended::Done(Err(e)) => Err(IoFail::Io(e)),
-                Ended::TimedOut => {
-                    self.release_buffer();
-                    Ok(None)
-                }
-                Ended::Stopped => Err(IoFail::Timeout),
-            };
         }
         let canceller = self.canceller.take().unwrap_or_default();
         let buf = self.read_space();

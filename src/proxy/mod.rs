@@ -1203,7 +1203,7 @@ pub(crate) async fn read_response_head(
             return Err(ReadHeadError::Timeout);
         }
         let had = upc.buffered().len();
-        match upc.fill_polled(left).await {
+        match upc.fill(left).await {
             Ok(0) if had == 0 => return Err(ReadHeadError::ClosedEarly),
             Ok(0) => {
                 return Err(ReadHeadError::Invalid(

@@ -625,7 +625,6 @@ fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<mon
 }
 
 async fn shard_main(args: ShardArgs, driver: Driver) {
-    crate::http::io::set_poll_first(driver == Driver::IoUring);
     let ShardArgs {
         sockets,
         id,
