@@ -9,7 +9,6 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// The errno of a cancelled io_uring operation.
@@ -173,14 +172,8 @@ impl Conn {
         let len = buf.len();
         let cap = buf.capacity();
         let (res, slice) = match &mut self.stream {
-            Stream::Plain(s) => {
-                let fd = s.as_raw_fd();
-                read_within_or(s, fd, buf.slice_mut(len..cap), dur, stop).await
-            }
-            Stream::Tls(t) => {
-                let fd = t.as_raw_fd();
-                read_within_or(&mut **t, fd, buf.slice_mut(len..cap), dur, stop).await
-            }
+            Stream::Plain(s) => read_within_or(s, buf.slice_mut(len..cap), dur, stop).await,
+            Stream::Tls(t) => read_within_or(&mut **t, buf.slice_mut(len..cap), dur, stop).await,
             Stream::H2(s) => {
                 let res = s.read_within(&mut buf, dur, stop).await;
                 self.buf = buf;

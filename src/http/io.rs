@@ -34,20 +34,22 @@ pub async fn read_within<T: IoBufMut + 'static, R: AsyncReadRent + AsRawFd>(
     buf: T,
     dur: Duration,
 ) -> (Result<usize, IoFail>, T) {
-    let fd = stream.as_raw_fd();
-    read_within_or(stream, fd, buf, dur, std::future::pending::<()>()).await
+    read_within_or(stream, buf, dur, std::future::pending::<()>()).await
 }
 
 /// Reads once into `buf`, giving up after `dur` or when `stop` completes
-/// (both reported as [`IoFail::Timeout`]); the read side of `fd`, the
-/// stream's socket, is shut down in that case.
-pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>, R: AsyncReadRent>(
+/// (both reported as [`IoFail::Timeout`]); the socket's read side is shut
+/// down in that case.
+pub async fn read_within_or<T: IoBufMut + 'static, S: Future<Output = ()>, R>(
     stream: &mut R,
-    fd: RawFd,
     buf: T,
     dur: Duration,
     stop: S,
-) -> (Result<usize, IoFail>, T) {
+) -> (Result<usize, IoFail>, T)
+where
+    R: AsyncReadRent + AsRawFd,
+{
+    let fd = stream.as_raw_fd();
     let fut = stream.read(buf);
     let mut fut = std::pin::pin!(fut);
     if let Ended::Done(r) = timed(&mut fut, dur, std::pin::pin!(stop)).await {
@@ -80,13 +82,13 @@ pub async fn wait_readable_until<D: Future<Output = ()>, S: Future<Output = ()>>
 }
 
 /// Writes all of `buf`, giving up when it has not completed within `dur`
-/// (the write side of `fd`, the stream's socket, is then shut down).
-pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent>(
+/// (the socket's write side is then shut down).
+pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent + AsRawFd>(
     stream: &mut W,
-    fd: RawFd,
     buf: T,
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
+    let fd = stream.as_raw_fd();
     let fut = stream.write_all(buf);
     let mut fut = std::pin::pin!(fut);
     if let Ended::Done(r) = timed(&mut fut, dur, std::future::pending()).await {
@@ -125,13 +127,12 @@ pub async fn write_all_plain<T: IoBuf + 'static>(
     buf: T,
     dur: Duration,
 ) -> (Result<(), IoFail>, T) {
-    let fd = stream.as_raw_fd();
     let len = buf.bytes_init();
-    let sent = send_now(fd, crate::tls::stream::as_bytes(&buf));
+    let sent = send_now(stream.as_raw_fd(), crate::tls::stream::as_bytes(&buf));
     if sent >= len {
         return (Ok(()), buf);
     }
-    let (res, rest) = write_all_within(stream, fd, buf.slice(sent..), dur).await;
+    let (res, rest) = write_all_within(stream, buf.slice(sent..), dur).await;
     (res, rest.into_inner())
 }
 
@@ -145,10 +146,7 @@ pub async fn write_all_to<T: IoBuf + 'static>(
 ) -> (Result<(), IoFail>, T) {
     match stream {
         crate::tls::Stream::Plain(s) => write_all_plain(s, buf, dur).await,
-        crate::tls::Stream::Tls(t) => {
-            let fd = t.as_raw_fd();
-            write_all_within(&mut **t, fd, buf, dur).await
-        }
+        crate::tls::Stream::Tls(t) => write_all_within(&mut **t, buf, dur).await,
         crate::tls::Stream::H2(s) => {
             let res = s
                 .write_within(crate::tls::stream::as_bytes(&buf), dur)
