@@ -180,7 +180,17 @@ pub async fn handle<'c>(
         }
         q => q,
     };
-    let target = upstream_target(&route.path_edit, req.path(), query, &params);
+    // The target as sent when nothing changes it (no copy); else built.
+    let target: std::borrow::Cow<'_, str> = match req.origin_target() {
+        Some(t)
+            if matches!(route.path_edit, crate::compiled::PathEdit::Keep)
+                && route.strip_query.is_empty() =>
+        {
+            t.into()
+        }
+        _ => upstream_target(&route.path_edit, req.path(), query, &params).into(),
+    };
+    let target = &*target;
     let (Some(up), Some(cursor)) = (
         cfg.compiled.upstreams.get(upstream),
         cfg.cursors.get(upstream),
@@ -208,18 +218,18 @@ pub async fn handle<'c>(
             transcoder,
             up,
             cursor,
-            target: &target,
+            target,
         };
         return crate::grpc::stage::serve(shard, call, req, client, ex).await;
     }
     if let Some(mirror) = &edge.mirror {
         if let Some(shadow) = cfg.compiled.upstreams.get(mirror.upstream) {
             let st = &shard.edge;
-            policy::mirror::fire(st, mirror, route_id, shadow, req, &target, client, ex);
+            policy::mirror::fire(st, mirror, route_id, shadow, req, target, client, ex);
         }
     }
     let result =
-        crate::resilience::forward(shard, cfg, route, up, cursor, req, &target, client, ex).await;
+        crate::resilience::forward(shard, cfg, route, up, cursor, req, target, client, ex).await;
     match &route.cache {
         Some(plan) => crate::cache::finish(shard, route, plan, req, result, client, ex).await,
         None => result,
@@ -395,7 +405,7 @@ fn route_as(
     req: &RequestHead,
     method: &str,
 ) -> Result<(usize, Vec<Range<usize>>), GatewayError> {
-    let host = req.host().and_then(|h| std::str::from_utf8(h).ok());
+    let host = req.host_str();
     let facts = RequestFacts {
         method,
         path: req.path(),

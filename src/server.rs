@@ -502,8 +502,7 @@ async fn redirect_https(
     port: u16,
 ) -> Result<Disposition, GatewayError> {
     let host = head
-        .host()
-        .and_then(|h| std::str::from_utf8(h).ok())
+        .host_str()
         .map(host_without_port)
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(GatewayError::BadRequest("a redirect to https needs a Host"))?;

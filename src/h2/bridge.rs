@@ -383,11 +383,15 @@ impl H2Stream {
         if !whole {
             self.head_buf.extend_from_slice(data);
         }
-        let mut fields = [httparse::EMPTY_HEADER; 128];
-        let mut parsed = httparse::Response::new(&mut fields);
+        let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut parsed = httparse::Response::new(&mut []);
         let held = std::mem::take(&mut self.head_buf);
         let source = if whole { data } else { held.as_slice() };
-        let head_len = match parsed.parse(source) {
+        let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            source,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if source.len() > MAX_RESPONSE_HEAD {

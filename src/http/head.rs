@@ -106,6 +106,11 @@ impl Fields {
                 .is_some()
     }
 
+    /// Where the `i`th line's value lies in the head.
+    fn value_range(&self, i: usize) -> Option<Range<usize>> {
+        self.ranges.get(i).map(|(_, v)| v.clone())
+    }
+
     /// The `i`th line's name and value.
     fn line<'a>(&self, raw: &'a [u8], i: usize) -> (&'a [u8], &'a [u8]) {
         self.ranges.get(i).map_or((&[][..], &[][..]), |(n, v)| {
@@ -234,6 +239,17 @@ fn contains_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// A `Content-Length` value: one or more ASCII digits that fit in a `u64`.
+fn parse_decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// One pass over parsed fields: where each lies inside `head`, the facts
 /// about framing and the connection, the first `Host` line, and whether a
 /// name is repeated (a 64-bit filter of the names seen; only a hit compares
@@ -268,10 +284,7 @@ fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldF
                 f.conn_keep_alive |= contains_token(h.value, "keep-alive");
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let parsed = std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok());
+                let parsed = parse_decimal(h.value);
                 match (parsed, f.content_length) {
                     (None, _) => f.conflicting_length = true,
                     (Some(v), Some(prev)) if v != prev => f.conflicting_length = true,
@@ -307,16 +320,24 @@ fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldF
 
 /// `method` as a constant when it is one of the methods RFC 9110 defines.
 fn known_method(method: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN.into_iter().find(|k| *k == method)
+    Some(match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => return None,
+    })
 }
 
 /// A parsed request head.
 #[derive(Debug, Default, Clone)]
 pub struct RequestHead {
-    raw: Vec<u8>,
+    raw: RawHead,
     method: Range<usize>,
     /// The method when it is one of RFC 9110's, without re-reading `raw`.
     known_method: Option<&'static str>,
@@ -339,6 +360,47 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
+}
+
+/// A request head's own copy of its bytes: text when they are UTF-8 (nearly
+/// always; they are ASCII but for rare field values), validated once here
+/// so that the method, target, path, query and host are read as `&str`
+/// without validating them again each time a stage reads them.
+#[derive(Debug, Clone)]
+enum RawHead {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Default for RawHead {
+    fn default() -> Self {
+        RawHead::Text(String::new())
+    }
+}
+
+impl RawHead {
+    fn new(head: &[u8]) -> RawHead {
+        match String::from_utf8(head.to_vec()) {
+            Ok(text) => RawHead::Text(text),
+            Err(e) => RawHead::Bytes(e.into_bytes()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RawHead::Text(t) => t.as_bytes(),
+            RawHead::Bytes(b) => b,
+        }
+    }
+
+    /// The text at `r`; "" when it is not UTF-8 (or not at char boundaries).
+    fn str(&self, r: Range<usize>) -> &str {
+        match self {
+            RawHead::Text(t) => t.get(r),
+            RawHead::Bytes(b) => b.get(r).and_then(|b| std::str::from_utf8(b).ok()),
+        }
+        .unwrap_or("")
+    }
 }
 
 /// Outcome of trying to parse a head from buffered bytes.
@@ -429,7 +491,7 @@ impl RequestHead {
                 path_len,
                 authority,
                 normalized: None,
-                raw: head.to_vec(),
+                raw: RawHead::new(head),
                 version,
                 fields,
                 framing,
@@ -442,7 +504,7 @@ impl RequestHead {
 
     /// The head's bytes, for [`Fields::iter`].
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        self.raw.bytes()
     }
 
     /// The method.
@@ -454,10 +516,7 @@ impl RequestHead {
     }
 
     fn raw_str(&self, r: Range<usize>) -> &str {
-        self.raw
-            .get(r)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+        self.raw.str(r)
     }
 
     /// The request target in origin form (path and query) as sent; for an
@@ -472,11 +531,18 @@ impl RequestHead {
         if let Some(p) = &self.normalized {
             return p;
         }
-        match self.target().get(..self.path_len) {
-            Some("") => "/",
-            Some(p) => p,
-            None => "",
+        let start = self.target.start;
+        match self.raw_str(start..start + self.path_len) {
+            "" if self.path_len == 0 => "/",
+            p => p,
         }
+    }
+
+    /// [`RequestHead::target`] when it is what [`RequestHead::path`] and
+    /// [`RequestHead::query`] spell: the path was not normalised and is
+    /// not empty (an absolute-form target without one reads as `/`).
+    pub fn origin_target(&self) -> Option<&str> {
+        (self.normalized.is_none() && self.path_len > 0).then(|| self.target())
     }
 
     /// Replaces the path with its normal form (the query is kept).
@@ -492,26 +558,39 @@ impl RequestHead {
     /// The host the request is for: the authority of an absolute-form
     /// target, else the `Host` field.
     pub fn host(&self) -> Option<&[u8]> {
+        self.host_range().and_then(|r| self.raw.bytes().get(r))
+    }
+
+    /// [`RequestHead::host`] as text (`None` also when it is not UTF-8).
+    pub fn host_str(&self) -> Option<&str> {
+        let r = self.host_range()?;
+        match &self.raw {
+            RawHead::Text(t) => t.get(r),
+            RawHead::Bytes(b) => b.get(r).and_then(|b| std::str::from_utf8(b).ok()),
+        }
+    }
+
+    fn host_range(&self) -> Option<Range<usize>> {
         match &self.authority {
-            Some(a) => self.raw.get(a.clone()),
-            None => self.fields.host.map(|i| self.fields.line(&self.raw, i).1),
+            Some(a) => Some(a.clone()),
+            None => self.fields.host.and_then(|i| self.fields.value_range(i)),
         }
     }
 
     /// The value of a header field, as every stage reads it: its only line,
     /// or all its lines joined in order (see [`Fields::get`]).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.fields.get(&self.raw, name)
+        self.fields.get(self.raw.bytes(), name)
     }
 
     /// True when the named field came on more than one line.
     pub fn is_repeated(&self, name: &str) -> bool {
-        self.fields.is_repeated(&self.raw, name)
+        self.fields.is_repeated(self.raw.bytes(), name)
     }
 
     /// Iterates header lines as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields.iter(&self.raw)
+        self.fields.iter(self.raw.bytes())
     }
 
     /// True for methods that are safe to send twice (RFC 9110 §9.2.2).
@@ -696,9 +775,16 @@ impl ResponseHead {
         max_bytes: usize,
         head_request: bool,
     ) -> Result<Parsed<Self>, HeadError> {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut resp = httparse::Response::new(&mut storage);
-        let status = resp.parse(buf);
+        // Uninitialised, like a request's: writing 100 empty fields first
+        // cost more than parsing a small head.
+        let mut storage =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut storage,
+        );
         let Some(n) = head_length(status, buf.len(), max_bytes, "malformed response head")? else {
             return Ok(Parsed::Partial);
         };
@@ -891,6 +977,54 @@ mod tests {
         assert_eq!(h.header("x-a"), Some(&b"1"[..]));
         assert!(h.keep_alive);
         assert_eq!(h.framing, Framing::None);
+    }
+
+    #[test]
+    fn a_head_that_is_not_utf8_still_reads_its_target_and_host() {
+        let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: h:8\r\nX-Name: caf\xe9\r\n\r\n";
+        let Ok(Parsed::Complete(h, _)) = RequestHead::parse(raw, 8192, 100) else {
+            panic!("obs-text in a field value is accepted");
+        };
+        assert!(matches!(h.raw, RawHead::Bytes(_)));
+        assert_eq!(
+            (h.method(), h.path(), h.query()),
+            ("GET", "/a/b", Some("x=1"))
+        );
+        assert_eq!((h.target(), h.host_str()), ("/a/b?x=1", Some("h:8")));
+        assert_eq!(h.header("x-name"), Some(&b"caf\xe9"[..]));
+        let text = req("GET /a/b?x=1 HTTP/1.1\r\nHost: h:8\r\n\r\n").unwrap();
+        assert!(matches!(text.raw, RawHead::Text(_)));
+        assert_eq!((text.path(), text.host_str()), ("/a/b", Some("h:8")));
+        let root = req("GET http://h:8 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((root.path(), root.host_str()), ("/", Some("h:8")));
+    }
+
+    #[test]
+    fn content_length_is_digits_that_fit_in_u64() {
+        let framing = |v: &str| {
+            req(&format!(
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {v}\r\n\r\n"
+            ))
+            .map(|h| h.framing)
+        };
+        assert_eq!(framing("007"), Ok(Framing::Length(7)));
+        assert_eq!(
+            framing("18446744073709551615"),
+            Ok(Framing::Length(u64::MAX))
+        );
+        for bad in [
+            "",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "1 2",
+            "0x1",
+            "-1",
+        ] {
+            assert!(
+                matches!(framing(bad), Err(HeadError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -241,9 +241,13 @@ pub fn upstream_head(
 
 /// Appends the status line of `resp` (its reason phrase, or the standard one).
 pub(crate) fn status_line(resp: &ResponseHead, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(resp.status));
-    out.push(b' ');
+    // A status code has three digits (httparse reads no other).
+    let s = resp.status;
+    let digit = |d: u16| b'0' + (d % 10) as u8;
+    let mut start = *b"HTTP/1.1 200 ";
+    let [.., a, b, c, _] = &mut start;
+    (*a, *b, *c) = (digit(s / 100), digit(s / 10), digit(s));
+    out.extend_from_slice(&start);
     if resp.reason().is_empty() {
         out.extend_from_slice(reason_phrase(resp.status).as_bytes());
     } else {
@@ -1218,6 +1222,36 @@ pub(crate) async fn read_response_head(
                     "connection reset inside the response head",
                 ))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_line_of(raw: &str) -> String {
+        let Ok(Parsed::Complete(resp, _)) = ResponseHead::parse(raw.as_bytes(), 8192, false) else {
+            panic!("a response head: {raw:?}");
+        };
+        let mut out = Vec::new();
+        status_line(&resp, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn status_lines_keep_the_code_and_reason() {
+        for (raw, line) in [
+            ("HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\n"),
+            (
+                "HTTP/1.0 404 Gone Fishing\r\n\r\n",
+                "HTTP/1.1 404 Gone Fishing\r\n",
+            ),
+            ("HTTP/1.1 100 \r\n\r\n", "HTTP/1.1 100 Continue\r\n"),
+            ("HTTP/1.1 599 \r\n\r\n", "HTTP/1.1 599 Unknown\r\n"),
+            ("HTTP/1.1 302 Found\r\n\r\n", "HTTP/1.1 302 Found\r\n"),
+        ] {
+            assert_eq!(status_line_of(raw), line);
         }
     }
 }
