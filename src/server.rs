@@ -208,7 +208,9 @@ async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, pe
 /// requests, with a read buffer and the exchange's state, both on the heap
 /// for that phase only. Once no request has come for [`IDLE_BUFFER_GRACE`],
 /// it gives them back and waits, idle, for the socket to become readable,
-/// holding only its socket and this small task.
+/// holding only its socket and this small task — unless it is one of the
+/// shard's [`crate::http::conn::HELD_READS`], which wait with a plain read
+/// and keep them (see [`Conn::fill_unless_quiet`]).
 pub async fn serve_connection(
     shard: Rc<Shard>,
     listener: usize,
@@ -725,7 +727,9 @@ async fn read_head(
             conn.fill(wait).await
         } else {
             match conn
-                .fill_unless_quiet(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait())
+                .fill_unless_quiet(wait, IDLE_BUFFER_GRACE, shard.shutdown.wait(), || {
+                    Counted::new(&shard.idle_connections)
+                })
                 .await
             {
                 Ok(Some(n)) => Ok(n),

@@ -463,15 +463,52 @@ fn await_idle(gw: &Gateway, want: u64) -> (u64, f64) {
     }
 }
 
-#[test]
-fn idle_connections_are_counted_per_shard() {
-    let backend = Backend::echo("app");
-    let gw = Gateway::start(&gateway_config(&backend, ""));
-    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(gw.port)).collect();
+/// `n` client connections, each after one answered request.
+fn answered_clients(gw: &Gateway, n: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(gw.port)).collect();
     for c in clients.iter_mut() {
         c.send(b"GET /api/one HTTP/1.1\r\nHost: idle.test\r\n\r\n");
         assert_eq!(c.read_response().status, 200);
     }
+    clients
+}
+
+#[test]
+fn quiet_connections_beyond_the_held_reads_give_their_buffer_back() {
+    const HELD_READS: u64 = 64; // shardgate::http::conn::HELD_READS
+    let backend = Backend::echo("app");
+    let gw = Gateway::start(&gateway_config(&backend, ""));
+    let mut clients = answered_clients(&gw, 200);
+    // Past the 250 ms grace: every one counts as idle, and on each shard
+    // the first 64 wait holding their buffer, the rest without one.
+    assert_eq!(await_idle(&gw, 200), (200, 200.0));
+    let (_, shards) = admin(&gw, "/shards");
+    let v: serde_json::Value = serde_json::from_str(&shards).unwrap();
+    let mut held_total = 0;
+    for s in v["shards"].as_array().unwrap() {
+        let (idle, held) = (s["idle_connections"].as_u64(), s["held_reads"].as_u64());
+        assert_eq!(held, idle.map(|i| i.min(HELD_READS)), "{s}");
+        held_total += held.unwrap_or(0);
+    }
+    assert!(held_total >= HELD_READS, "{shards}");
+    let scraped: f64 = scrape(&gw)
+        .iter()
+        .filter(|(k, _)| k.starts_with("shardgate_shard_held_reads{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(scraped, held_total as f64);
+    // Held or not, each connection is answered on its next request.
+    for c in clients.iter_mut() {
+        c.send(b"GET /api/two HTTP/1.1\r\nHost: held.test\r\n\r\n");
+        assert_eq!(c.read_response().status, 200);
+    }
+}
+
+#[test]
+fn idle_connections_are_counted_per_shard() {
+    let backend = Backend::echo("app");
+    let gw = Gateway::start(&gateway_config(&backend, ""));
+    let mut clients = answered_clients(&gw, 10);
     // Quiet past the 250 ms grace (and short of the 2 s idle timeout).
     assert_eq!(await_idle(&gw, 10), (10, 10.0), "after going quiet");
     // Four get a request: busy again (then quiet for less than the grace).

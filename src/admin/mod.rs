@@ -370,6 +370,7 @@ fn shards(hub: &Hub) -> Answer {
                 "in_flight": r.in_flight,
                 "requests": r.requests,
                 "free_buffers": r.free_buffers,
+                "held_reads": r.held_reads,
                 "listeners": r.listeners.iter().map(|l| json!({
                     "name": l.name, "open": l.open, "admitted": l.admitted,
                     "refused": l.refused, "accept_errors": l.accept_errors,

@@ -890,6 +890,7 @@ mod tests {
             quota_sent: 0,
             quota_received: 0,
             free_buffers: 0,
+            held_reads: 0,
             metrics: Some(std::sync::Arc::new(m.snapshot())),
             breakers: Vec::new(),
             resilience: Vec::new(),

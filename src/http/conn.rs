@@ -20,9 +20,43 @@ const MIN_READ: usize = 4096;
 /// Most free read buffers a shard keeps for reuse.
 const POOLED_BUFFERS: usize = 32;
 
+/// Most connections of a shard that wait for their next request with a
+/// plain read, buffer held, rather than a cancelable one (see
+/// [`Conn::fill_unless_quiet`]): at most this many read buffers (16 KiB
+/// each by default) are held by quiet connections per shard.
+pub const HELD_READS: usize = 64;
+
 thread_local! {
     /// The shard's free read buffers (each shard runs on its own thread).
     static FREE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Reads of this shard waiting for a next request with their buffer held.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One of the shard's [`HELD_READS`] slots, given back when dropped.
+struct HeldSlot;
+
+impl HeldSlot {
+    fn take() -> Option<HeldSlot> {
+        HELD.with(|held| {
+            let n = held.get();
+            (n < HELD_READS).then(|| {
+                held.set(n + 1);
+                HeldSlot
+            })
+        })
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        HELD.with(|held| held.set(held.get().saturating_sub(1)));
+    }
+}
+
+/// Reads of this thread waiting with their buffer held (at most [`HELD_READS`]).
+pub fn held_reads() -> usize {
+    HELD.with(std::cell::Cell::get)
 }
 
 /// A read buffer of at least `capacity` bytes, from the shard's free list
@@ -205,16 +239,28 @@ impl Conn {
     /// ([`super::io::wait_readable_until`]). A busy keep-alive connection,
     /// whose next request comes within the grace, reads as
     /// [`Conn::fill_or`] does.
-    pub async fn fill_unless_quiet(
+    ///
+    /// Giving the buffer back means cancelling the read, and a cancelable
+    /// read costs monoio two hash-set operations (SipHash) on every read,
+    /// cancelled or not. So while fewer than [`HELD_READS`] of the shard's
+    /// connections do so, a connection waits with a plain read and keeps
+    /// its buffer for all of `dur` ([`Conn::fill_held`]); `quiet` is then
+    /// called once the grace has passed and its value held until the read
+    /// ends (the caller counts the connection as idle with it).
+    pub async fn fill_unless_quiet<Q>(
         &mut self,
         dur: Duration,
         grace: Duration,
         stop: impl std::future::Future<Output = ()>,
+        quiet: impl FnOnce() -> Q,
     ) -> Result<Option<usize>, IoFail> {
         // A TLS session may hold decrypted bytes the socket no longer
         // shows as readable: it keeps its buffer and reads on.
         if dur <= grace || self.stream.is_tls() || self.pos < self.buf.len() {
             return self.fill_or(dur, stop).await.map(Some);
+        }
+        if let Some(_slot) = HeldSlot::take() {
+            return self.fill_held(dur, grace, stop, quiet).await.map(Some);
         }
         let canceller = self.canceller.take().unwrap_or_default();
         let buf = self.read_space();
@@ -255,6 +301,46 @@ impl Conn {
                 Ok(None)
             }
         }
+    }
+
+    /// [`Conn::fill_or`] on a plain socket, calling `quiet` once `grace`
+    /// has passed without a byte (its value is held until the read ends).
+    async fn fill_held<Q>(
+        &mut self,
+        dur: Duration,
+        grace: Duration,
+        stop: impl std::future::Future<Output = ()>,
+        quiet: impl FnOnce() -> Q,
+    ) -> Result<usize, IoFail> {
+        use monoio::io::AsyncReadRent;
+        use std::os::fd::AsRawFd;
+        let buf = self.read_space();
+        let (len, cap) = (buf.len(), buf.capacity());
+        let Stream::Plain(stream) = &mut self.stream else {
+            self.buf = buf;
+            return self.fill_or(dur, stop).await;
+        };
+        let fd = stream.as_raw_fd();
+        let read = stream.read(buf.slice_mut(len..cap));
+        let mut read = std::pin::pin!(read);
+        let mut stop = std::pin::pin!(stop);
+        let ended = match timed(&mut read, grace, stop.as_mut()).await {
+            Ended::TimedOut => {
+                let _quiet = quiet();
+                timed(&mut read, dur.saturating_sub(grace), stop.as_mut()).await
+            }
+            other => other,
+        };
+        let (res, slice) = match ended {
+            Ended::Done((res, slice)) => (res.map_err(IoFail::Io), slice),
+            // Shutting the read side down ends the read (see `super::io`).
+            Ended::TimedOut | Ended::Stopped => {
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read);
+                (Err(IoFail::Timeout), read.await.1)
+            }
+        };
+        self.buf = slice.into_inner();
+        res
     }
 
     /// Closes gracefully: sends FIN, then reads and drops whatever the peer

@@ -386,7 +386,7 @@ fn cache(o: &mut String, reports: &[ShardReport]) {
 }
 
 fn shards(o: &mut String, reports: &[ShardReport]) {
-    let gauges: [Family<ShardReport, u64>; 7] = [
+    let gauges: [Family<ShardReport, u64>; 8] = [
         (
             "shardgate_shard_connections",
             "Client connections open, per shard.",
@@ -406,6 +406,11 @@ fn shards(o: &mut String, reports: &[ShardReport]) {
             "shardgate_shard_free_buffers",
             "Read buffers kept for reuse, per shard.",
             |r| r.free_buffers as u64,
+        ),
+        (
+            "shardgate_shard_held_reads",
+            "Connections waiting for their next request with a read buffer held, per shard.",
+            |r| r.held_reads as u64,
         ),
         (
             "shardgate_websocket_tunnels",

@@ -62,6 +62,9 @@ pub struct ShardReport {
     pub quota_received: u64,
     /// Read buffers kept for reuse by this shard's thread.
     pub free_buffers: usize,
+    /// Connections waiting for their next request with their read buffer
+    /// held (at most [`crate::http::conn::HELD_READS`]).
+    pub held_reads: usize,
     /// Upgraded connections (WebSocket tunnels) open.
     pub websocket_tunnels: usize,
     /// Upgraded connections opened since the shard started.
@@ -176,6 +179,7 @@ pub fn report(shard: &Shard, core: Option<usize>, driver: Driver, detail: Detail
         quota_sent,
         quota_received,
         free_buffers: crate::http::conn::free_buffers(),
+        held_reads: crate::http::conn::held_reads(),
         metrics: match detail {
             Detail::Light => None,
             Detail::Full => Some(std::sync::Arc::new(metrics.snapshot())),

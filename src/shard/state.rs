@@ -88,7 +88,9 @@ pub struct Shard {
     pub cache: RefCell<crate::cache::Stores>,
     /// Fired when the shard starts draining for shutdown.
     pub shutdown: Notify,
-    /// Keep-alive connections waiting for their next request without a read buffer.
+    /// Keep-alive connections waiting for their next request past the grace
+    /// (without a read buffer, or holding one of the shard's
+    /// [`crate::http::conn::HELD_READS`]).
     pub idle_connections: Cell<usize>,
     /// Requests being handled right now.
     pub in_flight: Cell<usize>,
