@@ -2,13 +2,13 @@
 //! buffer, which is how pipelined requests and body bytes that arrived with a
 //! head are kept for the next reader.
 
-use super::io::{read_within_or, write_all_to, IoFail};
+use super::io::{give_up_read, read_within_or, write_all_to, IoFail};
 use super::timer::{timed, Ended};
 use crate::tls::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 /// The errno of a cancelled io_uring operation.
@@ -30,7 +30,7 @@ thread_local! {
     /// The shard's free read buffers (each shard runs on its own thread).
     static FREE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     /// Reads of this shard waiting for a next request with their buffer held.
-    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static HELD: Cell<usize> = const { Cell::new(0) };
 }
 
 /// One of the shard's [`HELD_READS`] slots, given back when dropped.
@@ -56,7 +56,7 @@ impl Drop for HeldSlot {
 
 /// Reads of this thread waiting with their buffer held (at most [`HELD_READS`]).
 pub fn held_reads() -> usize {
-    HELD.with(std::cell::Cell::get)
+    HELD.with(Cell::get)
 }
 
 /// A read buffer of at least `capacity` bytes, from the shard's free list
@@ -333,11 +333,7 @@ impl Conn {
         };
         let (res, slice) = match ended {
             Ended::Done((res, slice)) => (res.map_err(IoFail::Io), slice),
-            // Shutting the read side down ends the read (see `super::io`).
-            Ended::TimedOut | Ended::Stopped => {
-                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read);
-                (Err(IoFail::Timeout), read.await.1)
-            }
+            Ended::TimedOut | Ended::Stopped => give_up_read(fd, read).await,
         };
         self.buf = slice.into_inner();
         res

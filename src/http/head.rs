@@ -393,13 +393,12 @@ impl RawHead {
         }
     }
 
-    /// The text at `r`; "" when it is not UTF-8 (or not at char boundaries).
-    fn str(&self, r: Range<usize>) -> &str {
+    /// The text at `r`, if it is UTF-8 (and `r` lies on char boundaries).
+    fn str(&self, r: Range<usize>) -> Option<&str> {
         match self {
             RawHead::Text(t) => t.get(r),
             RawHead::Bytes(b) => b.get(r).and_then(|b| std::str::from_utf8(b).ok()),
         }
-        .unwrap_or("")
     }
 }
 
@@ -516,7 +515,7 @@ impl RequestHead {
     }
 
     fn raw_str(&self, r: Range<usize>) -> &str {
-        self.raw.str(r)
+        self.raw.str(r).unwrap_or("")
     }
 
     /// The request target in origin form (path and query) as sent; for an
@@ -563,11 +562,7 @@ impl RequestHead {
 
     /// [`RequestHead::host`] as text (`None` also when it is not UTF-8).
     pub fn host_str(&self) -> Option<&str> {
-        let r = self.host_range()?;
-        match &self.raw {
-            RawHead::Text(t) => t.get(r),
-            RawHead::Bytes(b) => b.get(r).and_then(|b| std::str::from_utf8(b).ok()),
-        }
+        self.host_range().and_then(|r| self.raw.str(r))
     }
 
     fn host_range(&self) -> Option<Range<usize>> {

@@ -55,8 +55,18 @@ where
     if let Ended::Done(r) = timed(&mut fut, dur, std::pin::pin!(stop)).await {
         return (r.0.map_err(IoFail::Io), r.1);
     }
+    give_up_read(fd, fut).await
+}
+
+/// Ends a pending read on `fd` that was given up on ([`IoFail::Timeout`]):
+/// shutting the socket's read side down completes it, and it is awaited
+/// for its buffer.
+pub async fn give_up_read<T, F: Future<Output = (io::Result<usize>, T)>>(
+    fd: RawFd,
+    read: F,
+) -> (Result<usize, IoFail>, T) {
     let _ = shutdown(fd, Shutdown::Read);
-    let (_, buf) = fut.await;
+    let (_, buf) = read.await;
     (Err(IoFail::Timeout), buf)
 }
 
