@@ -926,29 +926,51 @@ pub fn accepts_trailers(te: Option<&[u8]>) -> bool {
 }
 
 /// The field names listed in a message's `Connection` fields, gathered once
-/// so that checking each forwarded field is not another scan of the head
-/// (no allocation when there is no `Connection` field).
+/// so that checking each forwarded field is not another scan of the head.
+///
+/// Nearly every `Connection` field says only `keep-alive` or `close`: a
+/// field named `keep-alive` is hop-by-hop and dropped anyway, and `close`
+/// is kept as a flag, so such a value is neither stored (no allocation)
+/// nor split again for each forwarded field.
 pub struct ConnectionNames<'a> {
+    /// Values naming anything else.
     values: Vec<&'a [u8]>,
+    /// `close` is listed.
+    close: bool,
 }
 
 impl<'a> ConnectionNames<'a> {
     /// Collects the `Connection` values of `fields`.
     pub fn of(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
-        ConnectionNames {
-            values: fields
-                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-                .map(|(_, v)| v)
-                .collect(),
+        let mut names = ConnectionNames {
+            values: Vec::new(),
+            close: false,
+        };
+        for (_, value) in fields.filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")) {
+            let mut other = false;
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    names.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    other = true;
+                }
+            }
+            if other {
+                names.values.push(value);
+            }
         }
+        names
     }
 
-    /// True when `name` is listed.
+    /// True when `name` is listed. For `keep-alive`, which every caller
+    /// drops as hop-by-hop before asking, the answer is not exact.
+    #[inline]
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.values.iter().any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-        })
+        (self.close && name.eq_ignore_ascii_case(b"close"))
+            || self.values.iter().any(|v| {
+                v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+            })
     }
 }
 
@@ -1261,5 +1283,25 @@ mod tests {
         assert!(!is_hop_by_hop(b"X-Proxy"));
         let f: Vec<(&[u8], &[u8])> = vec![(b"Connection", b"close, X-Secret")];
         assert!(ConnectionNames::of(f.into_iter()).contains(b"x-secret"));
+    }
+
+    #[test]
+    fn connection_names_listed_in_any_connection_field() {
+        let f: Vec<(&[u8], &[u8])> = vec![
+            (b"Connection", b"keep-alive"),
+            (b"X-A", b"1"),
+            (b"connection", b" Close ,"),
+            (b"CONNECTION", b"x-b, keep-alive"),
+        ];
+        let names = ConnectionNames::of(f.into_iter());
+        for listed in [&b"close"[..], b"X-B"] {
+            assert!(names.contains(listed), "{listed:?}");
+        }
+        for other in [&b"x-a"[..], b"x-bb", b"", b"connection"] {
+            assert!(!names.contains(other), "{other:?}");
+        }
+        let f: Vec<(&[u8], &[u8])> = vec![(b"Connection", b"keep-alive")];
+        let only_keep_alive = ConnectionNames::of(f.into_iter());
+        assert!(!only_keep_alive.contains(b"close") && !only_keep_alive.contains(b"x-a"));
     }
 }
