@@ -231,7 +231,10 @@ pub async fn handle<'c>(
     let result =
         crate::resilience::forward(shard, cfg, route, up, cursor, req, target, client, ex).await;
     match &route.cache {
-        Some(plan) => crate::cache::finish(shard, route, plan, req, result, client, ex).await,
+        Some(plan) => {
+            ex.seen.answered_at = None;
+            crate::cache::finish(shard, route, plan, req, result, client, ex).await
+        }
         None => result,
     }
 }

@@ -485,12 +485,16 @@ async fn serve_request(
         Some(port) => redirect_https(conn, head, &mut ex, port).await,
         None => pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await,
     };
-    let disposition = match result {
-        Ok(d) => d,
-        Err(_) if ex.response_started => Disposition::Close,
-        Err(e) => respond_error(shard, conn, head, &mut ex, &e).await,
+    // A request that ended with its upstream call ends at that call's end.
+    let (disposition, ended) = match result {
+        Ok(d) => (d, ex.seen.answered_at),
+        Err(_) if ex.response_started => (Disposition::Close, None),
+        Err(e) => (respond_error(shard, conn, head, &mut ex, &e).await, None),
     };
-    finished(shard, cfg, listener, head, &ex, started);
+    let took = ended
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(started);
+    finished(shard, cfg, listener, head, &ex, took);
     disposition
 }
 
@@ -553,10 +557,8 @@ fn finished(
     listener: usize,
     head: &RequestHead,
     ex: &Exchange<'_>,
-    started: Instant,
+    took: Duration,
 ) {
-    // One clock read for the metrics, the log line and the span.
-    let took = started.elapsed();
     {
         let mut m = shard.metrics.borrow_mut();
         if m.enabled {

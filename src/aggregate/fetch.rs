@@ -201,7 +201,7 @@ fn connect_reason(e: crate::error::GatewayError, addr: SocketAddr) -> String {
 async fn exchange(
     req: &PartRequest<'_>,
     lease: &mut Lease<'_>,
-    mut upc: Conn,
+    mut upc: Box<Conn>,
     bytes: Vec<u8>,
     may_retry: bool,
 ) -> (Attempt, Vec<u8>) {

@@ -271,8 +271,8 @@ impl Conn {
                 self.buf = buf;
                 return self.fill_or(dur, stop).await.map(Some);
             };
-            let read = stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle());
-            let mut read = std::pin::pin!(read);
+            let mut read =
+                std::pin::pin!(stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
             let stopped = match timed(&mut read, grace, std::pin::pin!(stop)).await {
                 Ended::Done((res, slice)) => {
                     self.buf = slice.into_inner();
@@ -321,8 +321,7 @@ impl Conn {
             return self.fill_or(dur, stop).await;
         };
         let fd = stream.as_raw_fd();
-        let read = stream.read(buf.slice_mut(len..cap));
-        let mut read = std::pin::pin!(read);
+        let mut read = std::pin::pin!(stream.read(buf.slice_mut(len..cap)));
         let mut stop = std::pin::pin!(stop);
         let ended = match timed(&mut read, grace, stop.as_mut()).await {
             Ended::TimedOut => {

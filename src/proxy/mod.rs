@@ -111,6 +111,10 @@ pub struct Seen {
     pub subject: Option<String>,
     /// The rate-limit decision, when the route has limits.
     pub rate_limit: Option<crate::metrics::LimitDecision>,
+    /// When the last upstream call ended with its answer relayed in full
+    /// (`None` when it failed, and once a stage runs after it): then the
+    /// request's own end, with no second clock read.
+    pub answered_at: Option<Instant>,
 }
 
 /// One call to an upstream target.
@@ -407,7 +411,7 @@ impl<'a> Lease<'a> {
     /// `Err` when this shard's share of `up`'s `max_connections` is in use
     /// (then [`Lease::wait`]). Not async: the common case costs no future.
     #[inline(always)]
-    pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Conn>, Full> {
+    pub(crate) fn checkout(&mut self, up: &UpstreamPlan) -> Result<Option<Box<Conn>>, Full> {
         let limit = up
             .max_connections
             .map(|m| pool::share(m, self.shard.shards, self.shard.id));
@@ -427,7 +431,7 @@ impl<'a> Lease<'a> {
         &mut self,
         up: &UpstreamPlan,
         wait: Duration,
-    ) -> Result<Option<Conn>, Busy> {
+    ) -> Result<Option<Box<Conn>>, Busy> {
         if wait.is_zero() {
             return Err(Busy::Timeout);
         }
@@ -457,7 +461,7 @@ impl<'a> Lease<'a> {
     /// Returns the reusable `conn` with this slot, to a waiting request or
     /// to the idle pool.
     #[inline(always)]
-    pub(crate) fn pool(&mut self, conn: Conn, max_idle: usize) {
+    pub(crate) fn pool(&mut self, conn: Box<Conn>, max_idle: usize) {
         if std::mem::take(&mut self.held) {
             self.shard
                 .pools
@@ -580,17 +584,20 @@ fn bad_gateway(up: &UpstreamPlan, reason: impl Into<String>) -> GatewayError {
 }
 
 /// Opens a connection to `addr` of `up`, giving up after `wait`.
+///
+/// The connection is boxed for its whole life: it moves from the pool to
+/// a request and back on every request, and a box moves as a pointer.
 pub(crate) async fn connect_within(
     up: &UpstreamPlan,
     addr: SocketAddr,
     wait: Duration,
-) -> Result<Conn, GatewayError> {
+) -> Result<Box<Conn>, GatewayError> {
     match monoio::time::timeout(wait, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             match &up.tls {
-                None => Ok(Conn::new(stream, UPSTREAM_BUF)),
-                Some(tls) => connect_tls(up, tls, addr, stream, wait).await,
+                None => Ok(Box::new(Conn::new(stream, UPSTREAM_BUF))),
+                Some(tls) => connect_tls(up, tls, addr, stream, wait).await.map(Box::new),
             }
         }
         Ok(Err(e)) => Err(bad_gateway(up, format!("connect to {addr} failed: {e}"))),
@@ -709,6 +716,7 @@ pub async fn forward_try(
     };
     note_call(shard, up, call, ended);
     ex.seen.upstream = Some(call);
+    ex.seen.answered_at = result.is_ok().then_some(ended);
     if let Some(t) = &ex.trace {
         t.upstream_call(
             &call,
@@ -841,7 +849,7 @@ async fn exchange(
     shard: &Shard,
     up: &UpstreamPlan,
     lease: &mut Lease<'_>,
-    mut upc: Conn,
+    mut upc: Box<Conn>,
     head: Vec<u8>,
     req: &RequestHead,
     client: &mut Conn,
@@ -943,7 +951,7 @@ async fn exchange(
                         "upstream switched to a protocol the client did not ask for"
                     }
                     Some(idle) => {
-                        let d = open_tunnel(shard, &r, upc, client, ex, idle).await;
+                        let d = open_tunnel(shard, &r, *upc, client, ex, idle).await;
                         return (Attempt::Done(Ok(d)), head);
                     }
                 };

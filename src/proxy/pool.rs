@@ -61,7 +61,7 @@ pub fn share(total: usize, shards: usize, id: usize) -> usize {
 /// What a request waiting at the bound is given.
 pub enum Grant {
     /// A connection coming back from a finished exchange (its slot with it).
-    Conn(Conn),
+    Conn(Box<Conn>),
     /// The slot of a connection that closed: the waiter opens a new one.
     Slot,
 }
@@ -93,7 +93,7 @@ pub struct Full;
 
 #[derive(Default)]
 struct TargetPool {
-    idle: Vec<(Conn, Instant)>,
+    idle: Vec<(Box<Conn>, Instant)>,
     outstanding: usize,
     /// Connections open, being opened or idle: the count the bound applies to.
     open: usize,
@@ -117,7 +117,7 @@ impl TargetPool {
         limit: Option<usize>,
         max_age: Duration,
         now: Instant,
-    ) -> Result<Option<Conn>, Full> {
+    ) -> Result<Option<Box<Conn>>, Full> {
         while let Some((conn, since)) = self.idle.pop() {
             if now.duration_since(since) < max_age {
                 return Ok(Some(conn));
@@ -133,7 +133,7 @@ impl TargetPool {
     }
 
     #[inline]
-    fn put(&mut self, mut conn: Conn, max_idle: usize, now: Instant) {
+    fn put(&mut self, mut conn: Box<Conn>, max_idle: usize, now: Instant) {
         if let Some(w) = self.next_waiter() {
             w.give(Grant::Conn(conn));
             return;
@@ -186,7 +186,7 @@ impl Pools {
         limit: Option<usize>,
         max_age: Duration,
         now: Instant,
-    ) -> Result<Option<Conn>, Full> {
+    ) -> Result<Option<Box<Conn>>, Full> {
         // `get_mut` first: `entry` costs a capacity check on every call.
         if let Some(pool) = self.targets.get_mut(&addr) {
             return pool.acquire(limit, max_age, now);
@@ -229,7 +229,7 @@ impl Pools {
     /// Returns a reusable connection (with its slot): to the oldest waiter,
     /// else to the idle pool (trimmed to `max_idle` by the next [`Pools::reap`]).
     #[inline]
-    pub fn put(&mut self, addr: SocketAddr, conn: Conn, max_idle: usize, now: Instant) {
+    pub fn put(&mut self, addr: SocketAddr, conn: Box<Conn>, max_idle: usize, now: Instant) {
         match self.targets.get_mut(&addr) {
             Some(pool) => pool.put(conn, max_idle, now),
             None => self
