@@ -45,7 +45,7 @@ use crate::compiled::RoutePlan;
 use crate::compress::CompressPlan;
 use crate::config::{Cache, CacheQuery};
 use crate::error::{reason_phrase, GatewayError};
-use crate::http::head::{is_hop_by_hop, ConnectionNames};
+use crate::http::head::is_hop_by_hop;
 use crate::http::{Conn, Framing, Parsed, RequestHead, ResponseHead};
 use crate::proxy::{Disposition, Exchange};
 use crate::shard::{Shard, ShardConfig};
@@ -588,7 +588,7 @@ impl Tap {
             .header("age")
             .and_then(|a| std::str::from_utf8(a).ok()?.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let connection = ConnectionNames::of(resp.headers());
+        let connection = resp.connection_names();
         let mut head = Vec::with_capacity(256);
         for (name, value) in resp.headers() {
             if is_hop_by_hop(name)

@@ -50,7 +50,7 @@ use crate::compiled::{RoutePlan, UpstreamPlan};
 use crate::config::{self, Gateway, Grpc, GrpcStream, UpstreamProtocol};
 use crate::error::{reason_phrase, GatewayError};
 use crate::h2::pool::PoolError;
-use crate::http::head::{is_hop_by_hop, ConnectionNames};
+use crate::http::head::is_hop_by_hop;
 use crate::http::{Conn, Framing, RequestHead};
 use crate::metrics::UpstreamOutcome;
 use crate::proxy::{Disposition, Exchange, InFlight, UpstreamCall};
@@ -480,7 +480,7 @@ fn grpc_head(
     let uri = format!("{scheme}://{addr}{}", binding.grpc_path);
     let mut builder = Request::builder().method("POST").uri(uri);
     let mut headers = HeaderMap::new();
-    let connection = ConnectionNames::of(req.headers());
+    let connection = req.connection_names();
     for (name, value) in req.headers() {
         if connection.contains(name) || !forwarded_metadata(name, ex) {
             continue;

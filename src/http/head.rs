@@ -47,8 +47,15 @@ pub enum HeadError {
 pub struct Fields {
     ranges: Vec<(Range<usize>, Range<usize>)>,
     joined: Vec<(usize, Vec<u8>)>,
-    /// Index of the `Host` line (a request's; found while joining).
-    host: Option<usize>,
+    /// Index of the `Host` line (a request's; found while joining). As a
+    /// `u32`, with the flags below in what would be padding: a head is
+    /// moved whole, and a larger one is moved by a `memcpy` call.
+    host: Option<u32>,
+    /// Read while parsing: no `Connection` field lists a name other than
+    /// `close` and `keep-alive` (when false, [`ConnectionNames`] scans).
+    connection_plain: bool,
+    /// A `Connection` field lists `close`.
+    connection_close: bool,
 }
 
 /// Where `part` lies inside `base`; empty (or foreign) slices map to `0..0`,
@@ -62,6 +69,18 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 impl Fields {
+    /// The names the `Connection` fields list, without another scan of
+    /// the fields when parsing found only `close` and `keep-alive`.
+    pub fn connection_names<'a>(&'a self, raw: &'a [u8]) -> ConnectionNames<'a> {
+        match self.connection_plain {
+            true => ConnectionNames {
+                values: Vec::new(),
+                close: self.connection_close,
+            },
+            false => ConnectionNames::of(self.iter(raw)),
+        }
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.ranges.len()
@@ -219,6 +238,8 @@ struct FieldFacts {
     other_coding: bool,
     conn_close: bool,
     conn_keep_alive: bool,
+    /// A `Connection` field lists another name.
+    conn_other: bool,
     expect_continue: bool,
 }
 
@@ -275,13 +296,22 @@ fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldF
         }
         seen |= bit;
         match name.len() {
-            4 if host.is_none() && name.eq_ignore_ascii_case(b"host") => host = Some(i),
+            4 if host.is_none() && name.eq_ignore_ascii_case(b"host") => {
+                host = u32::try_from(i).ok()
+            }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 f.expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                f.conn_close |= contains_token(h.value, "close");
-                f.conn_keep_alive |= contains_token(h.value, "keep-alive");
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        f.conn_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        f.conn_keep_alive = true;
+                    } else if !token.is_empty() {
+                        f.conn_other = true;
+                    }
+                }
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 let parsed = parse_decimal(h.value);
@@ -314,6 +344,8 @@ fn read_fields(head: &[u8], headers: &[httparse::Header<'_>]) -> (Fields, FieldF
         ranges,
         joined: Vec::new(),
         host,
+        connection_plain: !f.conn_other,
+        connection_close: f.conn_close,
     };
     (fields, f, repeated)
 }
@@ -470,7 +502,7 @@ impl RequestHead {
         let path_len = path_length(origin)?;
         // HTTP/1.1 needs a Host line even with an absolute-form target,
         // whose authority then wins (RFC 9112 §3.2, §3.2.2).
-        let host_line = fields.host.map(|i| fields.line(head, i).1);
+        let host_line = fields.host.map(|i| fields.line(head, i as usize).1);
         if version == 1 && host_line.is_none() {
             return Err(HeadError::Malformed("missing Host header"));
         }
@@ -568,7 +600,10 @@ impl RequestHead {
     fn host_range(&self) -> Option<Range<usize>> {
         match &self.authority {
             Some(a) => Some(a.clone()),
-            None => self.fields.host.and_then(|i| self.fields.value_range(i)),
+            None => self
+                .fields
+                .host
+                .and_then(|i| self.fields.value_range(i as usize)),
         }
     }
 
@@ -586,6 +621,11 @@ impl RequestHead {
     /// Iterates header lines as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields.iter(self.raw.bytes())
+    }
+
+    /// The names its `Connection` fields list ([`Fields::connection_names`]).
+    pub fn connection_names(&self) -> ConnectionNames<'_> {
+        self.fields.connection_names(self.raw.bytes())
     }
 
     /// True for methods that are safe to send twice (RFC 9110 §9.2.2).
@@ -836,6 +876,11 @@ impl ResponseHead {
     /// Iterates header fields.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields.iter(&self.raw)
+    }
+
+    /// The names its `Connection` fields list ([`Fields::connection_names`]).
+    pub fn connection_names(&self) -> ConnectionNames<'_> {
+        self.fields.connection_names(&self.raw)
     }
 
     /// First value of a header field.
@@ -1283,6 +1328,28 @@ mod tests {
         assert!(!is_hop_by_hop(b"X-Proxy"));
         let f: Vec<(&[u8], &[u8])> = vec![(b"Connection", b"close, X-Secret")];
         assert!(ConnectionNames::of(f.into_iter()).contains(b"x-secret"));
+    }
+
+    #[test]
+    fn parsed_heads_know_the_names_their_connection_fields_list() {
+        let listed = req(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert!(listed.connection_names().contains(b"x-secret"));
+        assert!(!listed.connection_names().contains(b"host"));
+        let close =
+            req("GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\nX-A: 1\r\n\r\n").unwrap();
+        assert!(close.connection_names().contains(b"close"));
+        assert!(!close.connection_names().contains(b"x-a"));
+        let none = req("GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n").unwrap();
+        assert!(!none.connection_names().contains(b"close"));
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nconnection: x-b\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Parsed::Complete(resp, _)) = ResponseHead::parse(raw, 8192, false) else {
+            panic!("a valid response head");
+        };
+        assert!(resp.connection_names().contains(b"X-B"));
+        assert!(!resp.connection_names().contains(b"close"));
     }
 
     #[test]

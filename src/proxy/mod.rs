@@ -19,7 +19,7 @@ use crate::error::{reason_phrase, GatewayError};
 use crate::http::body::{
     append_buffered, copy_body, copy_body_tapped, BodyTap, CopyError, CopyLimits, OutFraming,
 };
-use crate::http::head::{accepts_trailers, is_hop_by_hop, ConnectionNames};
+use crate::http::head::{accepts_trailers, is_hop_by_hop};
 use crate::http::io::IoFail;
 use crate::http::timer::coarse_now;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
@@ -151,7 +151,7 @@ pub fn upstream_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let connection = ConnectionNames::of(req.headers());
+    let connection = req.connection_names();
     let trace = ex.trace.as_ref();
     let upgrade = ex.upgrade.is_some();
     for (name, value) in req.headers() {
@@ -270,7 +270,7 @@ pub(crate) fn client_head(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     status_line(resp, &mut out);
-    let connection = ConnectionNames::of(resp.headers());
+    let connection = resp.connection_names();
     let mut has_request_id = false;
     let bodyless = resp.framing == Framing::None;
     for (name, value) in resp.headers() {

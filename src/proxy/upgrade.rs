@@ -8,7 +8,6 @@
 //! shard, in the client connection's task: no thread, no lock.
 
 use crate::http::head::is_hop_by_hop;
-use crate::http::head::ConnectionNames;
 use crate::http::{Framing, RequestHead, ResponseHead};
 use crate::shard::Shard;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
@@ -81,7 +80,7 @@ fn protocols(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// True when `req` asks for a protocol upgrade at all (`Upgrade` present and
 /// named in `Connection`).
 pub fn requested(req: &RequestHead) -> bool {
-    req.header("upgrade").is_some() && ConnectionNames::of(req.headers()).contains(b"upgrade")
+    req.header("upgrade").is_some() && req.connection_names().contains(b"upgrade")
 }
 
 /// True when the upstream's `101` switched to a protocol the client asked
@@ -114,7 +113,7 @@ pub fn switching_head(resp: &ResponseHead, request_id: &str, response_headers: &
         out.extend_from_slice(resp.reason());
     }
     out.extend_from_slice(b"\r\n");
-    let connection = ConnectionNames::of(resp.headers());
+    let connection = resp.connection_names();
     let mut has_request_id = false;
     for (name, value) in resp.headers() {
         let upgrade = name.eq_ignore_ascii_case(b"upgrade");
