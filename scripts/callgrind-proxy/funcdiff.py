@@ -7,10 +7,14 @@ Each pair is one build's callgrind output from run.sh at N=1000 and N=3000;
 a function's per-request cost is its self cost difference ÷ 2000. Prints
 B − A, A and B per function, largest changes first, then the sums over
 the gateway's own functions (but the timer wheel's): all of them, and those
-outside async bodies. Totals of whole runs move by ±1,000 instructions per
-request between identical runs, and so does the code of async bodies (how
-many event-loop turns, and so polls, a request takes depends on timing);
-functions outside async bodies do not, so compare those.
+outside async bodies; and the whole process's functions but those whose
+cost depends on timing ("steady"). Totals of whole runs move by ±1,000
+instructions per request between identical runs, and so does the code of
+async bodies, timers, parking and wakers (how many event-loop turns, and
+so polls, a request takes depends on timing); the rest does not, so
+compare those. "steady" also counts library code the gateway calls (libc,
+httparse, mimalloc, core), so a change that moves work between the
+gateway's functions and the libraries' shows there as it is.
 """
 import collections
 import re
@@ -46,6 +50,15 @@ for d, a, b, f in rows[: int(sys.argv[5]) if len(sys.argv) > 5 else 30]:
     print(f"{d:+7.0f} {a:7.0f} {b:7.0f}  {f[:130]}")
 own = [r for r in rows if "shardgate" in r[3] and "timer" not in r[3]]
 plain = [r for r in own if "{{closure}}" not in r[3]]
-for label, part in (("gateway, all", own), ("gateway, outside async bodies", plain)):
+TIMING = re.compile(
+    r"monoio::time|park|epoll_wait|Timespec|clock_gettime|timer::|raw::poll|waker|PollFn"
+    r"|block_on|recv|schedule|\{\{closure\}\}|Notify|notify::Wait|asynccancel|sleep|Sleep"
+    r"|scoped_tls|slab|Op<|LegacyDriver|mio::")
+steady = [r for r in rows if not TIMING.search(r[3])]
+for label, part in (
+    ("gateway, all", own),
+    ("gateway, outside async bodies", plain),
+    ("steady: whole process but async bodies, timers, parking, wakers", steady),
+):
     a, b = sum(r[1] for r in part), sum(r[2] for r in part)
     print(f"{b - a:+7.0f} {a:7.0f} {b:7.0f}  = {label}")

@@ -121,10 +121,10 @@ pub async fn write_all_within<T: IoBuf + 'static, W: AsyncWriteRent + AsRawFd>(
 /// poll instead of one event-loop turn later (bench/RESULTS.md §31).
 ///
 /// The call is the bare system call, not libc's `send`: that one is a
-/// thread-cancellation point and brackets the call with two cancellation
-/// state switches, which cost about a quarter as much user-space time as
-/// the call itself (bench/RESULTS.md §33); the gateway never cancels
-/// threads.
+/// thread-cancellation point and brackets the call with two locked
+/// cancellation-state switches, sampled at about half as much user-space
+/// time as the call's own (bench/RESULTS.md §33); the gateway never
+/// cancels threads.
 #[allow(unsafe_code)]
 pub fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     use nix::libc::{c_long, syscall, SYS_sendto, MSG_DONTWAIT, MSG_NOSIGNAL};
