@@ -585,11 +585,17 @@ fn run_runtime(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
     }
 }
 
-/// io_uring setup flags. `defer` (SINGLE_ISSUER + DEFER_TASKRUN, Linux 6.1+)
-/// runs completion work only when the shard enters the kernel to wait, which
-/// suits one thread per ring and measured the lowest CPU per request (see
-/// bench/RESULTS.md); `SHARDGATE_URING_SETUP=plain|coop|defer` picks another
-/// for comparison. If the kernel refuses the flags, a plain ring is used.
+/// io_uring setup flags. The default, `coop` (COOP_TASKRUN + TASKRUN_FLAG),
+/// runs the kernel's completion work at the shard's next system call
+/// without interrupting it. `defer` (SINGLE_ISSUER + DEFER_TASKRUN, Linux
+/// 6.1+) runs it only when the shard enters the kernel to wait: about 3%
+/// less CPU per request at 32 connections, but a shard that always has
+/// tasks to run (as with 1,000 busy connections) submits without waiting,
+/// and a read that had to wait for its bytes completes only when the shard
+/// next waits, so some connections are served far later than others (p99
+/// 2–3× `coop`'s at 1,000 connections, bench/RESULTS.md §34).
+/// `SHARDGATE_URING_SETUP=plain|coop|defer` picks one for comparison. If the
+/// kernel refuses the flags, a plain ring is used.
 fn uring_setup(kind: &str) -> io_uring::Builder {
     let mut b = io_uring::IoUring::builder();
     match kind {
@@ -606,7 +612,7 @@ fn uring_setup(kind: &str) -> io_uring::Builder {
 
 fn build_uring() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>>
 {
-    let wanted = std::env::var("SHARDGATE_URING_SETUP").unwrap_or_else(|_| "defer".into());
+    let wanted = std::env::var("SHARDGATE_URING_SETUP").unwrap_or_else(|_| "coop".into());
     let build = |kind: &str| {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
