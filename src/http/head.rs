@@ -52,7 +52,8 @@ pub struct Fields {
     /// moved whole, and a larger one is moved by a `memcpy` call.
     host: Option<u32>,
     /// Read while parsing: no `Connection` field lists a name other than
-    /// `close` and `keep-alive` (when false, [`ConnectionNames`] scans).
+    /// `close` and `keep-alive` (when false, [`ConnectionNames::of`] collects
+    /// the values).
     connection_plain: bool,
     /// A `Connection` field lists `close`.
     connection_close: bool,
@@ -973,38 +974,28 @@ pub fn accepts_trailers(te: Option<&[u8]>) -> bool {
 /// The field names listed in a message's `Connection` fields, gathered once
 /// so that checking each forwarded field is not another scan of the head.
 ///
-/// Nearly every `Connection` field says only `keep-alive` or `close`: a
-/// field named `keep-alive` is hop-by-hop and dropped anyway, and `close`
-/// is kept as a flag, so such a value is neither stored (no allocation)
-/// nor split again for each forwarded field.
+/// Nearly every `Connection` field says only `keep-alive` or `close`, and
+/// parsing already tells ([`Fields::connection_names`]): then no value is
+/// stored (no allocation) and `close` is a flag; a field named
+/// `keep-alive` is hop-by-hop and dropped anyway.
 pub struct ConnectionNames<'a> {
-    /// Values naming anything else.
+    /// The `Connection` values, when one names more than `keep-alive` and
+    /// `close`.
     values: Vec<&'a [u8]>,
-    /// `close` is listed.
+    /// `close` is listed (set when `values` is not kept).
     close: bool,
 }
 
 impl<'a> ConnectionNames<'a> {
     /// Collects the `Connection` values of `fields`.
     pub fn of(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
-        let mut names = ConnectionNames {
-            values: Vec::new(),
+        ConnectionNames {
+            values: fields
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                .map(|(_, v)| v)
+                .collect(),
             close: false,
-        };
-        for (_, value) in fields.filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")) {
-            let mut other = false;
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    names.close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    other = true;
-                }
-            }
-            if other {
-                names.values.push(value);
-            }
         }
-        names
     }
 
     /// True when `name` is listed. For `keep-alive`, which every caller
@@ -1013,8 +1004,10 @@ impl<'a> ConnectionNames<'a> {
     pub fn contains(&self, name: &[u8]) -> bool {
         (self.close && name.eq_ignore_ascii_case(b"close"))
             || self.values.iter().any(|v| {
-                v.split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+                v.split(|&b| b == b',').any(|t| {
+                    let t = t.trim_ascii();
+                    !t.is_empty() && t.eq_ignore_ascii_case(name)
+                })
             })
     }
 }

@@ -593,7 +593,7 @@ fn run_runtime(args: ShardArgs, wanted: Driver, fallback_allowed: bool) {
 /// tasks to run (as with 1,000 busy connections) submits without waiting,
 /// and a read that had to wait for its bytes completes only when the shard
 /// next waits, so some connections are served far later than others (p99
-/// 2–3× `coop`'s at 1,000 connections, bench/RESULTS.md §34).
+/// 2–18× `coop`'s at 1,000 connections, bench/RESULTS.md §34).
 /// `SHARDGATE_URING_SETUP=plain|coop|defer` picks one for comparison. If the
 /// kernel refuses the flags, a plain ring is used.
 fn uring_setup(kind: &str) -> io_uring::Builder {
