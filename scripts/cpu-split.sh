@@ -16,6 +16,11 @@
 # Usage: scripts/cpu-split.sh TARGET...
 #   TARGET  haproxy-tcp, or a path to a shardgate binary
 #   ROUNDS=2 DURATION=4 (environment)
+#   KEEP_PERF=DIR (environment) keeps each round's samples as
+#           DIR/perf-NAME-ROUND.data and its request count as
+#           DIR/n-NAME-ROUND.txt, for per-symbol reports:
+#           perf report -i DIR/perf-NAME-ROUND.data --sort sym --stdio
+#           (samples × 100 µs ÷ requests = µs per request)
 # Needs perf, nginx, haproxy and wrk; traffic stays on 127.0.0.1.
 set -euo pipefail
 ROUNDS=${ROUNDS:-2}
@@ -107,6 +112,11 @@ split() {
     n=$(load)
     wait "$perf" || true
     stop_target
+    if [[ -n ${KEEP_PERF:-} ]]; then
+        mkdir -p "$KEEP_PERF"
+        cp "$data" "$KEEP_PERF/perf-$(name_of "$target")-$round.data"
+        echo "$n" >"$KEEP_PERF/n-$(name_of "$target")-$round.txt"
+    fi
     perf report -i "$data" --sort dso,sym -F sample,dso,sym --stdio 2>/dev/null |
         grep -v '^#' | awk 'NF >= 4' |
         python3 -c '
