@@ -14,7 +14,10 @@
 # separate runs of the same length).
 #
 # Usage: scripts/cpu-split.sh TARGET...
-#   TARGET  haproxy-tcp, or a path to a shardgate binary
+#   TARGET  haproxy-tcp, haproxy-http (HAProxy in HTTP mode, keep-alive and
+#           connection reuse, as scripts/bench.sh runs it), floor:MODE (bench/floor_proxy's MODE, e.g.
+#           floor:duplex, with FLOOR_BIN naming its binary), or a path to a
+#           shardgate binary
 #   ROUNDS=2 DURATION=4 (environment)
 #   KEEP_PERF=DIR (environment) keeps each round's samples as
 #           DIR/perf-NAME-ROUND.data and its request count as
@@ -63,6 +66,8 @@ frontend fe
 backend be
     server s1 127.0.0.1:$UP_PORT
 EOF
+sed -e 's/mode tcp/mode http\n    option http-keep-alive\n    http-reuse always\n    timeout http-keep-alive 60s/' \
+    "$WORK/haproxy.cfg" >"$WORK/haproxy-http.cfg"
 cat >"$WORK/gateway.ron" <<EOF
 Gateway(
     shards: Count(1),
@@ -79,6 +84,11 @@ sleep 0.5
 start_target() {
     if [[ $1 == haproxy-tcp ]]; then
         taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/target.log" 2>&1 &
+    elif [[ $1 == haproxy-http ]]; then
+        taskset -c 0 haproxy -db -f "$WORK/haproxy-http.cfg" >"$WORK/target.log" 2>&1 &
+    elif [[ $1 == floor:* ]]; then
+        taskset -c 0 "${FLOOR_BIN:?floor targets need FLOOR_BIN}" "${1#floor:}" \
+            "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" >"$WORK/target.log" 2>&1 &
     else
         taskset -c 0 "$1" --config "$WORK/gateway.ron" >"$WORK/target.log" 2>&1 &
     fi
@@ -101,7 +111,13 @@ load() {
         "http://127.0.0.1:$PX_PORT/api/v1/items" 2>&1 | awk '/requests in/ {print $1}'
 }
 
-name_of() { [[ $1 == haproxy-tcp ]] && echo haproxy-tcp || basename "$1"; }
+name_of() {
+    case $1 in
+    haproxy-tcp | haproxy-http) echo "$1" ;;
+    floor:*) echo "monoio-${1#floor:}" ;;
+    *) basename "$1" ;;
+    esac
+}
 
 split() {
     local target=$1 round=$2 data="$WORK/perf.data"
@@ -149,7 +165,7 @@ for line in sys.stdin:
     elif "shardgate" in sym:
         c = "gateway"
     elif not dso.startswith(("lib", "[")):
-        c = "program"  # the code of the relay itself
+        c = "program"  # the code of the relay (or the floor) itself
     else:
         c = "other"
     cat[c] = cat.get(c, 0.0) + us

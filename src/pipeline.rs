@@ -42,6 +42,7 @@ use crate::compiled::{upstream_target, Compiled, ListenerPlan};
 use crate::error::GatewayError;
 use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
+use crate::out_of_line;
 use crate::policy;
 use crate::proxy::{upgrade, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
@@ -49,7 +50,9 @@ use crate::shard::{Shard, ShardConfig};
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Handles one request whose head has been read from `client`.
+/// Handles one request whose head has been read from `client`. The stages a
+/// route may not have run out of line ([`crate::out_of_line`]): a plain
+/// proxied request's code here stays small.
 pub async fn handle<'c>(
     shard: &Shard,
     cfg: &'c ShardConfig,
@@ -75,7 +78,9 @@ pub async fn handle<'c>(
     };
     let edge = &route.edge;
     if let Some(cors) = &edge.cors {
-        if let Some(answered) = policy::cors(&shard.edge, cors, req, client, ex).await? {
+        if let Some(answered) =
+            out_of_line(policy::cors(&shard.edge, cors, req, client, ex)).await?
+        {
             return Ok(answered);
         }
     }
@@ -89,7 +94,7 @@ pub async fn handle<'c>(
         let peer_chain = client.stream.peer_certificates();
         let identity = match authenticate(&cfg.compiled, allowed, req, peer_chain, Some(shard)) {
             Ok(id) => Ok(id),
-            Err(e) => introspect(&cfg.compiled, allowed, req, shard)
+            Err(e) => out_of_line(introspect(&cfg.compiled, allowed, req, shard))
                 .await
                 .unwrap_or(Err(e)),
         };
@@ -109,7 +114,10 @@ pub async fn handle<'c>(
     }
     if !route.rate_limits.is_empty() {
         let plan = &cfg.compiled.rate_limiting;
-        let applied = crate::ratelimit::stage::apply(shard, plan, route, req, ex, &claims).await;
+        let applied = out_of_line(crate::ratelimit::stage::apply(
+            shard, plan, route, req, ex, &claims,
+        ))
+        .await;
         ex.seen.rate_limit = Some(match &applied {
             Ok(_) => crate::metrics::LimitDecision::Admitted,
             Err(_) => crate::metrics::LimitDecision::Refused,
@@ -123,7 +131,7 @@ pub async fn handle<'c>(
         }
     }
     if let Some(plan) = &edge.validate {
-        let checked = crate::validate::validate(plan, req, client, ex).await;
+        let checked = out_of_line(crate::validate::validate(plan, req, client, ex)).await;
         if checked.is_err() {
             policy::EdgeCounters::bump(&shard.edge.counters.validation_refused);
         }
@@ -133,19 +141,18 @@ pub async fn handle<'c>(
     if let Some(plan) = &route.cache {
         let found =
             crate::cache::lookup(shard, cfg, route, plan, &params, &claims, req, client, ex);
-        if let crate::cache::Lookup::Served(d) = found.await? {
+        if let crate::cache::Lookup::Served(d) = out_of_line(found).await? {
             return Ok(d);
         }
     }
     ex.drop_authorization = !route.keep_authorization;
     if let Some(answer) = &edge.static_response {
-        return answer.answer(req, client, ex).await;
+        return out_of_line(answer.answer(req, client, ex)).await;
     }
     // Request transformation; the edited head replaces the request's.
-    // Boxed: its state stays out of every connection's future.
     if let Some(plan) = &route.body {
         let stage = crate::transform::request(plan, req, &params, &claims, client, ex);
-        if let Some(edited) = Box::pin(stage).await? {
+        if let Some(edited) = out_of_line(stage).await? {
             *req = edited;
         }
     }
@@ -157,7 +164,7 @@ pub async fn handle<'c>(
             params: &params,
             claims: &claims,
         };
-        return aggregate::serve(shard, cfg, plan, inputs, client, ex).await;
+        return out_of_line(aggregate::serve(shard, cfg, plan, inputs, client, ex)).await;
     }
     let upstream = match &edge.split {
         Some(split) => {
@@ -220,7 +227,7 @@ pub async fn handle<'c>(
             cursor,
             target,
         };
-        return crate::grpc::stage::serve(shard, call, req, client, ex).await;
+        return out_of_line(crate::grpc::stage::serve(shard, call, req, client, ex)).await;
     }
     if let Some(mirror) = &edge.mirror {
         if let Some(shadow) = cfg.compiled.upstreams.get(mirror.upstream) {
@@ -233,7 +240,10 @@ pub async fn handle<'c>(
     match &route.cache {
         Some(plan) => {
             ex.seen.answered_at = None;
-            crate::cache::finish(shard, route, plan, req, result, client, ex).await
+            out_of_line(crate::cache::finish(
+                shard, route, plan, req, result, client, ex,
+            ))
+            .await
         }
         None => result,
     }

@@ -398,12 +398,7 @@ async fn serve_busy(
             HeadRead::Closed => return Busy::Closed,
             HeadRead::H2 => return Busy::H2,
             HeadRead::Refused(e) => {
-                let id = shard.next_request_id();
-                // The head did not parse, but a HEAD request still gets no content.
-                let head_request = conn.buffered().starts_with(b"HEAD ");
-                let answer = error_answer(&e, &id, None, false, head_request);
-                let _ = conn.write(answer, limits.send_timeout).await;
-                conn.linger(LINGER, LINGER_BYTES).await;
+                crate::out_of_line(refuse_head(shard, conn, &e, &limits)).await;
                 return Busy::Closed;
             }
         };
@@ -411,10 +406,25 @@ async fn serve_busy(
         let disposition =
             serve_request(shard, listener, &cfg, &client, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
-            conn.linger(LINGER, LINGER_BYTES).await;
+            crate::out_of_line(conn.linger(LINGER, LINGER_BYTES)).await;
             return Busy::Closed;
         }
     }
+}
+
+/// Answers a head that did not parse, then lets the connection linger.
+async fn refuse_head(
+    shard: &Shard,
+    conn: &mut Conn,
+    e: &GatewayError,
+    limits: &crate::compiled::Limits,
+) {
+    let id = shard.next_request_id();
+    // The head did not parse, but a HEAD request still gets no content.
+    let head_request = conn.buffered().starts_with(b"HEAD ");
+    let answer = error_answer(e, &id, None, false, head_request);
+    let _ = conn.write(answer, limits.send_timeout).await;
+    conn.linger(LINGER, LINGER_BYTES).await;
 }
 
 /// Serves one request whose head was read: runs the pipeline and answers
@@ -482,14 +492,17 @@ async fn serve_request(
         .get(listener)
         .and_then(|l| l.redirect_https);
     let result = match redirect {
-        Some(port) => redirect_https(conn, head, &mut ex, port).await,
+        Some(port) => crate::out_of_line(redirect_https(conn, head, &mut ex, port)).await,
         None => pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await,
     };
     // A request that ended with its upstream call ends at that call's end.
     let (disposition, ended) = match result {
         Ok(d) => (d, ex.seen.answered_at),
         Err(_) if ex.response_started => (Disposition::Close, None),
-        Err(e) => (respond_error(shard, conn, head, &mut ex, &e).await, None),
+        Err(e) => {
+            let answered = crate::out_of_line(respond_error(shard, conn, head, &mut ex, &e));
+            (answered.await, None)
+        }
     };
     let took = ended
         .unwrap_or_else(Instant::now)

@@ -50,8 +50,10 @@ for d, a, b, f in rows[: int(sys.argv[5]) if len(sys.argv) > 5 else 30]:
     print(f"{d:+7.0f} {a:7.0f} {b:7.0f}  {f[:130]}")
 own = [r for r in rows if "shardgate" in r[3] and "timer" not in r[3]]
 plain = [r for r in own if "{{closure}}" not in r[3]]
+# `Pin<P>`'s poll is a boxed future's: the async body inlined into it.
 TIMING = re.compile(
     r"monoio::time|park|epoll_wait|Timespec|clock_gettime|timer::|raw::poll|waker|PollFn"
+    r"|Pin<P> as core::future"
     r"|block_on|recv|schedule|\{\{closure\}\}|Notify|notify::Wait|asynccancel|sleep|Sleep"
     r"|scoped_tls|slab|Op<|LegacyDriver|mio::")
 steady = [r for r in rows if not TIMING.search(r[3])]

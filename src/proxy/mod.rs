@@ -769,7 +769,7 @@ async fn forward_to(
     opts: &TryOptions,
 ) -> Result<Disposition, GatewayError> {
     if up.protocol == crate::config::UpstreamProtocol::Http2 {
-        return Box::pin(h2up::forward_to(
+        return crate::out_of_line(h2up::forward_to(
             shard, up, addr, req, target, client, ex, early, opts,
         ))
         .await;
@@ -779,8 +779,7 @@ async fn forward_to(
     let mut lease = Lease::new(shard, addr);
     let mut pooled = match lease.checkout(up) {
         Ok(pooled) => pooled,
-        Err(Full) => lease
-            .wait(up, up.queue_timeout)
+        Err(Full) => crate::out_of_line(lease.wait(up, up.queue_timeout))
             .await
             .map_err(|why| busy_error(up, why))?,
     };
@@ -793,7 +792,7 @@ async fn forward_to(
                 let wait = opts
                     .connect_timeout
                     .map_or(up.connect_timeout, |t| t.min(up.connect_timeout));
-                match connect_within(up, addr, wait).await {
+                match crate::out_of_line(connect_within(up, addr, wait)).await {
                     Ok(c) => c,
                     Err(e) => {
                         *early = Early::Connect;
@@ -892,9 +891,12 @@ async fn exchange(
     let mut early_answer = false;
     if body_framing != Framing::None {
         if req.expect_continue
-            && crate::http::body::send_100_continue(client, ex.limits.send_timeout)
-                .await
-                .is_err()
+            && crate::out_of_line(crate::http::body::send_100_continue(
+                client,
+                ex.limits.send_timeout,
+            ))
+            .await
+            .is_err()
         {
             return (Attempt::Done(Ok(Disposition::Close)), head);
         }
@@ -909,7 +911,8 @@ async fn exchange(
             max_bytes: ex.limits.max_body_bytes,
             trailers: false,
         };
-        let (copied, answer) = send_body(client, body_framing, &mut upc, out, lim).await;
+        let (copied, answer) =
+            crate::out_of_line(send_body(client, body_framing, &mut upc, out, lim)).await;
         upc.push_buffered(&answer);
         let err = match copied {
             Ok(n) => {
@@ -951,7 +954,8 @@ async fn exchange(
                         "upstream switched to a protocol the client did not ask for"
                     }
                     Some(idle) => {
-                        let d = open_tunnel(shard, &r, *upc, client, ex, idle).await;
+                        let d = crate::out_of_line(open_tunnel(shard, &r, *upc, client, ex, idle))
+                            .await;
                         return (Attempt::Done(Ok(d)), head);
                     }
                 };
@@ -988,8 +992,7 @@ async fn exchange(
     // Response transformation and compression, when the route has them.
     if let Some(edit) = ex.body_edit.take() {
         let keep = ex.keep_alive && !shard.shutdown.is_fired();
-        // Boxed: its state stays out of every connection's future.
-        let done = Box::pin(crate::transform::respond(
+        let done = crate::out_of_line(crate::transform::respond(
             &edit, &resp, &mut upc, client, ex, req, timeout, keep, &up.name,
         ))
         .await;
@@ -1042,7 +1045,15 @@ async fn exchange(
         (None, _) => Ok(0),
         (Some(out), None) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
         (Some(out), Some(tap)) => {
-            copy_body_tapped(&mut upc, rest, &mut client.stream, out, lim, tap).await
+            crate::out_of_line(copy_body_tapped(
+                &mut upc,
+                rest,
+                &mut client.stream,
+                out,
+                lim,
+                tap,
+            ))
+            .await
         }
     };
     if let (Ok(_), Some(tap)) = (&result, ex.cache.as_mut()) {

@@ -260,10 +260,29 @@ pub async fn forward(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    let policy = &route.resilience;
-    if plain(policy, up) {
+    if plain(&route.resilience, up) {
         return proxy::forward(shard, up, cursor, req, target, client, ex).await;
     }
+    crate::out_of_line(forward_guarded(
+        shard, cfg, route, up, cursor, req, target, client, ex,
+    ))
+    .await
+}
+
+/// [`forward`] for a route or upstream with resilience settings.
+#[allow(clippy::too_many_arguments)]
+async fn forward_guarded(
+    shard: &Shard,
+    cfg: &ShardConfig,
+    route: &RoutePlan,
+    up: &UpstreamPlan,
+    cursor: &Cell<usize>,
+    req: &RequestHead,
+    target: &str,
+    client: &mut Conn,
+    ex: &mut Exchange<'_>,
+) -> Result<Disposition, GatewayError> {
+    let policy = &route.resilience;
     let started = Instant::now();
     let deadline = policy.deadline.map(|d| started + d);
     let retry = policy.retry.as_ref().or(up.retry.as_ref());
