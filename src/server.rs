@@ -763,13 +763,15 @@ async fn read_head(
     }
 }
 
+/// Bytes of the future an async function returns, given a closure calling it.
+fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
 /// Bytes of a client connection's task state (its futures), which it holds
 /// for its whole life, idle or not; the busy phase's state is boxed apart
 /// (see [`serve_connection`]).
 pub fn connection_task_size() -> usize {
-    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
     let task = size_of_future(
         |(slot, shard, listener, stream, peer): (
             ConnectionSlot,
@@ -791,28 +793,28 @@ pub fn connection_task_size() -> usize {
     task + connection
 }
 
-/// Bytes of a busy connection's boxed state: the request path's futures,
-/// without the stages that run out of line ([`crate::out_of_line`]).
-pub fn busy_state_size() -> usize {
-    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    size_of_future(
-        |(shard, listener, peer, conn, current): (
-            &Rc<Shard>,
-            usize,
-            SocketAddr,
-            &mut Conn,
-            &RefCell<String>,
-        )| serve_busy(shard, listener, peer, conn, current),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Bytes of a busy connection's boxed state: the request path's
+    /// futures, without the stages that run out of line
+    /// ([`crate::out_of_line`]).
+    fn busy_state_size() -> usize {
+        size_of_future(
+            |(shard, listener, peer, conn, current): (
+                &Rc<Shard>,
+                usize,
+                SocketAddr,
+                &mut Conn,
+                &RefCell<String>,
+            )| serve_busy(shard, listener, peer, conn, current),
+        )
+    }
+
     #[test]
     fn busy_state_leaves_the_stages_out() {
-        let size = super::busy_state_size();
+        let size = busy_state_size();
         eprintln!("a busy connection's state: {size} bytes");
         assert!(
             size <= BUSY_BOUND,
