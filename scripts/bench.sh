@@ -80,7 +80,8 @@
 #
 # Knobs (environment):
 #   SCENARIO=proxy      what is measured; see the scenario_* functions
-#   ROUNDS=5            rounds; each round runs every target once, interleaved
+#   ROUNDS=5            rounds; each round runs every target once, interleaved,
+#                       each round starting one target later than the last
 #   DURATION=5          seconds per wrk run
 #   WARMUP=1            seconds of unrecorded load per target before round 1 (0 = none)
 #   CONNS=32            wrk connections (wrk always uses -t1)
@@ -1300,8 +1301,12 @@ fi
 
 printf 'round\ttarget\trequests\tduration_us\tp50_us\tp90_us\tp99_us\terrors\tproxy_ticks\tupstream_ticks\n' >"$RUNS_TSV"
 declare -A FAILS=()
+# Each round starts one target later than the round before, so that no
+# target always runs first in a round (the first one after a pause was seen
+# to be favoured on a shared machine).
 for ((round = 1; round <= ROUNDS; round++)); do
-    for t in "${ACTIVE[@]}"; do
+    for ((i = 0; i < ${#ACTIVE[@]}; i++)); do
+        t=${ACTIVE[$(( (i + round - 1) % ${#ACTIVE[@]} ))]}
         if [[ -n "${PIDS_OF[$t]}" ]] && ! kill -0 "${PIDS_OF[$t]%% *}" 2>/dev/null; then
             [[ -n "${FAILS[$t]:-}" ]] || log "round $round $t: process has exited; no more runs"
             FAILS[$t]=dead
