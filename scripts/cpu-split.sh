@@ -3,7 +3,8 @@
 # shardgate builds and for HAProxy in `mode tcp` (a TCP relay that does no
 # HTTP work: the floor for a user-space proxy on this test).
 #
-# For each target, in turn and ROUNDS times (interleaved): an upstream nginx
+# For each target, in turn and ROUNDS times (interleaved, each round starting one
+# target later than the last): an upstream nginx
 # (1 worker, CPU 1) answers a small JSON body; the proxy runs on CPU 0 with
 # one shard / thread; `wrk -t1 -c32` (CPU 1) loads it for DURATION seconds
 # while `perf record -e cpu-clock -F 10000` samples the proxy. Prints, per
@@ -192,9 +193,13 @@ ops() {
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION"
 echo "# scripts/cpu-split.sh $*"
-for r in $(seq "$ROUNDS"); do
-    for t in "$@"; do split "$t" "$r"; done
-done
-for r in $(seq "$ROUNDS"); do
-    for t in "$@"; do ops "$t" "$r"; done
+# Each round starts one target later than the round before (no target
+# always runs first).
+targets=("$@")
+for phase in split ops; do
+    for r in $(seq "$ROUNDS"); do
+        for ((i = 0; i < ${#targets[@]}; i++)); do
+            "$phase" "${targets[$(( (i + r - 1) % ${#targets[@]} ))]}" "$r"
+        done
+    done
 done
