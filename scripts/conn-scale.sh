@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Connection scale on loopback, shardgate against nginx and HAProxy (one
-# core each; HAProxy only when listed in TARGETS):
+# core each: all of a target's processes share core 0; HAProxy only when
+# listed in TARGETS):
 #   1. RSS per idle keep-alive connection at 10,000, 50,000 and 100,000
 #      connections, each after one request (held by scripts/conn-scale/hold.py);
 #   2. accept rate: new connections per second while those are opened;
@@ -19,8 +20,31 @@
 # `server ... maxconn 256`); nginx keeps 256 idle and opens more as needed.
 # Unbounded, 10,000 clients need up to 10,000 upstream sockets besides
 # their own, past a 20,000 open-file limit.
-# Counts above the process's RLIMIT_NOFILE (raised to the hard limit) are
-# reported as not run. Every run is bounded in time.
+# Multi-process rows: a process needs a descriptor per connection, and
+# RLIMIT_NOFILE is per process (raised here to the hard limit, which needs
+# CAP_SYS_RESOURCE to go up; 20,000 on the reference host). A count that does
+# not fit under it (n + 500 > limit) is run with P = ceil(n / (limit * 3/4))
+# processes per target, so each holds about 3/4 of the limit on average: the
+# listeners are SO_REUSEPORT sockets and the kernel spreads new connections
+# over them by a hash of the addresses and ports (even within a few per cent
+# at these counts). shardgate: P processes started with the same config
+# (`shards: Count(1)`, one SO_REUSEPORT listener each); nginx:
+# `worker_processes P` and `listen ... reuseport`, worker_connections and
+# worker_rlimit_nofile at the limit. HAProxy's multi-process rows are
+# reported as not run: nbproc is gone from modern HAProxy (2.5+), and
+# separate processes would each need their own maxconn (half the limit) and
+# stats, which this script does not set up. Counts that fit keep P = 1 and
+# today's configs. RSS is summed over all of a target's processes and their
+# children, and the table shows how many connections each process held at
+# the end (min-max over the P processes, from `ss -p`).
+# The holder likewise runs as H = ceil(n / (limit - 1000)) hold.py processes,
+# each on its own source addresses (`--source-base`; 14,000 connections per
+# address at most, see PER_SOURCE), all reading one pipe (fd 7), so closing
+# it releases every connection at once; together they
+# keep at most limit * 3/4 requests in flight (see hold), which the shared
+# upstream can take. Per connection is the RSS growth over the connections
+# open when RSS is read (held, unless some failed).
+# Every run is bounded in time.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,16 +59,52 @@ SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}
 UP_PORT=18580
 PORT=18581
 WORK_DIR=$(mktemp -d /tmp/conn-scale.XXXXXX)
-PIDS=()
+PIDS=()   # every gateway, proxy and upstream process started (for cleanup)
+TPIDS=()  # the current target's processes (P of them; nginx: the master)
 
 log() { printf '[conn-scale] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# alive PID: the process exists and is not a zombie.
+alive() { awk '/^State:/ { exit ($2 == "Z") }' "/proc/$1/status" 2>/dev/null; }
+# holder_pids: the holder processes (their `timeout` wrappers) of the last hold.
+holder_pids() {
+    local f
+    for f in "$WORK_DIR"/hold.*.pid; do
+        [[ -s $f ]] && cat "$f"
+    done
+    return 0
+}
+# reap SECONDS PID...: waits up to SECONDS for the processes to end, then
+# kills what is left with SIGKILL.
+reap() {
+    local secs=$1 p left
+    shift
+    for _ in $(seq $((secs * 10))); do
+        left=0
+        for p in "$@"; do alive "$p" && left=1; done
+        (( left )) || return 0
+        sleep 0.1
+    done
+    for p in "$@"; do
+        if alive "$p"; then
+            log "pid $p still running after ${secs}s: SIGKILL"
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+}
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    local hp
+    exec 7>&-
+    hp=$(holder_pids)
+    for p in $hp "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # shellcheck disable=SC2086
+    reap 10 $hp "${PIDS[@]}"
     wait 2>/dev/null || true
     rm -rf "$WORK_DIR"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 for tool in nginx wrk python3; do
     if ! command -v "$tool" >/dev/null; then
@@ -61,19 +121,35 @@ ulimit -Hn "$want" 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -Sn)
 want=$FD_LIMIT
+PER_PROC=$(( FD_LIMIT * 3 / 4 ))  # connections per target process, on average
+HOLD_PER=$(( FD_LIMIT - 1000 ))   # connections per hold.py process, at most
+# Connections per source address. An address has about 28,000 ephemeral
+# ports toward one destination, but connect() searches the ports of one
+# parity first: past about 14,000 on one address each connect scans that
+# half in vain, and 19,000 took 2.9 s against 0.3 s for 13,000 here, which
+# the accept rate would show as the gateway's.
+PER_SOURCE=14000
+MAX_PROCS=64
+# procs_for N: how many processes per target N connections need.
+procs_for() {
+    if (( $1 + 500 <= FD_LIMIT )); then echo 1; else echo $(( ($1 + PER_PROC - 1) / PER_PROC )); fi
+}
 if [[ $SKIP_BUILD != 1 ]]; then
     (cd "$REPO_DIR" && cargo build --release -q)
 fi
 
-nginx_conf() { # DIR PORT BODY
+nginx_conf() { # DIR PORT BODY [WORKERS]
+    local workers=${4:-1} nofile=$((want * 2))
+    # Several workers each hold their share under the per-process limit.
+    (( workers > 1 )) && nofile=$FD_LIMIT
     cat <<CONF
-worker_processes 1;
+worker_processes $workers;
 daemon off;
 master_process on;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-worker_rlimit_nofile $((want * 2));
-events { worker_connections $((want * 2)); }
+worker_rlimit_nofile $nofile;
+events { worker_connections $nofile; }
 http {
     access_log off;
     keepalive_timeout 300s;
@@ -95,10 +171,13 @@ start_upstream() {
     PIDS+=($!)
 }
 
-# start_target NAME: sets TPID (the process whose tree's RSS is measured)
+# start_target NAME [P]: starts P processes of the target (nginx: P workers)
+# and sets TPIDS (the processes whose trees' RSS is measured).
 start_target() {
-    local dir=$WORK_DIR/$1
+    local dir=$WORK_DIR/$1 procs=${2:-1} i
+    rm -rf "$dir"
     mkdir -p "$dir"
+    TPIDS=()
     case $1 in
         shardgate|shardgate-base)
             local bin=$SHARDGATE_BIN
@@ -113,14 +192,22 @@ Gateway(
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
 )
 RON
-            taskset -c 0 "$bin" --config "$dir/gateway.ron" >"$dir/stdout" 2>"$dir/stderr" &
+            # Same config, same port: each process's listener joins one
+            # SO_REUSEPORT group.
+            for ((i = 0; i < procs; i++)); do
+                taskset -c 0 "$bin" --config "$dir/gateway.ron" >"$dir/stdout.$i" 2>"$dir/stderr.$i" &
+                TPIDS+=("$!")
+            done
             ;;
         nginx)
+            local listen="listen 127.0.0.1:$PORT backlog=65535;"
+            (( procs > 1 )) && listen="listen 127.0.0.1:$PORT reuseport backlog=65535;"
             nginx_conf "$dir" "$PORT" "    upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; }
-    server { listen 127.0.0.1:$PORT backlog=65535;
+    server { $listen
         location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" \
-                >"$dir/nginx.conf"
-            taskset -c 0 nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
+                "$procs" >"$dir/nginx.conf"
+            taskset -c 0 nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr.0" &
+            TPIDS+=("$!")
             ;;
         haproxy)
             # HAProxy needs two descriptors per proxied connection, so its
@@ -143,23 +230,35 @@ frontend fe
 backend be
     server s1 127.0.0.1:$UP_PORT maxconn 256
 CFG
-            taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
+            (( procs == 1 )) || die "haproxy: one process only"
+            taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout.0" 2>"$dir/stderr.0" &
+            TPIDS+=("$!")
             ;;
         *) die "unknown target $1" ;;
     esac
-    TPID=$!
-    PIDS+=("$TPID")
+    PIDS+=("${TPIDS[@]}")
+    # Up when it answers and all P listening sockets are bound (nginx: the
+    # master binds one per worker with reuseport).
+    local p up
     for _ in $(seq 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:$PORT/api/v1/items" && return 0
+        up=1
+        for p in "${TPIDS[@]}"; do alive "$p" || up=0; done
+        (( up )) || break
+        if (( $(ss -Hltn "( sport = :$PORT )" | wc -l) == procs )) &&
+            curl -fs -o /dev/null "http://127.0.0.1:$PORT/api/v1/items"; then
+            return 0
+        fi
         sleep 0.1
     done
-    cat "$dir/stderr" >&2
-    die "$1 did not start"
+    cat "$dir"/stderr.* >&2
+    die "$1 did not start ($procs processes)"
 }
 
 stop_target() {
-    kill "$TPID" 2>/dev/null || true
-    wait "$TPID" 2>/dev/null || true
+    local p
+    for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    reap 30 "${TPIDS[@]}"
+    for p in "${TPIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     sleep 0.5
 }
 
@@ -177,51 +276,156 @@ tree_rss() {
     done
     echo "$total"
 }
+# targets_rss: RSS in kB summed over all the target's processes' trees.
+targets_rss() {
+    local total=0 p
+    for p in "${TPIDS[@]}"; do total=$(( total + $(tree_rss "$p") )); done
+    echo "$total"
+}
 
-# hold N: opens N connections with one request each; leaves the holder's
-# stdin on fd 7 and prints its READY line.
+# holders_for N: how many hold.py processes N connections need.
+holders_for() { echo $(( ($1 + HOLD_PER - 1) / HOLD_PER )); }
+
+# hold N: opens N connections with one request each, split over H hold.py
+# processes on distinct source addresses; leaves their common stdin on fd 7
+# and prints one READY line: held, failed and non2xx summed, connect_s and
+# request_s the longest.
 hold() {
-    local sources=$(( ($1 + 24999) / 25000 ))
-    exec 7> >(exec timeout 900 python3 "$SCRIPT_DIR/conn-scale/hold.py" "$PORT" "$1" --request \
-        --sources "$sources" >"$WORK_DIR/hold.out" 2>&1)
-    for _ in $(seq 3000); do
-        grep -q READY "$WORK_DIR/hold.out" 2>/dev/null && break
+    local n=$1 h j each sources base=1 f left window=0
+    h=$(holders_for "$n")
+    # One holder sends all its requests at once, as before. Several keep at
+    # most PER_PROC in flight together: the upstream is one process with the
+    # same descriptor limit, and nginx opens an upstream connection per
+    # request in flight (from 127.0.0.1 to one address, so ~28,000 ports);
+    # 100,000 at once failed 21% to 31% of nginx's requests with
+    # EADDRNOTAVAIL, EMFILE at the upstream and upstream timeouts.
+    (( h > 1 )) && window=$(( (PER_PROC + h - 1) / h ))
+    rm -f "$WORK_DIR"/hold.*.out "$WORK_DIR"/hold.*.pid
+    # The holders are background jobs of the substitution's shell, whose
+    # stdin (the pipe) a background job would not get without `<&3`.
+    exec 7> >(
+        exec 3<&0
+        for ((j = 0; j < h; j++)); do
+            each=$(( n / h + (j < n % h ? 1 : 0) ))
+            sources=$(( (each + PER_SOURCE - 1) / PER_SOURCE ))
+            timeout 900 python3 "$SCRIPT_DIR/conn-scale/hold.py" "$PORT" "$each" --request \
+                --sources "$sources" --source-base "$base" --window "$window" \
+                <&3 >"$WORK_DIR/hold.$j.out" 2>&1 3<&- &
+            echo "$!" >"$WORK_DIR/hold.$j.pid"
+            base=$(( base + sources ))
+        done
+        exec 3<&-
+        wait
+    )
+    # hold.py gives up connecting after 300 s and on answers after 120 s more.
+    local deadline=$(( SECONDS + 480 ))
+    while (( SECONDS < deadline )); do
+        left=0
+        for ((j = 0; j < h; j++)); do
+            f=$WORK_DIR/hold.$j.out
+            grep -q '^READY' "$f" 2>/dev/null && continue
+            left=1
+            # A holder that ended without READY: stop waiting.
+            if [[ -s $WORK_DIR/hold.$j.pid ]] && ! alive "$(<"$WORK_DIR/hold.$j.pid")"; then
+                cat "$f" >&2
+                die "holder $j of $h exited without READY"
+            fi
+        done
+        (( left )) || break
         sleep 0.1
     done
-    grep READY "$WORK_DIR/hold.out" || { cat "$WORK_DIR/hold.out" >&2; die "holder did not finish"; }
+    for ((j = 0; j < h; j++)); do
+        grep -q '^READY' "$WORK_DIR/hold.$j.out" 2>/dev/null ||
+            { cat "$WORK_DIR/hold.$j.out" >&2 || true; die "holder $j of $h did not finish"; }
+    done
+    cat "$WORK_DIR"/hold.*.out | awk -v h="$h" '/^READY/ {
+            held += $2
+            for (i = 3; i <= NF; i++) {
+                split($i, kv, "=")
+                if (kv[1] == "failed" || kv[1] == "non2xx") sum[kv[1]] += kv[2]
+                else if (kv[2] + 0 > max[kv[1]]) max[kv[1]] = kv[2] + 0
+            }
+        }
+        END { printf "READY %d connect_s=%.3f request_s=%.3f failed=%d non2xx=%d holders=%d\n",
+              held, max["connect_s"], max["request_s"], sum["failed"], sum["non2xx"], h }'
 }
-release() { exec 7>&-; sleep 2; }
+# release: closes the holders' stdin; they close their connections and end.
+release() {
+    local hp
+    exec 7>&-
+    hp=$(holder_pids)
+    # shellcheck disable=SC2086
+    [[ -z $hp ]] || reap 30 $hp
+    sleep 2
+}
+
+# per_process_spread: "min–max" connections held by each of the target's
+# processes (nginx: its workers) at the end, from the owners `ss -p` shows in
+# $WORK_DIR/ss.est; a process holding none counts as 0.
+per_process_spread() {
+    awk -v procs="$1" '
+        match($0, /pid=[0-9]+/) { n[substr($0, RSTART + 4, RLENGTH - 4)]++; next }
+        { unowned++ }
+        END {
+            k = 0; min = -1; max = 0
+            for (p in n) { k++; if (min < 0 || n[p] < min) min = n[p]; if (n[p] > max) max = n[p] }
+            if (k < procs || min < 0) min = 0
+            printf "%d–%d", min, max
+            if (k > procs) printf " (%d owners)", k
+            if (unowned) printf " (+%d not accepted)", unowned
+        }' "$WORK_DIR/ss.est"
+}
 
 start_upstream
 sleep 0.5
 echo "## Idle connections and accept rate ($(date -u +%F), $(nproc) cores, one core per proxy)"
 echo
-echo "| target | connections | held | RSS before (kB) | RSS after (kB) | open when read | per connection (B) | accept rate (conn/s) | listen overflows |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "Open-file limit (RLIMIT_NOFILE) per process: $FD_LIMIT. Counts above it less 500 run with"
+echo "P = ceil(n / $PER_PROC) processes per target on one SO_REUSEPORT port, all on core 0,"
+echo "and $HOLD_PER connections at most per holder process; RSS is summed over the P processes."
+echo "Several holders keep at most $PER_PROC requests in flight together (one holder sends all at once)."
+echo "Per connection: RSS growth over the connections open when read."
+echo
+echo "| target | processes | connections | held | failed | RSS before (kB) | RSS after (kB) | open when read | per process (min–max) | per connection (B) | accept rate (conn/s) | listen overflows |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $COUNTS; do
-    if (( n + 500 > FD_LIMIT )); then
-        echo "| (all) | $n | – | – | – | – | not run: RLIMIT_NOFILE is $FD_LIMIT here |"
+    procs=$(procs_for "$n")
+    holders=$(holders_for "$n")
+    if (( procs > MAX_PROCS || holders > 200 )); then
+        echo "| (all) | $procs | $n | – | – | – | – | – | – | not run: RLIMIT_NOFILE is $FD_LIMIT here, $procs processes per target and $holders holders needed |"
         continue
     fi
     for t in $TARGETS; do
-        log "$t: $n idle connections"
-        start_target "$t"
-        hold 200 >/dev/null; release
-        before=$(tree_rss "$TPID")
+        if [[ $t == haproxy ]] && (( procs > 1 )); then
+            echo "| $t | $procs | $n | – | – | – | – | – | – | not run: one HAProxy process holds at most $(( (FD_LIMIT - 200) / 2 )) here (nbproc is gone; no multi-process HAProxy set up) |"
+            continue
+        fi
+        log "$t: $n idle connections, $procs processes, $holders holders"
+        start_target "$t" "$procs"
+        hold $(( 200 * procs )) >/dev/null; release
+        before=$(targets_rss)
         ov0=$(listen_overflows)
         # Not `line=$(hold ...)`: a command substitution's subshell would
         # close the holder's stdin on return, and the connections with it.
         hold "$n" >"$WORK_DIR/ready.line"
         line=$(<"$WORK_DIR/ready.line")
+        log "$line"
         ov=$(( $(listen_overflows) - ov0 ))
         sleep "${SETTLE:-5}"
-        after=$(tree_rss "$TPID")
-        open=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
+        after=$(targets_rss)
+        ss -Htnp state established "( sport = :$PORT )" >"$WORK_DIR/ss.est"
+        open=$(wc -l <"$WORK_DIR/ss.est")
+        spread=$(per_process_spread "$procs")
         held=$(awk '{print $2}' <<<"$line")
         cs=$(sed -E 's/.*connect_s=([0-9.]+).*/\1/' <<<"$line")
-        per=$(( (after - before) * 1024 / (held > 0 ? held : 1) ))
+        failed=$(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$line")
+        non2xx=$(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$line")
+        (( non2xx == 0 )) || failed="$failed (+$non2xx non-2xx)"
+        # Over the connections open when RSS was read: held, unless some
+        # failed and were closed.
+        per=$(( (after - before) * 1024 / (open > 0 ? open : 1) ))
         rate=$(awk -v n="$held" -v s="$cs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
-        echo "| $t | $n | $held | $before | $after | $open | $per | $rate | $ov |"
+        echo "| $t | $procs | $n | $held | $failed | $before | $after | $open | $spread | $per | $rate | $ov |"
         release
         stop_target
     done
@@ -233,7 +437,7 @@ echo "| round | target | req/s | p50 | p99 | errors (non-2xx, timeouts) | listen
 echo "|---:|---|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
-        start_target "$t"
+        start_target "$t" 1
         ov0=$(listen_overflows)
         out=$(taskset -c 1 timeout $((DURATION + 60)) wrk -t2 -c"$ACTIVE" -d"${DURATION}s" --latency \
             "http://127.0.0.1:$PORT/api/v1/items" 2>&1 || true)
