@@ -6,7 +6,7 @@
 # For each target, in turn and ROUNDS times (interleaved, each round starting one
 # target later than the last): an upstream nginx
 # (1 worker, CPU 1) answers a small JSON body; the proxy runs on CPU 0 with
-# one shard / thread; `wrk -t1 -c32` (CPU 1) loads it for DURATION seconds
+# one shard / thread; `wrk -t1 -c$CONNS` (CPU 1, CONNS=32 unless set) loads it for DURATION seconds
 # while `perf record -e cpu-clock -F 10000` samples the proxy. Prints, per
 # target and round, CPU-µs per request in the kernel and in user space, the
 # user-space part split by where it runs (the gateway's code, monoio, libc,
@@ -19,7 +19,7 @@
 #           connection reuse, as scripts/bench.sh runs it), floor:MODE (bench/floor_proxy's MODE, e.g.
 #           floor:duplex, with FLOOR_BIN naming its binary), or a path to a
 #           shardgate binary
-#   ROUNDS=2 DURATION=4 (environment)
+#   ROUNDS=2 DURATION=4 CONNS=32 (environment)
 #   KEEP_PERF=DIR (environment) keeps each round's samples as
 #           DIR/perf-NAME-ROUND.data and its request count as
 #           DIR/n-NAME-ROUND.txt, for per-symbol reports:
@@ -29,6 +29,7 @@
 set -euo pipefail
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-4}
+CONNS=${CONNS:-32}
 UP_PORT=18590
 PX_PORT=18591
 WORK=$(mktemp -d /tmp/cpu-split.XXXXXX)
@@ -108,7 +109,7 @@ stop_target() {
 }
 
 load() {
-    taskset -c 1 timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" \
+    taskset -c 1 timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" \
         "http://127.0.0.1:$PX_PORT/api/v1/items" 2>&1 | awk '/requests in/ {print $1}'
 }
 
@@ -191,7 +192,7 @@ ops() {
              r, name, n, sq / n, pa / n, sc / n}' "$stat"
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS"
 echo "# scripts/cpu-split.sh $*"
 # Each round starts one target later than the round before (no target
 # always runs first).
