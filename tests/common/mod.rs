@@ -1038,9 +1038,25 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A port nothing listens on (bound and released again).
+/// A port nothing listens on, for the test process's whole life: bound
+/// without listening and never closed, so connecting to it is refused and
+/// no other socket of the tests is given it. (A port bound and released
+/// again could be handed to another test's listener running alongside,
+/// whose answers then reached the test that expected a refusal.)
 pub fn closed_port() -> u16 {
-    free_port()
+    use socket2::{Domain, Socket, Type};
+    static HELD: Mutex<Vec<Socket>> = Mutex::new(Vec::new());
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    s.bind(&any.into()).expect("bind :0");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    port
 }
 
 /// A fresh temporary directory for one test.
