@@ -168,7 +168,7 @@ fn deadlines_reach_the_upstream_and_end_the_call() {
 
 #[test]
 fn an_unreachable_upstream_is_unavailable() {
-    let port = free_port();
+    let port = closed_port();
     let gw = gateway(port);
     let v = call(&gw, "unary-fail");
     assert_eq!(v["code"], "UNAVAILABLE", "{v}");
