@@ -5,6 +5,7 @@ use crate::error::GatewayError;
 use crate::http::io::{wait_readable_until, IoFail};
 use crate::http::timer::{self, coarse_now};
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead};
+use crate::out_of_line;
 use crate::pipeline;
 use crate::proxy::{Disposition, Exchange};
 use crate::shard::{ConnectionSlot, Shard};
@@ -398,7 +399,7 @@ async fn serve_busy(
             HeadRead::Closed => return Busy::Closed,
             HeadRead::H2 => return Busy::H2,
             HeadRead::Refused(e) => {
-                crate::out_of_line(refuse_head(shard, conn, &e, &limits)).await;
+                out_of_line(refuse_head(shard, conn, &e, &limits)).await;
                 return Busy::Closed;
             }
         };
@@ -406,7 +407,7 @@ async fn serve_busy(
         let disposition =
             serve_request(shard, listener, &cfg, &client, &mut head, conn, current).await;
         if disposition == Disposition::Close || shard.shutdown.is_fired() {
-            crate::out_of_line(conn.linger(LINGER, LINGER_BYTES)).await;
+            out_of_line(conn.linger(LINGER, LINGER_BYTES)).await;
             return Busy::Closed;
         }
     }
@@ -492,7 +493,7 @@ async fn serve_request(
         .get(listener)
         .and_then(|l| l.redirect_https);
     let result = match redirect {
-        Some(port) => crate::out_of_line(redirect_https(conn, head, &mut ex, port)).await,
+        Some(port) => out_of_line(redirect_https(conn, head, &mut ex, port)).await,
         None => pipeline::handle(shard, cfg, listener, head, conn, &mut ex).await,
     };
     // A request that ended with its upstream call ends at that call's end.
@@ -500,7 +501,7 @@ async fn serve_request(
         Ok(d) => (d, ex.seen.answered_at),
         Err(_) if ex.response_started => (Disposition::Close, None),
         Err(e) => {
-            let answered = crate::out_of_line(respond_error(shard, conn, head, &mut ex, &e));
+            let answered = out_of_line(respond_error(shard, conn, head, &mut ex, &e));
             (answered.await, None)
         }
     };

@@ -24,6 +24,7 @@ use crate::http::io::IoFail;
 use crate::http::timer::coarse_now;
 use crate::http::{Conn, Framing, HeadError, Parsed, RequestHead, ResponseHead};
 use crate::metrics::UpstreamOutcome;
+use crate::out_of_line;
 // Integers and addresses are appended by hand: `core::fmt` cost about 2,300
 // instructions per proxied request here (bench/RESULTS.md §27).
 use crate::observe::{push_addr, push_u64};
@@ -769,7 +770,7 @@ async fn forward_to(
     opts: &TryOptions,
 ) -> Result<Disposition, GatewayError> {
     if up.protocol == crate::config::UpstreamProtocol::Http2 {
-        return crate::out_of_line(h2up::forward_to(
+        return out_of_line(h2up::forward_to(
             shard, up, addr, req, target, client, ex, early, opts,
         ))
         .await;
@@ -779,7 +780,7 @@ async fn forward_to(
     let mut lease = Lease::new(shard, addr);
     let mut pooled = match lease.checkout(up) {
         Ok(pooled) => pooled,
-        Err(Full) => crate::out_of_line(lease.wait(up, up.queue_timeout))
+        Err(Full) => out_of_line(lease.wait(up, up.queue_timeout))
             .await
             .map_err(|why| busy_error(up, why))?,
     };
@@ -792,7 +793,7 @@ async fn forward_to(
                 let wait = opts
                     .connect_timeout
                     .map_or(up.connect_timeout, |t| t.min(up.connect_timeout));
-                match crate::out_of_line(connect_within(up, addr, wait)).await {
+                match out_of_line(connect_within(up, addr, wait)).await {
                     Ok(c) => c,
                     Err(e) => {
                         *early = Early::Connect;
@@ -891,7 +892,7 @@ async fn exchange(
     let mut early_answer = false;
     if body_framing != Framing::None {
         if req.expect_continue
-            && crate::out_of_line(crate::http::body::send_100_continue(
+            && out_of_line(crate::http::body::send_100_continue(
                 client,
                 ex.limits.send_timeout,
             ))
@@ -912,7 +913,7 @@ async fn exchange(
             trailers: false,
         };
         let (copied, answer) =
-            crate::out_of_line(send_body(client, body_framing, &mut upc, out, lim)).await;
+            out_of_line(send_body(client, body_framing, &mut upc, out, lim)).await;
         upc.push_buffered(&answer);
         let err = match copied {
             Ok(n) => {
@@ -954,8 +955,7 @@ async fn exchange(
                         "upstream switched to a protocol the client did not ask for"
                     }
                     Some(idle) => {
-                        let d = crate::out_of_line(open_tunnel(shard, &r, *upc, client, ex, idle))
-                            .await;
+                        let d = out_of_line(open_tunnel(shard, &r, *upc, client, ex, idle)).await;
                         return (Attempt::Done(Ok(d)), head);
                     }
                 };
@@ -992,7 +992,7 @@ async fn exchange(
     // Response transformation and compression, when the route has them.
     if let Some(edit) = ex.body_edit.take() {
         let keep = ex.keep_alive && !shard.shutdown.is_fired();
-        let done = crate::out_of_line(crate::transform::respond(
+        let done = out_of_line(crate::transform::respond(
             &edit, &resp, &mut upc, client, ex, req, timeout, keep, &up.name,
         ))
         .await;
@@ -1045,7 +1045,7 @@ async fn exchange(
         (None, _) => Ok(0),
         (Some(out), None) => copy_body(&mut upc, rest, &mut client.stream, out, lim).await,
         (Some(out), Some(tap)) => {
-            crate::out_of_line(copy_body_tapped(
+            out_of_line(copy_body_tapped(
                 &mut upc,
                 rest,
                 &mut client.stream,
