@@ -126,8 +126,9 @@ HOLD_PER=$(( FD_LIMIT - 1000 ))   # connections per hold.py process, at most
 # Connections per source address. An address has about 28,000 ephemeral
 # ports toward one destination, but connect() searches the ports of one
 # parity first: past about 14,000 on one address each connect scans that
-# half in vain, and 19,000 took 2.9 s against 0.3 s for 13,000 here, which
-# the accept rate would show as the gateway's.
+# half in vain: 19,000 took 7.3 s on one address against 0.63 s on two,
+# and 13,000 0.45 s on one (RESULTS §36), which the accept rate would show
+# as the gateway's.
 PER_SOURCE=14000
 MAX_PROCS=64
 # procs_for N: how many processes per target N connections need.
