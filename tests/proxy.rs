@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn one_backend_gateway(shards: usize, backend: &Backend) -> Gateway {
     Gateway::start(&config(
@@ -766,6 +766,76 @@ fn requests_after_an_upstream_restart_do_not_meet_its_dead_pooled_connections() 
     );
 }
 
+/// `clients` keep-alive clients at once, each sending `rounds` GETs (each
+/// answered 200), `pause` apart.
+fn clients_in_rounds(port: u16, clients: usize, rounds: usize, pause: Duration) {
+    let clients: Vec<_> = (0..clients)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Client::connect(port);
+                for _ in 0..rounds {
+                    assert_eq!(c.get("/x").status, 200);
+                    thread::sleep(pause);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap_or_else(|_| panic!("a client failed"));
+    }
+}
+
+/// The gateway's idle upstream connections, summed over its shards, from
+/// `/metrics` on its admin listener.
+fn idle_upstream_connections(gw: &Gateway) -> usize {
+    get(gw.port2, "/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("shardgate_upstream_connections_idle{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn connections_beyond_max_idle_stay_while_a_load_uses_them_and_close_once_it_stops() {
+    // Eight clients, each pausing between requests, so that most of the time
+    // most of the eight upstream connections are idle, over several of the
+    // shard's once-a-second sweeps. Only two idle connections are allowed:
+    // the sweeps leave the other six, which the load keeps using, and close
+    // them once it stops.
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 16;
+    let backend = Backend::start(|_| Response::ok("ok").delay(Duration::from_millis(20)));
+    let cfg = config(
+        1,
+        &upstream("app", &[&backend.addr()], "max_idle_per_target: 2"),
+        &catch_all("app"),
+    )
+    .replace(
+        "    limits_http:",
+        "    admin: Some(Admin(bind: \"127.0.0.1:$PORT2\")),\n    limits_http:",
+    );
+    let gw = Gateway::start(&cfg);
+    clients_in_rounds(gw.port, CLIENTS, ROUNDS, Duration::from_millis(150));
+    assert_eq!(backend.count(), CLIENTS * ROUNDS);
+    assert!(
+        backend.connections() <= CLIENTS + 2,
+        "{} upstream connections opened for {CLIENTS} clients over {ROUNDS} rounds",
+        backend.connections()
+    );
+    assert!(
+        idle_upstream_connections(&gw) > 2,
+        "the surplus was closed at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut idle = idle_upstream_connections(&gw);
+    while idle > 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        idle = idle_upstream_connections(&gw);
+    }
+    assert_eq!(idle, 2, "idle upstream connections once the load stopped");
+}
+
 #[test]
 fn a_load_above_max_idle_reuses_its_connections_instead_of_reopening_them() {
     // Eight requests at a time, two idle connections allowed: the pool keeps
@@ -779,20 +849,7 @@ fn a_load_above_max_idle_reuses_its_connections_instead_of_reopening_them() {
         &upstream("app", &[&backend.addr()], "max_idle_per_target: 2"),
         &catch_all("app"),
     ));
-    let port = gw.port;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut c = Client::connect(port);
-                for _ in 0..ROUNDS {
-                    assert_eq!(c.get("/x").status, 200);
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap_or_else(|_| panic!("a client failed"));
-    }
+    clients_in_rounds(gw.port, CLIENTS, ROUNDS, Duration::ZERO);
     assert_eq!(backend.count(), CLIENTS * ROUNDS);
     assert!(
         backend.connections() <= CLIENTS + 2,

@@ -13,6 +13,13 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// How long an idle connection beyond its target's `max_idle_per_target`
+/// stays unused before a sweep closes it. Connections a load takes in turn
+/// are used far more often than this, so a load that needs more than
+/// `max_idle_per_target` at once keeps them rather than reopening them
+/// after every sweep (one sweep a second).
+pub const SURPLUS_UNUSED: Duration = Duration::from_secs(1);
+
 /// FxHash (as in rustc): a multiply-rotate hash, far cheaper than SipHash for
 /// a socket address looked up several times per request. The keys are
 /// configured target addresses, not client input, so flooding is not a concern.
@@ -144,9 +151,10 @@ impl TargetPool {
         }
         // An idle connection holds no read buffer; it takes one when used.
         conn.release_buffer();
-        // Beyond `max_idle`, the least recently used are closed by the next
-        // sweep, not here: under a load that needs more connections than
-        // that, closing at once would open and close one per request.
+        // Beyond `max_idle`, the least recently used are closed by a later
+        // sweep once unused for [`SURPLUS_UNUSED`], not here: under a load
+        // that needs more connections than that, closing at once would open
+        // and close one per request.
         self.idle.push((conn, now));
     }
 
@@ -260,16 +268,24 @@ impl Pools {
         }
     }
 
-    /// Closes idle connections older than `max_age`.
+    /// Closes idle connections older than `max_age`, and those beyond
+    /// `max_idle` that have not been used for [`SURPLUS_UNUSED`].
     pub fn reap(&mut self, policy: impl Fn(SocketAddr) -> (Duration, usize), now: Instant) {
         self.targets.retain(|addr, pool| {
             let (age, max_idle) = policy(*addr);
             let before = pool.idle.len();
             pool.idle
                 .retain(|(_, since)| now.duration_since(*since) < age);
-            // The oldest beyond `max_idle` (the list is in order of use).
+            // The oldest beyond `max_idle` (the list is in order of use),
+            // unless the load used them lately: it then needs them again.
             let surplus = pool.idle.len().saturating_sub(max_idle);
-            pool.idle.drain(..surplus);
+            let unused = pool
+                .idle
+                .iter()
+                .take(surplus)
+                .take_while(|(_, since)| now.duration_since(*since) >= SURPLUS_UNUSED)
+                .count();
+            pool.idle.drain(..unused);
             for _ in pool.idle.len()..before {
                 pool.free_slot();
             }

@@ -285,7 +285,8 @@ impl Shard {
     }
 
     /// Closes idle upstream connections past their upstream's idle timeout,
-    /// and the least recently used beyond its `max_idle_per_target`.
+    /// and the least recently used beyond its `max_idle_per_target` once
+    /// unused for [`crate::proxy::pool::SURPLUS_UNUSED`].
     pub fn reap_pools(&self, now: Instant) {
         let cfg = self.config();
         let ups = &cfg.compiled.upstreams;
