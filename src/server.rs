@@ -484,7 +484,7 @@ async fn serve_request(
             .map(|l| l.response_headers.clone())
             .unwrap_or_default(),
         seen: Default::default(),
-        trace: crate::observe::trace::start(cfg.compiled.tracing.as_ref(), head),
+        trace: crate::observe::trace::start(cfg.compiled.tracing.as_ref(), head).map(Box::new),
         body_edit: None,
     };
     let redirect = cfg

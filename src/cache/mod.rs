@@ -804,7 +804,9 @@ pub async fn lookup(
             }
             Step::Fetch(status, stale, flight) => {
                 mark(ex, status);
-                ex.cache = Some(new_tap(plan, primary, resource, status, stale, flight));
+                ex.cache = Some(Box::new(new_tap(
+                    plan, primary, resource, status, stale, flight,
+                )));
                 return Ok(Lookup::Forward);
             }
         }

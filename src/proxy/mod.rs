@@ -75,7 +75,8 @@ pub struct Exchange<'a> {
     /// What is observed of the exchange as it goes, for metrics and logs.
     pub seen: Seen,
     /// The request's trace context (only when `tracing` is configured).
-    pub trace: Option<crate::observe::trace::Trace>,
+    /// Boxed, as `cache` is.
+    pub trace: Option<Box<crate::observe::trace::Trace>>,
     /// The request's consistent-hash key (set by the pipeline when the
     /// upstream balances by `ConsistentHash` and the request carries the key).
     pub balance_key: Option<u64>,
@@ -88,7 +89,8 @@ pub struct Exchange<'a> {
     /// The response cache's part in this request (set by the cache stage
     /// when the answer may be stored): reads the response head and keeps
     /// the body as it streams.
-    pub cache: Option<crate::cache::Tap>,
+    /// Boxed: a request without it keeps its state a few cache lines smaller.
+    pub cache: Option<Box<crate::cache::Tap>>,
     /// The route's response transformation and compression for this
     /// request (set by the request transformation stage).
     pub body_edit: Option<Box<crate::transform::ResponseEdit<'a>>>,
@@ -659,10 +661,17 @@ pub async fn forward(
     client: &mut Conn,
     ex: &mut Exchange<'_>,
 ) -> Result<Disposition, GatewayError> {
-    let opts = TryOptions::default();
-    forward_try(shard, up, cursor, req, target, client, ex, &opts)
+    let opts = PLAIN_TRY.with(|o| *o);
+    forward_try(shard, up, cursor, req, target, client, ex, opts)
         .await
         .result
+}
+
+thread_local! {
+    /// A plain try's settings (none), made once per shard: a request
+    /// borrows them rather than writing 160 bytes of defaults into its
+    /// state, which a busy connection's next request finds out of cache.
+    static PLAIN_TRY: &'static TryOptions = Box::leak(Box::default());
 }
 
 /// One try of [`forward`], with the retry loop's settings.
@@ -1051,7 +1060,7 @@ async fn exchange(
                 &mut client.stream,
                 out,
                 lim,
-                tap,
+                &mut **tap,
             ))
             .await
         }

@@ -865,7 +865,7 @@ pub async fn respond(
         timeout,
         keep_alive,
         upstream,
-        tap.as_mut(),
+        tap.as_deref_mut(),
     )
     .await;
     ex.cache = tap;
