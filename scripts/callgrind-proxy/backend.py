@@ -13,6 +13,6 @@ def serve(c):
             _,buf=buf.split(b"\r\n\r\n",1)
             c.sendall(resp)
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
-s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(128)
+s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(4096)
 while True:
     c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()
