@@ -44,7 +44,7 @@ use crate::http::path::{self, PathOptions};
 use crate::http::{Conn, Framing, RequestHead};
 use crate::out_of_line;
 use crate::policy;
-use crate::proxy::{upgrade, Disposition, Exchange};
+use crate::proxy::{self, upgrade, Disposition, Exchange};
 use crate::router::{Lookup, RequestFacts};
 use crate::shard::{Shard, ShardConfig};
 use std::borrow::Cow;
@@ -235,8 +235,28 @@ pub async fn handle<'c>(
             policy::mirror::fire(st, mirror, route_id, shadow, req, target, client, ex);
         }
     }
-    let result =
-        crate::resilience::forward(shard, cfg, route, up, cursor, req, target, client, ex).await;
+    // The plain try is awaited here, not through a function that only
+    // chooses it: each level of async function is one more place in the
+    // connection's state that a request touches.
+    let result = if crate::resilience::is_plain(&route.resilience, up) {
+        proxy::forward_try(
+            shard,
+            up,
+            cursor,
+            req,
+            target,
+            client,
+            ex,
+            proxy::plain_try(),
+        )
+        .await
+        .result
+    } else {
+        out_of_line(crate::resilience::forward(
+            shard, cfg, route, up, cursor, req, target, client, ex,
+        ))
+        .await
+    };
     match &route.cache {
         Some(plan) => {
             ex.seen.answered_at = None;

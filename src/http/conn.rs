@@ -192,8 +192,14 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` means the peer closed.
-    pub async fn fill(&mut self, dur: Duration) -> Result<usize, IoFail> {
-        self.fill_or(dur, std::future::pending::<()>()).await
+    ///
+    /// Not an `async fn`: it hands back [`Conn::fill_or`]'s future itself,
+    /// one level less in every read's state.
+    pub fn fill(
+        &mut self,
+        dur: Duration,
+    ) -> impl std::future::Future<Output = Result<usize, IoFail>> + '_ {
+        self.fill_or(dur, std::future::pending::<()>())
     }
 
     /// Like [`Conn::fill`], but also gives up (as a timeout) when `stop` completes.
@@ -413,8 +419,13 @@ impl Conn {
         TcpStream::from_std(std)
     }
 
-    /// Writes `bytes` to this connection's socket.
-    pub async fn write(&mut self, bytes: Vec<u8>, dur: Duration) -> (Result<(), IoFail>, Vec<u8>) {
-        write_all_to(&mut self.stream, bytes, dur).await
+    /// Writes `bytes` to this connection's socket (not an `async fn`, as
+    /// [`Conn::fill`] is not).
+    pub fn write(
+        &mut self,
+        bytes: Vec<u8>,
+        dur: Duration,
+    ) -> impl std::future::Future<Output = (Result<(), IoFail>, Vec<u8>)> + '_ {
+        write_all_to(&mut self.stream, bytes, dur)
     }
 }

@@ -651,20 +651,9 @@ async fn connect_tls(
     }
 }
 
-/// Forwards `req` (whose body is still in `client`) to `up` and streams the response back.
-pub async fn forward(
-    shard: &Shard,
-    up: &UpstreamPlan,
-    cursor: &std::cell::Cell<usize>,
-    req: &RequestHead,
-    target: &str,
-    client: &mut Conn,
-    ex: &mut Exchange<'_>,
-) -> Result<Disposition, GatewayError> {
-    let opts = PLAIN_TRY.with(|o| *o);
-    forward_try(shard, up, cursor, req, target, client, ex, opts)
-        .await
-        .result
+/// A plain try's settings: none (no retry loop around it).
+pub fn plain_try() -> &'static TryOptions {
+    PLAIN_TRY.with(|o| *o)
 }
 
 thread_local! {
@@ -674,7 +663,9 @@ thread_local! {
     static PLAIN_TRY: &'static TryOptions = Box::leak(Box::default());
 }
 
-/// One try of [`forward`], with the retry loop's settings.
+/// Forwards `req` (whose body is still in `client`) to a target of `up` and
+/// streams the response back: one try, with the retry loop's settings
+/// ([`crate::resilience::forward`]) or none ([`plain_try`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward_try(
     shard: &Shard,

@@ -6,7 +6,8 @@
 //! control side) and balancing ([`balance`], [`targets`]: weights, peak
 //! EWMA, consistent hashing).
 //!
-//! The stage is [`forward`]: it wraps the proxy's single try
+//! The stage is [`forward`], for routes and upstreams with these settings
+//! ([`is_plain`] tells the others, which take one plain try): it wraps the proxy's single try
 //! ([`proxy::forward_try`]) in the loop: ask the breaker, try, record the
 //! outcome, and retry (another target, after a backoff, within the budget
 //! and the deadline) or fall back, as long as nothing of the answer has
@@ -235,9 +236,10 @@ fn bad_status<'a>(statuses: impl IntoIterator<Item = &'a u16>) -> Option<String>
         .map(|s| format!("{s} is not an HTTP status"))
 }
 
-/// True when the route and its upstream use none of this module's settings
-/// (the request then takes the plain proxy path).
-fn plain(policy: &RoutePolicy, up: &UpstreamPlan) -> bool {
+/// True when the route and its upstream use none of this module's settings:
+/// the request then takes a plain try ([`proxy::forward_try`] with
+/// [`proxy::plain_try`]) instead of [`forward`].
+pub fn is_plain(policy: &RoutePolicy, up: &UpstreamPlan) -> bool {
     up.breaker.is_none()
         && up.retry.is_none()
         && policy.retry.is_none()
@@ -247,31 +249,10 @@ fn plain(policy: &RoutePolicy, up: &UpstreamPlan) -> bool {
 }
 
 /// Forwards `req` to `up` under the route's breaker, retry, timeout and
-/// fallback settings (see the module docs).
+/// fallback settings (see the module docs), for a route or upstream that
+/// has them (see [`is_plain`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    shard: &Shard,
-    cfg: &ShardConfig,
-    route: &RoutePlan,
-    up: &UpstreamPlan,
-    cursor: &Cell<usize>,
-    req: &RequestHead,
-    target: &str,
-    client: &mut Conn,
-    ex: &mut Exchange<'_>,
-) -> Result<Disposition, GatewayError> {
-    if plain(&route.resilience, up) {
-        return proxy::forward(shard, up, cursor, req, target, client, ex).await;
-    }
-    crate::out_of_line(forward_guarded(
-        shard, cfg, route, up, cursor, req, target, client, ex,
-    ))
-    .await
-}
-
-/// [`forward`] for a route or upstream with resilience settings.
-#[allow(clippy::too_many_arguments)]
-async fn forward_guarded(
     shard: &Shard,
     cfg: &ShardConfig,
     route: &RoutePlan,
