@@ -148,18 +148,6 @@ async fn accept_on(shard: Rc<Shard>, listener_idx: usize, listener: &TcpListener
     }
 }
 
-/// Serves an admitted connection; its slot is given back when it ends.
-async fn serve_admitted(
-    slot: ConnectionSlot,
-    shard: Rc<Shard>,
-    listener: usize,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    serve_isolated(shard, listener, stream, peer).await;
-    drop(slot);
-}
-
 /// Counts something for as long as it lives.
 struct Counted<'a>(&'a std::cell::Cell<usize>);
 
@@ -186,10 +174,19 @@ enum HeadRead {
     H2,
 }
 
-/// Serves one connection with its panics contained: a bug met while serving
-/// it ends this connection only (logged with the request id), never the
-/// shard's other connections.
-async fn serve_isolated(shard: Rc<Shard>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+/// Serves an admitted connection with its panics contained: a bug met
+/// while serving it ends this connection only (logged with the request id),
+/// never the shard's other connections. Its slot is given back when it
+/// ends. (One async function, not one around another: each level is a
+/// place in the connection's task that every poll of it reads.)
+async fn serve_admitted(
+    slot: ConnectionSlot,
+    shard: Rc<Shard>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _slot = slot;
     let current = RefCell::new(String::new());
     let id = shard.id;
     // Boxed: `contain` would otherwise hold the connection's future twice.
