@@ -6,6 +6,7 @@ requests to warm up, then writes SYNC.warm, waits for SYNC.go, and sends
 N more; otherwise it sends N. Prints how many of the counted requests got
 200, and the other statuses to stderr."""
 import collections, os, selectors, socket, sys, time
+from framing import split_response
 port, n, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 sync = sys.argv[4] if len(sys.argv) > 4 else None
 req = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -34,18 +35,10 @@ def run(count):
             if not d:
                 raise SystemExit("closed")
             buf = bufs[c] + d
-            while b"\r\n\r\n" in buf:
-                head, rest = buf.split(b"\r\n\r\n", 1)
-                cl = 0
-                for line in head.split(b"\r\n")[1:]:
-                    k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"content-length":
-                        cl = int(v)
-                if len(rest) < cl:
-                    break
-                statuses[head.split(b" ", 2)[1].decode()] += 1
+            while (answer := split_response(buf)) is not None:
+                status, buf = answer
+                statuses[status] += 1
                 done += 1
-                buf = rest[cl:]
                 if sent < count:
                     c.sendall(req)
                     sent += 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Client for scripts/callgrind-proxy/run.sh: PORT N CONNS, N sequential GETs spread over CONNS keep-alive connections; prints how many got 200. BROWSER_HEADERS=1 sends the fields a browser sends (11 instead of 1)."""
 import os, socket, sys, time
+from framing import split_response
 port=int(sys.argv[1]); n=int(sys.argv[2]); conns=int(sys.argv[3]) if len(sys.argv)>3 else 1
 req=b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
 if os.environ.get("BROWSER_HEADERS"):
@@ -19,15 +20,11 @@ for k in range(conns):
     for i in range(n//conns):
         c.sendall(req)
         while True:
-            if b"\r\n\r\n" in buf:
-                head,rest=buf.split(b"\r\n\r\n",1)
-                cl=0
-                for line in head.split(b"\r\n")[1:]:
-                    k_,_,v=line.partition(b":")
-                    if k_.strip().lower()==b"content-length": cl=int(v)
-                if len(rest)>=cl:
-                    if head.startswith(b"HTTP/1.1 200"): ok+=1
-                    buf=rest[cl:]; break
+            answer=split_response(buf)
+            if answer is not None:
+                status,buf=answer
+                ok+=status=="200"
+                break
             d=c.recv(65536)
             if not d: raise SystemExit("closed")
             buf+=d

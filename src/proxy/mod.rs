@@ -75,7 +75,8 @@ pub struct Exchange<'a> {
     /// What is observed of the exchange as it goes, for metrics and logs.
     pub seen: Seen,
     /// The request's trace context (only when `tracing` is configured).
-    /// Boxed, as `cache` is.
+    /// Boxed, like `cache`: only traced requests have one, and the others
+    /// keep their state smaller.
     pub trace: Option<Box<crate::observe::trace::Trace>>,
     /// The request's consistent-hash key (set by the pipeline when the
     /// upstream balances by `ConsistentHash` and the request carries the key).
@@ -554,6 +555,17 @@ pub struct TryOptions {
     pub avoid: Option<SocketAddr>,
 }
 
+impl TryOptions {
+    /// No settings: what `Default` gives.
+    pub const NONE: TryOptions = TryOptions {
+        timeout: None,
+        connect_timeout: None,
+        hold: crate::resilience::breaker::StatusSet::EMPTY,
+        body: None,
+        avoid: None,
+    };
+}
+
 /// How a try ended before any response byte reached the client, if it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Early {
@@ -651,16 +663,11 @@ async fn connect_tls(
     }
 }
 
-/// A plain try's settings: none (no retry loop around it).
+/// A plain try's settings: none (no retry loop around it). A constant that
+/// every request borrows, rather than 160 bytes of defaults written into
+/// its state, which a busy connection's next request finds out of cache.
 pub fn plain_try() -> &'static TryOptions {
-    PLAIN_TRY.with(|o| *o)
-}
-
-thread_local! {
-    /// A plain try's settings (none), made once per shard: a request
-    /// borrows them rather than writing 160 bytes of defaults into its
-    /// state, which a busy connection's next request finds out of cache.
-    static PLAIN_TRY: &'static TryOptions = Box::leak(Box::default());
+    &TryOptions::NONE
 }
 
 /// Forwards `req` (whose body is still in `client`) to a target of `up` and

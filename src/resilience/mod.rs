@@ -7,11 +7,11 @@
 //! EWMA, consistent hashing).
 //!
 //! The stage is [`forward`], for routes and upstreams with these settings
-//! ([`is_plain`] tells the others, which take one plain try): it wraps the proxy's single try
-//! ([`proxy::forward_try`]) in the loop: ask the breaker, try, record the
-//! outcome, and retry (another target, after a backoff, within the budget
-//! and the deadline) or fall back, as long as nothing of the answer has
-//! reached the client.
+//! (the others, told by [`is_plain`], take one plain try). It wraps the
+//! proxy's single try ([`proxy::forward_try`]) in the loop: ask the
+//! breaker, try, record the outcome, and retry (another target, after a
+//! backoff, within the budget and the deadline) or fall back, as long as
+//! nothing of the answer has reached the client.
 
 pub mod balance;
 pub mod breaker;
