@@ -26,7 +26,7 @@
 //! `monoio-relay`) and what the gateway's own work costs (`shardgate`
 //! against `monoio-http`).
 //!
-//! Usage: `floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel LISTEN_ADDR UPSTREAM_ADDR` (under
+//! Usage: `floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel|uring[+fixed][+pollfirst][+multishot][+early] LISTEN_ADDR UPSTREAM_ADDR` (under
 //! `cargo bench` without arguments it prints this and exits).
 
 use std::net::SocketAddr;
@@ -37,6 +37,9 @@ use monoio::io::{
 };
 use monoio::net::{TcpListener, TcpStream};
 
+#[path = "floor_uring.rs"]
+mod uring;
+
 const BUF: usize = 16 * 1024;
 
 fn main() {
@@ -46,13 +49,20 @@ fn main() {
         .collect();
     let (Some(mode), Some(listen), Some(upstream)) = (args.first(), args.get(1), args.get(2))
     else {
-        eprintln!("usage: floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel LISTEN_ADDR UPSTREAM_ADDR");
+        eprintln!("usage: floor_proxy relay|http|duplex|duplex-up|duplex-client|duplex-cancel|uring[+fixed][+pollfirst][+multishot][+early] LISTEN_ADDR UPSTREAM_ADDR");
         return;
     };
     let (Ok(listen), Ok(upstream)) = (listen.parse::<SocketAddr>(), upstream.parse()) else {
         eprintln!("floor_proxy: addresses are IP:PORT");
         std::process::exit(2);
     };
+    if let Some(features) = uring::Features::parse(mode) {
+        if let Err(e) = uring::run(features, listen, upstream) {
+            eprintln!("floor_proxy: {mode}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let kind = match mode.as_str() {
         "relay" => 0,
         "http" => 1,

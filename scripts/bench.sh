@@ -89,7 +89,10 @@
 #   TARGETS=            default per scenario:
 #                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll";
 #                                also available: monoio-relay / monoio-http, the floors of
-#                                a proxy on the gateway's runtime (bench/floor_proxy.rs)
+#                                a proxy on the gateway's runtime (bench/floor_proxy.rs);
+#                                uring-http / -early / -fixed / -pollfirst / -multishot /
+#                                -all, the HTTP floor on a raw io_uring ring with one ring
+#                                feature at a time (bench/floor_uring.rs)
 #                         jwt:   "direct shardgate-noauth shardgate haproxy-noauth haproxy"
 #                         ratelimit: "direct nginx nginx-limited haproxy-unlimited haproxy
 #                                     shardgate-unlimited shardgate"; also available:
@@ -119,7 +122,7 @@
 #   SKIP_BUILD=0        1 = don't run `cargo build --release`
 #   SHARDGATE_BIN=target/release/shardgate
 #   BASE_BIN=, ABORT_BIN=   binaries for the shardgate-base / shardgate-abort targets
-#   FLOOR_BIN=          bench/floor_proxy's binary for the monoio-relay / monoio-http
+#   FLOOR_BIN=          bench/floor_proxy's binary for the monoio-* and uring-*
 #                       targets (default: built with `cargo bench --no-run`)
 #   RESULTS_DIR=        if set, raw runs (runs.tsv) and the report (report.md) are copied there
 #
@@ -1063,9 +1066,18 @@ start_target_monoio-duplex() { start_floor "$1" monoio-duplex duplex; }
 start_target_monoio-duplex-up() { start_floor "$1" monoio-duplex-up duplex-up; }
 start_target_monoio-duplex-client() { start_floor "$1" monoio-duplex-client duplex-client; }
 start_target_monoio-duplex-cancel() { start_floor "$1" monoio-duplex-cancel duplex-cancel; }
+# The HTTP floor on a raw io_uring ring (bench/floor_uring.rs), with the ring
+# features monoio does not expose: registered files, POLL_FIRST reads, a
+# multishot receive into a provided-buffer ring, reads posted early.
+start_target_uring-http() { start_floor "$1" uring-http uring; }
+start_target_uring-early() { start_floor "$1" uring-early uring+early; }
+start_target_uring-fixed() { start_floor "$1" uring-fixed uring+early+fixed; }
+start_target_uring-pollfirst() { start_floor "$1" uring-pollfirst uring+early+pollfirst; }
+start_target_uring-multishot() { start_floor "$1" uring-multishot uring+multishot; }
+start_target_uring-all() { start_floor "$1" uring-all uring+all; }
 
 build_floor() {
-    [[ " $TARGETS " == *" monoio-"* && -z "$FLOOR_BIN" ]] || return 0
+    [[ ( " $TARGETS " == *" monoio-"* || " $TARGETS " == *" uring-"* ) && -z "$FLOOR_BIN" ]] || return 0
     log "cargo bench --bench floor_proxy --no-run"
     FLOOR_BIN="$(cd "$REPO_DIR" && cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json, sys

@@ -116,6 +116,7 @@ load() {
 name_of() {
     case $1 in
     haproxy-tcp | haproxy-http) echo "$1" ;;
+    floor:uring*) echo "${1#floor:}" ;;
     floor:*) echo "monoio-${1#floor:}" ;;
     *) basename "$1" ;;
     esac
