@@ -17,7 +17,8 @@
 # Usage: scripts/cpu-split.sh TARGET...
 #   TARGET  haproxy-tcp, haproxy-http (HAProxy in HTTP mode, keep-alive and
 #           connection reuse, as scripts/bench.sh runs it), floor:MODE (bench/floor_proxy's MODE, e.g.
-#           floor:duplex, with FLOOR_BIN naming its binary), or a path to a
+#           floor:duplex or floor:uring+early+pollfirst, with FLOOR_BIN naming
+#           its binary), or a path to a
 #           shardgate binary
 #   ROUNDS=2 DURATION=4 CONNS=32 (environment)
 #   KEEP_PERF=DIR (environment) keeps each round's samples as
