@@ -5,47 +5,57 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 have() { command -v "$1" >/dev/null 2>&1; }
-apt_install() {
-    if ! have apt-get; then
-        echo "test.sh: apt-get not found; install $* by hand" >&2
-        return 1
-    fi
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
-}
+py_has() { python3 -c "import $1" 2>/dev/null || /usr/bin/python3 -c "import $1" 2>/dev/null; }
 
+# What the tests need, each with the tests that fail without it. Missing
+# ones are installed with one `apt-get update` and one `apt-get install`
+# (one by one only if that fails, to say which could not be had).
+missing=()
+need() { missing+=("$1|$2"); }
 # redis-server: the cluster-wide rate-limit tests start a real one on a free port.
-if ! have redis-server; then
-    apt_install redis-server || echo "test.sh: could not install redis-server; tests that need it will fail" >&2
-fi
+have redis-server || need "redis-server" "the Redis rate-limit tests"
 # chromium + chromedriver: tests/status_page.rs drives the admin status page in a headless browser.
 if ! have chromedriver || ! { have chromium || have chromium-browser; }; then
-    apt_install chromium chromium-driver || echo "test.sh: could not install chromium; the status-page test will fail" >&2
+    need "chromium chromium-driver" "the status-page test"
 fi
-export SHARDGATE_BROWSER_REQUIRED=1
 # python3-websockets: tests/websocket.rs runs a real WebSocket server and client.
-if ! python3 -c 'import websockets' 2>/dev/null && ! /usr/bin/python3 -c 'import websockets' 2>/dev/null; then
-    apt_install python3-websockets || echo "test.sh: could not install python3-websockets; the WebSocket tests will fail" >&2
-fi
+py_has websockets || need "python3-websockets" "the WebSocket tests"
 # python3-brotli + python3-zstandard: tests/compression.rs decodes the gateway's
 # brotli and zstd responses (and compresses request bodies) with real Python clients.
-if ! python3 -c 'import brotli, zstandard' 2>/dev/null && ! /usr/bin/python3 -c 'import brotli, zstandard' 2>/dev/null; then
-    apt_install python3-brotli python3-zstandard || echo "test.sh: could not install python3-brotli/python3-zstandard; the Python compression test will fail" >&2
-fi
-
+py_has "brotli, zstandard" || need "python3-brotli python3-zstandard" "the Python compression test"
 # nghttp2-client (nghttp, h2load): tests/h2_core.rs drives the HTTP/2 server with
 # independent clients; scripts/bench has h2load figures.
-if ! have nghttp || ! have h2load; then
-    apt_install nghttp2-client || echo "test.sh: could not install nghttp2-client; the nghttp/h2load HTTP/2 tests will fail" >&2
-fi
+{ have nghttp && have h2load; } || need "nghttp2-client" "the nghttp/h2load HTTP/2 tests"
 # python3-grpcio + python3-protobuf + python3-h2: the gRPC tests run a real gRPC
 # server and client (grpcio, messages by the bundled descriptor set), and the
 # HTTP/2 attack and conformance tests build frames with the h2 package.
-if ! python3 -c 'import grpc, google.protobuf, h2' 2>/dev/null && ! /usr/bin/python3 -c 'import grpc, google.protobuf, h2' 2>/dev/null; then
-    apt_install python3-grpcio python3-protobuf python3-h2 || echo "test.sh: could not install python3-grpcio/python3-protobuf/python3-h2; the gRPC and HTTP/2 wire tests will fail" >&2
+py_has "grpc, google.protobuf, h2" || need "python3-grpcio python3-protobuf python3-h2" "the gRPC and HTTP/2 wire tests"
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if ! have apt-get; then
+        for m in "${missing[@]}"; do
+            echo "test.sh: apt-get not found; install ${m%%|*} by hand, or ${m#*|} will fail" >&2
+        done
+    else
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        packages=()
+        for m in "${missing[@]}"; do
+            read -r -a words <<<"${m%%|*}"
+            packages+=("${words[@]}")
+        done
+        echo "== apt-get install ${packages[*]}"
+        $sudo apt-get update -qq || true
+        if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}"; then
+            for m in "${missing[@]}"; do
+                read -r -a words <<<"${m%%|*}"
+                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${words[@]}" ||
+                    echo "test.sh: could not install ${m%%|*}; ${m#*|} will fail" >&2
+            done
+        fi
+    fi
 fi
+export SHARDGATE_BROWSER_REQUIRED=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
