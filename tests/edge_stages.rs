@@ -204,11 +204,22 @@ fn validation_runs_before_the_cache_lookup() {
               cache: Some(Cache(key: CacheKey(query: Ignore)))),"#,
     );
     let mut c = Client::connect(gw.port);
+    let first = c.get("/list?limit=5");
     assert_eq!(
-        c.get("/list?limit=5").header("x-cache-status"),
-        Some("MISS")
+        first.header("x-cache-status"),
+        Some("MISS"),
+        "{} {}",
+        first.status,
+        first.text()
     );
-    assert_eq!(c.get("/list?limit=7").header("x-cache-status"), Some("HIT"));
+    let second = c.get("/list?limit=7");
+    assert_eq!(
+        second.header("x-cache-status"),
+        Some("HIT"),
+        "{} {}",
+        second.status,
+        second.text()
+    );
     // Same cache key (the query is not part of it), but refused first.
     let bad = c.get("/list?limit=abc");
     assert_eq!(bad.status, 400, "{}", bad.text());

@@ -1032,10 +1032,22 @@ pub fn assert_json_error(resp: &Resp, status: u16) -> String {
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before by this
+/// test process. The gateway binds its listeners with SO_REUSEPORT, so two
+/// gateways of tests running side by side that were given the same port
+/// would both bind it and share its connections: one test's requests then
+/// reach the other's routes.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A port nothing listens on, for the test process's whole life: bound
