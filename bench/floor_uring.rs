@@ -343,8 +343,10 @@ impl Floor {
         }
     }
 
-    /// The entry for an operation on side `side` (0 client, 1 upstream).
-    fn fd_entry(&self, c: &Conn, id: usize, side: usize, op: Op) -> squeue::Entry {
+    /// The entry for an operation on connection `id`'s side `side` (0
+    /// client, 1 upstream).
+    fn fd_entry(&self, id: usize, side: usize, op: Op) -> Option<squeue::Entry> {
+        let c = self.conns[id].as_ref()?;
         let raw: RawFd = if side == 0 {
             c.client.as_raw_fd()
         } else {
@@ -360,11 +362,11 @@ impl Floor {
                 }
             };
         }
-        if self.f.fixed {
+        Some(if self.f.fixed {
             build!(types::Fixed(slot))
         } else {
             build!(types::Fd(raw))
-        }
+        })
     }
 
     fn post_read(&mut self, id: usize, d: usize) {
@@ -390,8 +392,7 @@ impl Floor {
         };
         dir.reading = true;
         c.in_flight += 1;
-        let c = self.conns[id].as_ref().map(|c| self.fd_entry(c, id, d, op));
-        let Some(mut e) = c else {
+        let Some(mut e) = self.fd_entry(id, d, op) else {
             return;
         };
         if self.f.poll_first && !self.f.multishot {
@@ -408,10 +409,7 @@ impl Floor {
         let ptr = dir.buf[dir.sent..].as_ptr();
         let len = (dir.msg - dir.sent) as u32;
         c.in_flight += 1;
-        let e = self.conns[id]
-            .as_ref()
-            .map(|c| self.fd_entry(c, id, 1 - d, Op::Write(ptr, len)));
-        if let Some(e) = e {
+        if let Some(e) = self.fd_entry(id, 1 - d, Op::Write(ptr, len)) {
             self.push(e.user_data(((id as u64) << 3) | ((d as u64) << 1) | 1));
         }
     }

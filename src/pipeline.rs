@@ -247,7 +247,7 @@ pub async fn handle<'c>(
             target,
             client,
             ex,
-            proxy::plain_try(),
+            &proxy::TryOptions::NONE,
         )
         .await
         .result

@@ -540,7 +540,7 @@ enum Attempt {
 }
 
 /// Settings of one try, set by the retry loop ([`crate::resilience`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TryOptions {
     /// Time for the response head and between body reads, instead of the upstream's.
     pub timeout: Option<Duration>,
@@ -556,7 +556,10 @@ pub struct TryOptions {
 }
 
 impl TryOptions {
-    /// No settings: what `Default` gives.
+    /// No settings: a plain try's (no retry loop around it). A constant that
+    /// every plain request borrows, rather than 160 bytes of defaults
+    /// written into its state, which a busy connection's next request finds
+    /// out of cache.
     pub const NONE: TryOptions = TryOptions {
         timeout: None,
         connect_timeout: None,
@@ -564,6 +567,12 @@ impl TryOptions {
         body: None,
         avoid: None,
     };
+}
+
+impl Default for TryOptions {
+    fn default() -> Self {
+        TryOptions::NONE
+    }
 }
 
 /// How a try ended before any response byte reached the client, if it did.
@@ -663,16 +672,9 @@ async fn connect_tls(
     }
 }
 
-/// A plain try's settings: none (no retry loop around it). A constant that
-/// every request borrows, rather than 160 bytes of defaults written into
-/// its state, which a busy connection's next request finds out of cache.
-pub fn plain_try() -> &'static TryOptions {
-    &TryOptions::NONE
-}
-
 /// Forwards `req` (whose body is still in `client`) to a target of `up` and
 /// streams the response back: one try, with the retry loop's settings
-/// ([`crate::resilience::forward`]) or none ([`plain_try`]).
+/// ([`crate::resilience::forward`]) or none ([`TryOptions::NONE`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward_try(
     shard: &Shard,

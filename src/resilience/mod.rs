@@ -238,7 +238,7 @@ fn bad_status<'a>(statuses: impl IntoIterator<Item = &'a u16>) -> Option<String>
 
 /// True when the route and its upstream use none of this module's settings:
 /// the request then takes a plain try ([`proxy::forward_try`] with
-/// [`proxy::plain_try`]) instead of [`forward`].
+/// [`proxy::TryOptions::NONE`]) instead of [`forward`].
 pub fn is_plain(policy: &RoutePolicy, up: &UpstreamPlan) -> bool {
     up.breaker.is_none()
         && up.retry.is_none()
