@@ -26,6 +26,10 @@
 #           DIR/n-NAME-ROUND.txt, for per-symbol reports:
 #           perf report -i DIR/perf-NAME-ROUND.data --sort sym --stdio
 #           (samples × 100 µs ÷ requests = µs per request)
+#   PERF_CALLS=1 (environment) records call chains too (DWARF unwinding,
+#           about 140 MB of samples per second at 1,000 connections), so
+#           that with KEEP_PERF a symbol's callers can be read:
+#           perf report -i DIR/perf-NAME-ROUND.data --no-children -S SYMBOL -g caller --stdio
 # Needs perf, nginx, haproxy and wrk; traffic stays on 127.0.0.1.
 set -euo pipefail
 ROUNDS=${ROUNDS:-2}
@@ -126,7 +130,7 @@ name_of() {
 split() {
     local target=$1 round=$2 data="$WORK/perf.data"
     start_target "$target"
-    perf record -q -F 10000 -e cpu-clock -p "$TPID" -o "$data" -- sleep "$DURATION" 2>/dev/null &
+    perf record -q ${PERF_CALLS:+--call-graph dwarf,16384} -F 10000 -e cpu-clock -p "$TPID" -o "$data" -- sleep "$DURATION" 2>/dev/null &
     local perf=$!
     local n
     n=$(load)
