@@ -26,8 +26,10 @@ case "$profile" in
         bin="$target_dir/release/shardgate"
         ;;
     debug)
-        echo "== cargo build --bin shardgate"
-        cargo build --bin shardgate
+        # Built by the `cargo test` below, which builds the gateway's binary
+        # for the integration tests. A `cargo build` would build it again,
+        # with some dependencies rebuilt: without the dev-dependencies, their
+        # features are not unified with those the tests enable.
         bin="$target_dir/debug/shardgate"
         ;;
     *) echo "FUZZ_WIRE_PROFILE must be release or debug" >&2; exit 2 ;;
