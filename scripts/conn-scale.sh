@@ -10,7 +10,9 @@
 # Usage:  scripts/conn-scale.sh            (Markdown report on stdout)
 # Knobs:  COUNTS="10000 19000 50000 100000"  TARGETS="shardgate nginx" (or
 #         "shardgate nginx haproxy"; HAProxy's maxconn is half RLIMIT_NOFILE,
-#         so keep ACTIVE below that: ACTIVE=9000 with a 20,000 limit)
+#         so an ACTIVE above 90% of that runs HAProxy as several processes
+#         on one SO_REUSEPORT port, all on core 0: 2 for 10,000 under a
+#         20,000 limit; HAPROXY_PROCS=N sets the count)
 #         ACTIVE=10000  DURATION=10  ROUNDS=2  SKIP_BUILD=0
 #         SETTLE=5 (seconds between the last answer and the RSS reading)
 #         SHARDGATE_BIN=target/release/shardgate
@@ -120,6 +122,12 @@ want=$(( ${COUNTS##* } + 1000 ))
 ulimit -Hn "$want" 2>/dev/null || true
 ulimit -Sn "$(ulimit -Hn)"
 FD_LIMIT=$(ulimit -Sn)
+# HAProxy counts two descriptors per connection against the limit. The
+# active phase runs as many HAProxy processes as ACTIVE needs at 90% of that
+# maxconn each (the kernel's SO_REUSEPORT hash spreads connections within a
+# few per cent), unless HAPROXY_PROCS says otherwise.
+HAPROXY_MAXCONN=$(( (FD_LIMIT - 200) / 2 ))
+HAPROXY_PROCS=${HAPROXY_PROCS:-$(( (ACTIVE * 10 + HAPROXY_MAXCONN * 9 - 1) / (HAPROXY_MAXCONN * 9) ))}
 want=$FD_LIMIT
 PER_PROC=$(( FD_LIMIT * 3 / 4 ))  # connections per target process, on average
 HOLD_PER=$(( FD_LIMIT - 1000 ))   # connections per hold.py process, at most
@@ -212,11 +220,14 @@ RON
             ;;
         haproxy)
             # HAProxy needs two descriptors per proxied connection, so its
-            # maxconn is half the open-file limit here.
+            # maxconn is half the open-file limit here. P processes (the
+            # active phase only, see HAPROXY_PROCS) share the port through
+            # SO_REUSEPORT, which HAProxy sets on its listeners, and the
+            # 256 upstream connections between them.
             cat >"$dir/haproxy.cfg" <<CFG
 global
     nbthread 1
-    maxconn $(( (FD_LIMIT - 200) / 2 ))
+    maxconn $HAPROXY_MAXCONN
 defaults
     mode http
     option http-keep-alive
@@ -229,11 +240,12 @@ frontend fe
     bind 127.0.0.1:$PORT
     default_backend be
 backend be
-    server s1 127.0.0.1:$UP_PORT maxconn 256
+    server s1 127.0.0.1:$UP_PORT maxconn $(( 256 / procs ))
 CFG
-            (( procs == 1 )) || die "haproxy: one process only"
-            taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout.0" 2>"$dir/stderr.0" &
-            TPIDS+=("$!")
+            for ((i = 0; i < procs; i++)); do
+                taskset -c 0 haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout.$i" 2>"$dir/stderr.$i" &
+                TPIDS+=("$!")
+            done
             ;;
         *) die "unknown target $1" ;;
     esac
@@ -434,11 +446,19 @@ done
 echo
 echo "## $ACTIVE active connections: wrk -t2 -c$ACTIVE -d${DURATION}s, interleaved rounds"
 echo
+if (( HAPROXY_PROCS > 1 )) && [[ " $TARGETS " == *" haproxy "* ]]; then
+    echo "HAProxy runs as $HAPROXY_PROCS processes on core 0 here, on one SO_REUSEPORT port with"
+    echo "maxconn $HAPROXY_MAXCONN and $(( 256 / HAPROXY_PROCS )) upstream connections each: one process"
+    echo "may hold only $HAPROXY_MAXCONN connections under this open-file limit ($FD_LIMIT)."
+    echo
+fi
 echo "| round | target | req/s | p50 | p99 | errors (non-2xx, timeouts) | listen overflows |"
 echo "|---:|---|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
-        start_target "$t" 1
+        p=1
+        [[ $t == haproxy ]] && p=$HAPROXY_PROCS
+        start_target "$t" "$p"
         ov0=$(listen_overflows)
         out=$(taskset -c 1 timeout $((DURATION + 60)) wrk -t2 -c"$ACTIVE" -d"${DURATION}s" --latency \
             "http://127.0.0.1:$PORT/api/v1/items" 2>&1 || true)
