@@ -438,12 +438,12 @@ fn status_page_shows_live_traffic_in_a_real_browser() {
     }
 
     // The screenshot, at the page's full height, while the charts show
-    // traffic (STATUS_PAGE_TRAFFIC_S: seconds of traffic before it, 6 by
+    // traffic (STATUS_PAGE_TRAFFIC_S: seconds of traffic before it, 2 by
     // default; longer makes a fuller picture for the README).
     let before_shot = std::env::var("STATUS_PAGE_TRAFFIC_S")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(6)
+        .unwrap_or(2)
         .min(300);
     thread::sleep(Duration::from_secs(before_shot));
     let page = b.eval(READ_PAGE);
