@@ -32,10 +32,11 @@
 # at these counts). shardgate: P processes started with the same config
 # (`shards: Count(1)`, one SO_REUSEPORT listener each); nginx:
 # `worker_processes P` and `listen ... reuseport`, worker_connections and
-# worker_rlimit_nofile at the limit. HAProxy's multi-process rows are
-# reported as not run: nbproc is gone from modern HAProxy (2.5+), and
-# separate processes would each need their own maxconn (half the limit) and
-# stats, which this script does not set up. Counts that fit keep P = 1 and
+# worker_rlimit_nofile at the limit. HAProxy's multi-process idle rows are
+# reported as not run: nbproc is gone from modern HAProxy (2.5+), and one
+# process holds at most HAPROXY_MAXCONN connections, fewer than these
+# counts give each process (the active phase runs it as several processes,
+# see HAPROXY_PROCS). Counts that fit keep P = 1 and
 # today's configs. RSS is summed over all of a target's processes and their
 # children, and the table shows how many connections each process held at
 # the end (min-max over the P processes, from `ss -p`).
@@ -410,7 +411,7 @@ for n in $COUNTS; do
     fi
     for t in $TARGETS; do
         if [[ $t == haproxy ]] && (( procs > 1 )); then
-            echo "| $t | $procs | $n | – | – | – | – | – | – | not run: one HAProxy process holds at most $(( (FD_LIMIT - 200) / 2 )) here (nbproc is gone; no multi-process HAProxy set up) |"
+            echo "| $t | $procs | $n | – | – | – | – | – | – | not run: one HAProxy process holds at most $HAPROXY_MAXCONN here (nbproc is gone; several processes only in the active phase) |"
             continue
         fi
         log "$t: $n idle connections, $procs processes, $holders holders"
