@@ -86,13 +86,15 @@ pub fn demo() -> ExitCode {
         eprintln!("shardgate: demo backends failed to start: {e}");
         return ExitCode::from(1);
     }
-    run(
+    let code = run(
         Source::Text {
             name: "config/demo.ron".to_string(),
             text: text.into(),
         },
         crate::demo::print_instructions,
-    )
+    );
+    let _ = std::fs::remove_dir_all(crate::demo::files_dir());
+    code
 }
 
 fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {

@@ -36,7 +36,7 @@ pub fn with_https_listener(text: &str) -> Result<String, String> {
     let made =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .map_err(|e| format!("demo certificate: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
+    let dir = files_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
@@ -52,6 +52,13 @@ pub fn with_https_listener(text: &str) -> Result<String, String> {
     Ok(text.replacen(PUBLIC_LISTENER, &listener, 1))
 }
 
+/// Where the demo writes its certificate and bundled files: a directory of
+/// this process's under the system's temporary directory, removed when the
+/// demo stops.
+pub fn files_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()))
+}
+
 /// The demo's order schema (`config/schemas/order.json`), compiled in.
 pub const ORDER_SCHEMA: &str = include_str!("../config/schemas/order.json");
 
@@ -60,7 +67,7 @@ pub const ORDER_SCHEMA: &str = include_str!("../config/schemas/order.json");
 /// temporary directory) and points the demo config `text` at them, so the
 /// demo runs from any directory.
 pub fn with_bundled_schemas(text: &str) -> Result<String, String> {
-    let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
+    let dir = files_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("order.json");
     std::fs::write(&path, ORDER_SCHEMA).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -1071,8 +1071,11 @@ pub fn closed_port() -> u16 {
     port
 }
 
-/// A fresh temporary directory for one test.
+/// A fresh temporary directory for one test. The first call in a test
+/// process also removes those that ended processes left behind.
 pub fn temp_dir() -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_temp_dirs);
     let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1082,6 +1085,31 @@ pub fn temp_dir() -> PathBuf {
         std::env::temp_dir().join(format!("shardgate-test-{}-{n}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Removes the temporary directories of processes that have ended: a test's
+/// (`shardgate-test-PID-…`, kept when a test fails or does not clean up) and
+/// a demo gateway's (`shardgate-demo-PID`, kept when it is killed). Those of
+/// running processes, such as another test run's, stay.
+fn sweep_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| {
+            n.strip_prefix("shardgate-test-")
+                .or_else(|| n.strip_prefix("shardgate-demo-"))
+        }) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 pub fn bin() -> &'static str {
@@ -1168,14 +1196,36 @@ impl Gateway {
         let config_path = dir.join("gateway.ron");
         std::fs::write(&config_path, substitute(config, port, port2)).expect("write config");
         let mut cmd = Command::new(bin());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(&config_path);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Gateway::spawn(cmd, port, port2, dir, config_path)
+    }
+
+    /// The demo as the README's first command starts it: no arguments, from
+    /// the package's directory (the gateway on 127.0.0.1:8080, its admin
+    /// listener on 127.0.0.1:9900, which are `port` and `port2`).
+    pub fn start_demo() -> Gateway {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(root);
+        let config = root.join("config/demo.ron");
+        Gateway::spawn(cmd, 8080, 9900, temp_dir(), config)
+            .unwrap_or_else(|(msg, _)| panic!("{msg}"))
+    }
+
+    /// Starts `cmd` with its output collected and waits for `shardgate: ready`.
+    fn spawn(
+        mut cmd: Command,
+        port: u16,
+        port2: u16,
+        dir: PathBuf,
+        config_path: PathBuf,
+    ) -> Result<Gateway, (String, bool)> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn shardgate");
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
