@@ -2,7 +2,9 @@
 # Load comparison on loopback: the same tiny nginx upstream reached directly,
 # through nginx, through HAProxy and through shardgate (io_uring and epoll).
 #
-# Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr)
+# Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr;
+#                                            each round's progress line ends with the
+#                                            VM's steal time during it)
 #         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
 #         SCENARIO=aggregate scripts/bench.sh  (a three-part composite vs one proxied call)
 #         SCENARIO=cache scripts/bench.sh  (cache hits: shardgate vs nginx proxy_cache)
@@ -298,6 +300,16 @@ stat_ticks() {
     # shellcheck disable=SC2086
     set -- $rest
     echo $(( ${12} + ${13} ))      # fields 14 (utime) and 15 (stime)
+}
+
+# steal_ticks: ticks the hypervisor ran something else on this VM's CPUs
+# (all of them: the `cpu` line of /proc/stat, its eighth value). A round
+# whose p99 jumps while its p50 does not, with steal well above the other
+# rounds', was paused from outside rather than slow.
+steal_ticks() {
+    local -a cpu
+    read -r -a cpu </proc/stat
+    echo "${cpu[8]:-0}"
 }
 
 
@@ -1228,11 +1240,11 @@ run_wrk() {
 
 measure() {
     local round=$1 target=$2 url=${URL_OF[$2]} pids=${PIDS_OF[$2]}
-    local out="$WORK_DIR/wrk-$target-$round.txt" p0 p1 u0 u1 line
+    local out="$WORK_DIR/wrk-$target-$round.txt" p0 p1 u0 u1 s0 s1 line
     local -A f=()
     local during="" wrk_ok=1
     # shellcheck disable=SC2086
-    { p0=$(cpu_ticks $pids); u0=$(cpu_ticks "$UP_PID"); }
+    { p0=$(cpu_ticks $pids); u0=$(cpu_ticks "$UP_PID"); s0=$(steal_ticks); }
     # A target may do something while wrk runs (during_NAME PIDS), e.g. reload.
     if declare -F "during_$target" >/dev/null; then
         # shellcheck disable=SC2086
@@ -1249,7 +1261,7 @@ measure() {
         return 1
     fi
     # shellcheck disable=SC2086
-    { p1=$(cpu_ticks $pids); u1=$(cpu_ticks "$UP_PID"); }
+    { p1=$(cpu_ticks $pids); u1=$(cpu_ticks "$UP_PID"); s1=$(steal_ticks); }
     line="$(grep '^BENCH ' "$out" || true)"
     [[ -n "$line" ]] || { log "round $round $target: no summary from wrk:"; sed 's/^/    /' "$out" >&2; return 1; }
     local kv
@@ -1262,11 +1274,11 @@ measure() {
         "$proxy_ticks" "$((u1 - u0))" >>"$RUNS_TSV"
     awk -v r="$round" -v t="$target" -v n="${f[requests]}" -v d="${f[duration_us]}" \
         -v p50="${f[p50_us]}" -v p99="${f[p99_us]}" -v e="$errors" -v pt="$proxy_ticks" \
-        -v ut="$((u1 - u0))" -v hz="$CLK_TCK" 'BEGIN {
+        -v ut="$((u1 - u0))" -v st="$((s1 - s0))" -v hz="$CLK_TCK" 'BEGIN {
             n1 = (n > 0 ? n : 1)
             pc = (pt == "-") ? "-" : sprintf("%.2f", pt * 1e6 / hz / n1)
-            printf "[bench] round %d %-16s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  CPU µs/req: proxy %s upstream %.2f\n",
-                r, t, n / (d > 0 ? d / 1e6 : 1), p50 / 1000, p99 / 1000, e, pc, ut * 1e6 / hz / n1
+            printf "[bench] round %d %-16s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  CPU µs/req: proxy %s upstream %.2f  steal %d ms\n",
+                r, t, n / (d > 0 ? d / 1e6 : 1), p50 / 1000, p99 / 1000, e, pc, ut * 1e6 / hz / n1, st * 1000 / hz
         }' >&2
 }
 
