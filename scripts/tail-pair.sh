@@ -5,7 +5,8 @@
 # and prints per DURATION-second window each one's p50, p99 and max latency
 # and the VM's steal time. A spike that is the machine's (a pause, the
 # loopback, the upstream) can hit either; one that is the gateway's hits the
-# gateway alone, window after window. Ends with how many windows had a p99
+# gateway alone, window after window. The last column counts the upstream
+# connections the gateway opened in the window (its pool keeps 256 idle). Ends with how many windows had a p99
 # above SPIKE_MS for each, and for both at once.
 #
 # Usage: scripts/tail-pair.sh
@@ -28,9 +29,9 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
-read -r UP GW RELAY < <(python3 -c '
+read -r UP GW RELAY ADMIN < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(3)]
+s = [socket.socket() for _ in range(4)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
 
@@ -57,6 +58,7 @@ cat >"$DIR/gateway.ron" <<EOF
 Gateway(
     shards: Count(1),
     listeners: [ Listener(name: "pair", bind: "127.0.0.1:$GW") ],
+    admin: Some(Admin(bind: "127.0.0.1:$ADMIN")),
     upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP"], max_idle_per_target: 256) },
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
 )
@@ -97,22 +99,28 @@ stat() {
         /^ +99%/ { p99 = ms($2) }
         END { printf "%.1f %.1f %.1f\n", p50, p99, max }' "$1"
 }
+# Upstream connections the gateway has opened (not reused) so far.
+opened() {
+    curl -s "http://127.0.0.1:$ADMIN/metrics" |
+        awk '/^shardgate_upstream_connections_total.*kind="new"/ { n += $2 } END { print n + 0 }'
+}
 steal() { local -a cpu; read -r -a cpu </proc/stat; echo "${cpu[8]:-0}"; }
 hz=$(getconf CLK_TCK)
 echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS (each), $BIN"
-printf '%5s  %-26s  %-26s  %s\n' round "shardgate p50/p99/max ms" "relay p50/p99/max ms" "steal ms"
+printf '%5s  %-26s  %-26s  %8s  %s\n' round "shardgate p50/p99/max ms" "relay p50/p99/max ms" "steal ms" "upstream conns opened"
 spikes_gw=0 spikes_relay=0 spikes_both=0
 for r in $(seq "$ROUNDS"); do
-    s0=$(steal)
+    s0=$(steal) o0=$(opened)
     taskset -c 1 timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency \
         "http://127.0.0.1:$GW/api/v1/items" >"$DIR/gw.txt" 2>&1 & w1=$!
     taskset -c 1 timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency \
         "http://127.0.0.1:$RELAY/api/v1/items" >"$DIR/relay.txt" 2>&1 & w2=$!
     wait "$w1" "$w2" || true
-    s1=$(steal)
+    s1=$(steal) o1=$(opened)
     read -r g50 g99 gmax < <(stat "$DIR/gw.txt")
     read -r r50 r99 rmax < <(stat "$DIR/relay.txt")
-    printf '%5d  %-26s  %-26s  %d\n' "$r" "$g50 / $g99 / $gmax" "$r50 / $r99 / $rmax" $(((s1 - s0) * 1000 / hz))
+    printf '%5d  %-26s  %-26s  %8d  %d\n' "$r" "$g50 / $g99 / $gmax" "$r50 / $r99 / $rmax" \
+        $(((s1 - s0) * 1000 / hz)) $((o1 - o0))
     g=$(awk -v v="$g99" -v s="$SPIKE_MS" 'BEGIN { print (v > s) }')
     h=$(awk -v v="$r99" -v s="$SPIKE_MS" 'BEGIN { print (v > s) }')
     spikes_gw=$((spikes_gw + g)) spikes_relay=$((spikes_relay + h)) spikes_both=$((spikes_both + g * h))
