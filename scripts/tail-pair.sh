@@ -6,18 +6,20 @@
 # and the VM's steal time. A spike that is the machine's (a pause, the
 # loopback, the upstream) can hit either; one that is the gateway's hits the
 # gateway alone, window after window. The last column counts the upstream
-# connections the gateway opened in the window (its pool keeps 256 idle). Ends with how many windows had a p99
+# connections the gateway opened in the window (its pool keeps MAX_IDLE idle). Ends with how many windows had a p99
 # above SPIKE_MS for each, and for both at once.
 #
 # Usage: scripts/tail-pair.sh
 #   SHARDGATE_BIN=target/release/shardgate ROUNDS=30 DURATION=5 CONNS=500
-#   SPIKE_MS=300 (environment)
+#   SPIKE_MS=300 MAX_IDLE=256 (environment; MAX_IDLE is the gateway
+#   upstream's max_idle_per_target)
 # The proxies run on CPU 0, nginx (1 worker) and both wrk on CPU 1.
 # Needs nginx, haproxy and wrk; traffic stays on 127.0.0.1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${SHARDGATE_BIN:-$ROOT/target/release/shardgate}"
 ROUNDS="${ROUNDS:-30}" DURATION="${DURATION:-5}" CONNS="${CONNS:-500}" SPIKE_MS="${SPIKE_MS:-300}"
+MAX_IDLE="${MAX_IDLE:-256}"
 for tool in nginx haproxy wrk "$BIN"; do
     command -v "$tool" >/dev/null || { echo "tail-pair: $tool not found" >&2; exit 1; }
 done
@@ -59,7 +61,7 @@ Gateway(
     shards: Count(1),
     listeners: [ Listener(name: "pair", bind: "127.0.0.1:$GW") ],
     admin: Some(Admin(bind: "127.0.0.1:$ADMIN")),
-    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP"], max_idle_per_target: 256) },
+    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP"], max_idle_per_target: $MAX_IDLE) },
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
 )
 EOF
@@ -106,7 +108,7 @@ opened() {
 }
 steal() { local -a cpu; read -r -a cpu </proc/stat; echo "${cpu[8]:-0}"; }
 hz=$(getconf CLK_TCK)
-echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS (each), $BIN"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, kernel $(uname -r); ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS (each) MAX_IDLE=$MAX_IDLE, $BIN"
 printf '%5s  %-26s  %-26s  %8s  %s\n' round "shardgate p50/p99/max ms" "relay p50/p99/max ms" "steal ms" "upstream conns opened"
 spikes_gw=0 spikes_relay=0 spikes_both=0
 for r in $(seq "$ROUNDS"); do
