@@ -838,6 +838,36 @@ fn connections_beyond_max_idle_stay_while_a_load_uses_them_and_close_once_it_sto
 }
 
 #[test]
+fn a_load_that_comes_back_to_its_peak_keeps_the_connections_it_needs_through_its_lulls() {
+    // Bursts of eight requests at a time, two idle connections allowed, and
+    // between the bursts a lull of 1.5 s with one request at a time: longer
+    // than a surplus connection may stay unused. The connections the bursts
+    // need stay for the next burst (its recent peak), instead of being
+    // closed in each lull and opened again, each new one's first request
+    // waiting for the upstream to accept it.
+    const CLIENTS: usize = 8;
+    const BURSTS: usize = 3;
+    let backend = Backend::start(|_| Response::ok("ok").delay(Duration::from_millis(100)));
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("app", &[&backend.addr()], "max_idle_per_target: 2"),
+        &catch_all("app"),
+    ));
+    for burst in 0..BURSTS {
+        clients_in_rounds(gw.port, CLIENTS, 2, Duration::ZERO);
+        if burst + 1 < BURSTS {
+            clients_in_rounds(gw.port, 1, 10, Duration::from_millis(150));
+        }
+    }
+    assert_eq!(backend.count(), BURSTS * CLIENTS * 2 + (BURSTS - 1) * 10);
+    assert!(
+        backend.connections() <= CLIENTS + 2,
+        "{} upstream connections opened for bursts of {CLIENTS} requests",
+        backend.connections()
+    );
+}
+
+#[test]
 fn a_load_above_max_idle_reuses_its_connections_instead_of_reopening_them() {
     // Eight requests at a time, two idle connections allowed: the pool keeps
     // the eight it needs while they are in use, instead of closing six after

@@ -20,6 +20,13 @@ use std::time::{Duration, Instant};
 /// after every sweep (one sweep a second).
 pub const SURPLUS_UNUSED: Duration = Duration::from_secs(1);
 
+/// Sweeps (one a second) over which a target's peak of connections in use
+/// is remembered: idle connections up to that peak stay through the lulls
+/// of a load that keeps coming back to it, instead of being closed after a
+/// second and reopened at its next peak, where a new connection's first
+/// request waits for the upstream to accept it.
+const PEAK_SWEEPS: usize = 5;
+
 /// FxHash (as in rustc): a multiply-rotate hash, far cheaper than SipHash for
 /// a socket address looked up several times per request. The keys are
 /// configured target addresses, not client input, so flooding is not a concern.
@@ -106,6 +113,11 @@ struct TargetPool {
     open: usize,
     /// Requests waiting for a slot, oldest first.
     waiting: VecDeque<Rc<Waiter>>,
+    /// Most connections in use at once since the last sweep, and in each
+    /// of the [`PEAK_SWEEPS`] periods before (a ring, `peak_at` next).
+    peak: usize,
+    peaks: [usize; PEAK_SWEEPS],
+    peak_at: usize,
 }
 
 impl TargetPool {
@@ -127,6 +139,7 @@ impl TargetPool {
     ) -> Result<Option<Box<Conn>>, Full> {
         while let Some((conn, since)) = self.idle.pop() {
             if now.duration_since(since) < max_age {
+                self.note_in_use();
                 return Ok(Some(conn));
             }
             // Its slot is reused by this request.
@@ -136,7 +149,25 @@ impl TargetPool {
             return Err(Full);
         }
         self.open += 1;
+        self.note_in_use();
         Ok(None)
+    }
+
+    /// Raises this period's peak of connections in use (open, not idle).
+    #[inline]
+    fn note_in_use(&mut self) {
+        self.peak = self.peak.max(self.open.saturating_sub(self.idle.len()));
+    }
+
+    /// Ends a sweep period: the highest number of connections in use over
+    /// the last [`PEAK_SWEEPS`] periods, `in_use` now included.
+    fn recent_peak(&mut self, in_use: usize) -> usize {
+        if let Some(slot) = self.peaks.get_mut(self.peak_at) {
+            *slot = self.peak.max(in_use);
+        }
+        self.peak_at = (self.peak_at + 1) % PEAK_SWEEPS;
+        self.peak = in_use;
+        self.peaks.iter().copied().max().unwrap_or(0)
     }
 
     #[inline]
@@ -269,16 +300,21 @@ impl Pools {
     }
 
     /// Closes idle connections older than `max_age`, and those beyond
-    /// `max_idle` that have not been used for [`SURPLUS_UNUSED`].
+    /// `max_idle` that have not been used for [`SURPLUS_UNUSED`] and that
+    /// no recent peak of the load needed (see [`PEAK_SWEEPS`]).
     pub fn reap(&mut self, policy: impl Fn(SocketAddr) -> (Duration, usize), now: Instant) {
         self.targets.retain(|addr, pool| {
             let (age, max_idle) = policy(*addr);
             let before = pool.idle.len();
+            let in_use = pool.open.saturating_sub(before);
+            let peak = pool.recent_peak(in_use);
             pool.idle
                 .retain(|(_, since)| now.duration_since(*since) < age);
-            // The oldest beyond `max_idle` (the list is in order of use),
+            // The oldest beyond what a recent peak used on top of what is in
+            // use now, and beyond `max_idle` (the list is in order of use),
             // unless the load used them lately: it then needs them again.
-            let surplus = pool.idle.len().saturating_sub(max_idle);
+            let keep = max_idle.max(peak.saturating_sub(in_use));
+            let surplus = pool.idle.len().saturating_sub(keep);
             let unused = pool
                 .idle
                 .iter()
