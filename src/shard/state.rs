@@ -285,8 +285,9 @@ impl Shard {
     }
 
     /// Closes idle upstream connections past their upstream's idle timeout,
-    /// and the least recently used beyond its `max_idle_per_target` once
-    /// unused for [`crate::proxy::pool::SURPLUS_UNUSED`].
+    /// and the least recently used beyond its `max_idle_per_target` (and
+    /// beyond what the load's recent peak used) once unused for
+    /// [`crate::proxy::pool::SURPLUS_UNUSED`].
     pub fn reap_pools(&self, now: Instant) {
         let cfg = self.config();
         let ups = &cfg.compiled.upstreams;
