@@ -1038,24 +1038,7 @@ start_target_haproxy()        { start_haproxy "$1" haproxy "$HAPROXY_AUTH_RULES"
 start_target_haproxy-tcp() {
     local port=$1 dir="$WORK_DIR/haproxy-tcp"
     mkdir -p "$dir"
-    cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread $WORKERS
-    maxconn 4096
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-
-frontend fe
-    bind 127.0.0.1:$port
-    default_backend be
-
-backend be
-    server s1 127.0.0.1:$UP_PORT
-EOF
+    haproxy_tcp_config "$port" "$UP_PORT" "$WORKERS" >"$dir/haproxy.cfg"
     start_bg "$dir/stdout.log" "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg"
     await_target haproxy-tcp "$port" "$dir"
 }

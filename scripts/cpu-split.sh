@@ -32,6 +32,8 @@
 #           perf report -i DIR/perf-NAME-ROUND.data --no-children -S SYMBOL -g caller --stdio
 # Needs perf, nginx, haproxy and wrk; traffic stays on 127.0.0.1.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/bench/lib.sh"
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-4}
 CONNS=${CONNS:-32}
@@ -58,21 +60,7 @@ http { access_log off; keepalive_timeout 300s; keepalive_requests 1000000;
   server { listen 127.0.0.1:$UP_PORT; location / { default_type application/json;
     return 200 '{"items":[1,2,3]}'; } } }
 EOF
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$PX_PORT
-    default_backend be
-backend be
-    server s1 127.0.0.1:$UP_PORT
-EOF
+haproxy_tcp_config "$PX_PORT" "$UP_PORT" 1 >"$WORK/haproxy.cfg"
 sed -e 's/mode tcp/mode http\n    option http-keep-alive\n    http-reuse always\n    timeout http-keep-alive 60s/' \
     "$WORK/haproxy.cfg" >"$WORK/haproxy-http.cfg"
 cat >"$WORK/gateway.ron" <<EOF

@@ -31,11 +31,9 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
-read -r UP GW RELAY ADMIN < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
+# shellcheck source=bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
+{ read -r UP; read -r GW; read -r RELAY; read -r ADMIN; } < <(free_ports 4)
 
 cat >"$DIR/nginx.conf" <<EOF
 worker_processes 1;
@@ -65,21 +63,7 @@ Gateway(
     routes: [ Route(name: "all", match: Match(path_prefix: "/"), upstream: "up") ],
 )
 EOF
-cat >"$DIR/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$RELAY
-    default_backend be
-backend be
-    server s1 127.0.0.1:$UP
-EOF
+haproxy_tcp_config "$RELAY" "$UP" 1 >"$DIR/haproxy.cfg"
 taskset -c 1 nginx -p "$DIR" -e "$DIR/error.log" -c "$DIR/nginx.conf" & PIDS+=($!)
 SHARDGATE_DRIVER=io_uring taskset -c 0 "$BIN" --config "$DIR/gateway.ron" >"$DIR/gateway.log" 2>&1 & PIDS+=($!)
 taskset -c 0 haproxy -db -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 & PIDS+=($!)

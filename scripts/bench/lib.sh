@@ -1,4 +1,5 @@
-# Helpers shared by the load scripts (scripts/bench.sh, scripts/h2-bench.sh).
+# Helpers shared by the load scripts (scripts/bench.sh, scripts/h2-bench.sh,
+# scripts/cpu-split.sh, scripts/tail-pair.sh).
 # Sourced; each script defines its own `log`.
 
 free_ports() {
@@ -35,3 +36,26 @@ cpu_ticks() {
 }
 
 die() { log "error: $*"; exit 1; }
+
+# haproxy_tcp_config PORT UPSTREAM_PORT THREADS: HAProxy as a pure TCP relay
+# (`mode tcp`, no HTTP work) from 127.0.0.1:PORT to 127.0.0.1:UPSTREAM_PORT.
+haproxy_tcp_config() {
+    cat <<EOF
+global
+    nbthread $3
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend fe
+    bind 127.0.0.1:$1
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$2
+EOF
+}
