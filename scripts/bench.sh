@@ -4,7 +4,8 @@
 #
 # Usage:  scripts/bench.sh                  (Markdown report on stdout, progress on stderr;
 #                                            each round's progress line ends with the
-#                                            VM's steal time during it)
+#                                            VM's steal time during it and the
+#                                            connections the upstream accepted in it)
 #         SCENARIO=jwt scripts/bench.sh     (every request carries an HS256 bearer token)
 #         SCENARIO=aggregate scripts/bench.sh  (a three-part composite vs one proxied call)
 #         SCENARIO=cache scripts/bench.sh  (cache hits: shardgate vs nginx proxy_cache)
@@ -310,6 +311,27 @@ steal_ticks() {
     local -a cpu
     read -r -a cpu </proc/stat
     echo "${cpu[8]:-0}"
+}
+
+# upstream_accepts: connections the upstream nginx has accepted so far (its
+# stub_status on STATUS_PORT, read over /dev/tcp; this read's own connection
+# is counted in it). Targets run one at a time, so a round's difference,
+# less one, is the connections its target opened to the upstream: a proxy
+# that opens connections under load makes their first requests wait for
+# the upstream's accept.
+upstream_accepts() {
+    local line n=0 fields
+    exec 5<>"/dev/tcp/127.0.0.1/$STATUS_PORT" || { echo 0; return; }
+    printf 'GET /status HTTP/1.0\r\n\r\n' >&5
+    while IFS= read -r line <&5; do
+        read -r -a fields <<<"${line%$'\r'}"
+        if ((${#fields[@]} == 3)) && [[ "${fields[0]}" =~ ^[0-9]+$ ]]; then
+            n=${fields[0]}
+            break
+        fi
+    done
+    exec 5<&-
+    echo "$n"
 }
 
 
@@ -811,6 +833,10 @@ start_upstream() {
         }
 $(agg_enrich_locations)
     }
+    server {
+        listen 127.0.0.1:$STATUS_PORT;
+        location = /status { stub_status; }
+    }
 EOF
         # The resilience scenario's second target: the same answer, or a 500
         # for half of the requests (chosen by request id).
@@ -1223,11 +1249,11 @@ run_wrk() {
 
 measure() {
     local round=$1 target=$2 url=${URL_OF[$2]} pids=${PIDS_OF[$2]}
-    local out="$WORK_DIR/wrk-$target-$round.txt" p0 p1 u0 u1 s0 s1 line
+    local out="$WORK_DIR/wrk-$target-$round.txt" p0 p1 u0 u1 s0 s1 a0 a1 line
     local -A f=()
     local during="" wrk_ok=1
     # shellcheck disable=SC2086
-    { p0=$(cpu_ticks $pids); u0=$(cpu_ticks "$UP_PID"); s0=$(steal_ticks); }
+    { p0=$(cpu_ticks $pids); u0=$(cpu_ticks "$UP_PID"); s0=$(steal_ticks); a0=$(upstream_accepts); }
     # A target may do something while wrk runs (during_NAME PIDS), e.g. reload.
     if declare -F "during_$target" >/dev/null; then
         # shellcheck disable=SC2086
@@ -1244,7 +1270,7 @@ measure() {
         return 1
     fi
     # shellcheck disable=SC2086
-    { p1=$(cpu_ticks $pids); u1=$(cpu_ticks "$UP_PID"); s1=$(steal_ticks); }
+    { p1=$(cpu_ticks $pids); u1=$(cpu_ticks "$UP_PID"); s1=$(steal_ticks); a1=$(upstream_accepts); }
     line="$(grep '^BENCH ' "$out" || true)"
     [[ -n "$line" ]] || { log "round $round $target: no summary from wrk:"; sed 's/^/    /' "$out" >&2; return 1; }
     local kv
@@ -1257,11 +1283,11 @@ measure() {
         "$proxy_ticks" "$((u1 - u0))" >>"$RUNS_TSV"
     awk -v r="$round" -v t="$target" -v n="${f[requests]}" -v d="${f[duration_us]}" \
         -v p50="${f[p50_us]}" -v p99="${f[p99_us]}" -v e="$errors" -v pt="$proxy_ticks" \
-        -v ut="$((u1 - u0))" -v st="$((s1 - s0))" -v hz="$CLK_TCK" 'BEGIN {
+        -v ut="$((u1 - u0))" -v st="$((s1 - s0))" -v ac="$((a1 - a0 - 1))" -v hz="$CLK_TCK" 'BEGIN {
             n1 = (n > 0 ? n : 1)
             pc = (pt == "-") ? "-" : sprintf("%.2f", pt * 1e6 / hz / n1)
-            printf "[bench] round %d %-16s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  CPU µs/req: proxy %s upstream %.2f  steal %d ms\n",
-                r, t, n / (d > 0 ? d / 1e6 : 1), p50 / 1000, p99 / 1000, e, pc, ut * 1e6 / hz / n1, st * 1000 / hz
+            printf "[bench] round %d %-16s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  CPU µs/req: proxy %s upstream %.2f  steal %d ms  upstream accepts %d\n",
+                r, t, n / (d > 0 ? d / 1e6 : 1), p50 / 1000, p99 / 1000, e, pc, ut * 1e6 / hz / n1, st * 1000 / hz, ac
         }' >&2
 }
 
@@ -1281,8 +1307,9 @@ build_shardgate
 build_floor
 
 read -r -a TARGET_LIST <<<"$TARGETS"
-mapfile -t PORTS < <(free_ports $((${#TARGET_LIST[@]} + 1)))
+mapfile -t PORTS < <(free_ports $((${#TARGET_LIST[@]} + 2)))
 UP_PORT=${PORTS[0]}
+STATUS_PORT=${PORTS[${#TARGET_LIST[@]} + 1]}
 
 log "scenario=$SCENARIO rounds=$ROUNDS duration=${DURATION}s conns=$CONNS workers=$WORKERS proxy cpus=$PROXY_CPUS load cpus=$LOAD_CPUS"
 start_upstream
