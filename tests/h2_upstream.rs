@@ -610,7 +610,7 @@ fn http2_settings_are_checked() {
         "        Route(name: \"r\", match: Match(path_prefix: \"/\"), upstream: \"h2\", compression: Some(Compression())),\n        Route(name: \"m\", match: Match(path_prefix: \"/m\"), upstream: \"h1\", mirror: Some(Mirror(upstream: \"h2\"))),\n",
     );
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+    let out = std::process::Command::new(bin())
         .args(["check", path.to_str().unwrap()])
         .output()
         .unwrap();

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An https backend on a thread per connection: answers every request
 /// `200` with `<name> <path> sni=<server name> client=<client cert CN?>`,
@@ -238,6 +238,12 @@ fn mtls_to_an_upstream_that_requires_a_client_certificate() {
     ));
     let resp = Client::connect(without.port).get("/n");
     assert!(resp.status == 502, "{} {}", resp.status, resp.text());
+    // The backend's thread counts the failed handshake after sending its
+    // alert, which is what the gateway answered 502 on: wait for the count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.handshakes_failed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(backend.handshakes_failed.load(Ordering::SeqCst) >= 1);
 }
 

@@ -1112,8 +1112,15 @@ fn sweep_temp_dirs() {
     }
 }
 
+/// The gateway binary the tests run: the one cargo built for them, or
+/// `SHARDGATE_TEST_BIN` when set (to run the suite against another build
+/// of this code, e.g. the profile-guided one of `scripts/pgo-build.sh`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shardgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SHARDGATE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_shardgate").to_string())
+    })
 }
 
 /// The limits most tests use.
