@@ -434,29 +434,6 @@ await_tls_target() {
     }
 }
 
-# mint_jwt SECRET ISSUER EXP_IN_SECONDS [ALG]: an HS256 JWT (ALG=none gives an
-# unsigned token) with claims {"sub":"bench-user","iss":ISSUER,"exp":now+N}.
-mint_jwt() {
-    python3 - "$@" <<'EOF'
-import base64, hashlib, hmac, json, sys, time
-secret, issuer, exp_in = sys.argv[1], sys.argv[2], int(sys.argv[3])
-alg = sys.argv[4] if len(sys.argv) > 4 else "HS256"
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-def part(obj):
-    return b64(json.dumps(obj, separators=(",", ":")).encode())
-
-claims = {"sub": "bench-user", "iss": issuer, "exp": int(time.time()) + exp_in}
-signing_input = part({"alg": alg, "typ": "JWT"}) + "." + part(claims)
-sig = ""
-if alg != "none":
-    sig = b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
-print(signing_input + "." + sig)
-EOF
-}
-
 JWT_ISSUER=bench
 
 scenario_jwt() {

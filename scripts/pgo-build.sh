@@ -77,14 +77,7 @@ EOF
 start_bg "$WORK/up/stdout.log" 0-64 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 
 SECRET=pgo-training-secret-0123456789
-TOKEN="$(python3 - "$SECRET" <<'EOF'
-import base64, hashlib, hmac, json, sys, time
-def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-def part(o): return b64(json.dumps(o, separators=(",", ":")).encode())
-head = part({"alg": "HS256", "typ": "JWT"}) + "." + part({"sub": "trainer", "iss": "pgo", "exp": int(time.time()) + 3600})
-print(head + "." + b64(hmac.new(sys.argv[1].encode(), head.encode(), hashlib.sha256).digest()))
-EOF
-)"
+TOKEN="$(mint_jwt "$SECRET" pgo 3600)"
 cat >"$WORK/gateway.ron" <<EOF
 Gateway(
     shards: Count(1),

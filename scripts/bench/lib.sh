@@ -1,5 +1,5 @@
 # Helpers shared by the load scripts (scripts/bench.sh, scripts/h2-bench.sh,
-# scripts/cpu-split.sh, scripts/tail-pair.sh).
+# scripts/cpu-split.sh, scripts/tail-pair.sh, scripts/pgo-build.sh).
 # Sourced; each script defines its own `log`.
 
 free_ports() {
@@ -57,5 +57,28 @@ frontend fe
 
 backend be
     server s1 127.0.0.1:$2
+EOF
+}
+
+# mint_jwt SECRET ISSUER EXP_IN_SECONDS [ALG]: an HS256 JWT (ALG=none gives an
+# unsigned token) with claims {"sub":"bench-user","iss":ISSUER,"exp":now+N}.
+mint_jwt() {
+    python3 - "$@" <<'EOF'
+import base64, hashlib, hmac, json, sys, time
+secret, issuer, exp_in = sys.argv[1], sys.argv[2], int(sys.argv[3])
+alg = sys.argv[4] if len(sys.argv) > 4 else "HS256"
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+def part(obj):
+    return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+claims = {"sub": "bench-user", "iss": issuer, "exp": int(time.time()) + exp_in}
+signing_input = part({"alg": alg, "typ": "JWT"}) + "." + part(claims)
+sig = ""
+if alg != "none":
+    sig = b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
+print(signing_input + "." + sig)
 EOF
 }
