@@ -88,6 +88,9 @@
 #   DURATION=5          seconds per wrk run
 #   WARMUP=1            seconds of unrecorded load per target before round 1 (0 = none)
 #   CONNS=32            wrk connections (wrk always uses -t1)
+#   SG_MAX_IDLE=256     shardgate's max_idle_per_target (idle upstream connections
+#                       a shard keeps per target)
+#   SG_POOL_IDLE_MS=    shardgate's upstream idle_timeout_ms (empty = the default, 30 s)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
 #   TARGETS=            default per scenario:
 #                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll";
@@ -360,6 +363,8 @@ SG_ROUTE_EXTRA=""
 SG_ROUTE_AUTH=""
 SG_TARGETS_EXTRA=""
 SG_UPSTREAM_EXTRA=""
+SG_MAX_IDLE=${SG_MAX_IDLE:-256}
+SG_POOL_IDLE_MS=${SG_POOL_IDLE_MS:-}
 NGINX_UPSTREAM_EXTRA=""
 FLAKY_PORT=""
 NGINX_LOCATION_EXTRA=""
@@ -1102,7 +1107,7 @@ start_shardgate() {
 Gateway(
     shards: Count($WORKERS),
     listeners: [ Listener(name: "bench", bind: "127.0.0.1:$port") ],
-    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"$SG_TARGETS_EXTRA], max_idle_per_target: 256$SG_UPSTREAM_EXTRA) },
+    upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"$SG_TARGETS_EXTRA], max_idle_per_target: $SG_MAX_IDLE${SG_POOL_IDLE_MS:+, idle_timeout_ms: $SG_POOL_IDLE_MS}$SG_UPSTREAM_EXTRA) },
     routes: [ Route(name: "all", $route_body$SG_ROUTE_EXTRA$route_auth) ],
 $SG_EXTRA
 )
