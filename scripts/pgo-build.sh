@@ -15,7 +15,8 @@
 #   PGO_DIR=target/pgo (environment) where the profile, both builds'
 #           targets and the optimised binary go
 # Needs: the llvm-tools rustup component (added when missing), nginx, wrk
-# and python3; about twice a release build's time.
+# and python3; about three release builds' time (the instrumented build
+# rebuilds every dependency with its own flags).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/bench/lib.sh"
