@@ -770,35 +770,6 @@ check_target_jwt() {
 # ---------------------------------------------------------------------------
 UPSTREAM_BODY='{"ok":true,"service":"bench-upstream","data":{"id":12345,"name":"widget","tags":["a","b","c"]}}'
 
-# Common nginx preamble: everything under the run's temp dir.
-nginx_common() {
-    local dir=$1 workers=$2
-    cat <<EOF
-worker_processes $workers;
-daemon off;
-master_process on;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_http_common() {
-    local dir=$1
-    cat <<EOF
-    access_log off;
-    server_tokens off;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-EOF
-}
-
 start_upstream() {
     local dir="$WORK_DIR/upstream"
     mkdir -p "$dir"

@@ -63,18 +63,7 @@ GEN_BIN=$(build "$PGO_DIR/gen" "-Cprofile-generate=$PGO_DIR/raw")
 mapfile -t PORTS < <(free_ports 2)
 UP=${PORTS[0]} PX=${PORTS[1]}
 mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_timeout 300s; keepalive_requests 1000000;
-  client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up;
-  uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
-  server { listen 127.0.0.1:$UP backlog=4096; location / { default_type application/json;
-    return 200 '{"items":[{"id":1,"name":"widget"},{"id":2,"name":"gadget"}]}'; } } }
-EOF
+nginx_upstream_config "$WORK/up" "$UP" '{"items":[{"id":1,"name":"widget"},{"id":2,"name":"gadget"}]}' >"$WORK/up/nginx.conf"
 start_bg "$WORK/up/stdout.log" 0-64 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 
 SECRET=pgo-training-secret-0123456789

@@ -35,25 +35,7 @@ trap cleanup EXIT
 source "$ROOT/scripts/bench/lib.sh"
 { read -r UP; read -r GW; read -r RELAY; read -r ADMIN; } < <(free_ports 4)
 
-cat >"$DIR/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $DIR/nginx.pid;
-error_log $DIR/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-http {
-    access_log off; server_tokens off;
-    keepalive_timeout 75s; keepalive_requests 1000000;
-    client_body_temp_path $DIR/cb; proxy_temp_path $DIR/px; fastcgi_temp_path $DIR/fc;
-    uwsgi_temp_path $DIR/uw; scgi_temp_path $DIR/sc;
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        location / { default_type application/json; return 200 '{"items":[{"id":1},{"id":2}],"total":2}'; }
-    }
-}
-EOF
+nginx_upstream_config "$DIR" "$UP" '{"items":[{"id":1},{"id":2}],"total":2}' >"$DIR/nginx.conf"
 cat >"$DIR/gateway.ron" <<EOF
 Gateway(
     shards: Count(1),

@@ -82,3 +82,48 @@ if alg != "none":
 print(signing_input + "." + sig)
 EOF
 }
+
+# Common nginx preamble: everything under the run's temp dir.
+nginx_common() {
+    local dir=$1 workers=$2
+    cat <<EOF
+worker_processes $workers;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 8192; }
+EOF
+}
+
+nginx_http_common() {
+    local dir=$1
+    cat <<EOF
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+EOF
+}
+
+# nginx_upstream_config DIR PORT BODY: one nginx worker answering BODY (as
+# JSON) to every request on 127.0.0.1:PORT, its files under DIR.
+nginx_upstream_config() {
+    local dir=$1 port=$2 body=$3
+    nginx_common "$dir" 1
+    echo "http {"
+    nginx_http_common "$dir"
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / { default_type application/json; return 200 '$body'; }
+    }
+}
+EOF
+}
