@@ -91,6 +91,8 @@
 #   SG_MAX_IDLE=256     shardgate's max_idle_per_target (idle upstream connections
 #                       a shard keeps per target)
 #   SG_POOL_IDLE_MS=    shardgate's upstream idle_timeout_ms (empty = the default, 30 s)
+#   UP_MULTI_ACCEPT=off the upstream nginx's multi_accept (off: one new connection
+#                       accepted per event-loop turn, nginx's default)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
 #   TARGETS=            default per scenario:
 #                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll";
@@ -365,6 +367,7 @@ SG_TARGETS_EXTRA=""
 SG_UPSTREAM_EXTRA=""
 SG_MAX_IDLE=${SG_MAX_IDLE:-256}
 SG_POOL_IDLE_MS=${SG_POOL_IDLE_MS:-}
+UP_MULTI_ACCEPT=${UP_MULTI_ACCEPT:-off}
 NGINX_UPSTREAM_EXTRA=""
 FLAKY_PORT=""
 NGINX_LOCATION_EXTRA=""
@@ -774,7 +777,7 @@ start_upstream() {
     local dir="$WORK_DIR/upstream"
     mkdir -p "$dir"
     {
-        nginx_common "$dir" 1
+        nginx_common "$dir" 1 "$UP_MULTI_ACCEPT"
         echo "http {"
         nginx_http_common "$dir"
         cat <<EOF

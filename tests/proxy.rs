@@ -798,12 +798,12 @@ fn idle_upstream_connections(gw: &Gateway) -> usize {
 }
 
 #[test]
-fn connections_beyond_max_idle_stay_while_a_load_uses_them_and_close_once_it_stops() {
+fn connections_beyond_max_idle_stay_while_a_load_uses_them_and_close_gradually_once_it_stops() {
     // Eight clients, each pausing between requests, so that most of the time
     // most of the eight upstream connections are idle, over several of the
     // shard's once-a-second sweeps. Only two idle connections are allowed:
-    // the sweeps leave the other six, which the load keeps using, and close
-    // them once it stops.
+    // the sweeps leave the other six, which the load keeps using, and once
+    // it stops they close a few at a time, not all at one sweep.
     const CLIENTS: usize = 8;
     const ROUNDS: usize = 16;
     let backend = Backend::start(|_| Response::ok("ok").delay(Duration::from_millis(20)));
@@ -828,13 +828,51 @@ fn connections_beyond_max_idle_stay_while_a_load_uses_them_and_close_once_it_sto
         idle_upstream_connections(&gw) > 2,
         "the surplus was closed at once"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The peak is remembered for five sweeps, then the surplus goes at
+    // about one connection a sweep.
+    let deadline = Instant::now() + Duration::from_secs(25);
     let mut idle = idle_upstream_connections(&gw);
+    let mut seen = vec![idle];
     while idle > 2 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
         idle = idle_upstream_connections(&gw);
+        if seen.last() != Some(&idle) {
+            seen.push(idle);
+        }
     }
-    assert_eq!(idle, 2, "idle upstream connections once the load stopped");
+    assert_eq!(
+        idle, 2,
+        "idle upstream connections once the load stopped: {seen:?}"
+    );
+    assert!(
+        seen.len() > 2,
+        "the surplus closed at one sweep, not gradually: {seen:?}"
+    );
+}
+
+#[test]
+fn a_load_whose_lulls_outlast_the_peak_window_keeps_most_of_its_connections() {
+    // Bursts of eight requests at a time, two idle connections allowed, and
+    // a lull of seven seconds between them, longer than the five sweeps a
+    // peak is remembered for. The estimate of what the load needs falls
+    // about one connection a sweep after that, so the next burst finds most
+    // of its connections still open instead of reopening all six.
+    const CLIENTS: usize = 8;
+    let backend = Backend::start(|_| Response::ok("ok").delay(Duration::from_millis(100)));
+    let gw = Gateway::start(&config(
+        1,
+        &upstream("app", &[&backend.addr()], "max_idle_per_target: 2"),
+        &catch_all("app"),
+    ));
+    clients_in_rounds(gw.port, CLIENTS, 2, Duration::ZERO);
+    let first = backend.connections();
+    thread::sleep(Duration::from_secs(7));
+    clients_in_rounds(gw.port, CLIENTS, 2, Duration::ZERO);
+    let reopened = backend.connections() - first;
+    assert!(
+        reopened <= 4,
+        "{reopened} upstream connections opened again after the lull ({first} before it)"
+    );
 }
 
 #[test]

@@ -83,9 +83,11 @@ print(signing_input + "." + sig)
 EOF
 }
 
-# Common nginx preamble: everything under the run's temp dir.
+# Common nginx preamble: everything under the run's temp dir. nginx_common
+# DIR WORKERS [MULTI_ACCEPT]: MULTI_ACCEPT on accepts every pending connection
+# per event-loop turn instead of one (nginx's default, off).
 nginx_common() {
-    local dir=$1 workers=$2
+    local dir=$1 workers=$2 multi_accept=${3:-off}
     cat <<EOF
 worker_processes $workers;
 daemon off;
@@ -93,7 +95,7 @@ master_process on;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
+events { worker_connections 8192; multi_accept $multi_accept; }
 EOF
 }
 

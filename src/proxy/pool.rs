@@ -27,6 +27,15 @@ pub const SURPLUS_UNUSED: Duration = Duration::from_secs(1);
 /// request waits for the upstream to accept it.
 const PEAK_SWEEPS: usize = 5;
 
+/// After a peak leaves the [`PEAK_SWEEPS`] window, the connections it needed
+/// are not all closed at the next sweep: the estimate of what the load
+/// needs moves down by this fraction (1/8) of its distance to the recent
+/// peak per sweep, half of it in about five. A load whose lulls last longer
+/// than the window keeps most of its connections, and one that stopped
+/// gives its surplus back within seconds (as HAProxy halves its surplus
+/// idle connections every `pool-purge-delay`).
+const NEED_DECAY: usize = 8;
+
 /// FxHash (as in rustc): a multiply-rotate hash, far cheaper than SipHash for
 /// a socket address looked up several times per request. The keys are
 /// configured target addresses, not client input, so flooding is not a concern.
@@ -118,6 +127,9 @@ struct TargetPool {
     peak: usize,
     peaks: [usize; PEAK_SWEEPS],
     peak_at: usize,
+    /// Connections the load is estimated to need: the recent peak, or
+    /// above it, decaying toward it ([`NEED_DECAY`]).
+    need: usize,
 }
 
 impl TargetPool {
@@ -168,6 +180,14 @@ impl TargetPool {
         self.peak_at = (self.peak_at + 1) % PEAK_SWEEPS;
         self.peak = in_use;
         self.peaks.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Ends a sweep period: the connections the load is estimated to need,
+    /// the recent peak or, after a higher one left the window, an estimate
+    /// decaying toward it.
+    fn estimate_need(&mut self, in_use: usize) -> usize {
+        self.need = decayed_need(self.need, self.recent_peak(in_use));
+        self.need
     }
 
     #[inline]
@@ -301,19 +321,20 @@ impl Pools {
 
     /// Closes idle connections older than `max_age`, and those beyond
     /// `max_idle` that have not been used for [`SURPLUS_UNUSED`] and that
-    /// no recent peak of the load needed (see [`PEAK_SWEEPS`]).
+    /// the load is not estimated to need: its peak within [`PEAK_SWEEPS`],
+    /// and a share of an earlier peak's, smaller each sweep ([`NEED_DECAY`]).
     pub fn reap(&mut self, policy: impl Fn(SocketAddr) -> (Duration, usize), now: Instant) {
         self.targets.retain(|addr, pool| {
             let (age, max_idle) = policy(*addr);
             let before = pool.idle.len();
             let in_use = pool.open.saturating_sub(before);
-            let peak = pool.recent_peak(in_use);
+            let need = pool.estimate_need(in_use);
             pool.idle
                 .retain(|(_, since)| now.duration_since(*since) < age);
-            // The oldest beyond what a recent peak used on top of what is in
-            // use now, and beyond `max_idle` (the list is in order of use),
+            // The oldest beyond what the load needs on top of what is in use
+            // now, and beyond `max_idle` (the list is in order of use),
             // unless the load used them lately: it then needs them again.
-            let keep = max_idle.max(peak.saturating_sub(in_use));
+            let keep = max_idle.max(need.saturating_sub(in_use));
             let surplus = pool.idle.len().saturating_sub(keep);
             let unused = pool
                 .idle
@@ -369,9 +390,38 @@ impl Pools {
     }
 }
 
+/// One sweep's move of the estimated need toward the recent peak: up to it
+/// at once, down by [`NEED_DECAY`]'s share of the distance (at least one).
+fn decayed_need(need: usize, recent_peak: usize) -> usize {
+    if recent_peak >= need {
+        return recent_peak;
+    }
+    need - (need - recent_peak).div_ceil(NEED_DECAY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_estimated_need_rises_at_once_and_falls_an_eighth_of_the_way_per_sweep() {
+        assert_eq!(decayed_need(0, 8), 8);
+        assert_eq!(decayed_need(8, 20), 20);
+        // 1,000 in use, then nothing: 875 after one sweep past the window,
+        // under half after six, and down to the floor in the end.
+        let mut need = 1000;
+        let mut trail = Vec::new();
+        while need > 0 {
+            need = decayed_need(need, 0);
+            trail.push(need);
+        }
+        assert_eq!(trail.first(), Some(&875));
+        assert!(trail.get(5).is_some_and(|&n| n < 500), "{trail:?}");
+        assert!(trail.len() < 60, "{} sweeps to close them all", trail.len());
+        // A small surplus goes one connection a sweep.
+        assert_eq!(decayed_need(3, 2), 2);
+        assert_eq!(decayed_need(8, 2), 7);
+    }
 
     #[test]
     fn shares_add_up_and_never_reach_zero() {
