@@ -91,8 +91,12 @@
 #   SG_MAX_IDLE=256     shardgate's max_idle_per_target (idle upstream connections
 #                       a shard keeps per target)
 #   SG_POOL_IDLE_MS=    shardgate's upstream idle_timeout_ms (empty = the default, 30 s)
-#   UP_MULTI_ACCEPT=off the upstream nginx's multi_accept (off: one new connection
-#                       accepted per event-loop turn, nginx's default)
+#   UP_MULTI_ACCEPT=on  the upstream nginx's multi_accept: on, every pending
+#                       connection accepted per event-loop turn; off (nginx's
+#                       default, and this script's before bench/RESULTS.md §45),
+#                       one per turn, which under load delays the first request
+#                       of connections a proxy opens (p99 spikes at 1,000
+#                       connections, §45)
 #   WORKERS=1           nginx worker_processes / HAProxy nbthread / shardgate Count(N)
 #   TARGETS=            default per scenario:
 #                         proxy: "direct nginx haproxy haproxy-tcp shardgate shardgate-epoll";
@@ -367,7 +371,7 @@ SG_TARGETS_EXTRA=""
 SG_UPSTREAM_EXTRA=""
 SG_MAX_IDLE=${SG_MAX_IDLE:-256}
 SG_POOL_IDLE_MS=${SG_POOL_IDLE_MS:-}
-UP_MULTI_ACCEPT=${UP_MULTI_ACCEPT:-off}
+UP_MULTI_ACCEPT=${UP_MULTI_ACCEPT:-on}
 NGINX_UPSTREAM_EXTRA=""
 FLAKY_PORT=""
 NGINX_LOCATION_EXTRA=""
