@@ -746,7 +746,9 @@ pub struct Upstream {
     /// Time allowed for the response head, and between two reads of the response body (504 after).
     #[serde(default = "default_upstream_timeout_ms")]
     pub timeout_ms: u64,
-    /// Idle keep-alive connections kept per target and shard.
+    /// Idle keep-alive connections kept per target and shard; those beyond
+    /// it stay while the load's recent peak needs them, and close gradually
+    /// after (see `proxy::pool`).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_target: usize,
     /// An idle pooled connection older than this is closed instead of reused.

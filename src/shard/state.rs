@@ -286,7 +286,8 @@ impl Shard {
 
     /// Closes idle upstream connections past their upstream's idle timeout,
     /// and the least recently used beyond its `max_idle_per_target` (and
-    /// beyond what the load's recent peak used) once unused for
+    /// beyond what the load is estimated to need: its recent peak, or a
+    /// past one's share, smaller each sweep) once unused for
     /// [`crate::proxy::pool::SURPLUS_UNUSED`].
     pub fn reap_pools(&self, now: Instant) {
         let cfg = self.config();
