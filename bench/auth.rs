@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| p.authenticate(black_box(&[idx]), black_box(&creds)))
         });
         let mut cache = TokenCache::new(1024);
-        let t = now();
+        let t = now() * 1000;
         g.bench_function(format!("{name}/cached"), |b| {
             b.iter(|| {
                 p.authenticate_cached(

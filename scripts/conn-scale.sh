@@ -17,6 +17,9 @@
 #         SETTLE=5 (seconds between the last answer and the RSS reading)
 #         SHARDGATE_BIN=target/release/shardgate
 #         BASE_BIN=<another build>, for the target shardgate-base
+#         UP_MULTI_ACCEPT=on (the upstream nginx accepts every pending
+#         connection per turn; off, nginx's default and this script's before
+#         bench/RESULTS.md §45, one per turn)
 # Upstream connections: shardgate and HAProxy hold at most 256 to the
 # upstream and queue the requests beyond (`max_connections_per_target: 256`,
 # `server ... maxconn 256`); nginx keeps 256 idle and opens more as needed.
@@ -58,6 +61,7 @@ ACTIVE=${ACTIVE:-10000}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SKIP_BUILD=${SKIP_BUILD:-0}
+UP_MULTI_ACCEPT=${UP_MULTI_ACCEPT:-on}
 SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}
 UP_PORT=18580
 PORT=18581
@@ -148,8 +152,8 @@ if [[ $SKIP_BUILD != 1 ]]; then
     (cd "$REPO_DIR" && cargo build --release -q)
 fi
 
-nginx_conf() { # DIR PORT BODY [WORKERS]
-    local workers=${4:-1} nofile=$((want * 2))
+nginx_conf() { # DIR PORT BODY [WORKERS] [MULTI_ACCEPT]
+    local workers=${4:-1} multi_accept=${5:-off} nofile=$((want * 2))
     # Several workers each hold their share under the per-process limit.
     (( workers > 1 )) && nofile=$FD_LIMIT
     cat <<CONF
@@ -159,7 +163,7 @@ master_process on;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
 worker_rlimit_nofile $nofile;
-events { worker_connections $nofile; }
+events { worker_connections $nofile; multi_accept $multi_accept; }
 http {
     access_log off;
     keepalive_timeout 300s;
@@ -176,7 +180,7 @@ start_upstream() {
     mkdir -p "$dir"
     nginx_conf "$dir" "$UP_PORT" "    server { listen 127.0.0.1:$UP_PORT backlog=65535;
         location / { default_type application/json; return 200 '{\"items\":[1,2,3]}'; } }" \
-        >"$dir/nginx.conf"
+        1 "$UP_MULTI_ACCEPT" >"$dir/nginx.conf"
     taskset -c 1 nginx -p "$dir" -c "$dir/nginx.conf" 2>"$dir/stderr" &
     PIDS+=($!)
 }

@@ -310,9 +310,7 @@ pub fn authenticate(
     };
     let result = match shard {
         Some(s) => {
-            let now_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now_ms = unix_now_ms();
             let mut cache = s.token_cache.borrow_mut();
             let sets = s.jwks.borrow();
             let keys = KeyView {
@@ -321,7 +319,7 @@ pub fn authenticate(
             };
             compiled
                 .auth
-                .authenticate_cached(allowed, &creds, Some(&mut cache), &keys, now_s)
+                .authenticate_cached(allowed, &creds, Some(&mut cache), &keys, now_ms)
         }
         None => compiled.auth.authenticate(allowed, &creds),
     };
@@ -370,18 +368,18 @@ async fn introspect(
         query: req.query(),
         client_cert: None,
     };
-    let now_s = unix_now();
     let r = compiled
         .auth
-        .introspect_bearer(allowed, &creds, &shard.token_cache, now_s)
+        .introspect_bearer(allowed, &creds, &shard.token_cache, unix_now_ms())
         .await?;
     Some(r.map_err(denied))
 }
 
-fn unix_now() -> u64 {
+/// Unix time in milliseconds (the token cache's clock).
+fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn denied(d: Denied) -> GatewayError {

@@ -384,18 +384,18 @@ impl AuthPlan {
     }
 
     /// Like [`AuthPlan::authenticate`], consulting and filling a token cache;
-    /// `now_s` is the current Unix time in seconds.
+    /// `now_ms` is the current Unix time in milliseconds.
     pub fn authenticate_cached(
         &self,
         allowed: &[usize],
         creds: &Credentials<'_>,
         mut cache: Option<&mut TokenCache>,
         keys: &KeyView<'_>,
-        now_s: u64,
+        now_ms: u64,
     ) -> Result<Identity, Denied> {
         let token = bearer(creds);
         if let (Some(c), Some(t)) = (cache.as_deref(), token) {
-            if let Some(id) = c.get(t, allowed, now_s) {
+            if let Some(id) = c.get(t, allowed, now_ms) {
                 return Ok(id.clone());
             }
         }
@@ -408,7 +408,7 @@ impl AuthPlan {
                 Verifier::Jwt(j) => verify_jwt(j, i, keys, creds).map(|(mut id, exp)| {
                     id.authenticator = i;
                     if let (Some(c), Some(t), Some(exp)) = (cache.as_deref_mut(), token, exp) {
-                        c.insert(t, i, exp, id.clone(), now_s);
+                        c.insert(t, i, exp.saturating_mul(1000), id.clone(), now_ms);
                     }
                     id
                 }),
@@ -458,7 +458,8 @@ pub struct TokenCache {
 
 struct CachedToken {
     verifier: usize,
-    exp: u64,
+    /// Unix time in milliseconds from which the entry is not used.
+    until_ms: u64,
     identity: Identity,
 }
 
@@ -486,17 +487,25 @@ impl TokenCache {
         self.map.clear();
     }
 
-    fn get(&self, token: &str, allowed: &[usize], now_s: u64) -> Option<&Identity> {
+    fn get(&self, token: &str, allowed: &[usize], now_ms: u64) -> Option<&Identity> {
         let e = self.map.get(token)?;
-        (now_s < e.exp && allowed.contains(&e.verifier)).then_some(&e.identity)
+        (now_ms < e.until_ms && allowed.contains(&e.verifier)).then_some(&e.identity)
     }
 
-    fn insert(&mut self, token: &str, verifier: usize, exp: u64, identity: Identity, now_s: u64) {
-        if self.capacity == 0 || exp <= now_s {
+    /// Caches `identity` for `token` until `until_ms` (Unix milliseconds).
+    fn insert(
+        &mut self,
+        token: &str,
+        verifier: usize,
+        until_ms: u64,
+        identity: Identity,
+        now_ms: u64,
+    ) {
+        if self.capacity == 0 || until_ms <= now_ms {
             return;
         }
         if self.map.len() >= self.capacity {
-            self.map.retain(|_, e| e.exp > now_s);
+            self.map.retain(|_, e| e.until_ms > now_ms);
         }
         if self.map.len() >= self.capacity {
             // Still full of live tokens: drop an arbitrary half rather than grow.
@@ -514,7 +523,7 @@ impl TokenCache {
             token.into(),
             CachedToken {
                 verifier,
-                exp,
+                until_ms,
                 identity,
             },
         );
@@ -530,7 +539,7 @@ impl AuthPlan {
         allowed: &[usize],
         creds: &Credentials<'_>,
         cache: &std::cell::RefCell<TokenCache>,
-        now_s: u64,
+        now_ms: u64,
     ) -> Option<Result<Identity, Denied>> {
         let token = bearer(creds)?;
         let mut outcome = None;
@@ -540,19 +549,25 @@ impl AuthPlan {
             };
             match introspect::introspect(x, token).await {
                 Ok(answer) if answer.get("active").and_then(Value::as_bool) == Some(true) => {
-                    let exp = answer.get("exp").and_then(Value::as_u64);
-                    if exp.is_some_and(|e| e <= now_s) {
+                    let exp_ms = answer
+                        .get("exp")
+                        .and_then(Value::as_u64)
+                        .map(|e| e.saturating_mul(1000));
+                    if exp_ms.is_some_and(|e| e <= now_ms) {
                         outcome = Some(Err(Denied::Invalid("token expired".into())));
                         continue;
                     }
                     let mut id = identity_from(&x.forward, &x.roles_claim, &answer);
                     id.authenticator = i;
-                    let until = now_s
-                        .saturating_add(x.ttl.as_secs())
-                        .min(exp.unwrap_or(u64::MAX));
+                    // Milliseconds, so a TTL of one second is one second
+                    // whenever in a second the answer came.
+                    let ttl_ms = u64::try_from(x.ttl.as_millis()).unwrap_or(u64::MAX);
+                    let until_ms = now_ms
+                        .saturating_add(ttl_ms)
+                        .min(exp_ms.unwrap_or(u64::MAX));
                     cache
                         .borrow_mut()
-                        .insert(token, i, until, id.clone(), now_s);
+                        .insert(token, i, until_ms, id.clone(), now_ms);
                     return Some(Ok(id));
                 }
                 Ok(_) => outcome = Some(Err(Denied::Invalid("token is not active".into()))),
@@ -886,6 +901,7 @@ mod tests {
             Algorithm::HS256,
             SECRET,
         );
+        let ms = |s: u64| s * 1000;
         let auth = format!("Bearer {t}");
         let lookup = |_: &str| None;
         let creds = Credentials {
@@ -895,16 +911,23 @@ mod tests {
             client_cert: None,
         };
         assert!(p
-            .authenticate_cached(&[0], &creds, Some(&mut cache), &KeyView::default(), t0)
+            .authenticate_cached(&[0], &creds, Some(&mut cache), &KeyView::default(), ms(t0))
             .is_ok());
         assert_eq!(cache.len(), 1);
         // Served from the cache while valid, for an allowed authenticator only.
-        assert!(cache.get(&t, &[0], t0 + 50).is_some());
-        assert!(cache.get(&t, &[1], t0 + 50).is_none());
-        // Never at or past exp.
-        assert!(cache.get(&t, &[0], t0 + 100).is_none());
+        assert!(cache.get(&t, &[0], ms(t0 + 50)).is_some());
+        assert!(cache.get(&t, &[1], ms(t0 + 50)).is_none());
+        // Never at or past exp, to the millisecond.
+        assert!(cache.get(&t, &[0], ms(t0 + 100) - 1).is_some());
+        assert!(cache.get(&t, &[0], ms(t0 + 100)).is_none());
         for i in 0..50u64 {
-            cache.insert(&format!("tok{i}"), 0, t0 + 100, Identity::default(), t0);
+            cache.insert(
+                &format!("tok{i}"),
+                0,
+                ms(t0 + 100),
+                Identity::default(),
+                ms(t0),
+            );
             assert!(cache.len() <= 4);
         }
     }
