@@ -586,6 +586,47 @@ fn opaque_tokens_are_introspected_cached_and_revocable() {
 }
 
 #[test]
+fn an_introspection_answer_is_cached_for_its_whole_ttl_whenever_in_a_second_it_came() {
+    use std::time::{Duration, Instant};
+    // Eleven tokens first sent 100 ms apart, so that several come in the
+    // last 400 ms of a second whatever the phase, and each sent again
+    // 400 ms after its first request: within the 1 s TTL, so from the
+    // cache. An expiry rounded to whole seconds would have lost the late
+    // ones at the next second's start.
+    const TOKENS: usize = 11;
+    const AGAIN_AFTER: usize = 4;
+    let backend = Backend::echo("b");
+    let idp = Backend::start(|_| {
+        let answer =
+            json!({"active": true, "sub": "u", "scope": "orders:read", "exp": now() + 300});
+        Response::ok(answer.to_string()).header("Content-Type", "application/json")
+    });
+    let gw = introspection_gateway(&backend, &idp.addr());
+    let start = Instant::now();
+    for step in 0..TOKENS + AGAIN_AFTER {
+        let at = start + Duration::from_millis(100 * step as u64);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let mut sent = Vec::new();
+        if step < TOKENS {
+            sent.push(step);
+        }
+        if let Some(again) = step.checked_sub(AGAIN_AFTER) {
+            sent.push(again);
+        }
+        for token in sent {
+            let auth = format!("Bearer phase-{token}");
+            let r = get_with(gw.port, "/", &[("Authorization", auth.as_str())]);
+            assert_eq!(r.status, 200, "token {token} at step {step}");
+        }
+    }
+    assert_eq!(
+        idp.count(),
+        TOKENS,
+        "introspection calls for {TOKENS} tokens each sent twice 400 ms apart"
+    );
+}
+
+#[test]
 fn unreachable_identity_provider_gives_503() {
     let backend = Backend::echo("b");
     let dead = format!("127.0.0.1:{}", closed_port());
