@@ -1327,9 +1327,7 @@ pub fn jwt(data: &[u8]) {
             sets: Some(&fx.sets),
             refetch: None,
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = auth::unix_now_ms();
         let mut cache = TokenCache::new(4);
         let allowed = [0, 1];
         let first = fx

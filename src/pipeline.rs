@@ -310,7 +310,7 @@ pub fn authenticate(
     };
     let result = match shard {
         Some(s) => {
-            let now_ms = unix_now_ms();
+            let now_ms = crate::auth::unix_now_ms();
             let mut cache = s.token_cache.borrow_mut();
             let sets = s.jwks.borrow();
             let keys = KeyView {
@@ -370,16 +370,14 @@ async fn introspect(
     };
     let r = compiled
         .auth
-        .introspect_bearer(allowed, &creds, &shard.token_cache, unix_now_ms())
+        .introspect_bearer(
+            allowed,
+            &creds,
+            &shard.token_cache,
+            crate::auth::unix_now_ms(),
+        )
         .await?;
     Some(r.map_err(denied))
-}
-
-/// Unix time in milliseconds (the token cache's clock).
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn denied(d: Denied) -> GatewayError {

@@ -446,6 +446,13 @@ pub struct KeyView<'a> {
     pub refetch: Option<&'a crossbeam_channel::Sender<usize>>,
 }
 
+/// Unix time in milliseconds: the clock [`TokenCache`] entries expire on.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Per-shard cache of successful token verifications, so a repeated token
 /// costs a map lookup instead of a signature check (tens of microseconds for
 /// RS/ES). Keyed by the whole token (compared in full, hashed with a random
