@@ -17,6 +17,10 @@
 #         SETTLE=5 (seconds between the last answer and the RSS reading)
 #         SHARDGATE_BIN=target/release/shardgate
 #         BASE_BIN=<another build>, for the target shardgate-base
+#         SG_TABLES=processes (shardgate's counts above the limit run as P
+#         processes, as nginx's), or per-shard (one process of P shards with
+#         `descriptor_tables: PerShard`: each shard's descriptor table has
+#         the limit to itself; the table then shows connections per shard)
 #         UP_MULTI_ACCEPT=on (the upstream nginx accepts every pending
 #         connection per turn; off, nginx's default and this script's before
 #         bench/RESULTS.md §45, one per turn)
@@ -62,6 +66,7 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SKIP_BUILD=${SKIP_BUILD:-0}
 UP_MULTI_ACCEPT=${UP_MULTI_ACCEPT:-on}
+SG_TABLES=${SG_TABLES:-processes}
 SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO_DIR/target/release/shardgate}
 UP_PORT=18580
 PORT=18581
@@ -196,9 +201,16 @@ start_target() {
         shardgate|shardgate-base)
             local bin=$SHARDGATE_BIN
             [[ $1 == shardgate-base ]] && bin=${BASE_BIN:?shardgate-base needs BASE_BIN}
+            # per-shard: one process, a shard (and a descriptor table) per
+            # would-be process, all pinned to core 0 by the affinity below.
+            local shards=1 gateways=$procs tables=Shared
+            if [[ $SG_TABLES == per-shard ]] && (( procs > 1 )); then
+                shards=$procs gateways=1 tables=PerShard
+            fi
             cat >"$dir/gateway.ron" <<RON
 Gateway(
-    shards: Count(1),
+    shards: Count($shards),
+    descriptor_tables: $tables,
     listeners: [ Listener(name: "scale", bind: "127.0.0.1:$PORT") ],
     limits_http: HttpLimits(idle_timeout_ms: 600000),
     upstreams: { "up": Upstream(targets: ["127.0.0.1:$UP_PORT"], max_idle_per_target: 256,
@@ -208,7 +220,7 @@ Gateway(
 RON
             # Same config, same port: each process's listener joins one
             # SO_REUSEPORT group.
-            for ((i = 0; i < procs; i++)); do
+            for ((i = 0; i < gateways; i++)); do
                 taskset -c 0 "$bin" --config "$dir/gateway.ron" >"$dir/stdout.$i" 2>"$dir/stderr.$i" &
                 TPIDS+=("$!")
             done
@@ -394,6 +406,20 @@ per_process_spread() {
         }' "$WORK_DIR/ss.est"
 }
 
+# per_shard_spread PID: "min–max" sockets in the descriptor tables of the
+# gateway's shard threads (its connections, listener and upstream
+# connections: with `descriptor_tables: PerShard` each shard has a table).
+per_shard_spread() {
+    local t min=-1 max=0 n
+    for t in /proc/"$1"/task/*; do
+        [[ $(<"$t/comm") == shardgate-shard* ]] || continue
+        n=$(find "$t/fd" -lname 'socket:*' 2>/dev/null | wc -l)
+        (( min < 0 || n < min )) && min=$n
+        (( n > max )) && max=$n
+    done
+    printf '%d–%d per shard' "$(( min < 0 ? 0 : min ))" "$max"
+}
+
 start_upstream
 sleep 0.5
 echo "## Idle connections and accept rate ($(date -u +%F), $(nproc) cores, one core per proxy)"
@@ -433,7 +459,11 @@ for n in $COUNTS; do
         after=$(targets_rss)
         ss -Htnp state established "( sport = :$PORT )" >"$WORK_DIR/ss.est"
         open=$(wc -l <"$WORK_DIR/ss.est")
-        spread=$(per_process_spread "$procs")
+        if [[ $t == shardgate* && $SG_TABLES == per-shard ]] && (( procs > 1 )); then
+            spread=$(per_shard_spread "${TPIDS[0]}")
+        else
+            spread=$(per_process_spread "$procs")
+        fi
         held=$(awk '{print $2}' <<<"$line")
         cs=$(sed -E 's/.*connect_s=([0-9.]+).*/\1/' <<<"$line")
         failed=$(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$line")
@@ -443,7 +473,9 @@ for n in $COUNTS; do
         # failed and were closed.
         per=$(( (after - before) * 1024 / (open > 0 ? open : 1) ))
         rate=$(awk -v n="$held" -v s="$cs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
-        echo "| $t | $procs | $n | $held | $failed | $before | $after | $open | $spread | $per | $rate | $ov |"
+        shown=$procs
+        [[ $t == shardgate* && $SG_TABLES == per-shard ]] && (( procs > 1 )) && shown="1 ($procs shards)"
+        echo "| $t | $shown | $n | $held | $failed | $before | $after | $open | $spread | $per | $rate | $ov |"
         release
         stop_target
     done

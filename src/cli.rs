@@ -123,10 +123,26 @@ fn run(source: Source, on_ready: impl FnOnce()) -> ExitCode {
         .iter()
         .filter_map(|l| l.max_connections)
         .sum();
-    if nofile.limit() > 0 && nofile.limit() < most as u64 {
+    // With a table per shard the limit bounds each shard's descriptors.
+    let tables = match compiled.descriptor_tables {
+        crate::config::DescriptorTables::Shared => 1,
+        crate::config::DescriptorTables::PerShard => {
+            let n = shard::plan_cores(&compiled.shards).map_or(1, |c| c.len().max(1));
+            eprintln!(
+                "shardgate: descriptor tables: one per shard; the open-file limit {} applies to each of the {n} shards ({} descriptors in all)",
+                nofile.limit(),
+                nofile.limit().saturating_mul(n as u64)
+            );
+            n as u64
+        }
+    };
+    let capacity = nofile.limit().saturating_mul(tables);
+    if capacity > 0 && capacity < most as u64 {
         eprintln!(
-            "shardgate: the listeners' max_connections add up to {most}, more than the open-file limit {}: accept will fail with EMFILE first (raise the hard limit: LimitNOFILE=, ulimit -Hn)",
-            nofile.limit()
+            "shardgate: the listeners' max_connections add up to {most}, more than the open-file limit {}{}: accept will fail with EMFILE first (raise the hard limit: LimitNOFILE=, ulimit -Hn{})",
+            nofile.limit(),
+            if tables == 1 { String::new() } else { format!(" × {tables} shards") },
+            if tables == 1 { "; or descriptor_tables: PerShard" } else { "" }
         );
     }
     // Bound and served before the shards start: `/health` answers and

@@ -240,6 +240,8 @@ pub struct Compiled {
     pub shards: Shards,
     /// Requested driver.
     pub driver: config::DriverChoice,
+    /// One descriptor table per shard, or the process's for all.
+    pub descriptor_tables: config::DescriptorTables,
     /// Rate-limit settings and named limits.
     pub rate_limiting: crate::ratelimit::plan::RateLimitPlan,
     /// The admin listener's address and settings.
@@ -590,6 +592,7 @@ pub fn compile(g: &Gateway) -> Result<Compiled, String> {
         shutdown_grace: ms(g.shutdown_grace_ms),
         shards: g.shards.clone(),
         driver: g.driver,
+        descriptor_tables: g.descriptor_tables,
         rate_limiting: crate::ratelimit::plan::compile(g)?,
         admin: admin_plan(g)?,
         metrics: g.admin.as_ref().is_some_and(|a| a.metrics),

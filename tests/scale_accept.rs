@@ -381,6 +381,106 @@ fn open_file_limit_is_raised_and_logged() {
     );
 }
 
+/// Opens up to `n` connections one after another, one request on each, all
+/// kept open; stops at the first that is not answered within 2 s. Returns
+/// the answered ones.
+fn hold_served(port: u16, n: usize) -> Vec<Client> {
+    let mut held = Vec::new();
+    for i in 0..n {
+        let Ok(mut c) = Client::try_connect(port) else {
+            break;
+        };
+        c.set_read_timeout(Duration::from_secs(2));
+        let sent = c.try_send(format!("GET /c/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        match sent.and_then(|()| c.try_read_response(false)) {
+            Ok(r) if r.status == 200 => held.push(c),
+            _ => break,
+        }
+    }
+    held
+}
+
+/// Open descriptors in each distinct table of process `pid`: the main
+/// thread's, then one per shard thread that has a table of its own (a
+/// shard sharing the main table is not listed).
+fn descriptor_tables(pid: u32) -> (u64, Vec<u64>) {
+    let count = |dir: String| std::fs::read_dir(dir).map_or(0, |d| d.count() as u64);
+    let main = count(format!("/proc/{pid}/fd"));
+    let mut shards = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list tasks") {
+        let path = task.expect("task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("shardgate-shard") {
+            continue;
+        }
+        // A thread shares the main table when both list the same entries
+        // (the same inode behind /proc/PID/task/TID/fd is not exposed).
+        let n = count(format!("{}/fd", path.display()));
+        if n != main {
+            shards.push(n);
+        }
+    }
+    (main, shards)
+}
+
+/// With `descriptor_tables: PerShard` the open-file limit bounds each
+/// shard's descriptors, not the process's: two shards under `ulimit -n 256`
+/// hold and serve 360 connections at once. With the shared table the same
+/// gateway runs out of descriptors first.
+#[test]
+fn per_shard_descriptor_tables_hold_more_connections_than_the_open_file_limit() {
+    let backend = Backend::echo("app");
+    let config = |tables: &str| {
+        config_with(2, ", max_connections: 1000", &backend.addr())
+            .replace("idle_timeout_ms: 2000", "idle_timeout_ms: 60000")
+            .replace(
+                "    shards: Count(2),",
+                &format!("    shards: Count(2),\n    descriptor_tables: {tables},"),
+            )
+    };
+    let wanted = 360;
+
+    let shared = ShellGateway::start("ulimit -n 256", &config("Shared"));
+    let held = hold_served(shared.port, wanted);
+    assert!(
+        held.len() < wanted,
+        "one shared table of 256 held {} connections; stderr:\n{}",
+        held.len(),
+        shared.stderr()
+    );
+    assert!(
+        shared.wait_stderr("accept failed", Duration::from_secs(5)),
+        "{}",
+        shared.stderr()
+    );
+    drop(held);
+    drop(shared);
+
+    let mut gw = ShellGateway::start("ulimit -n 256", &config("PerShard"));
+    let line = "shardgate: descriptor tables: one per shard; the open-file limit 256 applies to each of the 2 shards (512 descriptors in all)";
+    assert!(
+        gw.stderr().contains(line),
+        "expected {line:?} in:\n{}",
+        gw.stderr()
+    );
+    let held = hold_served(gw.port, wanted);
+    assert_eq!(held.len(), wanted, "stderr:\n{}", gw.stderr());
+    assert!(!gw.stderr().contains("accept failed"), "{}", gw.stderr());
+    // The connections sit in the shards' own tables, not in the process's.
+    let (main, shards) = descriptor_tables(gw.child.id());
+    assert!(main < 64, "the main table holds {main} descriptors");
+    assert_eq!(shards.len(), 2, "tables of the shards: {shards:?}");
+    assert!(
+        shards.iter().sum::<u64>() >= wanted as u64,
+        "tables of the shards: {shards:?}"
+    );
+    // Every connection is still served, on whichever shard holds it.
+    for (i, mut c) in held.into_iter().enumerate().step_by(40) {
+        assert_eq!(c.get(&format!("/again/{i}")).status, 200);
+    }
+    assert!(gw.alive(), "{}", gw.stderr());
+}
+
 /// The `THP_enabled` line of a process's /proc status (`None` on kernels
 /// that do not show it).
 fn thp_enabled(pid: u32) -> Option<String> {

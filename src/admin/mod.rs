@@ -194,7 +194,7 @@ pub fn resident_bytes() -> u64 {
 }
 
 fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+    crate::shard::open_descriptors()
 }
 
 /// Binds the admin listener (before the shards start, so a taken port

@@ -58,6 +58,10 @@ pub struct Gateway {
     /// Which I/O driver each shard runs. `SHARDGATE_DRIVER=epoll|io_uring` overrides it.
     #[serde(default)]
     pub driver: DriverChoice,
+    /// Whether the shards share the process's descriptor table or each has
+    /// its own, so that the open-file limit applies per shard. Read at start.
+    #[serde(default)]
+    pub descriptor_tables: DescriptorTables,
     /// Client-facing listeners; every shard accepts on every one (see
     /// `Listener::balance_connections`).
     pub listeners: Vec<Listener>,
@@ -484,6 +488,23 @@ pub enum DriverChoice {
     IoUring,
     /// epoll (monoio's legacy driver).
     Epoll,
+}
+
+/// Descriptor tables of the shard threads.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum DescriptorTables {
+    /// One table for the whole process: the open-file limit (`RLIMIT_NOFILE`)
+    /// bounds every shard's connections together.
+    #[default]
+    Shared,
+    /// A table of its own for each shard (`unshare(CLONE_FILES)` when the
+    /// shard starts): the open-file limit bounds each shard's descriptors
+    /// separately, so a process of N shards holds up to N times the limit.
+    /// For hosts whose hard limit cannot be raised (a container without
+    /// `CAP_SYS_RESOURCE`). Tools that read `/proc/PID/fd` (`lsof`, `ls`)
+    /// then see the main thread's table only; `/proc/PID/task/TID/fd` shows
+    /// a shard's.
+    PerShard,
 }
 
 /// A client-facing listener.

@@ -4,12 +4,13 @@
 use super::background::Background;
 use super::state::Shard;
 use crate::compiled::Compiled;
-use crate::config::{BalanceConnections, DriverChoice, Shards};
+use crate::config::{BalanceConnections, DescriptorTables, DriverChoice, Shards};
 use crate::ratelimit::limiter::{now_ns, Gossip, Limiter};
 use crate::resilience::breaker::{BreakerMsg, Breakers};
 use crate::server::{accept_loop, contain, panic_message};
 use crossbeam_channel::{Receiver, Sender};
 use monoio::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -303,7 +304,10 @@ fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
 pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
     let cores = plan_cores(&compiled.shards)?;
     let wanted = choose_driver(compiled.driver)?;
-    let mut sockets = bind_all(&compiled, &cores, wanted)?.into_iter();
+    let bound = bind_all(&compiled, &cores, wanted)?;
+    let per_shard_tables = compiled.descriptor_tables == DescriptorTables::PerShard;
+    let handed_over: Vec<RawFd> = bound.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+    let mut sockets = bound.into_iter();
     let fallback_allowed = compiled.driver == DriverChoice::Auto;
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<(usize, Result<Driver, String>)>();
     let mut handles = Vec::new();
@@ -344,6 +348,13 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
                         );
                     }
                 }
+                if per_shard_tables {
+                    let keep: Vec<RawFd> = shard_sockets.iter().map(AsRawFd::as_raw_fd).collect();
+                    if let Err(e) = super::fdtable::separate(&keep) {
+                        let _ = ready.send((id, Err(format!("descriptor_tables: PerShard: {e}"))));
+                        return;
+                    }
+                }
                 let args = ShardArgs {
                     sockets: Rc::new(shard_sockets),
                     id,
@@ -374,6 +385,11 @@ pub fn start(compiled: Arc<Compiled>) -> Result<ShardSet, String> {
             Ok((id, Err(e))) => return Err(format!("shard {id}: {e}")),
             Err(_) => return Err("shards did not start within 10 s".into()),
         }
+    }
+    if per_shard_tables {
+        // Every shard has its own copies by now (it separates before it
+        // reports ready); the process's table lets go of its listeners.
+        super::fdtable::release(&handed_over);
     }
     let background = Background::start(&cores);
     Ok(ShardSet {
