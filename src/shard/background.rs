@@ -8,7 +8,7 @@
 use crate::compiled::Compiled;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the retire thread looks whether the shards let go of a replaced config.
 const RETIRE_POLL: Duration = Duration::from_millis(100);
@@ -17,6 +17,12 @@ const RETIRE_POLL: Duration = Duration::from_millis(100);
 const WORK: Duration = Duration::from_micros(200);
 /// See [`WORK`].
 const REST: Duration = Duration::from_micros(50);
+/// How long a reload may wait for CPU at `SCHED_IDLE` before it goes on at
+/// normal priority. A `SCHED_IDLE` thread gets next to nothing of a core
+/// that something else keeps busy: with one CPU-bound process beside the
+/// gateway on its core, a 20,000-route reload took 60 s at `SCHED_IDLE`,
+/// 0.33 s at nice 0 (bench/RESULTS.md §46).
+const STARVED_AFTER: Duration = Duration::from_secs(5);
 
 /// How background threads are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +60,9 @@ impl std::fmt::Display for Priority {
 
 /// A piece of background work.
 enum Job {
-    /// Run this (a reload's read, check and compile; it sends its own result).
-    Run(Box<dyn FnOnce() + Send>),
+    /// Run this (a reload's read, check and compile; it sends its own
+    /// result); asked for at the given instant.
+    Run(Box<dyn FnOnce() + Send>, Instant),
     /// Free this config once no shard or request holds it.
     Retire(Arc<Compiled>),
 }
@@ -99,7 +106,7 @@ impl Background {
                     }
                 }
                 crate::pace::enable(WORK, REST);
-                work_loop(&rx)
+                work_loop(&rx, priority == Some(Priority::Idle))
             });
         if let Err(e) = spawned {
             eprintln!("shardgate: cannot start the reload thread: {e}");
@@ -113,9 +120,12 @@ impl Background {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let job = Job::Run(Box::new(move || {
-            let _ = tx.send(work());
-        }));
+        let job = Job::Run(
+            Box::new(move || {
+                let _ = tx.send(work());
+            }),
+            Instant::now(),
+        );
         self.jobs
             .send(job)
             .map_err(|_| "the reload thread is not running".to_string())?;
@@ -183,10 +193,52 @@ fn lower_priority(p: Priority) -> std::io::Result<()> {
     }
 }
 
+thread_local! {
+    /// Whether [`raise_starved`] raised this thread for the current job.
+    static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A reload has waited [`STARVED_AFTER`] at `SCHED_IDLE`: goes on at the
+/// normal policy, nice 0, where the system allows it (leaving `SCHED_IDLE`
+/// needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20), and says which.
+fn raise_starved() {
+    let waited = STARVED_AFTER.as_secs();
+    match raise_to_normal() {
+        Ok(()) => {
+            RAISED.with(|r| r.set(true));
+            eprintln!("shardgate: a reload waited {waited} s for CPU at SCHED_IDLE; it goes on at normal priority");
+        }
+        Err(e) => eprintln!(
+            "shardgate: a reload waited {waited} s for CPU at SCHED_IDLE and cannot go on at normal priority ({e}; needs CAP_SYS_NICE or RLIMIT_NICE 20); SHARDGATE_RELOAD_PRIORITY=N runs reloads at nice N"
+        ),
+    }
+}
+
+/// Moves the calling thread to the normal policy at nice 0.
+#[allow(unsafe_code)]
+fn raise_to_normal() -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: a pointer to a local that outlives the call; pid 0 is the
+    // calling thread.
+    let rc = unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_OTHER, &param)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Runs jobs as they come; holds replaced configs until the shards and
 /// their requests let go of them, then frees them. Ends (freeing what it
 /// holds) once the [`Background`] is dropped.
-fn work_loop(rx: &Receiver<Job>) {
+///
+/// At `SCHED_IDLE` (`idle`), a reload that has waited [`STARVED_AFTER`]
+/// since it was asked for finishes at normal priority, then the thread goes
+/// back to `SCHED_IDLE`.
+fn work_loop(rx: &Receiver<Job>, idle: bool) {
     let mut held: Vec<Arc<Compiled>> = Vec::new();
     loop {
         let job = if held.is_empty() {
@@ -203,8 +255,17 @@ fn work_loop(rx: &Receiver<Job>) {
         };
         match job {
             // A panic ends the job (its caller hears of it), not the thread.
-            Some(Job::Run(f)) => {
+            Some(Job::Run(f, asked)) => {
+                if idle {
+                    crate::pace::set_deadline(asked + STARVED_AFTER, raise_starved);
+                }
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                crate::pace::clear_deadline();
+                if idle && RAISED.with(|r| r.replace(false)) {
+                    if let Err(e) = lower_priority(Priority::Idle) {
+                        eprintln!("shardgate: reload thread stays at normal priority: {e}");
+                    }
+                }
             }
             Some(Job::Retire(c)) => held.push(c),
             None => {}
