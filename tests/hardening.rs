@@ -715,17 +715,20 @@ fn early_backend(mode: Early) -> (RawBackend, Arc<Mutex<Option<Instant>>>) {
                 return false;
             }
             match mode {
+                // The instant is taken before the answer is written: taken
+                // after, a client that reads the answer first (this thread
+                // preempted in between) would find none.
                 Early::RefuseAndStall => {
-                    let _ = write_plain(conn, "413 Payload Too Large", EARLY_BODY, "");
                     *at.lock().unwrap() = Some(Instant::now());
+                    let _ = write_plain(conn, "413 Payload Too Large", EARLY_BODY, "");
                     // Stop reading; keep the connection open well past the
                     // gateway's 3 s upstream timeout, so that a reuse of this
                     // connection shows as a 504 instead of a quiet retry.
                     thread::sleep(Duration::from_secs(10));
                 }
                 Early::OkAndClose => {
-                    let _ = write_plain(conn, "200 OK", "ok", "Connection: close\r\n");
                     *at.lock().unwrap() = Some(Instant::now());
+                    let _ = write_plain(conn, "200 OK", "ok", "Connection: close\r\n");
                     let _ = conn.stream.shutdown(Shutdown::Write);
                     thread::sleep(Duration::from_millis(300));
                 }
