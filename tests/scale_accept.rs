@@ -430,12 +430,15 @@ fn descriptor_tables(pid: u32) -> (u64, Vec<u64>) {
 #[test]
 fn per_shard_descriptor_tables_hold_more_connections_than_the_open_file_limit() {
     let backend = Backend::echo("app");
+    let admin = free_port();
     let config = |tables: &str| {
         config_with(2, ", max_connections: 1000", &backend.addr())
             .replace("idle_timeout_ms: 2000", "idle_timeout_ms: 60000")
             .replace(
                 "    shards: Count(2),",
-                &format!("    shards: Count(2),\n    descriptor_tables: {tables},"),
+                &format!(
+                    "    shards: Count(2),\n    descriptor_tables: {tables},\n    admin: Some(Admin(bind: \"127.0.0.1:{admin}\")),"
+                ),
             )
     };
     let wanted = 360;
@@ -473,6 +476,14 @@ fn per_shard_descriptor_tables_hold_more_connections_than_the_open_file_limit() 
     assert!(
         shards.iter().sum::<u64>() >= wanted as u64,
         "tables of the shards: {shards:?}"
+    );
+    // The admin listener counts every table, not only the main thread's.
+    let r = get(admin, "/shards");
+    let doc: serde_json::Value = serde_json::from_str(&r.text()).expect("/shards is JSON");
+    let open = doc["process"]["open_fds"].as_u64().unwrap_or(0);
+    assert!(
+        open >= main + wanted as u64,
+        "/shards counts {open} open descriptors (main table {main}, shards {shards:?})"
     );
     // Every connection is still served, on whichever shard holds it.
     for (i, mut c) in held.into_iter().enumerate().step_by(40) {
