@@ -289,6 +289,8 @@ kill -0 "$GW_PID" 2>/dev/null || gw_alive=0
 
 cat "$DIR/load.out"
 [[ -f "$DIR/summary.env" ]] || die "the load client wrote no summary (exit $load_rc); see $DIR/load.out"
+# What the load client's summary.env sets (scripts/soak/src/bin/load.rs).
+requests=0 seconds=0 rps=0 window_failures=0 other_failures=0 outcomes="" window_outcomes="" p99_ms=0 max_lag_ms=0
 # shellcheck disable=SC1091
 source "$DIR/summary.env"
 if (( load_rc != 0 || other_failures != 0 )); then
