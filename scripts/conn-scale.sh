@@ -204,9 +204,7 @@ start_target() {
             # per-shard: one process, a shard (and a descriptor table) per
             # would-be process, all pinned to core 0 by the affinity below.
             local shards=1 gateways=$procs tables=Shared
-            if [[ $SG_TABLES == per-shard ]] && (( procs > 1 )); then
-                shards=$procs gateways=1 tables=PerShard
-            fi
+            if one_process "$1" "$procs"; then shards=$procs gateways=1 tables=PerShard; fi
             cat >"$dir/gateway.ron" <<RON
 Gateway(
     shards: Count($shards),
@@ -406,6 +404,10 @@ per_process_spread() {
         }' "$WORK_DIR/ss.est"
 }
 
+# one_process TARGET PROCS: whether the target's PROCS would-be processes
+# run as one gateway process of PROCS shards (SG_TABLES=per-shard).
+one_process() { [[ $1 == shardgate* && $SG_TABLES == per-shard ]] && (( $2 > 1 )); }
+
 # per_shard_spread PID: "min–max" sockets in the descriptor tables of the
 # gateway's shard threads (its connections, listener and upstream
 # connections: with `descriptor_tables: PerShard` each shard has a table).
@@ -459,7 +461,7 @@ for n in $COUNTS; do
         after=$(targets_rss)
         ss -Htnp state established "( sport = :$PORT )" >"$WORK_DIR/ss.est"
         open=$(wc -l <"$WORK_DIR/ss.est")
-        if [[ $t == shardgate* && $SG_TABLES == per-shard ]] && (( procs > 1 )); then
+        if one_process "$t" "$procs"; then
             spread=$(per_shard_spread "${TPIDS[0]}")
         else
             spread=$(per_process_spread "$procs")
@@ -474,7 +476,7 @@ for n in $COUNTS; do
         per=$(( (after - before) * 1024 / (open > 0 ? open : 1) ))
         rate=$(awk -v n="$held" -v s="$cs" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
         shown=$procs
-        [[ $t == shardgate* && $SG_TABLES == per-shard ]] && (( procs > 1 )) && shown="1 ($procs shards)"
+        one_process "$t" "$procs" && shown="1 ($procs shards)"
         echo "| $t | $shown | $n | $held | $failed | $before | $after | $open | $spread | $per | $rate | $ov |"
         release
         stop_target

@@ -171,31 +171,42 @@ fn leave_cores(shard_cores: &[Option<usize>]) -> Result<Option<Vec<usize>>, Stri
 
 /// Lowers the calling thread's scheduling priority (on Linux, policy and
 /// nice value are per thread).
-#[allow(unsafe_code)]
 fn lower_priority(p: Priority) -> std::io::Result<()> {
+    match p {
+        Priority::Idle => set_policy(nix::libc::SCHED_IDLE),
+        Priority::Nice(0) => Ok(()),
+        Priority::Nice(n) => set_nice(n),
+    }
+}
+
+/// Sets the calling thread's scheduling policy (a non-real-time one:
+/// `SCHED_IDLE`, `SCHED_OTHER`).
+#[allow(unsafe_code)]
+fn set_policy(policy: nix::libc::c_int) -> std::io::Result<()> {
     use nix::libc;
-    // SAFETY: both calls take integers and a pointer to a local that
-    // outlives the call; with pid/who 0 they apply to the calling thread.
+    // SAFETY: a pointer to a local that outlives the call; pid 0 is the
+    // calling thread.
     let rc = unsafe {
-        match p {
-            Priority::Idle => {
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
-            }
-            Priority::Nice(0) => 0,
-            Priority::Nice(n) => libc::setpriority(libc::PRIO_PROCESS, 0, n),
-        }
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, policy, &param)
     };
+    os_result(rc)
+}
+
+/// Sets the calling thread's nice value.
+#[allow(unsafe_code)]
+fn set_nice(n: i32) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: integers only; `who` 0 is the calling thread.
+    os_result(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) })
+}
+
+fn os_result(rc: nix::libc::c_int) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-thread_local! {
-    /// Whether [`raise_starved`] raised this thread for the current job.
-    static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A reload has waited [`STARVED_AFTER`] at `SCHED_IDLE`: goes on at the
@@ -203,31 +214,11 @@ thread_local! {
 /// needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20), and says which.
 fn raise_starved() {
     let waited = STARVED_AFTER.as_secs();
-    match raise_to_normal() {
-        Ok(()) => {
-            RAISED.with(|r| r.set(true));
-            eprintln!("shardgate: a reload waited {waited} s for CPU at SCHED_IDLE; it goes on at normal priority");
-        }
+    match set_policy(nix::libc::SCHED_OTHER) {
+        Ok(()) => eprintln!("shardgate: a reload waited {waited} s for CPU at SCHED_IDLE; it goes on at normal priority"),
         Err(e) => eprintln!(
             "shardgate: a reload waited {waited} s for CPU at SCHED_IDLE and cannot go on at normal priority ({e}; needs CAP_SYS_NICE or RLIMIT_NICE 20); SHARDGATE_RELOAD_PRIORITY=N runs reloads at nice N"
         ),
-    }
-}
-
-/// Moves the calling thread to the normal policy at nice 0.
-#[allow(unsafe_code)]
-fn raise_to_normal() -> std::io::Result<()> {
-    use nix::libc;
-    // SAFETY: a pointer to a local that outlives the call; pid 0 is the
-    // calling thread.
-    let rc = unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_OTHER, &param)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -261,7 +252,9 @@ fn work_loop(rx: &Receiver<Job>, idle: bool) {
                 }
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
                 crate::pace::clear_deadline();
-                if idle && RAISED.with(|r| r.replace(false)) {
+                // Back to SCHED_IDLE in case the deadline raised it (a no-op
+                // otherwise).
+                if idle {
                     if let Err(e) = lower_priority(Priority::Idle) {
                         eprintln!("shardgate: reload thread stays at normal priority: {e}");
                     }
