@@ -23,6 +23,15 @@ const REST: Duration = Duration::from_micros(50);
 /// gateway on its core, a 20,000-route reload took 60 s at `SCHED_IDLE`,
 /// 0.33 s at nice 0 (bench/RESULTS.md §46).
 const STARVED_AFTER: Duration = Duration::from_secs(5);
+/// A reload that shares the shards' cores goes on waiting at `SCHED_IDLE`
+/// past [`STARVED_AFTER`] while the gateway's own threads keep at least this
+/// share of those cores busy: then the wait is for the gateway's requests,
+/// which come first (raising the reload would take its CPU from them).
+const OWN_LOAD: f64 = 0.75;
+/// The longest a reload waits for the gateway's own load before it goes on
+/// at normal priority all the same: a config may be what the busy gateway
+/// needs (a limit, a route away from a failing upstream).
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// How background threads are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +70,9 @@ impl std::fmt::Display for Priority {
 /// A piece of background work.
 enum Job {
     /// Run this (a reload's read, check and compile; it sends its own
-    /// result); asked for at the given instant.
-    Run(Box<dyn FnOnce() + Send>, Instant),
+    /// result); asked for at the given instant, when the process had used
+    /// the given CPU time.
+    Run(Box<dyn FnOnce() + Send>, Instant, Duration),
     /// Free this config once no shard or request holds it.
     Retire(Arc<Compiled>),
 }
@@ -80,7 +90,9 @@ impl Background {
     /// from now on, to the allowed cores no shard is pinned to, starts the
     /// background thread there, and logs where background work runs.
     pub(super) fn start(shard_cores: &[Option<usize>]) -> Background {
-        let placed = match leave_cores(shard_cores) {
+        let free_cores = leave_cores(shard_cores);
+        let placed_on_shard_cores = !matches!(free_cores, Ok(Some(_)));
+        let placed = match free_cores {
             Ok(Some(free)) => format!(
                 "on cores {}",
                 free.iter()
@@ -106,7 +118,11 @@ impl Background {
                     }
                 }
                 crate::pace::enable(WORK, REST);
-                work_loop(&rx, priority == Some(Priority::Idle))
+                let idle = (priority == Some(Priority::Idle)).then_some(Idle {
+                    shares_cores: placed_on_shard_cores,
+                    cores: allowed_cores(),
+                });
+                work_loop(&rx, idle)
             });
         if let Err(e) = spawned {
             eprintln!("shardgate: cannot start the reload thread: {e}");
@@ -125,6 +141,7 @@ impl Background {
                 let _ = tx.send(work());
             }),
             Instant::now(),
+            Cpu::now().process,
         );
         self.jobs
             .send(job)
@@ -209,11 +226,120 @@ fn os_result(rc: nix::libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// A reload has waited [`STARVED_AFTER`] at `SCHED_IDLE`: goes on at the
-/// normal policy, nice 0, where the system allows it (leaving `SCHED_IDLE`
-/// needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20), and says which.
-fn raise_starved() {
-    let waited = STARVED_AFTER.as_secs();
+/// CPU time used so far: by the whole process, and by the calling thread.
+#[derive(Clone, Copy)]
+struct Cpu {
+    process: Duration,
+    thread: Duration,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        use nix::time::{clock_gettime, ClockId};
+        let read = |clock| clock_gettime(clock).map_or(Duration::ZERO, Duration::from);
+        Cpu {
+            process: read(ClockId::CLOCK_PROCESS_CPUTIME_ID),
+            thread: read(ClockId::CLOCK_THREAD_CPUTIME_ID),
+        }
+    }
+
+    /// CPU time the process's other threads used between `self` and `later`.
+    fn others_until(self, later: Cpu) -> Duration {
+        let process = later.process.saturating_sub(self.process);
+        process.saturating_sub(later.thread.saturating_sub(self.thread))
+    }
+}
+
+/// How the reload thread runs at `SCHED_IDLE`.
+#[derive(Clone, Copy)]
+struct Idle {
+    /// On the shards' cores (no core is free of shards).
+    shares_cores: bool,
+    /// How many cores the thread may run on.
+    cores: usize,
+}
+
+/// The cores the calling thread may run on (at least 1).
+fn allowed_cores() -> usize {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    sched_getaffinity(Pid::from_raw(0)).map_or(1, |set| {
+        (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .count()
+            .max(1)
+    })
+}
+
+/// The reload waiting for CPU at `SCHED_IDLE`: when it was asked for, and
+/// where the last look at who used the cores began.
+#[derive(Clone, Copy)]
+struct Waiting {
+    idle: Idle,
+    asked: Instant,
+    since: Instant,
+    cpu: Cpu,
+    said: bool,
+}
+
+thread_local! {
+    static WAITING: std::cell::Cell<Option<Waiting>> = const { std::cell::Cell::new(None) };
+}
+
+/// What a reload that has waited [`STARVED_AFTER`] does.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Goes on at normal priority: something other than the gateway keeps
+    /// its cores, or it has waited [`BUSY_WAIT_MAX`].
+    Raise,
+    /// Waits on at `SCHED_IDLE`: the gateway's own threads keep its cores.
+    Wait,
+}
+
+/// `own`: CPU time the gateway's other threads used in the last `window`,
+/// on a reload thread that may run on `idle.cores` cores; `waited`: since
+/// the reload was asked for.
+fn verdict(idle: Idle, own: Duration, window: Duration, waited: Duration) -> Verdict {
+    let capacity = window.as_secs_f64() * idle.cores as f64;
+    let busy = capacity > 0.0 && own.as_secs_f64() >= OWN_LOAD * capacity;
+    if idle.shares_cores && busy && waited < BUSY_WAIT_MAX {
+        Verdict::Wait
+    } else {
+        Verdict::Raise
+    }
+}
+
+/// The reload's deadline at `SCHED_IDLE` is due: it waits on while the
+/// gateway's own threads keep its cores busy (up to [`BUSY_WAIT_MAX`]), and
+/// otherwise goes on at the normal policy, nice 0, where the system allows
+/// it (leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20),
+/// and says which.
+fn starved() {
+    let Some(mut w) = WAITING.with(std::cell::Cell::get) else {
+        return;
+    };
+    let (now, cpu) = (Instant::now(), Cpu::now());
+    let waited = now.duration_since(w.asked);
+    let own = w.cpu.others_until(cpu);
+    let window = now.duration_since(w.since);
+    if verdict(w.idle, own, window, waited) == Verdict::Wait {
+        if !w.said {
+            let share = own.as_secs_f64() / (window.as_secs_f64() * w.idle.cores as f64);
+            eprintln!(
+                "shardgate: a reload has waited {} s for CPU at SCHED_IDLE while the shards kept {:.0}% of its cores busy; it waits on for them (at most {} s)",
+                waited.as_secs(),
+                share.min(1.0) * 100.0,
+                BUSY_WAIT_MAX.as_secs()
+            );
+            w.said = true;
+        }
+        w.since = now;
+        w.cpu = cpu;
+        WAITING.with(|c| c.set(Some(w)));
+        crate::pace::set_deadline(now + STARVED_AFTER, starved);
+        return;
+    }
+    let waited = waited.as_secs();
     match set_policy(nix::libc::SCHED_OTHER) {
         Ok(()) => eprintln!("shardgate: a reload waited {waited} s for CPU at SCHED_IDLE; it goes on at normal priority"),
         Err(e) => eprintln!(
@@ -227,9 +353,10 @@ fn raise_starved() {
 /// holds) once the [`Background`] is dropped.
 ///
 /// At `SCHED_IDLE` (`idle`), a reload that has waited [`STARVED_AFTER`]
-/// since it was asked for finishes at normal priority, then the thread goes
+/// since it was asked for finishes at normal priority unless the gateway's
+/// own threads kept its cores busy (see [`starved`]), then the thread goes
 /// back to `SCHED_IDLE`.
-fn work_loop(rx: &Receiver<Job>, idle: bool) {
+fn work_loop(rx: &Receiver<Job>, idle: Option<Idle>) {
     let mut held: Vec<Arc<Compiled>> = Vec::new();
     loop {
         let job = if held.is_empty() {
@@ -246,15 +373,31 @@ fn work_loop(rx: &Receiver<Job>, idle: bool) {
         };
         match job {
             // A panic ends the job (its caller hears of it), not the thread.
-            Some(Job::Run(f, asked)) => {
-                if idle {
-                    crate::pace::set_deadline(asked + STARVED_AFTER, raise_starved);
+            Some(Job::Run(f, asked, process)) => {
+                if let Some(idle) = idle {
+                    // The process's CPU time since the ask, this thread's
+                    // since it took the job (it used next to none between).
+                    let cpu = Cpu {
+                        process,
+                        thread: Cpu::now().thread,
+                    };
+                    WAITING.with(|w| {
+                        w.set(Some(Waiting {
+                            idle,
+                            asked,
+                            since: asked,
+                            cpu,
+                            said: false,
+                        }))
+                    });
+                    crate::pace::set_deadline(asked + STARVED_AFTER, starved);
                 }
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
                 crate::pace::clear_deadline();
+                WAITING.with(|w| w.set(None));
                 // Back to SCHED_IDLE in case the deadline raised it (a no-op
                 // otherwise).
-                if idle {
+                if idle.is_some() {
                     if let Err(e) = lower_priority(Priority::Idle) {
                         eprintln!("shardgate: reload thread stays at normal priority: {e}");
                     }
@@ -279,6 +422,43 @@ fn work_loop(rx: &Receiver<Job>, idle: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_waits_on_for_the_gateways_own_load_only() {
+        let s = Duration::from_secs;
+        let shared = Idle {
+            shares_cores: true,
+            cores: 2,
+        };
+        // The gateway's threads used 9 of the 10 core-seconds: wait on.
+        assert_eq!(verdict(shared, s(9), s(5), s(5)), Verdict::Wait);
+        // Something else had the cores (the gateway used 1 of 10): go on.
+        assert_eq!(verdict(shared, s(1), s(5), s(5)), Verdict::Raise);
+        // Busy all along, but waited the longest it may.
+        assert_eq!(verdict(shared, s(10), s(5), BUSY_WAIT_MAX), Verdict::Raise);
+        // On cores of its own, the shards' CPU is not what it waits for.
+        let apart = Idle {
+            shares_cores: false,
+            cores: 1,
+        };
+        assert_eq!(verdict(apart, s(5), s(5), s(5)), Verdict::Raise);
+        // No window to judge by.
+        assert_eq!(verdict(shared, s(0), s(0), s(5)), Verdict::Raise);
+    }
+
+    #[test]
+    fn others_cpu_leaves_out_the_reload_threads_own() {
+        let before = Cpu {
+            process: Duration::from_millis(1_000),
+            thread: Duration::from_millis(100),
+        };
+        let after = Cpu {
+            process: Duration::from_millis(4_000),
+            thread: Duration::from_millis(600),
+        };
+        assert_eq!(before.others_until(after), Duration::from_millis(2_500));
+        assert_eq!(after.others_until(before), Duration::ZERO);
+    }
 
     #[test]
     fn run_returns_the_work_and_survives_a_panic() {
