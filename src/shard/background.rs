@@ -141,7 +141,7 @@ impl Background {
                 let _ = tx.send(work());
             }),
             Instant::now(),
-            Cpu::now().process,
+            cpu_clock(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID),
         );
         self.jobs
             .send(job)
@@ -233,13 +233,16 @@ struct Cpu {
     thread: Duration,
 }
 
+/// A CPU-time clock's reading (zero where it cannot be read).
+fn cpu_clock(clock: nix::time::ClockId) -> Duration {
+    nix::time::clock_gettime(clock).map_or(Duration::ZERO, Duration::from)
+}
+
 impl Cpu {
     fn now() -> Cpu {
-        use nix::time::{clock_gettime, ClockId};
-        let read = |clock| clock_gettime(clock).map_or(Duration::ZERO, Duration::from);
         Cpu {
-            process: read(ClockId::CLOCK_PROCESS_CPUTIME_ID),
-            thread: read(ClockId::CLOCK_THREAD_CPUTIME_ID),
+            process: cpu_clock(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID),
+            thread: cpu_clock(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID),
         }
     }
 
@@ -296,12 +299,22 @@ enum Verdict {
     Wait,
 }
 
+/// The share (0 to 1) of the reload thread's `idle.cores` cores that `own`
+/// CPU time filled in `window` (0 for an empty window).
+fn share(idle: Idle, own: Duration, window: Duration) -> f64 {
+    let capacity = window.as_secs_f64() * idle.cores as f64;
+    if capacity > 0.0 {
+        (own.as_secs_f64() / capacity).min(1.0)
+    } else {
+        0.0
+    }
+}
+
 /// `own`: CPU time the gateway's other threads used in the last `window`,
 /// on a reload thread that may run on `idle.cores` cores; `waited`: since
 /// the reload was asked for.
 fn verdict(idle: Idle, own: Duration, window: Duration, waited: Duration) -> Verdict {
-    let capacity = window.as_secs_f64() * idle.cores as f64;
-    let busy = capacity > 0.0 && own.as_secs_f64() >= OWN_LOAD * capacity;
+    let busy = share(idle, own, window) >= OWN_LOAD;
     if idle.shares_cores && busy && waited < BUSY_WAIT_MAX {
         Verdict::Wait
     } else {
@@ -324,11 +337,10 @@ fn starved() {
     let window = now.duration_since(w.since);
     if verdict(w.idle, own, window, waited) == Verdict::Wait {
         if !w.said {
-            let share = own.as_secs_f64() / (window.as_secs_f64() * w.idle.cores as f64);
             eprintln!(
                 "shardgate: a reload has waited {} s for CPU at SCHED_IDLE while the shards kept {:.0}% of its cores busy; it waits on for them (at most {} s)",
                 waited.as_secs(),
-                share.min(1.0) * 100.0,
+                share(w.idle, own, window) * 100.0,
                 BUSY_WAIT_MAX.as_secs()
             );
             w.said = true;
@@ -379,7 +391,7 @@ fn work_loop(rx: &Receiver<Job>, idle: Option<Idle>) {
                     // since it took the job (it used next to none between).
                     let cpu = Cpu {
                         process,
-                        thread: Cpu::now().thread,
+                        thread: cpu_clock(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID),
                     };
                     WAITING.with(|w| {
                         w.set(Some(Waiting {
